@@ -1,0 +1,113 @@
+"""gRPC clients: one channel factory per process and a breaker-guarded caller per downstream.
+
+Every cross-service call goes through :class:`Downstream`: it applies the deadline, sends the auth
+token, and runs inside that downstream's circuit breaker. Only infrastructure failures
+(UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) count against the breaker; business errors
+(INVALID_ARGUMENT, NOT_FOUND, ...) pass through untouched. pybreaker's decorator does not support
+``async def``, so the awaited call is wrapped in ``with breaker.calling():``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import pybreaker
+import structlog
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+
+log = structlog.get_logger(__name__)
+
+ResponseT = TypeVar("ResponseT")
+
+INFRASTRUCTURE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+class DownstreamUnavailable(ConnectionError):
+    """A downstream service is unreachable or its breaker is open; the caller should back off."""
+
+    def __init__(self, downstream: str, detail: str) -> None:
+        super().__init__(f"{downstream} unavailable: {detail}")
+        self.downstream = downstream
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in INFRASTRUCTURE_CODES
+
+
+class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._metadata)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(client_call_details), request)
+
+
+def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
+    """An insecure aio channel with Graflow's options, tracing and (optionally) the auth token."""
+    interceptors: list[Any] = list(aio_client_interceptors())
+    if auth_token:
+        interceptors.append(_AuthClientInterceptor(auth_token))
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+class _BreakerLogListener(pybreaker.CircuitBreakerListener):
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        log.warning(
+            "circuit breaker state changed",
+            downstream=cb.name,
+            old=getattr(old_state, "name", str(old_state)),
+            new=getattr(new_state, "name", str(new_state)),
+        )
+
+
+class Downstream:
+    """Calls to one downstream service: deadline + circuit breaker + specific errors."""
+
+    def __init__(self, name: str, *, timeout_s: float, fail_max: int, reset_s: float) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_s,
+            exclude=[lambda exc: not is_infrastructure_failure(exc)],
+            listeners=[_BreakerLogListener()],
+            name=name,
+        )
+
+    @property
+    def is_open(self) -> bool:
+        return self.breaker.current_state == pybreaker.STATE_OPEN
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[ResponseT]],
+        request: Any,
+        *,
+        timeout_s: float | None = None,
+    ) -> ResponseT:
+        """Await ``method(request)`` under the breaker. Raises :class:`DownstreamUnavailable` for
+        infrastructure failures and an open breaker; other ``AioRpcError`` propagate as they are."""
+        try:
+            with self.breaker.calling():
+                return await method(request, timeout=timeout_s or self.timeout_s)
+        except pybreaker.CircuitBreakerError as exc:
+            raise DownstreamUnavailable(self.name, "circuit breaker open") from exc
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in INFRASTRUCTURE_CODES:
+                raise DownstreamUnavailable(self.name, f"{exc.code().name}: {exc.details()}") from exc
+            raise

@@ -1,0 +1,96 @@
+"""The Redis key layout, in one place (docs/architecture.md explains each key).
+
+Keys of one run share the hash tag ``{run_id}`` so that Redis Cluster keeps a run on one shard.
+Each service owns its keys: the scheduler ``run:*`` and the outcome stream, the coordinator the
+queues, dispatch records, retry timer, workers and dead letters, the result-store ``res``/``chan``/
+``graph``. Nobody writes another service's keys.
+"""
+
+from __future__ import annotations
+
+PREFIX = "gf"
+
+# ---- streams shared through the bus ----
+OUTCOMES_STREAM = f"{PREFIX}:outcomes"
+SCHEDULER_GROUP = "scheduler"
+WORKER_GROUP = "workers"
+DEAD_LETTERS_STREAM = f"{PREFIX}:deadletters"
+# Stream fields: envelope bytes in queue streams, outcome bytes in the outcome stream.
+ENVELOPE_FIELD = b"e"
+OUTCOME_FIELD = b"o"
+
+
+def queue_stream(queue: str) -> str:
+    return f"{PREFIX}:q:{queue}"
+
+
+# ---- scheduler ----
+RUNS_INDEX = f"{PREFIX}:runs"  # zset run_id -> created_at_ms
+ACTIVE_RUNS = f"{PREFIX}:runs:active"  # set of run ids not yet ended
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}:idem:{key}"
+
+
+def run_meta(run_id: str) -> str:
+    return f"{PREFIX}:run:{{{run_id}}}"
+
+
+def run_state(run_id: str) -> str:
+    """hash node_id -> state name."""
+    return f"{PREFIX}:run:{{{run_id}}}:state"
+
+
+def run_attempts(run_id: str) -> str:
+    """hash node_id -> current attempt."""
+    return f"{PREFIX}:run:{{{run_id}}}:attempt"
+
+
+def run_joins(run_id: str) -> str:
+    """hash "<node>:ok" / "<node>:fail" -> counts of finished upstream nodes."""
+    return f"{PREFIX}:run:{{{run_id}}}:join"
+
+
+def run_errors(run_id: str) -> str:
+    """hash node_id -> ErrorInfo bytes of the last failure."""
+    return f"{PREFIX}:run:{{{run_id}}}:errors"
+
+
+def run_events(run_id: str) -> str:
+    """stream of the run's event history (watch cursor = entry id)."""
+    return f"{PREFIX}:run:{{{run_id}}}:events"
+
+
+def run_keys(run_id: str) -> list[str]:
+    return [run_meta(run_id), run_state(run_id), run_attempts(run_id), run_joins(run_id),
+            run_errors(run_id), run_events(run_id)]
+
+
+# ---- coordinator ----
+RETRY_TIMER = f"{PREFIX}:retry"  # zset member = delivery bytes, score = due ms
+WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
+
+
+def dispatch_record(run_id: str) -> str:
+    """hash node_id -> highest attempt dispatched (makes Dispatch idempotent)."""
+    return f"{PREFIX}:dispatch:{{{run_id}}}"
+
+
+def worker_info(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+# ---- result-store ----
+def results(run_id: str) -> str:
+    """hash node_id -> NodeResult bytes (highest attempt wins)."""
+    return f"{PREFIX}:res:{{{run_id}}}"
+
+
+def channel(run_id: str) -> str:
+    """hash key -> Payload bytes."""
+    return f"{PREFIX}:chan:{{{run_id}}}"
+
+
+def graph(graph_hash: str) -> str:
+    return f"{PREFIX}:graph:{graph_hash}"

@@ -1,0 +1,55 @@
+"""Redis connections and the durability check every service runs at start-up."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = structlog.get_logger(__name__)
+
+# Errors that mean "Redis is not reachable right now"; loops back off and carry on.
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:
+    """An asyncio client that retries connection errors with backoff (reconnects after restarts).
+
+    Blocking reads (XREADGROUP BLOCK) need a socket timeout above their block time; callers block
+    for at most a few seconds, so the socket timeout is generous.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        decode_responses=False,
+    )
+
+
+async def check_durability(client: aioredis.Redis) -> list[str]:
+    """Warn loudly unless Redis keeps data (AOF) and never evicts keys (noeviction).
+
+    Run state lives in Redis: an evicted key is a lost run, a restart without AOF loses accepted
+    work. Returns the problems found (also logged at error level).
+    """
+    problems: list[str] = []
+    config = await client.config_get("maxmemory-policy")
+    policy = config.get(b"maxmemory-policy", config.get("maxmemory-policy", b""))
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if policy != "noeviction":
+        problems.append(f"maxmemory-policy is {policy!r}; must be 'noeviction' or Redis may drop run state")
+    aof = await client.config_get("appendonly")
+    value = aof.get(b"appendonly", aof.get("appendonly", b""))
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    if value != "yes":
+        problems.append("appendonly is off; a Redis restart loses accepted runs (start it with --appendonly yes)")
+    for problem in problems:
+        log.error("redis is not durable", problem=problem)
+    return problems

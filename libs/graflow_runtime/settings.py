@@ -1,0 +1,65 @@
+"""Typed settings read from environment variables, one prefix per service.
+
+Every service declares a subclass of :class:`ServiceSettings` with its own ``env_prefix``
+(``GRAFLOW_SCHEDULER_``, ``GRAFLOW_WORKER_``...). Bad values fail at start-up with a message naming
+the variable; every default works on one machine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SCHEDULER_ADDRESS = "127.0.0.1:50051"
+DEFAULT_COORDINATOR_ADDRESS = "127.0.0.1:50052"
+DEFAULT_RESULT_STORE_ADDRESS = "127.0.0.1:50053"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(RuntimeError):
+    """Raised when environment variables hold invalid settings."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set ``model_config = settings_config("PREFIX_")``."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: str = DEFAULT_REDIS_URL
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "auto": JSON when stderr is not a terminal, human-readable when it is.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # "none", "console" (spans to stderr), or "otlp" (OTLP/gRPC to otel_endpoint).
+    traces_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str = "127.0.0.1:4317"
+    # Shared bearer token. When set, servers reject calls without it and clients send it.
+    auth_token: str = ""
+    # Seconds a service waits for in-flight work on SIGTERM before it stops anyway.
+    shutdown_grace_s: float = Field(default=10.0, gt=0)
+    # Deadline of every call to another service, in seconds.
+    rpc_timeout_s: float = Field(default=5.0, gt=0)
+    # Circuit breaker: consecutive infrastructure failures that open it, and seconds before a probe.
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=2.0, gt=0)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def settings_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Read ``cls`` from the environment or raise :class:`SettingsError` naming every bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = "; ".join(
+            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
