@@ -1,0 +1,60 @@
+"""Graflow: write ``fetch >> (clean | enrich) >> report`` in Python and have workers run it.
+
+    from graflow import task, workflow, Client
+
+    @task
+    def fetch() -> int:
+        return 1
+
+    with workflow("demo") as wf:
+        fetch >> double
+
+    run = Client().submit(wf)
+    print(run.result())
+"""
+
+from graflow.context import Channel, TaskContext
+from graflow.dsl import Flow, Group, TaskFunc, TaskNode, Workflow, chain, parallel, task, workflow
+from graflow.errors import (
+    GraflowError,
+    GroupFailedError,
+    NonRetryableError,
+    PayloadError,
+    RunCanceledError,
+    RunError,
+    RunFailedError,
+    RunNotFoundError,
+    TaskError,
+    WorkflowDefinitionError,
+)
+from graflow.policies import GroupPolicy, RetryPolicy, at_least, best_effort, critical, strict
+
+__all__ = [
+    "Channel",
+    "Flow",
+    "GraflowError",
+    "Group",
+    "GroupFailedError",
+    "GroupPolicy",
+    "NonRetryableError",
+    "PayloadError",
+    "RetryPolicy",
+    "RunCanceledError",
+    "RunError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "TaskContext",
+    "TaskError",
+    "TaskFunc",
+    "TaskNode",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "at_least",
+    "best_effort",
+    "chain",
+    "critical",
+    "parallel",
+    "strict",
+    "task",
+    "workflow",
+]
