@@ -13,6 +13,7 @@
     print(run.result())
 """
 
+from graflow.client import Client, ServiceCallError, ServiceUnavailableError
 from graflow.context import Channel, TaskContext
 from graflow.dsl import Flow, Group, TaskFunc, TaskNode, Workflow, chain, parallel, task, workflow
 from graflow.errors import (
@@ -28,9 +29,11 @@ from graflow.errors import (
     WorkflowDefinitionError,
 )
 from graflow.policies import GroupPolicy, RetryPolicy, at_least, best_effort, critical, strict
+from graflow.run import Run, RunChannel
 
 __all__ = [
     "Channel",
+    "Client",
     "Flow",
     "GraflowError",
     "Group",
@@ -39,10 +42,14 @@ __all__ = [
     "NonRetryableError",
     "PayloadError",
     "RetryPolicy",
+    "Run",
     "RunCanceledError",
+    "RunChannel",
     "RunError",
     "RunFailedError",
     "RunNotFoundError",
+    "ServiceCallError",
+    "ServiceUnavailableError",
     "TaskContext",
     "TaskError",
     "TaskFunc",

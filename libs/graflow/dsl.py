@@ -74,7 +74,10 @@ class TaskFunc:
             raise WorkflowDefinitionError(
                 f"bind arguments of task {self.name!r} by keyword: {self.name}(task_id=..., x=...)"
             )
-        return TaskNode(self, _check_id("task_id", task_id), kwargs)
+        node = TaskNode(self, _check_id("task_id", task_id), kwargs)
+        active = _current.get()
+        # Like Graflow, a node created inside a workflow belongs to it even before it has edges.
+        return active._add_node(node) if active is not None else node
 
     def default_node(self) -> TaskNode:
         return TaskNode(self, self.name, {})

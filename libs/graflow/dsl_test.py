@@ -72,6 +72,12 @@ def test_bound_arguments_create_named_nodes_with_json_args():
     assert edges(spec) == {("c1", "c2")}
 
 
+def test_a_bound_node_created_inside_a_workflow_belongs_to_it():
+    with workflow("w") as wf:
+        clean(task_id="lonely", fetch=1)
+    assert [n.id for n in wf.spec().nodes] == ["lonely"]
+
+
 def test_calling_a_task_without_task_id_runs_it_locally():
     assert clean(fetch=2) == 3
 

@@ -1,0 +1,196 @@
+"""The `graflow` command: offline behaviour, then end to end against a real local stack."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from graflow import Client, ServiceUnavailableError, Workflow
+from graflow.cli import Output, UsageError, format_event, load_workflow, run
+from graflow.devstack import LocalStack
+from graflow.run import RunEvent
+from graflow_examples import TASK_MODULES
+from graflow_runtime.local_redis import free_port
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        self.output = Output(self.stdout, self.stderr)
+
+    def __call__(self, *argv: str) -> int:
+        return run(list(argv), self.output)
+
+    @property
+    def out(self) -> str:
+        return self.stdout.getvalue()
+
+    @property
+    def err(self) -> str:
+        return self.stderr.getvalue()
+
+
+@pytest.fixture
+def cli() -> Captured:
+    return Captured()
+
+
+# ---- offline ----
+def test_load_workflow_accepts_a_workflow_or_a_function_returning_one():
+    assert isinstance(load_workflow("graflow_examples.etl:etl"), Workflow)
+    assert load_workflow("graflow_examples.resilience:retrying").name == "retrying"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("graflow_examples.etl", "is not MODULE:WORKFLOW"),
+        ("no_such_module_xyz:wf", "cannot import 'no_such_module_xyz'"),
+        ("graflow_examples.etl:nope", "has no attribute 'nope'"),
+        ("graflow_examples.etl:ORDERS", "is a list, not a graflow Workflow"),
+    ],
+)
+def test_load_workflow_explains_bad_targets(target, message):
+    with pytest.raises(UsageError, match=message):
+        load_workflow(target)
+
+
+def test_unreachable_scheduler_exits_2_with_a_hint(cli):
+    address = f"127.0.0.1:{free_port()}"
+    assert cli("--scheduler", address, "--timeout", "5", "runs") == 2
+    assert f"cannot reach the scheduler at {address}: is it running?" in cli.err
+    assert "graflow dev --keep" in cli.err
+
+
+def test_unknown_status_filter_is_a_usage_error(cli):
+    assert cli("--scheduler", "127.0.0.1:1", "runs", "--status", "exploded") == 2
+    assert "unknown run status 'exploded'" in cli.err
+
+
+def test_missing_command_is_a_usage_error(cli):
+    with pytest.raises(SystemExit) as info:
+        cli()
+    assert info.value.code == 2
+
+
+def test_events_print_as_one_line_with_time_node_event_and_attempt():
+    event = RunEvent(type=RunEvent.TYPE_NODE_FAILED, node_id="clean", attempt=2, at_ms=1_700_000_000_123)
+    event.error.type, event.error.message = "ValueError", "bad row"
+    line = format_event(event)
+    assert line.endswith("clean                 NODE_FAILED      attempt 2   ValueError: bad row")
+    assert line[:12].count(":") == 2 and line[8] == "."
+
+
+# ---- against a running stack ----
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(workers=1, task_modules=TASK_MODULES) as running:
+        yield running
+
+
+@pytest.fixture
+def stack_cli(stack: LocalStack, monkeypatch) -> Captured:
+    for name, value in stack.client_env().items():
+        monkeypatch.setenv(name, value)
+    return Captured()
+
+
+def test_submit_wait_prints_run_id_events_and_result(stack_cli):
+    assert stack_cli("submit", "graflow_examples.etl:etl", "--wait") == 0
+    lines = stack_cli.out.splitlines()
+    run_id = lines[0]
+    assert any("report" in line and "NODE_SUCCEEDED" in line for line in lines)
+    assert f"run {run_id} SUCCEEDED, result:" in stack_cli.out
+    assert '"EMEA": 242.5' in stack_cli.out
+
+
+def test_status_watch_and_runs_show_a_finished_run(stack_cli):
+    assert stack_cli("submit", "graflow_examples.etl:etl", "--wait") == 0
+    run_id = stack_cli.out.splitlines()[0]
+    status = Captured()
+    assert status("status", run_id) == 0
+    assert "status    SUCCEEDED" in status.out
+    assert any(line.split()[:3] == ["enrich", "task", "SUCCEEDED"] for line in status.out.splitlines())
+    watch = Captured()
+    assert watch("watch", run_id) == 0
+    assert "RUN_SUCCEEDED" in watch.out
+    runs = Captured()
+    assert runs("runs", "--limit", "50", "--status", "succeeded") == 0
+    assert run_id in runs.out
+
+
+def test_a_failed_run_exits_1_and_shows_the_error(stack_cli):
+    assert stack_cli("submit", "graflow_examples.resilience:failing", "--wait") == 1
+    assert "FAILED at validate" in stack_cli.out
+    run_id = stack_cli.out.splitlines()[0]
+    status = Captured()
+    assert status("status", run_id) == 1
+    assert "threshold must be >= 0" in status.out
+
+
+def test_cancel_stops_a_running_run(stack_cli):
+    assert stack_cli("submit", "graflow_examples.resilience:slow") == 0
+    run_id = stack_cli.out.strip()
+    cancel = Captured()
+    assert cancel("cancel", run_id) == 0
+    watch = Captured()
+    assert watch("watch", run_id) == 1
+    assert "canceled" in watch.out
+
+
+def test_unknown_run_exits_2(stack_cli):
+    assert stack_cli("status", "no-such-run") == 2
+    assert "no-such-run" in stack_cli.err
+
+
+def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCEEDED, result:" in done.stdout
+    assert '"orders": 3' in done.stdout
+    assert done.stdout.rstrip().endswith("stopping the stack...")  # logs of a good run are removed
+
+
+def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--keep", "--any-ports"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        exports: dict[str, str] = {}
+        assert dev.stdout is not None
+        for line in dev.stdout:  # ends when the process exits: no unbounded wait
+            if line.strip().startswith("export "):
+                name, _, value = line.strip().removeprefix("export ").partition("=")
+                exports[name] = value
+            if line.startswith("press Ctrl-C"):
+                break
+        assert set(exports) == {"GRAFLOW_SCHEDULER_ADDRESS", "GRAFLOW_RESULT_STORE_ADDRESS"}
+        with Client(exports["GRAFLOW_SCHEDULER_ADDRESS"], exports["GRAFLOW_RESULT_STORE_ADDRESS"]) as client:
+            assert [r.workflow_name for r in client.list_runs()] == ["etl"]
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0
+        with Client(exports["GRAFLOW_SCHEDULER_ADDRESS"], timeout=2) as client:
+            with pytest.raises(ServiceUnavailableError):
+                client.list_runs()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()

@@ -1,0 +1,287 @@
+"""The synchronous client of a Graflow deployment: submit runs, watch them, read their results.
+
+    with Client() as client:                      # GRAFLOW_SCHEDULER_ADDRESS etc. or 127.0.0.1 defaults
+        run = client.submit(wf)
+        for event in run.watch(): ...
+        value = run.result(timeout=60)
+
+Every call has a deadline (``timeout``) and sends ``authorization: Bearer <token>`` when a token is
+set. Unreachable services raise :class:`ServiceUnavailableError` naming the address. Status and
+run information are the contract's messages: :meth:`Client.get_run` returns a
+``graflow_api.v1.scheduler_pb2.Run`` (alias :data:`RunInfo`); :attr:`Run.status` is its status name
+("RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from graflow import payload
+from graflow.dsl import Workflow
+from graflow.errors import GraflowError, RunNotFoundError, WorkflowDefinitionError
+from graflow.run import ENDED_STATUSES, TERMINAL_EVENTS, Run, RunEvent, RunInfo, parse_status
+from graflow_api.v1 import (
+    result_store_pb2,
+    result_store_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    workflow_pb2,
+)
+from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+from graflow_runtime.settings import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
+
+# A watch stream is reopened from its cursor at least this often, so it always has a deadline.
+WATCH_STREAM_S = 60.0
+# Consecutive reconnections of a dropped watch stream (UNAVAILABLE) before giving up.
+WATCH_RETRIES = 8
+
+
+class ServiceUnavailableError(GraflowError, ConnectionError):
+    """A Graflow service did not answer (not running, wrong address, or overloaded)."""
+
+    def __init__(self, service: str, address: str, detail: str) -> None:
+        super().__init__(
+            f"cannot reach the {service} at {address}: is it running? start a local stack with "
+            f"`graflow dev --keep` ({detail})"
+        )
+        self.service = service
+        self.address = address
+
+
+class ServiceCallError(GraflowError):
+    """A service refused a call for a reason other than the ones the SDK maps to its own errors."""
+
+    def __init__(self, service: str, address: str, method: str, code: grpc.StatusCode, details: str) -> None:
+        hint = ""
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = " (pass auth_token=... to Client or set GRAFLOW_AUTH_TOKEN)"
+        super().__init__(f"the {service} at {address} refused {method}: {code.name}: {details}{hint}")
+        self.code = code
+        self.details = details
+
+
+ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
+
+
+class _Endpoint:
+    """One service: a lazily opened channel, the deadline, the token and error translation."""
+
+    def __init__(
+        self,
+        service: str,
+        address: str,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float,
+        stub_class: Callable[[grpc.Channel], Any],
+    ) -> None:
+        self.service = service
+        self.address = address
+        self.metadata = metadata
+        self.timeout = timeout
+        self._stub_class = stub_class
+        self._channel: grpc.Channel | None = None
+        self._stub: Any = None
+
+    @property
+    def stub(self) -> Any:
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._stub = self._stub_class(self._channel)
+        return self._stub
+
+    def error(self, method: str, exc: grpc.RpcError, errors: ErrorMap | None = None) -> Exception:
+        code, details = exc.code(), exc.details() or ""
+        if errors and code in errors:
+            return errors[code](details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServiceUnavailableError(self.service, self.address, details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServiceUnavailableError(
+                self.service, self.address, f"no answer to {method} within {self.timeout}s"
+            )
+        return ServiceCallError(self.service, self.address, method, code, details)
+
+    def call(self, method: str, request: Any, errors: ErrorMap | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise self.error(method, exc, errors) from None
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None
+
+
+class Client:
+    """Talks to the scheduler (runs) and the result-store (results, channels, graphs)."""
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        result_store: str | None = None,
+        *,
+        auth_token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self._scheduler = _Endpoint(
+            "scheduler",
+            scheduler or os.environ.get("GRAFLOW_SCHEDULER_ADDRESS") or DEFAULT_SCHEDULER_ADDRESS,
+            metadata,
+            timeout,
+            scheduler_pb2_grpc.SchedulerStub,
+        )
+        self._result_store = _Endpoint(
+            "result-store",
+            result_store or os.environ.get("GRAFLOW_RESULT_STORE_ADDRESS") or DEFAULT_RESULT_STORE_ADDRESS,
+            metadata,
+            timeout,
+            result_store_pb2_grpc.ResultStoreStub,
+        )
+
+    @property
+    def scheduler_address(self) -> str:
+        return self._scheduler.address
+
+    @property
+    def result_store_address(self) -> str:
+        return self._result_store.address
+
+    # ---- runs ----
+    def submit(
+        self,
+        workflow_or_spec: Workflow | workflow_pb2.WorkflowSpec,
+        *,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Start a run. An invalid workflow raises :class:`WorkflowDefinitionError` with the server's
+        reason; with ``idempotency_key`` a repeated submit returns the first run (``created`` False)."""
+        if isinstance(workflow_or_spec, Workflow):
+            spec = workflow_or_spec.spec()
+        elif isinstance(workflow_or_spec, workflow_pb2.WorkflowSpec):
+            spec = workflow_or_spec
+        else:
+            raise TypeError(
+                f"submit() takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}"
+            )
+        request = scheduler_pb2.SubmitRunRequest(
+            spec=spec, idempotency_key=idempotency_key or "", labels=dict(labels or {})
+        )
+        response = self._scheduler.call(
+            "SubmitRun", request, {grpc.StatusCode.INVALID_ARGUMENT: WorkflowDefinitionError}
+        )
+        return Run(self, response.run_id, created=response.created, graph_hash=response.graph_hash)
+
+    def run(self, run_id: str) -> Run:
+        """A handle on an existing run (no call is made)."""
+        return Run(self, run_id)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The run's state and its nodes' states. Raises :class:`RunNotFoundError`."""
+        return self._scheduler.call("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id), _not_found(run_id))
+
+    def list_runs(self, limit: int = 50, status: str | int | None = None) -> list[RunInfo]:
+        """Runs newest first (without their node lists), optionally only those with ``status``."""
+        request = scheduler_pb2.ListRunsRequest(limit=limit, status=parse_status(status))
+        return list(self._scheduler.call("ListRuns", request).runs)
+
+    def cancel(self, run_id: str, reason: str = "") -> RunInfo:
+        """Cancel a run; canceling an ended run changes nothing. Returns the run's state."""
+        request = scheduler_pb2.CancelRunRequest(run_id=run_id, reason=reason)
+        return self._scheduler.call("CancelRun", request, _not_found(run_id))
+
+    def watch(
+        self, run_id: str, cursor: str | None = None, *, deadline: float | None = None
+    ) -> Iterator[RunEvent]:
+        """Events of a run from ``cursor`` until its terminal event. A dropped stream is resumed from
+        the last cursor (at most :data:`WATCH_RETRIES` times in a row). ``deadline`` is a
+        ``time.monotonic()`` value; reaching it raises :class:`TimeoutError`."""
+        retries = 0
+        cursor = cursor or ""
+        while True:
+            stream_s = WATCH_STREAM_S
+            if deadline is not None:
+                stream_s = min(stream_s, deadline - time.monotonic())
+                if stream_s <= 0:
+                    raise TimeoutError(f"run {run_id} did not finish in time (last event cursor {cursor!r})")
+            request = scheduler_pb2.WatchRunRequest(run_id=run_id, cursor=cursor)
+            stream = self._scheduler.stub.WatchRun(
+                request, timeout=stream_s, metadata=self._scheduler.metadata
+            )
+            try:
+                for event in stream:
+                    retries = 0
+                    cursor = event.cursor or cursor
+                    yield event
+                    if event.type in TERMINAL_EVENTS:
+                        return
+                if self.get_run(run_id).status in ENDED_STATUSES:
+                    return  # the server closed a finished run's stream; nothing more will come
+                retries += 1
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue  # our own stream refresh, or the caller's deadline (checked above)
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise self._scheduler.error("WatchRun", exc, _not_found(run_id)) from None
+                retries += 1
+                if retries > WATCH_RETRIES:
+                    raise self._scheduler.error("WatchRun", exc) from None
+            finally:
+                stream.cancel()
+            if retries > WATCH_RETRIES:
+                raise ServiceUnavailableError(
+                    "scheduler",
+                    self._scheduler.address,
+                    f"the watch stream of run {run_id} keeps closing early",
+                )
+            time.sleep(min(2.0, 0.05 * 2**retries))
+
+    # ---- results, graphs, channels ----
+    def get_results(self, run_id: str, node_ids: Iterable[str]) -> dict[str, Any]:
+        """Decoded results of ``node_ids`` in one call; nodes without a result are left out."""
+        request = result_store_pb2.GetResultsRequest(run_id=run_id, node_ids=list(node_ids))
+        response = self._result_store.call("GetResults", request)
+        return {r.node_id: payload.decode(r.value) for r in response.results}
+
+    def get_graph(self, graph_hash: str) -> workflow_pb2.WorkflowSpec:
+        request = result_store_pb2.GetGraphRequest(graph_hash=graph_hash)
+        return self._result_store.call("GetGraph", request).spec
+
+    def channel_get(self, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+        request = result_store_pb2.ChannelGetRequest(run_id=run_id, keys=list(keys))
+        return {
+            e.key: payload.decode(e.value) for e in self._result_store.call("ChannelGet", request).entries
+        }
+
+    def channel_keys(self, run_id: str) -> list[str]:
+        request = result_store_pb2.ChannelKeysRequest(run_id=run_id)
+        return list(self._result_store.call("ChannelKeys", request).keys)
+
+    def close(self) -> None:
+        self._scheduler.close()
+        self._result_store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _not_found(run_id: str) -> ErrorMap:
+    """NOT_FOUND, and INVALID_ARGUMENT for a malformed id, both mean "no such run" to the caller."""
+
+    def error(details: str) -> RunNotFoundError:
+        return RunNotFoundError(f"no run with id {run_id!r}: {details}")
+
+    return {grpc.StatusCode.NOT_FOUND: error, grpc.StatusCode.INVALID_ARGUMENT: error}

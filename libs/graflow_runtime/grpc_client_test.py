@@ -1,0 +1,68 @@
+"""Downstream: only infrastructure failures count against the circuit breaker.
+
+Uses a real in-process grpc.aio server (port 0) built by ``create_server``.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable, open_channel
+from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.local_redis import free_port
+
+METHOD = "/graflow.test.Probe/Call"
+
+
+async def _reject(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request")
+
+
+def _add_probe(_servicer: object, server: grpc.aio.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(
+        "graflow.test.Probe", {"Call": grpc.unary_unary_rpc_method_handler(_reject)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+def _downstream() -> Downstream:
+    return Downstream("probe", timeout_s=2.0, fail_max=2, reset_s=60.0)
+
+
+async def test_business_errors_pass_through_and_never_open_the_breaker() -> None:
+    handle = create_server("127.0.0.1:0", [ServicerBinding(_add_probe, None, "graflow.test.Probe")])
+    await handle.server.start()
+    await handle.set_serving(True)
+    channel = open_channel(f"127.0.0.1:{handle.port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="graflow.test.Probe"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        downstream = _downstream()
+        call = channel.unary_unary(METHOD)
+        for _ in range(5):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await downstream.call(call, b"")
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert not downstream.is_open
+    finally:
+        await channel.close()
+        await handle.stop(0)
+
+
+async def test_unavailable_opens_the_breaker_then_fails_fast() -> None:
+    channel = open_channel(f"127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        downstream = _downstream()
+        call = channel.unary_unary(METHOD)
+        for _ in range(2):
+            with pytest.raises(DownstreamUnavailable):
+                await downstream.call(call, b"")
+        assert downstream.is_open
+        with pytest.raises(DownstreamUnavailable, match="circuit breaker open"):
+            await downstream.call(call, b"")
+    finally:
+        await channel.close()

@@ -1,0 +1,102 @@
+"""Assembly of the coordinator: ``create_app(settings)`` builds it, ``start``/``stop`` run it.
+
+Start-up: Redis (durability check) -> queue groups -> gRPC server -> health SERVING -> retry timer
+and liveness loops. Shutdown runs it backwards: NOT_SERVING, stop the loops, stop the server
+within the grace period (in-flight calls finish), close Redis.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+import structlog
+
+from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
+from graflow_runtime.redis_client import check_durability, connect
+
+from graflow_coordinator.deadletters import DeadLetters
+from graflow_coordinator.dispatch import Dispatcher
+from graflow_coordinator.liveness import LivenessLoop
+from graflow_coordinator.queues import QueueGroups
+from graflow_coordinator.reclaim import Reclaimer
+from graflow_coordinator.retry_timer import RetryTimer
+from graflow_coordinator.service import SERVICE_NAME, CoordinatorServicer
+from graflow_coordinator.settings import CoordinatorSettings
+from graflow_coordinator.workers import WorkerRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class CoordinatorApp:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.redis: aioredis.Redis | None = None
+        self.server: ServerHandle | None = None
+        self.retry_timer: RetryTimer | None = None
+        self.liveness: LivenessLoop | None = None
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("the coordinator is not started")
+        return self.server.port
+
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = redis = connect(s.redis_url)
+        await check_durability(redis)
+        groups = QueueGroups(redis)
+        await groups.ensure(s.queues)
+        reclaimer = Reclaimer(redis, max_deliveries=s.max_deliveries, dead_letter_maxlen=s.dead_letter_maxlen)
+        registry = WorkerRegistry(
+            redis, groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
+        )
+        self.retry_timer = RetryTimer(redis, groups, max_sleep_ms=s.retry_timer_max_sleep_ms)
+        self.liveness = LivenessLoop(
+            redis,
+            registry,
+            reclaimer,
+            groups,
+            lease_timeout_ms=s.lease_timeout_ms,
+            check_interval_ms=s.liveness_check_ms,
+            maintenance_interval_ms=s.queue_trim_interval_ms,
+            queues=s.queues,
+        )
+        dispatcher = Dispatcher(
+            redis, groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
+        )
+        servicer = CoordinatorServicer(
+            dispatcher,
+            registry,
+            DeadLetters(redis, groups),
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            lease_timeout_ms=s.lease_timeout_ms,
+        )
+        binding = ServicerBinding(
+            coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
+        )
+        self.server = create_server(s.address, [binding], auth_token=s.auth_token)
+        await self.server.server.start()
+        await self.server.set_serving(True)
+        log.info("coordinator listening", port=self.server.port, address=s.address, queues=s.queues)
+        self.retry_timer.start()
+        self.liveness.start()
+
+    async def stop(self) -> None:
+        grace_s = self.settings.shutdown_grace_s
+        if self.server is not None:
+            await self.server.set_serving(False)
+        for loop in (self.retry_timer, self.liveness):
+            if loop is not None:
+                await loop.stop(timeout_s=grace_s)
+        if self.server is not None:
+            await self.server.stop(grace_s)
+            self.server = None
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        log.info("coordinator stopped")
+
+
+def create_app(settings: CoordinatorSettings) -> CoordinatorApp:
+    return CoordinatorApp(settings)

@@ -1,0 +1,170 @@
+"""Dead letters: messages that could not be processed, kept in ``gf:deadletters`` with the reason.
+
+Each entry has one field ``d`` = ``DeadLetter`` bytes (its ``id`` is the entry id, filled in when
+read). Workers dead-letter undecodable envelopes through the same stream and format; the
+coordinator dead-letters poison messages (see :mod:`reclaim`). Operators list them and replay them:
+a replay appends ``raw`` to the dead letter's queue as a new delivery and deletes the dead letter,
+atomically and only once (XADD happens only if this call's XDEL removed the entry).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+import structlog
+from google.protobuf.message import DecodeError
+
+from graflow_api.v1 import messages_pb2
+from graflow_runtime import keys
+
+from graflow_coordinator.errors import FailedPrecondition, InvalidRequest, NotFound
+from graflow_coordinator.queues import QueueGroups, validate_queue_name
+
+log = structlog.get_logger(__name__)
+
+DEAD_LETTER_FIELD = b"d"
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+_STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+
+# KEYS[1] = dead-letter stream. ARGV[1] = queue stream key prefix; then triples: dead letter id,
+# queue, raw envelope bytes. Returns how many were replayed by this call.
+_REPLAY_LUA = """
+local replayed = 0
+for i = 2, #ARGV, 3 do
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('XADD', ARGV[1] .. ARGV[i + 1], '*', 'e', ARGV[i + 2])
+    replayed = replayed + 1
+  end
+end
+return replayed
+"""
+
+
+def make_dead_letter(*, queue: str, original_id: str, raw: bytes, reason: str) -> messages_pb2.DeadLetter:
+    """A dead letter for ``raw`` read from ``queue``, with the envelope's identity when decodable."""
+    letter = messages_pb2.DeadLetter(
+        queue=queue, original_id=original_id, reason=reason, raw=raw, dead_at_ms=int(time.time() * 1000)
+    )
+    try:
+        env = messages_pb2.TaskEnvelope.FromString(raw)
+    except DecodeError:
+        return letter
+    letter.run_id, letter.node_id, letter.attempt = env.run_id, env.node_id, env.attempt
+    return letter
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> messages_pb2.DeadLetter:
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    data = fields.get(DEAD_LETTER_FIELD, b"")
+    try:
+        letter = messages_pb2.DeadLetter.FromString(data)
+    except DecodeError as exc:
+        return messages_pb2.DeadLetter(id=entry, reason=f"undecodable dead letter entry: {exc}", raw=data)
+    letter.id = entry
+    return letter
+
+
+def _check_stream_id(value: str, what: str) -> None:
+    if not _STREAM_ID.match(value):
+        raise InvalidRequest(
+            f"{what} {value!r} is not a stream id (expected '<ms>-<seq>', e.g. '1700000000000-0')"
+        )
+
+
+class DeadLetters:
+    def __init__(self, redis: aioredis.Redis, groups: QueueGroups) -> None:
+        self._redis = redis
+        self._groups = groups
+        self._replay = redis.register_script(_REPLAY_LUA)
+
+    async def list(self, *, limit: int = 0, after_id: str = "") -> list[messages_pb2.DeadLetter]:
+        """Oldest first, starting after ``after_id`` (exclusive)."""
+        if after_id:
+            _check_stream_id(after_id, "after_id")
+        count = min(limit or DEFAULT_PAGE, MAX_PAGE)
+        start = f"({after_id}" if after_id else "-"
+        entries = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max="+", count=count)
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def replay(self, *, ids: Sequence[str] = (), replay_all: bool = False) -> int:
+        if ids:
+            return await self._replay_ids(list(dict.fromkeys(ids)))
+        if replay_all:
+            return await self._replay_everything()
+        raise InvalidRequest("name the dead letters to replay in 'ids', or set 'all' to replay every one")
+
+    async def _replay_ids(self, ids: list[str]) -> int:
+        for entry_id in ids:
+            _check_stream_id(entry_id, "dead letter id")
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
+            found = await pipe.execute()
+        missing = [entry_id for entry_id, entries in zip(ids, found, strict=True) if not entries]
+        if missing:
+            raise NotFound(
+                f"no dead letters with ids {', '.join(missing)} (already replayed or never existed); "
+                "nothing was replayed. List them with ListDeadLetters"
+            )
+        letters = [decode_entry(*entries[0]) for entries in found]
+        unreplayable = [
+            f"{letter.id} ({problem})" for letter in letters if (problem := _replay_problem(letter))
+        ]
+        if unreplayable:
+            raise FailedPrecondition(
+                f"cannot replay dead letters {', '.join(unreplayable)}; nothing was replayed"
+            )
+        return await self._replay_letters(letters)
+
+    async def _replay_everything(self) -> int:
+        newest = await self._redis.xrevrange(keys.DEAD_LETTERS_STREAM, max="+", min="-", count=1)
+        if not newest:
+            return 0
+        last_id = newest[0][0].decode()
+        start, replayed = "-", 0
+        while True:
+            page = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max=last_id, count=500)
+            if not page:
+                return replayed
+            letters = [decode_entry(entry_id, fields) for entry_id, fields in page]
+            for letter in letters:
+                problem = _replay_problem(letter)
+                if problem:
+                    log.warning(
+                        "dead letter left in place: cannot replay it",
+                        dead_letter_id=letter.id,
+                        problem=problem,
+                    )
+            replayed += await self._replay_letters([x for x in letters if not _replay_problem(x)])
+            start = f"({letters[-1].id}"
+
+    async def _replay_letters(self, letters: list[messages_pb2.DeadLetter]) -> int:
+        if not letters:
+            return 0
+        await self._groups.ensure({letter.queue for letter in letters})
+        args: list[bytes | str] = [keys.queue_stream("")]
+        for letter in letters:
+            args += [letter.id, letter.queue, letter.raw]
+        replayed = int(await self._replay(keys=[keys.DEAD_LETTERS_STREAM], args=args))
+        log.info(
+            "dead letters replayed",
+            replayed=replayed,
+            requested=len(letters),
+            dead_letter_ids=[letter.id for letter in letters[:100]],
+        )
+        return replayed
+
+
+def _replay_problem(letter: messages_pb2.DeadLetter) -> str | None:
+    if letter.reason.startswith("undecodable dead letter entry") and not letter.queue:
+        return "the entry itself is undecodable"
+    problem = validate_queue_name(letter.queue)
+    if problem:
+        return f"its queue is unusable: {problem}"
+    if not letter.raw:
+        return "it holds no message bytes"
+    return None

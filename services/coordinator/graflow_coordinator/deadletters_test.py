@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
+from graflow_runtime import keys
+
+from graflow_coordinator.conftest import envelope, stream_envelopes
+from graflow_coordinator.deadletters import make_dead_letter
+
+
+async def dead_letter(redis: aioredis.Redis, node_id: str, *, queue: str = "default") -> str:
+    """Append a dead letter the way any process does (a worker with an undecodable message, ...)."""
+    raw = envelope(node_id).SerializeToString()
+    letter = make_dead_letter(queue=queue, original_id="1-0", raw=raw, reason="test reason")
+    entry_id = await redis.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.SerializeToString()})
+    return entry_id.decode()
+
+
+async def test_dead_letters_are_listed_oldest_first_with_their_ids(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    ids = [await dead_letter(redis, f"n{i}") for i in range(3)]
+
+    listed = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters
+
+    assert [letter.id for letter in listed] == ids
+    assert [letter.node_id for letter in listed] == ["n0", "n1", "n2"]
+    assert listed[0].reason == "test reason"
+    assert (listed[0].run_id, listed[0].attempt, listed[0].queue) == ("run-1", 1, "default")
+
+
+async def test_dead_letters_are_paged_with_an_exclusive_after_id(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    ids = [await dead_letter(redis, f"n{i}") for i in range(5)]
+
+    first = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(limit=2))).dead_letters
+    second = (
+        await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(limit=2, after_id=first[-1].id))
+    ).dead_letters
+
+    assert [x.id for x in first] == ids[:2]
+    assert [x.id for x in second] == ids[2:4]
+
+
+async def test_a_malformed_after_id_is_invalid_argument(stub: coordinator_pb2_grpc.CoordinatorStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id="yesterday"))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "after_id" in caught.value.details()
+
+
+async def test_replaying_a_dead_letter_puts_it_back_on_its_queue_and_removes_it(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    keep = await dead_letter(redis, "keep")
+    replay = await dead_letter(redis, "again", queue="other")
+
+    reply = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[replay]))
+
+    assert reply.replayed == 1
+    assert [e.node_id for e in await stream_envelopes(redis, "other")] == ["again"]
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("other"): ">"}, count=10)
+    assert len(read[0][1]) == 1  # the queue's group exists and hands it out
+    listed = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters
+    assert [x.id for x in listed] == [keep]
+
+
+async def test_replaying_all_empties_the_dead_letters(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    for i in range(4):
+        await dead_letter(redis, f"n{i}")
+
+    reply = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(all=True))
+
+    assert reply.replayed == 4
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["n0", "n1", "n2", "n3"]
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
+
+
+async def test_replaying_unknown_ids_is_not_found_naming_them_and_replays_nothing(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    real = await dead_letter(redis, "a")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[real, "1-1"]))
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "1-1" in caught.value.details() and real not in caught.value.details()
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1
+    assert await redis.xlen(keys.queue_stream("default")) == 0
+
+
+async def test_replay_without_ids_or_all_is_invalid_argument(
+    stub: coordinator_pb2_grpc.CoordinatorStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest())
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'ids'" in caught.value.details() and "'all'" in caught.value.details()
+
+
+async def test_a_dead_letter_without_a_queue_cannot_be_replayed(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    letter = messages_pb2.DeadLetter(reason="no queue", raw=b"x")
+    entry_id = (await redis.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.SerializeToString()})).decode()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[entry_id]))
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert entry_id in caught.value.details()
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1

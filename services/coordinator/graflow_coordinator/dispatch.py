@@ -1,0 +1,197 @@
+"""Dispatch: append a batch of deliveries to their queue streams, idempotently, in one round trip.
+
+Each delivery is skipped as a duplicate when ``gf:dispatch:{run}[node] >= attempt``; otherwise the
+attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``) or, with a
+delay, scheduled on the retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``). The check, the
+record and the append of a delivery happen in one Lua script, so a repeated Dispatch (the
+scheduler re-sends after a crash) never appends twice.
+
+Priority is per batch: the deliveries of one Dispatch are appended highest priority first. Work
+already waiting in a queue is not overtaken; that needs one stream per priority level (future work).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import NoScriptError
+
+from graflow_api.v1 import coordinator_pb2, messages_pb2
+from graflow_runtime import keys
+
+from graflow_coordinator.errors import InvalidRequest
+from graflow_coordinator.queues import QueueGroups, validate_queue_name
+
+log = structlog.get_logger(__name__)
+
+# Deliveries per script call; the calls of one batch are pipelined (one round trip), and each call
+# stays short so Redis is never blocked for long by a huge batch.
+CHUNK = 500
+
+# KEYS[1] = retry zset; for delivery i: KEYS[2i] = dispatch record, KEYS[2i+1] = queue stream.
+# ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
+# queue, envelope bytes.
+# Returns {accepted, duplicates}, or {-1, queue...} (nothing written) when a queue stream that must
+# be appended to does not exist (its consumer group vanished with it; the caller recreates it).
+_DISPATCH_LUA = """
+local n = (#KEYS - 1) / 2
+local ttl = tonumber(ARGV[1])
+local missing = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 5
+  if tonumber(ARGV[b + 3]) == 0 and redis.call('EXISTS', KEYS[2 * i + 1]) == 0 then
+    missing[#missing + 1] = ARGV[b + 4]
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, -1)
+  return missing
+end
+local accepted, duplicates = 0, 0
+for i = 1, n do
+  local b = 1 + (i - 1) * 5
+  local node = ARGV[b + 1]
+  local attempt = tonumber(ARGV[b + 2])
+  local current = redis.call('HGET', KEYS[2 * i], node)
+  if current and tonumber(current) >= attempt then
+    duplicates = duplicates + 1
+  else
+    redis.call('HSET', KEYS[2 * i], node, attempt)
+    redis.call('EXPIRE', KEYS[2 * i], ttl)
+    local due = tonumber(ARGV[b + 3])
+    if due > 0 then
+      redis.call('ZADD', KEYS[1], due, ARGV[b + 4] .. '\\n' .. ARGV[b + 5])
+    else
+      redis.call('XADD', KEYS[2 * i + 1], '*', 'e', ARGV[b + 5])
+    end
+    accepted = accepted + 1
+  end
+end
+return {accepted, duplicates}
+"""
+
+
+class InvalidDelivery(InvalidRequest):
+    """A delivery of a Dispatch request is malformed; nothing of the batch was dispatched."""
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    accepted: int
+    duplicates: int
+
+
+def validate_delivery(index: int, delivery: coordinator_pb2.Delivery) -> None:
+    where = f"deliveries[{index}]"
+    if not delivery.HasField("envelope"):
+        raise InvalidDelivery(f"{where}: envelope is missing")
+    env = delivery.envelope
+    for field in ("run_id", "node_id", "task_type", "queue"):
+        if not getattr(env, field):
+            raise InvalidDelivery(f"{where}: envelope.{field} is empty; every delivery needs it")
+    if env.attempt == 0:
+        raise InvalidDelivery(
+            f"{where} (run {env.run_id}, node {env.node_id}): envelope.attempt is 0; attempts start at 1"
+        )
+    problem = validate_queue_name(env.queue)
+    if problem:
+        raise InvalidDelivery(f"{where}: envelope.queue: {problem}")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        groups: QueueGroups,
+        *,
+        record_ttl_s: int,
+        on_delayed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._redis = redis
+        self._groups = groups
+        self._record_ttl_s = record_ttl_s
+        self._on_delayed = on_delayed
+        self._script = redis.register_script(_DISPATCH_LUA)
+
+    async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
+        """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it."""
+        for index, delivery in enumerate(deliveries):
+            validate_delivery(index, delivery)
+        if not deliveries:
+            return DispatchResult(0, 0)
+        ordered = sorted(deliveries, key=lambda d: -d.envelope.priority)
+        await self._groups.ensure({d.envelope.queue for d in ordered if d.delay_ms == 0})
+        now_ms = int(time.time() * 1000)
+        chunks = [
+            self._chunk_call(ordered[start : start + CHUNK], now_ms)
+            for start in range(0, len(ordered), CHUNK)
+        ]
+        accepted = duplicates = 0
+        for _ in range(3):
+            replies = await self._run(chunks)
+            retry: list[tuple[list[str], list[bytes | str | int]]] = []
+            for call, reply in zip(chunks, replies, strict=True):
+                if int(reply[0]) == -1:
+                    for queue in {q.decode() if isinstance(q, bytes) else q for q in reply[1:]}:
+                        log.warning("queue stream vanished; recreating its consumer group", queue=queue)
+                        self._groups.forget(queue)
+                        await self._groups.ensure([queue])
+                    retry.append(call)
+                else:
+                    accepted += int(reply[0])
+                    duplicates += int(reply[1])
+            if not retry:
+                break
+            chunks = retry
+        else:
+            raise RuntimeError(
+                "queue streams keep vanishing while dispatching; is something deleting gf:q:* keys?"
+            )
+        if any(d.delay_ms for d in ordered):
+            self._on_delayed()
+        log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
+        return DispatchResult(accepted, duplicates)
+
+    def _chunk_call(
+        self, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int
+    ) -> tuple[list[str], list[bytes | str | int]]:
+        call_keys: list[str] = [keys.RETRY_TIMER]
+        args: list[bytes | str | int] = [self._record_ttl_s]
+        for delivery in deliveries:
+            env = messages_pb2.TaskEnvelope()
+            env.CopyFrom(delivery.envelope)
+            due_ms = now_ms + delivery.delay_ms if delivery.delay_ms else 0
+            env.enqueued_at_ms = due_ms or now_ms
+            call_keys += [keys.dispatch_record(env.run_id), keys.queue_stream(env.queue)]
+            args += [env.node_id, env.attempt, due_ms, env.queue, env.SerializeToString()]
+        return call_keys, args
+
+    async def _run(self, chunks: list[tuple[list[str], list[bytes | str | int]]]) -> list[list]:
+        """Run the script once per chunk, all chunks in one pipeline (one round trip)."""
+        if len(chunks) == 1:
+            call_keys, args = chunks[0]
+            return [await self._script(keys=call_keys, args=args)]
+        replies: list = [None] * len(chunks)
+        todo = list(range(len(chunks)))
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for index in todo:
+                    call_keys, args = chunks[index]
+                    pipe.evalsha(self._script.sha, len(call_keys), *call_keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            for index, result in zip(todo, results, strict=True):
+                replies[index] = result
+            # After a Redis restart or SCRIPT FLUSH the chunks that got NOSCRIPT wrote nothing:
+            # load the script and run only those again.
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo:
+                break
+            await self._redis.script_load(self._script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies

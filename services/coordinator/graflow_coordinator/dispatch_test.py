@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from graflow_runtime import keys
+
+from graflow_coordinator.conftest import delivery, envelope, stream_envelopes
+from graflow_coordinator.dispatch import CHUNK, Dispatcher
+from graflow_coordinator.queues import QueueGroups
+
+
+async def test_dispatch_appends_the_envelope_to_its_queue_stream(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a"), delivery("b")]))
+
+    assert (reply.accepted, reply.duplicates) == (2, 0)
+    appended = await stream_envelopes(redis)
+    assert [(e.run_id, e.node_id, e.attempt) for e in appended] == [("run-1", "a", 1), ("run-1", "b", 1)]
+    assert all(e.enqueued_at_ms > 0 for e in appended)
+    assert await redis.hget(keys.dispatch_record("run-1"), "a") == b"1"
+    assert await redis.ttl(keys.dispatch_record("run-1")) > 0
+
+
+async def test_dispatch_is_idempotent_per_run_node_and_attempt(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    first = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    again = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert await redis.xlen(keys.queue_stream("default")) == 1
+
+
+async def test_a_repeated_delivery_within_one_batch_is_a_duplicate(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a"), delivery("a")]))
+
+    assert (reply.accepted, reply.duplicates) == (1, 1)
+    assert await redis.xlen(keys.queue_stream("default")) == 1
+
+
+async def test_a_higher_attempt_is_accepted_and_a_lower_one_is_a_duplicate(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", attempt=1)]))
+    retry = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", attempt=2)]))
+    stale = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", attempt=1)]))
+
+    assert (retry.accepted, retry.duplicates) == (1, 0)
+    assert (stale.accepted, stale.duplicates) == (0, 1)
+    assert [e.attempt for e in await stream_envelopes(redis)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("bad", "mentions"),
+    [
+        (coordinator_pb2.Delivery(envelope=envelope(run_id="")), "run_id"),
+        (coordinator_pb2.Delivery(envelope=envelope(node_id="")), "node_id"),
+        (coordinator_pb2.Delivery(envelope=envelope(task_type="")), "task_type"),
+        (coordinator_pb2.Delivery(envelope=envelope(queue="")), "queue"),
+        (coordinator_pb2.Delivery(envelope=envelope(attempt=0)), "attempt"),
+        (coordinator_pb2.Delivery(envelope=envelope(queue="two words")), "whitespace"),
+        (coordinator_pb2.Delivery(envelope=envelope(queue="line\nbreak")), "newline"),
+        (coordinator_pb2.Delivery(), "envelope is missing"),
+    ],
+)
+async def test_an_invalid_delivery_rejects_the_whole_batch_and_appends_nothing(
+    stub: coordinator_pb2_grpc.CoordinatorStub,
+    redis: aioredis.Redis,
+    bad: coordinator_pb2.Delivery,
+    mentions: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("ok"), bad]))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deliveries[1]" in caught.value.details()
+    assert mentions in caught.value.details()
+    assert await redis.xlen(keys.queue_stream("default")) == 0
+    assert not await redis.exists(keys.dispatch_record("run-1"))
+
+
+async def test_a_batch_is_appended_highest_priority_first(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    batch = [
+        delivery("low", priority=0),
+        delivery("high", priority=9),
+        delivery("mid", priority=5),
+        delivery("low2", priority=0),
+    ]
+
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=batch))
+
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["high", "mid", "low", "low2"]
+
+
+async def test_the_consumer_group_exists_before_the_first_append(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", queue="fresh")]))
+
+    groups = await redis.xinfo_groups(keys.queue_stream("fresh"))
+    assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
+    # A group created after the append (at "$") would not hand this entry out.
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("fresh"): ">"}, count=10)
+    assert len(read[0][1]) == 1
+
+
+async def test_dispatch_recreates_the_group_when_the_queue_stream_was_deleted(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    await redis.delete(keys.queue_stream("default"))
+
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("b")]))
+
+    assert reply.accepted == 1
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("default"): ">"}, count=10)
+    assert len(read[0][1]) == 1
+
+
+async def test_a_batch_larger_than_one_script_call_is_dispatched_whole_and_idempotently(
+    redis: aioredis.Redis,
+) -> None:
+    dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=60)
+    batch = [delivery(f"n{i}") for i in range(CHUNK * 2 + 7)]
+
+    first = await dispatcher.dispatch(batch)
+    await redis.script_flush()  # the pipelined path must survive NOSCRIPT too
+    again = await dispatcher.dispatch(batch)
+
+    assert (first.accepted, first.duplicates) == (len(batch), 0)
+    assert (again.accepted, again.duplicates) == (0, len(batch))
+    assert await redis.xlen(keys.queue_stream("default")) == len(batch)

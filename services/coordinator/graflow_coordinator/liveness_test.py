@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import coordinator_pb2, messages_pb2
+from graflow_runtime import keys
+
+from graflow_coordinator.conftest import StartCoordinator, delivery, eventually
+from graflow_coordinator.reclaim import RECLAIMER
+from graflow_coordinator.workers_test import registration
+
+STREAM = keys.queue_stream("default")
+# A short lease so that a silent worker is declared dead quickly.
+FAST_LEASE = {"heartbeat_interval_ms": 100, "lease_timeout_ms": 400, "liveness_check_ms": 50}
+# The loop looks once at start-up and then sleeps: the test drives check_once itself.
+IDLE_LOOP = {"liveness_check_ms": 600_000, "queue_trim_interval_ms": 600_000}
+
+
+async def read_as(redis: aioredis.Redis, consumer: str, count: int = 100) -> list[tuple[bytes, dict]]:
+    reply = await redis.xreadgroup(keys.WORKER_GROUP, consumer, {STREAM: ">"}, count=count)
+    return reply[0][1] if reply else []
+
+
+async def consumers(redis: aioredis.Redis) -> list[bytes]:
+    return [c["name"] for c in await redis.xinfo_consumers(STREAM, keys.WORKER_GROUP)]
+
+
+async def test_a_silent_worker_is_declared_dead_and_its_deliveries_are_re_added_once(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    stub = open_stub(await start_coordinator(**FAST_LEASE))
+    await stub.RegisterWorker(registration("w1"))
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery(f"n{i}") for i in range(3)]))
+    taken = await read_as(redis, "w1")  # w1 takes all three, then dies without acknowledging
+
+    async def w1_gone() -> bool:
+        return b"w1" not in await consumers(redis) and not await redis.zscore(keys.WORKERS_INDEX, "w1")
+
+    await eventually(w1_gone, what="w1 to be declared dead and its consumer deleted")
+    assert (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers == []
+    reread = await read_as(redis, "w2")
+    assert sorted(f[keys.ENVELOPE_FIELD] for _, f in reread) == sorted(
+        f[keys.ENVELOPE_FIELD] for _, f in taken
+    )
+    assert {entry_id for entry_id, _ in reread}.isdisjoint({entry_id for entry_id, _ in taken})
+    assert await read_as(redis, "w3") == []  # nothing was re-added twice
+    assert (await redis.xpending(STREAM, keys.WORKER_GROUP))["pending"] == 3  # only w2's
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w1"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_worker_within_its_lease_is_not_declared_dead(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**IDLE_LOOP)
+    stub = open_stub(app)
+    await stub.RegisterWorker(registration("w1"))
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    await read_as(redis, "w1")
+
+    assert await app.liveness.check_once() == []
+
+    assert await consumers(redis) == [b"w1"]
+    assert (await redis.xpending(STREAM, keys.WORKER_GROUP))["pending"] == 1
+    await stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w1", in_flight=1))
+
+
+async def test_an_expired_lease_is_reclaimed_by_the_next_check(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**IDLE_LOOP)
+    stub = open_stub(app)
+    await stub.RegisterWorker(registration("w1"))
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    await read_as(redis, "w1")
+    await redis.zadd(keys.WORKERS_INDEX, {"w1": 1})  # its last heartbeat was long ago
+
+    assert await app.liveness.check_once() == ["w1"]
+
+    assert b"w1" not in await consumers(redis)
+    assert len(await read_as(redis, "w2")) == 1
+
+
+async def test_a_delivery_handed_out_max_deliveries_times_goes_to_dead_letters_instead(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    stub = open_stub(await start_coordinator(**FAST_LEASE, max_deliveries=2))
+    await stub.RegisterWorker(registration("w1"))
+    await stub.Dispatch(
+        coordinator_pb2.DispatchRequest(deliveries=[delivery("boom", run_id="r9", attempt=3)])
+    )
+    [(entry_id, fields)] = await read_as(redis, "w1")
+    await redis.xreadgroup(keys.WORKER_GROUP, "w1", {STREAM: "0"})  # handed out a second time
+
+    async def dead_lettered() -> list:
+        return (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters
+
+    [letter] = await eventually(dead_lettered, what="the poison message in dead letters")
+    assert letter.reason == "delivered 2 times; the worker running it died each time (poison message?)"
+    assert (letter.queue, letter.original_id, letter.raw) == ("default", entry_id.decode(), fields[b"e"])
+    assert (letter.run_id, letter.node_id, letter.attempt) == ("r9", "boom", 3)
+    assert letter.dead_at_ms > 0
+
+    async def w1_removed() -> bool:
+        return not await redis.zscore(keys.WORKERS_INDEX, "w1")
+
+    await eventually(w1_removed, what="w1 to be removed from the registry")
+    assert await redis.xlen(STREAM) == 1  # not re-added
+    assert (await redis.xpending(STREAM, keys.WORKER_GROUP))["pending"] == 0
+
+
+async def test_deliveries_are_counted_across_re_adds_so_a_poison_message_stops_circulating(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**IDLE_LOOP, max_deliveries=2)
+    stub = open_stub(app)
+    for worker_id in ("w1", "w2"):
+        await stub.RegisterWorker(registration(worker_id))
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("boom")]))
+
+    await read_as(redis, "w1")
+    await redis.zadd(keys.WORKERS_INDEX, {"w1": 1})
+    await app.liveness.check_once()  # first death: re-added
+    [(_, fields)] = await read_as(redis, "w2")
+    assert fields[b"n"] == b"1"
+    await redis.zadd(keys.WORKERS_INDEX, {"w2": 1})
+    await app.liveness.check_once()  # second death: dead-lettered
+
+    [letter] = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters
+    assert letter.reason.startswith("delivered 2 times")
+    assert messages_pb2.TaskEnvelope.FromString(letter.raw).node_id == "boom"
+    assert await read_as(redis, "w3") == []
+
+
+async def test_deliveries_stranded_under_the_reclaimer_by_a_dead_coordinator_are_re_added(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**IDLE_LOOP)
+    await open_stub(app).Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    [(entry_id, _)] = await read_as(redis, RECLAIMER)
+    # A coordinator claimed it long ago and died before settling it.
+    await redis.xclaim(STREAM, keys.WORKER_GROUP, RECLAIMER, 0, [entry_id], idle=60_000)
+
+    await app.liveness.maintain_queues()
+
+    assert len(await read_as(redis, "w2")) == 1
+    assert await redis.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 10, consumername=RECLAIMER) == []

@@ -1,0 +1,77 @@
+"""Background loops that survive Redis outages: each step's failure is logged, followed by a
+bounded exponential back-off, and the loop carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+class BackgroundLoop:
+    """Runs :meth:`step` until stopped; ``step`` returns how long to sleep before the next one.
+
+    :meth:`wake` cuts the current sleep short (e.g. new work is due earlier than planned).
+    """
+
+    name = "loop"
+
+    def __init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def step(self) -> float:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"coordinator-{self.name}")
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Let the current step finish (up to ``timeout_s``), then end the loop."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            log.warning("loop did not stop in time; cancelling it", loop=self.name, timeout_s=timeout_s)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._stopping.is_set():
+            try:
+                delay = await self.step()
+                backoff = BACKOFF_MIN_S
+            except REDIS_UNAVAILABLE as exc:
+                log.warning(
+                    "redis unavailable; backing off", loop=self.name, error=str(exc), retry_in_s=backoff
+                )
+                delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
+            except Exception:
+                log.exception("loop step failed; backing off", loop=self.name, retry_in_s=backoff)
+                delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
+            await self._sleep(delay)
+
+    async def _sleep(self, delay_s: float) -> None:
+        if delay_s > 0 and not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay_s)
+        self._wakeup.clear()

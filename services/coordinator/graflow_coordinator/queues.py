@@ -1,0 +1,105 @@
+"""Queue streams: names, the workers' consumer group, and trimming.
+
+A queue ``q`` is the stream ``gf:q:q`` read by the consumer group ``workers``. Entries carry the
+``TaskEnvelope`` bytes in field ``e``; an entry re-added after its worker died also carries ``n``,
+the number of times the delivery was handed out before (so the poison threshold counts deliveries
+across re-adds, not only those of the current stream entry). Workers read only ``e``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from graflow_runtime import keys
+
+log = structlog.get_logger(__name__)
+
+# Previous deliveries of a re-added entry (absent = 0).
+DELIVERIES_FIELD = b"n"
+MAX_QUEUE_NAME = 200
+_BAD_QUEUE_CHARS = re.compile(r"\s")
+
+
+def validate_queue_name(queue: str) -> str | None:
+    """The problem with ``queue`` as a queue name, or None when it is fine."""
+    if not queue:
+        return "queue name is empty"
+    if len(queue) > MAX_QUEUE_NAME:
+        return f"queue name {queue[:40]!r}... is longer than {MAX_QUEUE_NAME} characters"
+    if _BAD_QUEUE_CHARS.search(queue):
+        return f"queue name {queue!r} contains whitespace or a newline"
+    return None
+
+
+class QueueGroups:
+    """Creates the ``workers`` group of each queue stream once per process, before any append.
+
+    A new stream gets its group at id 0 (so nothing appended by anybody in between is skipped); an
+    existing stream without the group gets it at ``$``. Scripts that append use NOMKSTREAM-style
+    checks and call :meth:`forget` when a stream vanished (FLUSHDB, DEL), so it is created again.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._ready: set[str] = set()
+
+    @property
+    def known(self) -> frozenset[str]:
+        return frozenset(self._ready)
+
+    async def ensure(self, queues: Iterable[str]) -> None:
+        for queue in queues:
+            if queue not in self._ready:
+                await self._create(queue)
+                self._ready.add(queue)
+
+    def forget(self, queue: str) -> None:
+        self._ready.discard(queue)
+
+    async def _create(self, queue: str) -> None:
+        stream = keys.queue_stream(queue)
+        start = "$" if await self._redis.exists(stream) else "0"
+        try:
+            await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id=start, mkstream=True)
+            log.info("queue consumer group created", queue=queue, start=start)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
+    """Trim ``queue``'s stream below the oldest entry any group still needs (MINID ~).
+
+    An entry is still needed while it is pending (delivered, not acknowledged) or not yet delivered
+    (after the group's last-delivered id). New entries only ever appear above those ids, so the
+    threshold computed here stays safe until the XTRIM runs. Returns the entries removed.
+    """
+    stream = keys.queue_stream(queue)
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream
+        return 0
+    if not groups:
+        return 0
+    floor: tuple[int, int] | None = None
+    for group in groups:
+        candidates = [_parse_id(group["last-delivered-id"])]
+        summary = await redis.xpending(stream, group["name"])
+        if summary["pending"]:
+            candidates.append(_parse_id(summary["min"]))
+        lowest = min(candidates)
+        floor = lowest if floor is None else min(floor, lowest)
+    if floor is None or floor == (0, 0):
+        return 0
+    return await redis.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
+
+
+def _parse_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

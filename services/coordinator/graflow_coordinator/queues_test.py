@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from graflow_runtime import keys
+
+from graflow_coordinator.queues import QueueGroups, trim_queue, validate_queue_name
+
+STREAM = keys.queue_stream("default")
+
+
+def test_queue_names_with_whitespace_or_nothing_are_rejected() -> None:
+    assert validate_queue_name("gpu-large.v2") is None
+    assert "empty" in (validate_queue_name("") or "")
+    assert "whitespace" in (validate_queue_name("a b") or "")
+    assert "newline" in (validate_queue_name("a\nb") or "")
+    assert "longer than" in (validate_queue_name("q" * 500) or "")
+
+
+async def test_a_group_created_on_an_existing_stream_starts_at_its_end(redis: aioredis.Redis) -> None:
+    await redis.xadd(STREAM, {keys.ENVELOPE_FIELD: b"before"})
+
+    await QueueGroups(redis).ensure(["default"])
+    await redis.xadd(STREAM, {keys.ENVELOPE_FIELD: b"after"})
+
+    [[_, entries]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {STREAM: ">"}, count=10)
+    assert [fields[keys.ENVELOPE_FIELD] for _, fields in entries] == [b"after"]
+
+
+async def test_ensuring_an_existing_group_is_harmless(redis: aioredis.Redis) -> None:
+    await QueueGroups(redis).ensure(["default"])
+    await QueueGroups(redis).ensure(["default"])
+
+    assert len(await redis.xinfo_groups(STREAM)) == 1
+
+
+async def test_trimming_keeps_every_pending_and_undelivered_entry(redis: aioredis.Redis) -> None:
+    await QueueGroups(redis).ensure(["default"])
+    for i in range(500):
+        await redis.xadd(STREAM, {keys.ENVELOPE_FIELD: str(i).encode()})
+    [[_, delivered]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {STREAM: ">"}, count=400)
+    await redis.xack(STREAM, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[:300]])
+    await redis.xack(STREAM, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[350:]])
+
+    removed = await trim_queue(redis, "default")
+
+    assert removed > 0
+    remaining = [int(fields[keys.ENVELOPE_FIELD]) for _, fields in await redis.xrange(STREAM)]
+    assert remaining[0] <= 300  # the oldest pending entry (#300) is kept
+    assert set(range(300, 500)) <= set(remaining)  # pending (300-349) and everything after it
+
+
+async def test_trimming_a_queue_without_a_stream_does_nothing(redis: aioredis.Redis) -> None:
+    assert await trim_queue(redis, "nowhere") == 0

@@ -1,0 +1,69 @@
+"""Coordinator settings, read from ``GRAFLOW_COORDINATOR_*`` environment variables."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from graflow_runtime.settings import DEFAULT_COORDINATOR_ADDRESS, ServiceSettings, settings_config
+
+from graflow_coordinator.queues import validate_queue_name
+
+
+class CoordinatorSettings(ServiceSettings):
+    model_config = settings_config("GRAFLOW_COORDINATOR_")
+
+    address: str = DEFAULT_COORDINATOR_ADDRESS
+    # Workers heartbeat at least this often (returned by RegisterWorker).
+    heartbeat_interval_ms: int = Field(default=500, gt=0)
+    # A worker silent for longer than this is declared dead and its in-flight work is reclaimed.
+    lease_timeout_ms: int = Field(default=2000, gt=0)
+    # How often the liveness loop looks for workers whose lease expired.
+    liveness_check_ms: int = Field(default=250, gt=0)
+    # Longest sleep of the retry timer (it also wakes at the next due time, and when this process
+    # schedules a delivery).
+    retry_timer_max_sleep_ms: int = Field(default=250, gt=0)
+    # How long the per-run dispatch record (highest attempt dispatched per node) is kept.
+    dispatch_record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # A delivery handed out this many times (XPENDING times-delivered, summed over re-adds) whose
+    # workers all died is a poison message: it goes to dead letters instead of being re-added.
+    max_deliveries: int = Field(default=5, ge=1)
+    # Queues whose consumer group is created at start-up (JSON list or comma-separated).
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+    # Approximate cap of the dead-letter stream (XADD MAXLEN ~).
+    dead_letter_maxlen: int = Field(default=100_000, gt=0)
+    # How often queue streams are trimmed below their oldest pending entry (MINID).
+    queue_trim_interval_ms: int = Field(default=5_000, gt=0)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one queue is required")
+        for queue in value:
+            problem = validate_queue_name(queue)
+            if problem:
+                raise ValueError(problem)
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> CoordinatorSettings:
+        if self.heartbeat_interval_ms >= self.lease_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"lease_timeout_ms ({self.lease_timeout_ms}), or live workers are declared dead"
+            )
+        return self

@@ -1,0 +1,263 @@
+"""The worker registry: who is reading which queues, and whose lease is still live.
+
+``gf:workers`` is a sorted set worker id -> last heartbeat (ms); ``gf:worker:<id>`` a hash with
+the worker's info. A worker whose lease expired is marked ``dead`` in its hash (heartbeats then
+answer NOT_FOUND) until the liveness loop has reclaimed its work; then both keys are removed.
+
+Registration happens before a worker reads anything, so entries pending under its consumer name
+at that moment belong to a previous process with the same id (a restart within the lease): they
+are reclaimed right away instead of waiting for a lease that the new process keeps renewing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+import structlog
+
+from graflow_api.v1 import coordinator_pb2
+from graflow_runtime import keys
+
+from graflow_coordinator.errors import AlreadyExists, InvalidRequest, NotFound
+from graflow_coordinator.queues import QueueGroups, validate_queue_name
+from graflow_coordinator.reclaim import Reclaimer, ReclaimStats
+
+log = structlog.get_logger(__name__)
+
+MAX_WORKER_ID = 200
+
+# KEYS: workers zset, worker hash. ARGV: worker id, now ms, in-flight. 1 = renewed, 0 = unknown/dead.
+_HEARTBEAT_LUA = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'dead') == '1' then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'in_flight', ARGV[3], 'last_heartbeat_ms', ARGV[2])
+return 1
+"""
+
+# KEYS: workers zset, worker hash. ARGV: worker id, cutoff ms, now ms. Marks the worker dead when
+# its last heartbeat is at or before the cutoff; returns its queues (JSON) or nil if it is alive.
+_MARK_DEAD_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+if redis.call('HGET', KEYS[2], 'dead') ~= '1' then
+  redis.call('HSET', KEYS[2], 'dead', '1', 'dead_at_ms', ARGV[3])
+end
+return redis.call('HGET', KEYS[2], 'queues') or '[]'
+"""
+
+# KEYS: workers zset, worker hash, queue streams... ARGV: worker id, group, '1' = only if marked
+# dead. Deletes the worker's consumer from every group and the worker from the registry, unless a
+# consumer still has pending entries (-1) or the worker came back (0). 1 = removed.
+_REMOVE_LUA = """
+if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'dead') ~= '1' then return 0 end
+for i = 3, #KEYS do
+  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[2], '-', '+', 1, ARGV[1])
+  if ok and #pending > 0 then return -1 end
+end
+for i = 3, #KEYS do
+  pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[i], ARGV[2], ARGV[1])
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+def _text(value: bytes | str | None, default: str = "") -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _queues_of(info: dict[bytes, bytes]) -> list[str]:
+    try:
+        queues = json.loads(_text(info.get(b"queues"), "[]"))
+    except ValueError:
+        return []
+    return [q for q in queues if isinstance(q, str)]
+
+
+def validate_registration(request: coordinator_pb2.RegisterWorkerRequest) -> None:
+    worker_id = request.worker_id
+    if not worker_id:
+        raise InvalidRequest("worker_id is empty; choose a stable id unique to this worker process")
+    if len(worker_id) > MAX_WORKER_ID or any(ch.isspace() for ch in worker_id):
+        raise InvalidRequest(
+            f"worker_id {worker_id[:60]!r} must be at most {MAX_WORKER_ID} characters without whitespace"
+        )
+    if not request.queues:
+        raise InvalidRequest(f"worker {worker_id} names no queues; list the queues it reads")
+    for queue in request.queues:
+        problem = validate_queue_name(queue)
+        if problem:
+            raise InvalidRequest(f"worker {worker_id}: {problem}")
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        groups: QueueGroups,
+        reclaimer: Reclaimer,
+        *,
+        lease_timeout_ms: int,
+        default_queues: Iterable[str] = (),
+    ) -> None:
+        self._redis = redis
+        self._groups = groups
+        self._reclaimer = reclaimer
+        self._lease_timeout_ms = lease_timeout_ms
+        self._default_queues = list(default_queues)
+        self._heartbeat = redis.register_script(_HEARTBEAT_LUA)
+        self._mark_dead = redis.register_script(_MARK_DEAD_LUA)
+        self._remove = redis.register_script(_REMOVE_LUA)
+
+    async def register(self, request: coordinator_pb2.RegisterWorkerRequest) -> None:
+        validate_registration(request)
+        worker_id = request.worker_id
+        now_ms = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.WORKERS_INDEX, worker_id)
+            pipe.hgetall(keys.worker_info(worker_id))
+            score, previous = await pipe.execute()
+        live = score is not None and previous.get(b"dead") != b"1" and score > now_ms - self._lease_timeout_ms
+        if live and (_text(previous.get(b"hostname")), _text(previous.get(b"pid"))) != (
+            request.hostname,
+            str(request.pid),
+        ):
+            raise AlreadyExists(
+                f"worker id {worker_id} is held by a live worker on {_text(previous.get(b'hostname'))!r} "
+                f"pid {_text(previous.get(b'pid'))}; give each worker process a unique id, or wait "
+                f"{self._lease_timeout_ms} ms for the previous process's lease to expire"
+            )
+        await self._groups.ensure(request.queues)
+        stats = await self._reclaim_all(worker_id, [*request.queues, *_queues_of(previous)])
+        if stats.total:
+            log.warning(
+                "worker registered again: deliveries left pending by its previous process were reclaimed",
+                worker_id=worker_id,
+                requeued=stats.requeued,
+                dead_lettered=stats.dead_lettered,
+            )
+        registered_at = _text(previous.get(b"registered_at_ms")) if live else str(now_ms)
+        info = {
+            "worker_id": worker_id,
+            "queues": json.dumps(list(request.queues)),
+            "task_types": json.dumps(list(request.task_types)),
+            "concurrency": request.concurrency,
+            "in_flight": 0,
+            "hostname": request.hostname,
+            "pid": request.pid,
+            "health_address": request.health_address,
+            "registered_at_ms": registered_at or now_ms,
+            "last_heartbeat_ms": now_ms,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.worker_info(worker_id))
+            pipe.hset(keys.worker_info(worker_id), mapping=info)
+            pipe.zadd(keys.WORKERS_INDEX, {worker_id: now_ms})
+            await pipe.execute()
+        log.info(
+            "worker registered",
+            worker_id=worker_id,
+            queues=list(request.queues),
+            task_types=len(request.task_types),
+            concurrency=request.concurrency,
+        )
+
+    async def heartbeat(self, worker_id: str, in_flight: int) -> None:
+        if not worker_id:
+            raise InvalidRequest("worker_id is empty; send the id the worker registered with")
+        now_ms = int(time.time() * 1000)
+        renewed = await self._heartbeat(
+            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id)], args=[worker_id, now_ms, in_flight]
+        )
+        if not int(renewed):
+            raise NotFound(
+                f"lease expired: worker {worker_id} was declared dead and its work reclaimed; register again"
+            )
+
+    async def deregister(self, worker_id: str) -> None:
+        """Remove the worker. Anything it still holds is re-added first (it said it holds nothing)."""
+        info = await self._redis.hgetall(keys.worker_info(worker_id))
+        queues = [*_queues_of(info), *self._default_queues]
+        stats = await self._reclaim_all(worker_id, queues)
+        if stats.total:
+            log.warning(
+                "worker deregistered with deliveries still pending; they were re-added",
+                worker_id=worker_id,
+                requeued=stats.requeued,
+                dead_lettered=stats.dead_lettered,
+            )
+        await self.remove(worker_id, queues, only_if_dead=False)
+        log.info("worker deregistered", worker_id=worker_id)
+
+    async def list_live(self) -> list[coordinator_pb2.WorkerInfo]:
+        cutoff = int(time.time() * 1000) - self._lease_timeout_ms
+        ids = await self._redis.zrangebyscore(keys.WORKERS_INDEX, f"({cutoff}", "+inf")
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(keys.worker_info(_text(worker_id)))
+            infos = await pipe.execute()
+        return [_worker_info(info) for info in infos if info and info.get(b"dead") != b"1"]
+
+    async def expired(self, cutoff_ms: int) -> list[tuple[str, int]]:
+        """Workers whose last heartbeat is at or before ``cutoff_ms``: (id, last heartbeat ms)."""
+        rows = await self._redis.zrangebyscore(keys.WORKERS_INDEX, "-inf", cutoff_ms, withscores=True)
+        return [(_text(worker_id), int(score)) for worker_id, score in rows]
+
+    async def mark_dead(self, worker_id: str, cutoff_ms: int) -> list[str] | None:
+        """Mark the worker dead if its lease is still expired; returns its queues, None if it is alive."""
+        queues = await self._mark_dead(
+            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id)],
+            args=[worker_id, cutoff_ms, int(time.time() * 1000)],
+        )
+        if queues is None:
+            return None
+        return _queues_of({b"queues": queues})
+
+    async def remove(self, worker_id: str, queues: Iterable[str], *, only_if_dead: bool) -> bool:
+        """Delete the worker's consumers (only where nothing is pending) and its registration."""
+        streams = [keys.queue_stream(q) for q in dict.fromkeys(queues)]
+        result = await self._remove(
+            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id), *streams],
+            args=[worker_id, keys.WORKER_GROUP, "1" if only_if_dead else "0"],
+        )
+        return int(result) == 1
+
+    async def _reclaim_all(self, worker_id: str, queues: Iterable[str]) -> ReclaimStats:
+        stats = ReclaimStats()
+        for queue in dict.fromkeys(queues):
+            stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id))
+        return stats
+
+
+def _worker_info(info: dict[bytes, bytes]) -> coordinator_pb2.WorkerInfo:
+    def number(field: bytes) -> int:
+        try:
+            return int(_text(info.get(field), "0") or 0)
+        except ValueError:
+            return 0
+
+    try:
+        task_types = [t for t in json.loads(_text(info.get(b"task_types"), "[]")) if isinstance(t, str)]
+    except ValueError:
+        task_types = []
+    return coordinator_pb2.WorkerInfo(
+        worker_id=_text(info.get(b"worker_id")),
+        queues=_queues_of(info),
+        task_types=task_types,
+        concurrency=number(b"concurrency"),
+        in_flight=number(b"in_flight"),
+        hostname=_text(info.get(b"hostname")),
+        pid=number(b"pid"),
+        registered_at_ms=number(b"registered_at_ms"),
+        last_heartbeat_ms=number(b"last_heartbeat_ms"),
+        health_address=_text(info.get(b"health_address")),
+    )

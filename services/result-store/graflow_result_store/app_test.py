@@ -1,0 +1,264 @@
+"""The ResultStore API against a real Redis, through an in-process server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime.graphs import graph_hash
+from graflow_runtime.redis_client import connect
+
+from graflow_result_store.app import SERVICE_NAME, create_app
+from graflow_result_store.settings import ResultStoreSettings
+
+Disposition = result_store_pb2.PutResultsResponse
+STORED, DUPLICATE, STALE = (
+    Disposition.DISPOSITION_STORED,
+    Disposition.DISPOSITION_DUPLICATE,
+    Disposition.DISPOSITION_STALE,
+)
+
+
+async def start_app(redis_url: str, **overrides: object):
+    settings = ResultStoreSettings(address="127.0.0.1:0", redis_url=redis_url, **overrides)
+    client = connect(redis_url)
+    app = create_app(settings, client)
+    await app.start()
+    return app, client
+
+
+@pytest.fixture
+async def stub(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[result_store_pb2_grpc.ResultStoreStub]:
+    app, client = await start_app(redis_url, retention_s=3600, max_value_bytes=1024)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        yield result_store_pb2_grpc.ResultStoreStub(channel)
+    finally:
+        await channel.close()
+        await app.stop(0)
+        await client.aclose()
+
+
+def result(node: str, attempt: int, value: object, run: str = "r1") -> result_store_pb2.NodeResult:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return result_store_pb2.NodeResult(
+        run_id=run,
+        node_id=node,
+        attempt=attempt,
+        value=common_pb2.Payload(content_type="application/json", data=data),
+    )
+
+
+async def put(stub, *results: result_store_pb2.NodeResult) -> list[int]:
+    response = await stub.PutResults(result_store_pb2.PutResultsRequest(results=list(results)))
+    return list(response.dispositions)
+
+
+async def values(stub, run: str, *nodes: str) -> dict[str, bytes]:
+    response = await stub.GetResults(result_store_pb2.GetResultsRequest(run_id=run, node_ids=list(nodes)))
+    return {r.node_id: r.value.data for r in response.results}
+
+
+async def test_same_attempt_stored_twice_keeps_the_first_value(stub):
+    assert await put(stub, result("a", 1, 10)) == [STORED]
+    assert await put(stub, result("a", 1, 99)) == [DUPLICATE]
+    assert await values(stub, "r1", "a") == {"a": b"10"}
+
+
+async def test_newer_attempt_replaces_and_older_attempt_is_stale(stub):
+    assert await put(stub, result("a", 1, 1), result("a", 3, 3)) == [STORED, STORED]
+    assert await put(stub, result("a", 2, 2)) == [STALE]
+    response = await stub.GetResults(result_store_pb2.GetResultsRequest(run_id="r1", node_ids=["a"]))
+    assert response.results[0].attempt == 3
+    assert response.results[0].value.data == b"3"
+    assert response.results[0].stored_at_ms > 0
+
+
+async def test_one_batch_spans_several_runs(stub):
+    assert await put(stub, result("a", 1, 1, run="r1"), result("a", 1, 2, run="r2")) == [STORED, STORED]
+    assert await values(stub, "r1", "a") == {"a": b"1"}
+    assert await values(stub, "r2", "a") == {"a": b"2"}
+
+
+async def test_results_expire_with_the_retention_period(stub, redis):
+    await put(stub, result("a", 1, 1))
+    assert 0 < await redis.ttl("gf:res:{r1}") <= 3600
+    assert 0 < await redis.ttl("gf:res:{r1}:attempt") <= 3600
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (result_store_pb2.NodeResult(node_id="x", attempt=1), r"results\[1\]: run_id is required"),
+        (result_store_pb2.NodeResult(run_id="r1", attempt=1), r"results\[1\].*node_id is required"),
+        (result("x", 0, 1), r"results\[1\].*attempt must be >= 1"),
+        (result("x", 1, b"x" * 2000), r"results\[1\].*2000 bytes, over the limit of 1024"),
+    ],
+)
+async def test_a_bad_item_rejects_the_whole_batch_and_stores_nothing(stub, redis, bad, message):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await put(stub, result("good", 1, 1), bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, info.value.details())
+    assert await redis.keys("gf:res:*") == []
+
+
+async def test_get_results_lists_missing_nodes(stub):
+    await put(stub, result("a", 1, 1))
+    response = await stub.GetResults(
+        result_store_pb2.GetResultsRequest(run_id="r1", node_ids=["a", "b", "c"])
+    )
+    assert [r.node_id for r in response.results] == ["a"]
+    assert list(response.missing_node_ids) == ["b", "c"]
+
+
+async def test_get_results_without_run_id_is_invalid(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetResults(result_store_pb2.GetResultsRequest(node_ids=["a"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "run_id is required" in info.value.details()
+
+
+def spec(name: str = "w") -> workflow_pb2.WorkflowSpec:
+    return workflow_pb2.WorkflowSpec(
+        name=name,
+        nodes=[workflow_pb2.NodeSpec(id="a", task_type="a"), workflow_pb2.NodeSpec(id="b", task_type="b")],
+        edges=[workflow_pb2.EdgeSpec(from_id="a", to_id="b")],
+    )
+
+
+async def test_graphs_are_stored_once_under_their_content_hash(stub, redis):
+    digest = graph_hash(spec())
+    first = await stub.PutGraph(result_store_pb2.PutGraphRequest(graph_hash=digest, spec=spec()))
+    again = await stub.PutGraph(result_store_pb2.PutGraphRequest(graph_hash=digest, spec=spec()))
+    assert (first.created, again.created) == (True, False)
+    fetched = await stub.GetGraph(result_store_pb2.GetGraphRequest(graph_hash=digest))
+    assert fetched.spec == spec()
+    assert await redis.keys("gf:graph:*") == [f"gf:graph:{digest}".encode()]
+
+
+async def test_a_graph_whose_hash_does_not_match_is_rejected(stub, redis):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.PutGraph(
+            result_store_pb2.PutGraphRequest(graph_hash=graph_hash(spec("other")), spec=spec())
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert graph_hash(spec()) in info.value.details()
+    assert await redis.keys("gf:graph:*") == []
+
+
+async def test_unknown_graph_is_not_found_naming_the_hash(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetGraph(result_store_pb2.GetGraphRequest(graph_hash="abc123"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "abc123" in info.value.details()
+
+
+def entry(key: str, value: bytes) -> result_store_pb2.ChannelEntry:
+    return result_store_pb2.ChannelEntry(
+        key=key, value=common_pb2.Payload(content_type="application/json", data=value)
+    )
+
+
+async def channel_values(stub, *keys: str, run: str = "r1") -> dict[str, bytes]:
+    response = await stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=run, keys=list(keys)))
+    return {e.key: e.value.data for e in response.entries}
+
+
+async def channel_keys(stub, run: str = "r1") -> list[str]:
+    return list((await stub.ChannelKeys(result_store_pb2.ChannelKeysRequest(run_id=run))).keys)
+
+
+async def test_channel_set_get_keys_and_delete(stub):
+    await stub.ChannelSet(
+        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("x", b"1"), entry("y", b"2")])
+    )
+    response = await stub.ChannelGet(
+        result_store_pb2.ChannelGetRequest(run_id="r1", keys=["y", "missing", "x"])
+    )
+    assert [(e.key, e.value.data) for e in response.entries] == [("y", b"2"), ("x", b"1")]
+    assert await channel_keys(stub) == ["x", "y"]
+    assert await channel_keys(stub, run="other") == []
+    deleted = await stub.ChannelDelete(
+        result_store_pb2.ChannelDeleteRequest(run_id="r1", keys=["x", "missing"])
+    )
+    assert deleted.deleted == 1
+    assert await channel_keys(stub) == ["y"]
+
+
+async def test_channel_entries_with_a_ttl_expire_and_others_stay(stub):
+    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("keep", b"1")]))
+    await stub.ChannelSet(
+        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("brief", b"2")], ttl_ms=150)
+    )
+    assert await channel_values(stub, "brief") == {"brief": b"2"}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await channel_values(stub, "brief") and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert await channel_values(stub, "brief", "keep") == {"keep": b"1"}
+    assert await channel_keys(stub) == ["keep"]
+    deleted = await stub.ChannelDelete(result_store_pb2.ChannelDeleteRequest(run_id="r1", keys=["brief"]))
+    assert deleted.deleted == 0
+
+
+async def test_setting_a_key_again_without_ttl_makes_it_permanent(stub, redis):
+    await stub.ChannelSet(
+        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("k", b"1")], ttl_ms=60_000)
+    )
+    assert await redis.hexists("gf:chan:{r1}:exp", "k")
+    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("k", b"2")]))
+    assert not await redis.hexists("gf:chan:{r1}:exp", "k")
+    assert await channel_values(stub, "k") == {"k": b"2"}
+    assert 0 < await redis.ttl("gf:chan:{r1}") <= 3600
+
+
+async def test_oversized_channel_value_is_rejected_naming_the_key(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ChannelSet(
+            result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("big", b"x" * 5000)])
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'big'" in info.value.details()
+    assert await channel_keys(stub) == []
+
+
+async def test_health_is_serving_and_reflection_lists_the_service(redis_url):
+    app, client = await start_app(redis_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", SERVICE_NAME):
+                response = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            replies = [reply async for reply in reflection.ServerReflectionInfo(iter([request]))]
+            assert SERVICE_NAME in {s.name for s in replies[0].list_services_response.service}
+    finally:
+        await app.stop(0)
+        await client.aclose()
+
+
+async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_url):
+    app, client = await start_app(redis_url, auth_token="s3cret")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = result_store_pb2_grpc.ResultStoreStub(channel)
+            request = result_store_pb2.ChannelKeysRequest(run_id="r1")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ChannelKeys(request)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            response = await stub.ChannelKeys(request, metadata=[("authorization", "Bearer s3cret")])
+            assert list(response.keys) == []
+    finally:
+        await app.stop(0)
+        await client.aclose()

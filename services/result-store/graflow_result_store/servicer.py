@@ -1,0 +1,167 @@
+"""The ResultStore gRPC API: validation, status codes and the mapping to :class:`ResultStore`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime.graphs import graph_hash
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+
+from graflow_result_store.store import Disposition, ResultStore
+
+log = structlog.get_logger(__name__)
+
+ResponseT = TypeVar("ResponseT")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[ResponseT]]
+
+_DISPOSITIONS = {
+    Disposition.STORED: result_store_pb2.PutResultsResponse.DISPOSITION_STORED,
+    Disposition.DUPLICATE: result_store_pb2.PutResultsResponse.DISPOSITION_DUPLICATE,
+    Disposition.STALE: result_store_pb2.PutResultsResponse.DISPOSITION_STALE,
+}
+
+
+class InvalidRequest(ValueError):
+    """A request the store must refuse whole; the message names the offending item."""
+
+
+def _with_status_codes(handler: Handler[ResponseT]) -> Handler[ResponseT]:
+    """Map validation failures to INVALID_ARGUMENT and an unreachable Redis to UNAVAILABLE (which
+    callers retry), so no handler repeats that translation."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> ResponseT:
+        try:
+            return await handler(self, request, context)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("redis unavailable", rpc=handler.__name__, error=str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"result-store can't reach Redis: {exc}")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    return wrapper
+
+
+def _require_run_id(run_id: str) -> None:
+    if not run_id:
+        raise InvalidRequest("run_id is required")
+
+
+class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
+    def __init__(self, store: ResultStore, *, max_value_bytes: int) -> None:
+        self._store = store
+        self._max_value_bytes = max_value_bytes
+
+    def _check_size(self, what: str, size: int) -> None:
+        if size > self._max_value_bytes:
+            raise InvalidRequest(
+                f"{what} is {size} bytes, over the limit of {self._max_value_bytes} bytes "
+                "(GRAFLOW_RESULT_STORE_MAX_VALUE_BYTES); store large data elsewhere and return a reference"
+            )
+
+    # ---- results ----
+    @_with_status_codes
+    async def PutResults(self, request, context):  # noqa: N802 - gRPC method name
+        now_ms = int(time.time() * 1000)
+        batch: list[result_store_pb2.NodeResult] = []
+        for index, result in enumerate(request.results):
+            where = f"results[{index}] (run {result.run_id!r}, node {result.node_id!r})"
+            if not result.run_id:
+                raise InvalidRequest(f"results[{index}]: run_id is required")
+            if not result.node_id:
+                raise InvalidRequest(f"results[{index}] (run {result.run_id!r}): node_id is required")
+            if result.attempt < 1:
+                raise InvalidRequest(f"{where}: attempt must be >= 1, got {result.attempt}")
+            self._check_size(f"{where}: value", len(result.value.data))
+            stamped = result_store_pb2.NodeResult()
+            stamped.CopyFrom(result)
+            stamped.stored_at_ms = now_ms
+            batch.append(stamped)
+        dispositions = await self._store.put_results(batch)
+        stale = [
+            (r.run_id, r.node_id, r.attempt)
+            for r, d in zip(batch, dispositions, strict=True)
+            if d is Disposition.STALE
+        ]
+        if stale:
+            log.info("stale results rejected", results=stale)
+        return result_store_pb2.PutResultsResponse(dispositions=[_DISPOSITIONS[d] for d in dispositions])
+
+    @_with_status_codes
+    async def GetResults(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        found, missing = await self._store.get_results(request.run_id, list(request.node_ids))
+        return result_store_pb2.GetResultsResponse(results=found, missing_node_ids=missing)
+
+    # ---- graphs ----
+    @_with_status_codes
+    async def PutGraph(self, request, context):  # noqa: N802
+        actual = graph_hash(request.spec)
+        if request.graph_hash != actual:
+            raise InvalidRequest(
+                f"graph_hash {request.graph_hash!r} does not match the spec: its sha256 over the "
+                f"deterministic serialization is {actual!r}"
+            )
+        created = await self._store.put_graph(actual, request.spec.SerializeToString(deterministic=True))
+        return result_store_pb2.PutGraphResponse(created=created)
+
+    @_with_status_codes
+    async def GetGraph(self, request, context):  # noqa: N802
+        raw = await self._store.get_graph(request.graph_hash) if request.graph_hash else None
+        if raw is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no graph stored under hash {request.graph_hash!r}"
+            )
+        return result_store_pb2.GetGraphResponse(spec=workflow_pb2.WorkflowSpec.FromString(raw))
+
+    # ---- channels ----
+    def _check_keys(self, keys: list[str]) -> None:
+        for index, key in enumerate(keys):
+            if not key:
+                raise InvalidRequest(f"keys[{index}]: a channel key must not be empty")
+
+    @_with_status_codes
+    async def ChannelGet(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        keys = list(request.keys)
+        self._check_keys(keys)
+        values = await self._store.channel_get(request.run_id, keys)
+        entries = [
+            result_store_pb2.ChannelEntry(key=key, value=common_pb2.Payload.FromString(values[key]))
+            for key in dict.fromkeys(keys)
+            if key in values
+        ]
+        return result_store_pb2.ChannelGetResponse(entries=entries)
+
+    @_with_status_codes
+    async def ChannelSet(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        entries: list[tuple[str, bytes]] = []
+        for index, entry in enumerate(request.entries):
+            if not entry.key:
+                raise InvalidRequest(f"entries[{index}]: a channel key must not be empty")
+            self._check_size(f"entries[{index}] (key {entry.key!r}): value", len(entry.value.data))
+            entries.append((entry.key, entry.value.SerializeToString()))
+        await self._store.channel_set(request.run_id, entries, request.ttl_ms)
+        return result_store_pb2.ChannelSetResponse()
+
+    @_with_status_codes
+    async def ChannelDelete(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        keys = list(request.keys)
+        self._check_keys(keys)
+        deleted = await self._store.channel_delete(request.run_id, keys)
+        return result_store_pb2.ChannelDeleteResponse(deleted=deleted)
+
+    @_with_status_codes
+    async def ChannelKeys(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        return result_store_pb2.ChannelKeysResponse(keys=await self._store.channel_keys(request.run_id))

@@ -1,0 +1,21 @@
+"""Settings of the result-store (environment prefix ``GRAFLOW_RESULT_STORE_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from graflow_runtime.settings import DEFAULT_RESULT_STORE_ADDRESS, ServiceSettings, settings_config
+
+SEVEN_DAYS_S = 7 * 24 * 3600
+SIXTEEN_MIB = 16 * 1024 * 1024
+
+
+class ResultStoreSettings(ServiceSettings):
+    model_config = settings_config("GRAFLOW_RESULT_STORE_")
+
+    # host:port the gRPC server binds (port 0 = any free port).
+    address: str = DEFAULT_RESULT_STORE_ADDRESS
+    # Results and channels of a run expire this many seconds after their last write.
+    retention_s: int = Field(default=SEVEN_DAYS_S, ge=1)
+    # Largest accepted value (result payload or channel entry), in bytes.
+    max_value_bytes: int = Field(default=SIXTEEN_MIB, ge=1)

@@ -1,0 +1,110 @@
+"""Redis access of the result-store: results, graphs and channels (layout in :mod:`.scripts`)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import result_store_pb2
+from graflow_runtime import keys
+
+from graflow_result_store import scripts
+
+
+class Disposition(enum.IntEnum):
+    """What :meth:`ResultStore.put_results` did with one result (values of the script's reply)."""
+
+    STORED = 1
+    DUPLICATE = 2
+    STALE = 3
+
+
+def result_attempts_key(run_id: str) -> str:
+    """hash node_id -> attempt of the stored result (fences writes of older attempts)."""
+    return f"{keys.results(run_id)}:attempt"
+
+
+def channel_expiry_key(run_id: str) -> str:
+    """hash channel key -> expiry (Unix ms) of entries written with a TTL."""
+    return f"{keys.channel(run_id)}:exp"
+
+
+class ResultStore:
+    """Results, graphs and channels in Redis. Validation is the caller's job (the servicer)."""
+
+    def __init__(self, redis: aioredis.Redis, *, retention_s: int) -> None:
+        self._redis = redis
+        self._retention_s = retention_s
+        self._put_results = redis.register_script(scripts.PUT_RESULTS)
+        self._channel_get = redis.register_script(scripts.CHANNEL_GET)
+        self._channel_set = redis.register_script(scripts.CHANNEL_SET)
+        self._channel_delete = redis.register_script(scripts.CHANNEL_DELETE)
+        self._channel_keys = redis.register_script(scripts.CHANNEL_KEYS)
+
+    # ---- results ----
+    async def put_results(self, results: Sequence[result_store_pb2.NodeResult]) -> list[Disposition]:
+        """Store a batch in one script call; highest attempt wins, the first value of an attempt is kept."""
+        if not results:
+            return []
+        script_keys: list[str] = []
+        args: list[bytes | str | int] = [self._retention_s]
+        for result in results:
+            script_keys += [keys.results(result.run_id), result_attempts_key(result.run_id)]
+            args += [result.node_id, result.attempt, result.SerializeToString()]
+        reply = await self._put_results(keys=script_keys, args=args)
+        return [Disposition(int(code)) for code in reply]
+
+    async def get_results(
+        self, run_id: str, node_ids: Sequence[str]
+    ) -> tuple[list[result_store_pb2.NodeResult], list[str]]:
+        """Found results in request order, and the node ids without a result."""
+        if not node_ids:
+            return [], []
+        values = await self._redis.hmget(keys.results(run_id), list(node_ids))
+        found: list[result_store_pb2.NodeResult] = []
+        missing: list[str] = []
+        for node_id, raw in zip(node_ids, values, strict=True):
+            if raw is None:
+                missing.append(node_id)
+            else:
+                found.append(result_store_pb2.NodeResult.FromString(raw))
+        return found, missing
+
+    # ---- graphs ----
+    async def put_graph(self, graph_hash: str, spec_bytes: bytes) -> bool:
+        """Store a graph under its hash unless present. Graphs are shared by every run with the same
+        structure, so they do not expire with a run."""
+        return bool(await self._redis.set(keys.graph(graph_hash), spec_bytes, nx=True))
+
+    async def get_graph(self, graph_hash: str) -> bytes | None:
+        return await self._redis.get(keys.graph(graph_hash))
+
+    # ---- channels ----
+    def _channel_keys_of(self, run_id: str) -> list[str]:
+        return [keys.channel(run_id), channel_expiry_key(run_id)]
+
+    async def channel_get(self, run_id: str, channel_keys: Sequence[str]) -> dict[str, bytes]:
+        """Live entries among ``channel_keys`` (expired and absent keys are left out)."""
+        if not channel_keys:
+            return {}
+        flat = await self._channel_get(keys=self._channel_keys_of(run_id), args=list(channel_keys))
+        return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+    async def channel_set(self, run_id: str, entries: Sequence[tuple[str, bytes]], ttl_ms: int) -> None:
+        if not entries:
+            return
+        args: list[bytes | str | int] = [ttl_ms, self._retention_s]
+        for key, value in entries:
+            args += [key, value]
+        await self._channel_set(keys=self._channel_keys_of(run_id), args=args)
+
+    async def channel_delete(self, run_id: str, channel_keys: Sequence[str]) -> int:
+        if not channel_keys:
+            return 0
+        return int(await self._channel_delete(keys=self._channel_keys_of(run_id), args=list(channel_keys)))
+
+    async def channel_keys(self, run_id: str) -> list[str]:
+        reply = await self._channel_keys(keys=self._channel_keys_of(run_id))
+        return sorted(key.decode() for key in reply)

@@ -1,0 +1,199 @@
+"""The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.graphs import graph_hash
+from graflow_runtime.grpc_client import DownstreamUnavailable
+
+from graflow_scheduler.compiler import Limits
+from graflow_scheduler.dispatch import Dispatcher, delivery
+from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
+from graflow_scheduler.plan import Plan
+from graflow_scheduler.plans import PlanCache, RunGraphs, compile_off_loop
+from graflow_scheduler.queries import BadPageToken, RunReader
+from graflow_scheduler.runids import new_run_id, run_id_problem
+from graflow_scheduler.state import RunStore
+from graflow_scheduler.views import ENDED_STATUSES, event_from_entry, is_terminal
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_KEY_MAX = 256
+LABELS_MAX = 64
+LABEL_KEY_MAX = 128
+LABEL_VALUE_MAX = 1024
+LIST_DEFAULT, LIST_MAX = 50, 1000
+WATCH_BATCH = 500
+REASON_MAX = 1024
+_CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
+    if not request.HasField("spec"):
+        return "spec is missing"
+    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        return (
+            f"idempotency_key is {len(request.idempotency_key)} characters long; "
+            f"the limit is {IDEMPOTENCY_KEY_MAX}"
+        )
+    if len(request.labels) > LABELS_MAX:
+        return f"{len(request.labels)} labels; the limit is {LABELS_MAX}"
+    for key, value in request.labels.items():
+        if not key or len(key) > LABEL_KEY_MAX or len(value) > LABEL_VALUE_MAX:
+            return (
+                f"label {key[:64]!r}: keys need 1-{LABEL_KEY_MAX} characters, values at most "
+                f"{LABEL_VALUE_MAX}"
+            )
+    return None
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(
+        self,
+        store: RunStore,
+        reader: RunReader,
+        watch_reader: RunReader,
+        plans: PlanCache,
+        graphs: RunGraphs,
+        dispatcher: Dispatcher,
+        *,
+        limits: Limits,
+        watch_block_ms: int = 5000,
+    ) -> None:
+        self.store = store
+        self.reader = reader
+        self.watch_reader = watch_reader
+        self.plans = plans
+        self.graphs = graphs
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.watch_block_ms = watch_block_ms
+
+    async def _check_run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
+        problem = run_id_problem(run_id)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def _plan_or_none(self, graph: str) -> Plan | None:
+        try:
+            return await self.plans.get(graph)
+        except (DownstreamUnavailable, GraphNotFound, SpecError) as exc:
+            log.warning("run shown without node kinds: plan unavailable", graph_hash=graph, error=str(exc))
+            return None
+
+    async def SubmitRun(  # noqa: N802 - gRPC method name
+        self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SubmitRunResponse:
+        problem = _request_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            plan = await compile_off_loop(request.spec, self.limits)
+        except SpecError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid workflow: {exc}")
+        digest = graph_hash(request.spec)
+        try:
+            await self.plans.store(digest, request.spec, plan)
+        except DownstreamUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the graph: {exc}; retry later")
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"result-store rejected the graph: {exc.details()}")
+        run_id = new_run_id()
+        created = await self.store.create_run(
+            plan,
+            run_id=run_id,
+            graph_hash=digest,
+            now_ms=_now_ms(),
+            idempotency_key=request.idempotency_key,
+            labels=dict(request.labels),
+        )
+        if not created.created:
+            existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
+            log.info("submit matched an existing run", run_id=created.run_id)
+            return scheduler_pb2.SubmitRunResponse(run_id=created.run_id, created=False, graph_hash=existing)
+        self.graphs.remember(run_id, digest)
+        log.info("run created", run_id=run_id, workflow=plan.name, nodes=len(plan.nodes), graph_hash=digest)
+        try:
+            await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
+        except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
+            # The run exists with its roots READY: the recovery sweep dispatches them.
+            log.warning("roots not dispatched yet; the recovery sweep will", run_id=run_id, error=str(exc))
+        return scheduler_pb2.SubmitRunResponse(run_id=run_id, created=True, graph_hash=digest)
+
+    async def GetRun(  # noqa: N802
+        self, request: scheduler_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Run:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.reader.get_run(request.run_id, self._plan_or_none)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def ListRuns(  # noqa: N802
+        self, request: scheduler_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListRunsResponse:
+        limit = min(request.limit or LIST_DEFAULT, LIST_MAX)
+        status = None
+        if request.status != common_pb2.RUN_STATUS_UNSPECIFIED:
+            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_")
+        try:
+            runs, token = await self.reader.list_runs(
+                limit=limit, status=status, page_token=request.page_token
+            )
+        except BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def WatchRun(  # noqa: N802
+        self, request: scheduler_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.RunEvent]:
+        run_id = request.run_id
+        await self._check_run_id(run_id, context)
+        if request.cursor and not _CURSOR.fullmatch(request.cursor):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cursor {request.cursor[:64]!r} is malformed: "
+                "pass a RunEvent.cursor (like '1700000000000-0')",
+            )
+        if await self.watch_reader.status(run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(RunNotFound(run_id)))
+        cursor = request.cursor or "0-0"
+        with structlog.contextvars.bound_contextvars(run_id=run_id):
+            while not context.done():
+                entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
+                if not entries:
+                    status = await self.watch_reader.status(run_id)
+                    if status is None or status in ENDED_STATUSES:
+                        return  # history read to its end (or expired)
+                    entries = await self.watch_reader.read_events(
+                        run_id, cursor, count=WATCH_BATCH, block_ms=self.watch_block_ms
+                    )
+                for entry_id, fields in entries:
+                    event = event_from_entry(run_id, entry_id, fields)
+                    cursor = event.cursor
+                    yield event
+                    if is_terminal(event):
+                        return
+
+    async def CancelRun(  # noqa: N802
+        self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Run:
+        await self._check_run_id(request.run_id, context)
+        reason = request.reason[:REASON_MAX] or "canceled by request"
+        try:
+            status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
+            log.info("run cancel requested", run_id=request.run_id, status=status)
+            return await self.reader.get_run(request.run_id, self._plan_or_none)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

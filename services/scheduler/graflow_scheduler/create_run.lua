@@ -1,0 +1,37 @@
+-- Create a run: meta, node states (roots READY at attempt 1, others PENDING), indexes, events.
+-- KEYS: 1-7 run keys (see common.lua), 8 runs index zset, 9 idempotency key (optional).
+-- ARGV: run_id, name, graph_hash, now_ms, labels_json, sinks_json, idem_key, retention_s,
+--       n_roots, then the root ids, then every other node id (groups included).
+-- Returns {created (1/0), run_id}: with an idempotency key that is taken, the existing run id.
+local run_id, now, retention = ARGV[1], ARGV[4], ARGV[8]
+if #KEYS >= 9 then
+  local existing = redis.call('GET', KEYS[9])
+  if existing then return {0, existing} end
+end
+if redis.call('EXISTS', KEYS[K_META]) == 1 then return {0, run_id} end
+if #KEYS >= 9 then redis.call('SET', KEYS[9], run_id, 'EX', retention) end
+
+local n_roots = tonumber(ARGV[9])
+local first = 10
+local total = #ARGV - first + 1
+redis.call('HSET', KEYS[K_META], 'name', ARGV[2], 'status', 'RUNNING', 'graph', ARGV[3],
+  'created', now, 'updated', now, 'ended', '0', 'pending', tostring(total),
+  'labels', ARGV[5], 'sinks', ARGV[6], 'idem', ARGV[7])
+local states, attempts = {}, {}
+for i = first, #ARGV do
+  if i < first + n_roots then
+    states[#states + 1] = ARGV[i]; states[#states + 1] = 'READY'
+    attempts[#attempts + 1] = ARGV[i]; attempts[#attempts + 1] = '1'
+  else
+    states[#states + 1] = ARGV[i]; states[#states + 1] = 'PENDING'
+  end
+end
+hset_many(KEYS[K_STATE], states)
+hset_many(KEYS[K_ATTEMPT], attempts)
+redis.call('ZADD', KEYS[8], now, run_id)
+redis.call('SADD', KEYS[K_ACTIVE], run_id)
+add_event(now, 'RUN_CREATED', '', 0, ARGV[2], '', '')
+for i = first, first + n_roots - 1 do
+  add_event(now, 'NODE_READY', ARGV[i], 1, '', '', '')
+end
+return {1, run_id}

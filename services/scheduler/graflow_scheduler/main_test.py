@@ -1,0 +1,66 @@
+"""The process entry point: settings from the environment, start-up, SIGTERM shutdown."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from graflow_runtime.settings import SettingsError, load_settings
+
+import graflow_scheduler.__main__  # noqa: F401 - run as a process below; imported so Pants ships it
+from graflow_scheduler.settings import SchedulerSettings
+
+
+def test_settings_come_from_prefixed_environment_variables(monkeypatch):
+    monkeypatch.setenv("GRAFLOW_SCHEDULER_OUTCOME_BATCH", "64")
+    monkeypatch.setenv("GRAFLOW_SCHEDULER_CONSUMER_NAME", "pod-7")
+    settings = load_settings(SchedulerSettings)
+    assert (settings.outcome_batch, settings.consumer_name, settings.address) == (
+        64,
+        "pod-7",
+        "127.0.0.1:50051",
+    )
+    assert settings.max_args_bytes == 1024 * 1024 and settings.retention_s == 7 * 24 * 3600
+
+
+def test_bad_setting_is_reported_with_its_variable_name(monkeypatch):
+    monkeypatch.setenv("GRAFLOW_SCHEDULER_OUTCOME_BATCH", "0")
+    with pytest.raises(SettingsError, match="GRAFLOW_SCHEDULER_OUTCOME_BATCH"):
+        load_settings(SchedulerSettings)
+
+
+def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "GRAFLOW_SCHEDULER_REDIS_URL": redis_url,
+        "GRAFLOW_SCHEDULER_ADDRESS": "127.0.0.1:0",
+        "GRAFLOW_SCHEDULER_LOG_FORMAT": "json",
+        "GRAFLOW_SCHEDULER_COORDINATOR_ADDRESS": "127.0.0.1:1",
+        "GRAFLOW_SCHEDULER_RESULT_STORE_ADDRESS": "127.0.0.1:1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "graflow_scheduler"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        listening = next(
+            (r for r in _records(process.stderr) if r.get("event") == "scheduler listening"), None
+        )
+        assert listening is not None and listening["port"] > 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert any(r.get("event") == "scheduler stopped" for r in _records(process.stderr))
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _records(lines):
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue

@@ -1,0 +1,193 @@
+"""Reads of run state: one run, the run listing (newest first, paged), event history, and what
+the recovery sweep needs (active runs and their READY nodes)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import scheduler_pb2
+from graflow_runtime import keys
+
+from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.plan import Plan
+from graflow_scheduler.runids import is_run_id
+from graflow_scheduler.views import add_nodes, run_from_meta
+
+PlanLookup = Callable[[str], Awaitable[Plan | None]]
+
+
+class BadPageToken(ValueError):
+    """A ListRuns page token that this service did not issue."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyRun:
+    run_id: str
+    graph_hash: str
+    # READY nodes with their current attempt.
+    ready: tuple[tuple[str, int], ...]
+
+
+def encode_page_token(score: int, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score}:{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        score, run_id = raw.split(":", 1)
+        if not is_run_id(run_id):
+            raise ValueError(run_id)
+        return int(score), run_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadPageToken(f"page_token {token[:64]!r} is not a token returned by ListRuns") from exc
+
+
+class RunReader:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def graph_hashes(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """Graph hash of each run (None for unknown or expired runs), one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.run_meta(run_id), "graph")
+            values = await pipe.execute()
+        return {r: (v.decode() if v else None) for r, v in zip(run_ids, values, strict=True)}
+
+    async def status(self, run_id: str) -> str | None:
+        value = await self.redis.hget(keys.run_meta(run_id), "status")
+        return value.decode() if value else None
+
+    async def get_run(self, run_id: str, plan_lookup: PlanLookup) -> scheduler_pb2.Run:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.run_meta(run_id))
+            pipe.hgetall(keys.run_state(run_id))
+            pipe.hgetall(keys.run_attempts(run_id))
+            pipe.hgetall(keys.run_errors(run_id))
+            meta, states, attempts, errors = await pipe.execute()
+        if not meta:
+            raise RunNotFound(run_id)
+        run = run_from_meta(run_id, meta)
+        add_nodes(run, states, attempts, errors, await plan_lookup(run.graph_hash))
+        return run
+
+    async def list_runs(
+        self, *, limit: int, status: str | None, page_token: str
+    ) -> tuple[list[scheduler_pb2.Run], str]:
+        """Runs newest first (without nodes), optionally with one status, and the next token."""
+        cursor = decode_page_token(page_token) if page_token else None
+        runs: list[scheduler_pb2.Run] = []
+        scanned, max_scan = 0, max(limit * 20, 1000)
+        while len(runs) < limit and scanned < max_scan:
+            candidates = await self._page(cursor, limit - len(runs) if status is None else max(limit, 100))
+            if not candidates:
+                return runs, ""
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run_id, _score in candidates:
+                    pipe.hgetall(keys.run_meta(run_id))
+                metas = await pipe.execute()
+            for (run_id, score), meta in zip(candidates, metas, strict=True):
+                cursor = (score, run_id)
+                scanned += 1
+                if not meta:
+                    continue  # expired; the sweep prunes the index
+                run = run_from_meta(run_id, meta)
+                if status is not None and meta.get(b"status", b"").decode() != status:
+                    continue
+                runs.append(run)
+                if len(runs) == limit:
+                    break
+        return runs, encode_page_token(*cursor) if cursor else ""
+
+    async def _page(self, cursor: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
+        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order."""
+        if cursor is None:
+            rows = await self.redis.zrange(
+                keys.RUNS_INDEX, "+inf", "-inf", desc=True, byscore=True, offset=0, num=count, withscores=True
+            )
+            return [(m.decode(), int(s)) for m, s in rows]
+        score, last_id = cursor
+        # Runs created in the same millisecond sort by id, descending in this order.
+        ties = await self.redis.zrange(
+            keys.RUNS_INDEX, score, score, desc=True, byscore=True, withscores=True
+        )
+        out = [(m.decode(), int(s)) for m, s in ties if m.decode() < last_id][:count]
+        if len(out) < count:
+            rows = await self.redis.zrange(
+                keys.RUNS_INDEX,
+                f"({score}",
+                "-inf",
+                desc=True,
+                byscore=True,
+                offset=0,
+                num=count - len(out),
+                withscores=True,
+            )
+            out.extend((m.decode(), int(s)) for m, s in rows)
+        return out
+
+    async def read_events(
+        self, run_id: str, after: str, *, count: int, block_ms: int | None = None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Event entries after ``after`` (exclusive; "0-0" = from the start)."""
+        response = await self.redis.xread({keys.run_events(run_id): after}, count=count, block=block_ms)
+        if not response:
+            return []
+        return list(response[0][1])
+
+    async def active_run_ids(self) -> list[str]:
+        return [m.decode() async for m in self.redis.sscan_iter(keys.ACTIVE_RUNS, count=1000)]
+
+    async def ready_runs(self, run_ids: Sequence[str]) -> tuple[list[ReadyRun], list[str]]:
+        """READY nodes of each run, and the ids among ``run_ids`` whose state is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(keys.run_meta(run_id), ["graph", "status"])
+                pipe.hgetall(keys.run_state(run_id))
+                pipe.hgetall(keys.run_attempts(run_id))
+            values = await pipe.execute()
+        ready_runs: list[ReadyRun] = []
+        gone: list[str] = []
+        for index, run_id in enumerate(run_ids):
+            (graph, status), states, attempts = values[3 * index : 3 * index + 3]
+            if graph is None:
+                gone.append(run_id)
+                continue
+            if status != b"RUNNING":
+                continue
+            ready = tuple(
+                (node.decode(), int(attempts.get(node, b"1")))
+                for node, state in states.items()
+                if state == b"READY"
+            )
+            if ready:
+                ready_runs.append(ReadyRun(run_id=run_id, graph_hash=graph.decode(), ready=ready))
+        return ready_runs, gone
+
+    async def forget(self, run_ids: Sequence[str]) -> None:
+        """Drop runs whose state expired from the active set."""
+        if run_ids:
+            await self.redis.srem(keys.ACTIVE_RUNS, *run_ids)
+
+    async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
+        """Remove listing entries of runs created before ``created_before_ms`` whose state has
+        expired (a run is kept for the retention period after it ended)."""
+        old = await self.redis.zrange(
+            keys.RUNS_INDEX, 0, created_before_ms, byscore=True, offset=0, num=batch
+        )
+        if not old:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in old:
+                pipe.exists(keys.run_meta(member.decode()))
+            exists = await pipe.execute()
+        gone = [m for m, present in zip(old, exists, strict=True) if not present]
+        if gone:
+            await self.redis.zrem(keys.RUNS_INDEX, *gone)
+        return len(gone)

@@ -1,0 +1,54 @@
+"""Typed settings of the scheduler (environment variables ``GRAFLOW_SCHEDULER_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from graflow_runtime.settings import (
+    DEFAULT_COORDINATOR_ADDRESS,
+    DEFAULT_RESULT_STORE_ADDRESS,
+    DEFAULT_SCHEDULER_ADDRESS,
+    ServiceSettings,
+    settings_config,
+)
+
+
+def default_consumer_name() -> str:
+    """Consumer name in the ``scheduler`` group of the outcome stream: unique per process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = settings_config("GRAFLOW_SCHEDULER_")
+
+    # gRPC listen address ("host:port"; port 0 picks a free port).
+    address: str = DEFAULT_SCHEDULER_ADDRESS
+    coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
+    result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
+    # Consumer name in the outcome stream's group. Set it to a stable name (e.g. the pod name) so
+    # that a restarted replica drains what it held; otherwise other replicas reclaim it when idle.
+    consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
+    # Outcomes read (and applied in one pipeline, dispatched in one call) per batch.
+    outcome_batch: int = Field(default=256, ge=1, le=10_000)
+    outcome_block_ms: int = Field(default=2000, ge=1)
+    # An outcome redelivered more often than this (a scheduler crashed on it each time) goes to
+    # the dead letters instead of being applied again.
+    outcome_max_deliveries: int = Field(default=10, ge=1)
+    # Limits of a submitted workflow.
+    max_nodes: int = Field(default=100_000, ge=1)
+    max_args_bytes: int = Field(default=1024 * 1024, ge=2)
+    # Seconds ended runs are kept (their keys expire afterwards).
+    retention_s: int = Field(default=7 * 24 * 3600, ge=1)
+    # Recovery sweep period: READY nodes of active runs are dispatched again (deduplicated).
+    sweep_interval_s: float = Field(default=10.0, gt=0)
+    # Outcomes pending longer than this in another consumer (a dead replica) are claimed.
+    claim_idle_ms: int = Field(default=30_000, ge=1)
+    # Compiled plans kept in memory (LRU by graph hash).
+    plan_cache_size: int = Field(default=1024, ge=1)
+    # WatchRun: longest blocking read before re-checking the run, and the Redis connections
+    # reserved for watchers (each watcher holds one while it blocks).
+    watch_block_ms: int = Field(default=5000, ge=1)
+    watch_max_connections: int = Field(default=1024, ge=1)

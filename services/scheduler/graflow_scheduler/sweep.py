@@ -1,0 +1,120 @@
+"""The recovery sweep: at start-up and periodically, dispatch again the READY nodes of every
+active run with their current attempt.
+
+A node becomes READY in the same script that records the outcome releasing it, but it reaches
+the coordinator in a later call; a scheduler that dies in between leaves it READY and
+undelivered. The coordinator deduplicates by (run, node, attempt), so dispatching what was
+already delivered is harmless. The sweep also forgets runs whose state expired and prunes the run
+listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from graflow_api.v1 import coordinator_pb2
+from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+
+from graflow_scheduler.dispatch import Dispatcher, delivery
+from graflow_scheduler.errors import GraphNotFound, SpecError
+from graflow_scheduler.plans import PlanCache
+from graflow_scheduler.queries import RunReader
+
+log = structlog.get_logger(__name__)
+
+RUNS_PER_ROUND = 200
+
+
+@dataclass
+class SweepStats:
+    sweeps: int = 0
+    redispatched: int = 0
+
+
+class RecoverySweep:
+    def __init__(
+        self,
+        reader: RunReader,
+        plans: PlanCache,
+        dispatcher: Dispatcher,
+        *,
+        interval_s: float,
+        retention_s: int,
+    ) -> None:
+        self.reader = reader
+        self.plans = plans
+        self.dispatcher = dispatcher
+        self.interval_s = interval_s
+        self.retention_s = retention_s
+        self.stats = SweepStats()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="recovery-sweep")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.sweep_once()
+            except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
+                log.warning("recovery sweep incomplete; retried next period", error=str(exc))
+            except Exception:  # noqa: BLE001 - keep sweeping; the next period retries
+                log.exception("recovery sweep failed; retried next period")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    async def sweep_once(self) -> int:
+        """One pass over the active runs; returns the number of deliveries sent."""
+        self.stats.sweeps += 1
+        run_ids = await self.reader.active_run_ids()
+        sent = 0
+        for start in range(0, len(run_ids), RUNS_PER_ROUND):
+            ready_runs, gone = await self.reader.ready_runs(run_ids[start : start + RUNS_PER_ROUND])
+            if gone:
+                log.warning("active runs without state forgotten", run_ids=gone)
+                await self.reader.forget(gone)
+            deliveries: list[coordinator_pb2.Delivery] = []
+            for ready_run in ready_runs:
+                try:
+                    plan = await self.plans.get(ready_run.graph_hash)
+                except (GraphNotFound, SpecError) as exc:
+                    log.error(
+                        "cannot dispatch READY nodes: graph unusable", run_id=ready_run.run_id, error=str(exc)
+                    )
+                    continue
+                deliveries.extend(
+                    delivery(plan, ready_run.run_id, node_id, attempt)
+                    for node_id, attempt in ready_run.ready
+                    if node_id in plan.nodes and plan.nodes[node_id].task is not None
+                )
+            if deliveries:
+                try:
+                    counts = await self.dispatcher.dispatch(deliveries)
+                except grpc.aio.AioRpcError as exc:
+                    log.error(
+                        "coordinator rejected the sweep's dispatch",
+                        code=exc.code().name,
+                        details=exc.details(),
+                    )
+                    continue
+                sent += len(deliveries)
+                if counts.accepted:
+                    log.info("recovery sweep dispatched undelivered READY nodes", accepted=counts.accepted)
+        self.stats.redispatched += sent
+        await self.reader.prune_index(int(time.time() * 1000) - self.retention_s * 1000)
+        return sent

@@ -1,0 +1,68 @@
+"""A run's channel for ``TaskContext.channel``, backed by the result-store's Channel RPCs.
+
+Task functions are synchronous code running in worker threads, so each call is handed to the
+event loop with ``asyncio.run_coroutine_threadsafe`` and waited for in the thread. The RPC goes
+through the result-store :class:`Downstream` (deadline + breaker). An ``async def`` task runs on
+the loop itself and must not block it: it calls the channel through ``asyncio.to_thread``, e.g.
+``await asyncio.to_thread(ctx.channel.get, "key")``; calling it directly raises a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from graflow import payload
+from graflow_api.v1 import result_store_pb2 as rs_pb2
+from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime.grpc_client import Downstream
+
+T = TypeVar("T")
+
+
+class ResultStoreChannel:
+    """:class:`graflow.context.ChannelBackend` for one run."""
+
+    def __init__(self, run_id: str, *, downstream: Downstream, stub: rs_grpc.ResultStoreStub,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._run_id = run_id
+        self._downstream = downstream
+        self._stub = stub
+        self._loop = loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop_thread_is_current():
+            coro.close()
+            raise RuntimeError(
+                "ctx.channel is synchronous and would block the event loop of this async task; "
+                "call it through a thread: await asyncio.to_thread(ctx.channel.get, key)"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=self._downstream.timeout_s + 5)
+
+    def _loop_thread_is_current(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # no loop in this thread: a worker thread, as it should be
+            return False
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        request = rs_pb2.ChannelGetRequest(run_id=self._run_id, keys=keys)
+        response = self._run(self._downstream.call(self._stub.ChannelGet, request))
+        return {entry.key: payload.decode(entry.value) for entry in response.entries}
+
+    def set_many(self, values: dict[str, Any], ttl_s: float | None) -> None:
+        entries = [rs_pb2.ChannelEntry(key=k, value=payload.encode(v)) for k, v in values.items()]
+        request = rs_pb2.ChannelSetRequest(
+            run_id=self._run_id, entries=entries, ttl_ms=round(ttl_s * 1000) if ttl_s else 0
+        )
+        self._run(self._downstream.call(self._stub.ChannelSet, request))
+
+    def delete(self, keys: list[str]) -> int:
+        request = rs_pb2.ChannelDeleteRequest(run_id=self._run_id, keys=keys)
+        return self._run(self._downstream.call(self._stub.ChannelDelete, request)).deleted
+
+    def keys(self) -> list[str]:
+        request = rs_pb2.ChannelKeysRequest(run_id=self._run_id)
+        return list(self._run(self._downstream.call(self._stub.ChannelKeys, request)).keys)

@@ -1,0 +1,184 @@
+"""Group commit of finished attempts (architecture step 4).
+
+Finished attempts queue up while the previous commit is in flight; the flusher takes everything
+queued (up to ``commit_batch_max``) and commits it in two steps:
+
+1. one ``PutResults`` with the results of the successes (split only when their values together
+   exceed 8 MiB);
+2. one ``MULTI``: ``XADD gf:outcomes`` (field ``o`` = TaskOutcome bytes) per attempt and the
+   ``XACK`` of every delivery on its queue stream, ``EXEC``.
+
+A delivery is acknowledged only together with its outcome, after its result is stored. Only after
+``EXEC`` are the slots released. When the result-store or Redis is unavailable the batch is kept,
+nothing is acknowledged, the intake is paused and the commit is retried with bounded backoff until
+it goes through; then the intake resumes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from graflow_api.v1 import messages_pb2
+from graflow_api.v1 import result_store_pb2 as rs_pb2
+from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime import keys
+from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+
+from graflow_worker.intake import Backoff, Intake
+from graflow_worker.runner import Execution, failure
+
+log = structlog.get_logger(__name__)
+
+PAUSE_RESULT_STORE = "result-store unavailable"
+PAUSE_REDIS = "redis unavailable"
+STALE = rs_pb2.PutResultsResponse.DISPOSITION_STALE
+# Results per PutResults request, by value bytes (the gRPC message limit is 64 MiB).
+PUT_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Finished:
+    """An attempt waiting for its commit, and the delivery it came from."""
+
+    stream: str
+    entry_id: bytes
+    execution: Execution
+    on_committed: Callable[[], None]
+
+
+class Committer:
+    def __init__(self, redis: aioredis.Redis, *, result_store: Downstream, stub: rs_grpc.ResultStoreStub,
+                 intake: Intake, batch_max: int) -> None:
+        self._redis = redis
+        self._downstream = result_store
+        self._stub = stub
+        self._intake = intake
+        self._batch_max = batch_max
+        self._queue: deque[Finished] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+
+    def submit(self, item: Finished) -> None:
+        self._queue.append(item)
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def wait_idle(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """The flusher: commit batches until cancelled."""
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_max))]
+            await self._commit(batch)
+            self.batches += 1
+            for item in batch:
+                item.on_committed()
+
+    async def _commit(self, batch: list[Finished]) -> None:
+        await self._store_results(batch)
+        await self._append_and_ack(batch)
+
+    async def _store_results(self, batch: list[Finished]) -> None:
+        with_result = [item for item in batch if item.execution.result is not None]
+        chunk: list[Finished] = []
+        size = 0
+        for item in with_result:
+            value_size = len(item.execution.result.value.data)  # type: ignore[union-attr]
+            if chunk and size + value_size > PUT_REQUEST_BYTES:
+                await self._put(chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += value_size
+        if chunk:
+            await self._put(chunk)
+        self._intake.resume(PAUSE_RESULT_STORE)
+
+    async def _put(self, items: list[Finished]) -> None:
+        """One PutResults, retried while the result-store is unavailable. A rejected batch is retried
+        result by result, so one bad value (e.g. over the size limit) fails only its own attempt."""
+        request = rs_pb2.PutResultsRequest(results=[item.execution.result for item in items])
+        backoff = Backoff()
+        while True:
+            try:
+                response = await self._downstream.call(self._stub.PutResults, request)
+                break
+            except DownstreamUnavailable as exc:
+                self._intake.pause(PAUSE_RESULT_STORE)
+                delay = backoff.next_delay()
+                log.warning("cannot store results; keeping the batch and retrying", error=str(exc),
+                            results=len(items), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+            except grpc.aio.AioRpcError as exc:
+                if len(items) > 1:
+                    for item in items:
+                        await self._put([item])
+                    return
+                log.error("result-store rejected a result", code=exc.code().name, details=exc.details())
+                _fail_unstored(items[0], exc)
+                return
+        for item, disposition in zip(items, response.dispositions, strict=False):
+            if disposition == STALE:
+                outcome = item.execution.outcome
+                log.info("result is stale: a newer attempt is stored (the outcome is still reported; "
+                         "the scheduler fences it)", run_id=outcome.run_id, node_id=outcome.node_id,
+                         attempt=outcome.attempt)
+
+    async def _append_and_ack(self, batch: list[Finished]) -> None:
+        acks: dict[str, list[bytes]] = {}
+        for item in batch:
+            acks.setdefault(item.stream, []).append(item.entry_id)
+        outcomes = [item.execution.outcome.SerializeToString() for item in batch]
+        backoff = Backoff()
+        while True:
+            # A pipeline forgets its commands after execute(), so it is rebuilt on every try.
+            pipe = self._redis.pipeline(transaction=True)
+            for data in outcomes:
+                pipe.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: data})
+            for stream, ids in acks.items():
+                pipe.xack(stream, keys.WORKER_GROUP, *ids)
+            try:
+                await pipe.execute()
+            except (RedisError, *REDIS_UNAVAILABLE) as exc:  # OOM, EXECABORT, connection lost
+                self._intake.pause(PAUSE_REDIS)
+                delay = backoff.next_delay()
+                log.warning("cannot append outcomes; keeping the batch and retrying", error=str(exc),
+                            batch=len(batch), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            break
+        self._intake.resume(PAUSE_REDIS)
+
+
+def _fail_unstored(item: Finished, exc: grpc.aio.AioRpcError) -> None:
+    """The result-store refused the result (a business error): the attempt fails instead. An invalid
+    result (INVALID_ARGUMENT, e.g. over the size limit) fails the same way again: not retryable."""
+    outcome: messages_pb2.TaskOutcome = item.execution.outcome
+    outcome.status = messages_pb2.TaskOutcome.STATUS_FAILED
+    outcome.has_result = False
+    outcome.error.CopyFrom(failure(
+        "ResultRejected", f"the result-store rejected the result: {exc.code().name}: {exc.details()}",
+        retryable=exc.code() != grpc.StatusCode.INVALID_ARGUMENT,
+    ))
+    item.execution.result = None

@@ -1,0 +1,335 @@
+"""Reading deliveries from the queue streams and running them (architecture step 3).
+
+The read loop first resumes this consumer's own pending entries (id ``0``: work it held before a
+restart with the same worker id), then reads new ones with
+``XREADGROUP GROUP workers <worker_id> COUNT <free slots> BLOCK <read_block_ms> STREAMS <queues> >``,
+only while slots are free and the intake is not paused. It blocks on Redis or on the intake, never
+polls. Pausing or stopping unblocks a read in progress with ``CLIENT UNBLOCK`` (the read returns
+nothing, so no entry is taken and then lost).
+
+For each read batch: undecodable entries go to dead letters (``XADD gf:deadletters`` + ``XACK`` in one
+``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, and each
+envelope runs in its own asyncio task; finished attempts go to the committer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+import structlog
+from google.protobuf.message import DecodeError
+from redis.exceptions import RedisError, ResponseError
+
+from graflow_api.v1 import messages_pb2
+from graflow_api.v1 import result_store_pb2 as rs_pb2
+from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime import keys
+from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+
+from graflow_worker.committer import Committer, Finished
+from graflow_worker.intake import Backoff, Intake, sleep_unless
+from graflow_worker.runner import Execution, Runner, failure, now_ms
+
+log = structlog.get_logger(__name__)
+
+DEAD_LETTER_FIELD = b"d"
+PAUSE_FETCH = "result-store unavailable for upstream results"
+
+
+@dataclass
+class Delivery:
+    stream: str
+    entry_id: bytes
+    envelope: messages_pb2.TaskEnvelope
+
+
+class _GaveUp(Exception):
+    """The worker is stopping while waiting for the result-store; the entries stay pending."""
+
+
+def decode_entry(fields: dict[bytes, bytes] | None) -> tuple[messages_pb2.TaskEnvelope | None, bytes, str]:
+    """(envelope, raw bytes, reason it is unusable or "")."""
+    if not fields or keys.ENVELOPE_FIELD not in fields:
+        return None, b"", (
+            "undecodable envelope: the entry has no field 'e' (deleted, or not written by the coordinator)"
+        )
+    raw = fields[keys.ENVELOPE_FIELD]
+    try:
+        envelope = messages_pb2.TaskEnvelope.FromString(raw)
+    except DecodeError as exc:
+        return None, raw, f"undecodable envelope: {exc}"
+    missing = [name for name in ("run_id", "node_id", "task_type") if not getattr(envelope, name)]
+    if missing:
+        return envelope, raw, f"undecodable envelope: missing {', '.join(missing)}"
+    if envelope.attempt < 1:
+        return envelope, raw, "undecodable envelope: attempt must be >= 1"
+    return envelope, raw, ""
+
+
+class Consumer:
+    def __init__(self, *, redis: aioredis.Redis, reader: aioredis.Redis, worker_id: str, queues: list[str],
+                 intake: Intake, runner: Runner, committer: Committer, result_store: Downstream,
+                 stub: rs_grpc.ResultStoreStub, read_block_ms: int) -> None:
+        self._redis = redis
+        self._reader = reader
+        self.worker_id = worker_id
+        self._queue_of = {keys.queue_stream(q): q for q in queues}
+        self._intake = intake
+        self._runner = runner
+        self._committer = committer
+        self._downstream = result_store
+        self._stub = stub
+        self._block_ms = read_block_ms
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._reader_id: int | None = None
+        self._blocking = False
+        # Deliveries read and not yet committed (reported as in_flight in heartbeats).
+        self.held = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    # ---- set-up and control ----
+    async def ensure_groups(self) -> None:
+        for stream in self._queue_of:
+            try:
+                await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def unblock(self) -> None:
+        """Make a blocking read in progress return at once (with nothing)."""
+        if self._blocking and self._reader_id is not None:
+            self._spawn(self._send_unblock(self._reader_id))
+
+    async def _send_unblock(self, client_id: int) -> None:
+        try:
+            await self._redis.client_unblock(client_id)
+        except (RedisError, OSError) as exc:
+            log.debug("could not unblock the reader", error=str(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._intake.stop()
+
+    async def wait_drained(self) -> None:
+        await self._drained.wait()
+
+    async def cancel_work(self) -> None:
+        """Cancel what still runs (shutdown grace elapsed); those entries stay pending."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- reading ----
+    async def run(self) -> None:
+        """Resume own pending entries, then read new ones until stopped."""
+        backoff = Backoff(cap=2.0)
+        streams = list(self._queue_of)
+        cursors = {stream: b"0" for stream in streams}
+        while cursors and not self._stop.is_set():
+            if not await self._intake.wait_ready():
+                return
+            stream = next(iter(cursors))
+            try:
+                entries = await self._read({stream: cursors[stream]}, block_ms=None)
+            except (RedisError, OSError) as exc:
+                await self._read_failed(exc, backoff)
+                continue
+            if not entries:
+                del cursors[stream]
+                continue
+            cursors[stream] = entries[-1][1]
+            log.info("resuming own pending entries", stream=stream, count=len(entries))
+            self._accept(entries)
+        new = {stream: ">" for stream in streams}
+        while await self._intake.wait_ready():
+            try:
+                entries = await self._read(new, block_ms=self._block_ms)
+            except (RedisError, OSError) as exc:
+                await self._read_failed(exc, backoff)
+                continue
+            backoff.reset()
+            if entries:
+                self._accept(entries)
+
+    async def _read(self, streams: dict[str, Any], *, block_ms: int | None) -> list[tuple[str, bytes, Any]]:
+        if block_ms is not None and self._reader_id is None:
+            self._reader_id = await self._reader.client_id()
+        self._blocking = block_ms is not None
+        try:
+            response = await self._reader.xreadgroup(
+                keys.WORKER_GROUP, self.worker_id, streams, count=self._intake.free, block=block_ms
+            )
+        finally:
+            self._blocking = False
+        entries = []
+        for stream, items in response or ():
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            entries.extend((name, entry_id, fields) for entry_id, fields in items)
+        return entries
+
+    async def _read_failed(self, exc: BaseException, backoff: Backoff) -> None:
+        self._reader_id = None
+        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+            log.warning("consumer group missing; creating it again", error=str(exc))
+            try:
+                await self.ensure_groups()
+                return
+            except (RedisError, OSError) as again:
+                exc = again
+        delay = backoff.next_delay()
+        log.warning("reading the queues failed; retrying", error=str(exc), retry_in_s=round(delay, 3))
+        await sleep_unless(self._stop, delay)
+
+    def _accept(self, entries: list[tuple[str, bytes, Any]]) -> None:
+        self._intake.take(len(entries))
+        self.held += len(entries)
+        self._drained.clear()
+        self._spawn(self._handle_batch(entries))
+
+    def _release(self, count: int = 1) -> None:
+        self._intake.give(count)
+        self.held -= count
+        if self.held <= 0:
+            self._drained.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- handling a batch ----
+    async def _handle_batch(self, entries: list[tuple[str, bytes, Any]]) -> None:
+        deliveries: list[Delivery] = []
+        for stream, entry_id, fields in entries:
+            envelope, raw, reason = decode_entry(fields)
+            if reason:
+                await self._dead_letter(stream, entry_id, raw, reason, envelope)
+            else:
+                assert envelope is not None
+                deliveries.append(Delivery(stream, entry_id, envelope))
+        if not deliveries:
+            return
+        try:
+            upstream = await self._fetch_upstream(deliveries)
+        except _GaveUp:
+            self._release(len(deliveries))
+            return
+        except asyncio.CancelledError:
+            self._release(len(deliveries))
+            raise
+        for delivery in deliveries:
+            runs = upstream.get(delivery.envelope.run_id, {})
+            self._spawn(self._execute(delivery, runs))
+
+    async def _execute(self, delivery: Delivery, run_results: dict[str, Any] | BaseException) -> None:
+        envelope = delivery.envelope
+        try:
+            if isinstance(run_results, BaseException):
+                execution = self._fetch_failed(envelope, run_results)
+            else:
+                found = [run_results[n] for n in envelope.input_node_ids if n in run_results]
+                execution = await self._runner.run(
+                    envelope, {r.node_id: r.value for r in found}, {r.node_id: r.task_type for r in found})
+        except asyncio.CancelledError:
+            self._release()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug of the worker must not strand the delivery
+            log.exception("running a delivery failed inside the worker", run_id=envelope.run_id,
+                          node_id=envelope.node_id)
+            execution = self._failed(envelope, "WorkerError", f"the worker failed to run the task: {exc!r}")
+        self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, self._release))
+
+    def _fetch_failed(self, envelope: messages_pb2.TaskEnvelope, exc: BaseException) -> Execution:
+        detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        return self._failed(envelope, "UpstreamFetchFailed",
+                            f"could not read the upstream results of node {envelope.node_id!r}: {detail}")
+
+    def _failed(self, envelope: messages_pb2.TaskEnvelope, error_type: str, message: str) -> Execution:
+        started = now_ms()
+        outcome = messages_pb2.TaskOutcome(
+            run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
+            status=messages_pb2.TaskOutcome.STATUS_FAILED, worker_id=self.worker_id,
+            started_at_ms=started, finished_at_ms=started, trace_context=envelope.trace_context,
+            error=failure(error_type, message, retryable=True),
+        )
+        return Execution(outcome=outcome)
+
+    async def _fetch_upstream(self, deliveries: Iterable[Delivery]) -> dict[str, Any]:
+        """run id -> {node id: NodeResult}, or the error of that run's GetResults (a business error;
+        unavailability is retried until the worker stops)."""
+        wanted: dict[str, set[str]] = {}
+        for delivery in deliveries:
+            if delivery.envelope.input_node_ids:
+                wanted.setdefault(delivery.envelope.run_id, set()).update(delivery.envelope.input_node_ids)
+        if not wanted:
+            return {}
+        runs = list(wanted)
+        responses = await asyncio.gather(
+            *(self._get_results(run, sorted(wanted[run])) for run in runs), return_exceptions=True
+        )
+        out: dict[str, Any] = {}
+        for run, response in zip(runs, responses, strict=True):
+            if isinstance(response, _GaveUp) or (
+                isinstance(response, BaseException) and not isinstance(response, Exception)
+            ):
+                raise response
+            if isinstance(response, Exception):
+                log.error("fetching upstream results failed", run_id=run, error=repr(response))
+                out[run] = response
+            else:
+                out[run] = {result.node_id: result for result in response.results}
+        return out
+
+    async def _get_results(self, run_id: str, node_ids: list[str]) -> rs_pb2.GetResultsResponse:
+        request = rs_pb2.GetResultsRequest(run_id=run_id, node_ids=node_ids)
+        backoff = Backoff()
+        while True:
+            try:
+                response = await self._downstream.call(self._stub.GetResults, request)
+            except DownstreamUnavailable as exc:
+                if self._stop.is_set():
+                    raise _GaveUp() from exc
+                self._intake.pause(PAUSE_FETCH)
+                delay = backoff.next_delay()
+                log.warning("cannot fetch upstream results; retrying", error=str(exc), run_id=run_id,
+                            retry_in_s=round(delay, 3))
+                await sleep_unless(self._stop, delay)
+                continue
+            self._intake.resume(PAUSE_FETCH)
+            return response
+
+    async def _dead_letter(self, stream: str, entry_id: bytes, raw: bytes, reason: str,
+                           envelope: messages_pb2.TaskEnvelope | None) -> None:
+        letter = messages_pb2.DeadLetter(
+            queue=self._queue_of.get(stream, stream), original_id=_text(entry_id), reason=reason,
+            raw=raw, dead_at_ms=now_ms(),
+        )
+        if envelope is not None:
+            letter.run_id, letter.node_id = envelope.run_id, envelope.node_id
+            letter.attempt = envelope.attempt
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.xadd(keys.DEAD_LETTERS_STREAM, {DEAD_LETTER_FIELD: letter.SerializeToString()})
+            pipe.xack(stream, keys.WORKER_GROUP, entry_id)
+            await pipe.execute()
+            log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)
+        except (RedisError, OSError) as exc:
+            # It stays pending; the coordinator dead-letters it by its delivery count.
+            log.error("could not dead-letter an entry", stream=stream, entry_id=_text(entry_id),
+                      reason=reason, error=str(exc))
+        finally:
+            self._release()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+

@@ -1,0 +1,112 @@
+"""The worker as a real process: ``python -m graflow_worker`` with SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+
+from graflow_worker import __main__ as worker_main
+from graflow_worker.__main__ import main
+from graflow_worker.testing_services_test_support import (
+    TASKS_MODULE,
+    Stack,
+    enqueue,
+    envelope,
+    eventually,
+    pending_count,
+    wait_outcomes,
+)
+from graflow_worker.testing_tasks_test_support import PROBE
+
+
+@pytest.fixture
+async def stack(redis, redis_url):
+    PROBE.reset()
+    async with Stack(redis, redis_url) as s:
+        yield s
+
+
+def worker_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFLOW_WORKER_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.update({f"GRAFLOW_WORKER_{k.upper()}": v for k, v in values.items()})
+    return env
+
+
+async def spawn(tmp_path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - handed to the process
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "graflow_worker", env=env, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+async def test_worker_process_serves_then_drains_on_sigterm(stack, tmp_path):
+    env = worker_env(
+        worker_id="proc-worker", task_modules=TASKS_MODULE, redis_url=stack.redis_url,
+        coordinator_address=stack.coordinator_server.address,
+        result_store_address=stack.store_server.address, log_format="json",
+    )
+    process = await spawn(tmp_path, env)
+    try:
+        await eventually(lambda: stack.coordinator.registrations, timeout=30, what="registration")
+        await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 40, "b": 2}))
+        [outcome] = await wait_outcomes(stack.redis, 1)
+        assert outcome.worker_id == "proc-worker"
+        assert stack.store.value("r1", "a") == 42
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert stack.coordinator.deregistrations == ["proc-worker"]
+    assert await pending_count(stack.redis) == 0
+    log = (tmp_path / "worker.log").read_text()
+    assert '"worker_id": "proc-worker"' in log and "worker stopped" in log
+
+
+def test_worker_without_task_modules_exits_with_a_clear_message(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("GRAFLOW_WORKER_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert "GRAFLOW_WORKER_TASK_MODULES" in str(exited.value.code)
+
+
+def test_worker_with_a_broken_task_module_exits_naming_it(monkeypatch):
+    monkeypatch.setenv("GRAFLOW_WORKER_TASK_MODULES", "graflow_worker.no_such_module")
+    # Keep this test process's logging and tracing as they are.
+    monkeypatch.setattr(worker_main, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(worker_main, "configure_tracing", lambda *args: lambda: None)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert "'graflow_worker.no_such_module' failed to import" in str(exited.value.code)
+
+
+async def test_worker_process_exits_after_the_grace_period_leaving_stuck_work_pending(stack, tmp_path):
+    env = worker_env(
+        worker_id="proc-stuck", task_modules=TASKS_MODULE, redis_url=stack.redis_url,
+        coordinator_address=stack.coordinator_server.address,
+        result_store_address=stack.store_server.address, shutdown_grace_s="0.3",
+    )
+    process = await spawn(tmp_path, env)
+    try:
+        await eventually(lambda: stack.coordinator.registrations, timeout=30, what="registration")
+        await enqueue(stack.redis, envelope("r1", "stuck", "hold", args={"key": "never"}))
+        beats = stack.coordinator.heartbeats
+        await eventually(lambda: beats and beats[-1].in_flight == 1, what="the task to be in flight")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert await pending_count(stack.redis) == 1
+    assert stack.coordinator.deregistrations == ["proc-stuck"]
+    assert "task threads still running at exit" in (tmp_path / "worker.log").read_text()

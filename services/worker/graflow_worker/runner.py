@@ -1,0 +1,291 @@
+"""Running one attempt: look up the task type, bind parameters, call the function, encode the result.
+
+Synchronous functions run in a bounded thread pool (``concurrency`` threads), ``async def`` ones on
+the event loop; at most ``concurrency`` functions run at once. The attempt's timeout
+(``envelope.timeout_ms``, else the task's ``@task(timeout=...)``) cancels an ``async def`` task. A
+thread can't be killed: a timed-out synchronous function keeps running, its result is discarded,
+and it keeps its thread and its running slot until it returns (so the worker takes less new work
+instead of oversubscribing). The attempt itself fails at once with ``TaskTimeout``.
+
+The runner never raises for a task's failure: it returns an :class:`Execution` with the outcome
+(and the result to store when the attempt succeeded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from graflow import payload
+from graflow.context import Channel, ChannelBackend, TaskContext
+from graflow.dsl import TaskFunc
+from graflow.errors import NonRetryableError, PayloadError
+from graflow_api.v1 import common_pb2, messages_pb2
+from graflow_api.v1 import result_store_pb2 as rs_pb2
+from graflow_runtime import telemetry
+
+from graflow_worker.binding import BindingError, bind
+from graflow_worker.intake import Intake
+from graflow_worker.registry import Registry
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("graflow_worker")
+
+SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
+FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
+MAX_MESSAGE_CHARS = 4096
+TASK_THREAD_PREFIX = "graflow-task"
+# Frames of the worker itself, asyncio and the thread pool are left out of traceback summaries.
+_INTERNAL = (__file__, *(os.path.dirname(p) + os.sep
+                         for p in (asyncio.__file__, concurrent.futures.__file__)))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Execution:
+    """A finished attempt: its outcome and, for a success, the result to store."""
+
+    outcome: messages_pb2.TaskOutcome
+    result: rs_pb2.NodeResult | None = None
+
+
+class _Failure(Exception):
+    def __init__(self, error: common_pb2.ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _AttemptTimedOut(Exception):
+    pass
+
+
+def failure(error_type: str, message: str, *, retryable: bool, tb: str = "") -> common_pb2.ErrorInfo:
+    return common_pb2.ErrorInfo(
+        type=error_type, message=message[:MAX_MESSAGE_CHARS], traceback=tb, retryable=retryable
+    )
+
+
+def error_from_exception(exc: BaseException, frames: int) -> common_pb2.ErrorInfo:
+    """ErrorInfo of an exception raised by a task: class name, message, last ``frames`` frames of
+    the task's own code (the worker's, asyncio's and the thread pool's frames are left out)."""
+    stack = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_INTERNAL)]
+    summary = "".join(traceback.format_list(stack[-frames:]))
+    summary += "".join(traceback.format_exception_only(type(exc), exc))
+    return failure(
+        type(exc).__name__, str(exc), retryable=not isinstance(exc, NonRetryableError), tb=summary
+    )
+
+
+class Runner:
+    def __init__(self, registry: Registry, *, worker_id: str, concurrency: int, traceback_frames: int = 8,
+                 channel_factory: Callable[[str], ChannelBackend] | None = None,
+                 intake: Intake | None = None, tracing: bool = True) -> None:
+        self.registry = registry
+        self.tracing = tracing
+        self.worker_id = worker_id
+        self.traceback_frames = traceback_frames
+        self._channel_factory = channel_factory
+        self._intake = intake
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix=TASK_THREAD_PREFIX
+        )
+        self._running = asyncio.Semaphore(concurrency)
+        # Timed-out synchronous functions still running in their thread.
+        self.abandoned = 0
+
+    def close(self) -> None:
+        """Stop the pool without waiting; threads still running finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, envelope: messages_pb2.TaskEnvelope, upstream: Mapping[str, common_pb2.Payload],
+                  upstream_types: Mapping[str, str] | None = None) -> Execution:
+        """Run one attempt with the upstream results that exist (node id -> payload) and the task
+        types that produced them (node id -> task type)."""
+        started = now_ms()
+        token = telemetry.attach_trace_context(envelope.trace_context)
+        try:
+            with structlog.contextvars.bound_contextvars(
+                run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
+                worker_id=self.worker_id, task_type=envelope.task_type,
+            ), self._span(envelope) as span:
+                outcome = messages_pb2.TaskOutcome(
+                    run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
+                    worker_id=self.worker_id, started_at_ms=started,
+                )
+                result = None
+                try:
+                    value = await self._attempt(envelope, upstream, upstream_types)
+                except _Failure as exc:
+                    outcome.status = FAILED
+                    outcome.error.CopyFrom(exc.error)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, exc.error.type))
+                    log.info("task failed", error_type=exc.error.type, error=exc.error.message,
+                             retryable=exc.error.retryable)
+                else:
+                    outcome.status = SUCCEEDED
+                    outcome.has_result = True
+                    result = rs_pb2.NodeResult(
+                        run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
+                        value=value, worker_id=self.worker_id, task_type=envelope.task_type,
+                    )
+                outcome.finished_at_ms = now_ms()
+                if self.tracing:
+                    telemetry.inject_trace_context(outcome.trace_context)
+                else:
+                    outcome.trace_context.update(envelope.trace_context)
+                return Execution(outcome=outcome, result=result)
+        finally:
+            telemetry.detach(token)
+
+    def _span(self, envelope: messages_pb2.TaskEnvelope) -> contextlib.AbstractContextManager[Any]:
+        """The span "task <type>" around the attempt. Without a trace exporter no span is made (it
+        would go nowhere); the envelope's trace context is still current, so logs carry its trace id
+        and the outcome carries it on."""
+        if not self.tracing:
+            return contextlib.nullcontext(trace.get_current_span())
+        return tracer.start_as_current_span(
+            f"task {envelope.task_type}",
+            attributes={"graflow.run_id": envelope.run_id, "graflow.node_id": envelope.node_id,
+                        "graflow.attempt": envelope.attempt},
+        )
+
+    async def _attempt(self, envelope: messages_pb2.TaskEnvelope, upstream: Mapping[str, common_pb2.Payload],
+                       upstream_types: Mapping[str, str] | None) -> common_pb2.Payload:
+        task = self.registry.tasks.get(envelope.task_type)
+        if task is None:
+            raise _Failure(failure(
+                "UnknownTaskType",
+                f"task type {envelope.task_type!r} is not registered in worker {self.worker_id} "
+                f"(queue {envelope.queue!r}); it registers: {', '.join(self.registry.task_types)}. "
+                "Add its module to GRAFLOW_WORKER_TASK_MODULES of the workers reading this queue, or "
+                "send the task to a queue whose workers have it",
+                retryable=False,
+            ))
+        try:
+            bound_args = payload.decode_args(envelope.args_json)
+            call = bind(task, node_id=envelope.node_id, bound_args=bound_args,
+                        input_node_ids=list(envelope.input_node_ids), upstream=upstream,
+                        upstream_types=upstream_types, decode=payload.decode)
+        except BindingError as exc:
+            raise _Failure(failure(exc.error_type, exc.message, retryable=exc.retryable)) from exc
+        except (PayloadError, ValueError) as exc:
+            raise _Failure(failure(
+                "InvalidArguments",
+                f"arguments or upstream results of node {envelope.node_id!r} are not valid JSON: {exc}",
+                retryable=False,
+            )) from exc
+        args = call.args
+        if task.inject_context:
+            args = [self._context(envelope, task), *args]
+        timeout = envelope.timeout_ms / 1000 if envelope.timeout_ms else task.options.timeout
+        try:
+            value = await self._invoke(task, args, call.kwargs, timeout or None)
+        except _AttemptTimedOut:
+            raise _Failure(failure(
+                "TaskTimeout",
+                f"task {task.name!r} (node {envelope.node_id!r}, attempt {envelope.attempt}) did not "
+                f"finish within {timeout:g} s",
+                retryable=True,
+            )) from None
+        except asyncio.CancelledError:
+            task_being_cancelled = asyncio.current_task()
+            if task_being_cancelled is not None and task_being_cancelled.cancelling():
+                raise  # the worker is stopping
+            raise _Failure(failure("CancelledError", "the task was cancelled", retryable=True)) from None
+        except BaseException as exc:  # noqa: BLE001 - every failure of user code becomes an outcome
+            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+                raise
+            raise _Failure(error_from_exception(exc, self.traceback_frames)) from None
+        try:
+            return payload.encode(value)
+        except PayloadError as exc:
+            raise _Failure(failure("ResultNotSerializable", str(exc), retryable=False)) from exc
+
+    def _context(self, envelope: messages_pb2.TaskEnvelope, task: TaskFunc) -> TaskContext:
+        backend = self._channel_factory(envelope.run_id) if self._channel_factory else _NoChannel()
+        return TaskContext(
+            run_id=envelope.run_id, node_id=envelope.node_id, task_type=task.name,
+            attempt=envelope.attempt, max_attempts=envelope.max_attempts, worker_id=self.worker_id,
+            channel=Channel(backend), cycle=envelope.cycle,
+        )
+
+    async def _invoke(self, task: TaskFunc, args: list[Any], kwargs: dict[str, Any],
+                      timeout: float | None) -> Any:
+        await self._running.acquire()
+        release = True
+        try:
+            scope = asyncio.timeout(timeout)
+            if task.is_async:
+                try:
+                    async with scope:
+                        return await task.fn(*args, **kwargs)
+                except TimeoutError:
+                    if scope.expired():
+                        raise _AttemptTimedOut from None
+                    raise
+            # Copy the context so the task's logs carry the ids and its spans the trace.
+            future = self._executor.submit(
+                contextvars.copy_context().run, functools.partial(task.fn, *args, **kwargs)
+            )
+            try:
+                async with scope:
+                    return await asyncio.wrap_future(future)
+            except TimeoutError:
+                if scope.expired():
+                    release = not self._abandon(future)
+                    raise _AttemptTimedOut from None
+                raise
+            except asyncio.CancelledError:
+                release = not self._abandon(future)
+                raise
+        finally:
+            if release:
+                self._running.release()
+
+    def _abandon(self, future: concurrent.futures.Future[Any]) -> bool:
+        """Leave a still-running thread behind; its slot is given back when it returns."""
+        if future.done():
+            return False
+        loop = asyncio.get_running_loop()
+        self.abandoned += 1
+        if self._intake is not None:
+            self._intake.take(1)
+
+        def finished() -> None:
+            self.abandoned -= 1
+            self._running.release()
+            if self._intake is not None:
+                self._intake.give(1)
+
+        def on_done(_: concurrent.futures.Future[Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(finished)
+            except RuntimeError:  # the loop is closed: the worker is gone
+                pass
+
+        future.add_done_callback(on_done)
+        return True
+
+
+class _NoChannel:
+    """Used when the runner has no result-store (unit tests)."""
+
+    def _fail(self, *_: Any) -> Any:
+        raise RuntimeError("this runner has no channel backend")
+
+    get_many = set_many = delete = keys = _fail

@@ -1,0 +1,77 @@
+"""Worker settings: ``GRAFLOW_WORKER_*`` environment variables on top of the common ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from graflow_runtime.settings import (
+    DEFAULT_COORDINATOR_ADDRESS,
+    DEFAULT_RESULT_STORE_ADDRESS,
+    ServiceSettings,
+    settings_config,
+)
+
+_TASK_MODULES_HINT = (
+    "set GRAFLOW_WORKER_TASK_MODULES to a comma-separated list of modules that define @task "
+    "functions (e.g. graflow_examples.etl); the worker runs only tasks registered from them"
+)
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>-<4 random hex>``: unique per process, stable for its lifetime."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def _split_names(value: Any) -> Any:
+    """Accept ``"a,b"`` (environment), a JSON list ``'["a","b"]'`` or a real list."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.split(",")
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return value
+
+
+class WorkerSettings(ServiceSettings):
+    model_config = settings_config("GRAFLOW_WORKER_")
+
+    # Consumer name in the queue groups and identity towards the coordinator. Keep it stable across
+    # restarts of one deployment slot to resume the work this worker held when it stopped.
+    worker_id: str = Field(default_factory=default_worker_id, min_length=1)
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list, validate_default=True)
+    # Deliveries held at once (running or waiting for their commit); also the thread-pool size.
+    concurrency: int = Field(default=8, ge=1)
+    coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
+    result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
+    # gRPC health endpoint; port 0 picks a free port (reported to the coordinator).
+    health_address: str = "127.0.0.1:0"
+    # How long one XREADGROUP blocks waiting for new entries.
+    read_block_ms: int = Field(default=2000, ge=1)
+    # Most finished attempts committed by one PutResults + MULTI.
+    commit_batch_max: int = Field(default=256, ge=1)
+    # Frames kept in the traceback summary of a failed task.
+    traceback_frames: int = Field(default=8, ge=1)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: Any) -> Any:
+        value = _split_names(value)
+        if isinstance(value, list) and not value:
+            raise ValueError("at least one queue is needed (comma-separated, e.g. 'default,reports')")
+        return value
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _parse_task_modules(cls, value: Any) -> Any:
+        value = _split_names(value)
+        if isinstance(value, list) and not value:
+            raise ValueError(_TASK_MODULES_HINT)
+        return value

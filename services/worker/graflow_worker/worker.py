@@ -1,0 +1,246 @@
+"""The worker process assembled: start-up, background loops and graceful shutdown.
+
+Start-up: Redis (durability check) -> downstream clients (result-store, coordinator) -> health
+server -> consumer groups -> RegisterWorker -> committer, heartbeats, read loop -> health SERVING.
+
+Shutdown (SIGTERM, a DRAIN command, or :meth:`Worker.request_stop`): NOT_SERVING, stop reading at
+once (a blocking read is unblocked), let the tasks in flight finish and commit within
+``shutdown_grace_s`` (heartbeats continue meanwhile), then deregister and close. What did not
+finish stays pending in the queue group; the coordinator reclaims it (or this worker resumes it when
+restarted with the same worker id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from graflow_api.v1 import coordinator_pb2_grpc as co_grpc
+from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime.grpc_client import Downstream, open_channel
+from graflow_runtime.grpc_server import ServerHandle, create_server
+from graflow_runtime.redis_client import check_durability, connect
+
+from graflow_worker.channel import ResultStoreChannel
+from graflow_worker.committer import Committer
+from graflow_worker.consumer import Consumer
+from graflow_worker.intake import Intake
+from graflow_worker.membership import Membership
+from graflow_worker.registry import Registry, load_registry
+from graflow_worker.runner import Runner
+from graflow_worker.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+def create_worker(settings: WorkerSettings, registry: Registry | None = None) -> Worker:
+    """A worker for ``settings`` (its task modules are imported now unless ``registry`` is given)."""
+    return Worker(settings, registry or load_registry(settings.task_modules))
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = settings.worker_id
+        self._stop_requested = asyncio.Event()
+        self._heartbeats_stop = asyncio.Event()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._read_task: asyncio.Task[Any] | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self._redis: aioredis.Redis | None = None
+        self._reader: aioredis.Redis | None = None
+        self.health: ServerHandle | None = None
+        self.health_address = ""
+        self.intake = Intake(settings.concurrency, on_pause=self._on_pause)
+        self.runner: Runner | None = None
+        self.committer: Committer | None = None
+        self.consumer: Consumer | None = None
+        self.membership: Membership | None = None
+        self.started = False
+        self._stopped = False
+
+    # ---- running ----
+    async def run(self, shutdown: asyncio.Event) -> None:
+        """Start, run until ``shutdown`` is set (or a stop is requested), then stop gracefully."""
+        forward = asyncio.create_task(self._forward(shutdown))
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            forward.cancel()
+            await self.stop()
+
+    async def _forward(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+        self.intake.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
+            self._redis = connect(s.redis_url)
+            self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
+            await self._check_redis(self._redis)
+
+            result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
+                                      fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+            coordinator = Downstream("coordinator", timeout_s=s.rpc_timeout_s,
+                                     fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+            rs_channel = open_channel(s.result_store_address, s.auth_token)
+            co_channel = open_channel(s.coordinator_address, s.auth_token)
+            self._channels = [rs_channel, co_channel]
+            rs_stub = rs_grpc.ResultStoreStub(rs_channel)
+            co_stub = co_grpc.CoordinatorStub(co_channel)
+            loop = asyncio.get_running_loop()
+
+            self.runner = Runner(
+                self.registry, worker_id=self.worker_id, concurrency=s.concurrency,
+                traceback_frames=s.traceback_frames, intake=self.intake,
+                tracing=s.traces_exporter != "none",
+                channel_factory=lambda run_id: ResultStoreChannel(
+                    run_id, downstream=result_store, stub=rs_stub, loop=loop),
+            )
+            self.committer = Committer(self._redis, result_store=result_store, stub=rs_stub,
+                                       intake=self.intake, batch_max=s.commit_batch_max)
+            self.consumer = Consumer(
+                redis=self._redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
+                intake=self.intake, runner=self.runner, committer=self.committer,
+                result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
+            )
+
+            self.health = create_server(s.health_address, [], auth_token=s.auth_token)
+            await self.health.server.start()
+            self.health_address = _advertised(s.health_address, self.health.port)
+            await self.consumer.ensure_groups()
+
+            self.membership = Membership(
+                downstream=coordinator, stub=co_stub, intake=self.intake,
+                request=Membership.request_for(self.worker_id, list(s.queues), self.registry.task_types,
+                                               s.concurrency, self.health_address),
+                in_flight=lambda: self.consumer.held if self.consumer else 0,
+                on_drain=self.request_stop,
+            )
+            if not await self.membership.register(self._stop_requested):
+                return
+            self._loops = [
+                self._background(self.committer.run(), "committer"),
+                self._background(self.membership.heartbeat_loop(self._heartbeats_stop), "heartbeats"),
+            ]
+            self._read_task = self._background(self.consumer.run(), "reader")
+            await self.health.set_serving(True)
+            self.started = True
+            log.info("worker consuming", queues=list(s.queues), concurrency=s.concurrency,
+                     task_types=self.registry.task_types, health_address=self.health_address)
+
+    async def _check_redis(self, client: aioredis.Redis) -> None:
+        try:
+            await check_durability(client)
+        except RedisError as exc:  # CONFIG may be disabled on managed Redis
+            if isinstance(exc, OSError) or "CONFIG" not in str(exc).upper():
+                raise
+            log.warning("could not check Redis durability settings", error=str(exc))
+
+    def _background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"worker-{name}")
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("worker loop crashed; stopping the worker", loop=name,
+                          exc_info=t.exception())
+                self.request_stop()
+
+        task.add_done_callback(done)
+        return task
+
+    def _on_pause(self) -> None:
+        if self.consumer is not None:
+            self.consumer.unblock()
+
+    @property
+    def paused_reasons(self) -> frozenset[str]:
+        return self.intake.paused_reasons
+
+    # ---- stopping ----
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, stop reading, drain within the grace period, deregister, close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.request_stop()
+        grace = self.settings.shutdown_grace_s
+        with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
+            log.info("worker stopping", held=self.consumer.held if self.consumer else 0, grace_s=grace)
+            if self.health is not None:
+                await self.health.set_serving(False)
+            if self.consumer is not None:
+                self.consumer.stop()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            if self._read_task is not None:
+                # Unblock the blocking read (again, in case the first one raced the read's start).
+                while not self._read_task.done() and loop.time() < deadline and self.consumer:
+                    self.consumer.unblock()
+                    await asyncio.wait({self._read_task}, timeout=0.05)
+                await _settle(self._read_task, 0.0)
+            if self.consumer is not None and self.committer is not None and self.started:
+                try:
+                    await asyncio.wait_for(self._drain(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    log.warning("shutdown grace elapsed; unfinished deliveries stay pending for reclaim",
+                                held=self.consumer.held)
+            if self.consumer is not None:
+                await self.consumer.cancel_work()
+            self._heartbeats_stop.set()
+            for task in self._loops:
+                await _settle(task, 0.0)
+            if self.membership is not None:
+                await self.membership.deregister()
+            await self._close()
+            log.info("worker stopped")
+
+    async def _drain(self) -> None:
+        assert self.consumer is not None and self.committer is not None
+        await self.consumer.wait_drained()
+        await self.committer.wait_idle()
+
+    async def _close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        for channel in self._channels:
+            await channel.close()
+        for client in (self._reader, self._redis):
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+        if self.health is not None:
+            await self.health.stop(0.5)
+
+
+async def _settle(task: asyncio.Task[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``task`` to end, then cancel it."""
+    if not task.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def _advertised(address: str, port: int) -> str:
+    host = address.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - reported to the coordinator, not bound
+        host = socket.gethostname()
+    return f"{host}:{port}"

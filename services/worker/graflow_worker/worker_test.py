@@ -1,0 +1,210 @@
+"""The worker's data path against real Redis and real gRPC servers (doubles of the result-store and
+coordinator APIs): read, dead letters, upstream results, run, group commit."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graflow import payload
+from graflow_api.v1 import messages_pb2
+from graflow_runtime import keys
+
+from graflow_worker.testing_services_test_support import (
+    Stack,
+    enqueue,
+    envelope,
+    outcomes,
+    pending_count,
+    wait_outcomes,
+)
+from graflow_worker.testing_tasks_test_support import PROBE
+
+SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
+FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
+
+
+@pytest.fixture
+async def stack(redis, redis_url):
+    PROBE.reset()
+    async with Stack(redis, redis_url) as s:
+        yield s
+
+
+async def health_status(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return response.status
+
+
+async def test_delivery_runs_and_its_outcome_is_appended_together_with_its_ack(stack):
+    worker = await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1, "b": 2}))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    # The outcome is visible only together with the acknowledgement (one MULTI).
+    assert await pending_count(stack.redis) == 0
+    assert (outcome.run_id, outcome.node_id, outcome.attempt) == ("r1", "a", 1)
+    assert outcome.status == SUCCEEDED and outcome.has_result
+    assert outcome.worker_id == worker.worker_id
+    assert stack.store.value("r1", "a") == 3
+
+
+async def test_worker_registers_its_queues_tasks_and_health_endpoint_and_serves_health(stack):
+    worker = await stack.start_worker(queues="default,reports", concurrency=3)
+    [registration] = stack.coordinator.registrations
+    assert registration.worker_id == worker.worker_id
+    assert list(registration.queues) == ["default", "reports"]
+    assert {"add", "async_double", "with_channel"} <= set(registration.task_types)
+    assert registration.concurrency == 3
+    assert registration.health_address == worker.health_address
+    assert await health_status(worker.health_address) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_worker_reads_every_configured_queue(stack):
+    await stack.start_worker(queues="default,reports")
+    await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1}, queue="reports"),
+                  envelope("r1", "b", "add", args={"a": 2}, queue="default"))
+    found = await wait_outcomes(stack.redis, 2)
+    assert {o.node_id for o in found} == {"a", "b"}
+    assert await pending_count(stack.redis, "reports") == 0
+
+
+async def test_upstream_results_of_a_read_batch_are_fetched_with_one_get_results(stack):
+    stack.store.put("r1", "a", 5)
+    envs = [envelope("r1", f"n{i}", "add", args={"b": i}, inputs=["a"]) for i in range(5)]
+    await enqueue(stack.redis, *envs)
+    await stack.start_worker(concurrency=8)
+    found = await wait_outcomes(stack.redis, 5)
+    assert all(o.status == SUCCEEDED for o in found)
+    assert sorted(stack.store.value("r1", f"n{i}") for i in range(5)) == [5, 6, 7, 8, 9]
+    [request] = stack.store.get_calls
+    assert (request.run_id, list(request.node_ids)) == ("r1", ["a"])
+
+
+async def test_upstream_result_reaches_a_parameter_named_after_its_task_type(stack):
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "c", "add", args={"a": 3, "b": 0}))
+    await wait_outcomes(stack.redis, 1)
+    assert stack.store.results[("r1", "c")].task_type == "add"
+    await enqueue(stack.redis, envelope("r1", "d", "plus_one", inputs=["c"]),
+                  envelope("r1", "e", "collect_with_base", inputs=["c"], args={"base": 5}))
+    await enqueue(stack.redis, envelope("r1", "f", "repeat", inputs=["c"], args={"text": "ab"}))
+    found = {o.node_id: o for o in await wait_outcomes(stack.redis, 4)}
+    assert stack.store.value("r1", "d") == 4
+    assert stack.store.value("r1", "e") == {"base": 5, "rest": {"c": 3}}
+    assert found["f"].error.type == "MissingArgument"
+    assert "'times'" in found["f"].error.message and "'c' (task 'add')" in found["f"].error.message
+
+
+async def test_missing_upstream_result_fails_the_attempt_retryably(stack):
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "b", "add", inputs=["a"]))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert outcome.status == FAILED and not outcome.has_result
+    assert (outcome.error.type, outcome.error.retryable) == ("UpstreamResultMissing", True)
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_upstream_results_refused_by_the_result_store_fail_the_attempt_retryably(stack):
+    stack.store.get_results_error = grpc.StatusCode.INVALID_ARGUMENT
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "b", "add", inputs=["a"]))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert (outcome.error.type, outcome.error.retryable) == ("UpstreamFetchFailed", True)
+    assert "INVALID_ARGUMENT" in outcome.error.message
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_undecodable_entries_are_dead_lettered_and_the_next_entry_still_runs(stack):
+    await stack.start_worker()
+    stream = keys.queue_stream("default")
+    bad_id = await stack.redis.xadd(stream, {keys.ENVELOPE_FIELD: b"\xff\xfenot protobuf"})
+    no_field_id = await stack.redis.xadd(stream, {b"x": b"1"})
+    incomplete = messages_pb2.TaskEnvelope(run_id="r1", attempt=1)  # no node id, no task type
+    incomplete_id = await stack.redis.xadd(stream, {keys.ENVELOPE_FIELD: incomplete.SerializeToString()})
+    await enqueue(stack.redis, envelope("r1", "good", "add", args={"a": 1}))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert outcome.node_id == "good" and outcome.status == SUCCEEDED
+    letters = [messages_pb2.DeadLetter.FromString(f[b"d"])
+               for _, f in await stack.redis.xrange(keys.DEAD_LETTERS_STREAM)]
+    by_id = {letter.original_id: letter for letter in letters}
+    assert set(by_id) == {bad_id.decode(), no_field_id.decode(), incomplete_id.decode()}
+    assert all(letter.reason.startswith("undecodable envelope: ") for letter in letters)
+    assert all(letter.queue == "default" and letter.dead_at_ms > 0 for letter in letters)
+    assert by_id[bad_id.decode()].raw == b"\xff\xfenot protobuf"
+    assert "node_id" in by_id[incomplete_id.decode()].reason
+    assert by_id[incomplete_id.decode()].run_id == "r1"
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_unknown_task_type_is_reported_as_a_non_retryable_failure(stack):
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "x", "not_registered"))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert (outcome.error.type, outcome.error.retryable) == ("UnknownTaskType", False)
+    assert "'not_registered'" in outcome.error.message
+
+
+async def test_never_more_tasks_run_at_once_than_the_concurrency(stack):
+    await stack.start_worker(concurrency=3)
+    envs = [envelope("r1", f"n{i}", "tracked" if i % 2 else "async_tracked", args={"tag": f"n{i}"})
+            for i in range(24)]
+    await enqueue(stack.redis, *envs)
+    found = await wait_outcomes(stack.redis, 24)
+    assert all(o.status == SUCCEEDED for o in found)
+    assert sum(PROBE.calls.values()) == 24
+    assert 1 <= PROBE.max_running <= 3
+    assert all(beat.in_flight <= 3 for beat in stack.coordinator.heartbeats)
+
+
+async def test_stale_result_still_reports_its_outcome(stack):
+    stack.store.put("r1", "a", "newer", attempt=2)
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1}, attempt=1))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert outcome.attempt == 1 and outcome.status == SUCCEEDED
+    assert stack.store.value("r1", "a") == "newer"
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_result_rejected_by_the_result_store_fails_only_its_own_attempt(stack):
+    stack.store.max_value_bytes = 1000
+    envs = [envelope("r1", f"ok{i}", "repeat", args={"text": "x", "times": 10}) for i in range(3)]
+    envs.insert(1, envelope("r1", "big", "repeat", args={"text": "x", "times": 5000}))
+    await enqueue(stack.redis, *envs)
+    await stack.start_worker(concurrency=8)
+    found = {o.node_id: o for o in await wait_outcomes(stack.redis, 4)}
+    assert found["big"].status == FAILED and not found["big"].has_result
+    assert (found["big"].error.type, found["big"].error.retryable) == ("ResultRejected", False)
+    assert all(found[f"ok{i}"].status == SUCCEEDED for i in range(3))
+    assert stack.store.value("r1", "ok2") == "x" * 10
+    assert ("r1", "big") not in stack.store.results
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_task_context_channel_is_backed_by_the_result_store(stack):
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "c", "with_channel", args={"key": "k", "value": {"v": 1}}))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert outcome.status == SUCCEEDED, outcome.error
+    assert stack.store.value("r1", "c")["got"] == {"v": 1}
+    assert payload.decode(stack.store.channels["r1"]["k"]) == {"v": 1}
+
+
+async def test_async_task_calling_the_channel_on_the_event_loop_gets_a_clear_error(stack):
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "c", "async_channel_direct", args={"key": "k"}))
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert outcome.error.type == "RuntimeError"
+    assert "asyncio.to_thread" in outcome.error.message
+
+
+async def test_many_outcomes_are_committed_in_few_batches(stack):
+    worker = await stack.start_worker(concurrency=16)
+    await enqueue(stack.redis, *[envelope("r1", f"n{i}", "add", args={"a": i}) for i in range(200)])
+    found = await wait_outcomes(stack.redis, 200)
+    assert len({o.node_id for o in found}) == 200
+    assert worker.committer.batches < 200
+    assert stack.store.put_calls == worker.committer.batches
+    assert await outcomes(stack.redis) == found

@@ -1,0 +1,69 @@
+"""A real local stack per test module: private redis-server, the four services as processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from graflow import Client
+from graflow.devstack import LocalStack
+from graflow_runtime.local_redis import LocalRedis
+
+TASKS = "tests.e2e.tasks"
+
+
+def start_stack(workers: int = 2, **kwargs: object) -> tuple[LocalStack, LocalRedis]:
+    server = LocalRedis().start()
+    env = {"GRAFLOW_TEST_EFFECTS_URL": server.url, **kwargs.pop("env", {})}  # type: ignore[dict-item]
+    stack = LocalStack(workers=workers, task_modules=[TASKS], redis=server, env=env, **kwargs)  # type: ignore[arg-type]
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop(keep_logs=True)
+        server.close()
+        raise
+    return stack, server
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    stack, server = start_stack()
+    try:
+        yield stack
+    finally:
+        stack.stop(keep_logs=bool(os.environ.get("GRAFLOW_TEST_KEEP_LOGS")))
+        server.close()
+
+
+@pytest.fixture
+def client(stack: LocalStack) -> Iterator[Client]:
+    with stack.client(timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def effects(stack: LocalStack) -> Iterator[Callable[[str], dict[str, int]]]:
+    """effects(run_id) -> {node_id: times its side effect happened}."""
+    conn = redis.Redis.from_url(stack.redis_url)
+
+    def counts(run_id: str) -> dict[str, int]:
+        prefix = f"effects:{run_id}:"
+        keys = list(conn.scan_iter(match=f"{prefix}*", count=1000))
+        values = conn.mget(keys) if keys else []
+        return {k.decode()[len(prefix):]: int(v) for k, v in zip(keys, values, strict=True)}
+
+    yield counts
+    conn.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
