@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow.client import Client
 from graflow.errors import GraflowError
 from graflow_runtime.local_redis import LocalRedis, free_port
+from graflow_runtime.processes import parent_death_signal
 
 SERVERS = ("result-store", "coordinator", "scheduler")
 MODULES = {
@@ -87,7 +88,7 @@ class ServiceProcess:
     def spawn(self) -> None:
         with self.log_path.open("ab") as log:
             # A session of its own: Ctrl-C in the user's terminal reaches only the parent, which
-            # stops the children in order.
+            # stops the children in order. Children also get SIGTERM if the parent dies.
             self.popen = subprocess.Popen(
                 self.argv,
                 env=self.env,
@@ -95,6 +96,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=parent_death_signal(),
             )
 
     def wait_serving(self, timeout_s: float) -> None:

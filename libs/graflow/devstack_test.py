@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -209,7 +213,47 @@ def test_watch_resumes_after_the_scheduler_restarts_mid_stream(stack, client):
         if len(events) == 1:
             stack.restart("scheduler", signal.SIGKILL)
     cursors = [e.cursor for e in events]
-    assert len(cursors) == len(set(cursors))
-    assert kinds(events)[0] == "RUN_CREATED"
-    assert kinds(events)[-1] == "RUN_SUCCEEDED"
-    assert cursors == [e.cursor for e in run.watch()]
+    context = f"events {kinds(events)}; scheduler log:\n{stack.log_tail('scheduler')}"
+    assert len(cursors) == len(set(cursors)), context
+    assert kinds(events)[0] == "RUN_CREATED", context
+    assert kinds(events)[-1] == "RUN_SUCCEEDED", context
+    assert cursors == [e.cursor for e in run.watch()], context
+
+
+def test_services_exit_when_the_process_that_started_them_is_killed(tmp_path):
+    script = (
+        "import sys, time\n"
+        "from graflow.devstack import LocalStack\n"
+        "stack = LocalStack(workers=1, log_dir=sys.argv[1]).start()\n"
+        "children = [*stack.servers.values(), *stack.workers]\n"
+        "print(stack.redis.process.pid, *(p.pid for p in children), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    redis_pid, *service_pids = (int(pid) for pid in parent.stdout.readline().split())
+    try:
+        assert len(service_pids) == 4
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in service_pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in service_pids if alive(pid)] == []
+    finally:
+        os.kill(redis_pid, signal.SIGKILL)  # LocalRedis has no parent-death hook of its own
+        for pid in service_pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie or a reaped process counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -18,13 +18,12 @@ import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
-
-from graflow_api.v1 import workflow_pb2
+from typing import Any
 
 from graflow import payload
 from graflow.errors import WorkflowDefinitionError
 from graflow.policies import GroupPolicy, RetryPolicy, from_name, strict
+from graflow_api.v1 import workflow_pb2
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _current: contextvars.ContextVar[Workflow | None] = contextvars.ContextVar("graflow_workflow", default=None)
@@ -203,7 +202,7 @@ class Flow:
         return _parallel([other, self])
 
 
-Composable = Union[TaskFunc, TaskNode, Group, Flow]
+Composable = TaskFunc | TaskNode | Group | Flow
 
 
 def _flow(item: Composable) -> Flow:
@@ -218,7 +217,8 @@ def _flow(item: Composable) -> Flow:
 
 
 def _members(item: Composable) -> list[Any]:
-    if isinstance(item, Group) and not item.named and not item.absorbed and item not in item.workflow._used_groups:
+    anonymous = isinstance(item, Group) and not item.named and not item.absorbed
+    if anonymous and item not in item.workflow._used_groups:
         item.absorbed = True
         return list(item.members)
     if isinstance(item, (TaskFunc, TaskNode)):
@@ -342,7 +342,9 @@ class Workflow:
         seen: set[str] = set()
         for group in groups:
             if group.node_id in self._nodes or group.node_id in seen:
-                raise WorkflowDefinitionError(f"group id {group.node_id!r} clashes with another node or group")
+                raise WorkflowDefinitionError(
+                    f"group id {group.node_id!r} clashes with another node or group"
+                )
             seen.add(group.node_id)
         if not self._nodes:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no tasks")

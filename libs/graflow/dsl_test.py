@@ -88,7 +88,9 @@ def test_diamond_without_group_and_several_roots():
         fetch >> enrich >> report
         wf.add(clean(task_id="other_root", fetch=1))
     spec = wf.spec()
-    assert edges(spec) == {("fetch", "clean"), ("clean", "report_v2"), ("fetch", "enrich"), ("enrich", "report_v2")}
+    assert edges(spec) == {
+        ("fetch", "clean"), ("clean", "report_v2"), ("fetch", "enrich"), ("enrich", "report_v2"),
+    }
     assert "other_root" in {n.id for n in spec.nodes}
 
 

@@ -6,9 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
-from graflow_api.v1 import common_pb2
-
 from graflow.errors import PayloadError
+from graflow_api.v1 import common_pb2
 
 JSON = "application/json"
 BYTES = "application/octet-stream"

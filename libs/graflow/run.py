@@ -105,7 +105,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        """ "RUNNING", "SUCCEEDED", "FAILED", "CANCELED" or "PAUSED" (one call per access)."""
+        """The status name: RUNNING, SUCCEEDED, FAILED, CANCELED or PAUSED (one call per access)."""
         return status_name(self.info().status)
 
     def watch(self, cursor: str | None = None) -> Iterator[RunEvent]:

@@ -1,8 +1,9 @@
 """A private redis-server process on a free loopback port, in its own directory.
 
-Used by ``graflow dev`` and by the test fixtures. It runs with AOF (``appendfsync always``) and
-``maxmemory-policy noeviction``, as production Redis must, and can be stopped, killed and restarted
-on the same port and data directory (chaos tests restart it).
+Used by ``graflow dev`` and by the test fixtures. It runs with AOF and ``maxmemory-policy
+noeviction``, as production Redis must (``appendfsync everysec`` by default, Redis' recommended
+setting: a Redis crash may lose the last second of writes; pass ``fsync="always"`` to lose nothing),
+and can be stopped, killed and restarted on the same port and data directory (chaos tests do).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from graflow_runtime.processes import parent_death_signal
 
 
 class RedisServerError(RuntimeError):
@@ -27,7 +30,10 @@ def free_port() -> int:
 
 class LocalRedis:
     def __init__(self, directory: Path | None = None, port: int | None = None,
-                 executable: str | None = None) -> None:
+                 executable: str | None = None, fsync: str = "everysec") -> None:
+        if fsync not in ("always", "everysec", "no"):
+            raise ValueError(f"fsync must be always, everysec or no, not {fsync!r}")
+        self.fsync = fsync
         self.executable = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(self.executable).exists():
             raise RedisServerError(
@@ -47,10 +53,10 @@ class LocalRedis:
         self.process = subprocess.Popen(
             [
                 self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
                 "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
             ],
-            stdout=log_file, stderr=subprocess.STDOUT,
+            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=parent_death_signal(),
         )
         log_file.close()
         deadline = time.monotonic() + timeout_s

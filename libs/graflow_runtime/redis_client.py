@@ -49,7 +49,9 @@ async def check_durability(client: aioredis.Redis) -> list[str]:
     value = aof.get(b"appendonly", aof.get("appendonly", b""))
     value = value.decode() if isinstance(value, bytes) else str(value)
     if value != "yes":
-        problems.append("appendonly is off; a Redis restart loses accepted runs (start it with --appendonly yes)")
+        problems.append(
+            "appendonly is off; a Redis restart loses accepted runs (start it with --appendonly yes)"
+        )
     for problem in problems:
         log.error("redis is not durable", problem=problem)
     return problems

@@ -120,7 +120,9 @@ def graflow_fanout(stack: LocalStack, n: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fanout", type=int, default=10_000)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         server.close()
 
-    out(f"\nGraflow benchmark ({args.workers} workers, {args.latency_runs} latency runs, fan-out {args.fanout})\n")
+    out(f"\nGraflow benchmark ({args.workers} workers, {args.latency_runs} latency runs, "
+        f"fan-out {args.fanout})\n")
     out(f"{'measure':<44}{'baseline':>14}{'graflow':>14}{'ratio':>9}\n")
     out(f"{'one-task submit->result p50 (ms)':<44}{statistics.median(base_lat):>14.3f}"
         f"{statistics.median(lat):>14.3f}{statistics.median(lat) / statistics.median(base_lat):>9.1f}\n")
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{percentile(lat, 0.99):>14.3f}{percentile(lat, 0.99) / percentile(base_lat, 0.99):>9.1f}\n")
     out(f"{'fan-out throughput (tasks/s)':<44}{base_tp:>14.0f}{tp:>14.0f}{base_tp / tp:>9.1f}\n")
     out(f"\nfan-out of {args.fanout} tasks took {elapsed:.2f}s; targets: p50 <= 3 ms, >= 5000 tasks/s\n")
-    out("baseline latency: XADD -> XREADGROUP BLOCK -> XADD reply + XACK -> XREAD BLOCK (one Redis, two streams)\n")
+    out("baseline latency: XADD -> XREADGROUP BLOCK -> XADD reply + XACK -> XREAD BLOCK "
+        "(one Redis, two streams)\n")
     out("baseline throughput: pipelined XADD x100, XREADGROUP COUNT 100 + XACK per batch\n")
     return 0
 

@@ -9,7 +9,20 @@ import redis
 from graflow import RunFailedError, WorkflowDefinitionError, parallel, workflow
 from graflow.devstack import LocalStack
 from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
-from tests.e2e.tasks import add_one, collect, double, echo, explode, flaky, item, join, left, refuse, right, source
+from tests.e2e.tasks import (
+    add_one,
+    collect,
+    double,
+    echo,
+    explode,
+    flaky,
+    item,
+    join,
+    left,
+    refuse,
+    right,
+    source,
+)
 
 
 def test_sequence_passes_each_result_to_the_next_task_by_name(client, effects):
@@ -97,7 +110,7 @@ def test_non_retryable_error_fails_at_once_despite_retry_policy(client, effects)
 
 
 def test_unknown_task_type_fails_the_run_with_a_clear_error(stack: LocalStack):
-    spec = workflow_pb2.WorkflowSpec(name="unknown", nodes=[workflow_pb2.NodeSpec(id="x", task_type="no_such_task")])
+    spec = workflow_pb2.WorkflowSpec(name="unknown", nodes=[node("x", "no_such_task")])
     with stack.client() as client:
         run = client.submit(spec)
         with pytest.raises(RunFailedError) as failure:
@@ -106,27 +119,24 @@ def test_unknown_task_type_fails_the_run_with_a_clear_error(stack: LocalStack):
     assert "no_such_task" in failure.value.error.message
 
 
+def node(node_id: str, task_type: str = "source", args_json: bytes = b"") -> workflow_pb2.NodeSpec:
+    return workflow_pb2.NodeSpec(id=node_id, task_type=task_type, args_json=args_json)
+
+
+def edge(src: str, dst: str) -> workflow_pb2.EdgeSpec:
+    return workflow_pb2.EdgeSpec(from_id=src, to_id=dst)
+
+
 INVALID_SPECS = {
     "cycle": workflow_pb2.WorkflowSpec(
-        name="w",
-        nodes=[workflow_pb2.NodeSpec(id="a", task_type="source"), workflow_pb2.NodeSpec(id="b", task_type="source")],
-        edges=[workflow_pb2.EdgeSpec(from_id="a", to_id="b"), workflow_pb2.EdgeSpec(from_id="b", to_id="a")],
+        name="w", nodes=[node("a"), node("b")], edges=[edge("a", "b"), edge("b", "a")]
     ),
-    "unknown": workflow_pb2.WorkflowSpec(
-        name="w",
-        nodes=[workflow_pb2.NodeSpec(id="a", task_type="source")],
-        edges=[workflow_pb2.EdgeSpec(from_id="a", to_id="ghost")],
-    ),
-    "duplicate": workflow_pb2.WorkflowSpec(
-        name="w",
-        nodes=[workflow_pb2.NodeSpec(id="a", task_type="source"), workflow_pb2.NodeSpec(id="a", task_type="double")],
-    ),
-    "json": workflow_pb2.WorkflowSpec(
-        name="w", nodes=[workflow_pb2.NodeSpec(id="a", task_type="source", args_json=b"{not json")]
-    ),
+    "unknown": workflow_pb2.WorkflowSpec(name="w", nodes=[node("a")], edges=[edge("a", "ghost")]),
+    "duplicate": workflow_pb2.WorkflowSpec(name="w", nodes=[node("a"), node("a", "double")]),
+    "json": workflow_pb2.WorkflowSpec(name="w", nodes=[node("a", args_json=b"{not json")]),
     "empty": workflow_pb2.WorkflowSpec(name="w"),
     "size": workflow_pb2.WorkflowSpec(
-        name="w", nodes=[workflow_pb2.NodeSpec(id="a", task_type="source", args_json=b'{"v":"' + b"x" * (2 << 20) + b'"}')]
+        name="w", nodes=[node("a", args_json=b'{"v":"' + b"x" * (2 << 20) + b'"}')]
     ),
 }
 

@@ -174,11 +174,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
                 if not entries:
                     status = await self.watch_reader.status(run_id)
-                    if status is None or status in ENDED_STATUSES:
-                        return  # history read to its end (or expired)
-                    entries = await self.watch_reader.read_events(
-                        run_id, cursor, count=WATCH_BATCH, block_ms=self.watch_block_ms
-                    )
+                    if status is None:
+                        return  # expired meanwhile
+                    if status in ENDED_STATUSES:
+                        # The terminal event was appended with the status: read up to it.
+                        entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
+                        if not entries:
+                            return
+                    else:
+                        entries = await self.watch_reader.read_events(
+                            run_id, cursor, count=WATCH_BATCH, block_ms=self.watch_block_ms
+                        )
                 for entry_id, fields in entries:
                     event = event_from_entry(run_id, entry_id, fields)
                     cursor = event.cursor

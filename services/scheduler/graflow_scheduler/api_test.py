@@ -7,7 +7,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from graflow_api.v1 import common_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
@@ -218,3 +218,17 @@ async def test_health_reports_serving_for_the_scheduler_service(app):
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service="graflow_api.v1.Scheduler"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_calls_while_redis_is_down_fail_with_unavailable(make_app, local_redis):
+    app = await make_app(redis_url=local_redis.url)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        local_redis.stop()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetRun(scheduler_pb2.GetRunRequest(run_id=new_run_id()))
+        finally:
+            local_redis.start()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Redis" in info.value.details() and "retry" in info.value.details()

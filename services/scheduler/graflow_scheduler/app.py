@@ -60,14 +60,15 @@ class SchedulerApp:
         return self.server.port
 
     async def start(self, *, background: bool = True) -> None:
-        """Redis checks and scripts, server, SERVING, then the consumer and the sweep (the sweep
-        starts with a pass, dispatching what a previous process left READY)."""
+        """Redis checks and scripts, server, SERVING, a recovery sweep pass (dispatching what a
+        previous process left READY), then the consumer and the periodic sweep."""
         await check_durability(self.redis)
         await self.store.load_scripts()
         await self.consumer.stream.ensure_group()
         await self.server.server.start()
         await self.server.set_serving(True)
         if background:
+            await self.sweep.sweep_safely()  # what a previous process left READY
             self.consumer.start()
             self.sweep.start()
         log.info(

@@ -68,15 +68,22 @@ class RecoverySweep:
                 await self._task
 
     async def run(self) -> None:
+        """Every interval until stopped (the start-up pass is :meth:`sweep_safely`, awaited by
+        the app before its loops start)."""
         while not self._stopping.is_set():
-            try:
-                await self.sweep_once()
-            except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
-                log.warning("recovery sweep incomplete; retried next period", error=str(exc))
-            except Exception:  # noqa: BLE001 - keep sweeping; the next period retries
-                log.exception("recovery sweep failed; retried next period")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            if not self._stopping.is_set():
+                await self.sweep_safely()
+
+    async def sweep_safely(self) -> None:
+        """One pass; failures are logged and left to the next pass."""
+        try:
+            await self.sweep_once()
+        except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
+            log.warning("recovery sweep incomplete; retried next period", error=str(exc))
+        except Exception:  # noqa: BLE001 - keep sweeping; the next period retries
+            log.exception("recovery sweep failed; retried next period")
 
     async def sweep_once(self) -> int:
         """One pass over the active runs; returns the number of deliveries sent."""
