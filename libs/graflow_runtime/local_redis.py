@@ -63,17 +63,42 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisServerError(
-                    f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
+                    f"redis-server exited with {self.process.returncode}; its log ends with:\n{self.log_tail()}"
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if self._persistence_settled():
+                return self
             time.sleep(0.02)
-        raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
+        raise RedisServerError(
+            f"redis-server did not become ready on port {self.port} within {timeout_s}s; "
+            f"its log ends with:\n{self.log_tail()}"
+        )
+
+    def _persistence_settled(self) -> bool:
+        """True once Redis answers and has finished creating its AOF. Redis 7 writes the base AOF in
+        a forked child right after start; a kill during that leaves files the next start aborts on,
+        so tests that kill Redis must not do it before this is done."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"INFO persistence\r\n")
+                reply = b""
+                while not reply.startswith(b"-") and (
+                    b"aof_rewrite_scheduled" not in reply or not reply.endswith(b"\r\n")
+                ):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return False
+                    reply += chunk
+        except OSError:
+            return False
+        if reply.startswith(b"-"):  # still loading the AOF
+            return False
+        return b"aof_rewrite_in_progress:0" in reply and b"aof_rewrite_scheduled:0" in reply
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.directory / "redis.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
