@@ -63,7 +63,8 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisServerError(
-                    f"redis-server exited with {self.process.returncode}; its log ends with:\n{self.log_tail()}"
+                    f"redis-server exited with {self.process.returncode}; "
+                    f"its log ends with:\n{self.log_tail()}"
                 )
             if self._persistence_settled():
                 return self
@@ -92,7 +93,8 @@ class LocalRedis:
             return False
         if reply.startswith(b"-"):  # still loading the AOF
             return False
-        return b"aof_rewrite_in_progress:0" in reply and b"aof_rewrite_scheduled:0" in reply
+        settled = (b"loading:0", b"aof_rewrite_in_progress:0", b"aof_rewrite_scheduled:0")
+        return all(flag in reply for flag in settled)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
