@@ -1,0 +1,58 @@
+// Submit a workflow to the Graflow scheduler from Node.js, watch it to the end, print its result.
+//
+//   node submit.js <proto-dir> <scheduler-address> <result-store-address>
+//
+// Uses only the contracts in proto/graflow_api/v1 (loaded at run time, no generated code).
+// Prints one JSON line per event, then {"status": ..., "result": ...}.
+"use strict";
+
+const path = require("path");
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
+
+const [protoDir, schedulerAddress, resultStoreAddress] = process.argv.slice(2);
+const definition = protoLoader.loadSync(
+  ["scheduler.proto", "result_store.proto"].map((f) => path.join(protoDir, "graflow_api/v1", f)),
+  { includeDirs: [protoDir], keepCase: true, longs: String, enums: String, defaults: true },
+);
+const api = grpc.loadPackageDefinition(definition).graflow_api.v1;
+const scheduler = new api.Scheduler(schedulerAddress, grpc.credentials.createInsecure());
+const resultStore = new api.ResultStore(resultStoreAddress, grpc.credentials.createInsecure());
+const deadline = () => new Date(Date.now() + 30000);
+
+const spec = {
+  name: "from-node",
+  nodes: [
+    { id: "source", task_type: "source", args_json: Buffer.from(JSON.stringify({ value: 20 })) },
+    { id: "add_one", task_type: "add_one" },
+    { id: "double", task_type: "double" },
+  ],
+  edges: [
+    { from_id: "source", to_id: "add_one" },
+    { from_id: "add_one", to_id: "double" },
+  ],
+};
+
+scheduler.SubmitRun({ spec }, { deadline: deadline() }, (err, submitted) => {
+  if (err) throw err;
+  const runId = submitted.run_id;
+  const stream = scheduler.WatchRun({ run_id: runId }, { deadline: deadline() });
+  stream.on("data", (event) => {
+    console.log(JSON.stringify({ event: event.type, node: event.node_id, attempt: event.attempt }));
+  });
+  stream.on("error", (e) => { throw e; });
+  stream.on("end", () => {
+    scheduler.GetRun({ run_id: runId }, { deadline: deadline() }, (err2, run) => {
+      if (err2) throw err2;
+      resultStore.GetResults({ run_id: runId, node_ids: run.sink_node_ids }, { deadline: deadline() },
+        (err3, results) => {
+          if (err3) throw err3;
+          const values = Object.fromEntries(
+            results.results.map((r) => [r.node_id, JSON.parse(r.value.data.toString("utf8"))]),
+          );
+          console.log(JSON.stringify({ status: run.status, run_id: runId, result: values }));
+          process.exit(0);
+        });
+    });
+  });
+});
