@@ -46,7 +46,23 @@ class TaskOptions:
     max_cycles: int | None = None
 
 
-class TaskFunc:
+class _Composable:
+    """``>>`` (then) and ``|`` (in parallel with), shared by everything that can be in a graph."""
+
+    def __rshift__(self, other: Composable) -> Flow:
+        return _flow(self) >> other
+
+    def __rrshift__(self, other: Composable) -> Flow:
+        return _flow(other) >> self
+
+    def __or__(self, other: Composable) -> Group:
+        return _parallel([self, other])
+
+    def __ror__(self, other: Composable) -> Group:
+        return _parallel([other, self])
+
+
+class TaskFunc(_Composable):
     """A function registered as a task type. Use it in a graph (``a >> b``), bind arguments with
     ``fn(task_id="t1", x=1)``, or call it directly without ``task_id`` (runs locally)."""
 
@@ -81,24 +97,13 @@ class TaskFunc:
     def default_node(self) -> TaskNode:
         return TaskNode(self, self.name, {})
 
-    def __rshift__(self, other: Composable) -> Flow:
-        return _flow(self) >> other
-
-    def __rrshift__(self, other: Composable) -> Flow:
-        return _flow(other) >> self
-
-    def __or__(self, other: Composable) -> Group:
-        return _parallel([self, other])
-
-    def __ror__(self, other: Composable) -> Group:
-        return _parallel([other, self])
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
 
 @dataclass(eq=False)
-class TaskNode:
+class TaskNode(_Composable):
     """One node of a workflow: a task type, its node id and bound arguments."""
 
     task: TaskFunc
@@ -121,20 +126,9 @@ class TaskNode:
             max_cycles=opts.max_cycles or 0,
         )
 
-    def __rshift__(self, other: Composable) -> Flow:
-        return _flow(self) >> other
-
-    def __rrshift__(self, other: Composable) -> Flow:
-        return _flow(other) >> self
-
-    def __or__(self, other: Composable) -> Group:
-        return _parallel([self, other])
-
-    def __ror__(self, other: Composable) -> Group:
-        return _parallel([other, self])
 
 
-class Group:
+class Group(_Composable):
     """A parallel group: its members run concurrently; what follows waits for its join."""
 
     def __init__(self, workflow: Workflow, members: list[TaskNode], policy: GroupPolicy,
@@ -164,21 +158,10 @@ class Group:
             policy=self.policy.to_proto(),
         )
 
-    def __rshift__(self, other: Composable) -> Flow:
-        return _flow(self) >> other
-
-    def __rrshift__(self, other: Composable) -> Flow:
-        return _flow(other) >> self
-
-    def __or__(self, other: Composable) -> Group:
-        return _parallel([self, other])
-
-    def __ror__(self, other: Composable) -> Group:
-        return _parallel([other, self])
 
 
 @dataclass
-class Flow:
+class Flow(_Composable):
     """A connected piece of a graph: the units it starts with and the units it ends with."""
 
     heads: list[str]
@@ -191,15 +174,6 @@ class Flow:
             for head in right.heads:
                 wf._add_edge(tail, head)
         return Flow(self.heads, right.tails)
-
-    def __rrshift__(self, other: Composable) -> Flow:
-        return _flow(other) >> self
-
-    def __or__(self, other: Composable) -> Group:
-        return _parallel([self, other])
-
-    def __ror__(self, other: Composable) -> Group:
-        return _parallel([other, self])
 
 
 Composable = TaskFunc | TaskNode | Group | Flow
