@@ -29,8 +29,9 @@ def _docker_engine_reachable() -> bool:
 
 @pytest.fixture(scope="session")
 def local_redis() -> Iterator[LocalRedis]:
-    """A private redis-server process (for tests that stop or restart Redis)."""
-    server = LocalRedis().start()
+    """A private redis-server process (for tests that stop or restart Redis). It fsyncs every write
+    so that a test killing it with SIGKILL loses nothing that Redis acknowledged."""
+    server = LocalRedis(fsync="always").start()
     try:
         yield server
     finally:
