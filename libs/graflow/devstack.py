@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow.client import Client
 from graflow.errors import GraflowError
 from graflow_runtime.local_redis import LocalRedis, free_port
-from graflow_runtime.processes import parent_death_signal
+from graflow_runtime.processes import dies_with_parent
 
 SERVERS = ("result-store", "coordinator", "scheduler")
 MODULES = {
@@ -90,13 +90,12 @@ class ServiceProcess:
             # A session of its own: Ctrl-C in the user's terminal reaches only the parent, which
             # stops the children in order. Children also get SIGTERM if the parent dies.
             self.popen = subprocess.Popen(
-                self.argv,
+                dies_with_parent(self.argv),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=parent_death_signal(),
             )
 
     def wait_serving(self, timeout_s: float) -> None:
@@ -213,10 +212,12 @@ class LocalStack:
         return {**{name: self.address(name) for name in SERVERS}, "redis": self.redis_url}
 
     def client_env(self) -> dict[str, str]:
-        """The variables that point a :class:`graflow.Client` (or the CLI) at this stack."""
+        """The variables that point a :class:`graflow.Client`, :class:`graflow.operators.Operators`
+        (or the CLI) at this stack."""
         env = {
             "GRAFLOW_SCHEDULER_ADDRESS": self.scheduler_address,
             "GRAFLOW_RESULT_STORE_ADDRESS": self.result_store_address,
+            "GRAFLOW_COORDINATOR_ADDRESS": self.coordinator_address,
         }
         if self.auth_token:
             env["GRAFLOW_AUTH_TOKEN"] = self.auth_token
@@ -318,12 +319,16 @@ class LocalStack:
         raise LocalStackError(f"no process named {service!r} in this stack; known: {known}")
 
     # ---- workers ----
-    def start_worker(self) -> int:
-        """Start one more worker; returns its index (its name is ``worker-<index>``)."""
+    def start_worker(self, wait: bool = True) -> int:
+        """Start one more worker; returns its index (its name is ``worker-<index>``). With
+        ``wait=False`` it returns once the process is spawned, without waiting until it serves."""
         index = len(self.workers)
         worker = self._worker(index)
         self.workers.append(worker)
-        self._launch([worker])
+        if wait:
+            self._launch([worker])
+        else:
+            worker.spawn()
         return index
 
     def stop_worker(self, index: int, sig: signal.Signals = signal.SIGTERM) -> int | None:

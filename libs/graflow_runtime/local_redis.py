@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graflow_runtime.processes import parent_death_signal
+from graflow_runtime.processes import dies_with_parent
 
 
 class RedisServerError(RuntimeError):
@@ -51,12 +51,12 @@ class LocalRedis:
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
         log_file = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [
+            dies_with_parent([
                 self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
                 "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-            ],
-            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=parent_death_signal(),
+            ]),
+            stdout=log_file, stderr=subprocess.STDOUT,
         )
         log_file.close()
         deadline = time.monotonic() + timeout_s

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import signal
+import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that makes the child receive SIGTERM when its parent dies, so a
-    killed test run or ``graflow dev`` leaves no services or redis-server behind. The kernel ties
-    this to the thread that forks, so it is used only from the main thread (whose end is the
-    process's end)."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` prefixed so that the child gets SIGTERM when its parent dies, so a killed test run or
+    ``graflow dev`` leaves no services or redis-server behind.
 
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return hook
+    It uses util-linux ``setpriv --pdeathsig`` as an exec wrapper rather than a ``preexec_fn``: a
+    pre-exec hook makes ``subprocess`` fork and run Python in the child, and in a parent with gRPC
+    threads gRPC's fork handlers break the child before it execs (seen as "epoll_wait error: Bad
+    file descriptor" and aborts). The kernel ties the signal to the thread that forks, so the
+    wrapper is used only from the main thread (whose end is the process's end); elsewhere, and
+    where ``setpriv`` is missing, ``argv`` is returned unchanged.
+    """
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return list(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
