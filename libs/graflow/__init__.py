@@ -25,6 +25,7 @@ from graflow.errors import (
     RunError,
     RunFailedError,
     RunNotFoundError,
+    TaskCanceledError,
     TaskError,
     WorkflowDefinitionError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "RunNotFoundError",
     "ServiceCallError",
     "ServiceUnavailableError",
+    "TaskCanceledError",
     "TaskContext",
     "TaskError",
     "TaskFunc",

@@ -3,6 +3,7 @@
     graflow dev [--workers N] [--keep] [--example etl]
     graflow submit MODULE:WORKFLOW [--wait] [--idempotency-key K] [--label k=v]
     graflow status RUN | graflow watch RUN | graflow runs [--limit N] [--status S] | graflow cancel RUN
+    graflow workers | graflow dead-letters list|show|replay   (operators' commands: graflow.cli_ops)
 
 Exit codes: 0 ok, 1 the run failed or was canceled, 2 usage or connection errors, 130 interrupted.
 """
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
+from graflow import cli_ops
 from graflow.client import Client, ServiceCallError, ServiceUnavailableError
 from graflow.devstack import LocalStack, LocalStackError
 from graflow.dsl import Workflow
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--result-store",
         help="result-store host:port (env GRAFLOW_RESULT_STORE_ADDRESS, default 127.0.0.1:50053)",
     )
+    cli_ops.add_global_options(parser)
     parser.add_argument("--token", help="bearer token sent to the services (env GRAFLOW_AUTH_TOKEN)")
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each call in seconds (default 10)"
@@ -349,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run", metavar="RUN")
     cancel.add_argument("--reason", default="canceled from the graflow CLI")
+    cli_ops.add_commands(commands)
     return parser
 
 
@@ -366,6 +370,8 @@ def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
     out = out or Output()
     args = build_parser().parse_args(argv)
     try:
+        if args.command in cli_ops.COMMANDS:
+            return cli_ops.run_command(args, out)
         if args.command == "dev":
             return cmd_dev(args, out)
         with Client(args.scheduler, args.result_store, auth_token=args.token, timeout=args.timeout) as client:

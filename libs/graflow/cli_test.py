@@ -182,7 +182,11 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
                 exports[name] = value
             if line.startswith("press Ctrl-C"):
                 break
-        assert set(exports) == {"GRAFLOW_SCHEDULER_ADDRESS", "GRAFLOW_RESULT_STORE_ADDRESS"}
+        assert set(exports) == {
+            "GRAFLOW_SCHEDULER_ADDRESS",
+            "GRAFLOW_RESULT_STORE_ADDRESS",
+            "GRAFLOW_COORDINATOR_ADDRESS",
+        }
         with Client(exports["GRAFLOW_SCHEDULER_ADDRESS"], exports["GRAFLOW_RESULT_STORE_ADDRESS"]) as client:
             assert [r.workflow_name for r in client.list_runs()] == ["etl"]
         dev.send_signal(signal.SIGINT)

@@ -1,11 +1,31 @@
-"""What a running task can see and do: :class:`TaskContext` (``@task(inject_context=True)``)."""
+"""What a running task can see and do: :class:`TaskContext` (``@task(inject_context=True)``).
+
+Control flow calls (``next_task``, ``goto``, ``next_iteration``, ``terminate_workflow``,
+``cancel_workflow``) are recorded as directives and carried in the attempt's outcome; the
+scheduler applies them with the outcome, atomically. They take effect only when the task returns
+successfully: a task that raises afterwards (or fails its attempt otherwise) drops them, and its
+retry starts with none.
+
+Cancellation is cooperative: when the run is canceled, the worker sets the context's cancel event
+(within about a heartbeat interval); ``is_canceled()`` turns true and ``check_canceled()`` raises
+:class:`~graflow.errors.TaskCanceledError`. Nothing interrupts a task that does not look.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+
+from graflow import payload
+from graflow.dsl import TaskFunc, TaskNode
+from graflow.errors import TaskCanceledError, WorkflowDefinitionError
+from graflow_api.v1 import messages_pb2
+
+MAX_DIRECTIVES = 1000
+DEFAULT_MAX_CYCLES = 100
 
 _MISSING = object()
 
@@ -47,7 +67,8 @@ class Channel:
 
 @dataclass
 class TaskContext:
-    """Identity of the running attempt, its logger and the run's channel."""
+    """Identity of the running attempt, its logger, the run's channel, dynamic control flow and
+    cooperative cancellation."""
 
     run_id: str
     node_id: str
@@ -56,7 +77,15 @@ class TaskContext:
     max_attempts: int
     worker_id: str
     channel: Channel
+    # How many times this node ran before in this run (re-runs: next_iteration, goto, loop edges).
     cycle: int = 0
+    # Re-runs allowed for this node (its max_cycles, else the run default, else 100).
+    max_cycles: int = DEFAULT_MAX_CYCLES
+    # Set by the worker when the run is canceled (shared by the run's tasks on this worker).
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Directives recorded by this attempt, sent with its outcome when it succeeds.
+    directives: list[messages_pb2.Directive] = field(default_factory=list, repr=False)
+    _cancel_requested: bool = field(default=False, repr=False)
 
     @property
     def task_id(self) -> str:
@@ -71,3 +100,91 @@ class TaskContext:
 
     def get_channel(self) -> Channel:
         return self.channel
+
+    # ---- dynamic control flow ----
+    @property
+    def cycle_count(self) -> int:
+        """How many times this node ran before (0 on its first run)."""
+        return self.cycle
+
+    def can_iterate(self) -> bool:
+        """True when ``next_iteration`` (or another re-run of this node) stays within max_cycles."""
+        return self.cycle < self.max_cycles
+
+    def next_task(self, task: TaskFunc | TaskNode, *, goto: bool = False, **kwargs: Any) -> str | None:
+        """Add a node that runs after this task: a registered task (``fn``) or a bound node
+        (``fn(task_id="t1", x=1)``), with ``kwargs`` as further arguments. It receives this task's
+        result as its upstream input. This node's static successors wait for it, unless ``goto``:
+        then they are skipped. A ``task_id`` naming an existing node of the run jumps there instead
+        (as :meth:`goto`; the arguments are ignored).
+
+        Returns the node id when the node has a ``task_id``; otherwise the scheduler names it
+        ``"<this node>.next.<n>"`` and None is returned.
+        """
+        if isinstance(task, TaskNode):
+            node_id, fn, args = task.node_id, task.task, {**task.args, **kwargs}
+        elif isinstance(task, TaskFunc):
+            node_id, fn, args = "", task, dict(kwargs)
+        else:
+            raise TypeError(
+                "next_task() takes a @task function or a node (fn(task_id=..., ...)), "
+                f"not {type(task).__name__}"
+            )
+        options = TaskNode(fn, fn.name, {}).to_proto()
+        options.ClearField("id")
+        options.ClearField("task_type")
+        request = messages_pb2.NextTask(
+            node_id=node_id,
+            task_type=fn.name,
+            args_json=payload.dumps(args) if args else b"",
+            goto=goto,
+            options=options,
+        )
+        self._record(messages_pb2.Directive(next_task=request))
+        return node_id or None
+
+    def goto(self, target: str | TaskNode | TaskFunc) -> None:
+        """Jump to a node of the run (a node id, a node, or a task used under its own name): it runs
+        again as a new cycle (or for the first time), and this node's static successors that wait
+        for it are skipped (a later normal run of this node brings them back)."""
+        node_id = target if isinstance(target, str) else getattr(target, "node_id", None)
+        if not isinstance(node_id, str) or not node_id:
+            raise TypeError(f"goto() takes a node id, a node or a task, not {target!r}")
+        self._record(messages_pb2.Directive(goto=messages_pb2.Goto(node_id=node_id)))
+
+    def next_iteration(self, data: Any = None) -> None:
+        """Run this node again as its next cycle; ``data`` (JSON) is passed to that run as the
+        keyword argument ``data`` (declare ``data=None`` for the first run). Its static successors
+        run after the last cycle, the one that does not call next_iteration. Going beyond
+        max_cycles fails the node with CycleLimitExceeded: check :meth:`can_iterate`."""
+        raw = b"" if data is None else payload.dumps(data)
+        self._record(messages_pb2.Directive(next_iteration=messages_pb2.NextIteration(data_json=raw)))
+
+    def terminate_workflow(self, message: str = "") -> None:
+        """End the run successfully after this task: nothing else is started, nodes that did not
+        run are SKIPPED, ``message`` is kept as the run's message."""
+        self._record(messages_pb2.Directive(terminate=messages_pb2.Terminate(message=message)))
+
+    def cancel_workflow(self, message: str = "") -> None:
+        """End the run as CANCELED after this task, with ``message``."""
+        self._cancel_requested = True
+        self._record(messages_pb2.Directive(cancel=messages_pb2.Cancel(message=message)))
+
+    def _record(self, directive: messages_pb2.Directive) -> None:
+        if len(self.directives) >= MAX_DIRECTIVES:
+            raise WorkflowDefinitionError(
+                f"task {self.task_type!r} recorded {MAX_DIRECTIVES} directives in one attempt; "
+                "that is the limit"
+            )
+        self.directives.append(directive)
+
+    # ---- cancellation ----
+    def is_canceled(self) -> bool:
+        """True once the run was canceled (or this task called cancel_workflow)."""
+        return self._cancel_requested or self.cancel_event.is_set()
+
+    def check_canceled(self) -> None:
+        """Raise :class:`TaskCanceledError` when the run was canceled: call it between steps of
+        long work to stop early."""
+        if self.is_canceled():
+            raise TaskCanceledError(f"run {self.run_id} was canceled; node {self.node_id!r} stops")

@@ -8,6 +8,9 @@ Graph operators register nodes and edges on the workflow opened by ``with workfl
 
     with workflow("etl") as wf:
         fetch >> (clean | enrich) >> report
+
+An edge that closes a cycle (``agent >> tool >> agent``: ``tool -> agent``) becomes a loop edge
+(``EdgeSpec.loop``; see docs/architecture.md, "Dynamic control flow").
 """
 
 from __future__ import annotations
@@ -252,7 +255,9 @@ class Workflow:
             max_steps=max_steps or 0,
         )
         self._nodes: dict[str, TaskNode] = {}
-        self._edges: dict[tuple[str, str], None] = {}
+        # (from, to) -> True for a loop edge (it closes a cycle); successors by the other edges.
+        self._edges: dict[tuple[str, str], bool] = {}
+        self._successors: dict[str, set[str]] = {}
         self._groups_created: list[Group] = []
         self._used_groups: list[Group] = []
         self._group_ids = itertools.count(1)
@@ -308,8 +313,43 @@ class Workflow:
 
     def _add_edge(self, src: str, dst: str) -> None:
         if src == dst:
-            raise WorkflowDefinitionError(f"{src!r} >> {src!r}: a task can't depend on itself")
-        self._edges[(src, dst)] = None
+            raise WorkflowDefinitionError(
+                f"{src!r} >> {src!r}: a task can't depend on itself (to run it again, call "
+                "ctx.next_iteration() in it)"
+            )
+        if (src, dst) in self._edges:
+            return
+        loop = self._leads_to(dst, src)
+        if loop:
+            groups = {g.node_id for g in self._used_groups}
+            if src in groups or dst in groups:
+                raise WorkflowDefinitionError(
+                    f"{src!r} >> {dst!r} closes a loop through a parallel group; a loop must go from a "
+                    "task to a task (put a task after the group and loop from it)"
+                )
+        self._edges[(src, dst)] = loop
+        if not loop:
+            self._successors.setdefault(src, set()).add(dst)
+
+    def _leads_to(self, start: str, goal: str) -> bool:
+        """Whether ``start`` reaches ``goal`` through the edges so far (loop edges left out; an edge
+        into a group reaches its members, members reach their group)."""
+        members = {g.node_id: [m.node_id for m in g.members] for g in self._used_groups}
+        groups_of: dict[str, list[str]] = {}
+        for group_id, ids in members.items():
+            for member in ids:
+                groups_of.setdefault(member, []).append(group_id)
+        seen, stack = {start}, [start]
+        while stack:
+            current = stack.pop()
+            for nxt in self._successors.get(current, set()) | set(groups_of.get(current, ())):
+                for reached in (nxt, *members.get(nxt, ())):
+                    if reached == goal:
+                        return True
+                    if reached not in seen:
+                        seen.add(reached)
+                        stack.append(reached)
+        return False
 
     def spec(self) -> workflow_pb2.WorkflowSpec:
         groups = [g for g in self._groups_created if not g.absorbed]
@@ -325,7 +365,9 @@ class Workflow:
         return workflow_pb2.WorkflowSpec(
             name=self.name,
             nodes=[n.to_proto() for n in self._nodes.values()],
-            edges=[workflow_pb2.EdgeSpec(from_id=s, to_id=d) for s, d in self._edges],
+            edges=[
+                workflow_pb2.EdgeSpec(from_id=s, to_id=d, loop=loop) for (s, d), loop in self._edges.items()
+            ],
             groups=[g.to_proto() for g in groups],
             defaults=self.defaults,
         )

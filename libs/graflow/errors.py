@@ -65,5 +65,9 @@ class RunCanceledError(RunError):
     """The run was canceled (by a client or by a task)."""
 
 
+class TaskCanceledError(NonRetryableError):
+    """Raised by ``ctx.check_canceled()`` in a task whose run was canceled."""
+
+
 class RunNotFoundError(GraflowError, LookupError):
     """No run with that id."""

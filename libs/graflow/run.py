@@ -59,7 +59,7 @@ def parse_status(status: str | int | None) -> int:
 
 def sink_node_ids(spec: workflow_pb2.WorkflowSpec) -> list[str]:
     """Task nodes nothing depends on (used when the scheduler did not report the run's sinks)."""
-    sources = {edge.from_id for edge in spec.edges}
+    sources = {edge.from_id for edge in spec.edges if not edge.loop}
     grouped_with_successors = {m for g in spec.groups if g.id in sources for m in g.member_ids}
     return [n.id for n in spec.nodes if n.id not in sources and n.id not in grouped_with_successors]
 
@@ -89,12 +89,20 @@ class Run:
     """One run. ``created`` and ``graph_hash`` are known when the handle comes from ``submit``."""
 
     def __init__(
-        self, client: Client, run_id: str, *, created: bool | None = None, graph_hash: str = ""
+        self,
+        client: Client,
+        run_id: str,
+        *,
+        created: bool | None = None,
+        graph_hash: str = "",
+        sink_node_ids: Iterable[str] = (),
     ) -> None:
         self._client = client
         self.id = run_id
         self.created = created
         self.graph_hash = graph_hash
+        # The run's sinks as the scheduler reported them on submit (empty: not known yet).
+        self._sinks = list(sink_node_ids)
 
     def __repr__(self) -> str:
         return f"<Run {self.id}>"
@@ -139,22 +147,27 @@ class Run:
         :class:`RunCanceledError`, or :class:`TimeoutError` after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        info = self.info()
-        if info.status not in ENDED_STATUSES:
-            try:
-                for _event in self._client.watch(self.id, deadline=deadline):
-                    pass
-            except TimeoutError:
-                raise TimeoutError(f"run {self.id} did not finish within {timeout}s") from None
-            info = self.info()
-        return self._outcome(info)
+        # Only the terminal event is sent (at once when the run has already ended). A success with
+        # known sinks needs one more call (their results); anything else reads the run's state.
+        terminal = None
+        try:
+            for event in self._client.watch(self.id, deadline=deadline, types=TERMINAL_EVENTS):
+                terminal = event
+        except TimeoutError:
+            raise TimeoutError(f"run {self.id} did not finish within {timeout}s") from None
+        if terminal is not None and terminal.type == RunEvent.TYPE_RUN_SUCCEEDED and self._sinks:
+            return self._sink_values(self._sinks)
+        return self._outcome(self.info())
 
     # ---- outcome of an ended run ----
+    def _sink_values(self, sinks: list[str]) -> Any:
+        values = self._client.get_results(self.id, sinks)
+        return values.get(sinks[0]) if len(sinks) == 1 else values
+
     def _outcome(self, info: RunInfo) -> Any:
         if info.status == common_pb2.RUN_STATUS_SUCCEEDED:
             sinks = list(info.sink_node_ids) or sink_node_ids(self._client.get_graph(info.graph_hash))
-            values = self._client.get_results(self.id, sinks)
-            return values.get(sinks[0]) if len(sinks) == 1 else values
+            return self._sink_values(sinks)
         if info.status == common_pb2.RUN_STATUS_CANCELED:
             why = info.message or info.error.message or "no reason given"
             raise RunCanceledError(self.id, f"run {self.id} was canceled: {why}")

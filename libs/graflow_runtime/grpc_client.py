@@ -18,6 +18,7 @@ import structlog
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+from graflow_runtime.telemetry import tracing_enabled
 
 log = structlog.get_logger(__name__)
 
@@ -58,11 +59,12 @@ class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unar
 
 
 def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
-    """An insecure aio channel with Graflow's options, tracing and (optionally) the auth token."""
-    interceptors: list[Any] = list(aio_client_interceptors())
+    """An insecure aio channel with Graflow's options, tracing (when an exporter is configured) and
+    (optionally) the auth token."""
+    interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
     if auth_token:
         interceptors.append(_AuthClientInterceptor(auth_token))
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 
 class _BreakerLogListener(pybreaker.CircuitBreakerListener):

@@ -13,3 +13,11 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    # Clients ping every 20 s (keepalive_time_ms above); the server's default minimum interval
+    # between pings without data is 5 minutes, so it answered them with GOAWAY "too_many_pings"
+    # and dropped the connection (calls in flight failed UNAVAILABLE and reconnects cost latency).
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]

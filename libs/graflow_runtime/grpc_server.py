@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+from graflow_runtime.grpc_options import SERVER_OPTIONS
+from graflow_runtime.telemetry import tracing_enabled
 
 _UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -99,11 +100,11 @@ def create_server(
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServerHandle:
     """Build (not start) a server on ``address`` ("host:port", port 0 = any free port)."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
     if auth_token:
         interceptors.append(AuthInterceptor(auth_token))
     interceptors.extend(extra_interceptors)
-    server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=interceptors or None, options=SERVER_OPTIONS)
     bindings = list(bindings)
     names = [b.service_name for b in bindings]
     for binding in bindings:

@@ -48,7 +48,8 @@ def run_attempts(run_id: str) -> str:
 
 
 def run_joins(run_id: str) -> str:
-    """hash "<node>:ok" / "<node>:fail" -> counts of finished upstream nodes."""
+    """hash "<node>:ok" / "<node>:fail" -> counts of finished upstream nodes; "<node>:lost" ->
+    attempts of the node lost with their worker (redelivered without using the retry budget)."""
     return f"{PREFIX}:run:{{{run_id}}}:join"
 
 
@@ -67,9 +68,26 @@ def run_keys(run_id: str) -> list[str]:
             run_errors(run_id), run_events(run_id)]
 
 
+def run_dynamic(run_id: str) -> str:
+    """hash node_id -> spec JSON of a node added at run time (ctx.next_task), plus '#'-prefixed
+    bookkeeping fields (id counters, max cycles, nodes released per applied outcome)."""
+    return f"{PREFIX}:run:{{{run_id}}}:dyn"
+
+
+def run_cycles(run_id: str) -> str:
+    """hash node_id -> current cycle (re-runs); "<node>:data" -> JSON data of next_iteration."""
+    return f"{PREFIX}:run:{{{run_id}}}:cycle"
+
+
+def run_flow_keys(run_id: str) -> list[str]:
+    """Keys of a run's dynamic control flow (created on first use, expire with the run)."""
+    return [run_dynamic(run_id), run_cycles(run_id)]
+
+
 # ---- coordinator ----
 RETRY_TIMER = f"{PREFIX}:retry"  # zset member = delivery bytes, score = due ms
 WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
+CANCELED_RUNS = f"{PREFIX}:canceled"  # zset run_id -> ms the scheduler reported it canceled
 
 
 def dispatch_record(run_id: str) -> str:

@@ -19,15 +19,15 @@ def hash_tag(key: str) -> str:
 
 @pytest.mark.parametrize("run_id", ["r1", "01J9ZQ4M5K-abc", "a.b_c-d"])
 def test_all_keys_of_a_run_share_the_run_id_hash_tag(run_id: str) -> None:
-    run_scoped = [*keys.run_keys(run_id), keys.dispatch_record(run_id), keys.results(run_id),
-                  keys.channel(run_id)]
+    run_scoped = [*keys.run_keys(run_id), *keys.run_flow_keys(run_id), keys.dispatch_record(run_id),
+                  keys.results(run_id), keys.channel(run_id)]
     assert len(set(run_scoped)) == len(run_scoped)
     assert {hash_tag(key) for key in run_scoped} == {run_id}
 
 
 def test_global_keys_have_no_hash_tag_and_share_the_prefix() -> None:
     global_keys = [keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM, keys.RUNS_INDEX, keys.ACTIVE_RUNS,
-                   keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.queue_stream("default"),
+                   keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.CANCELED_RUNS, keys.queue_stream("default"),
                    keys.idempotency("k"), keys.worker_info("w1"), keys.graph("ab" * 32)]
     for key in global_keys:
         assert "{" not in key, key

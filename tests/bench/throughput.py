@@ -1,8 +1,10 @@
 """Benchmark: one-task latency and fan-out throughput, beside raw Redis Streams baselines.
 
     ./pants run tests/bench/throughput.py -- [--fanout 10000] [--latency-runs 200] [--workers 2]
+        [--concurrency N]
 
-Starts a private redis-server and the four services as processes (2 workers by default), then
+Starts a private redis-server and the four services as processes (2 workers by default, each
+with the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given), then
 measures, in the same run so the machine's noise hits both sides alike:
 
 - baseline latency: one message's round trip through two Redis streams with XREADGROUP BLOCK
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout", type=int, default=10_000)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="GRAFLOW_WORKER_CONCURRENCY of each worker (default: the worker's default)")
     args = parser.parse_args(argv)
     out = sys.stdout.write
 
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         base_tp = baseline_throughput(baseline_redis.url, args.fanout)
 
     server = LocalRedis().start()
-    stack = LocalStack(workers=args.workers, task_modules=["tests.bench.tasks"], redis=server)
+    env = {} if args.concurrency is None else {"GRAFLOW_WORKER_CONCURRENCY": str(args.concurrency)}
+    stack = LocalStack(workers=args.workers, task_modules=["tests.bench.tasks"], redis=server, env=env)
     try:
         stack.start()
         lat = graflow_latency_ms(stack, args.latency_runs)
@@ -143,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         server.close()
 
-    out(f"\nGraflow benchmark ({args.workers} workers, {args.latency_runs} latency runs, "
-        f"fan-out {args.fanout})\n")
+    concurrency = "default" if args.concurrency is None else args.concurrency
+    out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}, "
+        f"{args.latency_runs} latency runs, fan-out {args.fanout})\n")
     out(f"{'measure':<44}{'baseline':>14}{'graflow':>14}{'ratio':>9}\n")
     out(f"{'one-task submit->result p50 (ms)':<44}{statistics.median(base_lat):>14.3f}"
         f"{statistics.median(lat):>14.3f}{statistics.median(lat) / statistics.median(base_lat):>9.1f}\n")

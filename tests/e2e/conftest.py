@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import redis
@@ -16,10 +16,22 @@ from graflow_runtime.local_redis import LocalRedis
 TASKS = "tests.e2e.tasks"
 
 
-def start_stack(workers: int = 2, **kwargs: object) -> tuple[LocalStack, LocalRedis]:
-    server = LocalRedis().start()
+def start_stack(
+    workers: int = 2,
+    *,
+    task_modules: Sequence[str] = (TASKS,),
+    server: LocalRedis | None = None,
+    fsync: str = "everysec",
+    **kwargs: object,
+) -> tuple[LocalStack, LocalRedis]:
+    """Start the stack on ``server`` (a new private redis-server with ``fsync`` when None).
+
+    Tasks record their effects on the stack's Redis unless ``env`` names another
+    ``GRAFLOW_TEST_EFFECTS_URL``. The caller stops the stack and closes the server.
+    """
+    server = server or LocalRedis(fsync=fsync).start()
     env = {"GRAFLOW_TEST_EFFECTS_URL": server.url, **kwargs.pop("env", {})}  # type: ignore[dict-item]
-    stack = LocalStack(workers=workers, task_modules=[TASKS], redis=server, env=env, **kwargs)  # type: ignore[arg-type]
+    stack = LocalStack(workers=workers, task_modules=list(task_modules), redis=server, env=env, **kwargs)  # type: ignore[arg-type]
     try:
         stack.start()
     except BaseException:

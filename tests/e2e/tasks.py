@@ -110,3 +110,210 @@ def slow(ctx: TaskContext, seconds: float = 0.5) -> float:
     record(ctx)
     time.sleep(seconds)
     return seconds
+
+
+# ---- delivery guarantees (tests/e2e/delivery_test.py) ----
+def mark_start(ctx: TaskContext) -> None:
+    """``started:<run>:<node>:<attempt>`` = the pid of the worker process running the attempt."""
+    effects().set(f"started:{ctx.run_id}:{ctx.node_id}:{ctx.attempt}", os.getpid())
+
+
+@task(inject_context=True)
+def gated(ctx: TaskContext, wait_s: float = 60.0) -> int:
+    """Marks its start, waits until the test sets ``gate:<run>:<node>:<attempt>`` (at most
+    ``wait_s``), records its effect and returns its attempt."""
+    mark_start(ctx)
+    deadline = time.monotonic() + wait_s
+    gate = f"gate:{ctx.run_id}:{ctx.node_id}:{ctx.attempt}"
+    while not effects().exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{gate} was not opened within {wait_s}s")
+        time.sleep(0.02)
+    record(ctx)
+    return ctx.attempt
+
+
+@task(inject_context=True)
+def marked_sleep(ctx: TaskContext, seconds: float = 1.0) -> int:
+    """Marks its start, sleeps, records its effect and returns its attempt."""
+    mark_start(ctx)
+    time.sleep(seconds)
+    record(ctx)
+    return ctx.attempt
+
+
+@task(inject_context=True)
+def crash_worker(ctx: TaskContext) -> None:
+    """Kills the worker process running it, every time (a poison message)."""
+    mark_start(ctx)
+    os._exit(13)
+
+
+@task(inject_context=True, retry=RetryPolicy(max_attempts=2, initial_interval=2.5, jitter=0))
+def fail_then_retry_late(ctx: TaskContext) -> int:
+    """Fails attempt 1; the retry waits 2.5 s, longer than the delivery tests' lease."""
+    mark_start(ctx)
+    record(ctx)
+    if ctx.attempt == 1:
+        raise ConnectionError("transient failure on attempt 1")
+    return ctx.attempt
+
+
+@task(inject_context=True, timeout=0.5, retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=0))
+def overrun(ctx: TaskContext, seconds: float = 3.0) -> float:
+    """Takes longer than its 0.5 s timeout."""
+    record(ctx)
+    time.sleep(seconds)
+    return seconds
+
+
+# ---- dynamic control flow and cancellation (tests/e2e/control_flow_test.py) ----
+def note_order(ctx: TaskContext) -> None:
+    """Appends the node id to ``order:<run>`` (the order in which nodes ran)."""
+    effects().rpush(f"order:{ctx.run_id}", ctx.node_id)
+
+
+@task(inject_context=True, max_cycles=10)
+def refine_draft(ctx: TaskContext, data: dict[str, Any] | None = None) -> dict[str, int]:
+    """Improves its score by 30 per cycle and iterates until the score reaches 90."""
+    record(ctx)
+    score = (data or {}).get("score", 0) + 30
+    if score < 90 and ctx.can_iterate():
+        ctx.next_iteration({"score": score})
+    return {"score": score, "cycle": ctx.cycle_count}
+
+
+@task(inject_context=True)
+def publish_draft(ctx: TaskContext, refine_draft: dict[str, int]) -> str:
+    record(ctx)
+    return f"published with score {refine_draft['score']} after {refine_draft['cycle'] + 1} drafts"
+
+
+@task(inject_context=True)
+def agent_step(ctx: TaskContext, tool_calls: int = 3) -> dict[str, Any]:
+    """An agent that calls a tool (a node added with goto) until it has ``tool_calls`` observations."""
+    record(ctx)
+    observations = ctx.channel.get("observations", [])
+    if len(observations) < tool_calls:
+        ctx.next_task(use_tool, goto=True, query=f"q{len(observations)}")
+        return {"thinking": len(observations)}
+    return {"answer": observations}
+
+
+@task(inject_context=True)
+def use_tool(ctx: TaskContext, query: str) -> str:
+    """A tool: stores its observation for the agent and jumps back to it."""
+    record(ctx)
+    ctx.channel.set("observations", [*ctx.channel.get("observations", []), f"result of {query}"])
+    ctx.goto("agent_step")
+    return query
+
+
+@task(inject_context=True)
+def final_answer(ctx: TaskContext, agent_step: dict[str, Any]) -> dict[str, Any]:
+    record(ctx)
+    return {"final": agent_step["answer"]}
+
+
+@task(inject_context=True)
+def think(ctx: TaskContext, rounds: int = 3) -> int:
+    """Head of a static loop ``think >> act >> think``: stops the run after ``rounds`` passes."""
+    record(ctx)
+    note_order(ctx)
+    if ctx.cycle_count + 1 >= rounds:
+        ctx.terminate_workflow(f"done after {ctx.cycle_count + 1} rounds")
+    return ctx.cycle_count
+
+
+@task(inject_context=True)
+def act(ctx: TaskContext, think: int) -> int:
+    record(ctx)
+    note_order(ctx)
+    return think * 10
+
+
+@task(inject_context=True)
+def ping(ctx: TaskContext, pong: int = 0) -> int:
+    """With pong: a loop that never stops by itself."""
+    record(ctx)
+    return pong + 1
+
+
+@task(inject_context=True)
+def pong(ctx: TaskContext, ping: int) -> int:
+    record(ctx)
+    return ping + 1
+
+
+@task(inject_context=True)
+def expand(ctx: TaskContext, source: int) -> int:
+    """Adds two nodes that run before its static successors."""
+    record(ctx)
+    note_order(ctx)
+    ctx.next_task(ordered_item, i=source)
+    ctx.next_task(ordered_item(task_id="extra", i=source + 1))
+    return source
+
+
+@task(inject_context=True)
+def ordered_item(ctx: TaskContext, i: int, expand: int | None = None) -> int:
+    record(ctx)
+    note_order(ctx)
+    return i * 100 + (expand or 0)
+
+
+@task(inject_context=True)
+def ordered_done(ctx: TaskContext, expand: int) -> str:
+    record(ctx)
+    note_order(ctx)
+    return f"done after {expand}"
+
+
+@task(inject_context=True)
+def stop_here(ctx: TaskContext, source: int) -> int:
+    record(ctx)
+    ctx.terminate_workflow("enough for today")
+    return source
+
+
+@task(inject_context=True)
+def give_up(ctx: TaskContext, source: int) -> int:
+    record(ctx)
+    ctx.cancel_workflow("the task gave up")
+    return source
+
+
+@task(inject_context=True, max_cycles=2)
+def spin(ctx: TaskContext, data: dict[str, int] | None = None) -> int:
+    """Iterates forever (its max_cycles stops it)."""
+    record(ctx)
+    ctx.next_iteration({"cycle": ctx.cycle_count})
+    return ctx.cycle_count
+
+
+@task(inject_context=True)
+def cooperative_wait(ctx: TaskContext, seconds: float = 60.0) -> str:
+    """Long work that checks for cancellation; marks ``running:<run>:<node>`` when it starts and
+    ``observed:<run>:<node>`` when it saw its run canceled."""
+    effects().set(f"running:{ctx.run_id}:{ctx.node_id}", 1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ctx.is_canceled():
+            effects().set(f"observed:{ctx.run_id}:{ctx.node_id}", 1)
+            ctx.check_canceled()
+        time.sleep(0.02)
+    return "finished without being canceled"
+
+
+@task(inject_context=True)
+def fail_after(ctx: TaskContext, others: list[str], message: str = "member broke") -> None:
+    """Fails once the scheduler recorded the nodes ``others`` of its run as SUCCEEDED (bounded
+    wait; the tests' Redis is the stack's)."""
+    deadline = time.monotonic() + 30
+    state = f"gf:run:{{{ctx.run_id}}}:state"
+    while not all(effects().hget(state, n) == b"SUCCEEDED" for n in others):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{others} did not run within 30s")
+        time.sleep(0.02)
+    record(ctx)
+    raise ValueError(message)

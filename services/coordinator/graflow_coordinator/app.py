@@ -14,6 +14,7 @@ from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
 from graflow_runtime.redis_client import check_durability, connect
 
+from graflow_coordinator.cancellations import CanceledRuns
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.liveness import LivenessLoop
@@ -71,6 +72,7 @@ class CoordinatorApp:
             DeadLetters(redis, groups),
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,
+            canceled=CanceledRuns(redis, window_ms=s.canceled_window_ms),
         )
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME

@@ -83,6 +83,7 @@ def envelope(
     queue: str = "default",
     priority: int = 0,
     task_type: str = "fetch",
+    lost_attempts: int = 0,
 ) -> messages_pb2.TaskEnvelope:
     return messages_pb2.TaskEnvelope(
         run_id=run_id,
@@ -92,6 +93,7 @@ def envelope(
         queue=queue,
         priority=priority,
         args_json=b"{}",
+        lost_attempts=lost_attempts,
     )
 
 
@@ -102,6 +104,12 @@ def delivery(node_id: str = "a", *, delay_ms: int = 0, **fields: Any) -> coordin
 async def stream_envelopes(redis: aioredis.Redis, queue: str = "default") -> list[messages_pb2.TaskEnvelope]:
     entries = await redis.xrange(keys.queue_stream(queue))
     return [messages_pb2.TaskEnvelope.FromString(fields[keys.ENVELOPE_FIELD]) for _, fields in entries]
+
+
+async def read_outcomes(redis: aioredis.Redis) -> list[messages_pb2.TaskOutcome]:
+    """Every outcome appended to ``gf:outcomes`` so far, oldest first."""
+    entries = await redis.xrange(keys.OUTCOMES_STREAM)
+    return [messages_pb2.TaskOutcome.FromString(fields[keys.OUTCOME_FIELD]) for _, fields in entries]
 
 
 async def eventually(

@@ -5,6 +5,11 @@ read). Workers dead-letter undecodable envelopes through the same stream and for
 coordinator dead-letters poison messages (see :mod:`reclaim`). Operators list them and replay them:
 a replay appends ``raw`` to the dead letter's queue as a new delivery and deletes the dead letter,
 atomically and only once (XADD happens only if this call's XDEL removed the entry).
+
+A replayed delivery is the original message, attempt number included: its outcome counts only if
+that attempt is still the node's current one. A poison message's node already failed
+(``PoisonMessage``), so replaying it runs the task again (e.g. to check a fixed worker) but does
+not reopen its run.
 """
 
 from __future__ import annotations
@@ -80,6 +85,19 @@ class DeadLetters:
         self._redis = redis
         self._groups = groups
         self._replay = redis.register_script(_REPLAY_LUA)
+
+    async def get(self, ids: Sequence[str]) -> list[messages_pb2.DeadLetter]:
+        """The dead letters with these ids, in the order asked (unknown ids are left out)."""
+        ids = list(dict.fromkeys(ids))
+        for entry_id in ids:
+            _check_stream_id(entry_id, "dead letter id")
+        if len(ids) > MAX_PAGE:
+            raise InvalidRequest(f"ask for at most {MAX_PAGE} dead letters by id at once, not {len(ids)}")
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
+            found = await pipe.execute()
+        return [decode_entry(*entries[0]) for entries in found if entries]
 
     async def list(self, *, limit: int = 0, after_id: str = "") -> list[messages_pb2.DeadLetter]:
         """Oldest first, starting after ``after_id`` (exclusive)."""

@@ -46,6 +46,18 @@ async def test_dead_letters_are_paged_with_an_exclusive_after_id(
     assert [x.id for x in second] == ids[2:4]
 
 
+async def test_dead_letters_are_shown_by_id_leaving_out_unknown_ids(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    ids = [await dead_letter(redis, f"n{i}") for i in range(3)]
+
+    shown = (
+        await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(ids=[ids[2], "1-1", ids[0]]))
+    ).dead_letters
+
+    assert [(x.id, x.node_id) for x in shown] == [(ids[2], "n2"), (ids[0], "n0")]
+
+
 async def test_a_malformed_after_id_is_invalid_argument(stub: coordinator_pb2_grpc.CoordinatorStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id="yesterday"))

@@ -1,15 +1,19 @@
 """Liveness: declare workers dead when their lease expires and reclaim what they held.
 
 Every ``liveness_check_ms`` the loop looks for workers silent for longer than ``lease_timeout_ms``.
-Each one is marked dead (its heartbeats now answer NOT_FOUND, so it stops taking work), its pending
-deliveries on each of its queues are re-added or dead-lettered (:mod:`reclaim`), its consumers are
-deleted where nothing is pending any more, and it leaves the registry. Every step is idempotent
-and conditional, so several replicas may do this at once and a coordinator that dies half-way is
-finished by the next pass of any replica (the worker stays expired and marked until removed).
+Each one is marked dead (its heartbeats now answer NOT_FOUND, so it stops taking work), the
+attempts pending on each of its queues are reported lost to the scheduler or dead-lettered
+(:mod:`reclaim`), its consumers are deleted where nothing is pending any more, and it leaves the
+registry. Every step is idempotent and conditional, so several replicas may do this at once and a
+coordinator that dies half-way is finished by the next pass of any replica (the worker stays
+expired and marked until removed).
 
-Less often (``queue_trim_interval_ms``) the loop also re-adds entries stranded under the
-``coordinator-reclaimer`` consumer by a coordinator that died between claiming and settling, and
-trims queue streams below their oldest pending entry.
+Less often (``queue_trim_interval_ms``) the loop also settles entries stranded under the
+``coordinator-reclaimer`` consumer by a coordinator that died between claiming and settling;
+reclaims entries held longer than the lease by consumers that are not registered workers (a worker
+paused past its lease can still have a blocking read served after it was reaped, and a worker cut
+off from the network can lose the reply of one); and trims queue streams below their oldest
+pending entry.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 from structlog.contextvars import bound_contextvars
+
+from graflow_runtime import keys
 
 from graflow_coordinator.loops import BackgroundLoop
 from graflow_coordinator.queues import QueueGroups, trim_queue
@@ -83,32 +90,71 @@ class LivenessLoop(BackgroundLoop):
             lease_timeout_ms=self._lease_timeout_ms,
         )
         queues = list(dict.fromkeys([*worker_queues, *self._queues]))
+        why = (
+            f"was declared dead: no heartbeat for {silent_ms / 1000:.1f} s "
+            f"(lease {self._lease_timeout_ms / 1000:g} s)"
+        )
         stats = ReclaimStats()
         for queue in queues:
-            stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id))
+            stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id, why=why))
         removed = await self._registry.remove(worker_id, queues, only_if_dead=True)
-        log.info(
-            "dead worker's deliveries reclaimed",
-            requeued=stats.requeued,
-            dead_lettered=stats.dead_lettered,
-            already_settled=stats.already_settled,
-            deleted=stats.deleted,
-            removed=removed,
-        )
+        log.info("dead worker's deliveries reclaimed", removed=removed, **stats.log_fields())
         return removed
 
     async def maintain_queues(self) -> None:
         for queue in sorted({*self._queues, *self._groups.known}):
             stats = await self._reclaimer.reclaim_consumer(
-                queue, RECLAIMER, min_idle_ms=self._lease_timeout_ms
+                queue,
+                RECLAIMER,
+                why="held it for a worker declared dead (the coordinator reclaiming it died)",
+                min_idle_ms=self._lease_timeout_ms,
             )
             if stats.total:
                 log.warning(
-                    "re-added deliveries stranded by a coordinator that died while reclaiming",
+                    "settled deliveries stranded by a coordinator that died while reclaiming",
                     queue=queue,
-                    requeued=stats.requeued,
-                    dead_lettered=stats.dead_lettered,
+                    **stats.log_fields(),
                 )
+            await self.reclaim_orphans(queue)
             trimmed = await trim_queue(self._redis, queue)
             if trimmed:
                 log.debug("queue stream trimmed below its oldest pending entry", queue=queue, removed=trimmed)
+
+    async def reclaim_orphans(self, queue: str) -> ReclaimStats:
+        """Entries pending longer than the lease under consumers that are not registered workers are
+        reported lost; such consumers are deleted once nothing is pending and they are idle."""
+        stats = ReclaimStats()
+        try:
+            consumers = await self._redis.xinfo_consumers(keys.queue_stream(queue), keys.WORKER_GROUP)
+        except ResponseError:  # no stream or no group
+            return stats
+        for consumer in consumers:
+            name = _text(consumer["name"])
+            if name == RECLAIMER or int(consumer.get("idle", 0)) < self._lease_timeout_ms:
+                continue
+            if await self._registry.is_registered(name):
+                continue
+            if int(consumer["pending"]):
+                found = await self._reclaimer.reclaim_consumer(
+                    queue,
+                    name,
+                    why=(
+                        f"held it for over {self._lease_timeout_ms / 1000:g} s without being a "
+                        "registered worker (its lease had expired)"
+                    ),
+                    min_idle_ms=self._lease_timeout_ms,
+                )
+                if found.total:
+                    log.warning(
+                        "reclaimed deliveries held by a consumer that is not a registered worker",
+                        queue=queue,
+                        worker_id=name,
+                        **found.log_fields(),
+                    )
+                stats.add(found)
+            await self._registry.delete_orphan_consumer(queue, name)
+        return stats
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,9 +1,9 @@
 """Queue streams: names, the workers' consumer group, and trimming.
 
 A queue ``q`` is the stream ``gf:q:q`` read by the consumer group ``workers``. Entries carry the
-``TaskEnvelope`` bytes in field ``e``; an entry re-added after its worker died also carries ``n``,
-the number of times the delivery was handed out before (so the poison threshold counts deliveries
-across re-adds, not only those of the current stream entry). Workers read only ``e``.
+``TaskEnvelope`` bytes in field ``e``. An entry is appended once per attempt (by Dispatch, the retry
+timer or a replay) and never again: the attempt of a dead worker is reported lost and the scheduler
+dispatches the next attempt as a new entry.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from graflow_runtime import keys
 
 log = structlog.get_logger(__name__)
 
-# Previous deliveries of a re-added entry (absent = 0).
-DELIVERIES_FIELD = b"n"
 MAX_QUEUE_NAME = 200
 _BAD_QUEUE_CHARS = re.compile(r"\s")
 

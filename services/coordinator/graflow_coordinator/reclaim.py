@@ -1,20 +1,29 @@
 """Reclaiming the in-flight deliveries of a consumer that will never acknowledge them.
 
-For one (queue, consumer): list its pending entries (XPENDING), claim them to the consumer
-``coordinator-reclaimer`` (XCLAIM), then settle each batch in one Lua script: acknowledge the old
-entry and, only if that acknowledgement removed it from the pending list, append it again
-(same envelope bytes, field ``n`` = deliveries so far) or, once it was delivered
-``max_deliveries`` times, append it to the dead letters instead. Making the append conditional on
-the XACK (which a MULTI cannot do) means that replicas reclaiming the same worker at once, or a
-worker that commits its outcome in the middle of the reclaim, never produce a second copy.
+A reclaimed delivery is never put back on its queue: the attempt it carried is over, and the
+scheduler, which owns attempts, decides what runs next. For one (queue, consumer): list its pending
+entries (XPENDING), claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each
+batch in one Lua script: acknowledge the entry and, only if that acknowledgement removed it from
+the pending list, append a ``TaskOutcome`` of its attempt to ``gf:outcomes``: FAILED, ErrorInfo
+``WorkerLost`` (retryable), ``worker_lost`` set. The scheduler redelivers the node at once as
+attempt+1 without consuming its retry budget; a late outcome of the lost attempt (its worker was
+only paused) is stale by then and changes nothing.
 
-Deliveries are counted across re-adds: XPENDING's times-delivered of the current entry plus the
-``n`` carried by it. Each re-add is a new stream entry, so times-delivered alone would never reach
-the threshold and a message that crashes its worker would circulate for ever.
+Poison messages are counted in deliveries of the node: the envelope's ``lost_attempts`` (earlier
+attempts lost with their worker, counted by the scheduler) plus XPENDING's times-delivered of this
+entry. When they reach ``max_deliveries`` the script appends the envelope to the dead letters and a
+non-retryable ``PoisonMessage`` outcome instead, so the node fails with the reason and the message
+can be listed and replayed. An undecodable entry goes to the dead letters only (no outcome can name
+its node).
+
+Making the appends conditional on the XACK (which a MULTI cannot do) means that replicas reclaiming
+the same worker at once, or a worker that commits its outcome in the middle of the reclaim, never
+report an attempt twice.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -22,63 +31,91 @@ import structlog
 from google.protobuf.message import DecodeError
 from redis.exceptions import ResponseError
 
-from graflow_api.v1 import messages_pb2
+from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_runtime import keys
 
 from graflow_coordinator.deadletters import make_dead_letter
-from graflow_coordinator.queues import DELIVERIES_FIELD
 
 log = structlog.get_logger(__name__)
 
 RECLAIMER = "coordinator-reclaimer"
 BATCH = 1000
+WORKER_LOST = "WorkerLost"
+POISON_MESSAGE = "PoisonMessage"
 
-# KEYS[1] = queue stream, KEYS[2] = dead-letter stream. ARGV[1] = group, ARGV[2] = dead-letter
-# maxlen; then quadruples: old entry id, 'q' (re-add) or 'd' (dead-letter), bytes, deliveries.
-# Returns {requeued, dead_lettered, already_acknowledged}.
+# KEYS[1] = queue stream, KEYS[2] = dead-letter stream, KEYS[3] = outcome stream. ARGV[1] = group,
+# ARGV[2] = dead-letter maxlen; then triples: entry id, TaskOutcome bytes or '', DeadLetter bytes
+# or ''. Returns {lost, poisoned, undecodable, already_acknowledged}.
 _SETTLE_LUA = """
-local requeued, dead, skipped = 0, 0, 0
-for i = 3, #ARGV, 4 do
+local lost, poisoned, undecodable, skipped = 0, 0, 0, 0
+for i = 3, #ARGV, 3 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    if ARGV[i + 1] == 'q' then
-      redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2], 'n', ARGV[i + 3])
-      requeued = requeued + 1
+    local outcome, letter = ARGV[i + 1], ARGV[i + 2]
+    if letter ~= '' then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'd', letter)
+    end
+    if outcome ~= '' then
+      redis.call('XADD', KEYS[3], '*', 'o', outcome)
+    end
+    if outcome == '' then
+      undecodable = undecodable + 1
+    elseif letter == '' then
+      lost = lost + 1
     else
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 2])
-      dead = dead + 1
+      poisoned = poisoned + 1
     end
   else
     skipped = skipped + 1
   end
 end
-return {requeued, dead, skipped}
+return {lost, poisoned, undecodable, skipped}
 """
 
 
 @dataclass
 class ReclaimStats:
-    requeued: int = 0
-    dead_lettered: int = 0
+    # Attempts reported to the scheduler as WorkerLost (it redelivers them as attempt+1).
+    lost: int = 0
+    # Deliveries past max_deliveries: dead-lettered, their node failed with PoisonMessage.
+    poisoned: int = 0
+    # Entries whose envelope cannot be decoded: dead-lettered.
+    undecodable: int = 0
     # Acknowledged by somebody else between XCLAIM and the settle script (worker commit, replica).
     already_settled: int = 0
-    # Pending entries whose stream entry was deleted: an alarm (nothing left to re-add).
+    # Pending entries whose stream entry was deleted: an alarm (nothing left to report).
     deleted: int = 0
 
     def add(self, other: ReclaimStats) -> None:
-        self.requeued += other.requeued
-        self.dead_lettered += other.dead_lettered
+        self.lost += other.lost
+        self.poisoned += other.poisoned
+        self.undecodable += other.undecodable
         self.already_settled += other.already_settled
         self.deleted += other.deleted
 
     @property
+    def dead_lettered(self) -> int:
+        return self.poisoned + self.undecodable
+
+    @property
     def total(self) -> int:
-        return self.requeued + self.dead_lettered + self.already_settled + self.deleted
+        return self.lost + self.dead_lettered + self.already_settled + self.deleted
+
+    def log_fields(self) -> dict[str, int]:
+        return {
+            "lost": self.lost,
+            "poisoned": self.poisoned,
+            "undecodable": self.undecodable,
+            "already_settled": self.already_settled,
+            "deleted": self.deleted,
+        }
 
 
 @dataclass
 class ClaimedBatch:
     queue: str
     consumer: str
+    # What happened to the consumer, for the WorkerLost message ("was declared dead: ...").
+    why: str = "stopped"
     # (entry id, fields, deliveries counted by XPENDING) of each entry XCLAIM returned.
     entries: list[tuple[str, dict[bytes, bytes], int]] = field(default_factory=list)
     stats: ReclaimStats = field(default_factory=ReclaimStats)
@@ -96,10 +133,17 @@ class Reclaimer:
         self._settle = redis.register_script(_SETTLE_LUA)
 
     async def reclaim_consumer(
-        self, queue: str, consumer: str, *, min_idle_ms: int = 0, max_batches: int = 100
+        self,
+        queue: str,
+        consumer: str,
+        *,
+        why: str = "stopped",
+        min_idle_ms: int = 0,
+        max_batches: int = 100,
     ) -> ReclaimStats:
-        """Re-add (or dead-letter) every entry pending for ``consumer`` on ``queue`` and idle for at
-        least ``min_idle_ms``. Returns what was done; safe to run concurrently and repeatedly."""
+        """Report as lost (or dead-letter) every entry pending for ``consumer`` on ``queue`` and
+        idle for at least ``min_idle_ms``. ``why`` completes "worker <consumer> ..." in the
+        WorkerLost message. Returns what was done; safe to run concurrently and repeatedly."""
         stream = keys.queue_stream(queue)
         stats = ReclaimStats()
         for _ in range(max_batches):
@@ -120,6 +164,7 @@ class Reclaimer:
             if not pending:
                 break
             batch = await self.claim(queue, consumer, pending, min_idle_ms=min_idle_ms)
+            batch.why = why
             stats.add(await self.settle(batch))
             if len(pending) < BATCH:
                 break
@@ -146,30 +191,37 @@ class Reclaimer:
 
     async def settle(self, batch: ClaimedBatch) -> ReclaimStats:
         """Step 2, one script: XACK each claimed entry and, if that removed it from the pending
-        list, re-add it or dead-letter it."""
+        list, append its WorkerLost outcome (or dead-letter it)."""
         stats = batch.stats
         if not batch.entries:
             return stats
         args: list[bytes | str | int] = [keys.WORKER_GROUP, self._dead_letter_maxlen]
         for entry_id, fields, delivered in batch.entries:
-            args += self._settlement(batch.queue, batch.consumer, entry_id, fields, delivered)
+            args += self._settlement(batch, entry_id, fields, delivered)
         stream = keys.queue_stream(batch.queue)
-        requeued, dead, skipped = await self._settle(keys=[stream, keys.DEAD_LETTERS_STREAM], args=args)
-        stats.requeued += int(requeued)
-        stats.dead_lettered += int(dead)
+        lost, poisoned, undecodable, skipped = await self._settle(
+            keys=[stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args=args
+        )
+        stats.lost += int(lost)
+        stats.poisoned += int(poisoned)
+        stats.undecodable += int(undecodable)
         stats.already_settled += int(skipped)
         return stats
 
     def _settlement(
-        self, queue: str, consumer: str, entry_id: str, fields: dict[bytes, bytes], delivered: int
-    ) -> list[bytes | str | int]:
+        self, batch: ClaimedBatch, entry_id: str, fields: dict[bytes, bytes], delivered: int
+    ) -> list[bytes | str]:
+        """[entry id, outcome bytes or '', dead letter bytes or ''] for the settle script."""
+        queue, consumer = batch.queue, batch.consumer
         raw = fields.get(keys.ENVELOPE_FIELD, b"")
-        deliveries = delivered + int(fields.get(DELIVERIES_FIELD, b"0") or 0)
         try:
             env = messages_pb2.TaskEnvelope.FromString(raw)
             problem = None if raw else f"stream entry has no {keys.ENVELOPE_FIELD.decode()!r} field"
+            if problem is None and not (env.run_id and env.node_id and env.attempt):
+                problem = "undecodable envelope: run_id, node_id or attempt missing"
         except DecodeError as exc:
             env, problem = messages_pb2.TaskEnvelope(), f"undecodable envelope: {exc}"
+        deliveries = env.lost_attempts + max(delivered, 1)
         bound = log.bind(
             queue=queue,
             worker_id=consumer,
@@ -179,15 +231,27 @@ class Reclaimer:
             attempt=env.attempt,
             deliveries=deliveries,
         )
-        if problem is None and deliveries < self._max_deliveries:
-            bound.info("delivery its worker will never acknowledge re-added to its queue")
-            return [entry_id, "q", raw, deliveries]
-        reason = problem or (
-            f"delivered {deliveries} times; the worker running it died each time (poison message?)"
+        if problem is not None:
+            bound.error("undecodable delivery of a lost worker dead-lettered", reason=problem)
+            letter = make_dead_letter(queue=queue, original_id=entry_id, raw=raw, reason=problem)
+            return [entry_id, "", letter.SerializeToString()]
+        lost = f"worker {consumer} {batch.why}; attempt {env.attempt} is lost"
+        if deliveries < self._max_deliveries:
+            bound.info("attempt lost with its worker; reported to the scheduler for redelivery")
+            outcome = lost_outcome(env, consumer, WORKER_LOST, lost, retryable=True)
+            return [entry_id, outcome.SerializeToString(), ""]
+        reason = (
+            f"poison message: the worker running it died {deliveries} times "
+            f"(max_deliveries {self._max_deliveries}); last: {lost}"
         )
-        bound.error("delivery dead-lettered", reason=reason)
+        bound.error("poison message dead-lettered; its node fails", reason=reason)
         letter = make_dead_letter(queue=queue, original_id=entry_id, raw=raw, reason=reason)
-        return [entry_id, "d", letter.SerializeToString(), deliveries]
+        message = (
+            f"the worker running it died {deliveries} times (last: {lost}); the delivery is in the "
+            "dead letters (graflow dead-letters list)"
+        )
+        outcome = lost_outcome(env, consumer, POISON_MESSAGE, message, retryable=False)
+        return [entry_id, outcome.SerializeToString(), letter.SerializeToString()]
 
     async def _classify_gone(self, queue: str, stream: str, consumer: str, ids: list[str]) -> tuple[int, int]:
         """Pending ids XCLAIM did not return: deleted from the stream (Redis dropped them from the
@@ -200,11 +264,29 @@ class Reclaimer:
         if deleted:
             log.error(
                 "ALARM: pending deliveries were deleted from their queue stream before being "
-                "acknowledged; they cannot be re-added (the scheduler's recovery must restore "
-                "those tasks from run state). Check stream trimming (only MINID below the oldest pending).",
+                "acknowledged; their attempts cannot be reported (the scheduler's recovery must "
+                "restore those tasks from run state). Check stream trimming (only MINID below the "
+                "oldest pending).",
                 queue=queue,
                 worker_id=consumer,
                 entry_ids=deleted[:100],
                 count=len(deleted),
             )
         return len(deleted), len(ids) - len(deleted)
+
+
+def lost_outcome(
+    env: messages_pb2.TaskEnvelope, worker_id: str, error_type: str, message: str, *, retryable: bool
+) -> messages_pb2.TaskOutcome:
+    """The outcome the coordinator reports for an attempt whose worker died before reporting it."""
+    return messages_pb2.TaskOutcome(
+        run_id=env.run_id,
+        node_id=env.node_id,
+        attempt=env.attempt,
+        status=messages_pb2.TaskOutcome.STATUS_FAILED,
+        error=common_pb2.ErrorInfo(type=error_type, message=message, retryable=retryable),
+        worker_id=worker_id,
+        finished_at_ms=int(time.time() * 1000),
+        trace_context=env.trace_context,
+        worker_lost=True,
+    )

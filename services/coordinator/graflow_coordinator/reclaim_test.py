@@ -1,3 +1,5 @@
+"""Reclaiming: a dead worker's attempt is acknowledged and reported lost (never re-added), once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -5,9 +7,10 @@ import asyncio
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 
-from graflow_coordinator.conftest import delivery
+from graflow_coordinator.conftest import delivery, read_outcomes
 from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer
@@ -24,13 +27,73 @@ async def take(redis: aioredis.Redis, consumer: str, count: int) -> list[tuple[b
     return reply[0][1] if reply else []
 
 
-async def dispatch(redis: aioredis.Redis, count: int) -> None:
+async def dispatch(redis: aioredis.Redis, count: int, **fields: object) -> None:
     await Dispatcher(redis, QueueGroups(redis), record_ttl_s=60).dispatch(
-        [delivery(f"n{i}") for i in range(count)]
+        [delivery(f"n{i}", **fields) for i in range(count)]  # type: ignore[arg-type]
     )
 
 
-async def test_two_replicas_reclaiming_the_same_worker_re_add_each_delivery_once(
+async def test_a_dead_workers_attempt_is_acknowledged_and_reported_lost_instead_of_re_added(
+    redis: aioredis.Redis,
+) -> None:
+    await dispatch(redis, 1, attempt=3, lost_attempts=1)
+    await take(redis, "w1", 1)
+
+    stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer(
+        "default", "w1", why="was declared dead: no heartbeat for 2.1 s (lease 1.5 s)"
+    )
+
+    assert (stats.lost, stats.poisoned, stats.undecodable) == (1, 0, 0)
+    [outcome] = await read_outcomes(redis)
+    assert (outcome.run_id, outcome.node_id, outcome.attempt) == ("run-1", "n0", 3)
+    assert outcome.status == messages_pb2.TaskOutcome.STATUS_FAILED
+    assert outcome.worker_lost and outcome.worker_id == "w1"
+    assert (outcome.error.type, outcome.error.retryable) == ("WorkerLost", True)
+    assert outcome.error.message == (
+        "worker w1 was declared dead: no heartbeat for 2.1 s (lease 1.5 s); attempt 3 is lost"
+    )
+    assert await redis.xlen(STREAM) == 1  # nothing re-added: the scheduler dispatches attempt 4
+    assert await pending_for(redis, "w1") == []
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
+
+
+async def test_a_node_whose_worker_died_max_deliveries_times_is_dead_lettered_and_fails_as_poison(
+    redis: aioredis.Redis,
+) -> None:
+    await dispatch(redis, 1, attempt=5, lost_attempts=4)
+    [(entry_id, fields)] = await take(redis, "w1", 1)
+
+    stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer(
+        "default", "w1", why="was declared dead"
+    )
+
+    assert (stats.lost, stats.poisoned) == (0, 1)
+    [outcome] = await read_outcomes(redis)
+    assert outcome.worker_lost and outcome.attempt == 5
+    assert (outcome.error.type, outcome.error.retryable) == ("PoisonMessage", False)
+    assert "the worker running it died 5 times" in outcome.error.message
+    [(_, dead)] = await redis.xrange(keys.DEAD_LETTERS_STREAM)
+    letter = messages_pb2.DeadLetter.FromString(dead[b"d"])
+    assert letter.reason.startswith("poison message: the worker running it died 5 times (max_deliveries 5)")
+    assert (letter.queue, letter.original_id, letter.raw) == ("default", entry_id.decode(), fields[b"e"])
+    assert (letter.run_id, letter.node_id, letter.attempt) == ("run-1", "n0", 5)
+
+
+async def test_deliveries_of_the_same_entry_count_towards_the_poison_threshold(
+    redis: aioredis.Redis,
+) -> None:
+    await dispatch(redis, 1, lost_attempts=3)
+    await take(redis, "w1", 1)
+    await redis.xreadgroup(keys.WORKER_GROUP, "w1", {STREAM: "0"})  # a restart re-read it: 2 deliveries
+
+    stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer("default", "w1")
+
+    assert stats.poisoned == 1
+    [outcome] = await read_outcomes(redis)
+    assert outcome.error.type == "PoisonMessage"
+
+
+async def test_two_replicas_reclaiming_the_same_worker_report_each_attempt_once(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
     await dispatch(redis, 300)
@@ -48,13 +111,15 @@ async def test_two_replicas_reclaiming_the_same_worker_re_add_each_delivery_once
         await other.aclose()
 
     assert len(batch_a.entries) == len(batch_b.entries) == 300
-    assert a.requeued + b.requeued == 300
+    assert a.lost + b.lost == 300
     assert a.already_settled + b.already_settled == 300
-    assert len(await take(redis, "w2", 1000)) == 300
+    outcomes = await read_outcomes(redis)
+    assert sorted(o.node_id for o in outcomes) == sorted(f"n{i}" for i in range(300))
+    assert await take(redis, "w2", 1000) == []
     assert await pending_for(redis, "w1") == []
 
 
-async def test_a_worker_committing_while_its_deliveries_are_reclaimed_gets_no_second_copy(
+async def test_a_worker_committing_while_its_deliveries_are_reclaimed_gets_no_lost_report(
     redis: aioredis.Redis,
 ) -> None:
     await dispatch(redis, 2)
@@ -65,11 +130,11 @@ async def test_a_worker_committing_while_its_deliveries_are_reclaimed_gets_no_se
 
     stats = await reclaimer.settle(batch)
 
-    assert (stats.requeued, stats.already_settled) == (1, 1)
-    assert len(await take(redis, "w2", 10)) == 1
+    assert (stats.lost, stats.already_settled) == (1, 1)
+    assert len(await read_outcomes(redis)) == 1  # only the attempt nobody committed
 
 
-async def test_a_pending_entry_deleted_from_the_stream_raises_an_alarm_and_is_not_re_added(
+async def test_a_pending_entry_deleted_from_the_stream_raises_an_alarm_and_reports_nothing(
     redis: aioredis.Redis,
 ) -> None:
     await dispatch(redis, 2)
@@ -81,10 +146,10 @@ async def test_a_pending_entry_deleted_from_the_stream_raises_an_alarm_and_is_no
             "default", "w1"
         )
 
-    assert (stats.requeued, stats.deleted) == (1, 1)
+    assert (stats.lost, stats.deleted) == (1, 1)
     alarms = [e for e in logs if e["log_level"] == "error" and e["event"].startswith("ALARM")]
     assert alarms and alarms[0]["entry_ids"] == [gone_id.decode()]
-    assert len(await take(redis, "w2", 10)) == 1
+    assert len(await read_outcomes(redis)) == 1
     assert await pending_for(redis, "w1") == []
 
 
@@ -95,9 +160,10 @@ async def test_an_undecodable_envelope_of_a_dead_worker_goes_to_dead_letters(red
 
     stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer("default", "w1")
 
-    assert (stats.requeued, stats.dead_lettered) == (0, 1)
+    assert (stats.lost, stats.undecodable) == (0, 1)
     [(_, fields)] = await redis.xrange(keys.DEAD_LETTERS_STREAM)
     assert b"undecodable envelope" in fields[b"d"]
+    assert await read_outcomes(redis) == []  # no node to report it for
     assert await take(redis, "w2", 10) == []
 
 
@@ -110,6 +176,7 @@ async def test_a_delivery_acknowledged_by_its_worker_is_left_alone(redis: aiored
 
     assert stats.total == 0
     assert await redis.xlen(STREAM) == 1
+    assert await read_outcomes(redis) == []
 
 
 async def test_reclaiming_a_queue_that_does_not_exist_does_nothing(redis: aioredis.Redis) -> None:

@@ -15,6 +15,7 @@ from graflow_api.v1 import coordinator_pb2 as pb
 from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
+from graflow_coordinator.cancellations import CanceledRuns
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.errors import CoordinatorError
@@ -57,7 +58,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         *,
         heartbeat_interval_ms: int,
         lease_timeout_ms: int,
+        canceled: CanceledRuns | None = None,
     ) -> None:
+        self._canceled = canceled
         self._dispatcher = dispatcher
         self._registry = registry
         self._dead_letters = dead_letters
@@ -83,7 +86,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         with bound_contextvars(worker_id=request.worker_id):
             await self._registry.heartbeat(request.worker_id, request.in_flight)
-        return pb.HeartbeatResponse()
+        canceled = await self._canceled.recent() if self._canceled is not None else []
+        return pb.HeartbeatResponse(canceled_run_ids=canceled)
 
     @_rpc
     async def DeregisterWorker(
@@ -101,7 +105,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
     ) -> pb.ListDeadLettersResponse:
-        letters = await self._dead_letters.list(limit=request.limit, after_id=request.after_id)
+        if request.ids:
+            letters = await self._dead_letters.get(request.ids)
+        else:
+            letters = await self._dead_letters.list(limit=request.limit, after_id=request.after_id)
         return pb.ListDeadLettersResponse(dead_letters=letters)
 
     @_rpc
@@ -110,3 +117,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> pb.ReplayDeadLettersResponse:
         replayed = await self._dead_letters.replay(ids=list(request.ids), replay_all=request.all)
         return pb.ReplayDeadLettersResponse(replayed=replayed)
+
+    @_rpc
+    async def NotifyCanceled(
+        self, request: pb.NotifyCanceledRequest, context: Ctx
+    ) -> pb.NotifyCanceledResponse:
+        if self._canceled is None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "this coordinator does not relay canceled runs"
+            )
+        else:
+            await self._canceled.add(list(request.run_ids))
+        return pb.NotifyCanceledResponse()

@@ -18,18 +18,19 @@ class CoordinatorSettings(ServiceSettings):
 
     address: str = DEFAULT_COORDINATOR_ADDRESS
     # Workers heartbeat at least this often (returned by RegisterWorker).
-    heartbeat_interval_ms: int = Field(default=500, gt=0)
+    heartbeat_interval_ms: int = Field(default=250, gt=0)
     # A worker silent for longer than this is declared dead and its in-flight work is reclaimed.
-    lease_timeout_ms: int = Field(default=2000, gt=0)
+    lease_timeout_ms: int = Field(default=1500, gt=0)
     # How often the liveness loop looks for workers whose lease expired.
-    liveness_check_ms: int = Field(default=250, gt=0)
+    liveness_check_ms: int = Field(default=100, gt=0)
     # Longest sleep of the retry timer (it also wakes at the next due time, and when this process
     # schedules a delivery).
     retry_timer_max_sleep_ms: int = Field(default=250, gt=0)
     # How long the per-run dispatch record (highest attempt dispatched per node) is kept.
     dispatch_record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    # A delivery handed out this many times (XPENDING times-delivered, summed over re-adds) whose
-    # workers all died is a poison message: it goes to dead letters instead of being re-added.
+    # A node whose worker died this many times (the envelope's lost_attempts + XPENDING
+    # times-delivered) is a poison message: its delivery goes to the dead letters and the node
+    # fails with PoisonMessage instead of being reported lost (and redelivered) once more.
     max_deliveries: int = Field(default=5, ge=1)
     # Queues whose consumer group is created at start-up (JSON list or comma-separated).
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
@@ -37,6 +38,9 @@ class CoordinatorSettings(ServiceSettings):
     dead_letter_maxlen: int = Field(default=100_000, gt=0)
     # How often queue streams are trimmed below their oldest pending entry (MINID).
     queue_trim_interval_ms: int = Field(default=5_000, gt=0)
+    # Heartbeat responses list the runs canceled within this window (workers learn a cancellation
+    # within a heartbeat interval; a worker silent longer than this has lost its lease anyway).
+    canceled_window_ms: int = Field(default=10_000, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod

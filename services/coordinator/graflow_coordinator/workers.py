@@ -5,8 +5,9 @@ the worker's info. A worker whose lease expired is marked ``dead`` in its hash (
 answer NOT_FOUND) until the liveness loop has reclaimed its work; then both keys are removed.
 
 Registration happens before a worker reads anything, so entries pending under its consumer name
-at that moment belong to a previous process with the same id (a restart within the lease): they
-are reclaimed right away instead of waiting for a lease that the new process keeps renewing.
+at that moment belong to a previous process with the same id (a restart within the lease): their
+attempts are reported lost right away instead of waiting for a lease that the new process keeps
+renewing.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# KEYS: workers zset, queue stream. ARGV: consumer, group. Deletes a consumer that is not a
+# registered worker and has nothing pending. 1 = deleted.
+_DELETE_ORPHAN_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[2], ARGV[2], '-', '+', 1, ARGV[1])
+if not ok or #pending > 0 then return 0 end
+pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
 
 def _text(value: bytes | str | None, default: str = "") -> str:
     if value is None:
@@ -115,6 +126,7 @@ class WorkerRegistry:
         self._heartbeat = redis.register_script(_HEARTBEAT_LUA)
         self._mark_dead = redis.register_script(_MARK_DEAD_LUA)
         self._remove = redis.register_script(_REMOVE_LUA)
+        self._delete_orphan = redis.register_script(_DELETE_ORPHAN_LUA)
 
     async def register(self, request: coordinator_pb2.RegisterWorkerRequest) -> None:
         validate_registration(request)
@@ -135,13 +147,16 @@ class WorkerRegistry:
                 f"{self._lease_timeout_ms} ms for the previous process's lease to expire"
             )
         await self._groups.ensure(request.queues)
-        stats = await self._reclaim_all(worker_id, [*request.queues, *_queues_of(previous)])
+        stats = await self._reclaim_all(
+            worker_id,
+            [*request.queues, *_queues_of(previous)],
+            why="registered again (its previous process died holding the delivery)",
+        )
         if stats.total:
             log.warning(
                 "worker registered again: deliveries left pending by its previous process were reclaimed",
                 worker_id=worker_id,
-                requeued=stats.requeued,
-                dead_lettered=stats.dead_lettered,
+                **stats.log_fields(),
             )
         registered_at = _text(previous.get(b"registered_at_ms")) if live else str(now_ms)
         info = {
@@ -182,16 +197,16 @@ class WorkerRegistry:
             )
 
     async def deregister(self, worker_id: str) -> None:
-        """Remove the worker. Anything it still holds is re-added first (it said it holds nothing)."""
+        """Remove the worker. The attempts it still holds are reported lost first (it said it holds
+        nothing)."""
         info = await self._redis.hgetall(keys.worker_info(worker_id))
         queues = [*_queues_of(info), *self._default_queues]
-        stats = await self._reclaim_all(worker_id, queues)
+        stats = await self._reclaim_all(worker_id, queues, why="deregistered without finishing it")
         if stats.total:
             log.warning(
-                "worker deregistered with deliveries still pending; they were re-added",
+                "worker deregistered with deliveries still pending; they were reported lost",
                 worker_id=worker_id,
-                requeued=stats.requeued,
-                dead_lettered=stats.dead_lettered,
+                **stats.log_fields(),
             )
         await self.remove(worker_id, queues, only_if_dead=False)
         log.info("worker deregistered", worker_id=worker_id)
@@ -231,10 +246,21 @@ class WorkerRegistry:
         )
         return int(result) == 1
 
-    async def _reclaim_all(self, worker_id: str, queues: Iterable[str]) -> ReclaimStats:
+    async def is_registered(self, worker_id: str) -> bool:
+        return await self._redis.zscore(keys.WORKERS_INDEX, worker_id) is not None
+
+    async def delete_orphan_consumer(self, queue: str, consumer: str) -> bool:
+        """Delete ``consumer`` from ``queue``'s group if it is not a registered worker and holds
+        nothing (atomic, so a worker registering meanwhile keeps its consumer)."""
+        result = await self._delete_orphan(
+            keys=[keys.WORKERS_INDEX, keys.queue_stream(queue)], args=[consumer, keys.WORKER_GROUP]
+        )
+        return int(result) == 1
+
+    async def _reclaim_all(self, worker_id: str, queues: Iterable[str], *, why: str) -> ReclaimStats:
         stats = ReclaimStats()
         for queue in dict.fromkeys(queues):
-            stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id))
+            stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id, why=why))
         return stats
 
 

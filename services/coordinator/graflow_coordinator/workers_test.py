@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from graflow_runtime import keys
 
-from graflow_coordinator.conftest import delivery
+from graflow_coordinator.conftest import delivery, read_outcomes
 
 
 def registration(worker_id: str = "w1", **fields: object) -> coordinator_pb2.RegisterWorkerRequest:
@@ -29,7 +29,7 @@ async def test_register_returns_the_lease_settings_and_lists_the_worker(
 ) -> None:
     reply = await stub.RegisterWorker(registration("w1"))
 
-    assert (reply.heartbeat_interval_ms, reply.lease_timeout_ms) == (500, 2000)
+    assert (reply.heartbeat_interval_ms, reply.lease_timeout_ms) == (250, 1500)
     listed = (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers
     assert len(listed) == 1
     info = listed[0]
@@ -99,7 +99,7 @@ async def test_deregister_removes_the_worker_and_its_idle_consumer(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_deregister_re_adds_deliveries_the_worker_still_held(
+async def test_deregister_reports_attempts_the_worker_still_held_as_lost(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:
     await stub.RegisterWorker(registration("w1"))
@@ -109,8 +109,10 @@ async def test_deregister_re_adds_deliveries_the_worker_still_held(
 
     await stub.DeregisterWorker(coordinator_pb2.DeregisterWorkerRequest(worker_id="w1"))
 
-    read = await redis.xreadgroup(keys.WORKER_GROUP, "w2", {stream: ">"}, count=10)
-    assert len(read[0][1]) == 1
+    [outcome] = await read_outcomes(redis)
+    assert (outcome.node_id, outcome.error.type, outcome.worker_lost) == ("a", "WorkerLost", True)
+    assert outcome.error.message == "worker w1 deregistered without finishing it; attempt 1 is lost"
+    assert await redis.xreadgroup(keys.WORKER_GROUP, "w2", {stream: ">"}, count=10) == []
     assert b"w1" not in [c["name"] for c in await redis.xinfo_consumers(stream, keys.WORKER_GROUP)]
 
 
@@ -161,6 +163,7 @@ async def test_registering_again_reclaims_what_the_previous_process_left_pending
     await stub.RegisterWorker(registration("w1"))
 
     assert await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10, consumername="w1") == []
-    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {stream: ">"}, count=10)
-    assert len(read[0][1]) == 1
+    [outcome] = await read_outcomes(redis)
+    assert (outcome.node_id, outcome.error.type) == ("a", "WorkerLost")
+    assert "registered again" in outcome.error.message
     assert len((await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers) == 1

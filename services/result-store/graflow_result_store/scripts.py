@@ -19,6 +19,7 @@ from __future__ import annotations
 PUT_RESULTS = """
 local ttl = tonumber(ARGV[1])
 local out = {}
+local expiring = {}  -- each written hash gets its EXPIRE once (a batch is mostly one run)
 local count = (#ARGV - 1) / 3
 for i = 1, count do
   local results, attempts = KEYS[2 * i - 1], KEYS[2 * i]
@@ -27,8 +28,11 @@ for i = 1, count do
   if stored == nil or stored < attempt then
     redis.call('HSET', results, node, value)
     redis.call('HSET', attempts, node, attempt)
-    redis.call('EXPIRE', results, ttl)
-    redis.call('EXPIRE', attempts, ttl)
+    if not expiring[results] then
+      expiring[results] = true
+      redis.call('EXPIRE', results, ttl)
+      redis.call('EXPIRE', attempts, ttl)
+    end
     out[i] = 1
   elseif stored == attempt then
     out[i] = 2

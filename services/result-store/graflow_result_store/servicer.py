@@ -73,18 +73,18 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         now_ms = int(time.time() * 1000)
         batch: list[result_store_pb2.NodeResult] = []
         for index, result in enumerate(request.results):
-            where = f"results[{index}] (run {result.run_id!r}, node {result.node_id!r})"
             if not result.run_id:
                 raise InvalidRequest(f"results[{index}]: run_id is required")
             if not result.node_id:
                 raise InvalidRequest(f"results[{index}] (run {result.run_id!r}): node_id is required")
-            if result.attempt < 1:
-                raise InvalidRequest(f"{where}: attempt must be >= 1, got {result.attempt}")
-            self._check_size(f"{where}: value", len(result.value.data))
-            stamped = result_store_pb2.NodeResult()
-            stamped.CopyFrom(result)
-            stamped.stored_at_ms = now_ms
-            batch.append(stamped)
+            if result.attempt < 1 or len(result.value.data) > self._max_value_bytes:
+                # (the item's description is formatted only when it is needed)
+                where = f"results[{index}] (run {result.run_id!r}, node {result.node_id!r})"
+                if result.attempt < 1:
+                    raise InvalidRequest(f"{where}: attempt must be >= 1, got {result.attempt}")
+                self._check_size(f"{where}: value", len(result.value.data))
+            result.stored_at_ms = now_ms  # (the request is this call's own message: no copy)
+            batch.append(result)
         dispositions = await self._store.put_results(batch)
         stale = [
             (r.run_id, r.node_id, r.attempt)

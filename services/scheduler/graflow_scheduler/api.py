@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import structlog
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.compiler import Limits
 from graflow_scheduler.dispatch import Dispatcher, delivery
@@ -21,7 +23,13 @@ from graflow_scheduler.plans import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.queries import BadPageToken, RunReader
 from graflow_scheduler.runids import new_run_id, run_id_problem
 from graflow_scheduler.state import RunStore
-from graflow_scheduler.views import ENDED_STATUSES, event_from_entry, is_terminal
+from graflow_scheduler.views import (
+    ENDED_STATUSES,
+    event_from_entry,
+    event_type,
+    is_terminal,
+    is_terminal_entry,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +87,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.dispatcher = dispatcher
         self.limits = limits
         self.watch_block_ms = watch_block_ms
+        self._notifications: set[asyncio.Task[None]] = set()
 
     async def _check_run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
         problem = run_id_problem(run_id)
@@ -121,15 +130,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if not created.created:
             existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
             log.info("submit matched an existing run", run_id=created.run_id)
-            return scheduler_pb2.SubmitRunResponse(run_id=created.run_id, created=False, graph_hash=existing)
+            return scheduler_pb2.SubmitRunResponse(
+                run_id=created.run_id,
+                created=False,
+                graph_hash=existing,
+                sink_node_ids=plan.sinks if existing == digest else (),
+            )
         self.graphs.remember(run_id, digest)
-        log.info("run created", run_id=run_id, workflow=plan.name, nodes=len(plan.nodes), graph_hash=digest)
-        try:
-            await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
-        except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
-            # The run exists with its roots READY: the recovery sweep dispatches them.
-            log.warning("roots not dispatched yet; the recovery sweep will", run_id=run_id, error=str(exc))
-        return scheduler_pb2.SubmitRunResponse(run_id=run_id, created=True, graph_hash=digest)
+        # The run's trace starts here (unless the call carries one): its envelopes carry it on.
+        with ensure_trace("graflow.run", {"graflow.run_id": run_id, "graflow.workflow": plan.name}):
+            log.info(
+                "run created", run_id=run_id, workflow=plan.name, nodes=len(plan.nodes), graph_hash=digest
+            )
+            try:
+                await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
+            except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
+                # The run exists with its roots READY: the recovery sweep dispatches them.
+                log.warning(
+                    "roots not dispatched yet; the recovery sweep will", run_id=run_id, error=str(exc)
+                )
+        return scheduler_pb2.SubmitRunResponse(
+            run_id=run_id, created=True, graph_hash=digest, sink_node_ids=plan.sinks
+        )
 
     async def GetRun(  # noqa: N802
         self, request: scheduler_pb2.GetRunRequest, context: grpc.aio.ServicerContext
@@ -166,12 +188,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 f"cursor {request.cursor[:64]!r} is malformed: "
                 "pass a RunEvent.cursor (like '1700000000000-0')",
             )
-        if await self.watch_reader.status(run_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(RunNotFound(run_id)))
+        wanted = frozenset(request.types)
         cursor = request.cursor or "0-0"
+        entries: list[tuple[bytes, dict[bytes, bytes]]] | None = await self.watch_reader.read_events(
+            run_id, cursor, count=WATCH_BATCH
+        )
+        # A run with events exists (they expire with it); without any, ask its status.
+        if not entries and await self.watch_reader.status(run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(RunNotFound(run_id)))
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             while not context.done():
-                entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
+                if entries is None:
+                    entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
                 if not entries:
                     status = await self.watch_reader.status(run_id)
                     if status is None:
@@ -186,11 +214,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                             run_id, cursor, count=WATCH_BATCH, block_ms=self.watch_block_ms
                         )
                 for entry_id, fields in entries:
+                    cursor = entry_id.decode()
+                    if wanted and event_type(fields) not in wanted:
+                        if is_terminal_entry(fields):
+                            return
+                        continue
                     event = event_from_entry(run_id, entry_id, fields)
-                    cursor = event.cursor
                     yield event
                     if is_terminal(event):
                         return
+                # A short batch reached the end of the stream: next, wait for new events (reading
+                # again at once would find nothing); a full one may have more behind it.
+                entries = [] if len(entries) < WATCH_BATCH else None
 
     async def CancelRun(  # noqa: N802
         self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
@@ -200,6 +235,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         try:
             status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
             log.info("run cancel requested", run_id=request.run_id, status=status)
+            if status == "CANCELED":
+                # Workers learn it through their heartbeats; CancelRun does not wait for that.
+                task = asyncio.create_task(self.dispatcher.notify_canceled([request.run_id]))
+                self._notifications.add(task)
+                task.add_done_callback(self._notifications.discard)
             return await self.reader.get_run(request.run_id, self._plan_or_none)
         except RunNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

@@ -19,6 +19,7 @@ from graflow_scheduler.api import SchedulerServicer
 from graflow_scheduler.batches import OutcomeBatches
 from graflow_scheduler.compiler import Limits
 from graflow_scheduler.dispatch import Dispatcher
+from graflow_scheduler.dynamic import DynamicNodes
 from graflow_scheduler.interceptors import RedisUnavailableInterceptor
 from graflow_scheduler.outcome_stream import OutcomeStream
 from graflow_scheduler.outcomes import ConsumerConfig, OutcomeConsumer
@@ -110,6 +111,8 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
     store = RunStore(redis, retention_s=settings.retention_s)
     reader = RunReader(redis)
     graphs = RunGraphs(reader)
+    limits = Limits(max_nodes=settings.max_nodes, max_args_bytes=settings.max_args_bytes)
+    dynamic = DynamicNodes(redis)
     servicer = SchedulerServicer(
         store,
         reader,
@@ -117,21 +120,35 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         plans,
         graphs,
         dispatcher,
-        limits=Limits(max_nodes=settings.max_nodes, max_args_bytes=settings.max_args_bytes),
+        limits=limits,
         watch_block_ms=settings.watch_block_ms,
     )
     consumer = OutcomeConsumer(
-        OutcomeBatches(OutcomeStream(redis, settings.consumer_name), store, graphs, plans, dispatcher),
+        OutcomeBatches(
+            OutcomeStream(redis, settings.consumer_name),
+            store,
+            graphs,
+            plans,
+            dispatcher,
+            dynamic=dynamic,
+            limits=limits,
+        ),
         ConsumerConfig(
             batch=settings.outcome_batch,
             block_ms=settings.outcome_block_ms,
             max_deliveries=settings.outcome_max_deliveries,
             claim_idle_ms=settings.claim_idle_ms,
             trim_interval_s=settings.sweep_interval_s,
+            stats_log_interval_s=settings.stats_log_interval_s,
         ),
     )
     sweep = RecoverySweep(
-        reader, plans, dispatcher, interval_s=settings.sweep_interval_s, retention_s=settings.retention_s
+        reader,
+        plans,
+        dispatcher,
+        interval_s=settings.sweep_interval_s,
+        retention_s=settings.retention_s,
+        dynamic=dynamic,
     )
     server = create_server(
         settings.address,

@@ -4,14 +4,26 @@ apply them all in one pipeline, dispatch what they released in one ``Dispatch``,
 A batch is acknowledged only after its dispatch succeeded: on DownstreamUnavailable nothing is
 acknowledged and the caller applies the same batch again, which is safe because a repeated
 outcome changes nothing and returns the nodes it released (the coordinator deduplicates).
+
+An outcome the coordinator reports for an attempt lost with its worker (``worker_lost``, error
+``WorkerLost``) is retried at once as attempt+1 and does not consume the retry budget: only real
+failures count (``attempt - lost attempts`` against ``max_attempts``). Stale and duplicate
+outcomes change nothing; each one is logged and counted in :class:`ConsumerStats`.
+
+Dynamic control flow (graflow_scheduler.directives, flow.lua): an outcome's directives go to the
+script with it; nodes added at run time are found in the run's ``dyn`` hash (graflow_scheduler.
+dynamic); re-runs are dispatched with their cycle and iteration data; runs a task canceled are
+reported to the coordinator so that their running tasks learn it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 import structlog
@@ -20,14 +32,17 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 
+from graflow_scheduler.compiler import Limits
+from graflow_scheduler.directives import PreparedFlow, prepare
 from graflow_scheduler.dispatch import Dispatcher, delivery
+from graflow_scheduler.dynamic import DynamicNodes
 from graflow_scheduler.errors import GraphNotFound, SpecError
 from graflow_scheduler.outcome_stream import DeadOutcome, Entry, OutcomeStream
 from graflow_scheduler.plan import NodeKind, Plan
 from graflow_scheduler.plans import PlanCache, RunGraphs
 from graflow_scheduler.retry import retry_delay_ms
 from graflow_scheduler.runids import is_run_id
-from graflow_scheduler.state import OutcomeToApply, RunStore
+from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +59,7 @@ class ConsumerStats:
     duplicates: int = 0
     stale: int = 0
     ignored: int = 0  # run ended, unknown run or node
+    worker_lost: int = 0  # attempts lost with their worker, applied (redelivered as attempt+1)
     dead_lettered: int = 0
     dispatched: int = 0
     redis_errors: int = 0
@@ -82,6 +98,8 @@ class OutcomeBatches:
         dispatcher: Dispatcher,
         *,
         rng: random.Random | None = None,
+        dynamic: DynamicNodes | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.stream = stream
         self.store = store
@@ -90,6 +108,9 @@ class OutcomeBatches:
         self.dispatcher = dispatcher
         self.stats = ConsumerStats()
         self._rng = rng or random.Random()
+        self.dynamic = dynamic or DynamicNodes(store.redis)
+        self.limits = limits or Limits()
+        self._notifications: set[asyncio.Task[Any]] = set()
 
     async def process(self, entries: Sequence[Entry], poison: Sequence[DeadOutcome] = ()) -> None:
         """Apply, dispatch and acknowledge one batch; ``poison`` entries are dead-lettered
@@ -141,6 +162,8 @@ class OutcomeBatches:
                 outcome,
             )
         node = plan.nodes.get(outcome.node_id)
+        if node is None and await self.dynamic.load(outcome.run_id, [outcome.node_id], plan):
+            return plan  # a node added at run time
         if node is None or node.kind is not NodeKind.TASK:
             return DeadOutcome(
                 entry_id,
@@ -150,23 +173,29 @@ class OutcomeBatches:
             )
         return plan
 
-    def _to_apply(self, outcome: messages_pb2.TaskOutcome, plan: Plan) -> OutcomeToApply:
-        if outcome.directives:
+    def _to_apply(
+        self, outcome: messages_pb2.TaskOutcome, plan: Plan, lost_attempts: int, flow: PreparedFlow
+    ) -> OutcomeToApply:
+        if flow.error is not None:
             log.warning(
-                "task directives are not supported yet and were ignored",
+                "invalid directive: the node fails",
                 run_id=outcome.run_id,
                 node_id=outcome.node_id,
-                directives=len(outcome.directives),
+                error=flow.error.message,
             )
-        succeeded = outcome.status == messages_pb2.TaskOutcome.STATUS_SUCCEEDED
+        succeeded = outcome.status == messages_pb2.TaskOutcome.STATUS_SUCCEEDED and flow.error is None
         error = b""
         delay = -1
+        worker_lost = False
         if not succeeded:
-            info = outcome.error if outcome.HasField("error") else _MISSING_ERROR
+            info = flow.error or (outcome.error if outcome.HasField("error") else _MISSING_ERROR)
             error = info.SerializeToString()
-            delay = retry_delay_ms(
-                plan.task(outcome.node_id).retry, outcome.attempt, info.retryable, self._rng
-            )
+            worker_lost = outcome.worker_lost and info.retryable
+            if worker_lost:
+                delay = 0  # redelivered now; the retry budget is for real failures
+            else:
+                real_failures = outcome.attempt - lost_attempts
+                delay = retry_delay_ms(flow.task.retry, real_failures, info.retryable, self._rng)
         return OutcomeToApply(
             run_id=outcome.run_id,
             node_id=outcome.node_id,
@@ -175,42 +204,116 @@ class OutcomeBatches:
             error=error,
             worker_id=outcome.worker_id,
             retry_delay_ms=delay,
-            closure_json=plan.closure_json(outcome.node_id, failed=not succeeded),
+            closure_json=flow.closure_json(failed=not succeeded),
+            worker_lost=worker_lost,
+            flow_json=flow.flow_json,
         )
 
     async def _apply(
         self, work: Sequence[tuple[messages_pb2.TaskOutcome, Plan]]
     ) -> list[coordinator_pb2.Delivery]:
-        results = await self.store.apply_outcomes(
-            [self._to_apply(outcome, plan) for outcome, plan in work], now_ms=int(time.time() * 1000)
+        failed = messages_pb2.TaskOutcome.STATUS_FAILED
+        lost = await self.store.lost_attempts(
+            [(o.run_id, o.node_id) for o, _ in work if o.status == failed and not o.worker_lost]
         )
-        deliveries: dict[tuple[str, str, int], coordinator_pb2.Delivery] = {}
+        flows = [prepare(o, plan, self.dynamic.cached(o.run_id, o.node_id), self.limits) for o, plan in work]
+        results = await self.store.apply_outcomes(
+            [
+                self._to_apply(o, plan, lost.get((o.run_id, o.node_id), 0), flow)
+                for (o, plan), flow in zip(work, flows, strict=True)
+            ],
+            now_ms=int(time.time() * 1000),
+        )
+        await self._find_dynamic(work, flows, results)
+        deliveries: dict[tuple[str, str, int], coordinator_pb2.Delivery | None] = {}
+        canceled: list[str] = []
         for (outcome, plan), result in zip(work, results, strict=True):
             ids = {"run_id": outcome.run_id, "node_id": outcome.node_id, "attempt": outcome.attempt}
+            fenced = {**ids, "worker_id": outcome.worker_id, "worker_lost": outcome.worker_lost}
             if result.code == "applied":
                 self.stats.applied += 1
+                if outcome.worker_lost and result.retry is not None:
+                    self.stats.worker_lost += 1
+                    log.warning(
+                        "attempt lost with its worker redelivered", error=outcome.error.message, **ids
+                    )
             elif result.code == "duplicate":
                 self.stats.duplicates += 1
-                log.debug("duplicate outcome changed nothing", **ids)
+                log.info("duplicate outcome rejected: that attempt was applied already", **fenced)
             elif result.code == "stale":
                 self.stats.stale += 1
-                log.debug("stale outcome changed nothing", current_state=result.run_status, **ids)
+                log.info("stale outcome rejected: not the node's current attempt", **fenced)
             else:
                 self.stats.ignored += 1
                 log.debug("outcome ignored", reason=result.code, run_status=result.run_status, **ids)
             if result.code == "applied" and result.run_status != "RUNNING":
                 log.info("run ended", run_id=outcome.run_id, status=result.run_status)
+                if result.run_status == "CANCELED":
+                    canceled.append(outcome.run_id)
             trace = dict(outcome.trace_context)
             for node_id, attempt in result.ready:
-                deliveries[(outcome.run_id, node_id, attempt)] = delivery(
-                    plan, outcome.run_id, node_id, attempt, trace_context=trace
+                deliveries[(outcome.run_id, node_id, attempt)] = self._delivery(
+                    plan, outcome.run_id, node_id, attempt, result, trace_context=trace
                 )
             if result.retry is not None:
-                node_id, attempt, delay_ms = result.retry
-                deliveries[(outcome.run_id, node_id, attempt)] = delivery(
-                    plan, outcome.run_id, node_id, attempt, delay_ms=delay_ms, trace_context=trace
+                node_id, attempt, delay_ms, lost_attempts = result.retry
+                deliveries[(outcome.run_id, node_id, attempt)] = self._delivery(
+                    plan,
+                    outcome.run_id,
+                    node_id,
+                    attempt,
+                    result,
+                    delay_ms=delay_ms,
+                    trace_context=trace,
+                    lost_attempts=lost_attempts,
                 )
-        return list(deliveries.values())
+        if canceled:
+            # In the background: the batch does not wait for the coordinator (best effort).
+            task = asyncio.create_task(self.dispatcher.notify_canceled(canceled))
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
+        return [d for d in deliveries.values() if d is not None]
+
+    async def _find_dynamic(
+        self,
+        work: Sequence[tuple[messages_pb2.TaskOutcome, Plan]],
+        flows: Sequence[PreparedFlow],
+        results: Sequence[AppliedOutcome],
+    ) -> None:
+        """Remember the nodes the directives added, and load the dynamic nodes to dispatch."""
+        wanted: dict[str, tuple[Plan, set[str]]] = {}
+        for (outcome, plan), flow, result in zip(work, flows, results, strict=True):
+            for index, node_id in result.added.items():
+                template = flow.added.get(index)
+                if template is not None:
+                    spec = type(template.spec)()
+                    spec.CopyFrom(template.spec)
+                    spec.id = node_id
+                    self.dynamic.remember(outcome.run_id, replace(template, node_id=node_id, spec=spec))
+            nodes = [node_id for node_id, _ in result.ready]
+            if result.retry is not None:
+                nodes.append(result.retry[0])
+            unknown = {
+                n for n in nodes if n not in plan.nodes and self.dynamic.cached(outcome.run_id, n) is None
+            }
+            if unknown:
+                wanted.setdefault(outcome.run_id, (plan, set()))[1].update(unknown)
+        for run_id, (plan, nodes) in wanted.items():
+            await self.dynamic.load(run_id, nodes, plan)
+
+    def _delivery(
+        self, plan: Plan, run_id: str, node_id: str, attempt: int, result: AppliedOutcome, **kwargs: Any
+    ) -> coordinator_pb2.Delivery | None:
+        node = plan.nodes.get(node_id)
+        dynamic = self.dynamic.cached(run_id, node_id) if node is None else None
+        task = node.task if node is not None else (dynamic.task if dynamic is not None else None)
+        if task is None:
+            log.error("READY node without task data not dispatched", run_id=run_id, node_id=node_id)
+            return None
+        cycle = result.cycles.get(node_id)
+        if cycle is not None:
+            kwargs.update(cycle=cycle.cycle, iteration_data_json=cycle.data_json)
+        return delivery(plan, run_id, node_id, attempt, task=task, **kwargs)
 
     async def _dispatch(self, deliveries: list[coordinator_pb2.Delivery]) -> None:
         try:

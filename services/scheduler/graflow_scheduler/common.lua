@@ -1,6 +1,8 @@
 -- Helpers shared by the run scripts; graflow_scheduler.scripts prepends this file to each one.
 -- KEYS[1..7] of every run script: meta, state, attempt, join, errors, events, active-runs set.
 local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3, 4, 5, 6, 7
+-- apply_outcome and cancel_run also get KEYS[8] dynamic nodes and KEYS[9] cycles (see flow.lua).
+local K_DYN, K_CYCLE = 8, 9
 -- unpack() is bounded by the Lua C stack: write big hashes in chunks of field/value pairs.
 local CHUNK_PAIRS = 1000
 
@@ -64,6 +66,10 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
   add_event(now, 'RUN_' .. status, ev_node, 0, ev_message, '', ev_err)
   redis.call('SREM', KEYS[K_ACTIVE], run_id)
   for i = 1, 6 do redis.call('EXPIRE', KEYS[i], retention) end
+  if #KEYS >= K_CYCLE then
+    redis.call('EXPIRE', KEYS[K_DYN], retention)
+    redis.call('EXPIRE', KEYS[K_CYCLE], retention)
+  end
   local idem = redis.call('HGET', KEYS[K_META], 'idem')
   if idem and idem ~= '' then redis.call('EXPIRE', idem_prefix .. idem, retention) end
 end

@@ -10,13 +10,24 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from graflow_api.v1 import common_pb2, workflow_pb2
 
 from graflow_scheduler.errors import SpecError
-from graflow_scheduler.graph import Edges, build_edges, find_cycle
-from graflow_scheduler.plan import JoinPolicy, NodeKind, Plan, PlanNode, RetryConfig, TaskData
+from graflow_scheduler.graph import Edges, build_edges, find_cycle, loop_body, loop_edges
+from graflow_scheduler.plan import (
+    DEFAULT_MAX_CYCLES,
+    DEFAULT_MAX_STEPS,
+    JoinPolicy,
+    LoopEdge,
+    NodeDefaults,
+    NodeKind,
+    Plan,
+    PlanNode,
+    RetryConfig,
+    TaskData,
+)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 QUEUE_PATTERN = re.compile(r"[^\s]{1,128}")
@@ -26,7 +37,7 @@ MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_QUEUE = "default"
 DEFAULT_BACKOFF = 2.0
 
-__all__ = ["Limits", "SpecError", "compile_spec"]
+__all__ = ["Limits", "SpecError", "compile_spec", "task_data"]
 
 _GROUP_POLICIES = {
     workflow_pb2.GroupPolicy.KIND_UNSPECIFIED: JoinPolicy.STRICT,
@@ -70,8 +81,18 @@ def compile_spec(spec: workflow_pb2.WorkflowSpec, limits: Limits | None = None) 
     edges = build_edges(spec, task_ids, members)
     cycle = find_cycle(edges)
     if cycle:
-        raise SpecError(f"workflow has a cycle: {' -> '.join(cycle)}")
-    return _assemble(spec, limits, edges, members, default_queue, default_retry)
+        raise SpecError(
+            f"workflow has a cycle: {' -> '.join(cycle)}; to run it as a loop, mark the edge that "
+            "closes it as a loop edge (EdgeSpec.loop)"
+        )
+    loops = loop_edges(spec, edges, set(task_ids))
+    defaults = NodeDefaults(
+        queue=default_queue,
+        retry=default_retry,
+        timeout_ms=spec.defaults.timeout_ms,
+        max_cycles=spec.defaults.max_cycles or DEFAULT_MAX_CYCLES,
+    )
+    return _assemble(spec, limits, edges, members, defaults, loops)
 
 
 def _check_ids(spec: workflow_pb2.WorkflowSpec) -> None:
@@ -182,14 +203,10 @@ def _check_args(node: workflow_pb2.NodeSpec, limits: Limits | None) -> None:
         raise SpecError(f"node {node.id!r}: args_json must be a JSON object, got {type(value).__name__}")
 
 
-def _task_data(
-    node: workflow_pb2.NodeSpec,
-    limits: Limits | None,
-    default_queue: str,
-    default_retry: RetryConfig,
-    timeout_default: int,
-    inputs: tuple[str, ...],
+def task_data(
+    node: workflow_pb2.NodeSpec, limits: Limits | None, defaults: NodeDefaults, inputs: tuple[str, ...]
 ) -> TaskData:
+    """What a task node's envelopes carry, validated (also for nodes added at run time)."""
     if not node.task_type:
         raise SpecError(f"node {node.id!r} has no task_type: name the registered task it runs")
     if len(node.task_type) > TASK_TYPE_MAX or any(ch.isspace() for ch in node.task_type):
@@ -198,16 +215,17 @@ def _task_data(
             f"(at most {TASK_TYPE_MAX} characters, no whitespace)"
         )
     _check_args(node, limits)
-    queue = _check_queue(node.queue, f"node {node.id!r}: queue") or default_queue
-    retry = _retry(node.retry, f"node {node.id!r}: retry") if node.HasField("retry") else default_retry
+    queue = _check_queue(node.queue, f"node {node.id!r}: queue") or defaults.queue
+    retry = _retry(node.retry, f"node {node.id!r}: retry") if node.HasField("retry") else defaults.retry
     return TaskData(
         task_type=node.task_type,
         args_json=node.args_json,
         retry=retry,
-        timeout_ms=node.timeout_ms or timeout_default,
+        timeout_ms=node.timeout_ms or defaults.timeout_ms,
         queue=queue,
         priority=node.priority,
         input_node_ids=inputs,
+        max_cycles=node.max_cycles or defaults.max_cycles,
     )
 
 
@@ -224,8 +242,8 @@ def _assemble(
     limits: Limits | None,
     edges: Edges,
     members: dict[str, tuple[str, ...]],
-    default_queue: str,
-    default_retry: RetryConfig,
+    defaults: NodeDefaults,
+    loops: list[tuple[str, str]],
 ) -> Plan:
     nodes: dict[str, PlanNode] = {}
     for node in spec.nodes:
@@ -238,9 +256,7 @@ def _assemble(
             preds=len(edges.preds[node.id]),
             successors=tuple(edges.succs[node.id]),
             policy=JoinPolicy.ALL,
-            task=_task_data(
-                node, limits, default_queue, default_retry, spec.defaults.timeout_ms, tuple(inputs)
-            ),
+            task=task_data(node, limits, defaults, tuple(inputs)),
         )
     for group in spec.groups:
         nodes[group.id] = PlanNode(
@@ -253,9 +269,29 @@ def _assemble(
             critical_ids=frozenset(group.policy.critical_ids),
             members=members[group.id],
         )
+    for tail, head in loops:
+        nodes[tail] = replace(nodes[tail], loops=(*nodes[tail].loops, _loop(edges, nodes, tail, head)))
     roots = tuple(n.id for n in spec.nodes if nodes[n.id].preds == 0)
     sinks: dict[str, None] = {}
     for node_id, plan_node in nodes.items():
         if not plan_node.successors:
             _expand(node_id, members, sinks)
-    return Plan(name=spec.name, nodes=nodes, roots=roots, sinks=tuple(sinks))
+    return Plan(
+        name=spec.name,
+        nodes=nodes,
+        roots=roots,
+        sinks=tuple(sinks),
+        max_steps=spec.defaults.max_steps or max(DEFAULT_MAX_STEPS, len(spec.nodes)),
+        defaults=defaults,
+    )
+
+
+def _loop(edges: Edges, nodes: dict[str, PlanNode], tail: str, head: str) -> LoopEdge:
+    body = loop_body(edges, tail, head)
+    clear: list[str] = [f"{head}:defer", f"{head}:dfail"]
+    for node_id in body:
+        clear += [f"{node_id}:{field}" for field in ("ok", "fail", "cfail", "defer", "dfail")]
+        clear += [f"{node_id}<{pred}" for pred in edges.preds[node_id]]
+    head_task = nodes[head].task
+    assert head_task is not None  # loop_edges checked that the head is a task
+    return LoopEdge(head=head, body=body, clear=tuple(clear), head_max_cycles=head_task.max_cycles)

@@ -121,6 +121,7 @@ def test_closure_lists_successors_and_group_successors_recursively():
             "i": "g",
             "k": "g",
             "p": 2,
+            "u": 1,
             "pol": "critical",
             "n": 0,
             "c": 1,

@@ -4,6 +4,7 @@ server, and a started scheduler on a free port."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -98,7 +99,13 @@ async def app(make_app: AppFactory) -> SchedulerApp:
     return await make_app()
 
 
-@pytest.fixture
-async def client(app: SchedulerApp) -> AsyncIterator[scheduler_pb2_grpc.SchedulerStub]:
+@contextlib.asynccontextmanager
+async def app_client(app: SchedulerApp) -> AsyncIterator[scheduler_pb2_grpc.SchedulerStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         yield scheduler_pb2_grpc.SchedulerStub(channel)
+
+
+@pytest.fixture
+async def client(app: SchedulerApp) -> AsyncIterator[scheduler_pb2_grpc.SchedulerStub]:
+    async with app_client(app) as stub:
+        yield stub

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
 import structlog
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
-from graflow_runtime.grpc_client import Downstream
+from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.telemetry import inject_trace_context
 
-from graflow_scheduler.plan import Plan
+from graflow_scheduler.plan import Plan, TaskData
 
 log = structlog.get_logger(__name__)
 
@@ -28,10 +29,17 @@ def delivery(
     *,
     delay_ms: int = 0,
     trace_context: Mapping[str, str] | None = None,
+    lost_attempts: int = 0,
+    task: TaskData | None = None,
+    cycle: int = 0,
+    iteration_data_json: bytes = b"",
 ) -> coordinator_pb2.Delivery:
     """The delivery of ``attempt`` of task node ``node_id``. ``trace_context``: the W3C context the
-    task continues (the outcome that released it); the current context when empty."""
-    task = plan.task(node_id)
+    task continues (the outcome that released it); the current context when empty.
+    ``lost_attempts``: earlier attempts lost with their worker (the coordinator's poison count).
+    ``task``: the node's task data when it is not in the plan (added at run time); ``cycle`` and
+    ``iteration_data_json``: its re-run and the data of ctx.next_iteration."""
+    task = task or plan.task(node_id)
     envelope = messages_pb2.TaskEnvelope(
         run_id=run_id,
         node_id=node_id,
@@ -43,6 +51,10 @@ def delivery(
         queue=task.queue,
         priority=task.priority,
         max_attempts=task.retry.max_attempts,
+        lost_attempts=lost_attempts,
+        cycle=cycle,
+        max_cycles=task.max_cycles,
+        iteration_data_json=iteration_data_json,
     )
     if trace_context:
         envelope.trace_context.update(trace_context)
@@ -86,3 +98,22 @@ class Dispatcher:
         if deliveries:
             log.debug("dispatched", deliveries=len(deliveries), accepted=accepted, duplicates=duplicates)
         return DispatchCounts(accepted=accepted, duplicates=duplicates)
+
+    async def notify_canceled(self, run_ids: Sequence[str]) -> None:
+        """Tell the coordinator (so workers and their running tasks learn it) that ``run_ids``
+        were canceled. Best effort: a failure is logged; tasks then run to their end, and their
+        outcomes are ignored."""
+        if not run_ids:
+            return
+        request = coordinator_pb2.NotifyCanceledRequest(run_ids=list(run_ids))
+        try:
+            await self._downstream.call(self._stub.NotifyCanceled, request)
+        except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
+            log.warning(
+                "could not tell the coordinator about canceled runs; their running tasks will not "
+                "observe the cancellation",
+                run_ids=list(run_ids),
+                error=str(exc),
+            )
+            return
+        log.info("canceled runs reported to the coordinator", run_ids=list(run_ids))

@@ -4,7 +4,9 @@
 - every member ``m`` gets an edge ``m -> G``;
 - edge ``G -> Y`` stays.
 
-Repeated edges collapse into one, so a join never waits for an edge counted twice.
+Repeated edges collapse into one, so a join never waits for an edge counted twice. Loop edges
+(``EdgeSpec.loop``) are not plan edges: :func:`loop_edges` validates them and :func:`loop_body`
+finds the nodes each one runs again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def build_edges(
         for member in group_members:
             edges.add(member, group_id)
     for edge in spec.edges:
+        if edge.loop:
+            continue
         targets = members.get(edge.to_id)
         if targets is None:
             edges.add(edge.from_id, edge.to_id)
@@ -73,3 +77,43 @@ def find_cycle(edges: Edges) -> list[str] | None:
                 path.append(nxt)
                 stack.append(iter(edges.succs[nxt]))
     return None
+
+
+def reachable(adjacent: dict[str, dict[str, None]], start: str) -> set[str]:
+    """``start`` and every id reachable from it through ``adjacent`` (successors or predecessors)."""
+    seen = {start}
+    stack = [start]
+    while stack:
+        for nxt in adjacent[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def loop_edges(spec: workflow_pb2.WorkflowSpec, edges: Edges, task_ids: set[str]) -> list[tuple[str, str]]:
+    """The spec's loop edges as (tail, head), repeated ones once. Each goes from a task to a task
+    that leads back to it through plan edges (it closes a cycle)."""
+    loops: dict[tuple[str, str], None] = {}
+    for edge in spec.edges:
+        if not edge.loop:
+            continue
+        tail, head = edge.from_id, edge.to_id
+        if tail not in task_ids or head not in task_ids:
+            raise SpecError(
+                f"loop edge {tail!r} -> {head!r}: a loop edge goes from a task node to a task node, "
+                "not from or to a group (put a task after the group and loop from it)"
+            )
+        if tail not in reachable(edges.succs, head):
+            raise SpecError(
+                f"loop edge {tail!r} -> {head!r} closes no cycle: {head!r} does not lead to {tail!r} "
+                "through normal edges; make it a normal edge (loop=false) or point it at an upstream task"
+            )
+        loops[(tail, head)] = None
+    return list(loops)
+
+
+def loop_body(edges: Edges, tail: str, head: str) -> tuple[str, ...]:
+    """Nodes on the plan paths from ``head`` to ``tail``: ``tail`` included, ``head`` excluded."""
+    body = reachable(edges.succs, head) & reachable(edges.preds, tail)
+    return tuple(n for n in edges.succs if n in body and n != head)

@@ -4,13 +4,16 @@ stream is trimmed periodically) and hands each batch to :class:`OutcomeBatches`.
 
 Unavailable downstreams or Redis: the batch is kept in memory and applied again after a backoff.
 An outcome redelivered too often (a process crashed on it each time) is dead-lettered; the loop
-never stops for one message.
+never stops for one message. Every ``stats_log_interval_s`` in which something changed, and when the
+consumer stops, one ``outcome consumer totals`` line logs the counters of :class:`ConsumerStats`
+(applied, stale, duplicates, lost workers, ...) since the process started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ class ConsumerConfig:
     max_backoff_s: float = 2.0
     # An outcome delivered more often than this without being applied is dead-lettered (poison).
     max_deliveries: int = 10
+    # How often the counters are logged (only when they changed).
+    stats_log_interval_s: float = 60.0
 
 
 class OutcomeConsumer:
@@ -47,6 +52,8 @@ class OutcomeConsumer:
         self._stopping = asyncio.Event()
         self._busy = False
         self._task: asyncio.Task[None] | None = None
+        self._logged_stats: dict[str, int] = dataclasses.asdict(batches.stats)
+        self._next_stats_log = time.monotonic() + config.stats_log_interval_s
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="outcome-consumer")
@@ -60,6 +67,15 @@ class OutcomeConsumer:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        self.log_stats(force=True)
+
+    def log_stats(self, *, force: bool = False) -> None:
+        """Log the counters if they changed since the last line (or always with ``force``)."""
+        self._next_stats_log = time.monotonic() + self.config.stats_log_interval_s
+        totals = dataclasses.asdict(self.stats)
+        if force or totals != self._logged_stats:
+            self._logged_stats = totals
+            log.info("outcome consumer totals", **totals)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -73,6 +89,8 @@ class OutcomeConsumer:
         next_claim = next_trim = 0.0
         backlog, group_ready, failures = True, False, 0
         while not self._stopping.is_set():
+            if time.monotonic() >= self._next_stats_log:
+                self.log_stats()
             try:
                 if not group_ready:
                     await self.stream.ensure_group()

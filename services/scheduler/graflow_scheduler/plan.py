@@ -7,7 +7,8 @@ joins over, its successors and its join policy; task nodes carry what goes into 
 
 The ``apply_outcome`` Lua script never sees the whole graph. For the node an outcome is about,
 :meth:`Plan.closure_json` gives just what the script needs: the node's successors and, for group
-successors, their own successors (recursively), with join sizes and policies.
+successors, their own successors (recursively), with join sizes and policies; :meth:`Plan.flow_json`
+its limits and the loop edges it closes (see flow.lua).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from enum import Enum
 # Groups up to this size carry their member ids in failure closures, so the script can name the
 # failed and succeeded members in the run's error; larger groups are summarised by counts.
 MEMBERS_NAMED_UP_TO = 64
+DEFAULT_MAX_CYCLES = 100
+DEFAULT_MAX_STEPS = 10_000
 
 
 class NodeKind(str, Enum):
@@ -60,6 +63,31 @@ class TaskData:
     priority: int
     # Task predecessors, with group predecessors expanded to their members.
     input_node_ids: tuple[str, ...]
+    # Re-runs allowed (node's own, else the run default, else 100).
+    max_cycles: int = DEFAULT_MAX_CYCLES
+
+
+@dataclass(frozen=True, slots=True)
+class LoopEdge:
+    """A loop edge ``tail -> head`` (``EdgeSpec.loop``): each success of the tail resets the
+    loop's nodes and runs the head again as a new cycle."""
+
+    head: str
+    # Nodes on the paths head -> tail (tail included, head excluded): back to PENDING.
+    body: tuple[str, ...]
+    # Join hash fields cleared: counters and counted predecessors of the body, deferrals.
+    clear: tuple[str, ...]
+    head_max_cycles: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDefaults:
+    """What nodes added at run time (ctx.next_task) get when they set nothing themselves."""
+
+    queue: str = "default"
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    timeout_ms: int = 0
+    max_cycles: int = DEFAULT_MAX_CYCLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +102,8 @@ class PlanNode:
     critical_ids: frozenset[str] = frozenset()
     members: tuple[str, ...] = ()
     task: TaskData | None = None
+    # Loop edges from this task node.
+    loops: tuple[LoopEdge, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +114,11 @@ class Plan:
     roots: tuple[str, ...]
     # Task nodes whose results are the run's result.
     sinks: tuple[str, ...]
+    # Node runs started after the roots before the run fails with MaxStepsExceeded.
+    max_steps: int = DEFAULT_MAX_STEPS
+    defaults: NodeDefaults = field(default_factory=NodeDefaults)
     _closures: dict[tuple[str, bool], str] = field(default_factory=dict, compare=False, repr=False)
+    _flows: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, node_id: str) -> TaskData:
         node = self.nodes[node_id]
@@ -95,7 +129,8 @@ class Plan:
     def closure_json(self, node_id: str, *, failed: bool) -> str:
         """JSON list of the successor entries of ``node_id`` for the ``apply_outcome`` script.
 
-        Entry: ``i`` id, ``k`` "t"/"g", ``p`` join size; for groups also ``pol`` policy, ``n``
+        Entry: ``i`` id, ``k`` "t"/"g", ``p`` join size, ``u`` 1 when the join counts each
+        predecessor once (several predecessors, groups); for groups also ``pol`` policy, ``n``
         min_success, ``c`` 1 when the parent is one of the group's critical members, ``s`` the
         group's successor entries, and (failure closures of small groups) ``m`` member ids.
         Computed once per node and kept.
@@ -112,12 +147,16 @@ class Plan:
         for succ_id in self.nodes[parent_id].successors:
             succ = self.nodes[succ_id]
             if succ.kind is NodeKind.TASK:
-                entries.append({"i": succ_id, "k": "t", "p": succ.preds})
+                entry_t: dict[str, object] = {"i": succ_id, "k": "t", "p": succ.preds}
+                if succ.preds > 1:
+                    entry_t["u"] = 1
+                entries.append(entry_t)
                 continue
             entry: dict[str, object] = {
                 "i": succ_id,
                 "k": "g",
                 "p": succ.preds,
+                "u": 1,
                 "pol": succ.policy.value,
                 "n": succ.min_success,
                 "c": 1 if parent_id in succ.critical_ids else 0,
@@ -128,3 +167,27 @@ class Plan:
                 entry["m"] = list(succ.members)
             entries.append(entry)
         return entries
+
+    def flow(self, node_id: str) -> dict[str, object]:
+        """The flow argument of apply_outcome for an outcome of task ``node_id`` (see flow.lua):
+        ``ms`` max steps, ``mc`` its max cycles, ``lp`` the loop edges it closes."""
+        flow: dict[str, object] = {"ms": self.max_steps, "mc": self.task(node_id).max_cycles}
+        loops = self.nodes[node_id].loops
+        if loops:
+            flow["lp"] = [
+                {"h": lp.head, "mc": lp.head_max_cycles, "b": list(lp.body), "x": list(lp.clear)}
+                for lp in loops
+            ]
+        return flow
+
+    def flow_json(self, node_id: str) -> str:
+        """:meth:`flow` as JSON, computed once per node and kept."""
+        cached = self._flows.get(node_id)
+        if cached is None:
+            cached = json.dumps(self.flow(node_id), separators=(",", ":"))
+            self._flows[node_id] = cached
+        return cached
+
+    @property
+    def has_loops(self) -> bool:
+        return any(node.loops for node in self.nodes.values())

@@ -6,16 +6,18 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from graflow_api.v1 import scheduler_pb2
 from graflow_runtime import keys
 
+from graflow_scheduler.dynamic import summaries as dynamic_summaries
 from graflow_scheduler.errors import RunNotFound
 from graflow_scheduler.plan import Plan
 from graflow_scheduler.runids import is_run_id
+from graflow_scheduler.state import NodeCycle
 from graflow_scheduler.views import add_nodes, run_from_meta
 
 PlanLookup = Callable[[str], Awaitable[Plan | None]]
@@ -31,6 +33,10 @@ class ReadyRun:
     graph_hash: str
     # READY nodes with their current attempt.
     ready: tuple[tuple[str, int], ...]
+    # READY node -> its attempts lost with their worker (absent = 0).
+    lost: dict[str, int] = field(default_factory=dict)
+    # READY node on a re-run or with iteration data -> its cycle (absent = cycle 0, no data).
+    cycles: dict[str, NodeCycle] = field(default_factory=dict)
 
 
 def encode_page_token(score: int, run_id: str) -> str:
@@ -70,11 +76,14 @@ class RunReader:
             pipe.hgetall(keys.run_state(run_id))
             pipe.hgetall(keys.run_attempts(run_id))
             pipe.hgetall(keys.run_errors(run_id))
-            meta, states, attempts, errors = await pipe.execute()
+            pipe.hgetall(keys.run_cycles(run_id))
+            pipe.hgetall(keys.run_dynamic(run_id))
+            meta, states, attempts, errors, cycles, dynamic = await pipe.execute()
         if not meta:
             raise RunNotFound(run_id)
         run = run_from_meta(run_id, meta)
-        add_nodes(run, states, attempts, errors, await plan_lookup(run.graph_hash))
+        plan = await plan_lookup(run.graph_hash)
+        add_nodes(run, states, attempts, errors, plan, cycles, dynamic_summaries(dynamic))
         return run
 
     async def list_runs(
@@ -168,7 +177,28 @@ class RunReader:
             )
             if ready:
                 ready_runs.append(ReadyRun(run_id=run_id, graph_hash=graph.decode(), ready=ready))
+        if ready_runs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ready_run in ready_runs:
+                    pipe.hmget(keys.run_joins(ready_run.run_id), [f"{n}:lost" for n, _ in ready_run.ready])
+                counts = await pipe.execute()
+            for ready_run, values in zip(ready_runs, counts, strict=True):
+                ready_run.lost.update(
+                    {node: int(v) for (node, _), v in zip(ready_run.ready, values, strict=True) if v}
+                )
+            await self._add_cycles(ready_runs)
         return ready_runs, gone
+
+    async def _add_cycles(self, ready_runs: Sequence[ReadyRun]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ready_run in ready_runs:
+                pipe.hgetall(keys.run_cycles(ready_run.run_id))
+            all_cycles = await pipe.execute()
+        for ready_run, raw in zip(ready_runs, all_cycles, strict=True):
+            for node_id, _attempt in ready_run.ready:
+                cycle, data = raw.get(node_id.encode()), raw.get(f"{node_id}:data".encode())
+                if cycle or data:
+                    ready_run.cycles[node_id] = NodeCycle(int(cycle or 0), data or b"")
 
     async def forget(self, run_ids: Sequence[str]) -> None:
         """Drop runs whose state expired from the active set."""

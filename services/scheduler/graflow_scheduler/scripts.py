@@ -7,6 +7,7 @@ whose pipelines check ``SCRIPT EXISTS`` on every execute (an extra round trip pe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +29,16 @@ class RunScript:
     name: str
     source: str
 
-    @property
+    @functools.cached_property
     def sha(self) -> str:
+        # Computed once: it is needed for every call (the outcome path calls a script per outcome).
         return hashlib.sha1(self.source.encode("utf-8")).hexdigest()  # noqa: S324 - Redis script id
 
     @classmethod
-    def load(cls, filename: str) -> RunScript:
-        return cls(name=filename, source=_read("common.lua") + "\n" + _read(filename))
+    def load(cls, filename: str, *helpers: str) -> RunScript:
+        """``common.lua``, then the ``helpers`` files, then ``filename`` (one script)."""
+        parts = ["common.lua", *helpers, filename]
+        return cls(name=filename, source="\n".join(_read(part) for part in parts))
 
 
 class Scripts:
@@ -42,7 +46,7 @@ class Scripts:
 
     def __init__(self) -> None:
         self.create_run = RunScript.load("create_run.lua")
-        self.apply_outcome = RunScript.load("apply_outcome.lua")
+        self.apply_outcome = RunScript.load("apply_outcome.lua", "flow.lua")
         self.cancel_run = RunScript.load("cancel_run.lua")
 
     @property

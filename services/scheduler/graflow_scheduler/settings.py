@@ -37,6 +37,9 @@ class SchedulerSettings(ServiceSettings):
     # An outcome redelivered more often than this (a scheduler crashed on it each time) goes to
     # the dead letters instead of being applied again.
     outcome_max_deliveries: int = Field(default=10, ge=1)
+    # How often the outcome consumer logs its totals (applied, stale, duplicate, lost, ...) when
+    # they changed.
+    stats_log_interval_s: float = Field(default=60.0, gt=0)
     # Limits of a submitted workflow.
     max_nodes: int = Field(default=100_000, ge=1)
     max_args_bytes: int = Field(default=1024 * 1024, ge=2)

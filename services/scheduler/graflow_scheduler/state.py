@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -24,6 +24,12 @@ IDEMPOTENCY_PREFIX = keys.idempotency("")
 def run_script_keys(run_id: str) -> list[str]:
     """KEYS[1..7] of every run script: the run's six keys and the active-runs set."""
     return [*keys.run_keys(run_id), keys.ACTIVE_RUNS]
+
+
+def flow_script_keys(run_id: str) -> list[str]:
+    """KEYS of apply_outcome and cancel_run: :func:`run_script_keys`, then the dynamic nodes and
+    cycles hashes (KEYS[8], KEYS[9])."""
+    return [*run_script_keys(run_id), *keys.run_flow_keys(run_id)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,18 @@ class OutcomeToApply:
     worker_id: str
     retry_delay_ms: int  # -1 = no retry
     closure_json: str
+    # The coordinator reported the attempt lost with its worker: counted as '<node>:lost'.
+    worker_lost: bool = False
+    # Dynamic control flow (graflow_scheduler.directives; "" = the node itself, no directives or limits).
+    flow_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCycle:
+    """A dispatched node's cycle and the data of ctx.next_iteration (JSON, b"" = none)."""
+
+    cycle: int
+    data_json: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +68,13 @@ class AppliedOutcome:
     code: str
     # Task nodes to dispatch: (node id, attempt).
     ready: tuple[tuple[str, int], ...]
-    # A retry to dispatch after a delay: (node id, new attempt, delay ms).
-    retry: tuple[str, int, int] | None
+    # A retry to dispatch after a delay: (node id, new attempt, delay ms, lost attempts of the node).
+    retry: tuple[str, int, int, int] | None
     run_status: str
+    # Nodes to dispatch on a re-run or with iteration data (absent: cycle 0, no data).
+    cycles: dict[str, NodeCycle] = field(default_factory=dict)
+    # Nodes added by next_task directives: directive index -> node id.
+    added: dict[int, str] = field(default_factory=dict)
 
     @property
     def fenced(self) -> bool:
@@ -65,10 +87,25 @@ def _text(value: object) -> str:
 
 
 def _parse_applied(raw: object) -> AppliedOutcome:
-    code, ready_flat, retry_flat, run_status = raw  # type: ignore[misc]
+    code, ready_flat, retry_flat, run_status = raw[:4]  # type: ignore[index]
+    cycles: dict[str, NodeCycle] = {}
+    added: dict[int, str] = {}
+    if len(raw) > 4:  # type: ignore[arg-type]
+        cycles_flat, added_flat = raw[4]  # type: ignore[index]
+        for i in range(0, len(cycles_flat), 3):
+            data = cycles_flat[i + 2]
+            cycles[_text(cycles_flat[i])] = NodeCycle(
+                int(cycles_flat[i + 1]), data if isinstance(data, bytes) else str(data).encode()
+            )
+        added = {int(added_flat[i]): _text(added_flat[i + 1]) for i in range(0, len(added_flat), 2)}
     ready = tuple((_text(ready_flat[i]), int(ready_flat[i + 1])) for i in range(0, len(ready_flat), 2))
-    retry = (_text(retry_flat[0]), int(retry_flat[1]), int(retry_flat[2])) if retry_flat else None
-    return AppliedOutcome(code=_text(code), ready=ready, retry=retry, run_status=_text(run_status))
+    retry = None
+    if retry_flat:
+        lost = int(retry_flat[3]) if len(retry_flat) > 3 else 0
+        retry = (_text(retry_flat[0]), int(retry_flat[1]), int(retry_flat[2]), lost)
+    return AppliedOutcome(
+        code=_text(code), ready=ready, retry=retry, run_status=_text(run_status), cycles=cycles, added=added
+    )
 
 
 class RunStore:
@@ -124,7 +161,7 @@ class RunStore:
             return []
         calls = [
             (
-                run_script_keys(o.run_id),
+                flow_script_keys(o.run_id),
                 [
                     o.run_id,
                     o.node_id,
@@ -137,6 +174,8 @@ class RunStore:
                     o.closure_json,
                     self.retention_s,
                     IDEMPOTENCY_PREFIX,
+                    "1" if o.worker_lost else "0",
+                    o.flow_json,
                 ],
             )
             for o in outcomes
@@ -144,13 +183,27 @@ class RunStore:
         raw = await self.scripts.call_many(self.redis, self.scripts.apply_outcome, calls)
         return [_parse_applied(r) for r in raw]
 
+    async def lost_attempts(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(run id, node id) -> attempts of the node that do not count against its retry budget:
+        those lost with their worker, and (``<node>:rbase``, see flow.lua) those of its earlier
+        cycles when it ran again through goto, next_iteration or a loop."""
+        if not nodes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, node_id in nodes:
+                pipe.hmget(keys.run_joins(run_id), [f"{node_id}:lost", f"{node_id}:rbase"])
+            counts = await pipe.execute()
+        return {
+            node: int(lost or 0) + int(base or 0) for node, (lost, base) in zip(nodes, counts, strict=True)
+        }
+
     async def cancel_run(self, run_id: str, reason: str, *, now_ms: int) -> str:
         """Cancel a RUNNING run; returns the run's status afterwards (an ended run is unchanged).
         Raises :class:`RunNotFound`."""
         status = await self.scripts.call(
             self.redis,
             self.scripts.cancel_run,
-            run_script_keys(run_id),
+            flow_script_keys(run_id),
             [run_id, reason, now_ms, self.retention_s, IDEMPOTENCY_PREFIX],
         )
         text = _text(status)

@@ -3,6 +3,7 @@
 import pytest
 
 from graflow_api.v1 import common_pb2, workflow_pb2
+from graflow_runtime import keys
 
 from graflow_scheduler.testkit import RunHarness, group, spec
 
@@ -156,7 +157,7 @@ async def test_duplicate_outcome_changes_nothing_and_returns_the_ready_successor
 async def test_retry_bumps_the_attempt_and_keeps_the_node_ready(store):
     run = await RunHarness.create(store, spec(["a"]))
     result = await run.finish("a", ok=False, retry_delay_ms=250)
-    assert (result.code, result.retry) == ("applied", ("a", 2, 250))
+    assert (result.code, result.retry) == ("applied", ("a", 2, 250, 0))
     assert (await run.states())["a"] == "READY"
     assert (await run.events())[-1] == ("NODE_RETRYING", "a")
     assert (await run.finish("a", attempt=1)).code == "stale"
@@ -168,8 +169,29 @@ async def test_redelivered_failure_of_a_retried_attempt_repeats_the_retry_dispat
     await run.finish("a", ok=False, retry_delay_ms=100)
     events = await run.events()
     again = await run.finish("a", ok=False, retry_delay_ms=100)
-    assert (again.code, again.retry) == ("stale", ("a", 2, 100))
+    assert (again.code, again.retry) == ("stale", ("a", 2, 100, 0))
     assert await run.events() == events
+
+
+async def test_an_attempt_lost_with_its_worker_is_retried_now_and_counted_as_lost(store):
+    run = await RunHarness.create(store, spec(["a"]))
+    lost = common_pb2.ErrorInfo(type="WorkerLost", message="worker w1 was declared dead", retryable=True)
+
+    first = await run.finish("a", ok=False, error=lost, retry_delay_ms=0, worker_lost=True)
+    second = await run.finish("a", attempt=2, ok=False, error=lost, retry_delay_ms=0, worker_lost=True)
+
+    assert (first.retry, second.retry) == (("a", 2, 0, 1), ("a", 3, 0, 2))
+    assert await store.redis.hget(keys.run_joins(run.run_id), "a:lost") == b"2"
+    events = await store.redis.xrange(keys.run_events(run.run_id))
+    [message] = [f[b"m"] for _, f in events if f[b"t"] == b"NODE_RETRYING"][-1:]
+    assert message == b"attempt 2 was lost with its worker; attempt 3 starts now (lost 2 times)"
+    # A real failure afterwards keeps the count (and reports it for the next envelope).
+    failed = await run.finish("a", attempt=3, ok=False, retry_delay_ms=50)
+    assert failed.retry == ("a", 4, 50, 2)
+    # The lost report of attempt 3 arriving late (its worker committed first) changes nothing.
+    late = await run.finish("a", attempt=3, ok=False, error=lost, retry_delay_ms=0, worker_lost=True)
+    assert late.code == "stale"
+    assert await store.redis.hget(keys.run_joins(run.run_id), "a:lost") == b"2"
 
 
 async def test_task_failure_without_retry_fails_the_run_with_node_and_error(store):

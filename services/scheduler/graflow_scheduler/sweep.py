@@ -23,9 +23,11 @@ from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_scheduler.dispatch import Dispatcher, delivery
+from graflow_scheduler.dynamic import DynamicNodes, task_of
 from graflow_scheduler.errors import GraphNotFound, SpecError
 from graflow_scheduler.plans import PlanCache
 from graflow_scheduler.queries import RunReader
+from graflow_scheduler.state import NodeCycle
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +49,10 @@ class RecoverySweep:
         *,
         interval_s: float,
         retention_s: int,
+        dynamic: DynamicNodes | None = None,
     ) -> None:
         self.reader = reader
+        self.dynamic = dynamic or DynamicNodes(reader.redis)
         self.plans = plans
         self.dispatcher = dispatcher
         self.interval_s = interval_s
@@ -104,11 +108,25 @@ class RecoverySweep:
                         "cannot dispatch READY nodes: graph unusable", run_id=ready_run.run_id, error=str(exc)
                     )
                     continue
-                deliveries.extend(
-                    delivery(plan, ready_run.run_id, node_id, attempt)
-                    for node_id, attempt in ready_run.ready
-                    if node_id in plan.nodes and plan.nodes[node_id].task is not None
-                )
+                # Nodes added at run time are not in the plan: their specs are in the run's dyn hash.
+                found = await self.dynamic.load(ready_run.run_id, [n for n, _ in ready_run.ready], plan)
+                for node_id, attempt in ready_run.ready:
+                    task = task_of(plan, found, node_id)
+                    if task is None:
+                        continue
+                    cycle = ready_run.cycles.get(node_id, NodeCycle(0))
+                    deliveries.append(
+                        delivery(
+                            plan,
+                            ready_run.run_id,
+                            node_id,
+                            attempt,
+                            lost_attempts=ready_run.lost.get(node_id, 0),
+                            task=task,
+                            cycle=cycle.cycle,
+                            iteration_data_json=cycle.data_json,
+                        )
+                    )
             if deliveries:
                 try:
                     counts = await self.dispatcher.dispatch(deliveries)

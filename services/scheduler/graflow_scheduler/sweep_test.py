@@ -23,6 +23,21 @@ async def test_sweep_dispatches_ready_nodes_with_their_current_attempt(app, stor
     assert sorted(downstreams.coordinator.delivered(run.run_id)) == [("a", 2), ("b", 1)]
 
 
+async def test_sweep_dispatches_a_node_with_the_attempts_it_lost_with_its_workers(app, store, downstreams):
+    run = await make_run(app, store, downstreams)
+    for attempt in (1, 2):  # a's workers died twice
+        await run.finish("a", attempt=attempt, ok=False, retry_delay_ms=0, worker_lost=True)
+
+    await app.sweep.sweep_once()
+
+    lost = {
+        d.envelope.node_id: (d.envelope.attempt, d.envelope.lost_attempts)
+        for request in downstreams.coordinator.requests
+        for d in request.deliveries
+    }
+    assert lost == {"a": (3, 2), "b": (1, 0)}
+
+
 async def test_sweep_repeats_harmlessly_and_skips_ended_runs(app, store, downstreams):
     run = await make_run(app, store, downstreams)
     await app.sweep.sweep_once()

@@ -101,6 +101,8 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
         self.unavailable_times = 0
         self._seen: set[tuple[str, str, int]] = set()
         self.changed = asyncio.Condition()
+        # Run ids reported through NotifyCanceled, in order.
+        self.canceled: list[str] = []
 
     @property
     def deliveries(self) -> list[coordinator_pb2.Delivery]:
@@ -130,6 +132,12 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
             self.requests.append(request)
             self.changed.notify_all()
         return coordinator_pb2.DispatchResponse(accepted=accepted, duplicates=duplicates)
+
+    async def NotifyCanceled(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        async with self.changed:
+            self.canceled.extend(request.run_ids)
+            self.changed.notify_all()
+        return coordinator_pb2.NotifyCanceledResponse()
 
     async def wait_for(self, predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
         async with self.changed:
@@ -199,6 +207,7 @@ class RunHarness:
         ok: bool = True,
         retry_delay_ms: int = -1,
         error: common_pb2.ErrorInfo | None = None,
+        worker_lost: bool = False,
     ) -> AppliedOutcome:
         info = error or common_pb2.ErrorInfo(type="ValueError", message=f"{node_id} broke")
         (result,) = await self.store.apply_outcomes(
@@ -212,6 +221,7 @@ class RunHarness:
                     worker_id="w1",
                     retry_delay_ms=retry_delay_ms,
                     closure_json=self.plan.closure_json(node_id, failed=not ok),
+                    worker_lost=worker_lost,
                 )
             ],
             now_ms=2_000,

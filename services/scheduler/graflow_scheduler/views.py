@@ -70,24 +70,37 @@ def add_nodes(
     attempts: Fields,
     errors: Fields,
     plan: Plan | None,
+    cycles: Fields | None = None,
+    dynamic: Mapping[str, tuple[str, str]] | None = None,
 ) -> None:
-    """Append a NodeStatus per node (plan order when the plan is known)."""
+    """Append a NodeStatus per node: plan order when the plan is known, then the nodes added at
+    run time (``dynamic``: node -> (task type, the node that added it)) in the order they came."""
     decoded = {k.decode(): v.decode() for k, v in states.items()}
-    order = [n for n in plan.nodes if n in decoded] if plan is not None else sorted(decoded)
+    dynamic = dynamic or {}
+    if plan is not None:
+        order = [n for n in plan.nodes if n in decoded]
+        order += [n for n in dynamic if n in decoded and n not in plan.nodes]
+        order += sorted(n for n in decoded if n not in plan.nodes and n not in dynamic)
+    else:
+        order = sorted(decoded)
     for node_id in order:
         key = node_id.encode()
         status = run.nodes.add(
             node_id=node_id,
             state=_enum(common_pb2.NodeState, "NODE_STATE_", decoded[node_id]),
             attempt=_int(attempts, key),
+            cycle=_int(cycles or {}, key),
         )
         if errors.get(key):
             status.error.ParseFromString(errors[key])
-        if plan is not None:
-            plan_node = plan.nodes[node_id]
+        plan_node = plan.nodes.get(node_id) if plan is not None else None
+        if plan_node is not None:
             status.kind = plan_node.kind.value
             if plan_node.task is not None:
                 status.task_type = plan_node.task.task_type
+        elif node_id in dynamic:
+            status.kind = "task"
+            status.task_type, status.added_by = dynamic[node_id]
 
 
 def event_from_entry(run_id: str, entry_id: bytes, fields: Fields) -> scheduler_pb2.RunEvent:
@@ -108,3 +121,20 @@ def event_from_entry(run_id: str, entry_id: bytes, fields: Fields) -> scheduler_
 
 def is_terminal(event: scheduler_pb2.RunEvent) -> bool:
     return event.type in _TERMINAL_EVENTS
+
+
+# Event type as stored (b"NODE_READY") -> RunEvent.Type, for filtering without building events.
+_EVENT_TYPES = {
+    name.removeprefix("TYPE_").encode(): number
+    for name, number in scheduler_pb2.RunEvent.Type.items()
+    if name != "TYPE_UNSPECIFIED"
+}
+
+
+def event_type(fields: Fields) -> int:
+    """The ``RunEvent.Type`` of an event entry, without building the event."""
+    return _EVENT_TYPES.get(fields.get(b"t", b""), 0)
+
+
+def is_terminal_entry(fields: Fields) -> bool:
+    return event_type(fields) in _TERMINAL_EVENTS

@@ -8,7 +8,10 @@ and it keeps its thread and its running slot until it returns (so the worker tak
 instead of oversubscribing). The attempt itself fails at once with ``TaskTimeout``.
 
 The runner never raises for a task's failure: it returns an :class:`Execution` with the outcome
-(and the result to store when the attempt succeeded).
+(and the result to store when the attempt succeeded). A successful attempt carries the directives
+its TaskContext recorded (next_task, goto, ...); a failed one drops them. ``ctx.next_iteration``
+data reaches the next cycle as the keyword argument ``data``. Deliveries of runs canceled meanwhile
+are not started (:mod:`graflow_worker.cancellation`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import inspect
+import json
 import os
 import time
 import traceback
@@ -29,7 +34,7 @@ import structlog
 from opentelemetry import trace
 
 from graflow import payload
-from graflow.context import Channel, ChannelBackend, TaskContext
+from graflow.context import DEFAULT_MAX_CYCLES, Channel, ChannelBackend, TaskContext
 from graflow.dsl import TaskFunc
 from graflow.errors import NonRetryableError, PayloadError
 from graflow_api.v1 import common_pb2, messages_pb2
@@ -37,8 +42,10 @@ from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import telemetry
 
 from graflow_worker.binding import BindingError, bind
+from graflow_worker.cancellation import Cancellations
 from graflow_worker.intake import Intake
 from graflow_worker.registry import Registry
+from graflow_worker.threads import CompletionBridge
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graflow_worker")
@@ -94,8 +101,12 @@ def error_from_exception(exc: BaseException, frames: int) -> common_pb2.ErrorInf
 class Runner:
     def __init__(self, registry: Registry, *, worker_id: str, concurrency: int, traceback_frames: int = 8,
                  channel_factory: Callable[[str], ChannelBackend] | None = None,
-                 intake: Intake | None = None, tracing: bool = True) -> None:
+                 intake: Intake | None = None, tracing: bool = True,
+                 cancellations: Cancellations | None = None) -> None:
         self.registry = registry
+        self.cancellations = cancellations or Cancellations()
+        # TaskContext of each attempt running (by id of its envelope), for its directives.
+        self._contexts: dict[int, TaskContext] = {}
         self.tracing = tracing
         self.worker_id = worker_id
         self.traceback_frames = traceback_frames
@@ -105,6 +116,7 @@ class Runner:
             max_workers=concurrency, thread_name_prefix=TASK_THREAD_PREFIX
         )
         self._running = asyncio.Semaphore(concurrency)
+        self._bridge: CompletionBridge | None = None
         # Timed-out synchronous functions still running in their thread.
         self.abandoned = 0
 
@@ -118,11 +130,13 @@ class Runner:
         types that produced them (node id -> task type)."""
         started = now_ms()
         token = telemetry.attach_trace_context(envelope.trace_context)
+        # (bind + reset: structlog's bound_contextvars also scans every context variable per call)
+        log_tokens = structlog.contextvars.bind_contextvars(
+            run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
+            worker_id=self.worker_id, task_type=envelope.task_type,
+        )
         try:
-            with structlog.contextvars.bound_contextvars(
-                run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
-                worker_id=self.worker_id, task_type=envelope.task_type,
-            ), self._span(envelope) as span:
+            with self._span(envelope) as span:
                 outcome = messages_pb2.TaskOutcome(
                     run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
                     worker_id=self.worker_id, started_at_ms=started,
@@ -139,6 +153,9 @@ class Runner:
                 else:
                     outcome.status = SUCCEEDED
                     outcome.has_result = True
+                    ctx = self._contexts.get(id(envelope))
+                    if ctx is not None and ctx.directives:
+                        outcome.directives.extend(ctx.directives)
                     result = rs_pb2.NodeResult(
                         run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
                         value=value, worker_id=self.worker_id, task_type=envelope.task_type,
@@ -150,6 +167,8 @@ class Runner:
                     outcome.trace_context.update(envelope.trace_context)
                 return Execution(outcome=outcome, result=result)
         finally:
+            self._contexts.pop(id(envelope), None)
+            structlog.contextvars.reset_contextvars(**log_tokens)
             telemetry.detach(token)
 
     def _span(self, envelope: messages_pb2.TaskEnvelope) -> contextlib.AbstractContextManager[Any]:
@@ -176,8 +195,14 @@ class Runner:
                 "send the task to a queue whose workers have it",
                 retryable=False,
             ))
+        if self.cancellations.is_canceled(envelope.run_id):
+            raise _Failure(failure(
+                "RunCanceled",
+                f"run {envelope.run_id} was canceled; node {envelope.node_id!r} was not started",
+                retryable=False,
+            ))
         try:
-            bound_args = payload.decode_args(envelope.args_json)
+            bound_args = _with_iteration_data(task, envelope, payload.decode_args(envelope.args_json))
             call = bind(task, node_id=envelope.node_id, bound_args=bound_args,
                         input_node_ids=list(envelope.input_node_ids), upstream=upstream,
                         upstream_types=upstream_types, decode=payload.decode)
@@ -218,18 +243,22 @@ class Runner:
 
     def _context(self, envelope: messages_pb2.TaskEnvelope, task: TaskFunc) -> TaskContext:
         backend = self._channel_factory(envelope.run_id) if self._channel_factory else _NoChannel()
-        return TaskContext(
+        ctx = TaskContext(
             run_id=envelope.run_id, node_id=envelope.node_id, task_type=task.name,
             attempt=envelope.attempt, max_attempts=envelope.max_attempts, worker_id=self.worker_id,
             channel=Channel(backend), cycle=envelope.cycle,
+            max_cycles=envelope.max_cycles or DEFAULT_MAX_CYCLES,
+            cancel_event=self.cancellations.event(envelope.run_id),
         )
+        self._contexts[id(envelope)] = ctx
+        return ctx
 
     async def _invoke(self, task: TaskFunc, args: list[Any], kwargs: dict[str, Any],
                       timeout: float | None) -> Any:
         await self._running.acquire()
         release = True
         try:
-            scope = asyncio.timeout(timeout)
+            scope = asyncio.timeout(timeout) if timeout is not None else _NO_TIMEOUT
             if task.is_async:
                 try:
                     async with scope:
@@ -244,7 +273,7 @@ class Runner:
             )
             try:
                 async with scope:
-                    return await asyncio.wrap_future(future)
+                    return await self._completion(future)
             except TimeoutError:
                 if scope.expired():
                     release = not self._abandon(future)
@@ -256,6 +285,13 @@ class Runner:
         finally:
             if release:
                 self._running.release()
+
+    def _completion(self, future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+        """``future`` awaitable on the running loop (completions reach the loop in batches)."""
+        loop = asyncio.get_running_loop()
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = CompletionBridge(loop)
+        return self._bridge.wrap(future)
 
     def _abandon(self, future: concurrent.futures.Future[Any]) -> bool:
         """Leave a still-running thread behind; its slot is given back when it returns."""
@@ -280,6 +316,39 @@ class Runner:
 
         future.add_done_callback(on_done)
         return True
+
+
+def _with_iteration_data(task: TaskFunc, envelope: messages_pb2.TaskEnvelope,
+                         bound_args: dict[str, Any]) -> dict[str, Any]:
+    """The bound arguments plus ``data`` from the previous cycle's ctx.next_iteration(data)."""
+    if not envelope.iteration_data_json:
+        return bound_args
+    params = task.signature.parameters.values()
+    if not any(p.name == "data" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise BindingError(
+            "InvalidArguments",
+            f"node {envelope.node_id!r} (cycle {envelope.cycle}) received data from "
+            "ctx.next_iteration(data), "
+            f"but task {task.name!r} has no parameter `data`: add one (`data=None` for its first run)",
+            retryable=False,
+        )
+    return {**bound_args, "data": json.loads(envelope.iteration_data_json)}
+
+
+class _NoTimeout:
+    """The scope of an attempt without a timeout (``asyncio.timeout(None)`` costs more per task)."""
+
+    async def __aenter__(self) -> _NoTimeout:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def expired(self) -> bool:
+        return False
+
+
+_NO_TIMEOUT = _NoTimeout()
 
 
 class _NoChannel:

@@ -48,13 +48,18 @@ class WorkerSettings(ServiceSettings):
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list, validate_default=True)
     # Deliveries held at once (running or waiting for their commit); also the thread-pool size.
-    concurrency: int = Field(default=8, ge=1)
+    # It also bounds the read and commit batches: with 8, tiny tasks spent most of their time in
+    # per-batch costs (a GetResults and a PutResults per handful of tasks), so the default is 64.
+    concurrency: int = Field(default=64, ge=1)
     coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
     result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
     # gRPC health endpoint; port 0 picks a free port (reported to the coordinator).
     health_address: str = "127.0.0.1:0"
-    # How long one XREADGROUP blocks waiting for new entries.
-    read_block_ms: int = Field(default=2000, ge=1)
+    # How long one XREADGROUP blocks waiting for new entries. Keep it below the coordinator's lease
+    # minus its heartbeat interval: Redis serves a blocked read even while the process is paused
+    # (SIGSTOP), so a longer block lets a worker reaped for missing its lease still take a delivery
+    # (the coordinator reclaims it from the orphaned consumer, but only after another lease).
+    read_block_ms: int = Field(default=1000, ge=1)
     # Most finished attempts committed by one PutResults + MULTI.
     commit_batch_max: int = Field(default=256, ge=1)
     # Frames kept in the traceback summary of a failed task.

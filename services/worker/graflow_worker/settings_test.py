@@ -37,7 +37,7 @@ def test_defaults_work_on_one_machine(monkeypatch):
     monkeypatch.setenv("GRAFLOW_WORKER_TASK_MODULES", "app.tasks")
     settings = load_settings(WorkerSettings)
     assert settings.queues == ["default"]
-    assert settings.concurrency == 8
+    assert settings.concurrency == 64
     assert settings.health_address == "127.0.0.1:0"
     assert settings.coordinator_address == "127.0.0.1:50052"
     assert settings.result_store_address == "127.0.0.1:50053"

@@ -107,6 +107,8 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
         self.live: set[str] = set()
         self.fail_heartbeats = False
         self.commands: list[int] = []
+        # Listed as canceled in every heartbeat response.
+        self.canceled_run_ids: list[str] = []
 
     async def RegisterWorker(self, request, context):  # noqa: N802
         self.registrations.append(request)
@@ -122,7 +124,7 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown worker {request.worker_id}")
         self.heartbeats.append(request)
         commands, self.commands = self.commands, []
-        return co_pb2.HeartbeatResponse(commands=commands)
+        return co_pb2.HeartbeatResponse(commands=commands, canceled_run_ids=self.canceled_run_ids)
 
     async def DeregisterWorker(self, request, context):  # noqa: N802
         self.deregistrations.append(request.worker_id)

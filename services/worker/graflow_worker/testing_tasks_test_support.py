@@ -166,3 +166,32 @@ async def async_channel(ctx: TaskContext, key: str) -> Any:
 @task(inject_context=True)
 async def async_channel_direct(ctx: TaskContext, key: str) -> Any:
     return ctx.channel.get(key)
+
+
+# ---- dynamic control flow and cancellation (runner_flow_test.py) ----
+@task(inject_context=True)
+def steer(ctx: TaskContext, fail: bool = False) -> dict[str, Any]:
+    """Records a goto and a next_task, then fails when asked (its directives are then dropped)."""
+    ctx.goto("elsewhere")
+    ctx.next_task(add, a=1)
+    if fail:
+        raise ValueError("failed after recording directives")
+    return {"cycle": ctx.cycle_count, "max_cycles": ctx.max_cycles, "can_iterate": ctx.can_iterate()}
+
+
+@task
+def refine(draft: int = 0, data: Any = None) -> Any:
+    return {"draft": draft, "data": data}
+
+
+@task(inject_context=True)
+async def wait_for_cancel(ctx: TaskContext, timeout_s: float = 10.0) -> str:
+    """Waits until its run is canceled (cooperatively), at most ``timeout_s``."""
+    PROBE.enter(f"wait_for_cancel:{ctx.run_id}")
+    PROBE.leave()
+    deadline = time.monotonic() + timeout_s
+    while not ctx.is_canceled():
+        if time.monotonic() > deadline:
+            return "never canceled"
+        await asyncio.sleep(0.01)
+    return "saw the cancel"

@@ -131,6 +131,7 @@ class Worker:
                                                s.concurrency, self.health_address),
                 in_flight=lambda: self.consumer.held if self.consumer else 0,
                 on_drain=self.request_stop,
+                on_canceled=self.runner.cancellations.cancel,
             )
             if not await self.membership.register(self._stop_requested):
                 return

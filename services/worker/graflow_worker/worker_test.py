@@ -42,7 +42,7 @@ async def test_delivery_runs_and_its_outcome_is_appended_together_with_its_ack(s
     worker = await stack.start_worker()
     await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1, "b": 2}))
     [outcome] = await wait_outcomes(stack.redis, 1)
-    # The outcome is visible only together with the acknowledgement (one MULTI).
+    # The outcome is visible only together with the acknowledgement (one atomic script).
     assert await pending_count(stack.redis) == 0
     assert (outcome.run_id, outcome.node_id, outcome.attempt) == ("r1", "a", 1)
     assert outcome.status == SUCCEEDED and outcome.has_result

@@ -1,0 +1,104 @@
+"""The operators' client of the coordinator: live workers and dead letters.
+
+    with Operators() as ops:                       # GRAFLOW_COORDINATOR_ADDRESS or 127.0.0.1:50052
+        for worker in ops.workers(): ...
+        for letter in ops.dead_letters(limit=20): ...
+        ops.replay_dead_letters(["1700000000000-0"])
+
+Like :class:`graflow.Client`: every call has a deadline, sends the bearer token when one is set
+(``GRAFLOW_AUTH_TOKEN``), and raises :class:`ServiceUnavailableError` when the coordinator does not
+answer, :class:`ServiceCallError` when it refuses a call. Workers and dead letters are the
+contract's messages (``graflow_api.v1.coordinator_pb2.WorkerInfo``, ``messages_pb2.DeadLetter``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from graflow.client import _Endpoint
+from graflow.errors import GraflowError
+from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
+from graflow_runtime.settings import DEFAULT_COORDINATOR_ADDRESS
+
+WorkerInfo = coordinator_pb2.WorkerInfo
+DeadLetter = messages_pb2.DeadLetter
+# Dead letters per ListDeadLetters page (the coordinator's maximum).
+PAGE = 1000
+
+
+class DeadLetterNotFoundError(GraflowError, LookupError):
+    """No dead letter has that id (already replayed, or never existed)."""
+
+
+class Operators:
+    """Talks to the coordinator on behalf of an operator."""
+
+    def __init__(
+        self, coordinator: str | None = None, *, auth_token: str | None = None, timeout: float = 10.0
+    ) -> None:
+        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._coordinator = _Endpoint(
+            "coordinator",
+            coordinator or os.environ.get("GRAFLOW_COORDINATOR_ADDRESS") or DEFAULT_COORDINATOR_ADDRESS,
+            metadata,
+            timeout,
+            coordinator_pb2_grpc.CoordinatorStub,
+        )
+
+    @property
+    def coordinator_address(self) -> str:
+        return self._coordinator.address
+
+    def workers(self) -> list[WorkerInfo]:
+        """Live workers (lease not expired), as the coordinator knows them."""
+        return list(self._coordinator.call("ListWorkers", coordinator_pb2.ListWorkersRequest()).workers)
+
+    def dead_letters(self, *, limit: int = 100, after_id: str = "") -> list[DeadLetter]:
+        """Dead letters, oldest first, at most ``limit`` (0 = all), after ``after_id`` (exclusive)."""
+        return list(self.iter_dead_letters(limit=limit, after_id=after_id))
+
+    def iter_dead_letters(self, *, limit: int = 0, after_id: str = "") -> Iterator[DeadLetter]:
+        """Dead letters page by page, oldest first (``limit`` 0 = all)."""
+        yielded = 0
+        while limit <= 0 or yielded < limit:
+            page_size = PAGE if limit <= 0 else min(PAGE, limit - yielded)
+            request = coordinator_pb2.ListDeadLettersRequest(limit=page_size, after_id=after_id)
+            page = self._coordinator.call("ListDeadLetters", request).dead_letters
+            yield from page
+            yielded += len(page)
+            if len(page) < page_size:
+                return
+            after_id = page[-1].id
+
+    def dead_letter(self, letter_id: str) -> DeadLetter:
+        """One dead letter; raises :class:`DeadLetterNotFoundError`."""
+        request = coordinator_pb2.ListDeadLettersRequest(ids=[letter_id])
+        found = self._coordinator.call("ListDeadLetters", request).dead_letters
+        if not found:
+            raise DeadLetterNotFoundError(
+                f"no dead letter {letter_id!r} at the coordinator {self.coordinator_address} "
+                "(already replayed, or never existed); list them with `graflow dead-letters list`"
+            )
+        return found[0]
+
+    def replay_dead_letters(self, ids: Iterable[str] = (), *, replay_all: bool = False) -> int:
+        """Put dead letters back on their queues; returns how many were replayed. Naming an id that
+        does not exist replays nothing and raises :class:`DeadLetterNotFoundError`."""
+        request = coordinator_pb2.ReplayDeadLettersRequest(ids=list(ids), all=replay_all)
+        response = self._coordinator.call(
+            "ReplayDeadLetters", request, {grpc.StatusCode.NOT_FOUND: DeadLetterNotFoundError}
+        )
+        return int(response.replayed)
+
+    def close(self) -> None:
+        self._coordinator.close()
+
+    def __enter__(self) -> Operators:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

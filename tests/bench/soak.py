@@ -1,0 +1,413 @@
+"""Soak: N tasks through W workers while a random worker is SIGKILLed every few seconds.
+
+    ./pants run tests/bench/soak.py -- [--tasks 20000] [--workers 4] [--kill-every 3]
+        [--run-size 2000] [--runs-in-flight 2] [--task-ms 10] [--retention-s 20] [--seed N]
+    # the documented target (issue #3):
+    ./pants run tests/bench/soak.py -- --tasks 100000 --workers 4 --kill-every 3
+
+Starts a private redis-server, an observer redis-server and the four services as processes, then
+submits runs of ``--run-size`` tasks (``soak_start >> parallel(units) >> soak_total``), keeping
+``--runs-in-flight`` runs going, until ``--tasks`` tasks were submitted. Meanwhile, every
+``--kill-every`` seconds, a random live worker is SIGKILLed and a replacement started. It prints:
+
+- tasks submitted, and lost tasks: task nodes of runs that did not finish, or that are not
+  SUCCEEDED in their run's state (expected 0);
+- duplicated effects on run state: task nodes that succeeded more than once in their run's event
+  history (expected 0); reported apart, raw task-body re-executions (every body execution is
+  counted on the observer Redis): at-least-once re-runs of tasks whose worker died mid-task,
+  which must not show in run state;
+- recovery times p50/p99: from a kill to each task the killed worker held (its pending entries at
+  the kill) being SUCCEEDED in run state, i.e. completed on another worker (the issue's goal:
+  p50 < 3 s with the coordinator's default lease);
+- RSS of each service process and of Redis (plus Redis ``used_memory`` and stream lengths) at
+  start (after a warm-up run) and at the end (expected: flat).
+
+Ended runs' keys expire after ``--retention-s`` (scheduler and result-store retention; each run
+is checked as soon as it ends); after the load the script waits for that, so the last memory
+column ("settled") shows what is left once nothing is retained: it should be back near the start.
+The victim of each kill is a random worker among those holding deliveries at that moment (any
+worker when none does), so that kills measure recovery. Exit status 1 when anything was lost or
+duplicated.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402 - the environment must be set before grpc is imported
+import os
+
+# The main thread spawns workers while the driver thread's gRPC calls are in flight; gRPC core's
+# fork handlers would re-initialise gRPC in the child between fork and exec, which can abort it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import argparse
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from graflow import GraflowError, parallel, workflow
+from graflow.devstack import SERVERS, LocalStack, ServiceProcess
+from graflow_api.v1 import messages_pb2
+from graflow_runtime import keys
+from graflow_runtime.local_redis import LocalRedis
+from tests.bench.soak_tasks import soak_start, soak_total, soak_unit
+
+ENDED = {b"SUCCEEDED", b"FAILED", b"CANCELED"}
+QUEUE = keys.queue_stream("default")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def rss_mib(pid: int | None) -> float:
+    """Resident set size of a process in MiB (NaN when it is gone)."""
+    if pid is None:
+        return float("nan")
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def memory(stack: LocalStack, bus: redis.Redis) -> dict[str, float]:
+    out = {name: rss_mib(stack.servers[name].pid) for name in SERVERS}
+    live = [w for w in stack.workers if w.running]
+    for worker in live:
+        out[worker.name] = rss_mib(worker.pid)
+    out["workers (mean)"] = statistics.fmean(rss_mib(w.pid) for w in live) if live else float("nan")
+    redis_process = stack.redis.process if stack.redis else None
+    out["redis"] = rss_mib(redis_process.pid if redis_process else None)
+    info = bus.info("memory")
+    out["redis used_memory"] = int(info["used_memory"]) / 2**20
+    out["stream gf:outcomes (entries)"] = bus.xlen(keys.OUTCOMES_STREAM)
+    out[f"stream {QUEUE} (entries)"] = bus.xlen(QUEUE)
+    out["keys in redis"] = bus.dbsize()
+    out["  of which gf:dispatch:* (*)"] = sum(1 for _ in bus.scan_iter(match="gf:dispatch:*", count=1000))
+    return out
+
+
+# ---- the runs ----
+@dataclass
+class Totals:
+    runs_submitted: int = 0
+    runs_succeeded: int = 0
+    runs_not_finished: int = 0
+    runs_failed: int = 0
+    tasks_submitted: int = 0
+    lost_tasks: int = 0
+    duplicated: int = 0
+    reruns: int = 0
+    never_ran: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+class Driver(threading.Thread):
+    """Submits the runs, keeps ``in_flight`` going, checks each one as soon as it ends."""
+
+    def __init__(self, stack: LocalStack, bus: redis.Redis, fx: redis.Redis, spec: object,
+                 task_ids: list[str], runs: int, in_flight: int, run_timeout_s: float) -> None:
+        super().__init__(name="soak-driver", daemon=True)
+        self.stack, self.bus, self.fx = stack, bus, fx
+        self.spec, self.task_ids = spec, task_ids
+        self.runs, self.in_flight, self.run_timeout_s = runs, in_flight, run_timeout_s
+        self.totals = Totals()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._drive()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+
+    def _drive(self) -> None:
+        active: dict[str, float] = {}
+        with self.stack.client(timeout=30) as client:
+            while self.totals.runs_submitted < self.runs or active:
+                while self.totals.runs_submitted < self.runs and len(active) < self.in_flight:
+                    active[self._submit(client)] = time.monotonic()
+                for run_id, began in list(active.items()):
+                    status = self.bus.hget(keys.run_meta(run_id), "status")
+                    if status in ENDED:
+                        del active[run_id]
+                        self.check(run_id, finished=True)
+                    elif time.monotonic() - began > self.run_timeout_s:
+                        del active[run_id]
+                        self.check(run_id, finished=False)
+                time.sleep(0.05)
+
+    def _submit(self, client: object) -> str:
+        for attempt in range(20):
+            try:
+                run = client.submit(self.spec)  # type: ignore[attr-defined]
+                break
+            except GraflowError as exc:
+                if attempt == 19:
+                    raise
+                print(f"  submit failed ({exc}); retrying", file=sys.stderr)
+                time.sleep(0.5)
+        self.totals.runs_submitted += 1
+        self.totals.tasks_submitted += len(self.task_ids)
+        return run.id
+
+    def check(self, run_id: str, *, finished: bool) -> None:
+        t = self.totals
+        status = (self.bus.hget(keys.run_meta(run_id), "status") or b"?").decode()
+        states = {k.decode(): v for k, v in self.bus.hgetall(keys.run_state(run_id)).items()}
+        not_succeeded = [n for n in self.task_ids if states.get(n) != b"SUCCEEDED"]
+        if not finished:
+            t.runs_not_finished += 1
+            t.failures.append(f"run {run_id} did not finish within {self.run_timeout_s:.0f}s ({status})")
+        elif status == "SUCCEEDED":
+            t.runs_succeeded += 1
+        else:
+            t.runs_failed += 1
+            error = (self.bus.hget(keys.run_meta(run_id), "error") or b"")[:300]
+            t.failures.append(f"run {run_id} ended {status}: {error!r}")
+        t.lost_tasks += len(not_succeeded)
+        successes: Counter[str] = Counter()
+        start = "-"
+        while True:
+            page = self.bus.xrange(keys.run_events(run_id), min=start, max="+", count=10_000)
+            for _entry_id, fields in page:
+                if fields.get(b"t") == b"NODE_SUCCEEDED":
+                    successes[fields[b"n"].decode()] += 1
+            if len(page) < 10_000:
+                break
+            start = "(" + page[-1][0].decode()
+        t.duplicated += sum(c - 1 for c in successes.values() if c > 1)
+        runs = {k.decode(): int(v) for k, v in self.fx.hgetall(f"soak:fx:{run_id}").items()}
+        t.reruns += sum(c - 1 for c in runs.values() if c > 1)
+        t.never_ran += sum(1 for n in successes if n in self.task_ids and runs.get(n, 0) == 0)
+
+
+# ---- the kills ----
+@dataclass
+class Kill:
+    worker: str
+    at: float
+    held: list[tuple[str, str]]
+    done: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+class RecoveryTracker(threading.Thread):
+    """Polls run state for the tasks each killed worker held; records kill -> SUCCEEDED."""
+
+    def __init__(self, bus: redis.Redis) -> None:
+        super().__init__(name="soak-recovery", daemon=True)
+        self.bus = bus
+        self.kills: list[Kill] = []
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def add(self, kill: Kill) -> None:
+        with self._lock:
+            self.kills.append(kill)
+
+    def open_tasks(self) -> list[tuple[Kill, tuple[str, str]]]:
+        with self._lock:
+            return [(k, t) for k in self.kills for t in k.held if t not in k.done]
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            todo = self.open_tasks()
+            if not todo:
+                continue
+            pipe = self.bus.pipeline(transaction=False)
+            for _kill, (run_id, node_id) in todo:
+                pipe.hget(keys.run_state(run_id), node_id)
+            now = time.monotonic()
+            for (kill, task), state in zip(todo, pipe.execute(), strict=True):
+                if state == b"SUCCEEDED":
+                    kill.done[task] = now - kill.at
+
+    def samples(self) -> list[float]:
+        return [s for k in self.kills for s in k.done.values()]
+
+
+def held_by(bus: redis.Redis, worker_id: str) -> list[tuple[str, str]]:
+    """(run, node) of the deliveries pending for ``worker_id`` (it was just killed)."""
+    rows = bus.xpending_range(QUEUE, keys.WORKER_GROUP, "-", "+", 10_000, consumername=worker_id)
+    out = []
+    pipe = bus.pipeline(transaction=False)
+    for row in rows:
+        pipe.xrange(QUEUE, min=row["message_id"], max=row["message_id"], count=1)
+    for entries in pipe.execute() if rows else []:
+        if not entries:
+            continue
+        try:
+            env = messages_pb2.TaskEnvelope.FromString(entries[0][1].get(keys.ENVELOPE_FIELD, b""))
+        except Exception:  # noqa: BLE001 - a foreign entry: not a task of ours
+            continue
+        out.append((env.run_id, env.node_id))
+    return out
+
+
+def worker_id_of(process: ServiceProcess) -> str:
+    return process.env["GRAFLOW_WORKER_WORKER_ID"]
+
+
+def kill_one(stack: LocalStack, bus: redis.Redis, rng: random.Random, tracker: RecoveryTracker) -> str | None:
+    """SIGKILL a random worker among those registered with the coordinator that hold deliveries
+    (any registered one when none does), then start a replacement without waiting for it (on 2
+    busy cores a worker takes seconds to come up)."""
+    live = [w for w in stack.workers if w.running]
+    registered = [w for w in live if bus.zscore(keys.WORKERS_INDEX, worker_id_of(w)) is not None]
+    if not registered:
+        return None
+    summary = bus.xpending(QUEUE, keys.WORKER_GROUP)
+    holding = {c["name"].decode() for c in summary["consumers"] if int(c["pending"]) > 0}
+    busy = [w for w in registered if worker_id_of(w) in holding]
+    process = rng.choice(busy or registered)
+    worker_id = worker_id_of(process)
+    at = time.monotonic()
+    process.send(signal.SIGKILL)
+    if process.popen is not None:
+        process.popen.wait(timeout=10)
+    tracker.add(Kill(worker_id, at, held_by(bus, worker_id)))
+    stack.start_worker(wait=False)
+    return worker_id
+
+
+# ---- main ----
+def build_spec(run_size: int, task_ms: float) -> tuple[object, list[str]]:
+    units = max(1, run_size - 2)
+    with workflow("soak") as wf:
+        soak_start(task_id="start") >> parallel(
+            *[soak_unit(task_id=f"u{i}", i=i, ms=task_ms) for i in range(units)]
+        ) >> soak_total(task_id="total")
+    spec = wf.spec()
+    return spec, [node.id for node in spec.nodes]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks to push through (default 20000)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
+    parser.add_argument("--run-size", type=int, default=2000, help="tasks per run")
+    parser.add_argument("--runs-in-flight", type=int, default=2)
+    parser.add_argument("--task-ms", type=float, default=10.0, help="time each task takes")
+    parser.add_argument("--retention-s", type=int, default=20, help="retention of ended runs")
+    parser.add_argument("--run-timeout", type=float, default=300.0, help="a run not ended by then is lost")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.run_size < 3 or args.tasks < args.run_size or args.workers < 2:
+        parser.error("need --run-size >= 3, --tasks >= --run-size and --workers >= 2")
+    rng = random.Random(args.seed)
+    spec, task_ids = build_spec(args.run_size, args.task_ms)
+    runs = -(-args.tasks // len(task_ids))
+    out = sys.stdout.write
+
+    observer = LocalRedis().start()
+    server = LocalRedis().start()
+    env = {
+        "GRAFLOW_SOAK_EFFECTS_URL": observer.url,
+        "GRAFLOW_SCHEDULER_RETENTION_S": str(args.retention_s),
+        "GRAFLOW_RESULT_STORE_RETENTION_S": str(args.retention_s),
+    }
+    stack = LocalStack(workers=args.workers, task_modules=["tests.bench.soak_tasks"], redis=server, env=env)
+    bus = redis.Redis.from_url(server.url)
+    fx = redis.Redis.from_url(observer.url)
+    tracker = RecoveryTracker(redis.Redis.from_url(server.url))
+    try:
+        stack.start()
+        out(f"stack up (logs in {stack.log_dir}); warming up with one run of {len(task_ids)} tasks\n")
+        warm = Driver(stack, bus, fx, spec, task_ids, 1, 1, args.run_timeout)
+        warm.run()
+        if warm.error or warm.totals.runs_succeeded != 1:
+            raise RuntimeError(f"the warm-up run failed: {warm.error or warm.totals.failures}")
+        mem_start = memory(stack, bus)
+
+        driver = Driver(stack, bus, fx, spec, task_ids, runs, args.runs_in_flight, args.run_timeout)
+        tracker.start()
+        began = time.monotonic()
+        driver.start()
+        next_kill = began + args.kill_every
+        while driver.is_alive():
+            driver.join(timeout=max(0.0, next_kill - time.monotonic()))
+            if driver.is_alive() and time.monotonic() >= next_kill:
+                next_kill += args.kill_every
+                killed = kill_one(stack, bus, rng, tracker)
+                if killed is None:
+                    continue
+                out(f"  {time.monotonic() - began:7.1f}s  killed {killed:<15} holding "
+                    f"{len(tracker.kills[-1].held):3d} tasks; runs submitted "
+                    f"{driver.totals.runs_submitted}/{runs}\n")
+        elapsed = time.monotonic() - began
+        if driver.error is not None:
+            raise driver.error
+        deadline = time.monotonic() + 60
+        while tracker.open_tasks() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tracker.stop.set()
+        tracker.join()
+        mem_end = memory(stack, bus)
+        # Settle: ended runs expire after the retention; streams are trimmed by the periodic sweeps.
+        out(f"load done; waiting {args.retention_s + 15} s for ended runs to expire\n")
+        time.sleep(args.retention_s + 15)
+        mem_settled = memory(stack, bus)
+    finally:
+        tracker.stop.set()
+        stack.stop()
+        bus.close()
+        fx.close()
+        server.close()
+        observer.close()
+
+    t = driver.totals
+    samples = tracker.samples()
+    held = sum(len(k.held) for k in tracker.kills)
+    unrecovered = held - len(samples)
+    out(f"\nGraflow soak: {t.tasks_submitted} tasks in {t.runs_submitted} runs of {len(task_ids)}, "
+        f"{args.workers} workers, a random worker SIGKILLed every {args.kill_every:g} s\n")
+    rows = [
+        ("elapsed", f"{elapsed:.1f} s ({t.tasks_submitted / elapsed:.0f} tasks/s)"),
+        ("tasks submitted", f"{t.tasks_submitted}"),
+        ("runs succeeded / submitted", f"{t.runs_succeeded} / {t.runs_submitted}"
+         f" (failed {t.runs_failed}, not finished {t.runs_not_finished})"),
+        ("lost tasks", f"{t.lost_tasks}  (task nodes not SUCCEEDED; expected 0)"),
+        ("duplicated effects on run state",
+         f"{t.duplicated}  (extra NODE_SUCCEEDED in histories; expected 0)"),
+        ("at-least-once re-runs", f"{t.reruns}  (task bodies executed again after a kill; not in run state)"),
+        ("worker kills", f"{len(tracker.kills)}  (tasks held by the killed workers: {held})"),
+        ("recovery p50 / p99", f"{percentile(samples, 0.5):.2f} s / {percentile(samples, 0.99):.2f} s"
+         f"  (kill -> held task SUCCEEDED elsewhere; n={len(samples)}, not recovered {unrecovered})"),
+    ]
+    for label, value in rows:
+        out(f"  {label:<34}{value}\n")
+    if t.never_ran:
+        out(f"  ANOMALY: {t.never_ran} nodes succeeded without their body being counted\n")
+    for failure in t.failures[:10]:
+        out(f"  ! {failure}\n")
+    out(f"\n  {'memory (MiB RSS unless noted)':<34}{'start':>10}{'end':>10}{'settled':>10}\n")
+    for name in dict.fromkeys([*mem_start, *mem_end]):
+        if name.startswith("worker-"):
+            continue  # individual workers are replaced; their mean is shown
+        values = [m.get(name, float("nan")) for m in (mem_start, mem_end, mem_settled)]
+        digits = 1 if isinstance(values[0], float) else 0
+        out(f"  {name:<34}" + "".join(f"{v:>10.{digits}f}" for v in values) + "\n")
+    out("  start: after a warm-up run; end: when the last run ended; settled: once ended runs expired\n"
+        f"  (--retention-s {args.retention_s}). Workers: mean over the live ones (killed ones are\n"
+        "  replaced).\n"
+        "  (*) the coordinator's per-run dispatch records outlive the run: they expire after\n"
+        "  GRAFLOW_COORDINATOR_DISPATCH_RECORD_TTL_S (7 days by default), not after --retention-s.\n")
+    ok = t.lost_tasks == 0 and t.duplicated == 0 and t.runs_not_finished == 0 and t.runs_failed == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
