@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from graflow import payload
 from graflow.dsl import TaskFunc, TaskNode
 from graflow.errors import TaskCanceledError, WorkflowDefinitionError
+from graflow.typed import from_json
 from graflow_api.v1 import messages_pb2
 
 MAX_DIRECTIVES = 1000
 DEFAULT_MAX_CYCLES = 100
 
 _MISSING = object()
+T = TypeVar("T")
 
 
 class ChannelBackend(Protocol):
@@ -40,6 +42,18 @@ class ChannelBackend(Protocol):
     def delete(self, keys: list[str]) -> int: ...
 
     def keys(self) -> list[str]: ...
+
+    def update(self, key: str, operation: str, value: Any, ttl_s: float | None) -> Any:
+        """Atomic ``"append"``/``"prepend"`` (lists) or ``"add"`` (numbers; returns the new value)."""
+        ...
+
+
+class CheckpointBackend(Protocol):
+    """Storage of a node's checkpoint; the worker supplies one backed by the result-store."""
+
+    def put_checkpoint(self, node_id: str, state: Any) -> None: ...
+
+    def get_checkpoint(self, node_id: str) -> tuple[bool, Any]: ...
 
 
 class Channel:
@@ -64,6 +78,29 @@ class Channel:
     def keys(self) -> list[str]:
         return self._backend.keys()
 
+    def append(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Add ``value`` at the end of the list under ``key`` (a missing key starts as ``[]``),
+        atomically: appends from tasks running at the same time are all kept."""
+        self._backend.update(key, "append", value, ttl)
+
+    def prepend(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Add ``value`` at the start of the list under ``key`` (atomically, as :meth:`append`)."""
+        self._backend.update(key, "prepend", value, ttl)
+
+    def add(self, key: str, amount: int | float = 1, *, ttl: float | None = None) -> int | float:
+        """Add ``amount`` to the number under ``key`` (a missing key starts at 0), atomically;
+        returns the new value."""
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise TypeError(f"add() takes a number, not {type(amount).__name__}")
+        return self._backend.update(key, "add", amount, ttl)  # type: ignore[no-any-return]
+
+    def get_typed(self, key: str, cls: type[T], default: Any = None) -> T | Any:
+        """The value under ``key`` as a ``cls`` (a dataclass, nested ones included, or a class
+        with ``model_validate``), else ``default``. Values are stored as JSON: ``set`` a
+        dataclass and read it back with this."""
+        value = self._backend.get_many([key]).get(key, _MISSING)
+        return default if value is _MISSING else from_json(cls, value)
+
 
 @dataclass
 class TaskContext:
@@ -86,6 +123,9 @@ class TaskContext:
     # Directives recorded by this attempt, sent with its outcome when it succeeds.
     directives: list[messages_pb2.Directive] = field(default_factory=list, repr=False)
     _cancel_requested: bool = field(default=False, repr=False)
+    # Where checkpoints go (the worker's result-store backend; None: checkpoints are unavailable).
+    checkpoints: CheckpointBackend | None = field(default=None, repr=False)
+    _checkpoint: Any = field(default=_MISSING, repr=False)
 
     @property
     def task_id(self) -> str:
@@ -177,6 +217,32 @@ class TaskContext:
                 "that is the limit"
             )
         self.directives.append(directive)
+
+    # ---- checkpoints ----
+    def checkpoint(self, state: Any) -> None:
+        """Store this node's progress (JSON) in the result-store. When the node runs again after a
+        crash, a retry or a reclaim of its attempt, :attr:`last_checkpoint` returns the last state
+        stored, so the task can skip the work it already did."""
+        self._checkpoint_backend().put_checkpoint(self.node_id, state)
+        self._checkpoint = state
+
+    @property
+    def last_checkpoint(self) -> Any:
+        """The state of this node's last :meth:`checkpoint` in this run (by any attempt), or None.
+        Fetched from the result-store on first use only."""
+        return self.restore()
+
+    def restore(self, default: Any = None) -> Any:
+        """The last checkpointed state of this node, else ``default``."""
+        if self._checkpoint is _MISSING:
+            found, state = self._checkpoint_backend().get_checkpoint(self.node_id)
+            self._checkpoint = state if found else None
+        return default if self._checkpoint is None else self._checkpoint
+
+    def _checkpoint_backend(self) -> CheckpointBackend:
+        if self.checkpoints is None:
+            raise RuntimeError("checkpoints need a worker connected to the result-store")
+        return self.checkpoints
 
     # ---- cancellation ----
     def is_canceled(self) -> bool:

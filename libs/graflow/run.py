@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from graflow.errors import GraflowError, GroupFailedError, RunCanceledError, RunFailedError, TaskError
+from graflow.typed import from_json
 from graflow_api.v1 import common_pb2, scheduler_pb2, workflow_pb2
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ class RunChannel:
 
     def keys(self) -> list[str]:
         return self._client.channel_keys(self.run_id)
+
+    def get_typed(self, key: str, cls: type[Any], default: Any = None) -> Any:
+        """The value under ``key`` as a ``cls`` (a dataclass or a class with ``model_validate``)."""
+        values = self._client.channel_get(self.run_id, [key])
+        return from_json(cls, values[key]) if key in values else default
 
 
 class Run:

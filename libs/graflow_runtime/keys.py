@@ -110,5 +110,10 @@ def channel(run_id: str) -> str:
     return f"{PREFIX}:chan:{{{run_id}}}"
 
 
+def checkpoints(run_id: str) -> str:
+    """hash node_id -> Payload bytes of the node's last ``ctx.checkpoint(state)``."""
+    return f"{PREFIX}:ckpt:{{{run_id}}}"
+
+
 def graph(graph_hash: str) -> str:
     return f"{PREFIX}:graph:{graph_hash}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -317,3 +318,71 @@ def fail_after(ctx: TaskContext, others: list[str], message: str = "member broke
         time.sleep(0.02)
     record(ctx)
     raise ValueError(message)
+
+
+# ---- channels and checkpoints (channels_test.py) ----
+@dataclass
+class ChannelNote:
+    author: str
+    words: list[str]
+
+
+@task(inject_context=True)
+def chan_writer(ctx: TaskContext) -> str:
+    """Writes channel values, then holds its worker until a reader elsewhere acknowledges them (so
+    with one slot per worker the two ran on different workers)."""
+    ctx.channel.set("greeting", "hello from the writer")
+    ctx.channel.set("note", ChannelNote(author=ctx.worker_id, words=["a", "b"]))
+    deadline = time.monotonic() + 30
+    while not ctx.channel.exists("read_by"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no reader acknowledged the channel values within 30 s")
+        time.sleep(0.02)
+    return ctx.worker_id
+
+
+@task(inject_context=True)
+def chan_reader(ctx: TaskContext) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while (greeting := ctx.channel.get("greeting", None)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the writer's channel values did not appear within 30 s")
+        time.sleep(0.02)
+    note = ctx.channel.get_typed("note", ChannelNote)
+    ctx.channel.set("read_by", ctx.worker_id)
+    return {"worker": ctx.worker_id, "greeting": greeting, "note_author": note.author,
+            "note_words": note.words, "typed": isinstance(note, ChannelNote)}
+
+
+@task(inject_context=True)
+def chan_params(ctx: TaskContext, chan_writer: str, greeting: str,
+                fallback: str = "default") -> dict[str, str]:
+    """``greeting`` is no upstream task: it comes from the channel; ``fallback`` from its default."""
+    return {"writer": chan_writer, "greeting": greeting, "fallback": fallback}
+
+
+@task(inject_context=True)
+def chan_count(ctx: TaskContext, i: int, times: int = 20) -> int:
+    for step in range(times):
+        ctx.channel.add("total", i)
+        ctx.channel.append("log", f"{i}:{step}")
+    ctx.channel.prepend("members", i)
+    return i
+
+
+@task(inject_context=True, retry=RetryPolicy(max_attempts=3, initial_interval=0.05, jitter=0))
+def chan_checkpointed(ctx: TaskContext, steps: int = 5, fail_at: int = 3,
+                      crash: bool = False) -> dict[str, Any]:
+    """Does ``steps`` steps, each counted in ``effects:<run>:<node>:step<n>`` and checkpointed; on
+    attempt 1 it fails (raises, or kills its worker when ``crash``) just after step ``fail_at``."""
+    state = ctx.last_checkpoint or {"done": 0}
+    resumed_from = state["done"]
+    for step in range(state["done"] + 1, steps + 1):
+        effects().incr(f"effects:{ctx.run_id}:{ctx.node_id}:step{step}")
+        state = {"done": step}
+        ctx.checkpoint(state)
+        if step == fail_at and ctx.attempt == 1:
+            if crash:
+                os._exit(17)
+            raise ConnectionError(f"transient failure after step {step}")
+    return {"attempt": ctx.attempt, "resumed_from": resumed_from, "done": state["done"]}

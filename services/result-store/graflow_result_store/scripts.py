@@ -122,3 +122,98 @@ end
 return out
 """
 )
+
+# Lua can't parse protobuf in general, but a Payload has two length-delimited fields (1 content
+# type, 2 data), so the update script reads and writes them itself. List operations splice JSON
+# text (existing elements are never re-encoded, so their numbers and empty objects stay as sent);
+# ADD parses the stored number and writes it back with 17 significant digits.
+_PAYLOAD = """
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n % 128
+    n = math.floor(n / 128)
+    if n > 0 then b = b + 128 end
+    out[#out + 1] = string.char(b)
+  until n == 0
+  return table.concat(out)
+end
+local function payload_json(raw)  -- the JSON text of a Payload, or nil when it is not JSON
+  local pos, content_type, data = 1, '', ''
+  while pos <= #raw do
+    local tag = string.byte(raw, pos)
+    pos = pos + 1
+    local len, shift, b = 0, 1, 128
+    while b >= 128 do
+      b = string.byte(raw, pos)
+      if b == nil then return nil end
+      pos = pos + 1
+      len = len + (b % 128) * shift
+      shift = shift * 128
+    end
+    local field = string.sub(raw, pos, pos + len - 1)
+    pos = pos + len
+    if tag == 10 then content_type = field elseif tag == 18 then data = field else return nil end
+  end
+  if content_type ~= '' and content_type ~= 'application/json' then return nil end
+  return data
+end
+local function payload_of(json)
+  return string.char(18) .. varint(#json) .. json
+end
+"""
+
+# KEYS: channel hash, expiry hash. ARGV: key, operation (1 append, 2 prepend, 3 add), JSON text of
+# the value, ttl ms (0 = keep the key's expiry), retention s.
+# Returns {0, new Payload bytes} or {code, ''}: 1 = the stored value is not a list, 2 = not a number.
+CHANNEL_UPDATE = (
+    _NOW_MS
+    + _PAYLOAD
+    + """
+local key, op, value = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ttl_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local raw = redis.call('HGET', KEYS[1], key)
+local current = nil
+if raw and not expired(key) then
+  current = payload_json(raw)
+  if current == nil then return {op == 3 and 2 or 1, ''} end
+end
+local updated
+if op == 3 then
+  local number = 0
+  if current then
+    if not string.match(current, '^%s*%-?%d+%.?%d*[eE]?[-+]?%d*%s*$') then return {2, ''} end
+    number = tonumber(current)
+    if number == nil then return {2, ''} end
+  end
+  local sum = number + tonumber(value)
+  if sum == math.floor(sum) and math.abs(sum) < 2 ^ 53 then
+    updated = string.format('%d', sum)
+  else
+    updated = string.format('%.17g', sum)
+  end
+else
+  if current == nil then
+    updated = '[' .. value .. ']'
+  else
+    local inner = string.match(current, '^%s*%[(.*)%]%s*$')
+    if inner == nil then return {1, ''} end
+    if string.match(inner, '^%s*$') then
+      updated = '[' .. value .. ']'
+    elseif op == 1 then
+      updated = '[' .. inner .. ',' .. value .. ']'
+    else
+      updated = '[' .. value .. ',' .. inner .. ']'
+    end
+  end
+end
+local stored = payload_of(updated)
+redis.call('HSET', KEYS[1], key, stored)
+if ttl_ms > 0 then
+  redis.call('HSET', KEYS[2], key, now + ttl_ms)
+end
+redis.call('EXPIRE', KEYS[1], retention)
+redis.call('EXPIRE', KEYS[2], retention)
+return {0, stored}
+"""
+)

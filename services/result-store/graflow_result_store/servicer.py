@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, 
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_result_store.store import Disposition, ResultStore
+from graflow_result_store.store import Disposition, ResultStore, UpdateRejected
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,8 @@ def _with_status_codes(handler: Handler[ResponseT]) -> Handler[ResponseT]:
             return await handler(self, request, context)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UpdateRejected as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except REDIS_UNAVAILABLE as exc:
             log.warning("redis unavailable", rpc=handler.__name__, error=str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"result-store can't reach Redis: {exc}")
@@ -165,3 +168,58 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def ChannelKeys(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         return result_store_pb2.ChannelKeysResponse(keys=await self._store.channel_keys(request.run_id))
+
+    @_with_status_codes
+    async def ChannelUpdate(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        if not request.key:
+            raise InvalidRequest("key: a channel key must not be empty")
+        operation = request.operation
+        if operation not in _UPDATE_OPERATIONS:
+            raise InvalidRequest(f"operation must be APPEND, PREPEND or ADD, got {operation}")
+        if request.value.content_type not in ("", _JSON):
+            raise InvalidRequest(f"value must be JSON, got content type {request.value.content_type!r}")
+        self._check_size(f"key {request.key!r}: value", len(request.value.data))
+        try:
+            value = json.loads(request.value.data)
+        except ValueError as exc:
+            raise InvalidRequest(f"value is not valid JSON: {exc}") from None
+        if operation == _ADD and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidRequest(f"ADD takes a JSON number, got {request.value.data[:64]!r}")
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        stored = await self._store.channel_update(
+            request.run_id, request.key, operation, text, request.ttl_ms
+        )
+        response = result_store_pb2.ChannelUpdateResponse()
+        if operation == _ADD:
+            response.value.CopyFrom(common_pb2.Payload.FromString(stored))
+        return response
+
+    # ---- checkpoints ----
+    @_with_status_codes
+    async def PutCheckpoint(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        if not request.node_id:
+            raise InvalidRequest("node_id is required")
+        self._check_size(f"checkpoint of node {request.node_id!r}", len(request.value.data))
+        await self._store.put_checkpoint(request.run_id, request.node_id, request.value.SerializeToString())
+        return result_store_pb2.PutCheckpointResponse()
+
+    @_with_status_codes
+    async def GetCheckpoint(self, request, context):  # noqa: N802
+        _require_run_id(request.run_id)
+        if not request.node_id:
+            raise InvalidRequest("node_id is required")
+        raw = await self._store.get_checkpoint(request.run_id, request.node_id)
+        if raw is None:
+            return result_store_pb2.GetCheckpointResponse(found=False)
+        return result_store_pb2.GetCheckpointResponse(found=True, value=common_pb2.Payload.FromString(raw))
+
+
+_JSON = "application/json"
+_ADD = result_store_pb2.ChannelUpdateRequest.OPERATION_ADD
+_UPDATE_OPERATIONS = frozenset({
+    result_store_pb2.ChannelUpdateRequest.OPERATION_APPEND,
+    result_store_pb2.ChannelUpdateRequest.OPERATION_PREPEND,
+    _ADD,
+})

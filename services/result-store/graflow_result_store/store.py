@@ -31,6 +31,10 @@ def channel_expiry_key(run_id: str) -> str:
     return f"{keys.channel(run_id)}:exp"
 
 
+class UpdateRejected(Exception):
+    """The stored value does not fit the operation (not a list, not a number)."""
+
+
 class ResultStore:
     """Results, graphs and channels in Redis. Validation is the caller's job (the servicer)."""
 
@@ -42,6 +46,7 @@ class ResultStore:
         self._channel_set = redis.register_script(scripts.CHANNEL_SET)
         self._channel_delete = redis.register_script(scripts.CHANNEL_DELETE)
         self._channel_keys = redis.register_script(scripts.CHANNEL_KEYS)
+        self._channel_update = redis.register_script(scripts.CHANNEL_UPDATE)
 
     # ---- results ----
     async def put_results(self, results: Sequence[result_store_pb2.NodeResult]) -> list[Disposition]:
@@ -108,3 +113,27 @@ class ResultStore:
     async def channel_keys(self, run_id: str) -> list[str]:
         reply = await self._channel_keys(keys=self._channel_keys_of(run_id))
         return sorted(key.decode() for key in reply)
+
+    async def channel_update(self, run_id: str, key: str, operation: int, value_json: bytes,
+                             ttl_ms: int) -> bytes:
+        """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes."""
+        code, stored = await self._channel_update(
+            keys=self._channel_keys_of(run_id),
+            args=[key, operation, value_json, ttl_ms, self._retention_s],
+        )
+        if int(code) == 1:
+            raise UpdateRejected(f"channel key {key!r} does not hold a JSON list")
+        if int(code) == 2:
+            raise UpdateRejected(f"channel key {key!r} does not hold a JSON number")
+        return stored
+
+    # ---- checkpoints ----
+    async def put_checkpoint(self, run_id: str, node_id: str, payload_bytes: bytes) -> None:
+        key = keys.checkpoints(run_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, node_id, payload_bytes)
+            pipe.expire(key, self._retention_s)
+            await pipe.execute()
+
+    async def get_checkpoint(self, run_id: str, node_id: str) -> bytes | None:
+        return await self._redis.hget(keys.checkpoints(run_id), node_id)

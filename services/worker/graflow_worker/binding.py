@@ -7,8 +7,11 @@ For every parameter (after the context parameter when ``inject_context=True``):
 3. else the result of the one upstream node whose task type has that name (``fetch(task_id="f1")
    >> clean`` passes f1's result to ``clean(fetch)``; the SDK's "parameters named after upstream
    tasks"); several such nodes are ambiguous and fail the attempt (``AmbiguousArgument``),
-4. else the parameter's default,
-5. else the attempt fails: ``UpstreamResultMissing`` when the parameter names an upstream node
+4. else the run's channel key of that name (not for parameters named after an upstream node: a
+   missing upstream result stays an error), fetched for all such parameters in one batched
+   ``ChannelGet`` before binding (:func:`channel_candidates`; none when everything is bound),
+5. else the parameter's default,
+6. else the attempt fails: ``UpstreamResultMissing`` when the parameter names an upstream node
    whose result the result-store does not have, ``MissingArgument`` otherwise.
 
 A ``**kwargs`` parameter receives, by node id, every upstream result (and bound argument) that no
@@ -54,10 +57,19 @@ def bind(
     upstream: Mapping[str, Any],
     upstream_types: Mapping[str, str] | None = None,
     decode: Callable[[Any], Any] = lambda value: value,
+    channel: Mapping[str, Any] | None = None,
 ) -> BoundCall:
     """Arguments for ``task.fn`` (without the context). ``upstream`` maps the upstream nodes whose
     results exist to their (encoded) values, ``upstream_types`` those nodes to their task types;
-    ``decode`` turns a value into the Python value."""
+    ``decode`` turns a value into the Python value; ``channel`` holds the (decoded) channel values
+    of the parameters :func:`channel_candidates` named."""
+    return _bind(task, _own_params(task), node_id=node_id, bound_args=bound_args,
+                 input_node_ids=input_node_ids, upstream=upstream, upstream_types=upstream_types,
+                 decode=decode, channel=channel or {})
+
+
+def _own_params(task: TaskFunc) -> list[inspect.Parameter]:
+    """The parameters binding fills (without the context parameter)."""
     params = list(task.signature.parameters.values())
     if task.inject_context:
         if not params or params[0].kind not in (
@@ -70,7 +82,47 @@ def bind(
                 retryable=False,
             )
         params = params[1:]
+    return params
 
+
+def channel_candidates(
+    task: TaskFunc,
+    *,
+    bound_args: Mapping[str, Any],
+    input_node_ids: Sequence[str],
+    upstream: Mapping[str, Any],
+    upstream_types: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Parameters that neither a bound argument nor an upstream node (by id or task type) supply,
+    whose value may come from the run's channel; empty when there is nothing to look up."""
+    try:
+        params = _own_params(task)
+    except BindingError:
+        return []
+    supplied = set(bound_args) | set(upstream) | set(input_node_ids)
+    if upstream_types:
+        supplied |= {
+            upstream_types[node] for node in input_node_ids if node in upstream and upstream_types.get(node)
+        }
+    return [
+        p.name for p in params
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        and p.name not in supplied
+    ]
+
+
+def _bind(
+    task: TaskFunc,
+    params: list[inspect.Parameter],
+    *,
+    node_id: str,
+    bound_args: Mapping[str, Any],
+    input_node_ids: Sequence[str],
+    upstream: Mapping[str, Any],
+    upstream_types: Mapping[str, str] | None,
+    decode: Callable[[Any], Any],
+    channel: Mapping[str, Any],
+) -> BoundCall:
     call = BoundCall()
     taken: set[str] = set()
     used_nodes: set[str] = set()
@@ -107,6 +159,8 @@ def bind(
                 "name the parameter after one node id, or take them all with **kwargs",
                 retryable=False,
             )
+        elif name in channel and name not in inputs:
+            value = channel[name]
         elif param.default is not _EMPTY:
             if param.kind is inspect.Parameter.POSITIONAL_ONLY:
                 call.args.append(param.default)
@@ -133,7 +187,7 @@ def bind(
         raise BindingError(
             "MissingArgument",
             f"task {task.name!r} (node {node_id!r}) needs parameter(s) {names}, but nothing supplies "
-            "them: no bound argument, no upstream node or task type of that name "
+            "them: no bound argument, no upstream node or task type, no channel key of that name "
             f"(upstream nodes: {_describe(input_node_ids, upstream, upstream_types)}) and no default",
             retryable=False,
         )

@@ -13,16 +13,33 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import grpc
+import structlog
+
 from graflow import payload
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
-from graflow_runtime.grpc_client import Downstream
+from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+
+from graflow_worker.intake import Backoff, Intake
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+# The committer's pause reason (committer.PAUSE_RESULT_STORE; not imported: it imports the runner):
+# an unreachable result-store pauses intake whichever call met it.
+PAUSE_RESULT_STORE = "result-store unavailable"
+
+
+_OPERATIONS = {
+    "append": rs_pb2.ChannelUpdateRequest.OPERATION_APPEND,
+    "prepend": rs_pb2.ChannelUpdateRequest.OPERATION_PREPEND,
+    "add": rs_pb2.ChannelUpdateRequest.OPERATION_ADD,
+}
 
 
 class ResultStoreChannel:
-    """:class:`graflow.context.ChannelBackend` for one run."""
+    """:class:`graflow.context.ChannelBackend` and :class:`graflow.context.CheckpointBackend` for
+    one run."""
 
     def __init__(self, run_id: str, *, downstream: Downstream, stub: rs_grpc.ResultStoreStub,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -48,8 +65,12 @@ class ResultStoreChannel:
             return False
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
+        return self._run(self.get_many_async(keys))
+
+    async def get_many_async(self, keys: list[str]) -> dict[str, Any]:
+        """As :meth:`get_many`, on the event loop (the worker's parameter binding)."""
         request = rs_pb2.ChannelGetRequest(run_id=self._run_id, keys=keys)
-        response = self._run(self._downstream.call(self._stub.ChannelGet, request))
+        response = await self._downstream.call(self._stub.ChannelGet, request)
         return {entry.key: payload.decode(entry.value) for entry in response.entries}
 
     def set_many(self, values: dict[str, Any], ttl_s: float | None) -> None:
@@ -66,3 +87,52 @@ class ResultStoreChannel:
     def keys(self) -> list[str]:
         request = rs_pb2.ChannelKeysRequest(run_id=self._run_id)
         return list(self._run(self._downstream.call(self._stub.ChannelKeys, request)).keys)
+
+    def update(self, key: str, operation: str, value: Any, ttl_s: float | None) -> Any:
+        request = rs_pb2.ChannelUpdateRequest(
+            run_id=self._run_id, key=key, operation=_OPERATIONS[operation], value=payload.encode(value),
+            ttl_ms=round(ttl_s * 1000) if ttl_s else 0,
+        )
+        try:
+            response = self._run(self._downstream.call(self._stub.ChannelUpdate, request))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise ValueError(f"channel {operation} of key {key!r}: {exc.details()}") from None
+            raise
+        return payload.decode(response.value) if response.HasField("value") else None
+
+    def put_checkpoint(self, node_id: str, state: Any) -> None:
+        request = rs_pb2.PutCheckpointRequest(
+            run_id=self._run_id, node_id=node_id, value=payload.encode(state)
+        )
+        self._run(self._downstream.call(self._stub.PutCheckpoint, request))
+
+    def get_checkpoint(self, node_id: str) -> tuple[bool, Any]:
+        request = rs_pb2.GetCheckpointRequest(run_id=self._run_id, node_id=node_id)
+        response = self._run(self._downstream.call(self._stub.GetCheckpoint, request))
+        return response.found, payload.decode(response.value) if response.found else None
+
+
+async def read_channel_values(backend: Any, names: list[str], intake: Intake | None) -> dict[str, Any]:
+    """Channel values of ``names`` for parameter binding, in one call. While the result-store is
+    unavailable it waits (intake paused, nothing acknowledged), like the upstream results; a
+    business error (``AioRpcError``) propagates."""
+    fetch = getattr(backend, "get_many_async", None)
+    backoff = Backoff()
+    paused = False
+    while True:
+        try:
+            if fetch is not None:
+                values = dict(await fetch(names))
+            else:
+                values = dict(await asyncio.to_thread(backend.get_many, names))
+        except DownstreamUnavailable as exc:
+            if intake is not None:
+                intake.pause(PAUSE_RESULT_STORE)
+                paused = True
+            log.warning("cannot read channel values; retrying", error=str(exc))
+            await asyncio.sleep(backoff.next_delay())
+            continue
+        if paused and intake is not None:
+            intake.resume(PAUSE_RESULT_STORE)
+        return values

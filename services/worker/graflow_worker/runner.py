@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import structlog
 from opentelemetry import trace
 
@@ -41,8 +42,9 @@ from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import telemetry
 
-from graflow_worker.binding import BindingError, bind
+from graflow_worker.binding import BindingError, bind, channel_candidates
 from graflow_worker.cancellation import Cancellations
+from graflow_worker.channel import read_channel_values
 from graflow_worker.intake import Intake
 from graflow_worker.registry import Registry
 from graflow_worker.threads import CompletionBridge
@@ -203,9 +205,11 @@ class Runner:
             ))
         try:
             bound_args = _with_iteration_data(task, envelope, payload.decode_args(envelope.args_json))
+            channel_values = await self._channel_fallback(
+                task, envelope, bound_args, upstream, upstream_types)
             call = bind(task, node_id=envelope.node_id, bound_args=bound_args,
                         input_node_ids=list(envelope.input_node_ids), upstream=upstream,
-                        upstream_types=upstream_types, decode=payload.decode)
+                        upstream_types=upstream_types, decode=payload.decode, channel=channel_values)
         except BindingError as exc:
             raise _Failure(failure(exc.error_type, exc.message, retryable=exc.retryable)) from exc
         except (PayloadError, ValueError) as exc:
@@ -241,6 +245,26 @@ class Runner:
         except PayloadError as exc:
             raise _Failure(failure("ResultNotSerializable", str(exc), retryable=False)) from exc
 
+    async def _channel_fallback(self, task: TaskFunc, envelope: messages_pb2.TaskEnvelope,
+                                bound_args: Mapping[str, Any], upstream: Mapping[str, Any],
+                                upstream_types: Mapping[str, str] | None) -> dict[str, Any]:
+        """Channel values of the parameters nothing else supplies: one batched ChannelGet, none
+        when every parameter is bound (see :mod:`graflow_worker.binding`)."""
+        names = channel_candidates(task, bound_args=bound_args, input_node_ids=list(envelope.input_node_ids),
+                                   upstream=upstream, upstream_types=upstream_types)
+        if not names or self._channel_factory is None:
+            return {}
+        backend = self._channel_factory(envelope.run_id)
+        try:
+            return await read_channel_values(backend, names, self._intake)
+        except grpc.aio.AioRpcError as exc:
+            raise _Failure(failure(
+                "ChannelReadFailed",
+                f"can't read channel keys {', '.join(map(repr, names))} for node "
+                f"{envelope.node_id!r}: {exc.code().name}: {exc.details()}",
+                retryable=True,
+            )) from exc
+
     def _context(self, envelope: messages_pb2.TaskEnvelope, task: TaskFunc) -> TaskContext:
         backend = self._channel_factory(envelope.run_id) if self._channel_factory else _NoChannel()
         ctx = TaskContext(
@@ -249,6 +273,7 @@ class Runner:
             channel=Channel(backend), cycle=envelope.cycle,
             max_cycles=envelope.max_cycles or DEFAULT_MAX_CYCLES,
             cancel_event=self.cancellations.event(envelope.run_id),
+            checkpoints=backend if hasattr(backend, "get_checkpoint") else None,
         )
         self._contexts[id(envelope)] = ctx
         return ctx
@@ -357,4 +382,4 @@ class _NoChannel:
     def _fail(self, *_: Any) -> Any:
         raise RuntimeError("this runner has no channel backend")
 
-    get_many = set_many = delete = keys = _fail
+    get_many = set_many = delete = keys = update = _fail
