@@ -32,13 +32,6 @@ duplicated.
 
 from __future__ import annotations
 
-# ruff: noqa: E402 - the environment must be set before grpc is imported
-import os
-
-# The main thread spawns workers while the driver thread's gRPC calls are in flight; gRPC core's
-# fork handlers would re-initialise gRPC in the child between fork and exec, which can abort it.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 import argparse
 import random
 import signal
