@@ -93,8 +93,10 @@ class LocalRedis:
             return False
         if reply.startswith(b"-"):  # still loading the AOF
             return False
+        # Whole lines: "loading:0" is also a substring of "async_loading:0", present while loading.
+        lines = set(reply.split(b"\r\n"))
         settled = (b"loading:0", b"aof_rewrite_in_progress:0", b"aof_rewrite_scheduled:0")
-        return all(flag in reply for flag in settled)
+        return all(flag in lines for flag in settled)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -8,7 +8,7 @@ may record that redelivery as a retry of ``g``: the lost attempt is replaced by 
 
 from __future__ import annotations
 
-from graflow import workflow
+from graflow import parallel, workflow
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 from tests.chaos.conftest import QUEUE, Chaos, chaos_stack, refuse_worker_commits, wait_until
@@ -136,6 +136,34 @@ def test_worker_paused_past_its_lease_finds_its_work_taken_and_its_late_outcome_
         assert applied.worker_id != victim, (
             f"the late outcome of the paused worker {victim} (attempt {applied.attempt}) was applied"
         )
+
+
+def test_a_delivery_whose_read_reply_was_lost_is_still_run_by_its_live_worker():
+    """Redis can serve a worker's XREADGROUP (the entry enters the worker's pending list, and with
+    AOF that is persisted) and the reply never reach the worker: the connection drops, or Redis
+    restarts right after. The worker stays alive and heartbeating, so no reclaim will ever move
+    the entry. Simulated exactly: while the only worker is busy (both slots held by ``h1``/``h2``,
+    so it issues no read), the test reads the next run's ``source`` delivery *as that worker*.
+    Asserted: both runs succeed, every body ran exactly once, run state exactly once."""
+    with chaos_stack(1, env={"GRAFLOW_WORKER_CONCURRENCY": "2"}) as chaos:
+        with workflow("busy") as busy_wf:
+            parallel(chaos_hold(task_id="h1", gate="busy"), chaos_hold(task_id="h2", gate="busy")) >> collect
+        with workflow("lost-reply") as lost_wf:
+            source(task_id="source", value=1) >> collect
+        busy = chaos.client.submit(busy_wf)
+        chaos.wait_marks("started", busy.id, "h1")
+        chaos.wait_marks("started", busy.id, "h2")
+        lost = chaos.client.submit(lost_wf)
+        wait_until(lambda: chaos.bus.xinfo_groups(QUEUE)[0]["lag"] == 1, 15, "source's delivery in the queue")
+        reply = chaos.bus.xreadgroup("workers", "dev-worker-0", {QUEUE: ">"}, count=1)
+        envelope = messages_pb2.TaskEnvelope.FromString(reply[0][1][0][1][keys.ENVELOPE_FIELD])
+        assert (envelope.run_id, envelope.node_id) == (lost.id, "source")  # pending for dev-worker-0
+        chaos.open_gate("busy")
+        chaos.wait_runs([busy.id, lost.id])
+
+        for run, wf in ((busy, busy_wf), (lost, lost_wf)):
+            chaos.assert_effects_once(run.id, wf.spec())
+            chaos.assert_run_state_once(run.id, wf.spec())
 
 
 def wait_for_outcome(

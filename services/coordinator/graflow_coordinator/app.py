@@ -59,6 +59,7 @@ class CoordinatorApp:
             reclaimer,
             groups,
             lease_timeout_ms=s.lease_timeout_ms,
+            startup_grace_ms=s.startup_grace_ms,
             check_interval_ms=s.liveness_check_ms,
             maintenance_interval_ms=s.queue_trim_interval_ms,
             queues=s.queues,

@@ -48,6 +48,7 @@ class LivenessLoop(BackgroundLoop):
         *,
         lease_timeout_ms: int,
         check_interval_ms: int,
+        startup_grace_ms: int = 0,
         maintenance_interval_ms: int,
         queues: Iterable[str],
     ) -> None:
@@ -57,6 +58,9 @@ class LivenessLoop(BackgroundLoop):
         self._reclaimer = reclaimer
         self._groups = groups
         self._lease_timeout_ms = lease_timeout_ms
+        # Nobody is declared dead before this: a worker can't have heartbeated to a coordinator
+        # that wasn't running (settings.startup_grace_ms).
+        self._reap_after_ms = int(time.time() * 1000) + startup_grace_ms
         self._check_interval_s = check_interval_ms / 1000
         self._maintenance_interval_s = maintenance_interval_ms / 1000
         self._queues = list(queues)
@@ -73,6 +77,8 @@ class LivenessLoop(BackgroundLoop):
         """Reap every worker whose lease expired. Returns the ids of the workers removed."""
         now_ms = int(time.time() * 1000)
         cutoff_ms = now_ms - self._lease_timeout_ms
+        if now_ms < self._reap_after_ms:
+            return []
         removed = []
         for worker_id, last_heartbeat_ms in await self._registry.expired(cutoff_ms):
             with bound_contextvars(worker_id=worker_id):

@@ -86,6 +86,20 @@ async def test_an_expired_lease_is_reclaimed_by_the_next_check(
     assert [o.node_id for o in await read_outcomes(redis)] == ["a"]
 
 
+async def test_a_restarted_coordinator_gives_workers_a_start_up_grace_before_declaring_them_dead(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**IDLE_LOOP, startup_grace_ms=60_000)
+    stub = open_stub(app)
+    await stub.RegisterWorker(registration("w1"))
+    await redis.zadd(keys.WORKERS_INDEX, {"w1": 1})  # silent since before this coordinator started
+
+    assert await app.liveness.check_once() == []
+
+    await stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w1"))  # NOT_FOUND if reaped
+    assert await read_outcomes(redis) == []
+
+
 async def test_a_delivery_handed_out_max_deliveries_times_goes_to_dead_letters_and_fails_its_node(
     start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
 ) -> None:

@@ -70,6 +70,11 @@ class QueueGroups:
                 raise
 
 
+# Entries one XTRIM call may evict, and calls per trim pass (1,000,000 entries).
+TRIM_LIMIT = 10_000
+TRIM_MAX_CALLS = 100
+
+
 async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
     """Trim ``queue``'s stream below the oldest entry any group still needs (MINID ~).
 
@@ -94,7 +99,18 @@ async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
         floor = lowest if floor is None else min(floor, lowest)
     if floor is None or floor == (0, 0):
         return 0
-    return await redis.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
+    # One `XTRIM MINID ~` evicts at most LIMIT entries (Redis' default: 10,000, i.e. 100 macro
+    # nodes), so a single call per pass would cap trimming at 10,000 entries per interval and the
+    # stream would grow for ever above that rate. Trim in bounded calls until nothing goes.
+    removed = 0
+    for _ in range(TRIM_MAX_CALLS):
+        evicted = await redis.xtrim(
+            stream, minid=f"{floor[0]}-{floor[1]}", approximate=True, limit=TRIM_LIMIT
+        )
+        removed += evicted
+        if not evicted:
+            break
+    return removed
 
 
 def _parse_id(value: bytes | str) -> tuple[int, int]:

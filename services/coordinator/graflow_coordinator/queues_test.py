@@ -50,5 +50,25 @@ async def test_trimming_keeps_every_pending_and_undelivered_entry(redis: aioredi
     assert set(range(300, 500)) <= set(remaining)  # pending (300-349) and everything after it
 
 
+async def test_trimming_removes_more_than_one_xtrim_limit_of_acknowledged_entries(
+    redis: aioredis.Redis,
+) -> None:
+    await QueueGroups(redis).ensure(["default"])
+    for start in range(0, 25_000, 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, start + 1000):
+                pipe.xadd(STREAM, {keys.ENVELOPE_FIELD: b"%d" % i})
+            await pipe.execute()
+    # Everything delivered and acknowledged: the group needs nothing below its last-delivered id.
+    last = (await redis.xinfo_stream(STREAM))["last-generated-id"]
+    await redis.xgroup_setid(STREAM, keys.WORKER_GROUP, last)
+
+    removed = await trim_queue(redis, "default")
+
+    assert removed > 20_000  # more than one call's limit (10,000)
+    assert await redis.xlen(STREAM) < 200  # at most the macro node holding the last entry
+    await redis.delete(STREAM)
+
+
 async def test_trimming_a_queue_without_a_stream_does_nothing(redis: aioredis.Redis) -> None:
     assert await trim_queue(redis, "nowhere") == 0

@@ -23,6 +23,10 @@ class CoordinatorSettings(ServiceSettings):
     lease_timeout_ms: int = Field(default=1500, gt=0)
     # How often the liveness loop looks for workers whose lease expired.
     liveness_check_ms: int = Field(default=100, gt=0)
+    # After this process starts, workers get this long to reach it before silence counts against
+    # them: while the coordinator was down nobody could heartbeat, and a worker's breaker and
+    # reconnect backoff (about 2 s each) delay its first heartbeat after the restart.
+    startup_grace_ms: int = Field(default=5000, ge=0)
     # Longest sleep of the retry timer (it also wakes at the next due time, and when this process
     # schedules a delivery).
     retry_timer_max_sleep_ms: int = Field(default=250, gt=0)

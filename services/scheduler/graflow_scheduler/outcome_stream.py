@@ -18,6 +18,9 @@ from graflow_runtime import keys
 log = structlog.get_logger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+# Entries one XTRIM call may evict, and calls per trim (1,000,000 entries).
+TRIM_LIMIT = 10_000
+TRIM_MAX_CALLS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,4 +148,16 @@ class OutcomeStream:
             floor = needed if floor is None else min(floor, needed)
         if floor is None:
             return 0
-        return await self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=approximate)
+        minid = f"{floor[0]}-{floor[1]}"
+        if not approximate:
+            return await self.redis.xtrim(self.stream, minid=minid, approximate=False)
+        # One `XTRIM MINID ~` evicts at most LIMIT entries (Redis' default: 10,000), so one call
+        # per interval would cap trimming at 10,000 outcomes per interval and the stream would grow
+        # for ever above that rate. Trim in bounded calls until nothing goes.
+        removed = 0
+        for _ in range(TRIM_MAX_CALLS):
+            evicted = await self.redis.xtrim(self.stream, minid=minid, approximate=True, limit=TRIM_LIMIT)
+            removed += evicted
+            if not evicted:
+                break
+        return removed

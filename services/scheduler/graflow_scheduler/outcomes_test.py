@@ -205,6 +205,23 @@ async def test_trim_keeps_entries_still_pending_and_drops_acknowledged_ones(app,
     assert remaining == [second[0], third[0]]
 
 
+async def test_trim_removes_more_than_one_xtrim_limit_of_acknowledged_outcomes(app, redis):
+    await app.consumer.stop()
+    for start in range(0, 25_000, 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for index in range(start, start + 1000):
+                pipe.xadd(keys.OUTCOMES_STREAM, {b"o": b"%d" % index})
+            await pipe.execute()
+    last = (await redis.xinfo_stream(keys.OUTCOMES_STREAM))["last-generated-id"]
+    await redis.xgroup_setid(keys.OUTCOMES_STREAM, keys.SCHEDULER_GROUP, last)
+
+    removed = await app.consumer.stream.trim()
+
+    assert removed > 20_000  # more than one call's limit (10,000)
+    assert await redis.xlen(keys.OUTCOMES_STREAM) < 200
+    await redis.delete(keys.OUTCOMES_STREAM)  # the session's Redis is restarted by a later test
+
+
 async def test_consumer_keeps_going_across_a_redis_restart(make_app, local_redis, downstreams):
     app = await make_app(redis_url=local_redis.url)
     workflow = spec(["a"])

@@ -7,6 +7,12 @@ only while slots are free and the intake is not paused. It blocks on Redis or on
 polls. Pausing or stopping unblocks a read in progress with ``CLIENT UNBLOCK`` (the read returns
 nothing, so no entry is taken and then lost).
 
+Redis can serve a read (the entries enter this consumer's pending list, persisted with AOF) whose
+reply never arrives: the connection drops, or Redis restarts, right after. Nobody else would ever
+run those entries (the coordinator reclaims only from dead workers), so after a failed read and
+every ``RESYNC_INTERVAL_S`` the loop compares the consumer's pending list with the deliveries it
+holds and takes up the ones it does not hold (:meth:`Consumer._resync`).
+
 For each read batch: undecodable entries go to dead letters (``XADD gf:deadletters`` + ``XACK`` in one
 ``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, and each
 envelope runs in its own asyncio task; finished attempts go to the committer.
@@ -15,6 +21,7 @@ envelope runs in its own asyncio task; finished attempts go to the committer.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 DEAD_LETTER_FIELD = b"d"
 PAUSE_FETCH = "result-store unavailable for upstream results"
+# How often the pending list is checked for deliveries whose read reply was lost.
+RESYNC_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -89,8 +98,10 @@ class Consumer:
         self._stop = asyncio.Event()
         self._reader_id: int | None = None
         self._blocking = False
-        # Deliveries read and not yet committed (reported as in_flight in heartbeats).
+        # Deliveries read and not yet committed (reported as in_flight in heartbeats), and their
+        # (stream, entry id).
         self.held = 0
+        self._held_ids: set[tuple[str, bytes]] = set()
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -150,15 +161,51 @@ class Consumer:
             log.info("resuming own pending entries", stream=stream, count=len(entries))
             self._accept(entries)
         new = {stream: ">" for stream in streams}
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + RESYNC_INTERVAL_S
         while await self._intake.wait_ready():
+            if loop.time() >= next_resync:
+                await self._resync()
+                next_resync = loop.time() + RESYNC_INTERVAL_S
+                continue
             try:
                 entries = await self._read(new, block_ms=self._block_ms)
             except (RedisError, OSError) as exc:
                 await self._read_failed(exc, backoff)
+                next_resync = 0.0  # the failed read may have been served, its reply lost
                 continue
             backoff.reset()
             if entries:
                 self._accept(entries)
+
+    async def _resync(self) -> None:
+        """Take up the entries pending for this consumer that it does not hold (a read was served
+        and its reply lost). Runs between reads, so no read in flight can add entries meanwhile;
+        the held ids are taken before asking Redis, so a delivery committed during the call is not
+        mistaken for a lost one."""
+        for stream in self._queue_of:
+            held = {entry_id for s, entry_id in self._held_ids if s == stream}
+            try:
+                rows = await self._redis.xpending_range(
+                    stream, keys.WORKER_GROUP, "-", "+", len(held) + 100, consumername=self.worker_id
+                )
+                lost = [row["message_id"] for row in rows if row["message_id"] not in held]
+                if not lost:
+                    continue
+                pipe = self._redis.pipeline(transaction=False)
+                for entry_id in lost:
+                    pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+                found = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("could not check this worker's pending deliveries", error=str(exc))
+                return
+            if self._stop.is_set():
+                return
+            log.warning("taking up deliveries pending for this worker that it never received "
+                        "(a read was served and its reply lost)", stream=stream, count=len(lost))
+            # A deleted entry comes back without fields and is dead-lettered as undecodable.
+            self._accept([(stream, entry_id, items[0][1] if items else None)
+                          for entry_id, items in zip(lost, found, strict=True)])
 
     async def _read(self, streams: dict[str, Any], *, block_ms: int | None) -> list[tuple[str, bytes, Any]]:
         if block_ms is not None and self._reader_id is None:
@@ -192,8 +239,14 @@ class Consumer:
     def _accept(self, entries: list[tuple[str, bytes, Any]]) -> None:
         self._intake.take(len(entries))
         self.held += len(entries)
+        self._held_ids.update((stream, entry_id) for stream, entry_id, _fields in entries)
         self._drained.clear()
         self._spawn(self._handle_batch(entries))
+
+    def _finish(self, stream: str, entry_id: bytes) -> None:
+        """The delivery is acknowledged, or given up (it stays pending for a reclaim or restart)."""
+        self._held_ids.discard((stream, entry_id))
+        self._release()
 
     def _release(self, count: int = 1) -> None:
         self._intake.give(count)
@@ -221,10 +274,12 @@ class Consumer:
         try:
             upstream = await self._fetch_upstream(deliveries)
         except _GaveUp:
-            self._release(len(deliveries))
+            for delivery in deliveries:
+                self._finish(delivery.stream, delivery.entry_id)
             return
         except asyncio.CancelledError:
-            self._release(len(deliveries))
+            for delivery in deliveries:
+                self._finish(delivery.stream, delivery.entry_id)
             raise
         for delivery in deliveries:
             runs = upstream.get(delivery.envelope.run_id, {})
@@ -240,13 +295,14 @@ class Consumer:
                 execution = await self._runner.run(
                     envelope, {r.node_id: r.value for r in found}, {r.node_id: r.task_type for r in found})
         except asyncio.CancelledError:
-            self._release()
+            self._finish(delivery.stream, delivery.entry_id)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug of the worker must not strand the delivery
             log.exception("running a delivery failed inside the worker", run_id=envelope.run_id,
                           node_id=envelope.node_id)
             execution = self._failed(envelope, "WorkerError", f"the worker failed to run the task: {exc!r}")
-        self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, self._release))
+        done = functools.partial(self._finish, delivery.stream, delivery.entry_id)
+        self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, done))
 
     def _fetch_failed(self, envelope: messages_pb2.TaskEnvelope, exc: BaseException) -> Execution:
         detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
@@ -323,11 +379,12 @@ class Consumer:
             await pipe.execute()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)
         except (RedisError, OSError) as exc:
-            # It stays pending; the coordinator dead-letters it by its delivery count.
+            # It stays pending: the next resync takes it up again (or the coordinator dead-letters
+            # it by its delivery count if this worker dies).
             log.error("could not dead-letter an entry", stream=stream, entry_id=_text(entry_id),
                       reason=reason, error=str(exc))
         finally:
-            self._release()
+            self._finish(stream, entry_id)
 
 
 def _text(value: bytes | str) -> str:

@@ -11,6 +11,7 @@ from graflow import payload
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 
+from graflow_worker import consumer
 from graflow_worker.testing_services_test_support import (
     Stack,
     enqueue,
@@ -208,3 +209,20 @@ async def test_many_outcomes_are_committed_in_few_batches(stack):
     assert worker.committer.batches < 200
     assert stack.store.put_calls == worker.committer.batches
     assert await outcomes(stack.redis) == found
+
+
+async def test_an_entry_served_to_the_worker_whose_read_reply_was_lost_is_taken_up(stack, monkeypatch):
+    monkeypatch.setattr(consumer, "RESYNC_INTERVAL_S", 0.2)
+    worker = await stack.start_worker()
+    # XADD and a read as the worker's consumer in one transaction: the entry enters the worker's
+    # pending list before its blocked read can be served, exactly as when a reply is lost.
+    stream = keys.queue_stream("default")
+    pipe = stack.redis.pipeline(transaction=True)
+    data = envelope("r1", "a", "add", args={"a": 1, "b": 2}).SerializeToString()
+    pipe.xadd(stream, {keys.ENVELOPE_FIELD: data})
+    pipe.xreadgroup(keys.WORKER_GROUP, worker.worker_id, {stream: ">"}, count=1)
+    await pipe.execute()
+    [outcome] = await wait_outcomes(stack.redis, 1)
+    assert (outcome.node_id, outcome.status) == ("a", SUCCEEDED)
+    assert await pending_count(stack.redis) == 0
+    assert stack.store.value("r1", "a") == 3
