@@ -8,14 +8,13 @@ from collections.abc import Sequence
 
 from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
 from graflow_runtime import keys
-from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.compiler import Limits, compile_spec
+from graflow_scheduler.compiler import Limits
 from graflow_scheduler.directives import prepare
 from graflow_scheduler.dynamic import DynamicNodes
 from graflow_scheduler.plan import Plan
-from graflow_scheduler.runids import new_run_id
 from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore
+from graflow_scheduler.testkit import RunHarness
 
 Directive = messages_pb2.Directive
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
@@ -54,22 +53,12 @@ def loop_edge(src: str, dst: str) -> workflow_pb2.EdgeSpec:
     return workflow_pb2.EdgeSpec(from_id=src, to_id=dst, loop=True)
 
 
-class FlowRun:
+class FlowRun(RunHarness):
     """One run whose outcomes carry directives; nodes added at run time are read back from Redis."""
 
     def __init__(self, store: RunStore, plan: Plan, run_id: str) -> None:
-        self.store = store
-        self.plan = plan
-        self.run_id = run_id
+        super().__init__(store, plan, run_id)
         self.dynamic = DynamicNodes(store.redis)
-
-    @classmethod
-    async def create(cls, store: RunStore, workflow: workflow_pb2.WorkflowSpec) -> FlowRun:
-        plan = compile_spec(workflow)
-        created = await store.create_run(
-            plan, run_id=new_run_id(), graph_hash=graph_hash(workflow), now_ms=1_000
-        )
-        return cls(store, plan, created.run_id)
 
     async def finish(
         self,
@@ -110,14 +99,6 @@ class FlowRun:
             now_ms=2_000,
         )
         return result
-
-    async def states(self) -> dict[str, str]:
-        raw = await self.store.redis.hgetall(keys.run_state(self.run_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-    async def meta(self) -> dict[str, bytes]:
-        raw = await self.store.redis.hgetall(keys.run_meta(self.run_id))
-        return {k.decode(): v for k, v in raw.items()}
 
     async def error(self) -> common_pb2.ErrorInfo:
         return common_pb2.ErrorInfo.FromString((await self.meta())["error"])
