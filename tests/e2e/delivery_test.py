@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,6 +112,29 @@ def test_a_worker_killed_mid_task_has_the_task_completed_on_another_worker(stack
         ("NODE_RETRYING", 2, "WorkerLost"),
         ("NODE_SUCCEEDED", 2, ""),
     ]
+
+
+def test_a_second_sigterm_exits_at_once_and_the_unfinished_task_is_reclaimed(stack, client, effects, fx):
+    """The first SIGTERM starts a drain (grace 5 s, longer than the wait below); the second one
+    must end the process at once, and the task it held then completes on another worker."""
+    with workflow("second-signal") as wf:
+        marked_sleep(task_id="s", seconds=6.0)
+    run = client.submit(wf)
+    wait_for(lambda: 1 in started(fx, run.id, "s"), what="attempt 1 to start")
+    victim = started(fx, run.id, "s")[1]
+    process = stack.workers[worker_index(stack, victim)]
+    try:
+        process.send(signal.SIGTERM)
+        wait_for(lambda: "draining" in stack.log_tail(f"worker-{worker_index(stack, victim)}", 80),
+                 timeout_s=10, what="the worker to start draining")
+        process.send(signal.SIGTERM)
+        wait_for(lambda: not process.running, timeout_s=3, what="the worker to exit on the second signal")
+
+        assert run.result(timeout=60) == 2
+    finally:
+        restart_dead_workers(stack)
+    assert started(fx, run.id, "s")[2] != victim
+    assert effects(run.id) == {"s": 1}  # attempt 1 was cut off before its effect
 
 
 def test_a_worker_paused_past_its_lease_finds_its_work_taken_and_its_late_outcome_rejected(
