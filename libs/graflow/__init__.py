@@ -17,6 +17,7 @@ from graflow.client import Client, ServiceCallError, ServiceUnavailableError
 from graflow.context import Channel, TaskContext
 from graflow.dsl import Flow, Group, TaskFunc, TaskNode, Workflow, chain, parallel, task, workflow
 from graflow.errors import (
+    FeedbackError,
     GraflowError,
     GroupFailedError,
     NonRetryableError,
@@ -29,12 +30,16 @@ from graflow.errors import (
     TaskError,
     WorkflowDefinitionError,
 )
+from graflow.feedback import ChildRunError, FeedbackResponse
 from graflow.policies import GroupPolicy, RetryPolicy, at_least, best_effort, critical, strict
 from graflow.run import Run, RunChannel
 
 __all__ = [
     "Channel",
+    "ChildRunError",
     "Client",
+    "FeedbackError",
+    "FeedbackResponse",
     "Flow",
     "GraflowError",
     "Group",

@@ -3,6 +3,7 @@
     graflow dev [--workers N] [--keep] [--example etl]
     graflow submit MODULE:WORKFLOW [--wait] [--idempotency-key K] [--label k=v]
     graflow status RUN | graflow watch RUN | graflow runs [--limit N] [--status S] | graflow cancel RUN
+    graflow feedback list|show|respond   (requests of tasks waiting for a person: graflow.cli_feedback)
     graflow workers | graflow dead-letters list|show|replay   (operators' commands: graflow.cli_ops)
 
 Exit codes: 0 ok, 1 the run failed or was canceled, 2 usage or connection errors, 130 interrupted.
@@ -22,7 +23,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
-from graflow import cli_ops
+from graflow import cli_feedback, cli_ops
+from graflow.cli_format import datetime_text, table
 from graflow.client import Client, ServiceCallError, ServiceUnavailableError
 from graflow.devstack import LocalStack, LocalStackError
 from graflow.dsl import Workflow
@@ -170,9 +172,9 @@ def cmd_status(args: argparse.Namespace, client: Client, out: Output) -> int:
     out.line(f"run       {info.run_id}")
     out.line(f"workflow  {info.workflow_name}")
     out.line(f"status    {status_name(info.status)}")
-    out.line(f"created   {_datetime(info.created_at_ms)}")
+    out.line(f"created   {datetime_text(info.created_at_ms)}")
     if info.ended_at_ms:
-        out.line(f"ended     {_datetime(info.ended_at_ms)}")
+        out.line(f"ended     {datetime_text(info.ended_at_ms)}")
     if info.labels:
         out.line("labels    " + ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items())))
     if info.message:
@@ -182,7 +184,7 @@ def cmd_status(args: argparse.Namespace, client: Client, out: Output) -> int:
         error = f"{node.error.type}: {node.error.message}" if node.error.type else ""
         rows.append((node.node_id, node.kind, node_state_name(node.state), str(node.attempt), error))
     out.line()
-    for row in _table(rows):
+    for row in table(rows):
         out.line(row)
     if info.status == common_pb2.RUN_STATUS_FAILED:
         out.line()
@@ -208,11 +210,11 @@ def cmd_runs(args: argparse.Namespace, client: Client, out: Output) -> int:
                 info.run_id,
                 info.workflow_name,
                 status_name(info.status),
-                _datetime(info.created_at_ms),
-                _datetime(info.ended_at_ms) if info.ended_at_ms else "",
+                datetime_text(info.created_at_ms),
+                datetime_text(info.ended_at_ms) if info.ended_at_ms else "",
             )
         )
-    for row in _table(rows):
+    for row in table(rows):
         out.line(row)
     return OK
 
@@ -286,15 +288,6 @@ def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
         pass
 
 
-def _datetime(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
 
 
 def _exit_code(info: RunInfo) -> int:
@@ -352,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run", metavar="RUN")
     cancel.add_argument("--reason", default="canceled from the graflow CLI")
+    cli_feedback.add_command(commands)
     cli_ops.add_commands(commands)
     return parser
 
@@ -362,6 +356,7 @@ COMMANDS = {
     "watch": cmd_watch,
     "runs": cmd_runs,
     "cancel": cmd_cancel,
+    cli_feedback.COMMAND: cli_feedback.run_command,
 }
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
+from graflow.cli_format import datetime_text, table
 from graflow.errors import GraflowError
 from graflow.operators import DeadLetter, DeadLetterNotFoundError, Operators
 from graflow_api.v1 import messages_pb2
@@ -88,10 +88,10 @@ def _workers(ops: Operators, out: Lines) -> int:
                 ",".join(w.queues),
                 f"{w.in_flight}/{w.concurrency}",
                 f"{max(0, now_ms - w.last_heartbeat_ms) / 1000:.1f}s ago",
-                _datetime(w.registered_at_ms),
+                datetime_text(w.registered_at_ms),
             )
         )
-    for row in _table(rows):
+    for row in table(rows):
         out.line(row)
     return OK
 
@@ -111,11 +111,11 @@ def _list(ops: Operators, out: Lines, limit: int, after: str) -> int:
                 letter.run_id or "-",
                 letter.node_id or "-",
                 str(letter.attempt) if letter.attempt else "-",
-                _datetime(letter.dead_at_ms),
+                datetime_text(letter.dead_at_ms),
                 reason,
             )
         )
-    for row in _table(rows):
+    for row in table(rows):
         out.line(row)
     return OK
 
@@ -123,7 +123,7 @@ def _list(ops: Operators, out: Lines, limit: int, after: str) -> int:
 def _show(ops: Operators, out: Lines, letter_id: str) -> int:
     letter = ops.dead_letter(letter_id)
     out.line(f"id           {letter.id}")
-    out.line(f"dead at      {_datetime(letter.dead_at_ms)}")
+    out.line(f"dead at      {datetime_text(letter.dead_at_ms)}")
     out.line(f"queue        {letter.queue or '(none: not replayable)'}")
     out.line(f"original id  {letter.original_id}")
     out.line(f"reason       {letter.reason}")
@@ -166,12 +166,3 @@ def _replay(ops: Operators, out: Lines, ids: list[str], replay_all: bool) -> int
     return OK
 
 
-def _datetime(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]

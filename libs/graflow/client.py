@@ -24,9 +24,11 @@ import grpc.experimental
 
 from graflow import payload
 from graflow.dsl import Workflow
-from graflow.errors import GraflowError, RunNotFoundError, WorkflowDefinitionError
+from graflow.errors import FeedbackError, GraflowError, RunNotFoundError, WorkflowDefinitionError
+from graflow.feedback import build_response
 from graflow.run import ENDED_STATUSES, TERMINAL_EVENTS, Run, RunEvent, RunInfo, parse_status
 from graflow_api.v1 import (
+    feedback_pb2,
     result_store_pb2,
     result_store_pb2_grpc,
     scheduler_pb2,
@@ -284,6 +286,46 @@ class Client:
         request = result_store_pb2.ChannelKeysRequest(run_id=run_id)
         return list(self._result_store.call("ChannelKeys", request).keys)
 
+    # ---- human feedback ----
+    def list_feedback(self, run_id: str = "", limit: int = 100) -> list[feedback_pb2.FeedbackRequest]:
+        """Feedback requests waiting for an answer (of one run, or of all), oldest first."""
+        request = scheduler_pb2.ListFeedbackRequest(run_id=run_id, limit=limit)
+        return list(self._scheduler.call("ListFeedback", request, _not_found(run_id)).requests)
+
+    def get_feedback(self, run_id: str, request_id: str) -> feedback_pb2.FeedbackRequest:
+        """One request with its state (PENDING, ANSWERED, CLOSED) and answer."""
+        request = scheduler_pb2.GetFeedbackRequest(run_id=run_id, request_id=request_id)
+        return self._scheduler.call("GetFeedback", request, _feedback_errors())
+
+    def respond_feedback(
+        self,
+        run_id: str,
+        request_id: str,
+        *,
+        approved: bool | None = None,
+        text: str | None = None,
+        selected: str | None = None,
+        selected_multiple: Iterable[str] | None = None,
+        custom_data: Any = None,
+        reason: str = "",
+        responded_by: str = "",
+    ) -> feedback_pb2.FeedbackRequest:
+        """Answer a pending request (set the field of its kind); its node runs again with the
+        answer. Raises :class:`FeedbackError` when the answer is refused (with the reason)."""
+        response = build_response(
+            approved=approved,
+            text=text,
+            selected=selected,
+            selected_multiple=selected_multiple,
+            custom_data=custom_data,
+            reason=reason,
+            responded_by=responded_by,
+        )
+        request = scheduler_pb2.RespondFeedbackRequest(
+            run_id=run_id, request_id=request_id, response=response
+        )
+        return self._scheduler.call("RespondFeedback", request, _feedback_errors())
+
     def close(self) -> None:
         self._scheduler.close()
         self._result_store.close()
@@ -302,3 +344,12 @@ def _not_found(run_id: str) -> ErrorMap:
         return RunNotFoundError(f"no run with id {run_id!r}: {details}")
 
     return {grpc.StatusCode.NOT_FOUND: error, grpc.StatusCode.INVALID_ARGUMENT: error}
+
+
+def _feedback_errors() -> ErrorMap:
+    codes = (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    return {code: FeedbackError for code in codes}

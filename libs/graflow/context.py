@@ -6,6 +6,11 @@ scheduler applies them with the outcome, atomically. They take effect only when 
 successfully: a task that raises afterwards (or fails its attempt otherwise) drops them, and its
 retry starts with none.
 
+Human feedback and child runs (:mod:`graflow.feedback`): ``request_feedback`` and its shortcuts,
+and ``run_child``/``wait_child``, return at once when their answer or child result is there, and
+otherwise park the node (WAITING, holding no worker) until it is; the task then runs again from its
+start (or its checkpoint) and the same call returns. ``start_child`` starts a child run and goes on.
+
 Cancellation is cooperative: when the run is canceled, the worker sets the context's cancel event
 (within about a heartbeat interval); ``is_canceled()`` turns true and ``check_canceled()`` raises
 :class:`~graflow.errors.TaskCanceledError`. Nothing interrupts a task that does not look.
@@ -20,10 +25,11 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from graflow import payload
-from graflow.dsl import TaskFunc, TaskNode
+from graflow.dsl import TaskFunc, TaskNode, Workflow
 from graflow.errors import TaskCanceledError, WorkflowDefinitionError
+from graflow.feedback import ChildRunError, FeedbackResponse, WaitRequested, build_request
 from graflow.typed import from_json
-from graflow_api.v1 import messages_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2, workflow_pb2
 
 MAX_DIRECTIVES = 1000
 DEFAULT_MAX_CYCLES = 100
@@ -54,6 +60,18 @@ class CheckpointBackend(Protocol):
     def put_checkpoint(self, node_id: str, state: Any) -> None: ...
 
     def get_checkpoint(self, node_id: str) -> tuple[bool, Any]: ...
+
+
+class ChildRunsBackend(Protocol):
+    """Starting and reading child runs; the worker supplies one backed by the scheduler."""
+
+    def submit(
+        self, spec: workflow_pb2.WorkflowSpec, idempotency_key: str, labels: dict[str, str], parent_node: str
+    ) -> scheduler_pb2.SubmitRunResponse: ...
+
+    def get_run(self, run_id: str) -> scheduler_pb2.Run: ...
+
+    def results(self, run_id: str, node_ids: list[str]) -> dict[str, Any]: ...
 
 
 class Channel:
@@ -126,6 +144,12 @@ class TaskContext:
     # Where checkpoints go (the worker's result-store backend; None: checkpoints are unavailable).
     checkpoints: CheckpointBackend | None = field(default=None, repr=False)
     _checkpoint: Any = field(default=_MISSING, repr=False)
+    # Answers to this node's feedback requests in this cycle, by request id (from the envelope).
+    feedback: dict[str, feedback_pb2.FeedbackResponse] = field(default_factory=dict, repr=False)
+    # Where child runs are started (the worker's scheduler backend; None: unavailable).
+    children: ChildRunsBackend | None = field(default=None, repr=False)
+    _requests: int = field(default=0, repr=False)
+    _child_runs: int = field(default=0, repr=False)
 
     @property
     def task_id(self) -> str:
@@ -243,6 +267,96 @@ class TaskContext:
         if self.checkpoints is None:
             raise RuntimeError("checkpoints need a worker connected to the result-store")
         return self.checkpoints
+
+    # ---- human in the loop ----
+    def request_feedback(
+        self,
+        feedback_type: str,
+        prompt: str,
+        *,
+        options: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        on_timeout: str = "fail",
+        feedback_id: str | None = None,
+    ) -> FeedbackResponse:
+        """Ask a person and return the answer. ``feedback_type``: "approval", "text",
+        "selection", "multi_selection" or "custom"; ``options`` for the selections; ``metadata``
+        (JSON object) for whoever shows the request. Without an answer yet the node waits, holding
+        no worker, and this task runs again once it is answered (see the module docstring).
+
+        ``timeout`` (seconds, None = no deadline): then ``on_timeout="fail"`` fails the node with
+        FeedbackTimeout, ``"keep_waiting"`` leaves the request open. ``feedback_id`` names the
+        request (unique in the run); the default is ``"<node>.<cycle>.<n>"``.
+        """
+        self._requests += 1
+        request_id = feedback_id or f"{self.node_id}.{self.cycle}.{self._requests}"
+        answer = self.feedback.get(request_id)
+        if answer is not None:
+            return FeedbackResponse.from_proto(answer)
+        request = build_request(
+            request_id,
+            feedback_type,
+            prompt,
+            options=options,
+            metadata=metadata,
+            timeout=timeout,
+            on_timeout=on_timeout,
+        )
+        raise WaitRequested(messages_pb2.Wait(feedback=request), f"waiting for feedback {request_id!r}")
+
+    def request_approval(self, prompt: str, **kwargs: Any) -> bool:
+        """Ask for a yes or no (keyword arguments as :meth:`request_feedback`)."""
+        return self.request_feedback("approval", prompt, **kwargs).approved
+
+    def request_text_input(self, prompt: str, **kwargs: Any) -> str:
+        """Ask for free text (keyword arguments as :meth:`request_feedback`)."""
+        return self.request_feedback("text", prompt, **kwargs).text
+
+    def request_selection(self, prompt: str, options: list[str], **kwargs: Any) -> str:
+        """Ask to choose one of ``options`` (keyword arguments as :meth:`request_feedback`)."""
+        return self.request_feedback("selection", prompt, options=options, **kwargs).selected
+
+    # ---- child runs ----
+    def start_child(
+        self, workflow: Workflow | workflow_pb2.WorkflowSpec, *, labels: dict[str, str] | None = None
+    ) -> str:
+        """Start ``workflow`` as a child run of this node and return its run id at once. The child
+        is a run of its own (visible, cancelable; canceled with this run). Starting is idempotent
+        per call site: when this task runs again, the same call returns the same child."""
+        spec = workflow.spec() if isinstance(workflow, Workflow) else workflow
+        if not isinstance(spec, workflow_pb2.WorkflowSpec):
+            raise TypeError(
+                f"start_child() takes a graflow Workflow or a WorkflowSpec, not {type(workflow).__name__}"
+            )
+        if self.children is None:
+            raise RuntimeError("child runs need a worker connected to the scheduler")
+        self._child_runs += 1
+        key = f"child:{self.run_id}:{self.node_id}:{self.cycle}:{self._child_runs}"
+        return self.children.submit(spec, key, dict(labels or {}), self.node_id).run_id
+
+    def run_child(
+        self, workflow: Workflow | workflow_pb2.WorkflowSpec, *, labels: dict[str, str] | None = None
+    ) -> Any:
+        """Start ``workflow`` as a child run and return its result (as ``Run.result()``), the
+        node waiting meanwhile without holding a worker. Raises :class:`ChildRunError` when the
+        child failed or was canceled."""
+        return self.wait_child(self.start_child(workflow, labels=labels))
+
+    def wait_child(self, run_id: str) -> Any:
+        """The result of child run ``run_id`` (started by this node), waiting for its end without
+        holding a worker."""
+        if self.children is None:
+            raise RuntimeError("child runs need a worker connected to the scheduler")
+        info = self.children.get_run(run_id)
+        status = common_pb2.RunStatus.Name(info.status).removeprefix("RUN_STATUS_")
+        if status in ("RUNNING", "PAUSED"):
+            raise WaitRequested(messages_pb2.Wait(child_run_id=run_id), f"waiting for child run {run_id}")
+        if status != "SUCCEEDED":
+            raise ChildRunError(run_id, status, info.message or info.error.message or "no reason given")
+        sinks = list(info.sink_node_ids)
+        values = self.children.results(run_id, sinks)
+        return values.get(sinks[0]) if len(sinks) == 1 else values
 
     # ---- cancellation ----
     def is_canceled(self) -> bool:

@@ -71,3 +71,8 @@ class TaskCanceledError(NonRetryableError):
 
 class RunNotFoundError(GraflowError, LookupError):
     """No run with that id."""
+
+
+class FeedbackError(GraflowError):
+    """A feedback answer was refused: the request does not exist, is closed or answered already,
+    or the answer does not fit it (the message says which)."""

@@ -27,6 +27,12 @@ def queue_stream(queue: str) -> str:
 # ---- scheduler ----
 RUNS_INDEX = f"{PREFIX}:runs"  # zset run_id -> created_at_ms
 ACTIVE_RUNS = f"{PREFIX}:runs:active"  # set of run ids not yet ended
+# zset "<run_id>/<request_id>" -> created_at_ms: feedback requests whose node waits for an answer.
+FEEDBACK_PENDING = f"{PREFIX}:feedback:pending"
+# zset "<run_id>/<wait_id>" -> deadline ms: waits with a timeout, due to the scheduler's wait timer.
+WAIT_DEADLINES = f"{PREFIX}:waits:deadlines"
+# zset child run id -> ended_at_ms: ended child runs whose parent node may wait for them.
+CHILDREN_ENDED = f"{PREFIX}:children:ended"
 
 
 def idempotency(key: str) -> str:
@@ -75,13 +81,26 @@ def run_dynamic(run_id: str) -> str:
 
 
 def run_cycles(run_id: str) -> str:
-    """hash node_id -> current cycle (re-runs); "<node>:data" -> JSON data of next_iteration."""
+    """hash node_id -> current cycle (re-runs); "<node>:data" -> JSON data of next_iteration;
+    "<node>:fb" -> FeedbackResponses bytes: the answers to the node's requests in this cycle."""
     return f"{PREFIX}:run:{{{run_id}}}:cycle"
 
 
+def run_waits(run_id: str) -> str:
+    """hash wait id -> what a WAITING node waits for (FeedbackRequest bytes, or a child run id);
+    "<wait id>:r" -> FeedbackResponse bytes of an answered request; "@<node>" -> the wait id the
+    node waits on now."""
+    return f"{PREFIX}:run:{{{run_id}}}:waits"
+
+
+def run_children(run_id: str) -> str:
+    """set of the child run ids started by the run's tasks."""
+    return f"{PREFIX}:run:{{{run_id}}}:children"
+
+
 def run_flow_keys(run_id: str) -> list[str]:
-    """Keys of a run's dynamic control flow (created on first use, expire with the run)."""
-    return [run_dynamic(run_id), run_cycles(run_id)]
+    """Keys of a run's dynamic control flow and waits (created on first use, expire with the run)."""
+    return [run_dynamic(run_id), run_cycles(run_id), run_waits(run_id), run_children(run_id)]
 
 
 # ---- coordinator ----

@@ -386,3 +386,65 @@ def chan_checkpointed(ctx: TaskContext, steps: int = 5, fail_at: int = 3,
                 os._exit(17)
             raise ConnectionError(f"transient failure after step {step}")
     return {"attempt": ctx.attempt, "resumed_from": resumed_from, "done": state["done"]}
+
+
+# ---- human feedback and child runs (waits_test.py) ----
+def count_asks(ctx: TaskContext) -> None:
+    """``asked:<run>:<node>``: how many times the task reached its question (runs of its body)."""
+    effects().incr(f"asked:{ctx.run_id}:{ctx.node_id}")
+
+
+@task(inject_context=True)
+def ask(ctx: TaskContext, kind: str = "approval", prompt: str = "go ahead?", options: list[str] | None = None,
+        timeout: float | None = None, on_timeout: str = "fail") -> dict[str, Any]:
+    """Asks one question; returns the answer (its effect happens once, after the answer)."""
+    count_asks(ctx)
+    answer = ctx.request_feedback(kind, prompt, options=options, metadata={"node": ctx.node_id},
+                                  timeout=timeout, on_timeout=on_timeout)
+    record(ctx)
+    return {"approved": answer.approved, "text": answer.text, "selected": answer.selected,
+            "selected_multiple": answer.selected_multiple, "custom": answer.custom_data,
+            "by": answer.responded_by, "worker": ctx.worker_id}
+
+
+@task(inject_context=True)
+def interview(ctx: TaskContext) -> str:
+    """Two questions in turn: the run after the first answer gets it again and asks the second."""
+    count_asks(ctx)
+    name = ctx.request_text_input("your name?")
+    color = ctx.request_selection(f"{name}, pick a color", ["red", "blue"])
+    record(ctx)
+    return f"{name}:{color}"
+
+
+@task(inject_context=True)
+def spawn_child(ctx: TaskContext, n: int = 3) -> int:
+    """Runs ``source(n) >> add_one`` as a child run and uses its result."""
+    from graflow import workflow
+
+    with workflow("child") as wf:
+        source(task_id="a", value=n) >> add_one(task_id="b")
+    value = ctx.run_child(wf, labels={"parent_node": ctx.node_id})
+    record(ctx)
+    return value * 10
+
+
+@task(inject_context=True)
+def spawn_waiting_child(ctx: TaskContext) -> str:
+    """Waits for a child run whose only task waits until canceled."""
+    from graflow import workflow
+
+    with workflow("long-child") as wf:
+        cooperative_wait(task_id="long", seconds=60)
+    return str(ctx.run_child(wf))
+
+
+@task(inject_context=True)
+def fire_child(ctx: TaskContext, n: int = 1) -> str:
+    """Starts a child run and goes on without waiting; returns the child's run id."""
+    from graflow import workflow
+
+    with workflow("fire-and-forget") as wf:
+        source(task_id="a", value=n)
+    record(ctx)
+    return ctx.start_child(wf)

@@ -1,4 +1,5 @@
-"""The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs."""
+"""The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs; list,
+get and answer feedback requests (graflow_scheduler.waits)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
-from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
@@ -22,7 +23,7 @@ from graflow_scheduler.plan import Plan
 from graflow_scheduler.plans import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.queries import BadPageToken, RunReader
 from graflow_scheduler.runids import new_run_id, run_id_problem
-from graflow_scheduler.state import RunStore
+from graflow_scheduler.state import ParentLink, RunStore
 from graflow_scheduler.views import (
     ENDED_STATUSES,
     event_from_entry,
@@ -30,6 +31,7 @@ from graflow_scheduler.views import (
     is_terminal,
     is_terminal_entry,
 )
+from graflow_scheduler.waits import LIVE_STATUSES, FeedbackNotFound, FeedbackRejected, Waits
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +77,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         plans: PlanCache,
         graphs: RunGraphs,
         dispatcher: Dispatcher,
+        waits: Waits,
         *,
         limits: Limits,
         watch_block_ms: int = 5000,
@@ -85,6 +88,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.plans = plans
         self.graphs = graphs
         self.dispatcher = dispatcher
+        self.waits = waits
         self.limits = limits
         self.watch_block_ms = watch_block_ms
         self._notifications: set[asyncio.Task[None]] = set()
@@ -111,6 +115,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             plan = await compile_off_loop(request.spec, self.limits)
         except SpecError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid workflow: {exc}")
+        parent = await self._parent(request, context)
         digest = graph_hash(request.spec)
         try:
             await self.plans.store(digest, request.spec, plan)
@@ -126,6 +131,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             now_ms=_now_ms(),
             idempotency_key=request.idempotency_key,
             labels=dict(request.labels),
+            parent=parent,
         )
         if not created.created:
             existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
@@ -152,6 +158,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.SubmitRunResponse(
             run_id=run_id, created=True, graph_hash=digest, sink_node_ids=plan.sinks
         )
+
+    async def _parent(
+        self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> ParentLink | None:
+        if not request.HasField("parent"):
+            return None
+        parent = request.parent
+        await self._check_run_id(parent.run_id, context)
+        status = await self.reader.status(parent.run_id)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"parent run {parent.run_id} does not exist")
+        if status not in LIVE_STATUSES:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parent run {parent.run_id} has ended ({status}): it cannot start child runs",
+            )
+        if not parent.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "parent.node_id is empty")
+        return ParentLink(parent.run_id, parent.node_id)
 
     async def GetRun(  # noqa: N802
         self, request: scheduler_pb2.GetRunRequest, context: grpc.aio.ServicerContext
@@ -240,6 +265,35 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 task = asyncio.create_task(self.dispatcher.notify_canceled([request.run_id]))
                 self._notifications.add(task)
                 task.add_done_callback(self._notifications.discard)
+                await self.waits.cancel_children(request.run_id, reason)
             return await self.reader.get_run(request.run_id, self._plan_or_none)
         except RunNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def ListFeedback(  # noqa: N802
+        self, request: scheduler_pb2.ListFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListFeedbackResponse:
+        if request.run_id:
+            await self._check_run_id(request.run_id, context)
+        pending = await self.waits.list_pending(request.run_id, request.limit)
+        return scheduler_pb2.ListFeedbackResponse(requests=pending)
+
+    async def GetFeedback(  # noqa: N802
+        self, request: scheduler_pb2.GetFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> feedback_pb2.FeedbackRequest:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.waits.get(request.run_id, request.request_id)
+        except (RunNotFound, FeedbackNotFound) as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def RespondFeedback(  # noqa: N802
+        self, request: scheduler_pb2.RespondFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> feedback_pb2.FeedbackRequest:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.waits.respond(request.run_id, request.request_id, request.response)
+        except (RunNotFound, FeedbackNotFound) as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except FeedbackRejected as exc:
+            await context.abort(exc.code, str(exc))

@@ -28,6 +28,7 @@ from graflow_scheduler.queries import RunReader
 from graflow_scheduler.settings import SchedulerSettings
 from graflow_scheduler.state import RunStore
 from graflow_scheduler.sweep import RecoverySweep
+from graflow_scheduler.waits import Waits
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ class SchedulerApp:
     servicer: SchedulerServicer
     consumer: OutcomeConsumer
     sweep: RecoverySweep
+    waits: Waits
     server: ServerHandle
 
     @property
@@ -72,6 +74,7 @@ class SchedulerApp:
             await self.sweep.sweep_safely()  # what a previous process left READY
             self.consumer.start()
             self.sweep.start()
+            self.waits.start()
         log.info(
             "scheduler listening",
             port=self.port,
@@ -86,6 +89,7 @@ class SchedulerApp:
         await self.server.set_serving(False)
         await self.consumer.stop()
         await self.sweep.stop()
+        await self.waits.stop()
         await self.server.stop(grace)
         await self.coordinator_channel.close()
         await self.result_store_channel.close()
@@ -113,6 +117,7 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
     graphs = RunGraphs(reader)
     limits = Limits(max_nodes=settings.max_nodes, max_args_bytes=settings.max_args_bytes)
     dynamic = DynamicNodes(redis)
+    waits = Waits(store, plans, graphs, dispatcher, dynamic, interval_s=settings.wait_timer_interval_s)
     servicer = SchedulerServicer(
         store,
         reader,
@@ -120,6 +125,7 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         plans,
         graphs,
         dispatcher,
+        waits,
         limits=limits,
         watch_block_ms=settings.watch_block_ms,
     )
@@ -132,6 +138,7 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
             dispatcher,
             dynamic=dynamic,
             limits=limits,
+            waits=waits,
         ),
         ConsumerConfig(
             batch=settings.outcome_batch,
@@ -166,5 +173,6 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         servicer=servicer,
         consumer=consumer,
         sweep=sweep,
+        waits=waits,
         server=server,
     )

@@ -1,15 +1,20 @@
 -- Apply one task outcome to a run, atomically and idempotently (fenced by the attempt).
--- KEYS: 1-7 run keys (see common.lua), 8 dynamic nodes, 9 cycles (see flow.lua).
--- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed), ErrorInfo bytes, worker,
+-- KEYS: 1-7 run keys (see common.lua), 8-14 flow and wait keys (see flow.lua, waits.lua).
+-- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
 --       now without consuming the retry budget and counted in the join hash as '<node>:lost'),
---       flow json (graflow_scheduler.directives: directives, continuation, loop edges, limits; see flow.lua).
+--       flow json (graflow_scheduler.directives: directives, continuation, loop edges, limits; see flow.lua),
+--       and for 'W': wait id, wait record, '1' for a feedback request, deadline ms (0 = none), the
+--       child run's meta key ('' unless it waits for a child run).
+-- A 'W' outcome parks the node (waits.lua); a wait id used before in the run fails the node with
+-- InvalidWait instead; a child run that ended already resumes it at once. An 'F' outcome of the
+-- node's current attempt also applies while it waits: the wait timer's FeedbackTimeout.
 -- The closure (graflow_scheduler.plan.Plan.closure_json) lists the node's successors; group
 -- entries carry their policy and their own successors, so the script never needs the graph.
 -- Returns {code, ready, retry, run_status}:
 --   code: applied | duplicate (attempt already finished) | stale (another attempt) |
---         ignored (run not RUNNING) | unknown_run | unknown_node
+--         ignored (run ended) | unknown_run | unknown_node
 --   ready: flat {node, attempt, ...} of task nodes to dispatch (for duplicate/stale: the
 --          closure's nodes that are READY now, so a redelivered outcome repeats their dispatch)
 --   retry: {} or {node, new_attempt, delay_ms, lost attempts of the node}
@@ -26,7 +31,7 @@ local flow = decode_flow(ARGV[13], node)
 
 local run_status = redis.call('HGET', KEYS[K_META], 'status')
 if not run_status then return {'unknown_run', {}, {}, ''} end
-if run_status ~= 'RUNNING' then return {'ignored', {}, {}, run_status} end
+if not is_live(run_status) then return {'ignored', {}, {}, run_status} end
 local state = redis.call('HGET', KEYS[K_STATE], node)
 if not state then return {'unknown_node', {}, {}, run_status} end
 local current = tonumber(redis.call('HGET', KEYS[K_ATTEMPT], node) or '0')
@@ -46,7 +51,8 @@ local function ready_in(entries, out)
   return out
 end
 
-if state ~= 'READY' or attempt ~= current then
+local live = state == 'READY' or (state == 'WAITING' and status == 'F')
+if not live or attempt ~= current then
   local code = (attempt == current) and 'duplicate' or 'stale'
   local retry = {}
   -- The failure of the previous attempt was applied as a retry: repeat the retry's dispatch.
@@ -63,6 +69,28 @@ if state ~= 'READY' or attempt ~= current then
 end
 
 redis.call('HSET', KEYS[K_META], 'updated', now)
+if state == 'WAITING' then close_wait(run_id, node) end
+
+if status == 'W' then
+  local wait_id, record, deadline, child_meta = ARGV[14], ARGV[15], tonumber(ARGV[17]), ARGV[18]
+  if redis.call('HEXISTS', KEYS[K_WAITS], wait_id) == 1 then
+    status, delay = 'F', -1
+    err = error_info('InvalidWait', string.format("'%s' waits on '%s', an id used before in this run; " ..
+      'give each feedback request of a run its own id', node, wait_id))
+  else
+    local what = (child_meta ~= '') and ('child run ' .. string.sub(record, 7)) or ("feedback '" .. wait_id .. "'")
+    park(run_id, node, attempt, wait_id, record, ARGV[16] == '1', deadline, now, 'waiting for ' .. what, worker)
+    local ready, cyc = {}, {}
+    if child_meta ~= '' then
+      local child_status = redis.call('HGET', child_meta, 'status')
+      if child_status and not is_live(child_status) then
+        push_ready(ready, node, resume(run_id, node, wait_id, '', now, what .. ' ended ' .. child_status))
+        note_cycle(cyc, node)
+      end
+    end
+    return {'applied', ready, {}, settle_pause(now), {cyc, {}}}
+  end
+end
 
 local function count(field)
   return tonumber(redis.call('HGET', KEYS[K_JOIN], field) or '0')
@@ -89,7 +117,7 @@ if status == 'F' and delay >= 0 then
   add_event(now, 'NODE_RETRYING', node, next_attempt, message, worker, err)
   local cyc = {}
   note_cycle(cyc, node)
-  return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, 'RUNNING', {cyc, {}}}
+  return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, settle_pause(now), {cyc, {}}}
 end
 
 if status == 'S' then
@@ -264,4 +292,4 @@ if #ready == 0 and redis.call('HGET', KEYS[K_META], 'flow') == '1' and run_is_id
     'still waiting depended on nodes a jump skipped', '')
   return {'applied', {}, {}, 'SUCCEEDED', {{}, added_ids}}
 end
-return {'applied', ready, {}, 'RUNNING', {cyc, added_ids}}
+return {'applied', ready, {}, settle_pause(now), {cyc, added_ids}}

@@ -31,6 +31,8 @@ from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_scheduler.compiler import Limits
 from graflow_scheduler.directives import PreparedFlow, prepare
@@ -42,11 +44,17 @@ from graflow_scheduler.plan import NodeKind, Plan
 from graflow_scheduler.plans import PlanCache, RunGraphs
 from graflow_scheduler.retry import retry_delay_ms
 from graflow_scheduler.runids import is_run_id
-from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore
+from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore, WaitToApply
+from graflow_scheduler.waits import LIVE_STATUSES, Waits
 
 log = structlog.get_logger(__name__)
 
-_STATUSES = {messages_pb2.TaskOutcome.STATUS_SUCCEEDED, messages_pb2.TaskOutcome.STATUS_FAILED}
+_STATUSES = {
+    messages_pb2.TaskOutcome.STATUS_SUCCEEDED,
+    messages_pb2.TaskOutcome.STATUS_FAILED,
+    messages_pb2.TaskOutcome.STATUS_WAITING,
+}
+_WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
 _MISSING_ERROR = common_pb2.ErrorInfo(
     type="TaskFailed", message="the worker reported a failure without error details", retryable=True
 )
@@ -82,7 +90,7 @@ def decode_outcome(entry_id: bytes, fields: dict[bytes, bytes]) -> messages_pb2.
     elif outcome.attempt < 1:
         problem = "attempt is 0"
     elif outcome.status not in _STATUSES:
-        problem = f"status {outcome.status} is neither SUCCEEDED nor FAILED"
+        problem = f"status {outcome.status} is not SUCCEEDED, FAILED or WAITING"
     if problem:
         return DeadOutcome(entry_id, f"invalid outcome: {problem}", raw, outcome)
     return outcome
@@ -100,6 +108,7 @@ class OutcomeBatches:
         rng: random.Random | None = None,
         dynamic: DynamicNodes | None = None,
         limits: Limits | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.stream = stream
         self.store = store
@@ -110,6 +119,7 @@ class OutcomeBatches:
         self._rng = rng or random.Random()
         self.dynamic = dynamic or DynamicNodes(store.redis)
         self.limits = limits or Limits()
+        self.waits = waits or Waits(store, plans, graphs, dispatcher, self.dynamic)
         self._notifications: set[asyncio.Task[Any]] = set()
 
     async def process(self, entries: Sequence[Entry], poison: Sequence[DeadOutcome] = ()) -> None:
@@ -174,8 +184,34 @@ class OutcomeBatches:
         return plan
 
     def _to_apply(
-        self, outcome: messages_pb2.TaskOutcome, plan: Plan, lost_attempts: int, flow: PreparedFlow
+        self,
+        outcome: messages_pb2.TaskOutcome,
+        plan: Plan,
+        lost_attempts: int,
+        flow: PreparedFlow,
+        wait: WaitToApply | common_pb2.ErrorInfo | None,
     ) -> OutcomeToApply:
+        if isinstance(wait, WaitToApply):
+            return OutcomeToApply(
+                run_id=outcome.run_id,
+                node_id=outcome.node_id,
+                attempt=outcome.attempt,
+                succeeded=False,
+                error=b"",
+                worker_id=outcome.worker_id,
+                retry_delay_ms=-1,
+                closure_json=flow.closure_json(failed=True),
+                flow_json=flow.flow_json,
+                wait=wait,
+            )
+        if wait is not None:
+            log.warning(
+                "invalid wait: the node fails",
+                run_id=outcome.run_id,
+                node_id=outcome.node_id,
+                error=wait.message,
+            )
+            flow = replace(flow, error=wait)
         if flow.error is not None:
             log.warning(
                 "invalid directive: the node fails",
@@ -217,10 +253,11 @@ class OutcomeBatches:
             [(o.run_id, o.node_id) for o, _ in work if o.status == failed and not o.worker_lost]
         )
         flows = [prepare(o, plan, self.dynamic.cached(o.run_id, o.node_id), self.limits) for o, plan in work]
+        waits = [await self._wait_of(o) if o.status == _WAITING else None for o, _ in work]
         results = await self.store.apply_outcomes(
             [
-                self._to_apply(o, plan, lost.get((o.run_id, o.node_id), 0), flow)
-                for (o, plan), flow in zip(work, flows, strict=True)
+                self._to_apply(o, plan, lost.get((o.run_id, o.node_id), 0), flow, wait)
+                for (o, plan), flow, wait in zip(work, flows, waits, strict=True)
             ],
             now_ms=int(time.time() * 1000),
         )
@@ -246,7 +283,7 @@ class OutcomeBatches:
             else:
                 self.stats.ignored += 1
                 log.debug("outcome ignored", reason=result.code, run_status=result.run_status, **ids)
-            if result.code == "applied" and result.run_status != "RUNNING":
+            if result.code == "applied" and result.run_status not in LIVE_STATUSES:
                 log.info("run ended", run_id=outcome.run_id, status=result.run_status)
                 if result.run_status == "CANCELED":
                     canceled.append(outcome.run_id)
@@ -269,10 +306,22 @@ class OutcomeBatches:
                 )
         if canceled:
             # In the background: the batch does not wait for the coordinator (best effort).
-            task = asyncio.create_task(self.dispatcher.notify_canceled(canceled))
-            self._notifications.add(task)
-            task.add_done_callback(self._notifications.discard)
+            for job in (self.dispatcher.notify_canceled(canceled), self._cancel_children(canceled)):
+                task = asyncio.create_task(job)
+                self._notifications.add(task)
+                task.add_done_callback(self._notifications.discard)
         return [d for d in deliveries.values() if d is not None]
+
+    async def _wait_of(self, outcome: messages_pb2.TaskOutcome) -> WaitToApply | common_pb2.ErrorInfo:
+        cycle = await self.store.redis.hget(keys.run_cycles(outcome.run_id), outcome.node_id)
+        return await self.waits.prepare(outcome, int(cycle or 0))
+
+    async def _cancel_children(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            try:
+                await self.waits.cancel_children(run_id, "a task canceled the run")
+            except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
+                log.warning("child runs of a canceled run not canceled", run_id=run_id, error=str(exc))
 
     async def _find_dynamic(
         self,
@@ -312,7 +361,7 @@ class OutcomeBatches:
             return None
         cycle = result.cycles.get(node_id)
         if cycle is not None:
-            kwargs.update(cycle=cycle.cycle, iteration_data_json=cycle.data_json)
+            kwargs.update(cycle=cycle.cycle, iteration_data_json=cycle.data_json, feedback=cycle.feedback)
         return delivery(plan, run_id, node_id, attempt, task=task, **kwargs)
 
     async def _dispatch(self, deliveries: list[coordinator_pb2.Delivery]) -> None:

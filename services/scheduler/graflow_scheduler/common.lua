@@ -1,8 +1,10 @@
 -- Helpers shared by the run scripts; graflow_scheduler.scripts prepends this file to each one.
 -- KEYS[1..7] of every run script: meta, state, attempt, join, errors, events, active-runs set.
 local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3, 4, 5, 6, 7
--- apply_outcome and cancel_run also get KEYS[8] dynamic nodes and KEYS[9] cycles (see flow.lua).
-local K_DYN, K_CYCLE = 8, 9
+-- apply_outcome, cancel_run and resolve_wait also get KEYS[8] dynamic nodes, KEYS[9] cycles (see
+-- flow.lua), KEYS[10] waits, KEYS[11] child runs set, and the global KEYS[12] pending feedback
+-- index, KEYS[13] wait deadlines, KEYS[14] ended child runs (see waits.lua).
+local K_DYN, K_CYCLE, K_WAITS, K_CHILDREN, K_FEEDBACK, K_DEADLINES, K_ENDED = 8, 9, 10, 11, 12, 13, 14
 -- unpack() is bounded by the Lua C stack: write big hashes in chunks of field/value pairs.
 local CHUNK_PAIRS = 1000
 
@@ -26,6 +28,11 @@ local function error_info(etype, message)
   return pb_string(1, etype) .. pb_string(2, message)
 end
 
+-- A run that has not ended: RUNNING, or PAUSED (only waits are left; see waits.lua).
+local function is_live(status)
+  return status == 'RUNNING' or status == 'PAUSED'
+end
+
 local function hset_many(key, flat)
   for i = 1, #flat, 2 * CHUNK_PAIRS do
     redis.call('HSET', key, unpack(flat, i, math.min(i + 2 * CHUNK_PAIRS - 1, #flat)))
@@ -45,7 +52,9 @@ end
 
 -- End the run: status and end time, nodes that will not run (SKIPPED, or CANCELED on cancel),
 -- the terminal event, out of the active set, and every run key (and its idempotency key) set to
--- expire after the retention period. `fields` are extra meta field/value pairs.
+-- expire after the retention period. `fields` are extra meta field/value pairs. With the wait
+-- keys (KEYS[14]): the run's open waits leave the global indexes, and a child run is recorded as
+-- ended so that its parent node, if it waits for it, runs again.
 local function finish_run(run_id, status, now, retention, idem_prefix, fields, ev_node, ev_message, ev_err)
   local meta = {'status', status, 'ended', now, 'updated', now}
   for i = 1, #fields do meta[#meta + 1] = fields[i] end
@@ -56,7 +65,7 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
     local updates = {}
     for i = 1, #all, 2 do
       local s = all[i + 1]
-      if s == 'PENDING' or s == 'READY' then
+      if s == 'PENDING' or s == 'READY' or s == 'WAITING' then
         updates[#updates + 1] = all[i]
         updates[#updates + 1] = leftover
       end
@@ -66,9 +75,18 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
   add_event(now, 'RUN_' .. status, ev_node, 0, ev_message, '', ev_err)
   redis.call('SREM', KEYS[K_ACTIVE], run_id)
   for i = 1, 6 do redis.call('EXPIRE', KEYS[i], retention) end
-  if #KEYS >= K_CYCLE then
-    redis.call('EXPIRE', KEYS[K_DYN], retention)
-    redis.call('EXPIRE', KEYS[K_CYCLE], retention)
+  if #KEYS >= K_ENDED then
+    for i = K_DYN, K_CHILDREN do redis.call('EXPIRE', KEYS[i], retention) end
+    local waits = redis.call('HGETALL', KEYS[K_WAITS])
+    for i = 1, #waits, 2 do
+      if string.sub(waits[i], 1, 1) == '@' then
+        redis.call('ZREM', KEYS[K_FEEDBACK], run_id .. '/' .. waits[i + 1])
+        redis.call('ZREM', KEYS[K_DEADLINES], run_id .. '/' .. waits[i + 1])
+      end
+    end
+    if (redis.call('HGET', KEYS[K_META], 'parent') or '') ~= '' then
+      redis.call('ZADD', KEYS[K_ENDED], now, run_id)
+    end
   end
   local idem = redis.call('HGET', KEYS[K_META], 'idem')
   if idem and idem ~= '' then redis.call('EXPIRE', idem_prefix .. idem, retention) end

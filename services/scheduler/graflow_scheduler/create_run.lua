@@ -1,6 +1,7 @@
 -- Create a run: meta, node states (roots READY at attempt 1, others PENDING), indexes, events.
 -- KEYS: 1-7 run keys (see common.lua), 8 runs index zset, 9 idempotency key (optional).
 -- ARGV: run_id, name, graph_hash, now_ms, labels_json, sinks_json, idem_key, retention_s,
+--       parent run id, parent node id, parent's child runs set key ('' x3 unless a child run),
 --       n_roots, then the root ids, then every other node id (groups included).
 -- Returns {created (1/0), run_id}: with an idempotency key that is taken, the existing run id.
 local run_id, now, retention = ARGV[1], ARGV[4], ARGV[8]
@@ -11,12 +12,14 @@ end
 if redis.call('EXISTS', KEYS[K_META]) == 1 then return {0, run_id} end
 if #KEYS >= 9 then redis.call('SET', KEYS[9], run_id, 'EX', retention) end
 
-local n_roots = tonumber(ARGV[9])
-local first = 10
+local parent, parent_node, parent_children = ARGV[9], ARGV[10], ARGV[11]
+local n_roots = tonumber(ARGV[12])
+local first = 13
 local total = #ARGV - first + 1
 redis.call('HSET', KEYS[K_META], 'name', ARGV[2], 'status', 'RUNNING', 'graph', ARGV[3],
   'created', now, 'updated', now, 'ended', '0', 'pending', tostring(total),
-  'labels', ARGV[5], 'sinks', ARGV[6], 'idem', ARGV[7])
+  'labels', ARGV[5], 'sinks', ARGV[6], 'idem', ARGV[7], 'parent', parent, 'parent_node', parent_node)
+if parent ~= '' then redis.call('SADD', parent_children, run_id) end
 local states, attempts = {}, {}
 for i = first, #ARGV do
   if i < first + n_roots then

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
+from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, feedback_pb2, messages_pb2
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.telemetry import inject_trace_context
 
@@ -33,12 +33,14 @@ def delivery(
     task: TaskData | None = None,
     cycle: int = 0,
     iteration_data_json: bytes = b"",
+    feedback: bytes = b"",
 ) -> coordinator_pb2.Delivery:
     """The delivery of ``attempt`` of task node ``node_id``. ``trace_context``: the W3C context the
     task continues (the outcome that released it); the current context when empty.
     ``lost_attempts``: earlier attempts lost with their worker (the coordinator's poison count).
     ``task``: the node's task data when it is not in the plan (added at run time); ``cycle`` and
-    ``iteration_data_json``: its re-run and the data of ctx.next_iteration."""
+    ``iteration_data_json``: its re-run and the data of ctx.next_iteration; ``feedback``: the answers
+    to its feedback requests in this cycle (FeedbackResponses bytes)."""
     task = task or plan.task(node_id)
     envelope = messages_pb2.TaskEnvelope(
         run_id=run_id,
@@ -56,6 +58,8 @@ def delivery(
         max_cycles=task.max_cycles,
         iteration_data_json=iteration_data_json,
     )
+    if feedback:
+        envelope.feedback.extend(feedback_pb2.FeedbackResponses.FromString(feedback).responses)
     if trace_context:
         envelope.trace_context.update(trace_context)
     else:

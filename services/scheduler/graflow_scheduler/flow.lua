@@ -5,7 +5,8 @@
 -- KEYS[K_DYN]   node -> dynamic node spec JSON (opaque here); '#n:<base>' id counters;
 --               '#mc:<node>' max cycles of dynamic nodes; '#r:<node>:<attempt>' JSON list of the
 --               nodes that applying that outcome released (repeated when it is delivered again).
--- KEYS[K_CYCLE] node -> current cycle (absent = 0); '<node>:data' JSON data of next_iteration.
+-- KEYS[K_CYCLE] node -> current cycle (absent = 0); '<node>:data' JSON data of next_iteration;
+--               '<node>:fb' answers to the node's feedback requests in this cycle (waits.lua).
 -- Join hash fields used here: '<node>:defer' (runs the node's successors still wait for: nodes it
 -- added), '<node>:dfail' (one of them failed), '<succ><<pred>' (pred already counted in succ's
 -- join), '<node>:rbase' (attempts of earlier cycles that do not count against the retry budget).
@@ -31,14 +32,18 @@ local function push_ready(ready, id, attempt)
   ready[#ready + 1] = tostring(attempt)
 end
 
--- Appends {node, cycle, data} to `cyc` when the node's current run is a re-run or has data.
+local function push_cycle(cyc, id, c, data, answers)
+  cyc[#cyc + 1] = id
+  cyc[#cyc + 1] = tostring(c)
+  cyc[#cyc + 1] = data or ''
+  cyc[#cyc + 1] = answers or ''
+end
+
+-- Appends {node, cycle, data, feedback answers} to `cyc` when the node's current run is a re-run,
+-- has iteration data or has answers to its feedback requests.
 local function note_cycle(cyc, id)
-  local v = redis.call('HMGET', KEYS[K_CYCLE], id, id .. ':data')
-  if (v[1] and v[1] ~= '0') or v[2] then
-    cyc[#cyc + 1] = id
-    cyc[#cyc + 1] = v[1] or '0'
-    cyc[#cyc + 1] = v[2] or ''
-  end
+  local v = redis.call('HMGET', KEYS[K_CYCLE], id, id .. ':data', id .. ':fb')
+  if (v[1] and v[1] ~= '0') or v[2] or v[3] then push_cycle(cyc, id, v[1] or '0', v[2], v[3]) end
 end
 
 -- A new cycle starting at `attempt`: earlier attempts (except those lost with their worker, which
@@ -69,11 +74,9 @@ local function release(id, now, ready, cyc)
   local message = ''
   if a > 1 then
     local c = redis.call('HINCRBY', KEYS[K_CYCLE], id, 1)
-    redis.call('HDEL', KEYS[K_CYCLE], id .. ':data')
+    redis.call('HDEL', KEYS[K_CYCLE], id .. ':data', id .. ':fb')
     start_retry_budget(id, a)
-    cyc[#cyc + 1] = id
-    cyc[#cyc + 1] = tostring(c)
-    cyc[#cyc + 1] = ''
+    push_cycle(cyc, id, c, '', '')
     message = 'cycle ' .. c
   end
   add_event(now, 'NODE_READY', id, a, message, '', '')
@@ -108,6 +111,7 @@ local function rerun(target, data, mc, why, now, ready, cyc)
     redis.call('HSET', KEYS[K_CYCLE], target, c)
     start_retry_budget(target, a + 1)
   end
+  redis.call('HDEL', KEYS[K_CYCLE], target .. ':fb')
   if data and data ~= '' then
     redis.call('HSET', KEYS[K_CYCLE], target .. ':data', data)
   else
@@ -115,11 +119,7 @@ local function rerun(target, data, mc, why, now, ready, cyc)
   end
   add_event(now, 'NODE_READY', target, a + 1, string.format('cycle %d: %s', c, why), '', '')
   push_ready(ready, target, a + 1)
-  if c > 0 or (data and data ~= '') then
-    cyc[#cyc + 1] = target
-    cyc[#cyc + 1] = tostring(c)
-    cyc[#cyc + 1] = data or ''
-  end
+  if c > 0 or (data and data ~= '') then push_cycle(cyc, target, c, data, '') end
   return nil
 end
 

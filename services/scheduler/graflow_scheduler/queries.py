@@ -78,10 +78,12 @@ class RunReader:
             pipe.hgetall(keys.run_errors(run_id))
             pipe.hgetall(keys.run_cycles(run_id))
             pipe.hgetall(keys.run_dynamic(run_id))
-            meta, states, attempts, errors, cycles, dynamic = await pipe.execute()
+            pipe.smembers(keys.run_children(run_id))
+            meta, states, attempts, errors, cycles, dynamic, children = await pipe.execute()
         if not meta:
             raise RunNotFound(run_id)
         run = run_from_meta(run_id, meta)
+        run.child_run_ids.extend(sorted(child.decode() for child in children))
         plan = await plan_lookup(run.graph_hash)
         add_nodes(run, states, attempts, errors, plan, cycles, dynamic_summaries(dynamic))
         return run
@@ -168,7 +170,7 @@ class RunReader:
             if graph is None:
                 gone.append(run_id)
                 continue
-            if status != b"RUNNING":
+            if status not in (b"RUNNING", b"PAUSED"):
                 continue
             ready = tuple(
                 (node.decode(), int(attempts.get(node, b"1")))
@@ -197,8 +199,9 @@ class RunReader:
         for ready_run, raw in zip(ready_runs, all_cycles, strict=True):
             for node_id, _attempt in ready_run.ready:
                 cycle, data = raw.get(node_id.encode()), raw.get(f"{node_id}:data".encode())
-                if cycle or data:
-                    ready_run.cycles[node_id] = NodeCycle(int(cycle or 0), data or b"")
+                answers = raw.get(f"{node_id}:fb".encode())
+                if cycle or data or answers:
+                    ready_run.cycles[node_id] = NodeCycle(int(cycle or 0), data or b"", answers or b"")
 
     async def forget(self, run_ids: Sequence[str]) -> None:
         """Drop runs whose state expired from the active set."""

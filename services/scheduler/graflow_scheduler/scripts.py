@@ -42,16 +42,17 @@ class RunScript:
 
 
 class Scripts:
-    """The three run scripts, and how to call them."""
+    """The run scripts, and how to call them."""
 
     def __init__(self) -> None:
         self.create_run = RunScript.load("create_run.lua")
-        self.apply_outcome = RunScript.load("apply_outcome.lua", "flow.lua")
+        self.apply_outcome = RunScript.load("apply_outcome.lua", "flow.lua", "waits.lua")
         self.cancel_run = RunScript.load("cancel_run.lua")
+        self.resolve_wait = RunScript.load("resolve_wait.lua", "flow.lua", "waits.lua")
 
     @property
     def all(self) -> tuple[RunScript, ...]:
-        return (self.create_run, self.apply_outcome, self.cancel_run)
+        return (self.create_run, self.apply_outcome, self.cancel_run, self.resolve_wait)
 
     async def load_into(self, client: aioredis.Redis) -> None:
         """SCRIPT LOAD every script (idempotent)."""

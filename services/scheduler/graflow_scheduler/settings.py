@@ -47,6 +47,8 @@ class SchedulerSettings(ServiceSettings):
     retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     # Recovery sweep period: READY nodes of active runs are dispatched again (deduplicated).
     sweep_interval_s: float = Field(default=10.0, gt=0)
+    # How often the wait timer fires due feedback deadlines and resumes parents of ended child runs.
+    wait_timer_interval_s: float = Field(default=0.5, gt=0)
     # Outcomes pending longer than this in another consumer (a dead replica) are claimed.
     claim_idle_ms: int = Field(default=30_000, ge=1)
     # Compiled plans kept in memory (LRU by graph hash).

@@ -27,15 +27,35 @@ def run_script_keys(run_id: str) -> list[str]:
 
 
 def flow_script_keys(run_id: str) -> list[str]:
-    """KEYS of apply_outcome and cancel_run: :func:`run_script_keys`, then the dynamic nodes and
-    cycles hashes (KEYS[8], KEYS[9])."""
-    return [*run_script_keys(run_id), *keys.run_flow_keys(run_id)]
+    """KEYS of apply_outcome, cancel_run and resolve_wait: :func:`run_script_keys`, then the
+    run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and the global indexes of
+    pending feedback, wait deadlines and ended child runs (KEYS[12..14])."""
+    return [
+        *run_script_keys(run_id),
+        *keys.run_flow_keys(run_id),
+        keys.FEEDBACK_PENDING,
+        keys.WAIT_DEADLINES,
+        keys.CHILDREN_ENDED,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
 class CreatedRun:
     run_id: str
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WaitToApply:
+    """What a WAITING outcome parks its node on (see waits.lua)."""
+
+    wait_id: str
+    # FeedbackRequest bytes (as recorded), or "child:<child run id>".
+    record: bytes
+    feedback: bool
+    deadline_ms: int = 0
+    # The child run's meta key ("" for feedback): a child that ended already resumes the node.
+    child_meta_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +72,18 @@ class OutcomeToApply:
     worker_lost: bool = False
     # Dynamic control flow (graflow_scheduler.directives; "" = the node itself, no directives or limits).
     flow_json: str = ""
+    # Set for a WAITING outcome (``succeeded`` is then ignored).
+    wait: WaitToApply | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NodeCycle:
-    """A dispatched node's cycle and the data of ctx.next_iteration (JSON, b"" = none)."""
+    """A dispatched node's cycle, the data of ctx.next_iteration (JSON, b"" = none) and the
+    answers to its feedback requests in this cycle (FeedbackResponses bytes, b"" = none)."""
 
     cycle: int
     data_json: bytes = b""
+    feedback: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +110,25 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def parse_cycles(flat: Sequence[object]) -> dict[str, NodeCycle]:
+    """The flat {node, cycle, data, answers, ...} lists of the run scripts (flow.lua push_cycle)."""
+    return {
+        _text(flat[i]): NodeCycle(int(flat[i + 1]), _bytes(flat[i + 2]), _bytes(flat[i + 3]))  # type: ignore[call-overload]
+        for i in range(0, len(flat), 4)
+    }
+
+
 def _parse_applied(raw: object) -> AppliedOutcome:
     code, ready_flat, retry_flat, run_status = raw[:4]  # type: ignore[index]
     cycles: dict[str, NodeCycle] = {}
     added: dict[int, str] = {}
     if len(raw) > 4:  # type: ignore[arg-type]
         cycles_flat, added_flat = raw[4]  # type: ignore[index]
-        for i in range(0, len(cycles_flat), 3):
-            data = cycles_flat[i + 2]
-            cycles[_text(cycles_flat[i])] = NodeCycle(
-                int(cycles_flat[i + 1]), data if isinstance(data, bytes) else str(data).encode()
-            )
+        cycles = parse_cycles(cycles_flat)
         added = {int(added_flat[i]): _text(added_flat[i + 1]) for i in range(0, len(added_flat), 2)}
     ready = tuple((_text(ready_flat[i]), int(ready_flat[i + 1])) for i in range(0, len(ready_flat), 2))
     retry = None
@@ -106,6 +138,30 @@ def _parse_applied(raw: object) -> AppliedOutcome:
     return AppliedOutcome(
         code=_text(code), ready=ready, retry=retry, run_status=_text(run_status), cycles=cycles, added=added
     )
+
+
+def _wait_args(wait: WaitToApply | None) -> list[str | bytes | int]:
+    if wait is None:
+        return []
+    return [wait.wait_id, wait.record, "1" if wait.feedback else "0", wait.deadline_ms, wait.child_meta_key]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedWait:
+    # resumed | failing | kept | answered | closed | unknown_run | unknown_wait
+    code: str
+    # resumed: the node's new attempt, to dispatch.
+    attempt: int = 0
+    cycle: NodeCycle = NodeCycle(0)
+    run_status: str = ""
+    # answered: the answer stored before (FeedbackResponse bytes).
+    answer: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    run_id: str
+    node_id: str
 
 
 class RunStore:
@@ -128,8 +184,10 @@ class RunStore:
         now_ms: int,
         idempotency_key: str = "",
         labels: Mapping[str, str] | None = None,
+        parent: ParentLink | None = None,
     ) -> CreatedRun:
-        """Create the run with its roots READY; with a taken idempotency key, return that run."""
+        """Create the run with its roots READY; with a taken idempotency key, return that run. A
+        child run is linked to its ``parent`` node."""
         run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX]
         if idempotency_key:
             run_keys.append(keys.idempotency(idempotency_key))
@@ -144,6 +202,9 @@ class RunStore:
             json.dumps(list(plan.sinks), separators=(",", ":")),
             idempotency_key,
             self.retention_s,
+            parent.run_id if parent else "",
+            parent.node_id if parent else "",
+            keys.run_children(parent.run_id) if parent else "",
             len(plan.roots),
             *plan.roots,
             *others,
@@ -166,7 +227,7 @@ class RunStore:
                     o.run_id,
                     o.node_id,
                     o.attempt,
-                    "S" if o.succeeded else "F",
+                    "W" if o.wait is not None else ("S" if o.succeeded else "F"),
                     o.error,
                     o.worker_id,
                     now_ms,
@@ -176,6 +237,7 @@ class RunStore:
                     IDEMPOTENCY_PREFIX,
                     "1" if o.worker_lost else "0",
                     o.flow_json,
+                    *_wait_args(o.wait),
                 ],
             )
             for o in outcomes
@@ -198,7 +260,7 @@ class RunStore:
         }
 
     async def cancel_run(self, run_id: str, reason: str, *, now_ms: int) -> str:
-        """Cancel a RUNNING run; returns the run's status afterwards (an ended run is unchanged).
+        """Cancel a run that has not ended; returns the run's status afterwards (an ended run is unchanged).
         Raises :class:`RunNotFound`."""
         status = await self.scripts.call(
             self.redis,
@@ -210,3 +272,32 @@ class RunStore:
         if not text:
             raise RunNotFound(run_id)
         return text
+
+    async def resolve_wait(
+        self,
+        mode: str,
+        run_id: str,
+        node_id: str,
+        wait_id: str,
+        *,
+        now_ms: int,
+        payload: bytes = b"",
+        message: str = "",
+    ) -> ResolvedWait:
+        """Resolve the wait ``wait_id`` of WAITING ``node_id`` (resolve_wait.lua): ``mode``
+        "answer" (``payload`` = FeedbackResponse bytes), "child" (the child run ended) or
+        "deadline" (``payload`` = the FeedbackTimeout outcome, or b"" to keep waiting)."""
+        raw = await self.scripts.call(
+            self.redis,
+            self.scripts.resolve_wait,
+            [*flow_script_keys(run_id), keys.OUTCOMES_STREAM],
+            [mode, run_id, node_id, wait_id, now_ms, payload, message],
+        )
+        code, slot, cycles_flat, run_status = raw  # type: ignore[misc]
+        code = _text(code)
+        if code == "answered":
+            return ResolvedWait(code, answer=_bytes(slot), run_status=_text(run_status))
+        if code != "resumed":
+            return ResolvedWait(code, run_status=_text(run_status))
+        cycle = parse_cycles(cycles_flat).get(node_id, NodeCycle(0))
+        return ResolvedWait(code, attempt=int(slot), cycle=cycle, run_status=_text(run_status))

@@ -125,6 +125,7 @@ class RecoverySweep:
                             task=task,
                             cycle=cycle.cycle,
                             iteration_data_json=cycle.data_json,
+                            feedback=cycle.feedback,
                         )
                     )
             if deliveries:

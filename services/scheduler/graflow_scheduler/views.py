@@ -58,6 +58,9 @@ def run_from_meta(run_id: str, meta: Fields) -> scheduler_pb2.Run:
         labels=json.loads(_text(meta, b"labels", "{}")),
         message=_text(meta, b"message"),
     )
+    if meta.get(b"parent"):
+        run.parent.run_id = _text(meta, b"parent")
+        run.parent.node_id = _text(meta, b"parent_node")
     error = meta.get(b"error")
     if error:
         run.error.ParseFromString(error)

@@ -37,6 +37,23 @@ _OPERATIONS = {
 }
 
 
+def call_from_thread(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], timeout_s: float,
+                     what: str) -> T:
+    """Run ``coro`` on the worker's event loop and wait for it in this (task) thread. From the loop's
+    own thread (an ``async def`` task) that would block the loop: a clear error says what to do."""
+    try:
+        on_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop in this thread: a worker thread, as it should be
+        on_loop = False
+    if on_loop:
+        coro.close()
+        raise RuntimeError(
+            f"{what} is synchronous and would block the event loop of this async task; "
+            f"call it through a thread: await asyncio.to_thread(...)"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=timeout_s + 5)
+
+
 class ResultStoreChannel:
     """:class:`graflow.context.ChannelBackend` and :class:`graflow.context.CheckpointBackend` for
     one run."""
@@ -49,20 +66,7 @@ class ResultStoreChannel:
         self._loop = loop
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop_thread_is_current():
-            coro.close()
-            raise RuntimeError(
-                "ctx.channel is synchronous and would block the event loop of this async task; "
-                "call it through a thread: await asyncio.to_thread(ctx.channel.get, key)"
-            )
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout=self._downstream.timeout_s + 5)
-
-    def _loop_thread_is_current(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:  # no loop in this thread: a worker thread, as it should be
-            return False
+        return call_from_thread(self._loop, coro, self._downstream.timeout_s, "ctx.channel")
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         return self._run(self.get_many_async(keys))

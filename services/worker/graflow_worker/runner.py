@@ -11,7 +11,10 @@ The runner never raises for a task's failure: it returns an :class:`Execution` w
 (and the result to store when the attempt succeeded). A successful attempt carries the directives
 its TaskContext recorded (next_task, goto, ...); a failed one drops them. ``ctx.next_iteration``
 data reaches the next cycle as the keyword argument ``data``. Deliveries of runs canceled meanwhile
-are not started (:mod:`graflow_worker.cancellation`).
+are not started (:mod:`graflow_worker.cancellation`). A task that must wait (``ctx.request_feedback``
+without an answer yet, ``ctx.run_child`` before the child ended) ends its attempt WAITING: the outcome
+says what it waits for, no result is stored, its directives are dropped, and the scheduler parks the
+node until it runs again.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ import structlog
 from opentelemetry import trace
 
 from graflow import payload
-from graflow.context import DEFAULT_MAX_CYCLES, Channel, ChannelBackend, TaskContext
+from graflow.context import DEFAULT_MAX_CYCLES, Channel, ChannelBackend, ChildRunsBackend, TaskContext
 from graflow.dsl import TaskFunc
 from graflow.errors import NonRetryableError, PayloadError
+from graflow.feedback import WaitRequested
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import telemetry
@@ -54,6 +58,7 @@ tracer = trace.get_tracer("graflow_worker")
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
+WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
 MAX_MESSAGE_CHARS = 4096
 TASK_THREAD_PREFIX = "graflow-task"
 # Frames of the worker itself, asyncio and the thread pool are left out of traceback summaries.
@@ -83,6 +88,12 @@ class _AttemptTimedOut(Exception):
     pass
 
 
+class _Waiting(Exception):
+    def __init__(self, wait: messages_pb2.Wait, description: str) -> None:
+        super().__init__(description)
+        self.wait = wait
+
+
 def failure(error_type: str, message: str, *, retryable: bool, tb: str = "") -> common_pb2.ErrorInfo:
     return common_pb2.ErrorInfo(
         type=error_type, message=message[:MAX_MESSAGE_CHARS], traceback=tb, retryable=retryable
@@ -104,7 +115,8 @@ class Runner:
     def __init__(self, registry: Registry, *, worker_id: str, concurrency: int, traceback_frames: int = 8,
                  channel_factory: Callable[[str], ChannelBackend] | None = None,
                  intake: Intake | None = None, tracing: bool = True,
-                 cancellations: Cancellations | None = None) -> None:
+                 cancellations: Cancellations | None = None,
+                 children_factory: Callable[[str], ChildRunsBackend] | None = None) -> None:
         self.registry = registry
         self.cancellations = cancellations or Cancellations()
         # TaskContext of each attempt running (by id of its envelope), for its directives.
@@ -113,6 +125,7 @@ class Runner:
         self.worker_id = worker_id
         self.traceback_frames = traceback_frames
         self._channel_factory = channel_factory
+        self._children_factory = children_factory
         self._intake = intake
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=TASK_THREAD_PREFIX
@@ -146,6 +159,10 @@ class Runner:
                 result = None
                 try:
                     value = await self._attempt(envelope, upstream, upstream_types)
+                except _Waiting as exc:
+                    outcome.status = WAITING
+                    outcome.wait.CopyFrom(exc.wait)
+                    log.info("task waits", waiting_for=str(exc))
                 except _Failure as exc:
                     outcome.status = FAILED
                     outcome.error.CopyFrom(exc.error)
@@ -236,6 +253,8 @@ class Runner:
             if task_being_cancelled is not None and task_being_cancelled.cancelling():
                 raise  # the worker is stopping
             raise _Failure(failure("CancelledError", "the task was cancelled", retryable=True)) from None
+        except WaitRequested as exc:
+            raise _Waiting(exc.wait, str(exc)) from None
         except BaseException as exc:  # noqa: BLE001 - every failure of user code becomes an outcome
             if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
                 raise
@@ -274,6 +293,8 @@ class Runner:
             max_cycles=envelope.max_cycles or DEFAULT_MAX_CYCLES,
             cancel_event=self.cancellations.event(envelope.run_id),
             checkpoints=backend if hasattr(backend, "get_checkpoint") else None,
+            feedback={answer.request_id: answer for answer in envelope.feedback},
+            children=self._children_factory(envelope.run_id) if self._children_factory else None,
         )
         self._contexts[id(envelope)] = ctx
         return ctx

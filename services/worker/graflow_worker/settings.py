@@ -14,6 +14,7 @@ from pydantic_settings import NoDecode
 from graflow_runtime.settings import (
     DEFAULT_COORDINATOR_ADDRESS,
     DEFAULT_RESULT_STORE_ADDRESS,
+    DEFAULT_SCHEDULER_ADDRESS,
     ServiceSettings,
     settings_config,
 )
@@ -53,6 +54,8 @@ class WorkerSettings(ServiceSettings):
     concurrency: int = Field(default=64, ge=1)
     coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
     result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
+    # Child runs (ctx.run_child / ctx.start_child) are started through the scheduler.
+    scheduler_address: str = DEFAULT_SCHEDULER_ADDRESS
     # gRPC health endpoint; port 0 picks a free port (reported to the coordinator).
     health_address: str = "127.0.0.1:0"
     # How long one XREADGROUP blocks waiting for new entries. Keep it below the coordinator's lease

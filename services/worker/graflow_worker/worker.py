@@ -25,11 +25,13 @@ from redis.exceptions import RedisError
 
 from graflow_api.v1 import coordinator_pb2_grpc as co_grpc
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServerHandle, create_server
 from graflow_runtime.redis_client import check_durability, connect
 
 from graflow_worker.channel import ResultStoreChannel
+from graflow_worker.children import SchedulerChildren
 from graflow_worker.committer import Committer
 from graflow_worker.consumer import Consumer
 from graflow_worker.intake import Intake
@@ -98,11 +100,15 @@ class Worker:
                                       fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
             coordinator = Downstream("coordinator", timeout_s=s.rpc_timeout_s,
                                      fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+            scheduler = Downstream("scheduler", timeout_s=s.rpc_timeout_s,
+                                   fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
             rs_channel = open_channel(s.result_store_address, s.auth_token)
             co_channel = open_channel(s.coordinator_address, s.auth_token)
-            self._channels = [rs_channel, co_channel]
+            sc_channel = open_channel(s.scheduler_address, s.auth_token)
+            self._channels = [rs_channel, co_channel, sc_channel]
             rs_stub = rs_grpc.ResultStoreStub(rs_channel)
             co_stub = co_grpc.CoordinatorStub(co_channel)
+            sc_stub = scheduler_pb2_grpc.SchedulerStub(sc_channel)
             loop = asyncio.get_running_loop()
 
             self.runner = Runner(
@@ -111,6 +117,9 @@ class Worker:
                 tracing=s.traces_exporter != "none",
                 channel_factory=lambda run_id: ResultStoreChannel(
                     run_id, downstream=result_store, stub=rs_stub, loop=loop),
+                children_factory=lambda run_id: SchedulerChildren(
+                    run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
+                    result_store_stub=rs_stub, loop=loop),
             )
             self.committer = Committer(self._redis, result_store=result_store, stub=rs_stub,
                                        intake=self.intake, batch_max=s.commit_batch_max)
