@@ -73,3 +73,23 @@ def chaos_late_retry(ctx: TaskContext, fail_times: int = 1) -> int:
     if ctx.attempt <= fail_times:
         raise ConnectionError(f"transient failure on attempt {ctx.attempt}")
     return ctx.attempt
+
+
+@task(inject_context=True)
+def chaos_checkpointed(ctx: TaskContext, gate: str, steps: int = 6, hold_after: int = 3) -> int:
+    """Long work in ``steps`` steps, each counted in ``steps:<run>:<node>:<n>`` and checkpointed
+    (``{"done": n}``); an execution resumes after the last checkpointed step and records where it
+    resumed (``RPUSH resumed:<run>:<node> <steps already done>``). When it runs step
+    ``hold_after`` it then marks ``holding`` and waits for ``gate``. Records its effect at the end
+    and returns the number of steps it found done when it started."""
+    mark("started", ctx)
+    resumed_from = int(ctx.restore({"done": 0})["done"])
+    effects().rpush(f"resumed:{ctx.run_id}:{ctx.node_id}", resumed_from)
+    for step in range(resumed_from + 1, steps + 1):
+        effects().incr(f"steps:{ctx.run_id}:{ctx.node_id}:{step}")
+        ctx.checkpoint({"done": step})
+        if step == hold_after:
+            mark("holding", ctx)
+            wait_gate(ctx, gate)
+    record(ctx)
+    return resumed_from

@@ -1,0 +1,185 @@
+"""Chaos: the whole deployment stops and starts again; every run in progress continues from where it was.
+
+Acceptance point: "With all services and workers stopped and started again, every run in progress
+continues from where it was." Five runs are caught at different stages:
+
+- ``chain``: ``source >> g >> collect``, ``source`` done, ``g`` running (held on a gate);
+- ``group``: ``source >> (s0..s3, h0, h1) >> collect``, the four ``s`` members done, ``h0`` and
+  ``h1`` running (held);
+- ``checkpointed``: ``source >> work >> collect``, ``work`` (tests.chaos.tasks.chaos_checkpointed)
+  has done and checkpointed 3 of its 6 steps and is held;
+- ``queued``: submitted once the workers were gone: its root is in the queue stream, unread;
+- ``undispatched``: submitted once the coordinator was gone too: the run exists, its root is READY
+  and was never dispatched.
+
+Then every process stops: both workers, the coordinator, the scheduler and the result-store
+(all SIGTERM, or all SIGKILL), and the stack's Redis is restarted the same way (AOF, ``appendfsync
+always``). Everything is started again on the same addresses and the same Redis data: the
+services, then the workers, with the same worker ids or with new ones (as a deployment that names
+its workers ``<host>-<pid>`` would get). The held attempts come back through a different path in
+each variant: reported lost when the SIGTERMed workers deregister; reclaimed when a SIGKILLed
+worker id registers again; reclaimed from the dead workers once the restarted coordinator's
+start-up grace is over when the ids are new. The gates open.
+
+Asserted, for every run: it SUCCEEDED with the expected result; side effects exactly once (every
+task body's effect happened once: the tasks that finished before the stop did not run again, the
+held ones ran to the end once); effects on run state exactly once (each node succeeded once in the
+history, the stored results are the applied attempts'; only the held nodes may show the
+redelivery of their lost attempt as a retry). The held tasks started again after the restart (two
+start marks, a new attempt) and ``work`` resumed from its checkpoint: its second execution found 3
+steps done and every step ran exactly once.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from graflow import parallel, workflow
+from graflow.devstack import SERVERS, ServiceProcess
+from graflow.run import ENDED_STATUSES, status_name
+from graflow_runtime import keys
+from tests.chaos.conftest import Chaos, chaos_stack, wait_until
+from tests.chaos.tasks import chaos_checkpointed, chaos_hold, chaos_step
+from tests.e2e.tasks import collect, item, source
+
+GATE = "restart"
+STEPS, HOLD_AFTER = 6, 3
+DONE_MEMBERS = [f"s{i}" for i in range(4)]
+QUEUED_ITEMS = 5
+
+
+def chain() -> object:
+    with workflow("restart-chain") as wf:
+        source(task_id="source", value=1) >> chaos_hold(task_id="g", gate=GATE, value=1) >> collect
+    return wf
+
+
+def group() -> object:
+    with workflow("restart-group") as wf:
+        members = [chaos_step(task_id=node, i=i) for i, node in enumerate(DONE_MEMBERS)]
+        held = [chaos_hold(task_id="h0", gate=GATE, value=10), chaos_hold(task_id="h1", gate=GATE, value=20)]
+        source(task_id="source", value=1) >> parallel(*members, *held) >> collect
+    return wf
+
+
+def checkpointed() -> object:
+    with workflow("restart-checkpointed") as wf:
+        work = chaos_checkpointed(task_id="work", gate=GATE, steps=STEPS, hold_after=HOLD_AFTER)
+        source(task_id="source", value=1) >> work >> collect
+    return wf
+
+
+def fan_out(name: str) -> object:
+    with workflow(name) as wf:
+        source(task_id="source", value=1) >> parallel(
+            *[item(task_id=f"i{i}", i=i) for i in range(QUEUED_ITEMS)]
+        ) >> collect
+    return wf
+
+
+# Per run: the nodes held (running) at the stop, the nodes finished before it, the run's result.
+HELD = {"chain": ["g"], "group": ["h0", "h1"], "checkpointed": ["work"], "queued": [], "undispatched": []}
+DONE_BEFORE = {"chain": ["source"], "group": ["source", *DONE_MEMBERS], "checkpointed": ["source"]}
+EXPECTED = {
+    "chain": {"count": 1, "total": 2},  # g: its value 1 + source's 1
+    "group": {"count": 6, "total": sum(range(4)) + 11 + 21},  # h0, h1: value + source's 1
+    "checkpointed": {"count": 1, "total": HOLD_AFTER},  # work returns the steps it found done
+    "queued": {"count": QUEUED_ITEMS, "total": sum(range(QUEUED_ITEMS))},
+    "undispatched": {"count": QUEUED_ITEMS, "total": sum(range(QUEUED_ITEMS))},
+}
+
+
+def stop_all(processes: list[ServiceProcess], sig: signal.Signals, grace_s: float) -> None:
+    """Signal the processes together, then wait for each (killed after ``grace_s``)."""
+    for process in processes:
+        process.begin_stop(sig)
+    for process in processes:
+        process.finish_stop(grace_s)
+    assert not [p.name for p in processes if p.running]
+
+
+def node_state(chaos: Chaos, run_id: str, node_id: str) -> bytes | None:
+    return chaos.bus.hget(keys.run_state(run_id), node_id)
+
+
+def dispatched(chaos: Chaos, run_id: str, node_id: str) -> bool:
+    return chaos.bus.hget(keys.dispatch_record(run_id), node_id) is not None
+
+
+@pytest.mark.parametrize(("sig", "new_worker_ids"),
+                         [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
+                         ids=["sigterm-same-workers", "sigkill-same-workers", "sigkill-new-workers"])
+def test_every_run_in_progress_continues_after_all_services_and_workers_restart(sig, new_worker_ids):
+    """See the module docstring: the full stop with ``sig`` (Redis restarted the same way), then a
+    start with the same or new worker ids. Side effects and run state exactly once for every run;
+    the held tasks ran again as new attempts, the checkpointed one from its checkpoint."""
+    with chaos_stack(fsync="always") as chaos:
+        stack = chaos.stack
+        grace_s = stack.shutdown_grace_s + 5
+        wfs = {"chain": chain(), "group": group(), "checkpointed": checkpointed(),
+               "queued": fan_out("restart-queued"), "undispatched": fan_out("restart-undispatched")}
+        runs = {name: chaos.client.submit(wfs[name]) for name in ("chain", "group", "checkpointed")}
+
+        # ---- the runs reach their stages: finished tasks applied, held tasks running ----
+        for name, run in runs.items():
+            for node in HELD[name]:
+                chaos.wait_marks("started", run.id, node)
+        chaos.wait_marks("holding", runs["checkpointed"].id, "work")
+        for name, nodes in DONE_BEFORE.items():
+            run_id = runs[name].id
+            wait_until(lambda run_id=run_id, nodes=nodes: all(
+                node_state(chaos, run_id, n) == b"SUCCEEDED" for n in nodes), 30,
+                f"the scheduler to apply {nodes} of run {name}")
+        for name, nodes in DONE_BEFORE.items():
+            assert chaos.effects(runs[name].id) == dict.fromkeys(nodes, 1), name
+        work_id = runs["checkpointed"].id
+        assert chaos.fx.lrange(f"resumed:{work_id}:work", 0, -1) == [b"0"]
+
+        # ---- stop everything: the workers, then (a run submitted in between) the services ----
+        stop_all(stack.workers, sig, grace_s)
+        runs["queued"] = chaos.client.submit(wfs["queued"])
+        wait_until(lambda: dispatched(chaos, runs["queued"].id, "source"), 10, "the queued run's dispatch")
+        stop_all([stack.servers["coordinator"]], sig, grace_s)
+        runs["undispatched"] = chaos.client.submit(wfs["undispatched"])
+        assert node_state(chaos, runs["undispatched"].id, "source") == b"READY"
+        assert not dispatched(chaos, runs["undispatched"].id, "source")
+        stop_all([stack.servers["scheduler"], stack.servers["result-store"]], sig, grace_s)
+        for name, run in runs.items():
+            assert chaos.effects(run.id) == dict.fromkeys(DONE_BEFORE.get(name, []), 1), name
+        stack.restart("redis", sig=sig)
+        for name, run in runs.items():  # what Redis kept: every run is still in progress
+            status = chaos.bus.hget(keys.run_meta(run.id), "status")
+            assert status == b"RUNNING", f"run {name} after the Redis restart: {status!r}"
+
+        # ---- start everything again: services, then workers ----
+        for name in SERVERS:
+            stack.restart(name)
+        for name, run in runs.items():  # no worker yet: nothing can have moved
+            info = chaos.client.get_run(run.id)
+            assert info.status not in ENDED_STATUSES, (name, status_name(info.status), info.error)
+        if new_worker_ids:
+            for _ in range(len(stack.workers)):
+                stack.start_worker()
+        else:
+            for index in range(len(stack.workers)):
+                stack.restart(f"worker-{index}")
+        chaos.open_gate(GATE)
+        chaos.wait_runs([run.id for run in runs.values()], timeout_s=45)
+
+        # ---- every run continued from where it was, exactly once ----
+        for name, run in runs.items():
+            spec = wfs[name].spec()
+            assert run.result(timeout=10) == EXPECTED[name], name
+            chaos.assert_effects_once(run.id, spec)
+            chaos.assert_run_state_once(run.id, spec, redelivered=dict.fromkeys(HELD[name], 1))
+            for node in HELD[name]:
+                starts = chaos.marks("started", run.id, node)  # (worker, attempt) per execution
+                assert len(starts) == 2 and starts[1][1] > starts[0][1], (
+                    f"{name}/{node} should have started once before the stop and once, as a new "
+                    f"attempt, after it: {starts}"
+                )
+        assert chaos.fx.lrange(f"resumed:{work_id}:work", 0, -1) == [b"0", str(HOLD_AFTER).encode()]
+        steps = {n: int(chaos.fx.get(f"steps:{work_id}:work:{n}") or 0) for n in range(1, STEPS + 1)}
+        assert steps == dict.fromkeys(range(1, STEPS + 1), 1), f"work's steps ran {steps} times"
