@@ -39,9 +39,11 @@ async def stack(redis, redis_url):
 
 
 async def test_result_store_outage_acknowledges_nothing_and_recovers_by_itself(stack):
-    worker = await stack.start_worker()
     await stack.store_server.stop()
+    # Queued before the worker starts, so that its first read takes all three (entries arriving one
+    # by one could pause the intake before the last one was read).
     await enqueue(stack.redis, *[envelope("r1", f"n{i}", "add", args={"a": i}) for i in range(3)])
+    worker = await stack.start_worker()
     await eventually(lambda: PAUSE_RESULT_STORE in worker.paused_reasons, what="the intake to pause")
     assert await outcomes(stack.redis) == []
     assert await pending_count(stack.redis) == 3
