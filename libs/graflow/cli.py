@@ -179,6 +179,10 @@ def cmd_status(args: argparse.Namespace, client: Client, out: Output) -> int:
         out.line("labels    " + ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items())))
     if info.message:
         out.line(f"message   {info.message}")
+    if info.parent.run_id:
+        out.line(f"parent    {info.parent.run_id} (node {info.parent.node_id})")
+    if info.child_run_ids:
+        out.line(f"children  {', '.join(info.child_run_ids)}")
     rows = [("NODE", "KIND", "STATE", "ATTEMPT", "ERROR")]
     for node in info.nodes:
         error = f"{node.error.type}: {node.error.message}" if node.error.type else ""
@@ -286,8 +290,6 @@ def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
-
-
 
 
 def _exit_code(info: RunInfo) -> int:

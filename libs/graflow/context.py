@@ -289,8 +289,11 @@ class TaskContext:
         FeedbackTimeout, ``"keep_waiting"`` leaves the request open. ``feedback_id`` names the
         request (unique in the run); the default is ``"<node>.<cycle>.<n>"``.
         """
-        self._requests += 1
-        request_id = feedback_id or f"{self.node_id}.{self.cycle}.{self._requests}"
+        if feedback_id is None:
+            self._requests += 1
+            request_id = f"{self.node_id}.{self.cycle}.{self._requests}"
+        else:
+            request_id = feedback_id
         answer = self.feedback.get(request_id)
         if answer is not None:
             return FeedbackResponse.from_proto(answer)

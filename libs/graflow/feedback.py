@@ -7,7 +7,8 @@ holding no worker. Once somebody answers (``graflow feedback respond``, ``Client
 or the ``RespondFeedback`` RPC), the node runs again and the same call returns the answer. Code
 before the call therefore runs again: keep it idempotent or store progress with
 ``ctx.checkpoint``. Each call of an attempt is named ``"<node>.<cycle>.<n>"`` unless it passes its
-own ``feedback_id``, so a task may ask several questions in turn.
+own ``feedback_id`` (calls with their own id are not counted), so a task may ask several questions
+in turn; a task whose questions differ between its runs should name them.
 
 A task can also wait for a child run it started (``ctx.run_child``), the same way.
 """
@@ -34,6 +35,10 @@ ON_TIMEOUT: dict[str, int] = {
     "fail": feedback_pb2.FEEDBACK_TIMEOUT_ACTION_FAIL,
     "keep_waiting": feedback_pb2.FEEDBACK_TIMEOUT_ACTION_KEEP_WAITING,
 }
+
+
+MIN_TIMEOUT_S = 0.001
+MAX_TIMEOUT_S = (2**32 - 1) / 1000  # FeedbackRequest.timeout_ms is a uint32 (about 49 days)
 
 
 class WaitRequested(BaseException):  # noqa: N818 - a signal to the worker, not an error
@@ -116,8 +121,11 @@ def build_request(
             raise ValueError(f"options repeat a choice: {choices}")
     if on_timeout not in ON_TIMEOUT:
         raise ValueError(f"on_timeout {on_timeout!r} is not one of {', '.join(ON_TIMEOUT)}")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be positive seconds (or None for no deadline), not {timeout!r}")
+    if timeout is not None and not MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"timeout must be {MIN_TIMEOUT_S}-{MAX_TIMEOUT_S:g} seconds (or None for no deadline), "
+            f"not {timeout!r}"
+        )
     return feedback_pb2.FeedbackRequest(
         request_id=request_id,
         kind=kind,
@@ -141,7 +149,7 @@ def build_response(
 ) -> feedback_pb2.FeedbackResponse:
     """A FeedbackResponse for ``Client.respond_feedback`` (set the field of the request's kind)."""
     return feedback_pb2.FeedbackResponse(
-        approved=bool(approved),
+        approved=approved,
         reason=reason,
         text=text or "",
         selected=selected or "",

@@ -33,6 +33,8 @@ FEEDBACK_PENDING = f"{PREFIX}:feedback:pending"
 WAIT_DEADLINES = f"{PREFIX}:waits:deadlines"
 # zset child run id -> ended_at_ms: ended child runs whose parent node may wait for them.
 CHILDREN_ENDED = f"{PREFIX}:children:ended"
+# zset run id -> canceled_at_ms: canceled runs whose child runs are still to be canceled.
+CHILDREN_TO_CANCEL = f"{PREFIX}:children:cancel"
 
 
 def idempotency(key: str) -> str:

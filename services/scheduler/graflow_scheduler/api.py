@@ -18,7 +18,7 @@ from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.compiler import Limits
 from graflow_scheduler.dispatch import Dispatcher, delivery
-from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
+from graflow_scheduler.errors import GraphNotFound, ParentEnded, RunNotFound, SpecError
 from graflow_scheduler.plan import Plan
 from graflow_scheduler.plans import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.queries import BadPageToken, RunReader
@@ -31,7 +31,7 @@ from graflow_scheduler.views import (
     is_terminal,
     is_terminal_entry,
 )
-from graflow_scheduler.waits import LIVE_STATUSES, FeedbackNotFound, FeedbackRejected, Waits
+from graflow_scheduler.waits import FeedbackNotFound, FeedbackRejected, Waits
 
 log = structlog.get_logger(__name__)
 
@@ -124,15 +124,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except grpc.aio.AioRpcError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"result-store rejected the graph: {exc.details()}")
         run_id = new_run_id()
-        created = await self.store.create_run(
-            plan,
-            run_id=run_id,
-            graph_hash=digest,
-            now_ms=_now_ms(),
-            idempotency_key=request.idempotency_key,
-            labels=dict(request.labels),
-            parent=parent,
-        )
+        try:
+            created = await self.store.create_run(
+                plan,
+                run_id=run_id,
+                graph_hash=digest,
+                now_ms=_now_ms(),
+                idempotency_key=request.idempotency_key,
+                labels=dict(request.labels),
+                parent=parent,
+            )
+        except ParentEnded as exc:
+            if exc.status == "unknown":
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"parent run {exc.run_id} does not exist")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if not created.created:
             existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
             log.info("submit matched an existing run", run_id=created.run_id)
@@ -166,14 +171,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             return None
         parent = request.parent
         await self._check_run_id(parent.run_id, context)
-        status = await self.reader.status(parent.run_id)
-        if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"parent run {parent.run_id} does not exist")
-        if status not in LIVE_STATUSES:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"parent run {parent.run_id} has ended ({status}): it cannot start child runs",
-            )
         if not parent.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "parent.node_id is empty")
         return ParentLink(parent.run_id, parent.node_id)
@@ -265,7 +262,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 task = asyncio.create_task(self.dispatcher.notify_canceled([request.run_id]))
                 self._notifications.add(task)
                 task.add_done_callback(self._notifications.discard)
-                await self.waits.cancel_children(request.run_id, reason)
+                await self.waits.cancel_children(request.run_id)
             return await self.reader.get_run(request.run_id, self._plan_or_none)
         except RunNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -275,7 +272,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.ListFeedbackResponse:
         if request.run_id:
             await self._check_run_id(request.run_id, context)
-        pending = await self.waits.list_pending(request.run_id, request.limit)
+        try:
+            pending = await self.waits.list_pending(request.run_id, request.limit)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return scheduler_pb2.ListFeedbackResponse(requests=pending)
 
     async def GetFeedback(  # noqa: N802

@@ -1,15 +1,17 @@
 -- Apply one task outcome to a run, atomically and idempotently (fenced by the attempt).
--- KEYS: 1-7 run keys (see common.lua), 8-14 flow and wait keys (see flow.lua, waits.lua).
+-- KEYS: 1-7 run keys (see common.lua), 8-15 flow and wait keys (see flow.lua, waits.lua), and
+--       for a 'W' outcome waiting for a child run, 16 the child run's meta.
 -- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
 --       now without consuming the retry budget and counted in the join hash as '<node>:lost'),
 --       flow json (graflow_scheduler.directives: directives, continuation, loop edges, limits; see flow.lua),
---       and for 'W': wait id, wait record, '1' for a feedback request, deadline ms (0 = none), the
---       child run's meta key ('' unless it waits for a child run).
+--       wait id ('W': what it waits on; 'F': the wait a FeedbackTimeout ends, else ''), and for
+--       'W': wait record, '1' for a feedback request, deadline ms (0 = none).
 -- A 'W' outcome parks the node (waits.lua); a wait id used before in the run fails the node with
--- InvalidWait instead; a child run that ended already resumes it at once. An 'F' outcome of the
--- node's current attempt also applies while it waits: the wait timer's FeedbackTimeout.
+-- InvalidWait instead; a child run that ended already resumes it at once. While a node waits,
+-- only an 'F' outcome of its current attempt naming the wait it waits on applies (the wait
+-- timer's FeedbackTimeout), never as a retry.
 -- The closure (graflow_scheduler.plan.Plan.closure_json) lists the node's successors; group
 -- entries carry their policy and their own successors, so the script never needs the graph.
 -- Returns {code, ready, retry, run_status}:
@@ -19,7 +21,7 @@
 --          closure's nodes that are READY now, so a redelivered outcome repeats their dispatch)
 --   retry: {} or {node, new_attempt, delay_ms, lost attempts of the node}
 --   5th (applied, duplicate, stale): {cycles, added}: cycles flat {node, cycle, iteration data
---          json} of dispatched nodes on a re-run or with data; added flat {directive index (0-based),
+--          json, feedback answers} of dispatched nodes on a re-run, with data or answers; added flat {directive index (0-based),
 --          node id} of the nodes added by next_task directives
 local run_id, node = ARGV[1], ARGV[2]
 local attempt = tonumber(ARGV[3])
@@ -51,7 +53,9 @@ local function ready_in(entries, out)
   return out
 end
 
-local live = state == 'READY' or (state == 'WAITING' and status == 'F')
+local wait_id = ARGV[14] or ''
+local live = state == 'READY' or
+  (state == 'WAITING' and status == 'F' and wait_id ~= '' and redis.call('HGET', KEYS[K_WAITS], '@' .. node) == wait_id)
 if not live or attempt ~= current then
   local code = (attempt == current) and 'duplicate' or 'stale'
   local retry = {}
@@ -69,20 +73,23 @@ if not live or attempt ~= current then
 end
 
 redis.call('HSET', KEYS[K_META], 'updated', now)
-if state == 'WAITING' then close_wait(run_id, node) end
+if state == 'WAITING' then
+  close_wait(run_id, node)
+  delay = -1
+end
 
 if status == 'W' then
-  local wait_id, record, deadline, child_meta = ARGV[14], ARGV[15], tonumber(ARGV[17]), ARGV[18]
+  local record, feedback, deadline = ARGV[15], ARGV[16] == '1', tonumber(ARGV[17])
   if redis.call('HEXISTS', KEYS[K_WAITS], wait_id) == 1 then
     status, delay = 'F', -1
-    err = error_info('InvalidWait', string.format("'%s' waits on '%s', an id used before in this run; " ..
-      'give each feedback request of a run its own id', node, wait_id))
+    err = error_info('InvalidWait', string.format("'%s' waits on '%s', which this run waited on before " ..
+      '(a feedback request id, or a child run); give each feedback request of a run its own id', node, wait_id))
   else
-    local what = (child_meta ~= '') and ('child run ' .. string.sub(record, 7)) or ("feedback '" .. wait_id .. "'")
-    park(run_id, node, attempt, wait_id, record, ARGV[16] == '1', deadline, now, 'waiting for ' .. what, worker)
+    local what = feedback and ("feedback '" .. wait_id .. "'") or ('child run ' .. string.sub(record, 7))
+    park(run_id, node, attempt, wait_id, record, feedback, deadline, now, 'waiting for ' .. what, worker)
     local ready, cyc = {}, {}
-    if child_meta ~= '' then
-      local child_status = redis.call('HGET', child_meta, 'status')
+    if not feedback then
+      local child_status = redis.call('HGET', KEYS[16], 'status')
       if child_status and not is_live(child_status) then
         push_ready(ready, node, resume(run_id, node, wait_id, '', now, what .. ' ended ' .. child_status))
         note_cycle(cyc, node)
@@ -97,7 +104,7 @@ local function count(field)
 end
 
 local function finish_node(id, new_state)
-  redis.call('HSET', KEYS[K_STATE], id, new_state)
+  set_state(id, new_state)
   redis.call('HINCRBY', KEYS[K_META], 'pending', -1)
 end
 
@@ -244,7 +251,7 @@ while head <= #work and not ended do
       end
       local group_state = redis.call('HGET', KEYS[K_STATE], e.i)
       if group_state == 'SKIPPED' then -- skipped by a jump, reached again by a later run
-        redis.call('HSET', KEYS[K_STATE], e.i, 'PENDING')
+        set_state(e.i, 'PENDING', 'SKIPPED')
         redis.call('HINCRBY', KEYS[K_META], 'pending', 1)
         group_state = 'PENDING'
       end

@@ -243,6 +243,8 @@ class OutcomeBatches:
             closure_json=flow.closure_json(failed=not succeeded),
             worker_lost=worker_lost,
             flow_json=flow.flow_json,
+            # The wait timer's FeedbackTimeout names the request it ends.
+            ends_wait=outcome.wait.feedback.request_id if not succeeded and outcome.HasField("wait") else "",
         )
 
     async def _apply(
@@ -319,7 +321,7 @@ class OutcomeBatches:
     async def _cancel_children(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
             try:
-                await self.waits.cancel_children(run_id, "a task canceled the run")
+                await self.waits.cancel_children(run_id)
             except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
                 log.warning("child runs of a canceled run not canceled", run_id=run_id, error=str(exc))
 

@@ -3,8 +3,9 @@
 local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3, 4, 5, 6, 7
 -- apply_outcome, cancel_run and resolve_wait also get KEYS[8] dynamic nodes, KEYS[9] cycles (see
 -- flow.lua), KEYS[10] waits, KEYS[11] child runs set, and the global KEYS[12] pending feedback
--- index, KEYS[13] wait deadlines, KEYS[14] ended child runs (see waits.lua).
-local K_DYN, K_CYCLE, K_WAITS, K_CHILDREN, K_FEEDBACK, K_DEADLINES, K_ENDED = 8, 9, 10, 11, 12, 13, 14
+-- index, KEYS[13] wait deadlines, KEYS[14] ended child runs, KEYS[15] canceled runs whose children
+-- are to be canceled (see waits.lua).
+local K_DYN, K_CYCLE, K_WAITS, K_CHILDREN, K_FEEDBACK, K_DEADLINES, K_ENDED, K_CANCEL = 8, 9, 10, 11, 12, 13, 14, 15
 -- unpack() is bounded by the Lua C stack: write big hashes in chunks of field/value pairs.
 local CHUNK_PAIRS = 1000
 
@@ -33,6 +34,18 @@ local function is_live(status)
   return status == 'RUNNING' or status == 'PAUSED'
 end
 
+-- Sets node `id`'s state, keeping meta 'ready' = the number of READY nodes (waits.lua reads it).
+-- `old`: the state before, when the caller knows it.
+local function set_state(id, new, old)
+  if old == nil then old = redis.call('HGET', KEYS[K_STATE], id) end
+  redis.call('HSET', KEYS[K_STATE], id, new)
+  if old == 'READY' and new ~= 'READY' then
+    redis.call('HINCRBY', KEYS[K_META], 'ready', -1)
+  elseif new == 'READY' and old ~= 'READY' then
+    redis.call('HINCRBY', KEYS[K_META], 'ready', 1)
+  end
+end
+
 local function hset_many(key, flat)
   for i = 1, #flat, 2 * CHUNK_PAIRS do
     redis.call('HSET', key, unpack(flat, i, math.min(i + 2 * CHUNK_PAIRS - 1, #flat)))
@@ -53,8 +66,9 @@ end
 -- End the run: status and end time, nodes that will not run (SKIPPED, or CANCELED on cancel),
 -- the terminal event, out of the active set, and every run key (and its idempotency key) set to
 -- expire after the retention period. `fields` are extra meta field/value pairs. With the wait
--- keys (KEYS[14]): the run's open waits leave the global indexes, and a child run is recorded as
--- ended so that its parent node, if it waits for it, runs again.
+-- keys (KEYS[15]): the run's open waits leave the global indexes, a child run is recorded as
+-- ended so that its parent node, if it waits for it, runs again, and a canceled run with child
+-- runs is recorded so that the scheduler cancels them (both durable with the end itself).
 local function finish_run(run_id, status, now, retention, idem_prefix, fields, ev_node, ev_message, ev_err)
   local meta = {'status', status, 'ended', now, 'updated', now}
   for i = 1, #fields do meta[#meta + 1] = fields[i] end
@@ -75,7 +89,7 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
   add_event(now, 'RUN_' .. status, ev_node, 0, ev_message, '', ev_err)
   redis.call('SREM', KEYS[K_ACTIVE], run_id)
   for i = 1, 6 do redis.call('EXPIRE', KEYS[i], retention) end
-  if #KEYS >= K_ENDED then
+  if #KEYS >= K_CANCEL then
     for i = K_DYN, K_CHILDREN do redis.call('EXPIRE', KEYS[i], retention) end
     local waits = redis.call('HGETALL', KEYS[K_WAITS])
     for i = 1, #waits, 2 do
@@ -86,6 +100,9 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
     end
     if (redis.call('HGET', KEYS[K_META], 'parent') or '') ~= '' then
       redis.call('ZADD', KEYS[K_ENDED], now, run_id)
+    end
+    if status == 'CANCELED' and redis.call('SCARD', KEYS[K_CHILDREN]) > 0 then
+      redis.call('ZADD', KEYS[K_CANCEL], now, run_id)
     end
   end
   local idem = redis.call('HGET', KEYS[K_META], 'idem')

@@ -1,25 +1,33 @@
 -- Create a run: meta, node states (roots READY at attempt 1, others PENDING), indexes, events.
--- KEYS: 1-7 run keys (see common.lua), 8 runs index zset, 9 idempotency key (optional).
--- ARGV: run_id, name, graph_hash, now_ms, labels_json, sinks_json, idem_key, retention_s,
---       parent run id, parent node id, parent's child runs set key ('' x3 unless a child run),
---       n_roots, then the root ids, then every other node id (groups included).
--- Returns {created (1/0), run_id}: with an idempotency key that is taken, the existing run id.
-local run_id, now, retention = ARGV[1], ARGV[4], ARGV[8]
-if #KEYS >= 9 then
+-- KEYS: 1-7 run keys (see common.lua), 8 runs index zset, 9 idempotency key (unused without one),
+--       and for a child run 10 the parent's meta, 11 the parent's child runs set.
+-- ARGV: run_id, name, graph_hash, now_ms, labels_json, sinks_json, idem_key ('' = none),
+--       parent run id, parent node id ('' x2 unless a child run), n_roots, then the root ids, then
+--       every other node id (groups included).
+-- Returns {created (1/0), run_id}: with an idempotency key that is taken, the existing run id;
+-- {-1, parent status} when the parent run has ended (a child is refused, nothing is written). The
+-- idempotency key lives as long as the run: finish_run sets it to expire with the run.
+local run_id, now, idem = ARGV[1], ARGV[4], ARGV[7]
+if idem ~= '' then
   local existing = redis.call('GET', KEYS[9])
   if existing then return {0, existing} end
 end
 if redis.call('EXISTS', KEYS[K_META]) == 1 then return {0, run_id} end
-if #KEYS >= 9 then redis.call('SET', KEYS[9], run_id, 'EX', retention) end
+local parent, parent_node = ARGV[8], ARGV[9]
+if parent ~= '' then
+  local parent_status = redis.call('HGET', KEYS[10], 'status') or 'unknown'
+  if not is_live(parent_status) then return {-1, parent_status} end
+  redis.call('SADD', KEYS[11], run_id)
+end
+if idem ~= '' then redis.call('SET', KEYS[9], run_id) end
 
-local parent, parent_node, parent_children = ARGV[9], ARGV[10], ARGV[11]
-local n_roots = tonumber(ARGV[12])
-local first = 13
+local n_roots = tonumber(ARGV[10])
+local first = 11
 local total = #ARGV - first + 1
 redis.call('HSET', KEYS[K_META], 'name', ARGV[2], 'status', 'RUNNING', 'graph', ARGV[3],
   'created', now, 'updated', now, 'ended', '0', 'pending', tostring(total),
-  'labels', ARGV[5], 'sinks', ARGV[6], 'idem', ARGV[7], 'parent', parent, 'parent_node', parent_node)
-if parent ~= '' then redis.call('SADD', parent_children, run_id) end
+  'labels', ARGV[5], 'sinks', ARGV[6], 'idem', ARGV[7], 'parent', parent, 'parent_node', parent_node,
+  'ready', tostring(n_roots))
 local states, attempts = {}, {}
 for i = first, #ARGV do
   if i < first + n_roots then

@@ -21,3 +21,12 @@ class GraphNotFound(LookupError):
     def __init__(self, graph_hash: str) -> None:
         super().__init__(f"graph {graph_hash} not found in the result-store")
         self.graph_hash = graph_hash
+
+
+class ParentEnded(RuntimeError):
+    """A child run was submitted for a parent run that has ended."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"parent run {run_id} has ended ({status}): it cannot start child runs")
+        self.run_id = run_id
+        self.status = status

@@ -69,7 +69,7 @@ local function release(id, now, ready, cyc)
   local st = redis.call('HGET', KEYS[K_STATE], id)
   if st ~= 'PENDING' and st ~= 'SKIPPED' then return false end
   if st == 'SKIPPED' then redis.call('HINCRBY', KEYS[K_META], 'pending', 1) end
-  redis.call('HSET', KEYS[K_STATE], id, 'READY')
+  set_state(id, 'READY', st)
   local a = redis.call('HINCRBY', KEYS[K_ATTEMPT], id, 1)
   local message = ''
   if a > 1 then
@@ -105,7 +105,7 @@ local function rerun(target, data, mc, why, now, ready, cyc)
     return {target, e, true}
   end
   if st ~= 'PENDING' then redis.call('HINCRBY', KEYS[K_META], 'pending', 1) end
-  redis.call('HSET', KEYS[K_STATE], target, 'READY')
+  set_state(target, 'READY', st)
   redis.call('HSET', KEYS[K_ATTEMPT], target, a + 1)
   if a > 0 then
     redis.call('HSET', KEYS[K_CYCLE], target, c)
@@ -127,7 +127,7 @@ end
 local function fail_node_with(id, e, now)
   local st = redis.call('HGET', KEYS[K_STATE], id)
   if st == 'READY' or st == 'PENDING' then redis.call('HINCRBY', KEYS[K_META], 'pending', -1) end
-  redis.call('HSET', KEYS[K_STATE], id, 'FAILED')
+  set_state(id, 'FAILED', st)
   redis.call('HSET', KEYS[K_ERRORS], id, e)
   add_event(now, 'NODE_FAILED', id, 0, '', '', e)
 end
@@ -137,7 +137,7 @@ end
 local function skip_waiting(closure, keep, why, now)
   for _, e in ipairs(closure) do
     if not keep[e.i] and redis.call('HGET', KEYS[K_STATE], e.i) == 'PENDING' then
-      redis.call('HSET', KEYS[K_STATE], e.i, 'SKIPPED')
+      set_state(e.i, 'SKIPPED', 'PENDING')
       redis.call('HINCRBY', KEYS[K_META], 'pending', -1)
       add_event(now, 'NODE_SKIPPED', e.i, 0, why, '', '')
     end
@@ -178,7 +178,7 @@ local function apply_directives(node, flow, closure, now, ready, cyc, added_ids,
         target = d.i -- an existing node: jump there
       else
         local id = (d.i ~= '') and d.i or new_node_id(node)
-        redis.call('HSET', KEYS[K_STATE], id, 'READY')
+        set_state(id, 'READY', false)
         redis.call('HSET', KEYS[K_ATTEMPT], id, 1)
         redis.call('HSET', KEYS[K_DYN], id, d.v, '#mc:' .. id, d.mc)
         redis.call('HINCRBY', KEYS[K_META], 'pending', 1)
@@ -229,7 +229,7 @@ local function fire_loops(tail, flow, now, ready, cyc, released)
     for _, b in ipairs(l.b) do
       local s = redis.call('HGET', KEYS[K_STATE], b)
       if s == 'SUCCEEDED' or s == 'FAILED' or s == 'SKIPPED' then
-        redis.call('HSET', KEYS[K_STATE], b, 'PENDING')
+        set_state(b, 'PENDING', s)
         redis.call('HINCRBY', KEYS[K_META], 'pending', 1)
       end
     end
@@ -284,10 +284,10 @@ local function skip_leftovers()
   local all = redis.call('HGETALL', KEYS[K_STATE])
   local updates = {}
   for i = 1, #all, 2 do
-    if all[i + 1] == 'PENDING' or all[i + 1] == 'READY' then
+    if all[i + 1] == 'PENDING' or all[i + 1] == 'READY' or all[i + 1] == 'WAITING' then
       updates[#updates + 1] = all[i]
       updates[#updates + 1] = 'SKIPPED'
     end
   end
-  hset_many(KEYS[K_STATE], updates)
+  hset_many(KEYS[K_STATE], updates) -- (the run ends: 'ready' no longer matters)
 end

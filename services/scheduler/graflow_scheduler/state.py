@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.errors import ParentEnded, RunNotFound
 from graflow_scheduler.plan import Plan
 from graflow_scheduler.scripts import Scripts
 
@@ -29,13 +29,15 @@ def run_script_keys(run_id: str) -> list[str]:
 def flow_script_keys(run_id: str) -> list[str]:
     """KEYS of apply_outcome, cancel_run and resolve_wait: :func:`run_script_keys`, then the
     run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and the global indexes of
-    pending feedback, wait deadlines and ended child runs (KEYS[12..14])."""
+    pending feedback, wait deadlines, ended child runs and runs whose children are to be canceled
+    (KEYS[12..15])."""
     return [
         *run_script_keys(run_id),
         *keys.run_flow_keys(run_id),
         keys.FEEDBACK_PENDING,
         keys.WAIT_DEADLINES,
         keys.CHILDREN_ENDED,
+        keys.CHILDREN_TO_CANCEL,
     ]
 
 
@@ -74,6 +76,9 @@ class OutcomeToApply:
     flow_json: str = ""
     # Set for a WAITING outcome (``succeeded`` is then ignored).
     wait: WaitToApply | None = None
+    # For the wait timer's FeedbackTimeout: the wait it ends (it applies only while the node waits
+    # on it).
+    ends_wait: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,8 @@ class AppliedOutcome:
     # A retry to dispatch after a delay: (node id, new attempt, delay ms, lost attempts of the node).
     retry: tuple[str, int, int, int] | None
     run_status: str
-    # Nodes to dispatch on a re-run or with iteration data (absent: cycle 0, no data).
+    # Nodes to dispatch on a re-run, with iteration data or with feedback answers (absent: cycle 0,
+    # no data, no answers).
     cycles: dict[str, NodeCycle] = field(default_factory=dict)
     # Nodes added by next_task directives: directive index -> node id.
     added: dict[int, str] = field(default_factory=dict)
@@ -140,10 +146,18 @@ def _parse_applied(raw: object) -> AppliedOutcome:
     )
 
 
-def _wait_args(wait: WaitToApply | None) -> list[str | bytes | int]:
+def _outcome_keys(outcome: OutcomeToApply) -> list[str]:
+    run_keys = flow_script_keys(outcome.run_id)
+    if outcome.wait is not None and outcome.wait.child_meta_key:
+        run_keys.append(outcome.wait.child_meta_key)
+    return run_keys
+
+
+def _wait_args(outcome: OutcomeToApply) -> list[str | bytes | int]:
+    wait = outcome.wait
     if wait is None:
-        return []
-    return [wait.wait_id, wait.record, "1" if wait.feedback else "0", wait.deadline_ms, wait.child_meta_key]
+        return [outcome.ends_wait] if outcome.ends_wait else []
+    return [wait.wait_id, wait.record, "1" if wait.feedback else "0", wait.deadline_ms]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +201,11 @@ class RunStore:
         parent: ParentLink | None = None,
     ) -> CreatedRun:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
-        child run is linked to its ``parent`` node."""
-        run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX]
-        if idempotency_key:
-            run_keys.append(keys.idempotency(idempotency_key))
+        child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
+        run has ended (atomically: nothing is created)."""
+        run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
+        if parent:
+            run_keys += [keys.run_meta(parent.run_id), keys.run_children(parent.run_id)]
         roots = set(plan.roots)
         others = [node_id for node_id in plan.nodes if node_id not in roots]
         args: list[str | int] = [
@@ -201,10 +216,8 @@ class RunStore:
             json.dumps(dict(labels or {}), separators=(",", ":")),
             json.dumps(list(plan.sinks), separators=(",", ":")),
             idempotency_key,
-            self.retention_s,
             parent.run_id if parent else "",
             parent.node_id if parent else "",
-            keys.run_children(parent.run_id) if parent else "",
             len(plan.roots),
             *plan.roots,
             *others,
@@ -212,6 +225,8 @@ class RunStore:
         created, existing_id = await self.scripts.call(  # type: ignore[misc]
             self.redis, self.scripts.create_run, run_keys, args
         )
+        if int(created) < 0:
+            raise ParentEnded(parent.run_id if parent else "", _text(existing_id))
         return CreatedRun(run_id=_text(existing_id), created=bool(int(created)))
 
     async def apply_outcomes(
@@ -222,7 +237,7 @@ class RunStore:
             return []
         calls = [
             (
-                flow_script_keys(o.run_id),
+                _outcome_keys(o),
                 [
                     o.run_id,
                     o.node_id,
@@ -237,7 +252,7 @@ class RunStore:
                     IDEMPOTENCY_PREFIX,
                     "1" if o.worker_lost else "0",
                     o.flow_json,
-                    *_wait_args(o.wait),
+                    *_wait_args(o),
                 ],
             )
             for o in outcomes

@@ -14,7 +14,7 @@
 -- Parks `node` (READY at `attempt`) on a wait. `record` is stored under the wait id; `feedback`
 -- true lists it among the pending requests; `deadline` > 0 arms the wait timer.
 local function park(run_id, node, attempt, wait_id, record, feedback, deadline, now, message, worker)
-  redis.call('HSET', KEYS[K_STATE], node, 'WAITING')
+  set_state(node, 'WAITING', 'READY')
   redis.call('HSET', KEYS[K_WAITS], wait_id, record, '@' .. node, wait_id)
   redis.call('HINCRBY', KEYS[K_META], 'waiting', 1)
   if feedback then redis.call('ZADD', KEYS[K_FEEDBACK], now, run_id .. '/' .. wait_id) end
@@ -49,7 +49,7 @@ local function resume(run_id, node, wait_id, answer, now, message)
     local answers = redis.call('HGET', KEYS[K_CYCLE], node .. ':fb') or ''
     redis.call('HSET', KEYS[K_CYCLE], node .. ':fb', answers .. pb_string(1, answer))
   end
-  redis.call('HSET', KEYS[K_STATE], node, 'READY')
+  set_state(node, 'READY', 'WAITING')
   local a = redis.call('HINCRBY', KEYS[K_ATTEMPT], node, 1)
   redis.call('HINCRBY', KEYS[K_JOIN], node .. ':rbase', 1)
   add_event(now, 'NODE_READY', node, a, message, '', '')
@@ -58,17 +58,10 @@ end
 
 -- PAUSED while the run has WAITING nodes and none READY; RUNNING otherwise. Returns the status.
 local function settle_pause(now)
-  local status = redis.call('HGET', KEYS[K_META], 'status')
+  local m = redis.call('HMGET', KEYS[K_META], 'status', 'waiting', 'ready')
+  local status = m[1]
   if not is_live(status) then return status end
-  local idle = tonumber(redis.call('HGET', KEYS[K_META], 'waiting') or '0') > 0
-  if idle then
-    for _, s in ipairs(redis.call('HVALS', KEYS[K_STATE])) do
-      if s == 'READY' then
-        idle = false
-        break
-      end
-    end
-  end
+  local idle = tonumber(m[2] or '0') > 0 and tonumber(m[3] or '0') <= 0
   if idle and status == 'RUNNING' then
     status = 'PAUSED'
     add_event(now, 'RUN_PAUSED', '', 0, 'every node that can run waits for feedback or a child run', '', '')

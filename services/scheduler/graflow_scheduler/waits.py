@@ -20,7 +20,9 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -42,7 +44,8 @@ from graflow_scheduler.state import NodeCycle, RunStore, WaitToApply
 log = structlog.get_logger(__name__)
 
 Kind = feedback_pb2.FeedbackKind
-REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+# No ":" (the waits hash keeps answers under "<id>:r", child waits as "child:<run>") and no "@".
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 CHILD_PREFIX = "child:"
 PROMPT_MAX = 16 * 1024
 OPTIONS_MAX = 1000
@@ -84,7 +87,7 @@ def _json_problem(raw: bytes, what: str, limit: int, *, object_only: bool = Fals
 def request_problem(request: feedback_pb2.FeedbackRequest) -> str | None:
     """Why a task's feedback request cannot be recorded (None when it can)."""
     if not REQUEST_ID.fullmatch(request.request_id):
-        return f"request_id {request.request_id[:64]!r} must be 1-200 letters, digits, '_', '-', '.' or ':'"
+        return f"request_id {request.request_id[:64]!r} must be 1-200 letters, digits, '_', '-' or '.'"
     if request.kind not in Kind.values() or request.kind == Kind.FEEDBACK_KIND_UNSPECIFIED:
         return f"kind {request.kind} is not a FeedbackKind"
     if not request.prompt.strip():
@@ -118,7 +121,10 @@ def response_problem(
         return f"reason and responded_by are limited to {REASON_MAX} and {RESPONDER_MAX} characters"
     kind = request.kind
     options = set(request.options)
-    if kind == Kind.FEEDBACK_KIND_TEXT:
+    if kind == Kind.FEEDBACK_KIND_APPROVAL:
+        if not response.HasField("approved"):
+            return "this request asks for approval: set response.approved (true or false)"
+    elif kind == Kind.FEEDBACK_KIND_TEXT:
         if not response.text:
             return "this request asks for text: set response.text"
         if len(response.text) > TEXT_MAX:
@@ -224,13 +230,15 @@ class Waits:
     # ---- the API ----
     async def _record(self, run_id: str, request_id: str) -> tuple[feedback_pb2.FeedbackRequest, str]:
         """The request with its state and answer, and its run's status."""
+        if not REQUEST_ID.fullmatch(request_id):
+            raise FeedbackNotFound(f"{request_id[:64]!r} is not a feedback request id")
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.run_meta(run_id), "status")
             pipe.hmget(keys.run_waits(run_id), [request_id, f"{request_id}:r"])
             status, (raw, answer) = await pipe.execute()
         if status is None:
             raise RunNotFound(run_id)
-        if raw is None or raw.startswith(CHILD_PREFIX.encode()):
+        if raw is None:
             raise FeedbackNotFound(f"run {run_id} has no feedback request {request_id!r}")
         try:
             request = feedback_pb2.FeedbackRequest.FromString(raw)
@@ -263,6 +271,8 @@ class Waits:
         """Pending requests, oldest first: of one run, or of every run."""
         limit = min(limit or LIST_DEFAULT, LIST_MAX)
         if run_id:
+            if not await self.redis.exists(keys.run_meta(run_id)):
+                raise RunNotFound(run_id)
             waits = await self.redis.hgetall(keys.run_waits(run_id))
             members = [(run_id, v.decode()) for k, v in waits.items() if k.startswith(b"@")]
         else:
@@ -321,20 +331,23 @@ class Waits:
             await self._dispatch(run_id, request.node_id, resolved.attempt, resolved.cycle)
         return await self.get(run_id, request_id)
 
-    async def cancel_children(self, run_id: str, reason: str) -> None:
-        """Cancel the child runs of a canceled run that have not ended (and theirs in turn)."""
-        pending = [run_id]
-        while pending:
-            parent = pending.pop()
-            for raw in await self.redis.smembers(keys.run_children(parent)):
-                child = raw.decode()
+    async def cancel_children(self, run_id: str) -> None:
+        """Cancel the child runs of canceled run ``run_id`` that have not ended, and theirs in turn
+        (each one's cancel records its own children). ``cancel_run`` recorded the run in
+        ``gf:children:cancel`` with its end, so the wait timer repeats this until it went through."""
+        for raw in await self.redis.smembers(keys.run_children(run_id)):
+            child = raw.decode()
+            try:
                 status = await self.store.cancel_run(
-                    child, f"parent run {parent} canceled: {reason}", now_ms=_now_ms()
+                    child, f"parent run {run_id} was canceled", now_ms=_now_ms()
                 )
-                if status == "CANCELED":
-                    log.info("child run canceled with its parent", run_id=child, parent_run_id=parent)
-                    await self.dispatcher.notify_canceled([child])
-                    pending.append(child)
+            except RunNotFound:
+                continue  # expired: it ended long ago
+            if status == "CANCELED":
+                log.info("child run canceled with its parent", run_id=child, parent_run_id=run_id)
+                await self.dispatcher.notify_canceled([child])
+                await self.cancel_children(child)
+        await self.redis.zrem(keys.CHILDREN_TO_CANCEL, run_id)
 
     # ---- dispatch of a resumed node ----
     async def _dispatch(self, run_id: str, node_id: str, attempt: int, cycle: NodeCycle) -> None:
@@ -347,6 +360,7 @@ class Waits:
             task = task_of(plan, found, node_id)
             if task is None:
                 return
+            lost = int(await self.redis.hget(keys.run_joins(run_id), f"{node_id}:lost") or 0)
             await self.dispatcher.dispatch(
                 [
                     delivery(
@@ -355,6 +369,7 @@ class Waits:
                         node_id,
                         attempt,
                         task=task,
+                        lost_attempts=lost,
                         cycle=cycle.cycle,
                         iteration_data_json=cycle.data_json,
                         feedback=cycle.feedback,
@@ -393,14 +408,26 @@ class Waits:
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
     async def tick(self) -> None:
-        """One pass: due deadlines, then ended child runs."""
+        """One pass: due deadlines, ended child runs, children of canceled runs. An entry that
+        fails is logged and left for the next pass; the others go on."""
         now = _now_ms()
-        for member in await self.redis.zrange(
-            keys.WAIT_DEADLINES, 0, now, byscore=True, offset=0, num=TIMER_BATCH
-        ):
-            await self._deadline(*_member(member), now)
-        for raw in await self.redis.zrange(keys.CHILDREN_ENDED, 0, TIMER_BATCH - 1):
-            await self._child_ended(raw.decode())
+        due = await self.redis.zrange(keys.WAIT_DEADLINES, 0, now, byscore=True, offset=0, num=TIMER_BATCH)
+        ended = await self.redis.zrange(keys.CHILDREN_ENDED, 0, TIMER_BATCH - 1)
+        canceled = await self.redis.zrange(keys.CHILDREN_TO_CANCEL, 0, TIMER_BATCH - 1)
+        steps: list[tuple[str, str, Coroutine[Any, Any, None]]] = [
+            *(("deadline", m.decode(), self._deadline(*_member(m), now)) for m in due),
+            *(("ended child run", r.decode(), self._child_ended(r.decode())) for r in ended),
+            *(("children of a canceled run", r.decode(), self.cancel_children(r.decode())) for r in canceled),
+        ]
+        for index, (what, entry, step) in enumerate(steps):
+            try:
+                await step
+            except (DownstreamUnavailable, *REDIS_UNAVAILABLE):
+                for _, _, left in steps[index + 1 :]:
+                    left.close()
+                raise
+            except Exception:  # noqa: BLE001 - one bad entry must not stall the others
+                log.exception("wait timer entry failed; retried next pass", entry_kind=what, entry=entry)
 
     async def _deadline(self, run_id: str, wait_id: str, now: int) -> None:
         try:
@@ -423,6 +450,7 @@ class Waits:
                 ),
                 worker_id="scheduler",
                 finished_at_ms=now,
+                wait=messages_pb2.Wait(feedback=feedback_pb2.FeedbackRequest(request_id=wait_id)),
             ).SerializeToString()
         resolved = await self.store.resolve_wait(
             "deadline",

@@ -265,7 +265,7 @@ async def test_canceling_a_parent_cancels_its_children(client, downstreams):
     await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=parent, reason="stop"))
     info = await run_info(client, child)
     assert common_pb2.RunStatus.Name(info.status) == "RUN_STATUS_CANCELED"
-    assert f"parent run {parent} canceled" in info.message
+    assert info.message == f"parent run {parent} was canceled"
     await downstreams.coordinator.wait_for(lambda c: child in c.canceled)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await client.SubmitRun(request)
@@ -274,6 +274,8 @@ async def test_canceling_a_parent_cancels_its_children(client, downstreams):
 
 def test_request_and_response_checks() -> None:
     assert request_problem(question()) is None
+    assert "set response.approved" in response_problem(question(), feedback_pb2.FeedbackResponse(text="yes"))
+    assert response_problem(question(), feedback_pb2.FeedbackResponse(approved=False)) is None
     selection = question(kind=Kind.FEEDBACK_KIND_MULTI_SELECTION, options=["a", "b"])
     assert (
         request_problem(question(kind=Kind.FEEDBACK_KIND_SELECTION, options=["a", "a"]))
@@ -289,3 +291,69 @@ def test_request_and_response_checks() -> None:
     assert "is not the request's id" in response_problem(
         question(), feedback_pb2.FeedbackResponse(request_id="b")
     )
+
+
+async def test_children_of_a_run_canceled_without_the_api_are_canceled_by_the_wait_timer(
+    make_app, store, redis
+):
+    app = await make_app(wait_timer_interval_s=0.02)
+    async with app_client(app) as client:
+        parent = await submit(client, spec(["a"]))
+        request = scheduler_pb2.SubmitRunRequest(
+            spec=spec(["c"]), parent=scheduler_pb2.ParentRef(run_id=parent, node_id="a")
+        )
+        child = (await client.SubmitRun(request)).run_id
+        # As if the scheduler died right after the cancel: only the script ran.
+        await store.cancel_run(parent, "by hand", now_ms=1)
+        await until(lambda: _status_is(client, child, "RUN_STATUS_CANCELED"))
+        await until(lambda: _none_to_cancel(redis))
+
+
+async def _status_is(client, run_id, expected):
+    return await status(client, run_id) == expected
+
+
+async def _none_to_cancel(redis):
+    return await redis.zcard(keys.CHILDREN_TO_CANCEL) == 0
+
+
+async def test_a_failure_without_the_wait_it_ends_does_not_touch_a_waiting_node(client, redis):
+    run_id = await submit(client, spec(["a"]))
+    await parked(client, redis, run_id)
+    await report(redis, outcome(run_id, "a", ok=False))  # retryable, attempt 1, names no wait
+    await asyncio.sleep(0.3)
+    assert await node_state(client, run_id, "a") == "NODE_STATE_WAITING"
+    assert await status(client, run_id) == "RUN_STATUS_PAUSED"
+
+
+async def test_terminating_a_run_skips_its_waiting_nodes_and_closes_their_requests(client, redis):
+    run_id = await submit(client, spec(["a", "b"]))
+    await parked(client, redis, run_id)
+    finished = outcome(run_id, "b")
+    finished.directives.add().terminate.message = "enough"
+    await report(redis, finished)
+    assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
+    assert await node_state(client, run_id, "a") == "NODE_STATE_SKIPPED"
+    assert (await client.ListFeedback(scheduler_pb2.ListFeedbackRequest())).requests == []
+
+
+async def test_request_ids_are_checked_and_unknown_runs_are_not_found(client, redis):
+    run_id = await submit(client, spec(["a"]))
+    await report(redis, waiting(run_id, request=question(request_id="x:r")))
+    assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
+    assert "must be 1-200 letters" in (await run_info(client, run_id)).error.message
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await client.GetFeedback(scheduler_pb2.GetFeedbackRequest(run_id=run_id, request_id="a.0.1:r"))
+    assert malformed.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await client.ListFeedback(scheduler_pb2.ListFeedbackRequest(run_id="01M7YG93QD4ZD9RG279ECRXAGG"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_runs_idempotency_key_lasts_while_the_run_does(client, redis):
+    request = scheduler_pb2.SubmitRunRequest(spec=spec(["a"]), idempotency_key="k1")
+    run_id = (await client.SubmitRun(request)).run_id
+    assert await redis.ttl(keys.idempotency("k1")) == -1  # no expiry while the run waits, for days
+    await report(redis, outcome(run_id, "a"))
+    assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
+    assert await redis.ttl(keys.idempotency("k1")) > 0
