@@ -28,12 +28,6 @@ def stack() -> Iterator[LocalStack]:
         server.close()
 
 
-@pytest.fixture
-def fx(stack: LocalStack) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(stack.redis_url)
-    yield conn
-    conn.close()
-
 
 def step_counts(fx: redis.Redis, run_id: str, node_id: str, steps: int) -> list[int]:
     raw = fx.mget([f"effects:{run_id}:{node_id}:step{n}" for n in range(1, steps + 1)])

@@ -58,6 +58,14 @@ def client(stack: LocalStack) -> Iterator[Client]:
 
 
 @pytest.fixture
+def fx(stack: LocalStack) -> Iterator[redis.Redis]:
+    """The stack's Redis, where the tasks record their starts and effects."""
+    conn = redis.Redis.from_url(stack.redis_url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
 def effects(stack: LocalStack) -> Iterator[Callable[[str], dict[str, int]]]:
     """effects(run_id) -> {node_id: times its side effect happened}."""
     conn = redis.Redis.from_url(stack.redis_url)

@@ -47,13 +47,6 @@ def stack() -> Iterator[LocalStack]:
         server.close()
 
 
-@pytest.fixture
-def fx(stack: LocalStack) -> Iterator[redis.Redis]:
-    """The Redis where the tasks record their starts and effects."""
-    conn = redis.Redis.from_url(stack.redis_url)
-    yield conn
-    conn.close()
-
 
 def started(fx: redis.Redis, run_id: str, node_id: str) -> dict[int, int]:
     """attempt -> pid of the worker process that started it."""

@@ -40,13 +40,6 @@ def stack() -> Iterator[LocalStack]:
         server.close()
 
 
-@pytest.fixture
-def fx(stack: LocalStack) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(stack.redis_url)
-    yield conn
-    conn.close()
-
-
 def node_state(client: Client, run_id: str, node_id: str) -> str:
     return next(node_state_name(n.state) for n in client.get_run(run_id).nodes if n.node_id == node_id)
 

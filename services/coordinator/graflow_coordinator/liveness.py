@@ -27,8 +27,8 @@ from redis.exceptions import ResponseError
 from structlog.contextvars import bound_contextvars
 
 from graflow_runtime import keys
+from graflow_runtime.loops import BackgroundLoop
 
-from graflow_coordinator.loops import BackgroundLoop
 from graflow_coordinator.queues import QueueGroups, trim_queue
 from graflow_coordinator.reclaim import RECLAIMER, Reclaimer, ReclaimStats
 from graflow_coordinator.workers import WorkerRegistry

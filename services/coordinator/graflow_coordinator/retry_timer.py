@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_runtime import keys
+from graflow_runtime.loops import BackgroundLoop
 
-from graflow_coordinator.loops import BackgroundLoop
 from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,6 @@ between two steps is repaired by the next pass.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -32,6 +31,7 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.loops import BackgroundLoop
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_scheduler.dispatch import Dispatcher, delivery
@@ -162,7 +162,11 @@ class WaitStats:
     children_ended: int = 0
 
 
-class Waits:
+class Waits(BackgroundLoop):
+    """Feedback requests and answers, child runs, and the wait timer (a :class:`BackgroundLoop`)."""
+
+    name = "wait-timer"
+
     def __init__(
         self,
         store: RunStore,
@@ -181,8 +185,7 @@ class Waits:
         self.dynamic = dynamic
         self.interval_s = interval_s
         self.stats = WaitStats()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     # ---- outcomes that wait ----
     async def prepare(
@@ -386,26 +389,10 @@ class Waits:
             )
 
     # ---- the timer ----
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="wait-timer")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.tick()
-            except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
-                log.warning("wait timer pass incomplete; retried next period", error=str(exc))
-            except Exception:  # noqa: BLE001 - keep the timer alive; the next pass retries
-                log.exception("wait timer pass failed; retried next period")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+    async def step(self) -> float:
+        """One timer pass; the loop sleeps ``interval_s`` before the next (backs off on errors)."""
+        await self.tick()
+        return self.interval_s
 
     async def tick(self) -> None:
         """One pass: due deadlines, ended child runs, children of canceled runs. An entry that

@@ -33,6 +33,13 @@ def waiting(run_id, node_id="a", attempt=1, request=None, child_run_id=""):
     )
 
 
+def child_of(parent, node_id="a"):
+    """A SubmitRun of a one-task child run started by ``node_id`` of run ``parent``."""
+    return scheduler_pb2.SubmitRunRequest(
+        spec=spec(["c"]), parent=scheduler_pb2.ParentRef(run_id=parent, node_id=node_id)
+    )
+
+
 async def run_info(client, run_id):
     return await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
 
@@ -223,9 +230,7 @@ async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_a
     app = await make_app(wait_timer_interval_s=0.02)
     async with app_client(app) as client:
         parent = await submit(client, spec(["a"]))
-        child_request = scheduler_pb2.SubmitRunRequest(
-            spec=spec(["c"]), parent=scheduler_pb2.ParentRef(run_id=parent, node_id="a")
-        )
+        child_request = child_of(parent)
         child = (await client.SubmitRun(child_request)).run_id
         info = await run_info(client, child)
         assert (info.parent.run_id, info.parent.node_id) == (parent, "a")
@@ -258,9 +263,7 @@ async def test_waiting_for_a_run_that_is_not_the_nodes_child_fails_the_node(clie
 
 async def test_canceling_a_parent_cancels_its_children(client, downstreams):
     parent = await submit(client, spec(["a"]))
-    request = scheduler_pb2.SubmitRunRequest(
-        spec=spec(["c"]), parent=scheduler_pb2.ParentRef(run_id=parent, node_id="a")
-    )
+    request = child_of(parent)
     child = (await client.SubmitRun(request)).run_id
     await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=parent, reason="stop"))
     info = await run_info(client, child)
@@ -299,9 +302,7 @@ async def test_children_of_a_run_canceled_without_the_api_are_canceled_by_the_wa
     app = await make_app(wait_timer_interval_s=0.02)
     async with app_client(app) as client:
         parent = await submit(client, spec(["a"]))
-        request = scheduler_pb2.SubmitRunRequest(
-            spec=spec(["c"]), parent=scheduler_pb2.ParentRef(run_id=parent, node_id="a")
-        )
+        request = child_of(parent)
         child = (await client.SubmitRun(request)).run_id
         # As if the scheduler died right after the cancel: only the script ran.
         await store.cancel_run(parent, "by hand", now_ms=1)

@@ -34,7 +34,7 @@ class BackgroundLoop:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"coordinator-{self.name}")
+            self._task = asyncio.create_task(self._run(), name=self.name)
 
     def wake(self) -> None:
         self._wakeup.set()
