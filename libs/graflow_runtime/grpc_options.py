@@ -20,4 +20,8 @@ SERVER_OPTIONS = [
     # between pings without data is 5 minutes, so it answered them with GOAWAY "too_many_pings"
     # and dropped the connection (calls in flight failed UNAVAILABLE and reconnects cost latency).
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # gRPC sets SO_REUSEPORT by default: a second server on a taken port started "fine" and took a
+    # share of the connections (seen in tests: a scheduler answering another stack's result-store
+    # calls with UNIMPLEMENTED). A taken port must fail the start instead.
+    ("grpc.so_reuseport", 0),
 ]

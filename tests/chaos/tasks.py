@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import time
 
-from graflow import RetryPolicy, TaskContext, task
-from tests.e2e.tasks import effects, record
+from graflow import RetryPolicy, TaskContext, Workflow, task, workflow
+from tests.e2e.tasks import effects, record, source
 
 # A gate that is never opened fails the task (and so the test) instead of hanging it.
 GATE_TIMEOUT_S = float(os.environ.get("GRAFLOW_TEST_GATE_TIMEOUT_S", "50"))
@@ -93,3 +93,21 @@ def chaos_checkpointed(ctx: TaskContext, gate: str, steps: int = 6, hold_after: 
             wait_gate(ctx, gate)
     record(ctx)
     return resumed_from
+
+
+def held_child(gate: str, value: int = 1) -> Workflow:
+    """The child run of :func:`chaos_spawn_held`: ``a`` (source ``value``) ``>> held``
+    (chaos_hold on ``gate``, value 1); its result is ``value + 1``."""
+    with workflow("held-child") as wf:
+        source(task_id="a", value=value) >> chaos_hold(task_id="held", gate=gate, value=1)
+    return wf
+
+
+@task(inject_context=True)
+def chaos_spawn_held(ctx: TaskContext, gate: str, value: int = 1, **upstream: int) -> int:
+    """Runs :func:`held_child` as a child run and waits for it (the node parks WAITING while the
+    child's ``held`` waits for ``gate``); records its effect once the child's result is in and
+    returns it times 10 plus the int results upstream."""
+    child = ctx.run_child(held_child(gate, value), labels={"parent_node": ctx.node_id})
+    record(ctx)
+    return child * 10 + sum(v for v in upstream.values() if isinstance(v, int))
