@@ -1,9 +1,10 @@
-// Submit a workflow to the Graflow scheduler from Node.js, watch it to the end, print its result.
+// Submit a workflow to the Graflow scheduler from Node.js, answer the approval one of its tasks
+// asks for, watch it to the end, print its result.
 //
 //   node submit.js <proto-dir> <scheduler-address> <result-store-address>
 //
 // Uses only the contracts in proto/graflow_api/v1 (loaded at run time, no generated code).
-// Prints one JSON line per event, then {"status": ..., "result": ...}.
+// Prints one JSON line per event, one per answered request, then {"status": ..., "result": ...}.
 "use strict";
 
 const path = require("path");
@@ -24,14 +25,31 @@ const spec = {
   name: "from-node",
   nodes: [
     { id: "source", task_type: "source", args_json: Buffer.from(JSON.stringify({ value: 20 })) },
+    { id: "approve", task_type: "ask", args_json: Buffer.from(JSON.stringify({ prompt: "go on?" })) },
     { id: "add_one", task_type: "add_one" },
     { id: "double", task_type: "double" },
   ],
   edges: [
     { from_id: "source", to_id: "add_one" },
+    { from_id: "approve", to_id: "add_one" },
     { from_id: "add_one", to_id: "double" },
   ],
 };
+
+// Approve every pending request of the run (the task waiting on it runs again with the answer).
+function answer(runId) {
+  scheduler.ListFeedback({ run_id: runId }, { deadline: deadline() }, (err, listed) => {
+    if (err) throw err;
+    for (const request of listed.requests) {
+      const response = { approved: true, responded_by: "node-client" };
+      scheduler.RespondFeedback({ run_id: runId, request_id: request.request_id, response },
+        { deadline: deadline() }, (err2, answered) => {
+          if (err2) throw err2;
+          console.log(JSON.stringify({ answered: answered.request_id, state: answered.state }));
+        });
+    }
+  });
+}
 
 scheduler.SubmitRun({ spec }, { deadline: deadline() }, (err, submitted) => {
   if (err) throw err;
@@ -39,6 +57,7 @@ scheduler.SubmitRun({ spec }, { deadline: deadline() }, (err, submitted) => {
   const stream = scheduler.WatchRun({ run_id: runId }, { deadline: deadline() });
   stream.on("data", (event) => {
     console.log(JSON.stringify({ event: event.type, node: event.node_id, attempt: event.attempt }));
+    if (event.type === "TYPE_NODE_WAITING") answer(runId);
   });
   stream.on("error", (e) => { throw e; });
   stream.on("end", () => {
