@@ -190,6 +190,9 @@ def cmd_status(args: argparse.Namespace, client: Client, out: Output) -> int:
     out.line()
     for row in table(rows):
         out.line(row)
+    if any(node.state == common_pb2.NODE_STATE_WAITING for node in info.nodes):
+        out.line()
+        out.line(f"waiting   for answers or child runs: graflow feedback list --run {info.run_id}")
     if info.status == common_pb2.RUN_STATUS_FAILED:
         out.line()
         out.line(f"error     {info.failed_node_id}: {info.error.type}: {info.error.message}")

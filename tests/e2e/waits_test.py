@@ -199,6 +199,9 @@ def test_the_cli_lists_shows_and_answers_requests(stack: LocalStack, client: Cli
         code = cli.run(["--scheduler", stack.scheduler_address, "feedback", *argv], cli.Output(out, err))
         return code, out.getvalue(), err.getvalue()
 
+    status_out = io.StringIO()
+    assert cli.run(["--scheduler", stack.scheduler_address, "status", run.id], cli.Output(status_out)) == 0
+    assert f"graflow feedback list --run {run.id}" in status_out.getvalue()
     code, listing, _ = graflow("list", "--run", run.id)
     assert code == 0
     assert "pick.0.1" in listing and "multi_selection" in listing and "which regions?" in listing
