@@ -448,3 +448,18 @@ def fire_child(ctx: TaskContext, n: int = 1) -> str:
         source(task_id="a", value=n)
     record(ctx)
     return ctx.start_child(wf)
+
+
+@task(inject_context=True)
+async def ask_async(ctx: TaskContext) -> str:
+    """An ``async def`` task asking for text (the answer is in the envelope: no I/O to await)."""
+    return f"async:{ctx.request_text_input('say something')}"
+
+
+@task(inject_context=True)
+def review_loop(ctx: TaskContext, data: list[str] | None = None) -> list[str]:
+    """Asks for one note per cycle (next_iteration) until it has two."""
+    notes = [*(data or []), ctx.request_text_input(f"note {len(data or []) + 1}?")]
+    if len(notes) < 2:
+        ctx.next_iteration(notes)
+    return notes

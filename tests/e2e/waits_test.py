@@ -27,7 +27,16 @@ from graflow.run import event_type_name, node_state_name, status_name
 from graflow_api.v1 import feedback_pb2
 from graflow_runtime import keys
 from tests.e2e.conftest import start_stack, wait_for
-from tests.e2e.tasks import ask, fire_child, interview, ping, spawn_child, spawn_waiting_child
+from tests.e2e.tasks import (
+    ask,
+    ask_async,
+    fire_child,
+    interview,
+    ping,
+    review_loop,
+    spawn_child,
+    spawn_waiting_child,
+)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +223,24 @@ def test_the_cli_lists_shows_and_answers_requests(stack: LocalStack, client: Cli
     assert code == 2 and "answered already by bob" in err
     code, _, err = graflow("show", run.id, "nope.0.1")
     assert code == 2 and "no feedback request 'nope.0.1'" in err
+
+
+def test_async_tasks_and_loops_ask_too_each_cycle_its_own_question(client: Client) -> None:
+    with workflow("async-ask") as wf:
+        ask_async(task_id="say")
+    run = client.submit(wf)
+    (request,) = wait_pending(client, run.id)
+    client.respond_feedback(run.id, request.request_id, text="hi")
+    assert run.result(timeout=30) == "async:hi"
+
+    with workflow("review") as wf:
+        review_loop(task_id="loop")
+    run = client.submit(wf)
+    (first,) = wait_pending(client, run.id)
+    assert (first.request_id, first.prompt, first.cycle) == ("loop.0.1", "note 1?", 0)
+    client.respond_feedback(run.id, first.request_id, text="a")
+    wait_for(lambda: [r.request_id for r in pending(client, run.id)] == ["loop.1.1"], what="cycle 1 asks")
+    (second,) = pending(client, run.id)
+    assert (second.prompt, second.cycle) == ("note 2?", 1)
+    client.respond_feedback(run.id, second.request_id, text="b")
+    assert run.result(timeout=30) == ["a", "b"]
