@@ -262,3 +262,30 @@ async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_u
     finally:
         await app.stop(0)
         await client.aclose()
+
+
+async def test_keep_runs_alive_restarts_the_retention_of_every_key_of_the_run(stub, redis):
+    from graflow_result_store.store import run_keys
+
+    await put(stub, result("a", 1, 1, run="r1"), result("a", 1, 1, run="r2"))
+    json_one = common_pb2.Payload(content_type="application/json", data=b"1")
+    await stub.ChannelSet(
+        result_store_pb2.ChannelSetRequest(
+            run_id="r1", entries=[result_store_pb2.ChannelEntry(key="k", value=json_one)], ttl_ms=60_000
+        )
+    )
+    await stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(run_id="r1", node_id="a", value=json_one))
+    present = [key for key in run_keys("r1") if await redis.exists(key)]
+    assert len(present) == 5  # results, their attempts, channel, channel expiries, checkpoints
+    for key in [*present, *run_keys("r2")]:
+        await redis.expire(key, 5)  # as if written a retention period ago
+
+    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=["r1", "never-written"]))
+
+    assert [3590 <= await redis.ttl(key) <= 3600 for key in present] == [True] * 5
+    other_run = [await redis.ttl(key) for key in run_keys("r2")[:2]]  # results and their attempts
+    assert all(0 < ttl <= 5 for ttl in other_run), other_run  # not kept alive: untouched
+    assert not await redis.exists(*run_keys("never-written"))
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[""]))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -20,6 +20,7 @@ from graflow_result_store.store import Disposition, ResultStore, UpdateRejected
 log = structlog.get_logger(__name__)
 
 ResponseT = TypeVar("ResponseT")
+KEEP_ALIVE_MAX_RUNS = 10_000
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[ResponseT]]
 
 _DISPOSITIONS = {
@@ -204,6 +205,15 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         self._check_size(f"checkpoint of node {request.node_id!r}", len(request.value.data))
         await self._store.put_checkpoint(request.run_id, request.node_id, request.value.SerializeToString())
         return result_store_pb2.PutCheckpointResponse()
+
+    @_with_status_codes
+    async def KeepRunsAlive(self, request, context):  # noqa: N802
+        if len(request.run_ids) > KEEP_ALIVE_MAX_RUNS:
+            raise InvalidRequest(f"{len(request.run_ids)} run ids; at most {KEEP_ALIVE_MAX_RUNS} per call")
+        for run_id in request.run_ids:
+            _require_run_id(run_id)
+        await self._store.keep_alive(list(request.run_ids))
+        return result_store_pb2.KeepRunsAliveResponse()
 
     @_with_status_codes
     async def GetCheckpoint(self, request, context):  # noqa: N802

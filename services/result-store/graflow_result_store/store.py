@@ -31,6 +31,17 @@ def channel_expiry_key(run_id: str) -> str:
     return f"{keys.channel(run_id)}:exp"
 
 
+def run_keys(run_id: str) -> list[str]:
+    """Every result-store key of a run (graphs are shared by runs and do not expire with them)."""
+    return [
+        keys.results(run_id),
+        result_attempts_key(run_id),
+        keys.channel(run_id),
+        channel_expiry_key(run_id),
+        keys.checkpoints(run_id),
+    ]
+
+
 class UpdateRejected(Exception):
     """The stored value does not fit the operation (not a list, not a number)."""
 
@@ -137,3 +148,12 @@ class ResultStore:
 
     async def get_checkpoint(self, run_id: str, node_id: str) -> bytes | None:
         return await self._redis.hget(keys.checkpoints(run_id), node_id)
+
+    # ---- retention ----
+    async def keep_alive(self, run_ids: Sequence[str]) -> None:
+        """Every key of ``run_ids`` expires a retention period from now (absent keys stay absent)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                for key in run_keys(run_id):
+                    pipe.expire(key, self._retention_s)
+            await pipe.execute()

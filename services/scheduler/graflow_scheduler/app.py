@@ -21,6 +21,7 @@ from graflow_scheduler.compiler import Limits
 from graflow_scheduler.dispatch import Dispatcher
 from graflow_scheduler.dynamic import DynamicNodes
 from graflow_scheduler.interceptors import RedisUnavailableInterceptor
+from graflow_scheduler.keepalive import ResultsKeepAlive
 from graflow_scheduler.outcome_stream import OutcomeStream
 from graflow_scheduler.outcomes import ConsumerConfig, OutcomeConsumer
 from graflow_scheduler.plans import PlanCache, RunGraphs
@@ -107,11 +108,9 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
     dispatcher = Dispatcher(
         coordinator_pb2_grpc.CoordinatorStub(coordinator_channel), _downstream("coordinator", settings)
     )
-    plans = PlanCache(
-        result_store_pb2_grpc.ResultStoreStub(result_store_channel),
-        _downstream("result-store", settings),
-        capacity=settings.plan_cache_size,
-    )
+    result_store_stub = result_store_pb2_grpc.ResultStoreStub(result_store_channel)
+    result_store = _downstream("result-store", settings)  # one breaker for every call to it
+    plans = PlanCache(result_store_stub, result_store, capacity=settings.plan_cache_size)
     store = RunStore(redis, retention_s=settings.retention_s)
     reader = RunReader(redis)
     graphs = RunGraphs(reader)
@@ -149,6 +148,9 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
             stats_log_interval_s=settings.stats_log_interval_s,
         ),
     )
+    keepalive = ResultsKeepAlive(
+        redis, result_store_stub, result_store, interval_s=settings.results_keepalive_s
+    )
     sweep = RecoverySweep(
         reader,
         plans,
@@ -156,6 +158,7 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         interval_s=settings.sweep_interval_s,
         retention_s=settings.retention_s,
         dynamic=dynamic,
+        keepalive=keepalive,
     )
     server = create_server(
         settings.address,

@@ -47,6 +47,9 @@ class SchedulerSettings(ServiceSettings):
     retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     # Recovery sweep period: READY nodes of active runs are dispatched again (deduplicated).
     sweep_interval_s: float = Field(default=10.0, gt=0)
+    # Live runs' results, channels and checkpoints get their retention restarted this often (by the
+    # recovery sweep); keep it well below GRAFLOW_RESULT_STORE_RETENTION_S.
+    results_keepalive_s: float = Field(default=24 * 3600.0, gt=0)
     # How often the wait timer fires due feedback deadlines and resumes parents of ended child runs.
     wait_timer_interval_s: float = Field(default=0.5, gt=0)
     # Outcomes pending longer than this in another consumer (a dead replica) are claimed.

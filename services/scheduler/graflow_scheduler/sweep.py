@@ -4,8 +4,8 @@ active run with their current attempt.
 A node becomes READY in the same script that records the outcome releasing it, but it reaches
 the coordinator in a later call; a scheduler that dies in between leaves it READY and
 undelivered. The coordinator deduplicates by (run, node, attempt), so dispatching what was
-already delivered is harmless. The sweep also forgets runs whose state expired and prunes the run
-listing.
+already delivered is harmless. The sweep also forgets runs whose state expired, prunes the run
+listing, and keeps the results of live runs from expiring (graflow_scheduler.keepalive).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_scheduler.dispatch import Dispatcher, delivery
 from graflow_scheduler.dynamic import DynamicNodes, task_of
 from graflow_scheduler.errors import GraphNotFound, SpecError
+from graflow_scheduler.keepalive import ResultsKeepAlive
 from graflow_scheduler.plans import PlanCache
 from graflow_scheduler.queries import RunReader
 from graflow_scheduler.state import NodeCycle
@@ -50,8 +51,10 @@ class RecoverySweep:
         interval_s: float,
         retention_s: int,
         dynamic: DynamicNodes | None = None,
+        keepalive: ResultsKeepAlive | None = None,
     ) -> None:
         self.reader = reader
+        self.keepalive = keepalive
         self.dynamic = dynamic or DynamicNodes(reader.redis)
         self.plans = plans
         self.dispatcher = dispatcher
@@ -95,6 +98,8 @@ class RecoverySweep:
         run_ids = await self.reader.active_run_ids()
         sent = 0
         for start in range(0, len(run_ids), RUNS_PER_ROUND):
+            if self.keepalive is not None:
+                await self.keepalive.keep(run_ids[start : start + RUNS_PER_ROUND])
             ready_runs, gone = await self.reader.ready_runs(run_ids[start : start + RUNS_PER_ROUND])
             if gone:
                 log.warning("active runs without state forgotten", run_ids=gone)

@@ -1,5 +1,7 @@
 """The recovery sweep dispatches READY nodes that never reached the coordinator."""
 
+import time
+
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
@@ -66,3 +68,18 @@ async def test_sweep_prunes_listing_entries_of_expired_runs_only(app, store, red
     await redis.delete(keys.run_meta(expired))
     await app.sweep.sweep_once()
     assert [m.decode() for m in await redis.zrange(keys.RUNS_INDEX, 0, -1)] == [kept]
+
+
+async def test_sweep_keeps_the_results_of_live_runs_from_expiring(app, store, downstreams, redis):
+    old = await make_run(app, store, downstreams)  # created at 1 s after the epoch: long due
+    ended = await RunHarness.create(store, spec(["x"]))
+    await ended.finish("x")
+    fresh = await RunHarness.create(store, spec(["y"]))
+    await redis.hset(keys.run_meta(fresh.run_id), "created", int(time.time() * 1000))
+
+    await app.sweep.sweep_once()
+    assert downstreams.result_store.kept_alive == [[old.run_id]]  # not the ended one, not the fresh one
+    assert int(await redis.hget(keys.run_meta(old.run_id), "kept")) > time.time() * 1000 - 60_000
+
+    await app.sweep.sweep_once()  # kept a moment ago: not due again
+    assert downstreams.result_store.kept_alive == [[old.run_id]]

@@ -149,6 +149,12 @@ class RecordingResultStore(result_store_pb2_grpc.ResultStoreServicer):
         self.graphs: dict[str, workflow_pb2.WorkflowSpec] = {}
         self.put_calls = 0
         self.get_calls = 0
+        # Run ids of every KeepRunsAlive call, in order.
+        self.kept_alive: list[list[str]] = []
+
+    async def KeepRunsAlive(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.kept_alive.append(list(request.run_ids))
+        return result_store_pb2.KeepRunsAliveResponse()
 
     async def PutGraph(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         self.put_calls += 1
