@@ -15,7 +15,8 @@ class ResultStoreSettings(ServiceSettings):
 
     # host:port the gRPC server binds (port 0 = any free port).
     address: str = DEFAULT_RESULT_STORE_ADDRESS
-    # Results and channels of a run expire this many seconds after their last write.
+    # Results, channels and checkpoints of a run expire this many seconds after their last write or
+    # the last KeepRunsAlive of the run (the scheduler sends one for live runs, RESULTS_KEEPALIVE_S).
     retention_s: int = Field(default=SEVEN_DAYS_S, ge=1)
     # Largest accepted value (result payload or channel entry), in bytes.
     max_value_bytes: int = Field(default=SIXTEEN_MIB, ge=1)
