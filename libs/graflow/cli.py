@@ -190,9 +190,18 @@ def cmd_status(args: argparse.Namespace, client: Client, out: Output) -> int:
     out.line()
     for row in table(rows):
         out.line(row)
-    if any(node.state == common_pb2.NODE_STATE_WAITING for node in info.nodes):
+    waiting = [node for node in info.nodes if node.state == common_pb2.NODE_STATE_WAITING]
+    if waiting:
         out.line()
-        out.line(f"waiting   for answers or child runs: graflow feedback list --run {info.run_id}")
+    for node in waiting:
+        child = node.waiting_for.removeprefix("child:")
+        if child != node.waiting_for:
+            out.line(f"waiting   {node.node_id} for child run {child}: graflow status {child}")
+        else:
+            out.line(
+                f"waiting   {node.node_id} for feedback {node.waiting_for}: "
+                f"graflow feedback show {info.run_id} {node.waiting_for}"
+            )
     if info.status == common_pb2.RUN_STATUS_FAILED:
         out.line()
         out.line(f"error     {info.failed_node_id}: {info.error.type}: {info.error.message}")

@@ -30,7 +30,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     actions = feedback.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="requests waiting for an answer, oldest first")
     listing.add_argument("--run", default="", metavar="RUN", help="only this run's requests")
-    listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    listing.add_argument("--limit", type=_count, default=100, help="how many (default 100, at most 1000)")
     show = actions.add_parser("show", help="one request with its state and answer")
     show.add_argument("run", metavar="RUN")
     show.add_argument("request", metavar="REQUEST")
@@ -48,8 +48,16 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         help="the option chosen (selection); repeat it for a multi-selection",
     )
     answer.add_argument("--json", metavar="VALUE", help="a JSON value (custom requests)")
+    answer.add_argument("--none", action="store_true", help="choose none of the options (multi-selection)")
     respond.add_argument("--reason", default="", help="why (kept with the answer)")
     respond.add_argument("--by", default="", metavar="NAME", help="who answers (kept with the answer)")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 1000")
+    return value
 
 
 def run_command(args: argparse.Namespace, client: Client, out: Lines) -> int:
@@ -60,10 +68,14 @@ def run_command(args: argparse.Namespace, client: Client, out: Lines) -> int:
             _show(out, client.get_feedback(args.run, args.request))
             return OK
         request = client.get_feedback(args.run, args.request)
+        was_answered = request.state == feedback_pb2.FEEDBACK_STATE_ANSWERED
         answered = client.respond_feedback(
             args.run, args.request, **_answer(args, request), reason=args.reason, responded_by=args.by
         )
-        out.line(f"answered {args.request} of run {args.run}: its task runs again")
+        if was_answered:
+            out.line(f"{args.request} of run {args.run} had this answer already: nothing changes")
+        else:
+            out.line(f"answered {args.request} of run {args.run}: its task runs again")
         _show(out, answered)
         return OK
     except FeedbackError as exc:
@@ -74,6 +86,8 @@ def run_command(args: argparse.Namespace, client: Client, out: Lines) -> int:
 def _answer(args: argparse.Namespace, request: feedback_pb2.FeedbackRequest) -> dict[str, Any]:
     if args.approve or args.reject:
         return {"approved": bool(args.approve)}
+    if args.none:
+        return {"selected_multiple": []}
     if args.text is not None:
         return {"text": args.text}
     if args.select:

@@ -25,7 +25,7 @@ import grpc.experimental
 from graflow import payload
 from graflow.dsl import Workflow
 from graflow.errors import FeedbackError, GraflowError, RunNotFoundError, WorkflowDefinitionError
-from graflow.feedback import build_response
+from graflow.feedback import NOT_GIVEN, build_response
 from graflow.run import ENDED_STATUSES, TERMINAL_EVENTS, Run, RunEvent, RunInfo, parse_status
 from graflow_api.v1 import (
     feedback_pb2,
@@ -306,7 +306,7 @@ class Client:
         text: str | None = None,
         selected: str | None = None,
         selected_multiple: Iterable[str] | None = None,
-        custom_data: Any = None,
+        custom_data: Any = NOT_GIVEN,
         reason: str = "",
         responded_by: str = "",
     ) -> feedback_pb2.FeedbackRequest:

@@ -128,6 +128,9 @@ class TaskContext:
     run_id: str
     node_id: str
     task_type: str
+    # The delivery number of the node: retries, reclaims after a lost worker, re-runs after a wait
+    # (feedback, child run) and new cycles each count. Only failures count against max_attempts
+    # (``attempt`` may exceed it after waits or cycles).
     attempt: int
     max_attempts: int
     worker_id: str
@@ -149,6 +152,7 @@ class TaskContext:
     # Where child runs are started (the worker's scheduler backend; None: unavailable).
     children: ChildRunsBackend | None = field(default=None, repr=False)
     _requests: int = field(default=0, repr=False)
+    _asked: set[str] = field(default_factory=set, repr=False)
     _child_runs: int = field(default=0, repr=False)
 
     @property
@@ -294,6 +298,11 @@ class TaskContext:
             request_id = f"{self.node_id}.{self.cycle}.{self._requests}"
         else:
             request_id = feedback_id
+        if request_id in self._asked:
+            raise ValueError(
+                f"feedback_id {request_id!r} was used by an earlier question of this task: give each its own"
+            )
+        self._asked.add(request_id)
         answer = self.feedback.get(request_id)
         if answer is not None:
             return FeedbackResponse.from_proto(answer)

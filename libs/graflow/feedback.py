@@ -37,6 +37,8 @@ ON_TIMEOUT: dict[str, int] = {
 }
 
 
+# ``custom_data`` not given (None is an answer: JSON null).
+NOT_GIVEN: Any = object()
 MIN_TIMEOUT_S = 0.001
 MAX_TIMEOUT_S = (2**32 - 1) / 1000  # FeedbackRequest.timeout_ms is a uint32 (about 49 days)
 
@@ -123,8 +125,8 @@ def build_request(
         raise ValueError(f"on_timeout {on_timeout!r} is not one of {', '.join(ON_TIMEOUT)}")
     if timeout is not None and not MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S:
         raise ValueError(
-            f"timeout must be {MIN_TIMEOUT_S}-{MAX_TIMEOUT_S:g} seconds (or None for no deadline), "
-            f"not {timeout!r}"
+            f"timeout must be between {MIN_TIMEOUT_S} s and {MAX_TIMEOUT_S / 86400:.1f} days "
+            f"(or None for no deadline), not {timeout!r} s"
         )
     return feedback_pb2.FeedbackRequest(
         request_id=request_id,
@@ -144,16 +146,17 @@ def build_response(
     text: str | None = None,
     selected: str | None = None,
     selected_multiple: Iterable[str] | None = None,
-    custom_data: Any = None,
+    custom_data: Any = NOT_GIVEN,
     responded_by: str = "",
 ) -> feedback_pb2.FeedbackResponse:
-    """A FeedbackResponse for ``Client.respond_feedback`` (set the field of the request's kind)."""
+    """A FeedbackResponse for ``Client.respond_feedback`` (set the field of the request's kind;
+    ``custom_data=None`` answers a custom request with JSON null)."""
     return feedback_pb2.FeedbackResponse(
         approved=approved,
         reason=reason,
         text=text or "",
         selected=selected or "",
         selected_multiple=list(selected_multiple or ()),
-        custom_json=payload.dumps(custom_data) if custom_data is not None else b"",
+        custom_json=b"" if custom_data is NOT_GIVEN else payload.dumps(custom_data),
         responded_by=responded_by,
     )

@@ -190,6 +190,8 @@ def test_canceling_a_parent_cancels_the_child_it_waits_for(client: Client, fx: r
     (child_id,) = client.get_run(run.id).child_run_ids
     wait_for(lambda: fx.get(f"running:{child_id}:long") is not None, what="child task running")
     wait_for(lambda: node_state(client, run.id, "spawn") == "WAITING", what="parent node waiting")
+    (spawn,) = (n for n in client.get_run(run.id).nodes if n.node_id == "spawn")
+    assert spawn.waiting_for == f"child:{child_id}"
     run.cancel("stop everything")
     with pytest.raises(RunCanceledError):
         run.result(timeout=10)
@@ -210,7 +212,10 @@ def test_the_cli_lists_shows_and_answers_requests(stack: LocalStack, client: Cli
 
     status_out = io.StringIO()
     assert cli.run(["--scheduler", stack.scheduler_address, "status", run.id], cli.Output(status_out)) == 0
-    assert f"graflow feedback list --run {run.id}" in status_out.getvalue()
+    assert (
+        f"waiting   pick for feedback pick.0.1: graflow feedback show {run.id} pick.0.1"
+        in status_out.getvalue()
+    )
     code, listing, _ = graflow("list", "--run", run.id)
     assert code == 0
     assert "pick.0.1" in listing and "multi_selection" in listing and "which regions?" in listing
@@ -244,3 +249,21 @@ def test_async_tasks_and_loops_ask_too_each_cycle_its_own_question(client: Clien
     assert (second.prompt, second.cycle) == ("note 2?", 1)
     client.respond_feedback(run.id, second.request_id, text="b")
     assert run.result(timeout=30) == ["a", "b"]
+
+
+def test_answers_of_the_wrong_kind_are_refused_and_null_and_none_are_answers(
+    stack: LocalStack, client: Client
+) -> None:
+    with workflow("kinds") as wf:
+        ask(task_id="regions", kind="multi_selection", prompt="regions?", options=["eu", "us"])
+        ask(task_id="config", kind="custom", prompt="config?")
+    run = client.submit(wf)
+    wait_pending(client, run.id, 2)
+    with pytest.raises(FeedbackError, match="the answer sets approved, which belong to other kinds"):
+        client.respond_feedback(run.id, "regions.0.1", approved=False)
+    graflow = ["--scheduler", stack.scheduler_address, "feedback", "respond", run.id]
+    assert cli.run([*graflow, "regions.0.1", "--none"], cli.Output(io.StringIO(), io.StringIO())) == 0
+    assert cli.run([*graflow, "config.0.1", "--json", "null"], cli.Output(io.StringIO(), io.StringIO())) == 0
+    result = run.result(timeout=30)
+    assert (result["regions"]["selected_multiple"], result["config"]["custom"]) == ([], None)
+    assert client.get_feedback(run.id, "config.0.1").response.custom_json == b"null"

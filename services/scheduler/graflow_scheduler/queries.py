@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from graflow_api.v1 import scheduler_pb2
+from graflow_api.v1 import common_pb2, scheduler_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.dynamic import summaries as dynamic_summaries
@@ -79,13 +79,18 @@ class RunReader:
             pipe.hgetall(keys.run_cycles(run_id))
             pipe.hgetall(keys.run_dynamic(run_id))
             pipe.smembers(keys.run_children(run_id))
-            meta, states, attempts, errors, cycles, dynamic, children = await pipe.execute()
+            pipe.hgetall(keys.run_waits(run_id))
+            meta, states, attempts, errors, cycles, dynamic, children, waits = await pipe.execute()
         if not meta:
             raise RunNotFound(run_id)
         run = run_from_meta(run_id, meta)
         run.child_run_ids.extend(sorted(child.decode() for child in children))
         plan = await plan_lookup(run.graph_hash)
         add_nodes(run, states, attempts, errors, plan, cycles, dynamic_summaries(dynamic))
+        waiting = {k[1:].decode(): v.decode() for k, v in waits.items() if k.startswith(b"@")}
+        for node in run.nodes:
+            if node.state == common_pb2.NODE_STATE_WAITING:
+                node.waiting_for = waiting.get(node.node_id, "")
         return run
 
     async def list_runs(

@@ -121,6 +121,12 @@ def response_problem(
         return f"reason and responded_by are limited to {REASON_MAX} and {RESPONDER_MAX} characters"
     kind = request.kind
     options = set(request.options)
+    foreign = sorted(_answer_fields(response) - {_ANSWER_FIELDS.get(kind)})
+    if foreign:
+        return (
+            f"this request asks for {Kind.Name(kind).removeprefix('FEEDBACK_KIND_').lower()}; "
+            f"the answer sets {', '.join(foreign)}, which belong to other kinds"
+        )
     if kind == Kind.FEEDBACK_KIND_APPROVAL:
         if not response.HasField("approved"):
             return "this request asks for approval: set response.approved (true or false)"
@@ -148,6 +154,23 @@ def response_problem(
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# The answer field of each kind.
+_ANSWER_FIELDS = {
+    Kind.FEEDBACK_KIND_APPROVAL: "approved",
+    Kind.FEEDBACK_KIND_TEXT: "text",
+    Kind.FEEDBACK_KIND_SELECTION: "selected",
+    Kind.FEEDBACK_KIND_MULTI_SELECTION: "selected_multiple",
+    Kind.FEEDBACK_KIND_CUSTOM: "custom_json",
+}
+
+
+def _answer_fields(response: feedback_pb2.FeedbackResponse) -> set[str]:
+    """The answer fields ``response`` sets (an empty multi-selection sets none: "none of them")."""
+    found = {"approved"} if response.HasField("approved") else set()
+    others = ("text", "selected", "selected_multiple", "custom_json")
+    return found | {field for field in others if getattr(response, field)}
 
 
 def _member(member: bytes) -> tuple[str, str]:
@@ -301,7 +324,7 @@ class Waits(BackgroundLoop):
         answer = feedback_pb2.FeedbackResponse()
         answer.CopyFrom(response)
         answer.request_id, answer.responded_at_ms = request_id, _now_ms()
-        who = f" from {answer.responded_by}" if answer.responded_by else ""
+        who = f" by {answer.responded_by}" if answer.responded_by else ""
         resolved = await self.store.resolve_wait(
             "answer",
             run_id,
@@ -323,10 +346,13 @@ class Waits(BackgroundLoop):
                     + (f" by {stored.responded_by}" if stored.responded_by else ""),
                 )
         elif resolved.code == "closed":
+            why = (
+                "its node no longer waits for it (the request timed out)"
+                if resolved.run_status in LIVE_STATUSES
+                else f"run {run_id} ended ({resolved.run_status}) while it waited"
+            )
             raise FeedbackRejected(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"feedback request {request_id!r} is closed: it timed out, or run {run_id} ended "
-                f"({resolved.run_status}) while it waited",
+                grpc.StatusCode.FAILED_PRECONDITION, f"feedback request {request_id!r} is closed: {why}"
             )
         elif resolved.code == "resumed":
             self.stats.answered += 1

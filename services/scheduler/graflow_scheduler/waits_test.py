@@ -277,9 +277,14 @@ async def test_canceling_a_parent_cancels_its_children(client, downstreams):
 
 def test_request_and_response_checks() -> None:
     assert request_problem(question()) is None
-    assert "set response.approved" in response_problem(question(), feedback_pb2.FeedbackResponse(text="yes"))
-    assert response_problem(question(), feedback_pb2.FeedbackResponse(approved=False)) is None
     selection = question(kind=Kind.FEEDBACK_KIND_MULTI_SELECTION, options=["a", "b"])
+    assert "set response.approved" in response_problem(question(), feedback_pb2.FeedbackResponse())
+    assert "the answer sets text, which belong to other kinds" in response_problem(
+        question(), feedback_pb2.FeedbackResponse(approved=True, text="yes")
+    )
+    assert "sets approved" in response_problem(selection, feedback_pb2.FeedbackResponse(approved=False))
+    assert response_problem(selection, feedback_pb2.FeedbackResponse()) is None  # none of them
+    assert response_problem(question(), feedback_pb2.FeedbackResponse(approved=False)) is None
     assert (
         request_problem(question(kind=Kind.FEEDBACK_KIND_SELECTION, options=["a", "a"]))
         == "options repeat a choice"
