@@ -69,6 +69,11 @@ if not live or attempt ~= current then
   end
   replay_released(node, attempt, again, cyc)
   if #retry > 0 then note_cycle(cyc, node) end
+  -- The wait was resolved already (the node READY as the next attempt): repeat its dispatch.
+  if status == 'W' and state == 'READY' and current == attempt + 1 then
+    push_ready(again, node, current)
+    note_cycle(cyc, node)
+  end
   return {code, again, retry, run_status, {cyc, {}}}
 end
 

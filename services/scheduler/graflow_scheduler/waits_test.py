@@ -363,3 +363,18 @@ async def test_a_runs_idempotency_key_lasts_while_the_run_does(client, redis):
     await report(redis, outcome(run_id, "a"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
     assert await redis.ttl(keys.idempotency("k1")) > 0
+
+
+async def test_a_waiting_outcome_delivered_again_after_the_answer_repeats_the_resumed_dispatch(
+    client, downstreams, redis
+):
+    run_id = await submit(client, spec(["a"]))
+    await parked(client, redis, run_id)
+    await respond(client, run_id, approved=True)
+    await downstreams.coordinator.wait_for(lambda c: c.delivered(run_id).count(("a", 2)) == 1)
+    # As if the scheduler had died before acknowledging the WAITING outcome: it comes again.
+    await report(redis, waiting(run_id))
+    await downstreams.coordinator.wait_for(lambda c: c.delivered(run_id).count(("a", 2)) == 2)
+    (again,) = [d.envelope for d in envelopes(downstreams.coordinator, run_id, "a")][-1:]
+    assert [r.request_id for r in again.feedback] == ["a.0.1"]
+    assert await node_state(client, run_id, "a") == "NODE_STATE_READY"
