@@ -75,19 +75,26 @@ ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
 
 
 class _Endpoint:
-    """One service: a lazily opened channel, the deadline, the token and error translation."""
+    """One service: a lazily opened channel, the deadline, the token and error translation.
+
+    ``address`` None: ``GRAFLOW_<SERVICE>_ADDRESS``, else ``default``; ``auth_token`` None:
+    ``GRAFLOW_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when not empty)."""
 
     def __init__(
         self,
         service: str,
-        address: str,
-        metadata: tuple[tuple[str, str], ...],
-        timeout: float,
+        address: str | None,
+        default: str,
         stub_class: Callable[[grpc.Channel], Any],
+        *,
+        auth_token: str | None,
+        timeout: float,
     ) -> None:
+        env = f"GRAFLOW_{service.upper().replace('-', '_')}_ADDRESS"
+        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
         self.service = service
-        self.address = address
-        self.metadata = metadata
+        self.address = address or os.environ.get(env) or default
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self._stub_class = stub_class
         self._channel: grpc.Channel | None = None
@@ -135,22 +142,22 @@ class Client:
         auth_token: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self._scheduler = _Endpoint(
             "scheduler",
-            scheduler or os.environ.get("GRAFLOW_SCHEDULER_ADDRESS") or DEFAULT_SCHEDULER_ADDRESS,
-            metadata,
-            timeout,
+            scheduler,
+            DEFAULT_SCHEDULER_ADDRESS,
             scheduler_pb2_grpc.SchedulerStub,
+            auth_token=auth_token,
+            timeout=timeout,
         )
         self._result_store = _Endpoint(
             "result-store",
-            result_store or os.environ.get("GRAFLOW_RESULT_STORE_ADDRESS") or DEFAULT_RESULT_STORE_ADDRESS,
-            metadata,
-            timeout,
+            result_store,
+            DEFAULT_RESULT_STORE_ADDRESS,
             result_store_pb2_grpc.ResultStoreStub,
+            auth_token=auth_token,
+            timeout=timeout,
         )
 
     @property

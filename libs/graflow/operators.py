@@ -13,7 +13,6 @@ contract's messages (``graflow_api.v1.coordinator_pb2.WorkerInfo``, ``messages_p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -39,14 +38,13 @@ class Operators:
     def __init__(
         self, coordinator: str | None = None, *, auth_token: str | None = None, timeout: float = 10.0
     ) -> None:
-        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._coordinator = _Endpoint(
             "coordinator",
-            coordinator or os.environ.get("GRAFLOW_COORDINATOR_ADDRESS") or DEFAULT_COORDINATOR_ADDRESS,
-            metadata,
-            timeout,
+            coordinator,
+            DEFAULT_COORDINATOR_ADDRESS,
             coordinator_pb2_grpc.CoordinatorStub,
+            auth_token=auth_token,
+            timeout=timeout,
         )
 
     @property

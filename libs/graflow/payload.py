@@ -1,4 +1,4 @@
-"""Values on the wire: JSON, or raw bytes with a content type. Never pickle."""
+"""Values on the wire: JSON, or raw bytes with a content type; never Python object serialization."""
 
 from __future__ import annotations
 

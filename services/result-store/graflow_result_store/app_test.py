@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
 from graflow_runtime.graphs import graph_hash
-from graflow_runtime.redis_client import connect
 
-from graflow_result_store.app import SERVICE_NAME, create_app
-from graflow_result_store.settings import ResultStoreSettings
+from graflow_result_store.app import SERVICE_NAME
+from graflow_result_store.conftest import start_app
+from graflow_result_store.store import run_keys
 
 Disposition = result_store_pb2.PutResultsResponse
 STORED, DUPLICATE, STALE = (
@@ -25,26 +23,6 @@ STORED, DUPLICATE, STALE = (
     Disposition.DISPOSITION_DUPLICATE,
     Disposition.DISPOSITION_STALE,
 )
-
-
-async def start_app(redis_url: str, **overrides: object):
-    settings = ResultStoreSettings(address="127.0.0.1:0", redis_url=redis_url, **overrides)
-    client = connect(redis_url)
-    app = create_app(settings, client)
-    await app.start()
-    return app, client
-
-
-@pytest.fixture
-async def stub(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[result_store_pb2_grpc.ResultStoreStub]:
-    app, client = await start_app(redis_url, retention_s=3600, max_value_bytes=1024)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield result_store_pb2_grpc.ResultStoreStub(channel)
-    finally:
-        await channel.close()
-        await app.stop(0)
-        await client.aclose()
 
 
 def result(node: str, attempt: int, value: object, run: str = "r1") -> result_store_pb2.NodeResult:
@@ -265,8 +243,6 @@ async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_u
 
 
 async def test_keep_runs_alive_restarts_the_retention_of_every_key_of_the_run(stub, redis):
-    from graflow_result_store.store import run_keys
-
     await put(stub, result("a", 1, 1, run="r1"), result("a", 1, 1, run="r2"))
     json_one = common_pb2.Payload(content_type="application/json", data=b"1")
     await stub.ChannelSet(

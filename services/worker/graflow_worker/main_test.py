@@ -13,21 +13,12 @@ from graflow_worker import __main__ as worker_main
 from graflow_worker.__main__ import main
 from graflow_worker.testing_services_test_support import (
     TASKS_MODULE,
-    Stack,
     enqueue,
     envelope,
     eventually,
     pending_count,
     wait_outcomes,
 )
-from graflow_worker.testing_tasks_test_support import PROBE
-
-
-@pytest.fixture
-async def stack(redis, redis_url):
-    PROBE.reset()
-    async with Stack(redis, redis_url) as s:
-        yield s
 
 
 def worker_env(**values: str) -> dict[str, str]:

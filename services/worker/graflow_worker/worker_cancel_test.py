@@ -5,19 +5,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from graflow_api.v1 import messages_pb2
 
-from graflow_worker.testing_services_test_support import Stack, enqueue, envelope, eventually, wait_outcomes
+from graflow_worker.testing_services_test_support import enqueue, envelope, eventually, wait_outcomes
 from graflow_worker.testing_tasks_test_support import PROBE
-
-
-@pytest.fixture
-async def stack(redis, redis_url):
-    PROBE.reset()
-    async with Stack(redis, redis_url) as s:
-        yield s
 
 
 async def test_a_running_task_sees_its_run_canceled_and_later_deliveries_are_not_run(stack):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow_api.v1 import coordinator_pb2 as co_pb2
@@ -30,12 +29,6 @@ from graflow_worker.testing_tasks_test_support import PROBE
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 
-
-@pytest.fixture
-async def stack(redis, redis_url):
-    PROBE.reset()
-    async with Stack(redis, redis_url) as s:
-        yield s
 
 
 async def test_result_store_outage_acknowledges_nothing_and_recovers_by_itself(stack):

@@ -4,7 +4,6 @@ coordinator APIs): read, dead letters, upstream results, run, group commit."""
 from __future__ import annotations
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow import payload
@@ -13,7 +12,6 @@ from graflow_runtime import keys
 
 from graflow_worker import consumer
 from graflow_worker.testing_services_test_support import (
-    Stack,
     enqueue,
     envelope,
     eventually,
@@ -26,12 +24,6 @@ from graflow_worker.testing_tasks_test_support import PROBE
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
 
-
-@pytest.fixture
-async def stack(redis, redis_url):
-    PROBE.reset()
-    async with Stack(redis, redis_url) as s:
-        yield s
 
 
 async def health_status(address: str) -> int:

@@ -1,0 +1,19 @@
+"""Fixtures of the worker's own tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from graflow_worker.testing_services_test_support import Stack
+from graflow_worker.testing_tasks_test_support import PROBE
+
+
+@pytest.fixture
+async def stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Stack]:
+    """Real Redis, in-process coordinator and result-store doubles; workers started by the test."""
+    PROBE.reset()
+    async with Stack(redis, redis_url) as s:
+        yield s
