@@ -13,7 +13,7 @@ from graflow_scheduler.compiler import Limits
 from graflow_scheduler.directives import prepare
 from graflow_scheduler.dynamic import DynamicNodes
 from graflow_scheduler.plan import Plan
-from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore
+from graflow_scheduler.state import AppliedOutcome, RunStore
 from graflow_scheduler.testkit import RunHarness
 
 Directive = messages_pb2.Directive
@@ -81,24 +81,14 @@ class FlowRun(RunHarness):
         found = await self.dynamic.load(self.run_id, [node_id], self.plan)
         flow = prepare(outcome, self.plan, found.get(node_id), Limits())
         succeeded = ok and flow.error is None
-        info = flow.error or error or common_pb2.ErrorInfo(type="ValueError", message=f"{node_id} broke")
-        (result,) = await self.store.apply_outcomes(
-            [
-                OutcomeToApply(
-                    run_id=self.run_id,
-                    node_id=node_id,
-                    attempt=attempt,
-                    succeeded=succeeded,
-                    error=b"" if succeeded else info.SerializeToString(),
-                    worker_id="w1",
-                    retry_delay_ms=-1,
-                    closure_json=flow.closure_json(failed=not succeeded),
-                    flow_json=flow.flow_json,
-                )
-            ],
-            now_ms=2_000,
+        return await self.apply(
+            node_id,
+            attempt,
+            ok=succeeded,
+            error=flow.error or error,
+            closure_json=flow.closure_json(failed=not succeeded),
+            flow_json=flow.flow_json,
         )
-        return result
 
     async def error(self) -> common_pb2.ErrorInfo:
         return common_pb2.ErrorInfo.FromString((await self.meta())["error"])

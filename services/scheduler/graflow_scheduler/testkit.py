@@ -215,6 +215,29 @@ class RunHarness:
         error: common_pb2.ErrorInfo | None = None,
         worker_lost: bool = False,
     ) -> AppliedOutcome:
+        return await self.apply(
+            node_id,
+            attempt,
+            ok=ok,
+            error=error,
+            retry_delay_ms=retry_delay_ms,
+            closure_json=self.plan.closure_json(node_id, failed=not ok),
+            worker_lost=worker_lost,
+        )
+
+    async def apply(
+        self,
+        node_id: str,
+        attempt: int,
+        *,
+        ok: bool,
+        closure_json: str,
+        error: common_pb2.ErrorInfo | None = None,
+        retry_delay_ms: int = -1,
+        worker_lost: bool = False,
+        flow_json: str = "",
+    ) -> AppliedOutcome:
+        """Apply one outcome of worker "w1" (a failure without ``error``: a retryable ValueError)."""
         info = error or common_pb2.ErrorInfo(type="ValueError", message=f"{node_id} broke")
         (result,) = await self.store.apply_outcomes(
             [
@@ -226,8 +249,9 @@ class RunHarness:
                     error=b"" if ok else info.SerializeToString(),
                     worker_id="w1",
                     retry_delay_ms=retry_delay_ms,
-                    closure_json=self.plan.closure_json(node_id, failed=not ok),
+                    closure_json=closure_json,
                     worker_lost=worker_lost,
+                    flow_json=flow_json,
                 )
             ],
             now_ms=2_000,

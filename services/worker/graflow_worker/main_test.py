@@ -28,24 +28,32 @@ def worker_env(**values: str) -> dict[str, str]:
     return env
 
 
-async def spawn(tmp_path, env: dict[str, str]) -> asyncio.subprocess.Process:
+async def spawn(stack, tmp_path, **settings: str) -> asyncio.subprocess.Process:
+    """``python -m graflow_worker`` against the stack's doubles, logging to tmp_path/worker.log;
+    returns once it registered."""
+    env = worker_env(
+        task_modules=TASKS_MODULE, redis_url=stack.redis_url,
+        coordinator_address=stack.coordinator_server.address,
+        result_store_address=stack.store_server.address, **settings,
+    )
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - handed to the process
     try:
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "graflow_worker", env=env, stdout=log, stderr=log)
     finally:
         log.close()
+    try:
+        await eventually(lambda: stack.coordinator.registrations, timeout=30, what="registration")
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return process
 
 
 async def test_worker_process_serves_then_drains_on_sigterm(stack, tmp_path):
-    env = worker_env(
-        worker_id="proc-worker", task_modules=TASKS_MODULE, redis_url=stack.redis_url,
-        coordinator_address=stack.coordinator_server.address,
-        result_store_address=stack.store_server.address, log_format="json",
-    )
-    process = await spawn(tmp_path, env)
+    process = await spawn(stack, tmp_path, worker_id="proc-worker", log_format="json")
     try:
-        await eventually(lambda: stack.coordinator.registrations, timeout=30, what="registration")
         await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 40, "b": 2}))
         [outcome] = await wait_outcomes(stack.redis, 1)
         assert outcome.worker_id == "proc-worker"
@@ -81,14 +89,8 @@ def test_worker_with_a_broken_task_module_exits_naming_it(monkeypatch):
 
 
 async def test_worker_process_exits_after_the_grace_period_leaving_stuck_work_pending(stack, tmp_path):
-    env = worker_env(
-        worker_id="proc-stuck", task_modules=TASKS_MODULE, redis_url=stack.redis_url,
-        coordinator_address=stack.coordinator_server.address,
-        result_store_address=stack.store_server.address, shutdown_grace_s="0.3",
-    )
-    process = await spawn(tmp_path, env)
+    process = await spawn(stack, tmp_path, worker_id="proc-stuck", shutdown_grace_s="0.3")
     try:
-        await eventually(lambda: stack.coordinator.registrations, timeout=30, what="registration")
         await enqueue(stack.redis, envelope("r1", "stuck", "hold", args={"key": "never"}))
         beats = stack.coordinator.heartbeats
         await eventually(lambda: beats and beats[-1].in_flight == 1, what="the task to be in flight")
