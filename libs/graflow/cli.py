@@ -313,14 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="graflow", description="Run and inspect Graflow workflows.")
     parser.add_argument(
-        "--scheduler", help="scheduler host:port (env GRAFLOW_SCHEDULER_ADDRESS, default 127.0.0.1:50051)"
+        "--scheduler", help="scheduler host:port (env GRAFLOW_CLIENT_SCHEDULER_ADDRESS, default 127.0.0.1:50051)"
     )
     parser.add_argument(
         "--result-store",
-        help="result-store host:port (env GRAFLOW_RESULT_STORE_ADDRESS, default 127.0.0.1:50053)",
+        help="result-store host:port (env GRAFLOW_CLIENT_RESULT_STORE_ADDRESS, default 127.0.0.1:50053)",
     )
     cli_ops.add_global_options(parser)
-    parser.add_argument("--token", help="bearer token sent to the services (env GRAFLOW_AUTH_TOKEN)")
+    parser.add_argument("--token", help="bearer token sent to the services (env GRAFLOW_CLIENT_AUTH_TOKEN)")
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each call in seconds (default 10)"
     )

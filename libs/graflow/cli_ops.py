@@ -5,7 +5,7 @@
     graflow dead-letters show ID
     graflow dead-letters replay ID... | --all
 
-The coordinator's address comes from ``--coordinator``, ``GRAFLOW_COORDINATOR_ADDRESS`` or
+The coordinator's address comes from ``--coordinator``, ``GRAFLOW_CLIENT_COORDINATOR_ADDRESS`` or
 127.0.0.1:50052. Exit codes as in :mod:`graflow.cli` (2 for an unknown dead letter id).
 """
 
@@ -42,7 +42,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--coordinator",
         help="coordinator host:port for workers and dead-letters "
-        "(env GRAFLOW_COORDINATOR_ADDRESS, default 127.0.0.1:50052)",
+        "(env GRAFLOW_CLIENT_COORDINATOR_ADDRESS, default 127.0.0.1:50052)",
     )
 
 

@@ -183,15 +183,15 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
             if line.startswith("press Ctrl-C"):
                 break
         assert set(exports) == {
-            "GRAFLOW_SCHEDULER_ADDRESS",
-            "GRAFLOW_RESULT_STORE_ADDRESS",
-            "GRAFLOW_COORDINATOR_ADDRESS",
+            "GRAFLOW_CLIENT_SCHEDULER_ADDRESS",
+            "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS",
+            "GRAFLOW_CLIENT_COORDINATOR_ADDRESS",
         }
-        with Client(exports["GRAFLOW_SCHEDULER_ADDRESS"], exports["GRAFLOW_RESULT_STORE_ADDRESS"]) as client:
+        with Client(exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], exports["GRAFLOW_CLIENT_RESULT_STORE_ADDRESS"]) as client:
             assert [r.workflow_name for r in client.list_runs()] == ["etl"]
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0
-        with Client(exports["GRAFLOW_SCHEDULER_ADDRESS"], timeout=2) as client:
+        with Client(exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], timeout=2) as client:
             with pytest.raises(ServiceUnavailableError):
                 client.list_runs()
     finally:

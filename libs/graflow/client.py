@@ -1,6 +1,6 @@
 """The synchronous client of a Graflow deployment: submit runs, watch them, read their results.
 
-    with Client() as client:                      # GRAFLOW_SCHEDULER_ADDRESS etc. or 127.0.0.1 defaults
+    with Client() as client:                      # GRAFLOW_CLIENT_SCHEDULER_ADDRESS etc. or 127.0.0.1 defaults
         run = client.submit(wf)
         for event in run.watch(): ...
         value = run.result(timeout=60)
@@ -65,7 +65,7 @@ class ServiceCallError(GraflowError):
     def __init__(self, service: str, address: str, method: str, code: grpc.StatusCode, details: str) -> None:
         hint = ""
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            hint = " (pass auth_token=... to Client or set GRAFLOW_AUTH_TOKEN)"
+            hint = " (pass auth_token=... to Client or set GRAFLOW_CLIENT_AUTH_TOKEN)"
         super().__init__(f"the {service} at {address} refused {method}: {code.name}: {details}{hint}")
         self.code = code
         self.details = details
@@ -77,8 +77,8 @@ ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
 class _Endpoint:
     """One service: a lazily opened channel, the deadline, the token and error translation.
 
-    ``address`` None: ``GRAFLOW_<SERVICE>_ADDRESS``, else ``default``; ``auth_token`` None:
-    ``GRAFLOW_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when not empty)."""
+    ``address`` None: ``GRAFLOW_CLIENT_<SERVICE>_ADDRESS``, else ``default``; ``auth_token`` None:
+    ``GRAFLOW_CLIENT_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when not empty)."""
 
     def __init__(
         self,
@@ -90,8 +90,8 @@ class _Endpoint:
         auth_token: str | None,
         timeout: float,
     ) -> None:
-        env = f"GRAFLOW_{service.upper().replace('-', '_')}_ADDRESS"
-        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_AUTH_TOKEN", "")
+        env = f"GRAFLOW_CLIENT_{service.upper().replace('-', '_')}_ADDRESS"
+        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_CLIENT_AUTH_TOKEN", "")
         self.service = service
         self.address = address or os.environ.get(env) or default
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()

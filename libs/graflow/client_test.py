@@ -27,7 +27,7 @@ def result_store(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "GRAFLOW_RESULT_STORE_REDIS_URL": redis_url,
-        "GRAFLOW_RESULT_STORE_ADDRESS": address,
+        "GRAFLOW_RESULT_STORE_LISTEN_ADDRESS": address,
         "GRAFLOW_RESULT_STORE_AUTH_TOKEN": TOKEN,
         "GRAFLOW_RESULT_STORE_LOG_FORMAT": "json",
     }
@@ -95,15 +95,15 @@ def test_graphs_are_read_back_by_hash(result_store, store_stub):
 
 
 def test_missing_token_is_reported_with_a_hint(result_store, monkeypatch):
-    monkeypatch.delenv("GRAFLOW_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("GRAFLOW_CLIENT_AUTH_TOKEN", raising=False)
     with Client("127.0.0.1:1", result_store) as client, pytest.raises(ServiceCallError) as info:
         client.channel_keys("r")
     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
-    assert "GRAFLOW_AUTH_TOKEN" in str(info.value)
+    assert "GRAFLOW_CLIENT_AUTH_TOKEN" in str(info.value)
 
 
 def test_token_comes_from_the_environment(result_store, monkeypatch):
-    monkeypatch.setenv("GRAFLOW_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("GRAFLOW_CLIENT_AUTH_TOKEN", TOKEN)
     with Client("127.0.0.1:1", result_store) as client:
         assert client.channel_keys("nothing-here") == []
 
@@ -117,8 +117,8 @@ def test_unreachable_scheduler_names_its_address_and_how_to_start_one():
 
 
 def test_addresses_default_to_the_environment_then_to_loopback(monkeypatch):
-    monkeypatch.setenv("GRAFLOW_SCHEDULER_ADDRESS", "sched:1")
-    monkeypatch.delenv("GRAFLOW_RESULT_STORE_ADDRESS", raising=False)
+    monkeypatch.setenv("GRAFLOW_CLIENT_SCHEDULER_ADDRESS", "sched:1")
+    monkeypatch.delenv("GRAFLOW_CLIENT_RESULT_STORE_ADDRESS", raising=False)
     client = Client()
     assert (client.scheduler_address, client.result_store_address) == ("sched:1", "127.0.0.1:50053")
     assert Client("explicit:2").scheduler_address == "explicit:2"

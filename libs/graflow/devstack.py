@@ -215,12 +215,12 @@ class LocalStack:
         """The variables that point a :class:`graflow.Client`, :class:`graflow.operators.Operators`
         (or the CLI) at this stack."""
         env = {
-            "GRAFLOW_SCHEDULER_ADDRESS": self.scheduler_address,
-            "GRAFLOW_RESULT_STORE_ADDRESS": self.result_store_address,
-            "GRAFLOW_COORDINATOR_ADDRESS": self.coordinator_address,
+            "GRAFLOW_CLIENT_SCHEDULER_ADDRESS": self.scheduler_address,
+            "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS": self.result_store_address,
+            "GRAFLOW_CLIENT_COORDINATOR_ADDRESS": self.coordinator_address,
         }
         if self.auth_token:
-            env["GRAFLOW_AUTH_TOKEN"] = self.auth_token
+            env["GRAFLOW_CLIENT_AUTH_TOKEN"] = self.auth_token
         return env
 
     def client(self, timeout: float = 10.0) -> Client:
@@ -240,7 +240,7 @@ class LocalStack:
             f"{prefix}SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }
         if service != "worker":
-            env[f"{prefix}ADDRESS"] = self.address(service)
+            env[f"{prefix}LISTEN_ADDRESS"] = self.address(service)
         if service in ("scheduler", "worker"):
             env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}RESULT_STORE_ADDRESS"] = self.result_store_address
@@ -261,7 +261,7 @@ class LocalStack:
             **self._env("worker"),
             "GRAFLOW_WORKER_TASK_MODULES": ",".join(self.task_modules),
             "GRAFLOW_WORKER_WORKER_ID": f"dev-worker-{index}",
-            "GRAFLOW_WORKER_HEALTH_ADDRESS": health,
+            "GRAFLOW_WORKER_HEALTH_LISTEN_ADDRESS": health,
         }
         env.update({k: v for k, v in self._extra_env.items() if k.startswith("GRAFLOW_WORKER_")})
         return ServiceProcess(

@@ -1,12 +1,12 @@
 """The operators' client of the coordinator: live workers and dead letters.
 
-    with Operators() as ops:                       # GRAFLOW_COORDINATOR_ADDRESS or 127.0.0.1:50052
+    with Operators() as ops:                       # GRAFLOW_CLIENT_COORDINATOR_ADDRESS or 127.0.0.1:50052
         for worker in ops.workers(): ...
         for letter in ops.dead_letters(limit=20): ...
         ops.replay_dead_letters(["1700000000000-0"])
 
 Like :class:`graflow.Client`: every call has a deadline, sends the bearer token when one is set
-(``GRAFLOW_AUTH_TOKEN``), and raises :class:`ServiceUnavailableError` when the coordinator does not
+(``GRAFLOW_CLIENT_AUTH_TOKEN``), and raises :class:`ServiceUnavailableError` when the coordinator does not
 answer, :class:`ServiceCallError` when it refuses a call. Workers and dead letters are the
 contract's messages (``graflow_api.v1.coordinator_pb2.WorkerInfo``, ``messages_pb2.DeadLetter``).
 """

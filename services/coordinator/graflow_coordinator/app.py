@@ -78,10 +78,10 @@ class CoordinatorApp:
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
         )
-        self.server = create_server(s.address, [binding], auth_token=s.auth_token)
+        self.server = create_server(s.listen_address, [binding], auth_token=s.auth_token)
         await self.server.server.start()
         await self.server.set_serving(True)
-        log.info("coordinator listening", port=self.server.port, address=s.address, queues=s.queues)
+        log.info("coordinator listening", port=self.server.port, address=s.listen_address, queues=s.queues)
         self.retry_timer.start()
         self.liveness.start()
 

@@ -103,7 +103,7 @@ async def test_the_process_serves_until_sigterm_then_exits_cleanly(
         **os.environ,
         "PYTHONPATH": os.pathsep.join(sys.path),
         "GRAFLOW_COORDINATOR_REDIS_URL": redis_url,
-        "GRAFLOW_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "GRAFLOW_COORDINATOR_LISTEN_ADDRESS": f"127.0.0.1:{port}",
         "GRAFLOW_COORDINATOR_LOG_FORMAT": "json",
     }
     process = subprocess.Popen(

@@ -16,7 +16,7 @@ from graflow_coordinator.queues import validate_queue_name
 class CoordinatorSettings(ServiceSettings):
     model_config = settings_config("GRAFLOW_COORDINATOR_")
 
-    address: str = DEFAULT_COORDINATOR_ADDRESS
+    listen_address: str = DEFAULT_COORDINATOR_ADDRESS
     # Workers heartbeat at least this often (returned by RegisterWorker).
     heartbeat_interval_ms: int = Field(default=250, gt=0)
     # A worker silent for longer than this is declared dead and its in-flight work is reclaimed.

@@ -15,7 +15,7 @@ def test_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
     settings = load_settings(CoordinatorSettings)
 
-    assert settings.address == "127.0.0.1:50052"
+    assert settings.listen_address == "127.0.0.1:50052"
     assert (settings.heartbeat_interval_ms, settings.lease_timeout_ms) == (250, 1500)
     assert settings.queues == ["default"]
     assert settings.max_deliveries == 5

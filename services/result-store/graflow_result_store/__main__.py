@@ -49,7 +49,7 @@ async def serve(shutdown: ShutdownSignal, settings: ResultStoreSettings) -> None
             ) from exc
         app = create_app(settings, redis)
         await app.start()
-        log.info("result-store listening", port=app.port, address=settings.address)
+        log.info("result-store listening", port=app.port, address=settings.listen_address)
         await shutdown.wait()
         log.info("result-store stopping", grace_s=settings.shutdown_grace_s)
         await app.stop()

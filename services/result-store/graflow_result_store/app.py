@@ -22,7 +22,7 @@ class ResultStoreApp:
         self.store = ResultStore(redis, retention_s=settings.retention_s)
         servicer = ResultStoreServicer(self.store, max_value_bytes=settings.max_value_bytes)
         self.handle: ServerHandle = create_server(
-            settings.address,
+            settings.listen_address,
             [
                 ServicerBinding(
                     result_store_pb2_grpc.add_ResultStoreServicer_to_server, servicer, SERVICE_NAME
@@ -45,5 +45,5 @@ class ResultStoreApp:
 
 
 def create_app(settings: ResultStoreSettings, redis: aioredis.Redis) -> ResultStoreApp:
-    """Build (not start) the server; ``settings.address`` with port 0 binds any free port."""
+    """Build (not start) the server; ``settings.listen_address`` with port 0 binds any free port."""
     return ResultStoreApp(settings, redis)

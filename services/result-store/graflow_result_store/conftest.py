@@ -16,7 +16,7 @@ from graflow_result_store.settings import ResultStoreSettings
 
 
 async def start_app(redis_url: str, **overrides: object) -> tuple[ResultStoreApp, aioredis.Redis]:
-    settings = ResultStoreSettings(address="127.0.0.1:0", redis_url=redis_url, **overrides)
+    settings = ResultStoreSettings(listen_address="127.0.0.1:0", redis_url=redis_url, **overrides)
     client = connect(redis_url)
     app = create_app(settings, client)
     await app.start()

@@ -51,7 +51,7 @@ def test_process_serves_logs_its_port_and_stops_cleanly_on_sigterm(redis_url, tm
     process = run_service(
         {
             "GRAFLOW_RESULT_STORE_REDIS_URL": redis_url,
-            "GRAFLOW_RESULT_STORE_ADDRESS": f"127.0.0.1:{port}",
+            "GRAFLOW_RESULT_STORE_LISTEN_ADDRESS": f"127.0.0.1:{port}",
             "GRAFLOW_RESULT_STORE_LOG_FORMAT": "json",
         },
         log_path,
@@ -85,7 +85,7 @@ def test_unreachable_redis_stops_start_up_with_the_url(tmp_path):
     process = run_service(
         {
             "GRAFLOW_RESULT_STORE_REDIS_URL": url,
-            "GRAFLOW_RESULT_STORE_ADDRESS": "127.0.0.1:0",
+            "GRAFLOW_RESULT_STORE_LISTEN_ADDRESS": "127.0.0.1:0",
             "GRAFLOW_RESULT_STORE_LOG_FORMAT": "json",
         },
         log_path,

@@ -14,7 +14,7 @@ class ResultStoreSettings(ServiceSettings):
     model_config = settings_config("GRAFLOW_RESULT_STORE_")
 
     # host:port the gRPC server binds (port 0 = any free port).
-    address: str = DEFAULT_RESULT_STORE_ADDRESS
+    listen_address: str = DEFAULT_RESULT_STORE_ADDRESS
     # Results, channels and checkpoints of a run expire this many seconds after their last write or
     # the last KeepRunsAlive of the run (the scheduler sends one for live runs, RESULTS_KEEPALIVE_S).
     retention_s: int = Field(default=SEVEN_DAYS_S, ge=1)

@@ -79,7 +79,7 @@ class SchedulerApp:
         log.info(
             "scheduler listening",
             port=self.port,
-            address=self.settings.address,
+            address=self.settings.listen_address,
             consumer=self.settings.consumer_name,
         )
 
@@ -161,7 +161,7 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         keepalive=keepalive,
     )
     server = create_server(
-        settings.address,
+        settings.listen_address,
         [ServicerBinding(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer, SERVICE_NAME)],
         auth_token=settings.auth_token,
         extra_interceptors=[RedisUnavailableInterceptor()],

@@ -53,7 +53,7 @@ async def downstreams() -> AsyncIterator[Downstreams]:
 def scheduler_settings(redis_url: str, downstream_address: str, **overrides: object) -> SchedulerSettings:
     values: dict[str, object] = {
         "redis_url": redis_url,
-        "address": "127.0.0.1:0",
+        "listen_address": "127.0.0.1:0",
         "coordinator_address": downstream_address,
         "result_store_address": downstream_address,
         "consumer_name": "test-scheduler",
@@ -82,7 +82,7 @@ async def make_app(
 
     async def make(**overrides: object) -> SchedulerApp:
         url = str(overrides.pop("redis_url", redis_url))
-        scheduler = create_app(scheduler_settings(url, downstreams.address, **overrides))
+        scheduler = create_app(scheduler_settings(url, downstreams.listen_address, **overrides))
         await scheduler.start()
         started.append(scheduler)
         return scheduler

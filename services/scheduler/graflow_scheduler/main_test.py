@@ -18,7 +18,7 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch):
     monkeypatch.setenv("GRAFLOW_SCHEDULER_OUTCOME_BATCH", "64")
     monkeypatch.setenv("GRAFLOW_SCHEDULER_CONSUMER_NAME", "pod-7")
     settings = load_settings(SchedulerSettings)
-    assert (settings.outcome_batch, settings.consumer_name, settings.address) == (
+    assert (settings.outcome_batch, settings.consumer_name, settings.listen_address) == (
         64,
         "pod-7",
         "127.0.0.1:50051",
@@ -37,7 +37,7 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "GRAFLOW_SCHEDULER_REDIS_URL": redis_url,
-        "GRAFLOW_SCHEDULER_ADDRESS": "127.0.0.1:0",
+        "GRAFLOW_SCHEDULER_LISTEN_ADDRESS": "127.0.0.1:0",
         "GRAFLOW_SCHEDULER_LOG_FORMAT": "json",
         "GRAFLOW_SCHEDULER_COORDINATOR_ADDRESS": "127.0.0.1:1",
         "GRAFLOW_SCHEDULER_RESULT_STORE_ADDRESS": "127.0.0.1:1",

@@ -25,7 +25,7 @@ class SchedulerSettings(ServiceSettings):
     model_config = settings_config("GRAFLOW_SCHEDULER_")
 
     # gRPC listen address ("host:port"; port 0 picks a free port).
-    address: str = DEFAULT_SCHEDULER_ADDRESS
+    listen_address: str = DEFAULT_SCHEDULER_ADDRESS
     coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
     result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
     # Consumer name in the outcome stream's group. Set it to a stable name (e.g. the pod name) so

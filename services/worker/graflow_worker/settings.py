@@ -57,7 +57,7 @@ class WorkerSettings(ServiceSettings):
     # Child runs (ctx.run_child / ctx.start_child) are started through the scheduler.
     scheduler_address: str = DEFAULT_SCHEDULER_ADDRESS
     # gRPC health endpoint; port 0 picks a free port (reported to the coordinator).
-    health_address: str = "127.0.0.1:0"
+    health_listen_address: str = "127.0.0.1:0"
     # How long one XREADGROUP blocks waiting for new entries. Keep it below the coordinator's lease
     # minus its heartbeat interval: Redis serves a blocked read even while the process is paused
     # (SIGSTOP), so a longer block lets a worker reaped for missing its lease still take a delivery

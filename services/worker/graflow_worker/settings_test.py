@@ -38,7 +38,7 @@ def test_defaults_work_on_one_machine(monkeypatch):
     settings = load_settings(WorkerSettings)
     assert settings.queues == ["default"]
     assert settings.concurrency == 64
-    assert settings.health_address == "127.0.0.1:0"
+    assert settings.health_listen_address == "127.0.0.1:0"
     assert settings.coordinator_address == "127.0.0.1:50052"
     assert settings.result_store_address == "127.0.0.1:50053"
     assert re.fullmatch(rf"{re.escape(socket.gethostname())}-{os.getpid()}-[0-9a-f]{{4}}", settings.worker_id)

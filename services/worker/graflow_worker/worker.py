@@ -129,9 +129,9 @@ class Worker:
                 result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
             )
 
-            self.health = create_server(s.health_address, [], auth_token=s.auth_token)
+            self.health = create_server(s.health_listen_address, [], auth_token=s.auth_token)
             await self.health.server.start()
-            self.health_address = _advertised(s.health_address, self.health.port)
+            self.health_address = _advertised(s.health_listen_address, self.health.port)
             await self.consumer.ensure_groups()
 
             self.membership = Membership(
