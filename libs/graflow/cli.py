@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="graflow", description="Run and inspect Graflow workflows.")
     parser.add_argument(
-        "--scheduler", help="scheduler host:port (env GRAFLOW_CLIENT_SCHEDULER_ADDRESS, default 127.0.0.1:50051)"
+        "--scheduler",
+        help="scheduler host:port (env GRAFLOW_CLIENT_SCHEDULER_ADDRESS, default 127.0.0.1:50051)",
     )
     parser.add_argument(
         "--result-store",

@@ -187,7 +187,10 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
             "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS",
             "GRAFLOW_CLIENT_COORDINATOR_ADDRESS",
         }
-        with Client(exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], exports["GRAFLOW_CLIENT_RESULT_STORE_ADDRESS"]) as client:
+        scheduler, result_store = (
+            exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], exports["GRAFLOW_CLIENT_RESULT_STORE_ADDRESS"]
+        )
+        with Client(scheduler, result_store) as client:
             assert [r.workflow_name for r in client.list_runs()] == ["etl"]
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0

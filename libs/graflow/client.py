@@ -1,6 +1,6 @@
 """The synchronous client of a Graflow deployment: submit runs, watch them, read their results.
 
-    with Client() as client:                      # GRAFLOW_CLIENT_SCHEDULER_ADDRESS etc. or 127.0.0.1 defaults
+    with Client() as client:              # GRAFLOW_CLIENT_SCHEDULER_ADDRESS etc. or 127.0.0.1 defaults
         run = client.submit(wf)
         for event in run.watch(): ...
         value = run.result(timeout=60)

@@ -25,7 +25,8 @@ StartCoordinator = Callable[..., Awaitable[CoordinatorApp]]
 def make_settings(redis_url: str) -> Callable[..., CoordinatorSettings]:
     def make(**overrides: Any) -> CoordinatorSettings:
         values: dict[str, Any] = {
-            "redis_url": redis_url, "listen_address": "127.0.0.1:0", "shutdown_grace_s": 2.0, "startup_grace_ms": 0,
+            "redis_url": redis_url, "listen_address": "127.0.0.1:0", "shutdown_grace_s": 2.0,
+            "startup_grace_ms": 0,
         }
         values.update(overrides)
         return CoordinatorSettings(**values)
