@@ -11,6 +11,12 @@ EXAMPLES = {
     "retrying": "graflow_examples.resilience:retrying",
     "failing": "graflow_examples.resilience:failing",
     "slow": "graflow_examples.resilience:slow",
+    "release": "graflow_examples.approval:release",
 }
 
-TASK_MODULES = ["graflow_examples.etl", "graflow_examples.fanout", "graflow_examples.resilience"]
+TASK_MODULES = [
+    "graflow_examples.etl",
+    "graflow_examples.fanout",
+    "graflow_examples.resilience",
+    "graflow_examples.approval",
+]
