@@ -58,7 +58,9 @@ def parse(text: str) -> dict[str, Block]:
             pending = (marker.group(1), index + 1)
         elif fence:
             if pending is None:
-                raise ReadmeFormatError(f"line {index + 1}: code block without a '<!-- readme: NAME -->' marker")
+                raise ReadmeFormatError(
+                    f"line {index + 1}: code block without a '<!-- readme: NAME -->' marker"
+                )
             end = next((j for j in range(index + 1, len(lines)) if lines[j].strip() == "```"), None)
             if end is None:
                 raise ReadmeFormatError(f"line {index + 1}: code block is never closed")
@@ -69,7 +71,9 @@ def parse(text: str) -> dict[str, Block]:
             pending = None
             index = end
         elif pending and line.strip():
-            raise ReadmeFormatError(f"line {pending[1]}: marker {pending[0]!r} is not followed by a code block")
+            raise ReadmeFormatError(
+                f"line {pending[1]}: marker {pending[0]!r} is not followed by a code block"
+            )
         index += 1
     if pending:
         raise ReadmeFormatError(f"line {pending[1]}: marker {pending[0]!r} has no code block")
