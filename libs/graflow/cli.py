@@ -42,6 +42,7 @@ from graflow_runtime.settings import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.version import __version__
 
 OK, RUN_FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ADDRESSES = {
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     from graflow_examples import EXAMPLES
 
     parser = argparse.ArgumentParser(prog="graflow", description="Run and inspect Graflow workflows.")
+    parser.add_argument("--version", action="version", version=f"graflow {__version__}")
     parser.add_argument(
         "--scheduler", help="scheduler host:port (env GRAFLOW_SCHEDULER_ADDRESS, default 127.0.0.1:50051)"
     )
