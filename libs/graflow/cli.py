@@ -1,6 +1,7 @@
 """The ``graflow`` command: a local stack, and submitting, watching and inspecting runs.
 
-    graflow dev [--workers N] [--keep] [--example etl]
+    graflow dev [--workers N] [--keep] [--example etl] [--tasks MODULE]...
+    graflow worker -A MODULE [-A MODULE] [-Q QUEUE,...] [-c N] [--redis URL] [--worker-id ID]
     graflow submit MODULE:WORKFLOW [--wait] [--idempotency-key K] [--label k=v]
     graflow status RUN | graflow watch RUN | graflow runs [--limit N] [--status S] | graflow cancel RUN
     graflow feedback list|show|respond   (requests of tasks waiting for a person: graflow.cli_feedback)
@@ -13,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
 from graflow import cli_feedback, cli_ops
 from graflow.cli_format import datetime_text, table
 from graflow.client import Client, ServiceCallError, ServiceUnavailableError
-from graflow.devstack import LocalStack, LocalStackError
+from graflow.devstack import LocalStack, LocalStackError, child_pythonpath
 from graflow.dsl import Workflow
 from graflow.errors import (
     GraflowError,
@@ -128,8 +130,7 @@ def load_workflow(target: str) -> Workflow | workflow_pb2.WorkflowSpec:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise UsageError(f"{target!r} is not MODULE:WORKFLOW (e.g. graflow_examples.etl:etl)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    _import_from_cwd()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -145,6 +146,27 @@ def load_workflow(target: str) -> Workflow | workflow_pb2.WorkflowSpec:
             f"{target} is a {type(obj).__name__}, not a graflow Workflow (or a function returning one)"
         )
     return obj
+
+
+def _import_from_cwd() -> None:
+    """Modules of the current directory are importable, as with ``python -m`` (and celery -A)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _require_modules(names: Sequence[str], option: str) -> None:
+    """Each named module can be found from here, or a usage error naming it."""
+    _import_from_cwd()
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"{option} {name}: cannot find module {name!r}: {exc}") from exc
+        if found is None:
+            raise UsageError(
+                f"{option} {name}: no module {name!r} in {os.getcwd()} or on the Python path "
+                "(run from the directory that holds it)"
+            )
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -246,10 +268,11 @@ def cmd_dev(args: argparse.Namespace, out: Output) -> int:
     from graflow_examples import EXAMPLES, TASK_MODULES
 
     workflow = load_workflow(EXAMPLES[args.example])
+    _require_modules(args.tasks, "--tasks")
     out.line(f"starting redis, result-store, coordinator, scheduler and {args.workers} worker(s)...")
     stack = LocalStack(
         workers=args.workers,
-        task_modules=TASK_MODULES,
+        task_modules=[*TASK_MODULES, *args.tasks],
         ports={} if args.any_ports else _default_ports_if_free(),
     )
     code = RUN_FAILED
@@ -271,6 +294,41 @@ def cmd_dev(args: argparse.Namespace, out: Output) -> int:
         if keep_logs:
             out.line(f"logs kept in {stack.log_dir}")
         signal.signal(signal.SIGTERM, previous)
+
+
+# `graflow worker` flags and the worker's settings they set (flags override the environment).
+WORKER_FLAGS = {
+    "queues": "GRAFLOW_WORKER_QUEUES",
+    "concurrency": "GRAFLOW_WORKER_CONCURRENCY",
+    "redis": "GRAFLOW_WORKER_REDIS_URL",
+    "scheduler": "GRAFLOW_WORKER_SCHEDULER_ADDRESS",
+    "coordinator": "GRAFLOW_WORKER_COORDINATOR_ADDRESS",
+    "result_store": "GRAFLOW_WORKER_RESULT_STORE_ADDRESS",
+    "worker_id": "GRAFLOW_WORKER_WORKER_ID",
+    "token": "GRAFLOW_WORKER_AUTH_TOKEN",
+}
+
+
+def worker_env(flags: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker process's environment: ``environ`` with ``GRAFLOW_WORKER_*`` set from the given
+    flags, the task modules from ``app`` (``-A``), and the current directory first on PYTHONPATH."""
+    env = dict(environ)
+    if flags.get("app"):
+        env["GRAFLOW_WORKER_TASK_MODULES"] = ",".join(flags["app"])
+    for flag, variable in WORKER_FLAGS.items():
+        if flags.get(flag) is not None:
+            env[variable] = str(flags[flag])
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), child_pythonpath()])
+    return env
+
+
+def cmd_worker(args: argparse.Namespace) -> NoReturn:
+    """Replace this process by ``python -m graflow_worker`` (so signals reach the worker itself)."""
+    if importlib.util.find_spec("graflow_worker") is None:
+        raise UsageError("the worker is not installed: pip install 'graflow[worker]'")
+    _require_modules(args.app, "-A")
+    env = worker_env(vars(args), os.environ)
+    os.execvpe(sys.executable, [sys.executable, "-m", "graflow_worker"], env)
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> NoReturn:
@@ -340,6 +398,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--example", choices=sorted(EXAMPLES), default="etl", help="example workflow (default etl)"
     )
 
+    dev.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also load this module's tasks in the stack's workers (repeatable; queue 'default')",
+    )
+
+    worker = commands.add_parser(
+        "worker", help="run a worker with your task modules (like celery -A MODULE worker)"
+    )
+    worker.add_argument(
+        "-A",
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module whose @task functions the worker runs "
+        "(repeatable; env GRAFLOW_WORKER_TASK_MODULES)",
+    )
+    worker.add_argument(
+        "-Q",
+        "--queues",
+        metavar="QUEUE,...",
+        help="queues to read (env GRAFLOW_WORKER_QUEUES, default 'default')",
+    )
+    worker.add_argument(
+        "-c", "--concurrency", type=int, help="deliveries held at once (env GRAFLOW_WORKER_CONCURRENCY)"
+    )
+    worker.add_argument("--redis", metavar="URL", help="Redis URL (env GRAFLOW_WORKER_REDIS_URL)")
+    worker.add_argument("--worker-id", metavar="ID", help="worker id (env GRAFLOW_WORKER_WORKER_ID)")
+    for flag, name in (
+        ("--scheduler", "SCHEDULER"),
+        ("--coordinator", "COORDINATOR"),
+        ("--result-store", "RESULT_STORE"),
+    ):
+        worker.add_argument(
+            flag, metavar="ADDR", default=argparse.SUPPRESS, help=f"env GRAFLOW_WORKER_{name}_ADDRESS"
+        )
+
     submit = commands.add_parser("submit", help="submit MODULE:WORKFLOW")
     submit.add_argument("target", metavar="MODULE:WORKFLOW", help="a Workflow or a function returning one")
     submit.add_argument("--wait", action="store_true", help="watch the run and print its result")
@@ -385,6 +483,8 @@ def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
             return cli_ops.run_command(args, out)
         if args.command == "dev":
             return cmd_dev(args, out)
+        if args.command == "worker":
+            cmd_worker(args)
         with Client(args.scheduler, args.result_store, auth_token=args.token, timeout=args.timeout) as client:
             return COMMANDS[args.command](args, client, out)
     except (

@@ -50,6 +50,12 @@ PREFIXES = {
 }
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child ``python -m ...`` that imports what this process can (this sys.path,
+    which also holds under Pants sandboxes and PEX)."""
+    return os.pathsep.join(p for p in sys.path if p)
+
+
 class LocalStackError(GraflowError, RuntimeError):
     """A process of the local stack did not start or is unknown; the message holds its log tail."""
 
@@ -233,7 +239,7 @@ class LocalStack:
         prefix = PREFIXES[service]
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "PYTHONPATH": child_pythonpath(),
             "PYTHONUNBUFFERED": "1",
             f"{prefix}REDIS_URL": self.redis_url,
             f"{prefix}LOG_FORMAT": "json",
