@@ -142,7 +142,7 @@ def venv(tmp_path: Path) -> Iterator[Path]:
     if cafile:
         pip_env["PIP_CERT"] = cafile
     subprocess.run(
-        [venv / "bin" / "pip", "install", "--disable-pip-version-check", "-q", *wheels],
+        [venv / "bin" / "pip", "install", "--disable-pip-version-check", "-q", "--no-compile", *wheels],
         check=True, timeout=300, env=pip_env,
     )
     yield venv
