@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from graflow import Client
-from graflow.cli import worker_env
+from graflow.cli.dev import worker_env
 from graflow.devstack import LocalStack
 from graflow_examples import TASK_MODULES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -83,6 +84,21 @@ def test_dead_letters_list_shows_ids_and_reasons_oldest_first(cli, letters):
     rest = Captured()
     assert rest("dead-letters", "list", "--after", letters[1]) == 0
     assert [row.split()[0] for row in rest.out.splitlines()[1:]] == letters[2:]
+
+
+def test_workers_and_dead_letters_print_json_with_o_json(cli, letters):
+    assert cli("workers", "-o", "json") == 0
+    (worker,) = json.loads(cli.out)
+    assert (worker["worker_id"], worker["queues"]) == ("dev-worker-0", ["default"])
+    listing = Captured()
+    assert listing("dead-letters", "list", "-o", "json") == 0
+    assert [letter["id"] for letter in json.loads(listing.out)] == letters
+    shown = Captured()
+    assert shown("dead-letters", "show", letters[1], "-o", "json") == 0
+    letter = json.loads(shown.out)
+    assert (letter["id"], letter["attempt"], letter["dead_at_ms"]) == (letters[1], 5, 1_700_000_000_000)
+    assert letter["envelope"]["task_type"] == "extract"
+    assert letter["envelope"]["args_json"] == {"day": 3}
 
 
 def test_dead_letters_show_decodes_the_envelope(cli, letters):

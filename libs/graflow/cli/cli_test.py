@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -12,10 +13,13 @@ from collections.abc import Iterator
 import pytest
 
 from graflow import Client, ServiceUnavailableError, Workflow
-from graflow.cli import Output, UsageError, format_event, load_workflow, run
+from graflow.cli import Output, run
+from graflow.cli.base import UsageError
+from graflow.cli.runs import format_event
+from graflow.cli.workflows import load_workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent
-from graflow_examples import TASK_MODULES
+from graflow_examples import TASK_MODULES, etl
 from graflow_runtime.local_redis import free_port
 
 
@@ -74,9 +78,9 @@ def test_unknown_status_filter_is_a_usage_error(cli):
 
 
 def test_missing_command_is_a_usage_error(cli):
-    with pytest.raises(SystemExit) as info:
-        cli()
-    assert info.value.code == 2
+    code = cli()
+    assert code == 2
+    assert "Usage: graflow" in cli.err
 
 
 def test_events_print_as_one_line_with_time_node_event_and_attempt():
@@ -147,6 +151,64 @@ def test_cancel_stops_a_running_run(stack_cli):
 def test_unknown_run_exits_2(stack_cli):
     assert stack_cli("status", "no-such-run") == 2
     assert "no-such-run" in stack_cli.err
+
+
+def test_json_output_of_submit_status_runs_and_watch_is_what_jq_reads(stack_cli):
+    assert stack_cli("submit", "graflow_examples.etl:etl", "--wait", "-o", "json") == 0
+    submitted = json.loads(stack_cli.out)
+    assert submitted["status"] == "SUCCEEDED"
+    assert submitted["result"] == etl.EXPECTED_REPORT
+    run_id = submitted["run_id"]
+    status = Captured()
+    assert status("status", run_id, "--output", "json") == 0
+    info = json.loads(status.out)
+    assert (info["run_id"], info["status"]) == (run_id, "SUCCEEDED")
+    assert {n["node_id"]: n["state"] for n in info["nodes"]}["report"] == "SUCCEEDED"
+    assert isinstance(info["created_at_ms"], int)
+    runs = Captured()
+    assert runs("runs", "--limit", "50", "-o", "json") == 0
+    assert run_id in [r["run_id"] for r in json.loads(runs.out)]
+    watch = Captured()
+    assert watch("watch", run_id, "-o", "json") == 0
+    events = [json.loads(line) for line in watch.out.splitlines()]
+    assert (events[0]["type"], events[-1]["type"]) == ("RUN_CREATED", "RUN_SUCCEEDED")
+
+
+def test_submit_args_parameterise_the_run(stack_cli):
+    assert stack_cli("submit", "graflow_examples.resilience:slow", "--arg", "nap.seconds=0.1", "--wait") == 0
+    assert '"slept 0.1 s"' in stack_cli.out
+
+
+def test_status_graph_draws_the_runs_nodes_with_their_states(stack_cli):
+    assert stack_cli("submit", "graflow_examples.etl:etl", "--wait") == 0
+    run_id = stack_cli.out.splitlines()[0]
+    drawing = Captured()
+    assert drawing("status", run_id, "--graph", "mermaid") == 0
+    assert drawing.out.startswith("flowchart TD\n")
+    assert '["report · SUCCEEDED"]' in drawing.out and " --> " in drawing.out
+    piped = Captured()
+    assert piped("status", run_id, "--graph") == 0  # not a terminal: mermaid
+    assert piped.out == drawing.out
+    tree = Captured()
+    assert tree("status", run_id, "--graph", "ascii") == 0
+    assert tree.out.splitlines()[:2] == [f"run {run_id} (etl) SUCCEEDED", "└── fetch  SUCCEEDED"]
+
+
+def test_a_task_type_no_worker_of_its_queue_knows_fails_the_run_saying_what_to_start(
+    stack_cli, tmp_path, monkeypatch
+):
+    (tmp_path / "unknown_tasks.py").write_text(
+        "from graflow import task, workflow\n"
+        "@task\n"
+        "def mystery() -> int:\n"
+        "    return 1\n"
+        "with workflow('mystery') as wf:\n"
+        "    wf.add(mystery)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert stack_cli("submit", "unknown_tasks:wf", "--wait") == 1
+    assert "UnknownTaskType: task type 'mystery' is not registered in worker dev-worker-0" in stack_cli.out
+    assert "graflow worker -A YOUR_TASK_MODULE -Q QUEUE" in stack_cli.err
 
 
 def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():

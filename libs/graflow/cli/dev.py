@@ -1,0 +1,200 @@
+"""Running Graflow on this machine:
+
+    graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
+    graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
+                   [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
+
+``dev`` starts a private redis-server and the four services (:class:`~graflow.cli.devstack.LocalStack`),
+runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks`` loads your modules
+in its workers too, on the default queue.
+
+``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
+worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
+flags, else from the environment, and the current directory first on ``PYTHONPATH`` so that
+``-A mytasks`` finds ``mytasks.py`` here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import click
+
+from graflow.cli.base import OK, RUN_FAILED, App, UsageError, pass_app
+from graflow.cli.devstack import LocalStack, child_pythonpath
+from graflow.cli.output import Output
+from graflow.cli.runs import follow
+from graflow.cli.workflows import load_workflow, require_modules
+from graflow_examples import EXAMPLES, TASK_MODULES
+from graflow_runtime.settings import (
+    DEFAULT_COORDINATOR_ADDRESS,
+    DEFAULT_RESULT_STORE_ADDRESS,
+    DEFAULT_SCHEDULER_ADDRESS,
+)
+
+DEFAULT_ADDRESSES = {
+    "scheduler": DEFAULT_SCHEDULER_ADDRESS,
+    "coordinator": DEFAULT_COORDINATOR_ADDRESS,
+    "result-store": DEFAULT_RESULT_STORE_ADDRESS,
+}
+# `graflow worker` flags and the worker's settings they set (flags override the environment).
+WORKER_FLAGS = {
+    "queues": "GRAFLOW_WORKER_QUEUES",
+    "concurrency": "GRAFLOW_WORKER_CONCURRENCY",
+    "redis": "GRAFLOW_WORKER_REDIS_URL",
+    "scheduler": "GRAFLOW_WORKER_SCHEDULER_ADDRESS",
+    "coordinator": "GRAFLOW_WORKER_COORDINATOR_ADDRESS",
+    "result_store": "GRAFLOW_WORKER_RESULT_STORE_ADDRESS",
+    "worker_id": "GRAFLOW_WORKER_WORKER_ID",
+    "token": "GRAFLOW_WORKER_AUTH_TOKEN",
+}
+
+
+@click.command()
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="worker processes")
+@click.option("--keep", is_flag=True, help="keep the stack running until Ctrl-C (prints its addresses)")
+@click.option(
+    "--any-ports",
+    is_flag=True,
+    help="use free ports even where the default ports (50051-50053) are available",
+)
+@click.option(
+    "--example",
+    type=click.Choice(sorted(EXAMPLES)),
+    default="etl",
+    show_default=True,
+    help="example workflow",
+)
+@click.option(
+    "--tasks",
+    multiple=True,
+    metavar="MODULE",
+    help="also load this module's tasks in the stack's workers (repeatable; queue 'default')",
+)
+@pass_app
+def dev(app: App, workers: int, keep: bool, any_ports: bool, example: str, tasks: tuple[str, ...]) -> int:
+    """Start a local stack (redis-server + the four services), run an example workflow, stop."""
+    out = app.out
+    workflow = load_workflow(EXAMPLES[example])
+    require_modules(tasks, "--tasks")
+    out.line(f"starting redis, result-store, coordinator, scheduler and {workers} worker(s)...")
+    stack = LocalStack(
+        workers=workers,
+        task_modules=[*TASK_MODULES, *tasks],
+        ports={} if any_ports else _default_ports_if_free(),
+    )
+    code = RUN_FAILED
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
+    try:
+        stack.start()
+        out.line(f"stack ready (logs in {stack.log_dir}); running example {example!r}")
+        with stack.client() as client:
+            run = client.submit(workflow)
+            out.line(f"run {run.id}")
+            code = follow(run, out)
+            if keep:
+                _serve_until_interrupted(stack, out)
+        return code
+    finally:
+        out.line("stopping the stack...")
+        keep_logs = keep or code != OK
+        stack.stop(keep_logs=keep_logs)
+        if keep_logs:
+            out.line(f"logs kept in {stack.log_dir}")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _default_ports_if_free() -> dict[str, int]:
+    """The services' usual ports where nothing listens, so default clients find the stack."""
+    defaults = {name: int(address.rsplit(":", 1)[1]) for name, address in DEFAULT_ADDRESSES.items()}
+    free = {}
+    for name, port in defaults.items():
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        free[name] = port
+    return free
+
+
+def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
+    out.line()
+    out.line("the stack keeps running; point clients at it with:")
+    for name, value in stack.client_env().items():
+        out.line(f"  export {name}={value}")
+    out.line("addresses: " + ", ".join(f"{k} {v}" for k, v in stack.addresses.items()))
+    out.line(f"logs: {stack.log_dir}")
+    out.line("press Ctrl-C to stop")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+
+
+def worker_env(flags: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker process's environment: ``environ`` with ``GRAFLOW_WORKER_*`` set from the given
+    flags, the task modules from ``app`` (``-A``), and the current directory first on PYTHONPATH."""
+    env = dict(environ)
+    if flags.get("app"):
+        env["GRAFLOW_WORKER_TASK_MODULES"] = ",".join(flags["app"])
+    for flag, variable in WORKER_FLAGS.items():
+        if flags.get(flag) is not None:
+            env[variable] = str(flags[flag])
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), child_pythonpath()])
+    return env
+
+
+@click.command(context_settings={"show_default": True})
+@click.option(
+    "-A",
+    "--app",
+    "app_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="a module whose @task functions the worker runs (repeatable) [env GRAFLOW_WORKER_TASK_MODULES]",
+)
+@click.option(
+    "-Q", "--queues", metavar="QUEUE,...", help="queues to read [env GRAFLOW_WORKER_QUEUES; default: default]"
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="deliveries held at once [env GRAFLOW_WORKER_CONCURRENCY]",
+)
+@click.option("--redis", metavar="URL", help="Redis URL [env GRAFLOW_WORKER_REDIS_URL]")
+@click.option("--scheduler", metavar="ADDR", help="for child runs [env GRAFLOW_WORKER_SCHEDULER_ADDRESS]")
+@click.option("--coordinator", metavar="ADDR", help="[env GRAFLOW_WORKER_COORDINATOR_ADDRESS]")
+@click.option("--result-store", metavar="ADDR", help="[env GRAFLOW_WORKER_RESULT_STORE_ADDRESS]")
+@click.option("--worker-id", metavar="ID", help="stable per deployment slot [env GRAFLOW_WORKER_WORKER_ID]")
+@pass_app
+def worker(app: App, app_modules: tuple[str, ...], **flags: Any) -> NoReturn:
+    """Run a worker with your task modules (like celery -A MODULE worker); exec's python -m graflow_worker."""
+    if importlib.util.find_spec("graflow_worker") is None:
+        raise UsageError("the worker is not installed: pip install 'graflow[worker]'")
+    require_modules(app_modules, "-A")
+    given = {
+        "scheduler": app.scheduler,
+        "coordinator": app.coordinator,
+        "result_store": app.result_store,
+        "token": app.token,
+        **{name: value for name, value in flags.items() if value is not None},
+        "app": app_modules,
+    }
+    os.execvpe(sys.executable, [sys.executable, "-m", "graflow_worker"], worker_env(given, os.environ))
+
+
+COMMANDS = (dev, worker)

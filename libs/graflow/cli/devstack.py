@@ -1,0 +1,407 @@
+"""A whole Graflow deployment on one machine, as real processes: ``graflow dev`` and end-to-end tests.
+
+    with LocalStack(workers=2, task_modules=["graflow_examples.etl"]) as stack:
+        run = stack.client().submit(etl)
+        run.result()
+
+It starts a private redis-server (unless one is given), then the result-store, the coordinator and
+the scheduler together, then N workers, each as ``python -m graflow_<service>`` on free loopback
+ports. The children import exactly what this process can (``PYTHONPATH`` = this ``sys.path``, which
+also holds under Pants sandboxes and PEX), log JSON to one file per process in ``log_dir``, and are waited for
+until their gRPC health check reports SERVING. Chaos helpers (kill, pause, restart) act on them by
+name: ``redis``, ``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graflow.client import Client
+from graflow.errors import GraflowError
+from graflow_runtime.local_redis import LocalRedis, free_port
+from graflow_runtime.processes import dies_with_parent
+
+SERVERS = ("result-store", "coordinator", "scheduler")
+MODULES = {
+    "result-store": "graflow_result_store",
+    "coordinator": "graflow_coordinator",
+    "scheduler": "graflow_scheduler",
+    "worker": "graflow_worker",
+}
+PREFIXES = {
+    "result-store": "GRAFLOW_RESULT_STORE_",
+    "coordinator": "GRAFLOW_COORDINATOR_",
+    "scheduler": "GRAFLOW_SCHEDULER_",
+    "worker": "GRAFLOW_WORKER_",
+}
+
+
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child ``python -m ...`` that imports what this process can (this sys.path,
+    which also holds under Pants sandboxes and PEX)."""
+    return os.pathsep.join(p for p in sys.path if p)
+
+
+class LocalStackError(GraflowError, RuntimeError):
+    """A process of the local stack did not start or is unknown; the message holds its log tail."""
+
+
+def read_tail(path: Path, lines: int = 40) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 64 * 1024))
+            return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log written)"
+
+
+class ServiceProcess:
+    """One child process: how to start it, its log file and its health endpoint."""
+
+    def __init__(
+        self, name: str, module: str, env: Mapping[str, str], log_path: Path, health_address: str
+    ) -> None:
+        self.name = name
+        self.argv = [sys.executable, "-m", module]
+        self.env = dict(env)
+        self.log_path = log_path
+        self.health_address = health_address
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def spawn(self) -> None:
+        with self.log_path.open("ab") as log:
+            # A session of its own: Ctrl-C in the user's terminal reaches only the parent, which
+            # stops the children in order. Children also get SIGTERM if the parent dies.
+            self.popen = subprocess.Popen(
+                dies_with_parent(self.argv),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def wait_serving(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer yet"
+        with grpc.insecure_channel(self.health_address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if not self.running:
+                    code = self.popen.returncode if self.popen else None
+                    raise self._error(f"exited with code {code} during start-up")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    last_error = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.RpcError as exc:
+                    last_error = f"{exc.code().name}: {exc.details()}"
+                time.sleep(0.1)
+        raise self._error(f"was not SERVING at {self.health_address} within {timeout_s:.0f}s ({last_error})")
+
+    def _error(self, problem: str) -> LocalStackError:
+        return LocalStackError(
+            f"{self.name} ({' '.join(self.argv[1:])}) {problem}; log {self.log_path}, last lines:\n"
+            f"{read_tail(self.log_path)}"
+        )
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.running and self.popen is not None:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 10.0) -> int | None:
+        """Send ``sig`` (resuming a paused process first), wait up to ``grace_s``, then kill."""
+        self.begin_stop(sig)
+        return self.finish_stop(grace_s)
+
+    def begin_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)
+            self.popen.send_signal(sig)
+
+    def finish_stop(self, grace_s: float) -> int | None:
+        """Wait for the exit started by :meth:`begin_stop`; kill after ``grace_s``."""
+        if self.popen is None:
+            return None
+        try:
+            self.popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+
+class LocalStack:
+    """Redis, result-store, coordinator, scheduler and ``workers`` workers as local processes."""
+
+    def __init__(
+        self,
+        workers: int = 2,
+        task_modules: Sequence[str] = ("graflow_examples.etl",),
+        *,
+        redis: LocalRedis | None = None,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+        ports: Mapping[str, int] | None = None,
+        auth_token: str = "",
+        shutdown_grace_s: float = 5.0,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        if workers < 0:
+            raise ValueError("workers must be >= 0")
+        self.worker_count = workers
+        self.task_modules = list(task_modules)
+        self.auth_token = auth_token
+        self.shutdown_grace_s = shutdown_grace_s
+        self.start_timeout_s = start_timeout_s
+        self._extra_env = dict(env or {})
+        self._own_redis = redis is None
+        self.redis = redis
+        self._own_log_dir = log_dir is None
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="graflow-dev-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Fixed per stack, so a restarted process comes back on the same address.
+        self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVERS}
+        self.servers: dict[str, ServiceProcess] = {}
+        self.workers: list[ServiceProcess] = []
+        self._started = False
+        atexit.register(_stop_at_exit, weakref.ref(self))
+
+    # ---- addresses ----
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.address("scheduler")
+
+    @property
+    def result_store_address(self) -> str:
+        return self.address("result-store")
+
+    @property
+    def coordinator_address(self) -> str:
+        return self.address("coordinator")
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis is None:
+            raise LocalStackError("the stack is not started: call start() first")
+        return self.redis.url
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {**{name: self.address(name) for name in SERVERS}, "redis": self.redis_url}
+
+    def client_env(self) -> dict[str, str]:
+        """The variables that point a :class:`graflow.Client`, :class:`graflow.operators.Operators`
+        (or the CLI) at this stack."""
+        env = {
+            "GRAFLOW_SCHEDULER_ADDRESS": self.scheduler_address,
+            "GRAFLOW_RESULT_STORE_ADDRESS": self.result_store_address,
+            "GRAFLOW_COORDINATOR_ADDRESS": self.coordinator_address,
+        }
+        if self.auth_token:
+            env["GRAFLOW_AUTH_TOKEN"] = self.auth_token
+        return env
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(
+            self.scheduler_address, self.result_store_address, auth_token=self.auth_token, timeout=timeout
+        )
+
+    # ---- processes ----
+    def _env(self, service: str) -> dict[str, str]:
+        prefix = PREFIXES[service]
+        env = {
+            **os.environ,
+            "PYTHONPATH": child_pythonpath(),
+            "PYTHONUNBUFFERED": "1",
+            f"{prefix}REDIS_URL": self.redis_url,
+            f"{prefix}LOG_FORMAT": "json",
+            f"{prefix}SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
+        }
+        if service != "worker":
+            env[f"{prefix}ADDRESS"] = self.address(service)
+        if service in ("scheduler", "worker"):
+            env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
+            env[f"{prefix}RESULT_STORE_ADDRESS"] = self.result_store_address
+        if service == "worker":
+            env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
+        if self.auth_token:
+            env[f"{prefix}AUTH_TOKEN"] = self.auth_token
+        return {**env, **self._extra_env}
+
+    def _server(self, name: str) -> ServiceProcess:
+        return ServiceProcess(
+            name, MODULES[name], self._env(name), self.log_dir / f"{name}.log", self.address(name)
+        )
+
+    def _worker(self, index: int) -> ServiceProcess:
+        health = f"127.0.0.1:{free_port()}"
+        env = {
+            **self._env("worker"),
+            "GRAFLOW_WORKER_TASK_MODULES": ",".join(self.task_modules),
+            "GRAFLOW_WORKER_WORKER_ID": f"dev-worker-{index}",
+            "GRAFLOW_WORKER_HEALTH_ADDRESS": health,
+        }
+        env.update({k: v for k, v in self._extra_env.items() if k.startswith("GRAFLOW_WORKER_")})
+        return ServiceProcess(
+            f"worker-{index}", MODULES["worker"], env, self.log_dir / f"worker-{index}.log", health
+        )
+
+    def _launch(self, processes: Sequence[ServiceProcess]) -> None:
+        """Start processes together, then wait until each one is SERVING."""
+        for process in processes:
+            process.spawn()
+        for process in processes:
+            process.wait_serving(self.start_timeout_s)
+
+    def start(self) -> LocalStack:
+        if self._started:
+            return self
+        self._started = True
+        try:
+            if self.redis is None:
+                self.redis = LocalRedis().start()
+            self.servers = {name: self._server(name) for name in SERVERS}
+            # Servers only need Redis to come up (they reach each other lazily, behind breakers);
+            # workers register with the coordinator, so they start once it serves.
+            self._launch(list(self.servers.values()))
+            self.workers = [self._worker(i) for i in range(self.worker_count)]
+            self._launch(self.workers)
+        except BaseException:
+            self.stop(keep_logs=True)
+            raise
+        return self
+
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop workers, scheduler, coordinator, result-store, then Redis (if the stack started it)."""
+        grace = self.shutdown_grace_s + 5
+        for worker in self.workers:  # workers drain together
+            worker.begin_stop()
+        for worker in self.workers:
+            worker.finish_stop(grace)
+        for name in reversed(SERVERS):
+            if name in self.servers:
+                self.servers[name].stop(grace_s=grace)
+        if self._own_redis and self.redis is not None:
+            self.redis.close()
+            self.redis = None
+        if self._own_log_dir and not keep_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+        self._started = False
+
+    def process(self, service: str) -> ServiceProcess:
+        if service in self.servers:
+            return self.servers[service]
+        if service.startswith("worker-") and service[7:].isdigit():
+            index = int(service[7:])
+            if index < len(self.workers):
+                return self.workers[index]
+        known = ", ".join([*self.servers, *(w.name for w in self.workers), "redis"])
+        raise LocalStackError(f"no process named {service!r} in this stack; known: {known}")
+
+    # ---- workers ----
+    def start_worker(self, wait: bool = True) -> int:
+        """Start one more worker; returns its index (its name is ``worker-<index>``). With
+        ``wait=False`` it returns once the process is spawned, without waiting until it serves."""
+        index = len(self.workers)
+        worker = self._worker(index)
+        self.workers.append(worker)
+        if wait:
+            self._launch([worker])
+        else:
+            worker.spawn()
+        return index
+
+    def stop_worker(self, index: int, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """Stop worker ``index`` with ``sig`` (killed after the grace period); returns its exit code."""
+        return self.process(f"worker-{index}").stop(sig, grace_s=self.shutdown_grace_s + 5)
+
+    def kill_worker(self, index: int) -> int | None:
+        return self.stop_worker(index, signal.SIGKILL)
+
+    # ---- chaos ----
+    def kill(self, service: str) -> None:
+        """SIGKILL a process (``redis`` included); :meth:`restart` brings it back."""
+        if service == "redis":
+            self._require_redis().stop(kill=True)
+        else:
+            self.process(service).stop(signal.SIGKILL)
+
+    def restart(self, service: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop a process with ``sig`` (if it runs) and start it again on the same address."""
+        if service == "redis":
+            self._require_redis().restart(kill=sig == signal.SIGKILL)
+            return
+        process = self.process(service)
+        process.stop(sig, grace_s=self.shutdown_grace_s + 5)
+        self._launch([process])
+
+    def pause(self, service: str) -> None:
+        """SIGSTOP a process: it holds its sockets but answers nothing until :meth:`resume`."""
+        self._pid_signal(service, signal.SIGSTOP)
+
+    def resume(self, service: str) -> None:
+        self._pid_signal(service, signal.SIGCONT)
+
+    def _pid_signal(self, service: str, sig: signal.Signals) -> None:
+        if service == "redis":
+            process = self._require_redis().process
+            if process is None:
+                raise LocalStackError("redis is not running")
+            process.send_signal(sig)
+        else:
+            self.process(service).send(sig)
+
+    def _require_redis(self) -> LocalRedis:
+        if self.redis is None:
+            raise LocalStackError("the stack is not started: call start() first")
+        return self.redis
+
+    def log_path(self, service: str) -> Path:
+        if service == "redis":
+            return self._require_redis().directory / "redis.log"
+        return self.process(service).log_path
+
+    def log_tail(self, service: str, lines: int = 40) -> str:
+        return read_tail(self.log_path(service), lines)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stop_at_exit(ref: weakref.ReferenceType[LocalStack]) -> None:
+    """Never leave children behind when the interpreter exits without calling stop()."""
+    stack = ref()
+    if stack is not None and stack._started:
+        with contextlib.suppress(Exception):
+            stack.stop(keep_logs=True)
