@@ -52,8 +52,8 @@ PREFIXES = {
 
 def child_pythonpath() -> str:
     """PYTHONPATH for a child ``python -m ...`` that imports what this process can (this sys.path,
-    which also holds under Pants sandboxes and PEX)."""
-    return os.pathsep.join(p for p in sys.path if p)
+    which also holds under Pants sandboxes and PEX), from any working directory."""
+    return os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
 
 
 class LocalStackError(GraflowError, RuntimeError):

@@ -15,7 +15,7 @@ import pytest
 
 from graflow import Client
 from graflow.cli.dev import worker_env
-from graflow.devstack import LocalStack
+from graflow.devstack import LocalStack, child_pythonpath
 from graflow_examples import TASK_MODULES
 
 USER_TASKS = textwrap.dedent(
@@ -42,8 +42,8 @@ def project(tmp_path: Path) -> Path:
 
 
 def _graflow(*argv: str, cwd: Path, **popen: Any) -> subprocess.Popen[str]:
-    """The `graflow` command as a process, importing what this test can (not the user's directory)."""
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    """The `graflow` command as a process in ``cwd``, importing what this test can."""
+    child_env = {**os.environ, "PYTHONPATH": child_pythonpath()}
     return subprocess.Popen(
         [sys.executable, "-m", "graflow.cli", *argv], cwd=cwd, env=child_env, text=True, **popen
     )
@@ -83,7 +83,7 @@ def test_worker_names_a_module_it_cannot_find_and_exits_2(project):
 
 def test_worker_not_installed_says_how_to_install_it(project):
     """A Python path without the worker package (as with `pip install graflow` alone)."""
-    path = [p for p in sys.path if p and not (Path(p) / "graflow_worker").is_dir()]
+    path = [p for p in child_pythonpath().split(os.pathsep) if not (Path(p) / "graflow_worker").is_dir()]
     done = subprocess.run(
         [sys.executable, "-m", "graflow.cli", "worker", "-A", "mytasks"],
         cwd=project,
