@@ -37,6 +37,7 @@ RUN_BY = {
     "own-tasks-module": WHEELS,
     "own-tasks-run": WHEELS,
     "own-tasks-submit": WHEELS,
+    "services": WHEELS,
     "cli": HERE,
     "task-api": HERE,
     "feedback-task": HERE,

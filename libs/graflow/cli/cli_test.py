@@ -248,7 +248,12 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
             "GRAFLOW_CLIENT_SCHEDULER_ADDRESS",
             "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS",
             "GRAFLOW_CLIENT_COORDINATOR_ADDRESS",
+            "GRAFLOW_WORKER_REDIS_URL",
+            "GRAFLOW_WORKER_SCHEDULER_ADDRESS",
+            "GRAFLOW_WORKER_COORDINATOR_ADDRESS",
+            "GRAFLOW_WORKER_RESULT_STORE_ADDRESS",
         }
+        assert exports["GRAFLOW_WORKER_SCHEDULER_ADDRESS"] == exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"]
         scheduler, result_store = (
             exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], exports["GRAFLOW_CLIENT_RESULT_STORE_ADDRESS"]
         )

@@ -76,27 +76,35 @@ WORKER_FLAGS = {
     "--tasks",
     multiple=True,
     metavar="MODULE",
-    help="also load this module's tasks in the stack's workers (repeatable; queue 'default')",
+    help="run your module's tasks in the stack's workers instead of the examples (repeatable; queue "
+    "'default'); runs no example and keeps the stack up until Ctrl-C",
 )
 @pass_app
 def dev(app: App, workers: int, keep: bool, any_ports: bool, example: str, tasks: tuple[str, ...]) -> int:
-    """Start a local stack (redis-server + the four services), run an example workflow, stop."""
+    """Start a local stack (redis-server + the four services), run an example workflow, stop.
+
+    With ``--tasks``, the workers run your modules' tasks (and not the examples', whose names could
+    clash with yours) and the stack stays up for your workflows until Ctrl-C."""
     out = app.out
-    workflow = load_workflow(EXAMPLES[example])
     require_modules(tasks, "--tasks")
     out.line(f"starting redis, result-store, coordinator, scheduler and {workers} worker(s)...")
     stack = LocalStack(
         workers=workers,
-        task_modules=[*TASK_MODULES, *tasks],
+        task_modules=list(tasks) or TASK_MODULES,
         ports={} if any_ports else _default_ports_if_free(),
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
     try:
         stack.start()
+        if tasks:
+            out.line(f"stack ready (logs in {stack.log_dir}); workers run the tasks of {', '.join(tasks)}")
+            code = OK
+            _serve_until_interrupted(stack, out)
+            return code
         out.line(f"stack ready (logs in {stack.log_dir}); running example {example!r}")
         with stack.client() as client:
-            run = client.submit(workflow)
+            run = client.submit(load_workflow(EXAMPLES[example]))
             out.line(f"run {run.id}")
             code = follow(run, out)
             if keep:
@@ -131,8 +139,8 @@ def _default_ports_if_free() -> dict[str, int]:
 
 def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
     out.line()
-    out.line("the stack keeps running; point clients at it with:")
-    for name, value in stack.client_env().items():
+    out.line("the stack keeps running; point clients and workers of your own at it with:")
+    for name, value in {**stack.client_env(), **stack.worker_env()}.items():
         out.line(f"  export {name}={value}")
     out.line("addresses: " + ", ".join(f"{k} {v}" for k, v in stack.addresses.items()))
     out.line(f"logs: {stack.log_dir}")

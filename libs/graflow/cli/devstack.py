@@ -229,6 +229,18 @@ class LocalStack:
             env["GRAFLOW_CLIENT_AUTH_TOKEN"] = self.auth_token
         return env
 
+    def worker_env(self) -> dict[str, str]:
+        """The variables that point a worker of one's own (``graflow worker -A ...``) at this stack."""
+        env = {
+            "GRAFLOW_WORKER_REDIS_URL": self.redis_url,
+            "GRAFLOW_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
+            "GRAFLOW_WORKER_COORDINATOR_ADDRESS": self.coordinator_address,
+            "GRAFLOW_WORKER_RESULT_STORE_ADDRESS": self.result_store_address,
+        }
+        if self.auth_token:
+            env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
+        return env
+
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
             self.scheduler_address, self.result_store_address, auth_token=self.auth_token, timeout=timeout

@@ -13,6 +13,7 @@ import structlog
 from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
 from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.version import __version__
 
 from graflow_coordinator.cancellations import CanceledRuns
 from graflow_coordinator.deadletters import DeadLetters
@@ -81,7 +82,13 @@ class CoordinatorApp:
         self.server = create_server(s.listen_address, [binding], auth_token=s.auth_token)
         await self.server.server.start()
         await self.server.set_serving(True)
-        log.info("coordinator listening", port=self.server.port, address=s.listen_address, queues=s.queues)
+        log.info(
+            "coordinator listening",
+            version=__version__,
+            port=self.server.port,
+            address=s.listen_address,
+            queues=s.queues,
+        )
         self.retry_timer.start()
         self.liveness.start()
 

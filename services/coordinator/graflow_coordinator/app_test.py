@@ -17,6 +17,7 @@ from graflow_api.v1 import coordinator_pb2
 from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.redis_client import connect
+from graflow_runtime.version import __version__
 
 from graflow_coordinator import __main__ as entry_point
 from graflow_coordinator.app import CoordinatorApp
@@ -131,5 +132,6 @@ async def test_the_process_serves_until_sigterm_then_exits_cleanly(
 
     assert process.returncode == 0, stderr.decode()
     assert b'"event": "coordinator listening"' in stderr
+    assert f'"version": "{__version__}"'.encode() in stderr
     assert f'"port": {port}'.encode() in stderr
     assert b"coordinator stopped" in stderr

@@ -15,6 +15,7 @@ from graflow_runtime.logs import configure_logging
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, connect
 from graflow_runtime.settings import SettingsError, load_settings
 from graflow_runtime.telemetry import configure_tracing
+from graflow_runtime.version import __version__
 
 from graflow_result_store.app import create_app
 from graflow_result_store.settings import ResultStoreSettings
@@ -49,7 +50,9 @@ async def serve(shutdown: ShutdownSignal, settings: ResultStoreSettings) -> None
             ) from exc
         app = create_app(settings, redis)
         await app.start()
-        log.info("result-store listening", port=app.port, address=settings.listen_address)
+        log.info(
+            "result-store listening", version=__version__, port=app.port, address=settings.listen_address
+        )
         await shutdown.wait()
         log.info("result-store stopping", grace_s=settings.shutdown_grace_s)
         await app.stop()

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow_runtime.local_redis import free_port
+from graflow_runtime.version import __version__
 
 from graflow_result_store.__main__ import redacted
 
@@ -66,7 +67,7 @@ def test_process_serves_logs_its_port_and_stops_cleanly_on_sigterm(redis_url, tm
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     listening = next(line for line in lines if line["event"] == "result-store listening")
-    assert listening["port"] == port
+    assert (listening["port"], listening["version"]) == (port, __version__)
     assert events.index("result-store listening") < events.index("result-store stopped")
 
 

@@ -14,6 +14,7 @@ from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, schedule
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
 from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.version import __version__
 
 from graflow_scheduler.api import SchedulerServicer
 from graflow_scheduler.batches import OutcomeBatches
@@ -78,6 +79,7 @@ class SchedulerApp:
             self.waits.start()
         log.info(
             "scheduler listening",
+            version=__version__,
             port=self.port,
             address=self.settings.listen_address,
             consumer=self.settings.consumer_name,

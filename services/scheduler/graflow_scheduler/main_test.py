@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from graflow_runtime.settings import SettingsError, load_settings
+from graflow_runtime.version import __version__
 
 import graflow_scheduler.__main__  # noqa: F401 - run as a process below; imported so Pants ships it
 from graflow_scheduler.settings import SchedulerSettings
@@ -50,6 +51,7 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
             (r for r in _records(process.stderr) if r.get("event") == "scheduler listening"), None
         )
         assert listening is not None and listening["port"] > 0
+        assert listening["version"] == __version__
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert any(r.get("event") == "scheduler stopped" for r in _records(process.stderr))

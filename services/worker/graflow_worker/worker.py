@@ -29,6 +29,7 @@ from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServerHandle, create_server
 from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.version import __version__
 
 from graflow_worker.channel import ResultStoreChannel
 from graflow_worker.children import SchedulerChildren
@@ -151,8 +152,9 @@ class Worker:
             self._read_task = self._background(self.consumer.run(), "reader")
             await self.health.set_serving(True)
             self.started = True
-            log.info("worker consuming", queues=list(s.queues), concurrency=s.concurrency,
-                     task_types=self.registry.task_types, health_address=self.health_address)
+            log.info("worker consuming", version=__version__, queues=list(s.queues),
+                     concurrency=s.concurrency, task_types=self.registry.task_types,
+                     health_address=self.health_address)
 
     async def _check_redis(self, client: aioredis.Redis) -> None:
         try:
