@@ -1,0 +1,36 @@
+"""connect(): the services' asyncio Redis client, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE, connect
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_url: str) -> None:
+    client = connect(redis_url, max_connections=2)
+    try:
+        # Each BLPOP holds its connection for 0.2 s: ten at once need five times the pool.
+        replies = await asyncio.gather(*(client.blpop([f"absent:{i}"], timeout=0.2) for i in range(10)))
+        assert replies == [None] * 10
+    finally:
+        await client.aclose()
+
+
+async def test_a_command_that_gets_no_connection_within_the_pool_timeout_fails_as_unavailable(
+    redis_url: str,
+) -> None:
+    client = connect(redis_url, max_connections=1, pool_timeout_s=0.2)
+    try:
+        holder = asyncio.create_task(client.blpop(["absent"], timeout=2))
+        await asyncio.sleep(0.1)  # the BLPOP has the only connection
+        started = time.monotonic()
+        with pytest.raises(REDIS_UNAVAILABLE, match="No connection available"):
+            await client.ping()
+        assert time.monotonic() - started < 1.5  # the pool timeout, not the BLPOP's 2 s
+        assert await holder is None
+    finally:
+        await client.aclose()
