@@ -45,32 +45,35 @@ class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
 _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}
 
 
-# Seconds a command waits for a free pooled connection before it fails as "Redis unavailable".
-POOL_WAIT_S = 10.0
-
-
-def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:
+def connect(url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0) -> aioredis.Redis:
     """An asyncio client that retries connection errors with backoff (reconnects after restarts).
 
-    At most ``max_connections`` sockets; a command that finds them all busy waits its turn (up to
-    ``POOL_WAIT_S``) instead of failing, so a burst of concurrent RPCs queues rather than erroring.
+    At most ``max_connections`` connections; a command issued while all of them are in use waits
+    for one to be free (at most ``pool_timeout_s``, then ``ConnectionError``: Redis is too slow
+    for the load). redis-py's default pool instead fails such a command at once with "Too many
+    connections", so a burst of concurrent requests (say 100 channel updates from a parallel
+    group, against a pool of 64) failed some of them as UNAVAILABLE although Redis was fine.
+
     Blocking reads (XREADGROUP BLOCK) need a socket timeout above their block time; callers block
     for at most a few seconds, so the socket timeout is generous.
     """
     connection_class = _CONNECTIONS.get(url.split("://", 1)[0]) if HIREDIS_AVAILABLE else None
     extra: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         **extra,
         max_connections=max_connections,
-        timeout=POOL_WAIT_S,
+        timeout=pool_timeout_s,
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
-    ))
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # the client owns its pool (as with from_url)
+    return client
 
 
 async def check_durability(client: aioredis.Redis) -> list[str]:

@@ -1,18 +1,36 @@
-"""connect(): the pooled asyncio client every service uses."""
+"""connect(): the services' asyncio Redis client, against a real redis-server."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
-from graflow_runtime.redis_client import connect
+import pytest
+
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE, connect
 
 
-async def test_a_burst_beyond_the_pool_waits_for_a_connection_instead_of_failing(redis_url: str) -> None:
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_url: str) -> None:
     client = connect(redis_url, max_connections=2)
     try:
-        # 40 commands that each hold a connection for 20 ms, through 2 connections.
-        replies = await asyncio.gather(*(client.blpop([f"absent-{i}"], timeout=0.02) for i in range(40)))
-        assert replies == [None] * 40
-        assert await client.incr("burst-counter") == 1
+        # Each BLPOP holds its connection for 0.2 s: ten at once need five times the pool.
+        replies = await asyncio.gather(*(client.blpop([f"absent:{i}"], timeout=0.2) for i in range(10)))
+        assert replies == [None] * 10
+    finally:
+        await client.aclose()
+
+
+async def test_a_command_that_gets_no_connection_within_the_pool_timeout_fails_as_unavailable(
+    redis_url: str,
+) -> None:
+    client = connect(redis_url, max_connections=1, pool_timeout_s=0.2)
+    try:
+        holder = asyncio.create_task(client.blpop(["absent"], timeout=2))
+        await asyncio.sleep(0.1)  # the BLPOP has the only connection
+        started = time.monotonic()
+        with pytest.raises(REDIS_UNAVAILABLE, match="No connection available"):
+            await client.ping()
+        assert time.monotonic() - started < 1.5  # the pool timeout, not the BLPOP's 2 s
+        assert await holder is None
     finally:
         await client.aclose()

@@ -12,6 +12,13 @@ exactly-once assertions:
   succeed exactly once (no failure, only the expected retries, one terminal event), with each
   task's stored result written by the attempt the history applied - for faults where
   at-least-once delivery legitimately runs a task body again.
+
+Under load: the stacks keep the coordinator's default lease (1.5 s). The assertions hold while no
+process is kept off the CPU for longer than that; a worker starved past its lease is declared dead
+and its task runs again, which :meth:`Chaos.assert_effects_once` rightly reports. That is why the
+chaos files run one after the other (``batch_compatibility_tag``), and why the flake hunt loads the
+machine with ``nice -n 19`` burners or one core, not with hogs at normal priority
+(docs/testing.md, "Flaky tests").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import redis
 
 from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
-from tests.e2e.conftest import start_stack
+from tests.e2e.conftest import module_stack
 from tests.e2e.tasks import ChannelNote, chan_checkpointed, chan_count, chan_params, chan_reader, chan_writer
 
 # One slot per worker: two tasks that wait for each other must run on different workers.
@@ -19,14 +19,9 @@ ONE_SLOT = {"GRAFLOW_WORKER_CONCURRENCY": "1"}
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    stack, server = start_stack(workers=2, env=ONE_SLOT)
-    try:
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    with module_stack(request, workers=2, env=ONE_SLOT) as stack:
         yield stack
-    finally:
-        stack.stop()
-        server.close()
-
 
 
 def step_counts(fx: redis.Redis, run_id: str, node_id: str, steps: int) -> list[int]:

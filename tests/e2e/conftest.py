@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -14,6 +16,7 @@ from graflow.devstack import LocalStack
 from graflow_runtime.local_redis import LocalRedis
 
 TASKS = "tests.e2e.tasks"
+KEEP_LOGS = bool(os.environ.get("GRAFLOW_TEST_KEEP_LOGS"))
 
 
 def start_stack(
@@ -41,14 +44,27 @@ def start_stack(
     return stack, server
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    stack, server = start_stack()
+@contextmanager
+def module_stack(request: pytest.FixtureRequest, workers: int = 2, **kwargs: object) -> Iterator[LocalStack]:
+    """``start_stack`` for a module-scoped fixture. At the end the stack is stopped; its logs are
+    kept, and their directory printed, when a test of the module failed or GRAFLOW_TEST_KEEP_LOGS
+    is set."""
+    failed_before = request.session.testsfailed
+    stack, server = start_stack(workers, **kwargs)  # type: ignore[arg-type]
     try:
         yield stack
     finally:
-        stack.stop(keep_logs=bool(os.environ.get("GRAFLOW_TEST_KEEP_LOGS")))
+        keep = KEEP_LOGS or request.session.testsfailed > failed_before
+        stack.stop(keep_logs=keep)
         server.close()
+        if keep:
+            sys.__stderr__.write(f"\nlogs of the stack of {request.node.name} kept in {stack.log_dir}\n")
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    with module_stack(request) as stack:
+        yield stack
 
 
 @pytest.fixture

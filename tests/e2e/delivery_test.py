@@ -3,12 +3,18 @@
 A worker killed mid-task, a worker paused past its lease, a task longer than the lease, a retry
 waiting longer than the lease, a start-to-close timeout, and a poison message that kills every
 worker running it.
+
+Under load: these tests hold while no process of the stack is kept off the CPU for longer than
+the lease (1 s). A worker starved that long (a CPU hog at normal priority on both cores, a second
+stack at once, a stopped VM) is declared dead, its attempt is redelivered, and the counts asserted
+here (each body once, attempts 1 and 2) change: a fault nobody injected, not a product bug.
+Background load at a lower priority (`nice`) or one core for the whole suite does not do that
+(docs/testing.md, "Flaky tests").
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +26,7 @@ from graflow import Client, RunFailedError, parallel, workflow
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
 from graflow.run import RunEvent
-from tests.e2e.conftest import start_stack, wait_for
+from tests.e2e.conftest import KEEP_LOGS, module_stack, start_stack, wait_for
 from tests.e2e.tasks import collect, crash_worker, fail_then_retry_late, gated, item, marked_sleep, overrun
 
 LEASE_MS = 1000
@@ -34,17 +40,12 @@ FAST_LEASE = {
     "GRAFLOW_WORKER_READ_BLOCK_MS": "500",
     "GRAFLOW_SCHEDULER_STATS_LOG_INTERVAL_S": "1",
 }
-KEEP_LOGS = bool(os.environ.get("GRAFLOW_TEST_KEEP_LOGS"))
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    stack, server = start_stack(workers=3, env=FAST_LEASE)
-    try:
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    with module_stack(request, workers=3, env=FAST_LEASE) as stack:
         yield stack
-    finally:
-        stack.stop(keep_logs=KEEP_LOGS)
-        server.close()
 
 
 

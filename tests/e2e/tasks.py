@@ -330,9 +330,15 @@ class ChannelNote:
 @task(inject_context=True)
 def chan_writer(ctx: TaskContext) -> str:
     """Writes channel values, then holds its worker until a reader elsewhere acknowledges them (so
-    with one slot per worker the two ran on different workers)."""
-    ctx.channel.set("greeting", "hello from the writer")
+    with one slot per worker the two ran on different workers).
+
+    Two ``set`` calls are two writes, not one: a reader may run between them. ``greeting``, the
+    key the reader waits for, is written last, so a reader that sees it must see ``note`` too
+    (each ``set`` returns once the result-store has stored it). Written first, a reader polling
+    for ``greeting`` could read ``note`` before it was set, and fail at once (the flake of issue 8).
+    """
     ctx.channel.set("note", ChannelNote(author=ctx.worker_id, words=["a", "b"]))
+    ctx.channel.set("greeting", "hello from the writer")
     deadline = time.monotonic() + 30
     while not ctx.channel.exists("read_by"):
         if time.monotonic() > deadline:
@@ -348,7 +354,11 @@ def chan_reader(ctx: TaskContext) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise TimeoutError("the writer's channel values did not appear within 30 s")
         time.sleep(0.02)
+    # The writer set ``note`` before ``greeting``: a missing note means a channel write that had
+    # returned was not visible to another worker.
     note = ctx.channel.get_typed("note", ChannelNote)
+    if note is None:
+        raise AssertionError("greeting is visible but note, written before it, is not")
     ctx.channel.set("read_by", ctx.worker_id)
     return {"worker": ctx.worker_id, "greeting": greeting, "note_author": note.author,
             "note_words": note.words, "typed": isinstance(note, ChannelNote)}

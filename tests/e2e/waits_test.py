@@ -26,7 +26,7 @@ from graflow.devstack import LocalStack
 from graflow.run import event_type_name, node_state_name, status_name
 from graflow_api.v1 import feedback_pb2
 from graflow_runtime import keys
-from tests.e2e.conftest import start_stack, wait_for
+from tests.e2e.conftest import module_stack, wait_for
 from tests.e2e.tasks import (
     ask,
     ask_async,
@@ -40,13 +40,9 @@ from tests.e2e.tasks import (
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    stack, server = start_stack(workers=1)
-    try:
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    with module_stack(request, workers=1) as stack:
         yield stack
-    finally:
-        stack.stop()
-        server.close()
 
 
 def node_state(client: Client, run_id: str, node_id: str) -> str:
