@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,31 +12,14 @@ from collections.abc import Iterator
 import pytest
 
 from graflow import Client, ServiceUnavailableError, Workflow
-from graflow.cli import Output, run
 from graflow.cli.base import UsageError
+from graflow.cli.cli_test_support import Captured, read_dev_exports
 from graflow.cli.runs import format_event
 from graflow.cli.workflows import load_workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent
 from graflow_examples import TASK_MODULES, etl
 from graflow_runtime.local_redis import free_port
-
-
-class Captured:
-    def __init__(self) -> None:
-        self.stdout, self.stderr = io.StringIO(), io.StringIO()
-        self.output = Output(self.stdout, self.stderr)
-
-    def __call__(self, *argv: str) -> int:
-        return run(list(argv), self.output)
-
-    @property
-    def out(self) -> str:
-        return self.stdout.getvalue()
-
-    @property
-    def err(self) -> str:
-        return self.stderr.getvalue()
 
 
 @pytest.fixture
@@ -236,14 +218,8 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
         text=True,
     )
     try:
-        exports: dict[str, str] = {}
         assert dev.stdout is not None
-        for line in dev.stdout:  # ends when the process exits: no unbounded wait
-            if line.strip().startswith("export "):
-                name, _, value = line.strip().removeprefix("export ").partition("=")
-                exports[name] = value
-            if line.startswith("press Ctrl-C"):
-                break
+        exports = read_dev_exports(dev.stdout)
         assert set(exports) == {
             "GRAFLOW_CLIENT_SCHEDULER_ADDRESS",
             "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS",

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from graflow.cli import Output, run
+from graflow.cli.cli_test_support import Captured
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
 from graflow_api.v1 import messages_pb2
 from graflow_examples import TASK_MODULES
 from graflow_runtime import keys
 from graflow_runtime.local_redis import free_port
-
-
-class Captured:
-    def __init__(self) -> None:
-        self.stdout, self.stderr = io.StringIO(), io.StringIO()
-
-    def __call__(self, *argv: str) -> int:
-        return run(list(argv), Output(self.stdout, self.stderr))
-
-    @property
-    def out(self) -> str:
-        return self.stdout.getvalue()
-
-    @property
-    def err(self) -> str:
-        return self.stderr.getvalue()
 
 
 @pytest.fixture(scope="module")

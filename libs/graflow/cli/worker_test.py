@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from graflow import Client
+from graflow.cli.cli_test_support import read_dev_exports
 from graflow.cli.dev import worker_env
 from graflow.devstack import LocalStack, child_pythonpath
 from graflow_examples import TASK_MODULES
@@ -133,14 +134,8 @@ def test_dev_tasks_loads_the_users_module_in_the_stacks_workers_on_the_default_q
         stderr=subprocess.STDOUT,
     )
     try:
-        exports: dict[str, str] = {}
         assert dev.stdout is not None
-        for line in dev.stdout:  # ends when the process exits: no unbounded wait
-            if line.strip().startswith("export "):
-                name, _, value = line.strip().removeprefix("export ").partition("=")
-                exports[name] = value
-            if line.startswith("press Ctrl-C"):
-                break
+        exports = read_dev_exports(dev.stdout)
         scheduler = next(v for k, v in exports.items() if k.endswith("SCHEDULER_ADDRESS"))
         result_store = next(v for k, v in exports.items() if k.endswith("RESULT_STORE_ADDRESS"))
         with Client(scheduler, result_store, timeout=20) as client:
