@@ -82,7 +82,7 @@ async def make_app(
 
     async def make(**overrides: object) -> SchedulerApp:
         url = str(overrides.pop("redis_url", redis_url))
-        scheduler = create_app(scheduler_settings(url, downstreams.listen_address, **overrides))
+        scheduler = create_app(scheduler_settings(url, downstreams.address, **overrides))
         await scheduler.start()
         started.append(scheduler)
         return scheduler
