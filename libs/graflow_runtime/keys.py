@@ -41,7 +41,7 @@ CHILDREN_TO_CANCEL = f"{PREFIX}:children:cancel"
 RUNS_ENDED = f"{PREFIX}:ended"
 RUN_ENDED_RUN_FIELD = b"r"
 RUN_ENDED_STATUS_FIELD = b"s"
-# Field of the run's meta hash (run_meta) holding the ms the run ended; absent while it is live.
+# Field of the run's meta hash (run_meta) holding the ms the run ended; "0" while it is live.
 RUN_ENDED_AT_FIELD = "ended"
 
 

@@ -20,8 +20,9 @@ body stopped on the run's end) changes nothing but the ended run's counters ``sk
 ``stopped`` (run_ended_outcome.lua). One for a run that has not ended (a worker wrongly believed
 it ended) must neither fail the node nor strand it: it is applied as an attempt lost with its
 worker (retryable ``RunEnded``, ``worker_lost``), so the node is redelivered at once as attempt+1,
-fenced by the attempt like any outcome, without using the retry budget; repeated, it ends as a
-poison message (the coordinator's delivery count), never as a loop.
+fenced by the attempt like any outcome, without using the retry budget. Bounded: once the node
+was lost ``MAX_REFUSALS`` times, such an outcome fails the node (``RunEnded``, not retryable)
+instead of looping.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ _WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
 _CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
 # Error type of a STATUS_CANCELED outcome whose delivery was skipped (the body never started).
 RUN_ENDED = "RunEnded"
+# A live run's node refused (STATUS_CANCELED) after this many lost attempts fails instead of being
+# redelivered again (the coordinator's default MAX_DELIVERIES for poison messages).
+MAX_REFUSALS = 5
 _MISSING_ERROR = common_pb2.ErrorInfo(
     type="TaskFailed", message="the worker reported a failure without error details", retryable=True
 )
@@ -180,6 +184,8 @@ class OutcomeBatches:
         codes = await self.store.count_run_ended(
             [(o.run_id, o.node_id, o.attempt, "skipped" if _skipped(o) else "stopped") for _, o in canceled]
         )
+        live = [(o.run_id, o.node_id) for (_, o), code in zip(canceled, codes, strict=True) if code == "live"]
+        lost = await self.store.lost_only(live)
         redeliver: dict[bytes, messages_pb2.TaskOutcome] = {}
         for (entry_id, outcome), code in zip(canceled, codes, strict=True):
             ids = {"run_id": outcome.run_id, "node_id": outcome.node_id, "attempt": outcome.attempt,
@@ -192,7 +198,8 @@ class OutcomeBatches:
             elif code == "live":
                 log.warning("a worker reported the attempt canceled but its run has not ended; "
                             "the node is redelivered as a new attempt", **ids)
-                redeliver[entry_id] = _as_lost(outcome)
+                redeliver[entry_id] = _as_lost(
+                    outcome, give_up=lost.get((outcome.run_id, outcome.node_id), 0) >= MAX_REFUSALS)
             else:
                 self.stats.ignored += 1
                 log.debug("canceled outcome ignored", reason=code, **ids)
@@ -432,19 +439,20 @@ def _skipped(outcome: messages_pb2.TaskOutcome) -> bool:
     return outcome.error.type == RUN_ENDED
 
 
-def _as_lost(outcome: messages_pb2.TaskOutcome) -> messages_pb2.TaskOutcome:
-    """A STATUS_CANCELED outcome of a live run, as an attempt lost with its worker (redelivered)."""
+def _as_lost(outcome: messages_pb2.TaskOutcome, *, give_up: bool) -> messages_pb2.TaskOutcome:
+    """A STATUS_CANCELED outcome of a live run, as an attempt lost with its worker (redelivered),
+    or with ``give_up`` as a failure that is not retried."""
     lost = messages_pb2.TaskOutcome()
     lost.CopyFrom(outcome)
     lost.status = messages_pb2.TaskOutcome.STATUS_FAILED
-    lost.worker_lost = True
+    lost.worker_lost = not give_up
     lost.has_result = False
     del lost.directives[:]
     lost.error.CopyFrom(common_pb2.ErrorInfo(
         type=RUN_ENDED,
         message=f"worker {outcome.worker_id} did not run attempt {outcome.attempt} of node "
-        f"{outcome.node_id!r}, believing run {outcome.run_id} had ended; it had not: the node is "
-        "redelivered",
-        retryable=True,
+        f"{outcome.node_id!r}, believing run {outcome.run_id} had ended; it had not: "
+        + (f"the node was refused {MAX_REFUSALS} times and fails" if give_up else "the node is redelivered"),
+        retryable=not give_up,
     ))
     return lost

@@ -318,3 +318,16 @@ async def _until_consumed(redis, timeout=10.0):  # type: ignore[no-untyped-def]
             return
         assert loop.time() < deadline, "outcomes not consumed in time"
         await asyncio.sleep(0.02)
+
+
+async def test_a_live_runs_node_refused_again_and_again_fails_instead_of_looping(client, downstreams, redis):
+    coordinator = downstreams.coordinator
+    run_id = await submit(client, spec(["a"]))
+    for attempt in range(1, 7):
+        await coordinator.wait_for(lambda c, n=attempt: ("a", n) in c.delivered(run_id))
+        await report(redis, canceled(run_id, "a", attempt))
+    assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
+    info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+    assert info.error.type == "RunEnded"
+    assert "refused 5 times" in info.error.message
+    assert ("a", 7) not in coordinator.delivered(run_id)

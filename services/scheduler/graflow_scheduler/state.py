@@ -272,6 +272,16 @@ class RunStore:
         raw = await self.scripts.call_many(self.redis, self.scripts.run_ended_outcome, calls)
         return [_text(code) for code in raw]
 
+    async def lost_only(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(run id, node id) -> attempts of the node lost with their worker (``<node>:lost``)."""
+        if not nodes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, node_id in nodes:
+                pipe.hget(keys.run_joins(run_id), f"{node_id}:lost")
+            counts = await pipe.execute()
+        return {node: int(count or 0) for node, count in zip(nodes, counts, strict=True)}
+
     async def lost_attempts(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """(run id, node id) -> attempts of the node that do not count against its retry budget:
         those lost with their worker, and (``<node>:rbase``, see flow.lua) those of its earlier

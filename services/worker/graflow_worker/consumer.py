@@ -315,7 +315,8 @@ class Consumer:
             for run in unknown:
                 pipe.hget(keys.run_meta(run), keys.RUN_ENDED_AT_FIELD)
             values = await pipe.execute()
-        found = [run for run, value in zip(unknown, values, strict=True) if value]
+        # 'ended' is "0" while the run is live, the end's ms once it ended.
+        found = [run for run, value in zip(unknown, values, strict=True) if value and int(value) > 0]
         if found:
             registry.cancel(found)
         return ended | set(found)

@@ -204,6 +204,11 @@ async def wait_outcomes(redis: aioredis.Redis, count: int,
     return await eventually(enough, timeout=timeout, what=f"{count} outcomes")
 
 
+async def start_run(redis: aioredis.Redis, run_id: str) -> None:
+    """A live run's meta as the scheduler's create_run writes it ('ended' = "0")."""
+    await redis.hset(keys.run_meta(run_id), mapping={"status": "RUNNING", keys.RUN_ENDED_AT_FIELD: "0"})
+
+
 async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") -> None:
     """What the scheduler's finish_run does for the workers: the run's meta says it ended, and the
     end is appended to gf:ended (in one step)."""

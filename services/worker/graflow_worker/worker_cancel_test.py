@@ -11,6 +11,7 @@ from graflow_api.v1 import messages_pb2
 from graflow_worker.testing_services_test_support import (
     end_run,
     enqueue,
+    start_run,
     envelope,
     eventually,
     pending_count,
@@ -23,6 +24,7 @@ CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
 
 async def test_a_running_task_sees_its_run_end_and_later_deliveries_are_skipped(stack):
     worker = await stack.start_worker()
+    await start_run(stack.redis, "run-c")
     await enqueue(stack.redis, envelope("run-c", "waiter", "wait_for_cancel", args={"timeout_s": 20}))
     await eventually(lambda: "wait_for_cancel:run-c" in PROBE.started, what="the task to start")
     await end_run(stack.redis, "run-c")
@@ -41,6 +43,7 @@ async def test_a_worker_started_after_the_end_skips_every_queued_delivery_of_the
     # Ended before the worker existed: gf:ended is read from its tail, so only the check of each
     # read batch against the run's meta can catch these.
     await end_run(stack.redis, "run-gone", "CANCELED")
+    await start_run(stack.redis, "run-live")
     await enqueue(stack.redis,
                   *(envelope("run-gone", f"n{i}", "tracked", args={"tag": f"n{i}:run-gone"}) for i in range(20)),
                   envelope("run-live", "n0", "tracked", args={"tag": "n0:run-live"}))
