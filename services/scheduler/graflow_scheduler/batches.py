@@ -203,7 +203,7 @@ class OutcomeBatches:
             else:
                 self.stats.ignored += 1
                 log.debug("canceled outcome ignored", reason=code, **ids)
-        return [(entry_id, redeliver[entry_id]) for entry_id, o in decoded
+        return [(entry_id, redeliver.get(entry_id, o)) for entry_id, o in decoded
                 if o.status != _CANCELED or entry_id in redeliver]
 
     async def _plan_for(

@@ -277,8 +277,12 @@ async def test_canceled_outcomes_of_an_ended_run_are_counted_once_and_change_not
     before = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     events = await redis.xlen(keys.run_events(run_id))
     # b skipped (reported twice: a redelivered outcome), c stopped on the cancel.
-    await report(redis, canceled(run_id, "b"), canceled(run_id, "b"),
-                 canceled(run_id, "c", error_type="TaskCanceledError"))
+    # In one pipeline with outcomes of other statuses (a body that finished after the end).
+    async with redis.pipeline(transaction=True) as pipe:
+        for item in (outcome(run_id, "c"), canceled(run_id, "b"), canceled(run_id, "b"),
+                     canceled(run_id, "c", error_type="TaskCanceledError"), outcome(run_id, "b")):
+            pipe.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
+        await pipe.execute()
     await _until_consumed(redis)
     after = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert (after.skipped_deliveries, after.canceled_attempts) == (1, 1)
