@@ -82,6 +82,7 @@ class Figures:
     started: int
     started_after_end: int
     started_late: int  # more than LIMIT_MS after the end
+    latest_start_after_end_ms: int
     skipped: int
     never_dispatched: int
     canceled_attempts: int
@@ -107,6 +108,7 @@ def settle(env: Stacked, client: Client, run_id: str, label: str) -> Figures:
         started=len(starts),
         started_after_end=sum(1 for ms in starts.values() if ms > info.ended_at_ms),
         started_late=sum(1 for ms in starts.values() if ms > info.ended_at_ms + LIMIT_MS),
+        latest_start_after_end_ms=max([ms - info.ended_at_ms for ms in starts.values()] + [0]),
         skipped=info.skipped_deliveries,
         never_dispatched=len(nodes) - env.db.hlen(keys.dispatch_record(run_id)),
         canceled_attempts=info.canceled_attempts,
