@@ -140,33 +140,26 @@ def test_a_failed_node_outside_any_group(env, client):
     assert figures.skipped > 0
 
 
-def test_a_strict_group_failing(env, client):
-    wf = end_fanout("ended-strict", extra=lambda: end_fail(task_id="bad"))
-    figures = settle(env, client, submit(client, wf), "strict group")
-    assert figures.status == "RUN_STATUS_FAILED"
+@pytest.mark.parametrize(("way", "extra", "status"), [
+    ("strict group", lambda: end_fail(task_id="bad"), "RUN_STATUS_FAILED"),
+    ("terminate_workflow", lambda: end_terminate(task_id="stop"), "RUN_STATUS_SUCCEEDED"),
+    ("cancel_workflow", lambda: end_cancel(task_id="stop"), "RUN_STATUS_CANCELED"),
+])
+def test_a_member_ending_the_run(env, client, way, extra, status):
+    # A strict group failing with its member, or a member's terminate/cancel directive.
+    wf = end_fanout(f"ended-{way.replace(' ', '-')}", extra=extra)
+    figures = settle(env, client, submit(client, wf), way)
+    assert figures.status == status
     assert figures.skipped > 0
 
 
 def test_a_critical_group_failing(env, client):
-    wf = end_fanout("ended-critical", extra=lambda: end_fail(task_id="bad"), policy=lambda nodes: critical(nodes[0]))
+    wf = end_fanout("ended-critical", extra=lambda: end_fail(task_id="bad"),
+                    policy=lambda nodes: critical(nodes[0]))
     run_id = submit(client, wf)
     figures = settle(env, client, run_id, "critical group")
     assert figures.status == "RUN_STATUS_FAILED"
     assert client.get_run(run_id).failed_node_id == "members"
-    assert figures.skipped > 0
-
-
-def test_terminate_workflow(env, client):
-    wf = end_fanout("ended-terminate", extra=lambda: end_terminate(task_id="stop"))
-    figures = settle(env, client, submit(client, wf), "terminate_workflow")
-    assert figures.status == "RUN_STATUS_SUCCEEDED"
-    assert figures.skipped > 0
-
-
-def test_cancel_workflow(env, client):
-    wf = end_fanout("ended-cancel-workflow", extra=lambda: end_cancel(task_id="stop"))
-    figures = settle(env, client, submit(client, wf), "cancel_workflow")
-    assert figures.status == "RUN_STATUS_CANCELED"
     assert figures.skipped > 0
 
 
@@ -234,7 +227,8 @@ def test_a_worker_registered_after_the_end_runs_none_of_the_runs_deliveries(env,
 
         def logged() -> list[dict]:
             lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
-            return [r for r in lines if r.get("run_id") == run_id and "skipped" in r and "ended run" in r["event"]]
+            return [r for r in lines
+                    if r.get("run_id") == run_id and "skipped" in r and "ended run" in r["event"]]
 
         wait_for(lambda: bool(logged()), 10, "the skip count in the late worker's log")
         assert [r["skipped"] for r in logged()] == [FANOUT]

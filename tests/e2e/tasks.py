@@ -533,7 +533,8 @@ def end_fanout(name: str, *, policy: Any = None, extra: Any = None, queue: str |
         if extra is not None:
             nodes = [extra(), *nodes]
         chosen = policy(nodes) if callable(policy) else policy
-        end_begin(task_id="begin") >> parallel(*nodes, name="members", policy=chosen) >> end_member(task_id="join")
+        members = parallel(*nodes, name="members", policy=chosen)
+        end_begin(task_id="begin") >> members >> end_member(task_id="join")
     return wf
 
 

@@ -303,7 +303,7 @@ async def test_a_canceled_outcome_of_a_live_run_redelivers_the_node_instead_of_f
     info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert common_pb2.RunStatus.Name(info.status) == "RUN_STATUS_RUNNING"
     assert info.skipped_deliveries == 0
-    (a,) = [n for n in info.nodes if n.node_id == "a"]
+    (a,) = (n for n in info.nodes if n.node_id == "a")
     assert a.attempt == 2
     await report(redis, outcome(run_id, "a", 2), outcome(run_id, "b"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
@@ -315,7 +315,7 @@ async def _until_consumed(redis, timeout=10.0):  # type: ignore[no-untyped-def]
     deadline = loop.time() + timeout
     while True:
         groups = await redis.xinfo_groups(keys.OUTCOMES_STREAM)
-        (group_info,) = [g for g in groups if g["name"] == keys.SCHEDULER_GROUP.encode()]
+        (group_info,) = (g for g in groups if g["name"] == keys.SCHEDULER_GROUP.encode())
         if group_info["pending"] == 0 and group_info["last-delivered-id"] == (
             await redis.xrevrange(keys.OUTCOMES_STREAM, count=1)
         )[0][0]:

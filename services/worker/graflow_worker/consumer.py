@@ -280,11 +280,15 @@ class Consumer:
         if not deliveries:
             return
         try:
-            upstream, checked = await asyncio.gather(
-                self._fetch_upstream(deliveries), self._check_ended(deliveries), return_exceptions=True)
-            for outcome in (upstream, checked):
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            if any(d.envelope.input_node_ids for d in deliveries):
+                upstream, checked = await asyncio.gather(
+                    self._fetch_upstream(deliveries), self._check_ended(deliveries), return_exceptions=True)
+                for outcome in (upstream, checked):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            else:  # nothing to fetch: no tasks to spawn for the check alone
+                await self._check_ended(deliveries)
+                upstream = {}
         except (_GaveUp, RedisError, OSError) as exc:
             if not isinstance(exc, _GaveUp):
                 log.warning("could not check whether the runs of a read batch have ended; the "
@@ -311,10 +315,13 @@ class Consumer:
         unknown = sorted(runs - ended)
         if not unknown:
             return ended
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for run in unknown:
-                pipe.hget(keys.run_meta(run), keys.RUN_ENDED_AT_FIELD)
-            values = await pipe.execute()
+        if len(unknown) == 1:  # the common case: a plain command costs less than a pipeline
+            values = [await self._redis.hget(keys.run_meta(unknown[0]), keys.RUN_ENDED_AT_FIELD)]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run in unknown:
+                    pipe.hget(keys.run_meta(run), keys.RUN_ENDED_AT_FIELD)
+                values = await pipe.execute()
         # 'ended' is "0" while the run is live, the end's ms once it ended.
         found = [run for run, value in zip(unknown, values, strict=True) if value and int(value) > 0]
         if found:

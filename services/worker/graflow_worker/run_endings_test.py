@@ -5,7 +5,9 @@ without missing entries appended meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 from graflow_runtime import keys
 from graflow_runtime.redis_client import connect
@@ -26,17 +28,28 @@ async def wait_until(check, timeout: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def watching(redis_url: str, registry: Cancellations, block_ms: int) -> AsyncIterator[RunEndings]:
+    """A started watcher on a connection of its own, stopped at the end."""
+    own = connect(redis_url, max_connections=1)
+    endings = RunEndings(own, registry, block_ms=block_ms)
+    await endings.start()
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(endings.run(stop))
+    try:
+        yield endings
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop_task, 5)
+        await own.aclose()
+
+
 async def test_ends_after_the_start_reach_running_tasks_within_a_read_and_earlier_ones_are_not_read(
     redis, redis_url
 ):
     await append_end(redis, "ended-before")
     registry = Cancellations()
-    own = connect(redis_url, max_connections=1)
-    endings = RunEndings(own, registry, block_ms=1000)
-    await endings.start()
-    stop = asyncio.Event()
-    loop_task = asyncio.create_task(endings.run(stop))
-    try:
+    async with watching(redis_url, registry, 1000) as endings:
         event: threading.Event = registry.event("run-1")  # a running task's cancel event
         await asyncio.sleep(0.05)  # the watcher blocks in XREAD
         began = asyncio.get_running_loop().time()
@@ -47,20 +60,11 @@ async def test_ends_after_the_start_reach_running_tasks_within_a_read_and_earlie
         assert registry.is_canceled("run-1")
         assert not registry.is_canceled("ended-before")
         assert endings.received == 1
-    finally:
-        stop.set()
-        await asyncio.wait_for(loop_task, 5)
-        await own.aclose()
 
 
 async def test_a_lost_connection_is_retried_from_the_last_entry_read(redis, redis_url):
     registry = Cancellations()
-    own = connect(redis_url, max_connections=1)
-    endings = RunEndings(own, registry, block_ms=200)
-    await endings.start()
-    stop = asyncio.Event()
-    loop_task = asyncio.create_task(endings.run(stop))
-    try:
+    async with watching(redis_url, registry, 200) as endings:
         await append_end(redis, "run-a")
         await wait_until(lambda: registry.is_canceled("run-a"))
         # Kill the watcher's connection and append while it is away.
@@ -72,7 +76,3 @@ async def test_a_lost_connection_is_retried_from_the_last_entry_read(redis, redi
         await append_end(redis, "run-c")
         await wait_until(lambda: registry.is_canceled("run-b") and registry.is_canceled("run-c"))
         assert endings.received == 3
-    finally:
-        stop.set()
-        await asyncio.wait_for(loop_task, 5)
-        await own.aclose()

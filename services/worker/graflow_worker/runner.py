@@ -14,7 +14,8 @@ data reaches the next cycle as the keyword argument ``data``. A delivery of a ru
 not started: the registry of ended runs (:mod:`graflow_worker.cancellation`) is checked once more
 right before the function is called, after a running slot was obtained; the attempt ends
 ``STATUS_CANCELED`` (error ``RunEnded``). A body that stops on ``ctx.check_canceled()``
-(``TaskCanceledError``) because its run ended is ``STATUS_CANCELED`` too (not a failure). A task that must wait (``ctx.request_feedback``
+(``TaskCanceledError``) because its run ended is ``STATUS_CANCELED`` too (not a failure). A task
+that must wait (``ctx.request_feedback``
 without an answer yet, ``ctx.run_child`` before the child ended) ends its attempt WAITING: the outcome
 says what it waits for, no result is stored, its directives are dropped, and the scheduler parks the
 node until it runs again.

@@ -213,7 +213,8 @@ async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") ->
     """What the scheduler's finish_run does for the workers: the run's meta says it ended, and the
     end is appended to gf:ended (in one step)."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.run_meta(run_id), mapping={"status": status, keys.RUN_ENDED_AT_FIELD: int(time.time() * 1000)})
+        ended = int(time.time() * 1000)
+        pipe.hset(keys.run_meta(run_id), mapping={"status": status, keys.RUN_ENDED_AT_FIELD: ended})
         pipe.xadd(keys.RUNS_ENDED, {keys.RUN_ENDED_RUN_FIELD: run_id, keys.RUN_ENDED_STATUS_FIELD: status})
         await pipe.execute()
 

@@ -11,10 +11,10 @@ from graflow_api.v1 import messages_pb2
 from graflow_worker.testing_services_test_support import (
     end_run,
     enqueue,
-    start_run,
     envelope,
     eventually,
     pending_count,
+    start_run,
     wait_outcomes,
 )
 from graflow_worker.testing_tasks_test_support import PROBE
@@ -45,7 +45,8 @@ async def test_a_worker_started_after_the_end_skips_every_queued_delivery_of_the
     await end_run(stack.redis, "run-gone", "CANCELED")
     await start_run(stack.redis, "run-live")
     await enqueue(stack.redis,
-                  *(envelope("run-gone", f"n{i}", "tracked", args={"tag": f"n{i}:run-gone"}) for i in range(20)),
+                  *(envelope("run-gone", f"n{i}", "tracked", args={"tag": f"n{i}:run-gone"})
+                    for i in range(20)),
                   envelope("run-live", "n0", "tracked", args={"tag": "n0:run-live"}))
     worker = await stack.start_worker()
     found = await wait_outcomes(stack.redis, 21)
