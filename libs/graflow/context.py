@@ -11,9 +11,10 @@ and ``run_child``/``wait_child``, return at once when their answer or child resu
 otherwise park the node (WAITING, holding no worker) until it is; the task then runs again from its
 start (or its checkpoint) and the same call returns. ``start_child`` starts a child run and goes on.
 
-Cancellation is cooperative: when the run is canceled, the worker sets the context's cancel event
-(within about a heartbeat interval); ``is_canceled()`` turns true and ``check_canceled()`` raises
-:class:`~graflow.errors.TaskCanceledError`. Nothing interrupts a task that does not look.
+Cancellation is cooperative: when the run ends (canceled, failed, terminated: any end), the worker
+sets the context's cancel event within milliseconds; ``is_canceled()`` turns true and
+``check_canceled()`` raises :class:`~graflow.errors.TaskCanceledError`, which ends the attempt as
+canceled (not failed). Nothing interrupts a task that does not look.
 """
 
 from __future__ import annotations
@@ -372,11 +373,11 @@ class TaskContext:
 
     # ---- cancellation ----
     def is_canceled(self) -> bool:
-        """True once the run was canceled (or this task called cancel_workflow)."""
+        """True once the run has ended, however (or this task called cancel_workflow)."""
         return self._cancel_requested or self.cancel_event.is_set()
 
     def check_canceled(self) -> None:
-        """Raise :class:`TaskCanceledError` when the run was canceled: call it between steps of
-        long work to stop early."""
+        """Raise :class:`TaskCanceledError` when the run has ended: call it between steps of long
+        work to stop early."""
         if self.is_canceled():
             raise TaskCanceledError(f"run {self.run_id} was canceled; node {self.node_id!r} stops")

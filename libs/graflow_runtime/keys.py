@@ -35,6 +35,14 @@ WAIT_DEADLINES = f"{PREFIX}:waits:deadlines"
 CHILDREN_ENDED = f"{PREFIX}:children:ended"
 # zset run id -> canceled_at_ms: canceled runs whose child runs are still to be canceled.
 CHILDREN_TO_CANCEL = f"{PREFIX}:children:cancel"
+# stream: one entry per run end, written by the scheduler's finish_run (common.lua, which caps it
+# at ~100,000 entries) atomically with the end, fields RUN_ENDED_RUN_FIELD, RUN_ENDED_STATUS_FIELD;
+# workers XREAD it to stop the ended runs' work (docs/architecture.md, "Cancellation reaching tasks").
+RUNS_ENDED = f"{PREFIX}:ended"
+RUN_ENDED_RUN_FIELD = b"r"
+RUN_ENDED_STATUS_FIELD = b"s"
+# Field of the run's meta hash (run_meta) holding the ms the run ended; "0" while it is live.
+RUN_ENDED_AT_FIELD = "ended"
 
 
 def idempotency(key: str) -> str:
@@ -108,7 +116,6 @@ def run_flow_keys(run_id: str) -> list[str]:
 # ---- coordinator ----
 RETRY_TIMER = f"{PREFIX}:retry"  # zset member = delivery bytes, score = due ms
 WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
-CANCELED_RUNS = f"{PREFIX}:canceled"  # zset run_id -> ms the scheduler reported it canceled
 
 
 def dispatch_record(run_id: str) -> str:

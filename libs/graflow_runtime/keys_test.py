@@ -27,7 +27,7 @@ def test_all_keys_of_a_run_share_the_run_id_hash_tag(run_id: str) -> None:
 
 def test_global_keys_have_no_hash_tag_and_share_the_prefix() -> None:
     global_keys = [keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM, keys.RUNS_INDEX, keys.ACTIVE_RUNS,
-                   keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.CANCELED_RUNS, keys.FEEDBACK_PENDING,
+                   keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.RUNS_ENDED, keys.FEEDBACK_PENDING,
                    keys.WAIT_DEADLINES, keys.CHILDREN_ENDED, keys.CHILDREN_TO_CANCEL,
                    keys.queue_stream("default"), keys.idempotency("k"), keys.worker_info("w1"),
                    keys.graph("ab" * 32)]

@@ -33,11 +33,12 @@ def queue_pending(chaos: Chaos) -> int:
 
 def test_a_duplicated_delivery_changes_nothing_in_the_run_state(calm: Chaos):
     """A copy of ``g``'s envelope is XADDed to the queue by hand while ``g`` runs, and a copy of
-    ``source``'s after the run ended. At-least-once: the copies run the task body again (``g``'s
-    raw effect happened exactly twice, ``source``'s twice by the end). Asserted on run state: the
-    history saw each node succeed once and is left unchanged by the late copy, the successor
-    ``collect`` ran exactly once, the stored results are of the applied attempts, the result is
-    unchanged."""
+    ``source``'s after the run ended. At-least-once: the copy of ``g`` runs its body again (``g``'s
+    raw effect happened exactly twice). The run had ended when ``source``'s copy came, so that one
+    is skipped, not run (invariant 11): ``source``'s effect stays at one, the copy is acknowledged
+    and counted as a skipped delivery. Asserted on run state: the history saw each node succeed
+    once and is left unchanged by the late copy, the successor ``collect`` ran exactly once, the
+    stored results are of the applied attempts, the result is unchanged."""
     with workflow("duplicate") as wf:
         source(task_id="source", value=1) >> chaos_hold(task_id="g", gate="dup") >> collect
     run = calm.client.submit(wf)
@@ -53,9 +54,10 @@ def test_a_duplicated_delivery_changes_nothing_in_the_run_state(calm: Chaos):
     history = calm.assert_run_state_once(run.id, wf.spec(), same_execution=False)
 
     calm.bus.xadd(QUEUE, {keys.ENVELOPE_FIELD: first})
-    wait_until(lambda: calm.effects(run.id).get("source") == 2, 15, "the copy of source to run")
+    wait_until(lambda: calm.client.get_run(run.id).skipped_deliveries == 1, 15,
+               "the copy of source to be skipped and reported")
     wait_until(lambda: queue_pending(calm) == 0, 15, "the copy to be acknowledged")
-    assert calm.effects(run.id) == {"source": 2, "g": 2, "collect": 1}
+    assert calm.effects(run.id) == {"source": 1, "g": 2, "collect": 1}
     assert [(e.cursor, e.type) for e in calm.history(run.id)] == [(e.cursor, e.type) for e in history]
     assert run.result(timeout=10) == {"count": 1, "total": 2}
 

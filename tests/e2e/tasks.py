@@ -473,3 +473,82 @@ def review_loop(ctx: TaskContext, data: list[str] | None = None) -> list[str]:
     if len(notes) < 2:
         ctx.next_iteration(notes)
     return notes
+
+
+# ---- ended runs start no more work (tests/e2e/ended_runs_test.py) ----
+# Each body records its start (ms) in ``starts:<run>`` on the effects Redis, before anything else.
+FANOUT = 2000
+
+
+def mark_started(ctx: TaskContext) -> None:
+    effects().hset(f"starts:{ctx.run_id}", ctx.node_id, time.time_ns() // 1_000_000)
+
+
+@task(inject_context=True)
+def end_begin(ctx: TaskContext) -> int:
+    mark_started(ctx)
+    return 0
+
+
+@task(inject_context=True)
+def end_member(ctx: TaskContext, i: int = 0) -> int:
+    mark_started(ctx)
+    return i
+
+
+@task(inject_context=True)
+def end_fail(ctx: TaskContext, after: str = "") -> None:
+    """Fails at once (not retryable), or once ``after`` (a node of its run) has started."""
+    mark_started(ctx)
+    deadline = time.monotonic() + 20
+    while after and not effects().hexists(f"starts:{ctx.run_id}", after) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise NonRetryableError("member broke on purpose")
+
+
+@task(inject_context=True)
+def end_terminate(ctx: TaskContext) -> None:
+    mark_started(ctx)
+    ctx.terminate_workflow("terminated on purpose")
+
+
+@task(inject_context=True)
+def end_cancel(ctx: TaskContext) -> None:
+    mark_started(ctx)
+    ctx.cancel_workflow("canceled on purpose")
+
+
+@task(inject_context=True)
+def end_waiter(ctx: TaskContext, timeout_s: float = 30.0) -> str:
+    """Loops until its run ended (``ctx.is_canceled()``), records when it saw it, then stops with
+    ``ctx.check_canceled()``."""
+    mark_started(ctx)
+    deadline = time.monotonic() + timeout_s
+    while not ctx.is_canceled() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    effects().hset(f"seen:{ctx.run_id}", ctx.node_id, time.time_ns() // 1_000_000)
+    ctx.check_canceled()
+    return "never saw the end"
+
+
+def end_fanout(name: str, *, policy: Any = None, extra: Any = None, queue: str | None = None,
+               members: int = FANOUT) -> Any:
+    """``end_begin >> parallel(extra?, members...) >> end_member(join)``; ``policy`` may be a
+    callable taking the member nodes."""
+    from graflow import parallel, workflow
+
+    options = {"queue": queue} if queue else {}
+    with workflow(name, **options) as wf:
+        nodes = [end_member(task_id=f"m{i}", i=i) for i in range(members)]
+        if extra is not None:
+            nodes = [extra(), *nodes]
+        chosen = policy(nodes) if callable(policy) else policy
+        members = parallel(*nodes, name="members", policy=chosen)
+        end_begin(task_id="begin") >> members >> end_member(task_id="join")
+    return wf
+
+
+@task(inject_context=True)
+def end_parent(ctx: TaskContext) -> str:
+    """Starts the 2,000-member fan-out as a child run and waits for it."""
+    return str(ctx.run_child(end_fanout("ended-child")))

@@ -339,11 +339,13 @@ class LocalStack:
         raise LocalStackError(f"no process named {service!r} in this stack; known: {known}")
 
     # ---- workers ----
-    def start_worker(self, wait: bool = True) -> int:
+    def start_worker(self, wait: bool = True, env: Mapping[str, str] | None = None) -> int:
         """Start one more worker; returns its index (its name is ``worker-<index>``). With
-        ``wait=False`` it returns once the process is spawned, without waiting until it serves."""
+        ``wait=False`` it returns once the process is spawned, without waiting until it serves.
+        ``env`` adds or overrides variables of this worker only (e.g. ``GRAFLOW_WORKER_QUEUES``)."""
         index = len(self.workers)
         worker = self._worker(index)
+        worker.env.update(env or {})
         self.workers.append(worker)
         if wait:
             self._launch([worker])

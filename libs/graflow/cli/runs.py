@@ -211,6 +211,10 @@ def _show_status(info: RunInfo, out: Output) -> None:
         rows.append(("parent", f"{info.parent.run_id} (node {info.parent.node_id})"))
     if info.child_run_ids:
         rows.append(("children", ", ".join(info.child_run_ids)))
+    if info.skipped_deliveries:
+        rows.append(("skipped", f"{info.skipped_deliveries} deliveries read after the end, not started"))
+    if info.canceled_attempts:
+        rows.append(("stopped", f"{info.canceled_attempts} running attempts stopped on the run's end"))
     out.fields(rows, key_width=10)
     out.line()
     out.table(

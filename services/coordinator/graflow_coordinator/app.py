@@ -15,7 +15,6 @@ from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_se
 from graflow_runtime.redis_client import check_durability, connect
 from graflow_runtime.version import __version__
 
-from graflow_coordinator.cancellations import CanceledRuns
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.liveness import LivenessLoop
@@ -74,7 +73,6 @@ class CoordinatorApp:
             DeadLetters(redis, groups),
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,
-            canceled=CanceledRuns(redis, window_ms=s.canceled_window_ms),
         )
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME

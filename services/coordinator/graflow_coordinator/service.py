@@ -15,7 +15,6 @@ from graflow_api.v1 import coordinator_pb2 as pb
 from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_coordinator.cancellations import CanceledRuns
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.errors import CoordinatorError
@@ -58,9 +57,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         *,
         heartbeat_interval_ms: int,
         lease_timeout_ms: int,
-        canceled: CanceledRuns | None = None,
     ) -> None:
-        self._canceled = canceled
         self._dispatcher = dispatcher
         self._registry = registry
         self._dead_letters = dead_letters
@@ -86,8 +83,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         with bound_contextvars(worker_id=request.worker_id):
             await self._registry.heartbeat(request.worker_id, request.in_flight)
-        canceled = await self._canceled.recent() if self._canceled is not None else []
-        return pb.HeartbeatResponse(canceled_run_ids=canceled)
+        return pb.HeartbeatResponse()
 
     @_rpc
     async def DeregisterWorker(
@@ -122,10 +118,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def NotifyCanceled(
         self, request: pb.NotifyCanceledRequest, context: Ctx
     ) -> pb.NotifyCanceledResponse:
-        if self._canceled is None:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, "this coordinator does not relay canceled runs"
-            )
-        else:
-            await self._canceled.add(list(request.run_ids))
+        """Deprecated, accepted and ignored (contracts v1): workers learn of every run's end from
+        the scheduler's gf:ended stream (docs/architecture.md, "Cancellation reaching tasks")."""
         return pb.NotifyCanceledResponse()

@@ -42,9 +42,6 @@ class CoordinatorSettings(ServiceSettings):
     dead_letter_maxlen: int = Field(default=100_000, gt=0)
     # How often queue streams are trimmed below their oldest pending entry (MINID).
     queue_trim_interval_ms: int = Field(default=5_000, gt=0)
-    # Heartbeat responses list the runs canceled within this window (workers learn a cancellation
-    # within a heartbeat interval; a worker silent longer than this has lost its lease anyway).
-    canceled_window_ms: int = Field(default=10_000, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod

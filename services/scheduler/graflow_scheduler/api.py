@@ -3,7 +3,6 @@ get and answer feedback requests (graflow_scheduler.waits)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -91,7 +90,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.waits = waits
         self.limits = limits
         self.watch_block_ms = watch_block_ms
-        self._notifications: set[asyncio.Task[None]] = set()
 
     async def _check_run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
         problem = run_id_problem(run_id)
@@ -258,10 +256,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
             log.info("run cancel requested", run_id=request.run_id, status=status)
             if status == "CANCELED":
-                # Workers learn it through their heartbeats; CancelRun does not wait for that.
-                task = asyncio.create_task(self.dispatcher.notify_canceled([request.run_id]))
-                self._notifications.add(task)
-                task.add_done_callback(self._notifications.discard)
+                # Workers learn it from gf:ended, written by cancel_run with the end itself.
                 await self.waits.cancel_children(request.run_id)
             return await self.reader.get_run(request.run_id, self._plan_or_none)
         except RunNotFound as exc:

@@ -1,6 +1,6 @@
 -- Apply one task outcome to a run, atomically and idempotently (fenced by the attempt).
--- KEYS: 1-7 run keys (see common.lua), 8-15 flow and wait keys (see flow.lua, waits.lua), and
---       for a 'W' outcome waiting for a child run, 16 the child run's meta.
+-- KEYS: 1-7 run keys (see common.lua), 8-15 flow and wait keys (see flow.lua, waits.lua), 16 the
+--       ended-runs stream, and for a 'W' outcome waiting for a child run, 17 the child run's meta.
 -- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
@@ -94,7 +94,7 @@ if status == 'W' then
     park(run_id, node, attempt, wait_id, record, feedback, deadline, now, 'waiting for ' .. what, worker)
     local ready, cyc = {}, {}
     if not feedback then
-      local child_status = redis.call('HGET', KEYS[16], 'status')
+      local child_status = redis.call('HGET', KEYS[17], 'status')
       if child_status and not is_live(child_status) then
         push_ready(ready, node, resume(run_id, node, wait_id, '', now, what .. ' ended ' .. child_status))
         note_cycle(cyc, node)

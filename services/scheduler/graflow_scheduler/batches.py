@@ -12,8 +12,17 @@ outcomes change nothing; each one is logged and counted in :class:`ConsumerStats
 
 Dynamic control flow (graflow_scheduler.directives, flow.lua): an outcome's directives go to the
 script with it; nodes added at run time are found in the run's ``dyn`` hash (graflow_scheduler.
-dynamic); re-runs are dispatched with their cycle and iteration data; runs a task canceled are
-reported to the coordinator so that their running tasks learn it.
+dynamic); re-runs are dispatched with their cycle and iteration data; the child runs of a run a
+task canceled are canceled.
+
+A STATUS_CANCELED outcome (invariant 11: a worker skipped a delivery of a run that had ended, or a
+body stopped on the run's end) changes nothing but the ended run's counters ``skipped`` /
+``stopped`` (run_ended_outcome.lua). One for a run that has not ended (a worker wrongly believed
+it ended) must neither fail the node nor strand it: it is applied as an attempt lost with its
+worker (retryable ``RunEnded``, ``worker_lost``), so the node is redelivered at once as attempt+1,
+fenced by the attempt like any outcome, without using the retry budget. Bounded: once the node
+was lost ``MAX_REFUSALS`` times, such an outcome fails the node (``RunEnded``, not retryable)
+instead of looping.
 """
 
 from __future__ import annotations
@@ -53,8 +62,15 @@ _STATUSES = {
     messages_pb2.TaskOutcome.STATUS_SUCCEEDED,
     messages_pb2.TaskOutcome.STATUS_FAILED,
     messages_pb2.TaskOutcome.STATUS_WAITING,
+    messages_pb2.TaskOutcome.STATUS_CANCELED,
 }
 _WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
+_CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
+# Error type of a STATUS_CANCELED outcome whose delivery was skipped (the body never started).
+RUN_ENDED = "RunEnded"
+# A live run's node refused (STATUS_CANCELED) after this many lost attempts fails instead of being
+# redelivered again (the coordinator's default MAX_DELIVERIES for poison messages).
+MAX_REFUSALS = 5
 _MISSING_ERROR = common_pb2.ErrorInfo(
     type="TaskFailed", message="the worker reported a failure without error details", retryable=True
 )
@@ -67,6 +83,8 @@ class ConsumerStats:
     duplicates: int = 0
     stale: int = 0
     ignored: int = 0  # run ended, unknown run or node
+    skipped: int = 0  # deliveries of ended runs the workers skipped (STATUS_CANCELED, RunEnded)
+    stopped: int = 0  # attempts that stopped on their run's end (STATUS_CANCELED, started)
     worker_lost: int = 0  # attempts lost with their worker, applied (redelivered as attempt+1)
     dead_lettered: int = 0
     dispatched: int = 0
@@ -90,7 +108,7 @@ def decode_outcome(entry_id: bytes, fields: dict[bytes, bytes]) -> messages_pb2.
     elif outcome.attempt < 1:
         problem = "attempt is 0"
     elif outcome.status not in _STATUSES:
-        problem = f"status {outcome.status} is not SUCCEEDED, FAILED or WAITING"
+        problem = f"status {outcome.status} is not SUCCEEDED, FAILED, WAITING or CANCELED"
     if problem:
         return DeadOutcome(entry_id, f"invalid outcome: {problem}", raw, outcome)
     return outcome
@@ -140,6 +158,7 @@ class OutcomeBatches:
                 dead.append(result)
             else:
                 decoded.append((entry_id, result))
+        decoded = await self._count_run_ended(decoded)
         hashes = await self.graphs.hashes({o.run_id for _, o in decoded})
         work: list[tuple[messages_pb2.TaskOutcome, Plan]] = []
         for entry_id, outcome in decoded:
@@ -153,6 +172,39 @@ class OutcomeBatches:
             await self._dispatch(deliveries)
         await self.stream.ack([entry_id for entry_id, _ in entries], dead)
         self.stats.dead_lettered += len(dead)
+
+    async def _count_run_ended(
+        self, decoded: list[tuple[bytes, messages_pb2.TaskOutcome]]
+    ) -> list[tuple[bytes, messages_pb2.TaskOutcome]]:
+        """Count the STATUS_CANCELED outcomes in their ended runs; returns the outcomes still to
+        apply (the others, and those of runs that have not ended, turned into lost attempts)."""
+        canceled = [(entry_id, o) for entry_id, o in decoded if o.status == _CANCELED]
+        if not canceled:
+            return decoded
+        codes = await self.store.count_run_ended(
+            [(o.run_id, o.node_id, o.attempt, "skipped" if _skipped(o) else "stopped") for _, o in canceled]
+        )
+        live = [(o.run_id, o.node_id) for (_, o), code in zip(canceled, codes, strict=True) if code == "live"]
+        lost = await self.store.lost_only(live)
+        redeliver: dict[bytes, messages_pb2.TaskOutcome] = {}
+        for (entry_id, outcome), code in zip(canceled, codes, strict=True):
+            ids = {"run_id": outcome.run_id, "node_id": outcome.node_id, "attempt": outcome.attempt,
+                   "worker_id": outcome.worker_id}
+            if code == "counted":
+                if _skipped(outcome):
+                    self.stats.skipped += 1
+                else:
+                    self.stats.stopped += 1
+            elif code == "live":
+                log.warning("a worker reported the attempt canceled but its run has not ended; "
+                            "the node is redelivered as a new attempt", **ids)
+                redeliver[entry_id] = _as_lost(
+                    outcome, give_up=lost.get((outcome.run_id, outcome.node_id), 0) >= MAX_REFUSALS)
+            else:
+                self.stats.ignored += 1
+                log.debug("canceled outcome ignored", reason=code, **ids)
+        return [(entry_id, redeliver.get(entry_id, o)) for entry_id, o in decoded
+                if o.status != _CANCELED or entry_id in redeliver]
 
     async def _plan_for(
         self, entry_id: bytes, outcome: messages_pb2.TaskOutcome, graph_hash: str | None
@@ -307,11 +359,11 @@ class OutcomeBatches:
                     lost_attempts=lost_attempts,
                 )
         if canceled:
-            # In the background: the batch does not wait for the coordinator (best effort).
-            for job in (self.dispatcher.notify_canceled(canceled), self._cancel_children(canceled)):
-                task = asyncio.create_task(job)
-                self._notifications.add(task)
-                task.add_done_callback(self._notifications.discard)
+            # In the background: the batch does not wait for the child runs' cancels. (Workers learn
+            # of every end from gf:ended, written with the end itself.)
+            task = asyncio.create_task(self._cancel_children(canceled))
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
         return [d for d in deliveries.values() if d is not None]
 
     async def _wait_of(self, outcome: messages_pb2.TaskOutcome) -> WaitToApply | common_pb2.ErrorInfo:
@@ -380,3 +432,27 @@ class OutcomeBatches:
             )
             return
         self.stats.dispatched += len(deliveries)
+
+
+def _skipped(outcome: messages_pb2.TaskOutcome) -> bool:
+    """A STATUS_CANCELED outcome of a delivery that never started (else a body that stopped)."""
+    return outcome.error.type == RUN_ENDED
+
+
+def _as_lost(outcome: messages_pb2.TaskOutcome, *, give_up: bool) -> messages_pb2.TaskOutcome:
+    """A STATUS_CANCELED outcome of a live run, as an attempt lost with its worker (redelivered),
+    or with ``give_up`` as a failure that is not retried."""
+    lost = messages_pb2.TaskOutcome()
+    lost.CopyFrom(outcome)
+    lost.status = messages_pb2.TaskOutcome.STATUS_FAILED
+    lost.worker_lost = not give_up
+    lost.has_result = False
+    del lost.directives[:]
+    lost.error.CopyFrom(common_pb2.ErrorInfo(
+        type=RUN_ENDED,
+        message=f"worker {outcome.worker_id} did not run attempt {outcome.attempt} of node "
+        f"{outcome.node_id!r}, believing run {outcome.run_id} had ended; it had not: "
+        + (f"the node was refused {MAX_REFUSALS} times and fails" if give_up else "the node is redelivered"),
+        retryable=not give_up,
+    ))
+    return lost

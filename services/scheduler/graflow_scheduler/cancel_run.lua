@@ -1,4 +1,5 @@
--- Cancel a run that has not ended. KEYS: 1-15 run, flow and wait keys (see common.lua).
+-- Cancel a run that has not ended. KEYS: 1-16 run, flow and wait keys and the ended-runs stream
+-- (see common.lua).
 -- ARGV: run_id, reason, now_ms, retention_s, idempotency key prefix.
 -- Returns the run's status after the call ('' when the run does not exist).
 local status = redis.call('HGET', KEYS[K_META], 'status')

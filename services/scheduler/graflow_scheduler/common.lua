@@ -4,8 +4,11 @@ local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3
 -- apply_outcome, cancel_run and resolve_wait also get KEYS[8] dynamic nodes, KEYS[9] cycles (see
 -- flow.lua), KEYS[10] waits, KEYS[11] child runs set, and the global KEYS[12] pending feedback
 -- index, KEYS[13] wait deadlines, KEYS[14] ended child runs, KEYS[15] canceled runs whose children
--- are to be canceled (see waits.lua).
+-- are to be canceled (see waits.lua), KEYS[16] the ended-runs stream (gf:ended, read by workers).
 local K_DYN, K_CYCLE, K_WAITS, K_CHILDREN, K_FEEDBACK, K_DEADLINES, K_ENDED, K_CANCEL = 8, 9, 10, 11, 12, 13, 14, 15
+local K_RUNS_ENDED = 16
+-- gf:ended keeps about this many entries (XADD MAXLEN ~): workers read it from where they are.
+local RUNS_ENDED_MAXLEN = 100000
 -- unpack() is bounded by the Lua C stack: write big hashes in chunks of field/value pairs.
 local CHUNK_PAIRS = 1000
 
@@ -68,7 +71,9 @@ end
 -- expire after the retention period. `fields` are extra meta field/value pairs. With the wait
 -- keys (KEYS[15]): the run's open waits leave the global indexes, a child run is recorded as
 -- ended so that its parent node, if it waits for it, runs again, and a canceled run with child
--- runs is recorded so that the scheduler cancels them (both durable with the end itself).
+-- runs is recorded so that the scheduler cancels them (both durable with the end itself). Every
+-- end, whatever its status, is appended to gf:ended (KEYS[16]), so workers stop the run's work
+-- (invariant 11).
 local function finish_run(run_id, status, now, retention, idem_prefix, fields, ev_node, ev_message, ev_err)
   local meta = {'status', status, 'ended', now, 'updated', now}
   for i = 1, #fields do meta[#meta + 1] = fields[i] end
@@ -105,6 +110,7 @@ local function finish_run(run_id, status, now, retention, idem_prefix, fields, e
       redis.call('ZADD', KEYS[K_CANCEL], now, run_id)
     end
   end
+  redis.call('XADD', KEYS[K_RUNS_ENDED], 'MAXLEN', '~', RUNS_ENDED_MAXLEN, '*', 'r', run_id, 's', status)
   local idem = redis.call('HGET', KEYS[K_META], 'idem')
   if idem and idem ~= '' then redis.call('EXPIRE', idem_prefix .. idem, retention) end
 end

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
 import structlog
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, feedback_pb2, messages_pb2
-from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+from graflow_runtime.grpc_client import Downstream
 from graflow_runtime.telemetry import inject_trace_context
 
 from graflow_scheduler.plan import Plan, TaskData
@@ -102,22 +101,3 @@ class Dispatcher:
         if deliveries:
             log.debug("dispatched", deliveries=len(deliveries), accepted=accepted, duplicates=duplicates)
         return DispatchCounts(accepted=accepted, duplicates=duplicates)
-
-    async def notify_canceled(self, run_ids: Sequence[str]) -> None:
-        """Tell the coordinator (so workers and their running tasks learn it) that ``run_ids``
-        were canceled. Best effort: a failure is logged; tasks then run to their end, and their
-        outcomes are ignored."""
-        if not run_ids:
-            return
-        request = coordinator_pb2.NotifyCanceledRequest(run_ids=list(run_ids))
-        try:
-            await self._downstream.call(self._stub.NotifyCanceled, request)
-        except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
-            log.warning(
-                "could not tell the coordinator about canceled runs; their running tasks will not "
-                "observe the cancellation",
-                run_ids=list(run_ids),
-                error=str(exc),
-            )
-            return
-        log.info("canceled runs reported to the coordinator", run_ids=list(run_ids))

@@ -1,5 +1,5 @@
 """Dynamic control flow through the outcome consumer and the API: envelopes of added nodes and
-re-runs, run details of dynamic nodes, canceled runs reported to the coordinator."""
+re-runs, run details of dynamic nodes, canceled runs announced to the workers (gf:ended)."""
 
 import json
 
@@ -8,7 +8,7 @@ from graflow_runtime.graphs import graph_hash
 
 from graflow_scheduler.flowkit import FlowRun, iterate, next_task
 from graflow_scheduler.outcomes_test import envelopes, report, run_end, submit
-from graflow_scheduler.testkit import node, outcome, spec
+from graflow_scheduler.testkit import node, outcome, runs_ended, spec
 
 
 def with_directives(run_id, node_id, *directives, attempt=1):  # type: ignore[no-untyped-def]
@@ -64,16 +64,18 @@ async def test_an_invalid_directive_fails_the_node_without_retry(client, downstr
     assert "task_type" in info.error.message
 
 
-async def test_cancel_run_and_cancel_from_a_task_are_reported_to_the_coordinator(client, downstreams, redis):
-    coordinator = downstreams.coordinator
+async def test_cancel_run_and_cancel_from_a_task_are_announced_to_the_workers_with_the_end(
+    client, downstreams, redis
+):
     first = await submit(client, spec(["a", "b"], ["a>b"]))
     await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=first, reason="no longer needed"))
-    await coordinator.wait_for(lambda c: first in c.canceled)
+    # Written by the script that ended the run: there when CancelRun returns.
+    assert await runs_ended(redis) == [(first, "CANCELED")]
     second = await submit(client, spec(["a", "b"], ["a>b"]))
     cancel = messages_pb2.Directive(cancel=messages_pb2.Cancel(message="the task gave up"))
     await report(redis, with_directives(second, "a", cancel))
     assert await run_end(client, second) == "TYPE_RUN_CANCELED"
-    await coordinator.wait_for(lambda c: second in c.canceled)
+    assert await runs_ended(redis) == [(first, "CANCELED"), (second, "CANCELED")]
     info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=second))
     assert info.message == "the task gave up"
 

@@ -11,7 +11,7 @@ from graflow_runtime.graphs import graph_hash
 
 from graflow_scheduler.compiler import compile_spec
 from graflow_scheduler.runids import new_run_id
-from graflow_scheduler.testkit import group, node, outcome, spec
+from graflow_scheduler.testkit import group, node, outcome, runs_ended, spec
 
 ETL = spec(["fetch", "clean", "enrich", "report"], ["fetch>g", "g>report"], [group("g", ["clean", "enrich"])])
 
@@ -247,3 +247,91 @@ async def _until(check):
 async def _until_status(redis, run_id, status):
     while await redis.hget(keys.run_meta(run_id), "status") != status:
         await asyncio.sleep(0.02)
+
+
+def canceled(run_id, node_id, attempt=1, *, error_type="RunEnded"):  # type: ignore[no-untyped-def]
+    """A worker's STATUS_CANCELED outcome: a delivery skipped (RunEnded) or a body that stopped."""
+    result = outcome(run_id, node_id, attempt)
+    result.status = messages_pb2.TaskOutcome.STATUS_CANCELED
+    result.error.CopyFrom(common_pb2.ErrorInfo(type=error_type, message="the run had ended"))
+    return result
+
+
+async def test_every_end_is_announced_to_the_workers_with_its_status(client, redis):
+    ok = await submit(client, spec(["a"]))
+    await report(redis, outcome(ok, "a"))
+    assert await run_end(client, ok) == "TYPE_RUN_SUCCEEDED"
+    failed = await submit(client, spec(["a"]))
+    await report(redis, outcome(failed, "a", ok=False, retryable=False))
+    assert await run_end(client, failed) == "TYPE_RUN_FAILED"
+    assert await runs_ended(redis) == [(ok, "SUCCEEDED"), (failed, "FAILED")]
+    info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=failed))
+    assert info.ended_at_ms > 0
+    assert int(await redis.hget(keys.run_meta(failed), keys.RUN_ENDED_AT_FIELD)) == info.ended_at_ms
+
+
+async def test_canceled_outcomes_of_an_ended_run_are_counted_once_and_change_nothing_else(client, redis):
+    run_id = await submit(client, spec(["a", "b", "c"]))
+    await report(redis, outcome(run_id, "a", ok=False, retryable=False))
+    assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
+    before = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+    events = await redis.xlen(keys.run_events(run_id))
+    # b skipped (reported twice: a redelivered outcome), c stopped on the cancel.
+    # In one pipeline with outcomes of other statuses (a body that finished after the end).
+    async with redis.pipeline(transaction=True) as pipe:
+        for item in (outcome(run_id, "c"), canceled(run_id, "b"), canceled(run_id, "b"),
+                     canceled(run_id, "c", error_type="TaskCanceledError"), outcome(run_id, "b")):
+            pipe.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
+        await pipe.execute()
+    await _until_consumed(redis)
+    after = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+    assert (after.skipped_deliveries, after.canceled_attempts) == (1, 1)
+    assert (before.skipped_deliveries, before.canceled_attempts) == (0, 0)
+    assert [(n.node_id, n.state) for n in after.nodes] == [(n.node_id, n.state) for n in before.nodes]
+    assert after.status == before.status and after.error == before.error
+    assert await redis.xlen(keys.run_events(run_id)) == events
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
+
+
+async def test_a_canceled_outcome_of_a_live_run_redelivers_the_node_instead_of_failing_it(
+    client, downstreams, redis
+):
+    coordinator = downstreams.coordinator
+    run_id = await submit(client, spec(["a", "b"], ["a>b"]))
+    await report(redis, canceled(run_id, "a"))
+    await coordinator.wait_for(lambda c: ("a", 2) in c.delivered(run_id))
+    info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+    assert common_pb2.RunStatus.Name(info.status) == "RUN_STATUS_RUNNING"
+    assert info.skipped_deliveries == 0
+    (a,) = (n for n in info.nodes if n.node_id == "a")
+    assert a.attempt == 2
+    await report(redis, outcome(run_id, "a", 2), outcome(run_id, "b"))
+    assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
+
+
+async def _until_consumed(redis, timeout=10.0):  # type: ignore[no-untyped-def]
+    """Until every outcome appended was applied and acknowledged (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        groups = await redis.xinfo_groups(keys.OUTCOMES_STREAM)
+        (group_info,) = (g for g in groups if g["name"] == keys.SCHEDULER_GROUP.encode())
+        if group_info["pending"] == 0 and group_info["last-delivered-id"] == (
+            await redis.xrevrange(keys.OUTCOMES_STREAM, count=1)
+        )[0][0]:
+            return
+        assert loop.time() < deadline, "outcomes not consumed in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_live_runs_node_refused_again_and_again_fails_instead_of_looping(client, downstreams, redis):
+    coordinator = downstreams.coordinator
+    run_id = await submit(client, spec(["a"]))
+    for attempt in range(1, 7):
+        await coordinator.wait_for(lambda c, n=attempt: ("a", n) in c.delivered(run_id))
+        await report(redis, canceled(run_id, "a", attempt))
+    assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
+    info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+    assert info.error.type == "RunEnded"
+    assert "refused 5 times" in info.error.message
+    assert ("a", 7) not in coordinator.delivered(run_id)

@@ -1,5 +1,5 @@
 -- Resolve the wait of a WAITING node (waits.lua), atomically and idempotently.
--- KEYS: 1-15 run, flow and wait keys (see common.lua), 16 the outcome stream.
+-- KEYS: 1-16 run, flow and wait keys and the ended-runs stream (see common.lua), 17 the outcome stream.
 -- ARGV: mode, run_id, node, wait id, now_ms, payload, message.
 --   answer:   payload = FeedbackResponse bytes; the node runs again with it.
 --   child:    the child run the node waits for ended; the node runs again.
@@ -24,7 +24,7 @@ end
 if mode == 'deadline' then
   redis.call('ZREM', KEYS[K_DEADLINES], run_id .. '/' .. wait_id)
   if payload ~= '' then
-    redis.call('XADD', KEYS[16], '*', 'o', payload)
+    redis.call('XADD', KEYS[17], '*', 'o', payload)
     return {'failing', '', {}, status}
   end
   add_event(now, 'NODE_WAITING', node, redis.call('HGET', KEYS[K_ATTEMPT], node), message, '', '')

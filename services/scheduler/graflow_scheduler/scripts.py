@@ -49,10 +49,12 @@ class Scripts:
         self.apply_outcome = RunScript.load("apply_outcome.lua", "flow.lua", "waits.lua")
         self.cancel_run = RunScript.load("cancel_run.lua")
         self.resolve_wait = RunScript.load("resolve_wait.lua", "flow.lua", "waits.lua")
+        self.run_ended_outcome = RunScript.load("run_ended_outcome.lua")
 
     @property
     def all(self) -> tuple[RunScript, ...]:
-        return (self.create_run, self.apply_outcome, self.cancel_run, self.resolve_wait)
+        return (self.create_run, self.apply_outcome, self.cancel_run, self.resolve_wait,
+                self.run_ended_outcome)
 
     async def load_into(self, client: aioredis.Redis) -> None:
         """SCRIPT LOAD every script (idempotent)."""

@@ -30,7 +30,7 @@ def flow_script_keys(run_id: str) -> list[str]:
     """KEYS of apply_outcome, cancel_run and resolve_wait: :func:`run_script_keys`, then the
     run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and the global indexes of
     pending feedback, wait deadlines, ended child runs and runs whose children are to be canceled
-    (KEYS[12..15])."""
+    (KEYS[12..15]), and the ended-runs stream workers read (KEYS[16])."""
     return [
         *run_script_keys(run_id),
         *keys.run_flow_keys(run_id),
@@ -38,6 +38,7 @@ def flow_script_keys(run_id: str) -> list[str]:
         keys.WAIT_DEADLINES,
         keys.CHILDREN_ENDED,
         keys.CHILDREN_TO_CANCEL,
+        keys.RUNS_ENDED,
     ]
 
 
@@ -259,6 +260,27 @@ class RunStore:
         ]
         raw = await self.scripts.call_many(self.redis, self.scripts.apply_outcome, calls)
         return [_parse_applied(r) for r in raw]
+
+    async def count_run_ended(self, outcomes: Sequence[tuple[str, str, int, str]]) -> list[str]:
+        """Count STATUS_CANCELED outcomes (run id, node id, attempt, meta counter ``skipped`` or
+        ``stopped``) in their ended runs (run_ended_outcome.lua), in one pipeline. Returns each
+        one's code: counted | duplicate | live (its run has not ended) | unknown_run."""
+        if not outcomes:
+            return []
+        calls = [(run_script_keys(run_id), [node_id, attempt, counter])
+                 for run_id, node_id, attempt, counter in outcomes]
+        raw = await self.scripts.call_many(self.redis, self.scripts.run_ended_outcome, calls)
+        return [_text(code) for code in raw]
+
+    async def lost_only(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(run id, node id) -> attempts of the node lost with their worker (``<node>:lost``)."""
+        if not nodes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, node_id in nodes:
+                pipe.hget(keys.run_joins(run_id), f"{node_id}:lost")
+            counts = await pipe.execute()
+        return {node: int(count or 0) for node, count in zip(nodes, counts, strict=True)}
 
     async def lost_attempts(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """(run id, node id) -> attempts of the node that do not count against its retry budget:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 
 import grpc
+import redis.asyncio as aioredis
 
 from graflow_api.v1 import (
     common_pb2,
@@ -92,6 +93,14 @@ def outcome(
     return result
 
 
+async def runs_ended(redis: aioredis.Redis) -> list[tuple[str, str]]:
+    """(run id, status) of every entry of gf:ended (what workers read), in order."""
+    return [
+        (fields[keys.RUN_ENDED_RUN_FIELD].decode(), fields[keys.RUN_ENDED_STATUS_FIELD].decode())
+        for _, fields in await redis.xrange(keys.RUNS_ENDED)
+    ]
+
+
 class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
     """Records Dispatch calls; deduplicates by (run, node, attempt) like the real one; can be
     told to answer UNAVAILABLE a number of times."""
@@ -101,8 +110,6 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
         self.unavailable_times = 0
         self._seen: set[tuple[str, str, int]] = set()
         self.changed = asyncio.Condition()
-        # Run ids reported through NotifyCanceled, in order.
-        self.canceled: list[str] = []
 
     @property
     def deliveries(self) -> list[coordinator_pb2.Delivery]:
@@ -132,12 +139,6 @@ class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
             self.requests.append(request)
             self.changed.notify_all()
         return coordinator_pb2.DispatchResponse(accepted=accepted, duplicates=duplicates)
-
-    async def NotifyCanceled(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        async with self.changed:
-            self.canceled.extend(request.run_ids)
-            self.changed.notify_all()
-        return coordinator_pb2.NotifyCanceledResponse()
 
     async def wait_for(self, predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
         async with self.changed:

@@ -57,6 +57,8 @@ def run_from_meta(run_id: str, meta: Fields) -> scheduler_pb2.Run:
         sink_node_ids=json.loads(_text(meta, b"sinks", "[]")),
         labels=json.loads(_text(meta, b"labels", "{}")),
         message=_text(meta, b"message"),
+        skipped_deliveries=_int(meta, b"skipped"),
+        canceled_attempts=_int(meta, b"stopped"),
     )
     if meta.get(b"parent"):
         run.parent.run_id = _text(meta, b"parent")

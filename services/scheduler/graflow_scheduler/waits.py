@@ -374,7 +374,6 @@ class Waits(BackgroundLoop):
                 continue  # expired: it ended long ago
             if status == "CANCELED":
                 log.info("child run canceled with its parent", run_id=child, parent_run_id=run_id)
-                await self.dispatcher.notify_canceled([child])
                 await self.cancel_children(child)
         await self.redis.zrem(keys.CHILDREN_TO_CANCEL, run_id)
 

@@ -1,11 +1,18 @@
-"""Runs canceled while this worker holds or may receive their work.
+"""Runs that have ended while this worker holds or may receive their work (invariant 11).
 
-The coordinator lists recently canceled runs in every heartbeat response; :meth:`cancel` records
-them (for ``ttl_s``, at most ``max_runs``, oldest dropped first) and sets the cancel event that the
+The worker learns of ended runs in two ways, both authoritative, both feeding :meth:`cancel`:
+
+- :mod:`graflow_worker.run_endings` reads the scheduler's ``gf:ended`` stream (every end, whatever
+  its status, is appended there atomically with the end) within milliseconds of the end;
+- the consumer checks the runs of each read batch in their meta hash (``ended``) before starting
+  anything (:mod:`graflow_worker.consumer`).
+
+:meth:`cancel` records the runs (for ``ttl_s``, at most ``max_runs``, oldest dropped first; later
+deliveries of an older one are caught by the consumer's check) and sets the cancel event that the
 run's running tasks share through their ``TaskContext`` (``ctx.is_canceled()``; cooperative:
-nothing interrupts a task). Deliveries of a canceled run read afterwards are not started: the
-runner reports them failed with ``RunCanceled`` (not retryable), an outcome the scheduler ignores
-because the run has ended.
+nothing interrupts a task). Deliveries of an ended run are not started: the worker commits a
+``STATUS_CANCELED`` outcome (error ``RunEnded``) for each, counted here per run and logged once per
+run with the count when no more came for ``quiet_s`` (:meth:`log_skipped`).
 """
 
 from __future__ import annotations
@@ -28,17 +35,19 @@ class Cancellations:
         self._canceled: OrderedDict[str, float] = OrderedDict()  # run id -> monotonic expiry
         # One event per run with running tasks; dropped with the last context holding it.
         self._events: weakref.WeakValueDictionary[str, threading.Event] = weakref.WeakValueDictionary()
+        # Deliveries skipped per ended run not logged yet: run id -> [count, monotonic time of the last].
+        self._skipped: dict[str, list[float]] = {}
+        self.skipped_total = 0
 
     def cancel(self, run_ids: Iterable[str]) -> None:
-        """Record canceled runs (repeats are harmless) and signal their running tasks."""
+        """Record ended runs (repeats are harmless) and signal their running tasks."""
         now = time.monotonic()
         for run_id in run_ids:
             if run_id not in self._canceled:
                 event = self._events.get(run_id)
-                log.info("run canceled; its tasks on this worker are told", run_id=run_id,
-                         running=event is not None)
                 if event is not None:
                     event.set()
+                    log.info("run ended; its running tasks on this worker are told", run_id=run_id)
             self._canceled[run_id] = now + self._ttl_s
             self._canceled.move_to_end(run_id)
         while self._canceled and (
@@ -51,7 +60,7 @@ class Cancellations:
         return expiry is not None and expiry >= time.monotonic()
 
     def event(self, run_id: str) -> threading.Event:
-        """The cancel event shared by the tasks of ``run_id`` on this worker (set if canceled)."""
+        """The cancel event shared by the tasks of ``run_id`` on this worker (set if ended)."""
         event = self._events.get(run_id)
         if event is None:
             event = threading.Event()
@@ -59,3 +68,21 @@ class Cancellations:
         if self.is_canceled(run_id):
             event.set()
         return event
+
+    # ---- skipped deliveries ----
+    def note_skipped(self, run_id: str) -> None:
+        """A delivery of ended run ``run_id`` was skipped (not started)."""
+        entry = self._skipped.setdefault(run_id, [0, 0.0])
+        entry[0] += 1
+        entry[1] = time.monotonic()
+        self.skipped_total += 1
+
+    def log_skipped(self, *, quiet_s: float = 1.0, force: bool = False) -> None:
+        """Log, once per run, how many of its deliveries were skipped: for runs with none skipped
+        in the last ``quiet_s`` (all of them with ``force``)."""
+        now = time.monotonic()
+        for run_id, (count, last) in list(self._skipped.items()):
+            if force or now - last >= quiet_s:
+                del self._skipped[run_id]
+                log.info("skipped deliveries of an ended run (not started, acknowledged as canceled)",
+                         run_id=run_id, skipped=int(count))

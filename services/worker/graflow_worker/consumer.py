@@ -16,6 +16,14 @@ holds and takes up the ones it does not hold (:meth:`Consumer._resync`).
 For each read batch: undecodable entries go to dead letters (``XADD gf:deadletters`` + ``XACK`` in one
 ``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, and each
 envelope runs in its own asyncio task; finished attempts go to the committer.
+
+Invariant 11 (a run that has ended starts no more work): concurrently with the upstream fetch, one
+pipelined ``HGET gf:run:{R} ended`` per run of the batch that the registry of ended runs
+(:mod:`graflow_worker.cancellation`) does not know yet tells which runs have ended; they join the
+registry, and the runner then starts none of their deliveries: each is committed as a
+``STATUS_CANCELED`` outcome (error ``RunEnded``) with its acknowledgement, like any outcome, so it
+is neither lost nor dead-lettered. When that check fails (Redis unreachable) the batch is given
+up: its entries stay pending and the periodic resync (``RESYNC_INTERVAL_S``) takes them up again.
 """
 
 from __future__ import annotations
@@ -272,8 +280,20 @@ class Consumer:
         if not deliveries:
             return
         try:
-            upstream = await self._fetch_upstream(deliveries)
-        except _GaveUp:
+            if any(d.envelope.input_node_ids for d in deliveries):
+                upstream, checked = await asyncio.gather(
+                    self._fetch_upstream(deliveries), self._check_ended(deliveries), return_exceptions=True)
+                for outcome in (upstream, checked):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            else:  # nothing to fetch: no tasks to spawn for the check alone
+                await self._check_ended(deliveries)
+                upstream = {}
+        except (_GaveUp, RedisError, OSError) as exc:
+            if not isinstance(exc, _GaveUp):
+                log.warning("could not check whether the runs of a read batch have ended; the "
+                            "deliveries stay pending and are taken up again", error=str(exc),
+                            deliveries=len(deliveries))
             for delivery in deliveries:
                 self._finish(delivery.stream, delivery.entry_id)
             return
@@ -285,9 +305,35 @@ class Consumer:
             runs = upstream.get(delivery.envelope.run_id, {})
             self._spawn(self._execute(delivery, runs))
 
+    async def _check_ended(self, deliveries: Iterable[Delivery]) -> set[str]:
+        """The runs of ``deliveries`` that have ended (authoritative: their meta in Redis, one
+        pipelined round trip for the runs the registry does not know as ended); they are added to
+        the registry, so that the runner starts none of their deliveries."""
+        registry = self._runner.cancellations
+        runs = {d.envelope.run_id for d in deliveries}
+        ended = {run for run in runs if registry.is_canceled(run)}
+        unknown = sorted(runs - ended)
+        if not unknown:
+            return ended
+        if len(unknown) == 1:  # the common case: a plain command costs less than a pipeline
+            values = [await self._redis.hget(keys.run_meta(unknown[0]), keys.RUN_ENDED_AT_FIELD)]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run in unknown:
+                    pipe.hget(keys.run_meta(run), keys.RUN_ENDED_AT_FIELD)
+                values = await pipe.execute()
+        # 'ended' is "0" while the run is live, the end's ms once it ended.
+        found = [run for run, value in zip(unknown, values, strict=True) if value and int(value) > 0]
+        if found:
+            registry.cancel(found)
+        return ended | set(found)
+
     async def _execute(self, delivery: Delivery, run_results: dict[str, Any] | BaseException) -> None:
         envelope = delivery.envelope
         try:
+            if isinstance(run_results, BaseException) and self._runner.cancellations.is_canceled(
+                    envelope.run_id):
+                run_results = {}  # not started anyway (the runner skips it)
             if isinstance(run_results, BaseException):
                 execution = self._fetch_failed(envelope, run_results)
             else:

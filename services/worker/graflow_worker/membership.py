@@ -4,8 +4,8 @@ A heartbeat is sent every ``heartbeat_interval_ms`` (from ``RegisterWorker``) wi
 deliveries in flight. ``NOT_FOUND`` means the coordinator declared this worker dead (and reclaimed
 its work): it registers again. When heartbeats have failed for longer than ``lease_timeout_ms`` the
 coordinator may consider the worker dead at any moment, so the intake pauses until a heartbeat
-goes through again (invariant 4: a worker that cannot heartbeat stops taking work). Runs the
-response lists as canceled go to ``on_canceled`` (:mod:`graflow_worker.cancellation`).
+goes through again (invariant 4: a worker that cannot heartbeat stops taking work). (Ended runs do
+not come through heartbeats: see :mod:`graflow_worker.run_endings`.)
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ DEFAULT_LEASE_MS = 10_000
 class Membership:
     def __init__(self, *, downstream: Downstream, stub: co_grpc.CoordinatorStub, intake: Intake,
                  request: co_pb2.RegisterWorkerRequest, in_flight: Callable[[], int],
-                 on_drain: Callable[[], None],
-                 on_canceled: Callable[[list[str]], None] | None = None) -> None:
+                 on_drain: Callable[[], None]) -> None:
         self._downstream = downstream
         self._stub = stub
         self._intake = intake
         self._request = request
         self._in_flight = in_flight
         self._on_drain = on_drain
-        self._on_canceled = on_canceled
         self.interval_s = DEFAULT_INTERVAL_MS / 1000
         self.lease_s = DEFAULT_LEASE_MS / 1000
         self.registered = False
@@ -102,8 +100,6 @@ class Membership:
         if co_pb2.HeartbeatResponse.COMMAND_DRAIN in response.commands:
             log.info("the coordinator asked this worker to drain")
             self._on_drain()
-        if response.canceled_run_ids and self._on_canceled is not None:
-            self._on_canceled(list(response.canceled_run_ids))
         return True
 
     async def _reregister(self) -> bool:

@@ -10,8 +10,12 @@ instead of oversubscribing). The attempt itself fails at once with ``TaskTimeout
 The runner never raises for a task's failure: it returns an :class:`Execution` with the outcome
 (and the result to store when the attempt succeeded). A successful attempt carries the directives
 its TaskContext recorded (next_task, goto, ...); a failed one drops them. ``ctx.next_iteration``
-data reaches the next cycle as the keyword argument ``data``. Deliveries of runs canceled meanwhile
-are not started (:mod:`graflow_worker.cancellation`). A task that must wait (``ctx.request_feedback``
+data reaches the next cycle as the keyword argument ``data``. A delivery of a run that has ended is
+not started: the registry of ended runs (:mod:`graflow_worker.cancellation`) is checked once more
+right before the function is called, after a running slot was obtained; the attempt ends
+``STATUS_CANCELED`` (error ``RunEnded``). A body that stops on ``ctx.check_canceled()``
+(``TaskCanceledError``) because its run ended is ``STATUS_CANCELED`` too (not a failure). A task
+that must wait (``ctx.request_feedback``
 without an answer yet, ``ctx.run_child`` before the child ended) ends its attempt WAITING: the outcome
 says what it waits for, no result is stored, its directives are dropped, and the scheduler parks the
 node until it runs again.
@@ -40,7 +44,7 @@ from opentelemetry import trace
 from graflow import payload
 from graflow.context import DEFAULT_MAX_CYCLES, Channel, ChannelBackend, ChildRunsBackend, TaskContext
 from graflow.dsl import TaskFunc
-from graflow.errors import NonRetryableError, PayloadError
+from graflow.errors import NonRetryableError, PayloadError, TaskCanceledError
 from graflow.feedback import WaitRequested
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
@@ -59,6 +63,9 @@ tracer = trace.get_tracer("graflow_worker")
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
 WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
+CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
+# Error type of a delivery not started because its run had ended.
+RUN_ENDED = "RunEnded"
 MAX_MESSAGE_CHARS = 4096
 TASK_THREAD_PREFIX = "graflow-task"
 # Frames of the worker itself, asyncio and the thread pool are left out of traceback summaries.
@@ -86,6 +93,14 @@ class _Failure(Exception):
 
 class _AttemptTimedOut(Exception):
     pass
+
+
+class _RunEnded(Exception):
+    """The attempt was not started, or stopped on the cancel, because its run had ended."""
+
+    def __init__(self, error: common_pb2.ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Waiting(Exception):
@@ -159,6 +174,15 @@ class Runner:
                 result = None
                 try:
                     value = await self._attempt(envelope, upstream, upstream_types)
+                except _RunEnded as exc:
+                    outcome.status = CANCELED
+                    outcome.error.CopyFrom(exc.error)
+                    if exc.error.type == RUN_ENDED:
+                        outcome.started_at_ms = 0
+                        self.cancellations.note_skipped(envelope.run_id)
+                        log.debug("delivery of an ended run skipped")
+                    else:
+                        log.info("task stopped: its run ended", error=exc.error.message)
                 except _Waiting as exc:
                     outcome.status = WAITING
                     outcome.wait.CopyFrom(exc.wait)
@@ -204,6 +228,7 @@ class Runner:
 
     async def _attempt(self, envelope: messages_pb2.TaskEnvelope, upstream: Mapping[str, common_pb2.Payload],
                        upstream_types: Mapping[str, str] | None) -> common_pb2.Payload:
+        self._check_not_ended(envelope)
         task = self.registry.tasks.get(envelope.task_type)
         if task is None:
             raise _Failure(failure(
@@ -212,12 +237,6 @@ class Runner:
                 f"(queue {envelope.queue!r}); it registers: {', '.join(self.registry.task_types)}. "
                 "Add its module to GRAFLOW_WORKER_TASK_MODULES of the workers reading this queue, or "
                 "send the task to a queue whose workers have it",
-                retryable=False,
-            ))
-        if self.cancellations.is_canceled(envelope.run_id):
-            raise _Failure(failure(
-                "RunCanceled",
-                f"run {envelope.run_id} was canceled; node {envelope.node_id!r} was not started",
                 retryable=False,
             ))
         try:
@@ -240,7 +259,7 @@ class Runner:
             args = [self._context(envelope, task), *args]
         timeout = envelope.timeout_ms / 1000 if envelope.timeout_ms else task.options.timeout
         try:
-            value = await self._invoke(task, args, call.kwargs, timeout or None)
+            value = await self._invoke(task, args, call.kwargs, timeout or None, envelope)
         except _AttemptTimedOut:
             raise _Failure(failure(
                 "TaskTimeout",
@@ -255,6 +274,13 @@ class Runner:
             raise _Failure(failure("CancelledError", "the task was cancelled", retryable=True)) from None
         except WaitRequested as exc:
             raise _Waiting(exc.wait, str(exc)) from None
+        except _RunEnded:
+            raise
+        except TaskCanceledError as exc:
+            if not self.cancellations.is_canceled(envelope.run_id):
+                # Not the run's end (e.g. after the task's own ctx.cancel_workflow()): a failure.
+                raise _Failure(error_from_exception(exc, self.traceback_frames)) from None
+            raise _RunEnded(error_from_exception(exc, self.traceback_frames)) from None
         except BaseException as exc:  # noqa: BLE001 - every failure of user code becomes an outcome
             if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
                 raise
@@ -263,6 +289,15 @@ class Runner:
             return payload.encode(value)
         except PayloadError as exc:
             raise _Failure(failure("ResultNotSerializable", str(exc), retryable=False)) from exc
+
+    def _check_not_ended(self, envelope: messages_pb2.TaskEnvelope) -> None:
+        if self.cancellations.is_canceled(envelope.run_id):
+            raise _RunEnded(failure(
+                RUN_ENDED,
+                f"run {envelope.run_id} had ended; node {envelope.node_id!r} (attempt "
+                f"{envelope.attempt}) was not started",
+                retryable=False,
+            ))
 
     async def _channel_fallback(self, task: TaskFunc, envelope: messages_pb2.TaskEnvelope,
                                 bound_args: Mapping[str, Any], upstream: Mapping[str, Any],
@@ -300,10 +335,12 @@ class Runner:
         return ctx
 
     async def _invoke(self, task: TaskFunc, args: list[Any], kwargs: dict[str, Any],
-                      timeout: float | None) -> Any:
+                      timeout: float | None, envelope: messages_pb2.TaskEnvelope) -> Any:
         await self._running.acquire()
         release = True
         try:
+            # The last moment before the body starts: the run may have ended since the read.
+            self._check_not_ended(envelope)
             scope = asyncio.timeout(timeout) if timeout is not None else _NO_TIMEOUT
             if task.is_async:
                 try:

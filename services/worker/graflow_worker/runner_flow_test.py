@@ -1,5 +1,5 @@
 """The runner's part of dynamic control flow: directives in the outcome of a success only, the
-data of next_iteration, cancellation of running tasks and of deliveries not started yet."""
+data of next_iteration, the end of the run reaching running tasks and deliveries not started yet."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from graflow_worker.testing_services_test_support import TASKS_MODULE, envelope
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
+CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
 
 
 @pytest.fixture
@@ -68,9 +69,30 @@ async def test_a_running_task_observes_the_cancellation_of_its_run(runner):
     assert json.loads(execution.result.value.data) == "saw the cancel"
 
 
-async def test_a_delivery_of_a_canceled_run_is_not_started(runner):
+async def test_a_delivery_of_an_ended_run_is_not_started(runner):
     runner.cancellations.cancel(["run-1"])
     execution = await runner.run(envelope("run-1", "n1", "steer"), {})
-    assert execution.outcome.status == FAILED
-    assert (execution.outcome.error.type, execution.outcome.error.retryable) == ("RunCanceled", False)
+    assert execution.outcome.status == CANCELED
+    assert (execution.outcome.error.type, execution.outcome.error.retryable) == ("RunEnded", False)
+    assert execution.outcome.started_at_ms == 0 and execution.result is None
+    assert runner.cancellations.skipped_total == 1
     assert (await runner.run(envelope("run-2", "n1", "add", args={"a": 1}), {})).outcome.status == SUCCEEDED
+
+
+async def test_a_body_that_stops_on_its_runs_end_is_canceled_not_failed(runner):
+    running = asyncio.create_task(runner.run(envelope("run-1", "n1", "stop_on_cancel"), {}))
+    await asyncio.sleep(0.1)
+    assert not running.done()
+    runner.cancellations.cancel(["run-1"])
+    execution = await asyncio.wait_for(running, 5)
+    assert execution.outcome.status == CANCELED
+    assert execution.outcome.error.type == "TaskCanceledError"
+    assert execution.outcome.started_at_ms > 0
+    assert runner.cancellations.skipped_total == 0
+
+
+async def test_check_canceled_after_the_tasks_own_cancel_workflow_is_still_a_failure(runner):
+    # The run has not ended (the directive would end it only with a success): not STATUS_CANCELED.
+    execution = await runner.run(envelope("run-1", "n1", "cancel_then_check"), {})
+    assert execution.outcome.status == FAILED
+    assert execution.outcome.error.type == "TaskCanceledError"

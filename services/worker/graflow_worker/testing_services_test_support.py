@@ -107,8 +107,6 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
         self.live: set[str] = set()
         self.fail_heartbeats = False
         self.commands: list[int] = []
-        # Listed as canceled in every heartbeat response.
-        self.canceled_run_ids: list[str] = []
 
     async def RegisterWorker(self, request, context):  # noqa: N802
         self.registrations.append(request)
@@ -124,7 +122,7 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown worker {request.worker_id}")
         self.heartbeats.append(request)
         commands, self.commands = self.commands, []
-        return co_pb2.HeartbeatResponse(commands=commands, canceled_run_ids=self.canceled_run_ids)
+        return co_pb2.HeartbeatResponse(commands=commands)
 
     async def DeregisterWorker(self, request, context):  # noqa: N802
         self.deregistrations.append(request.worker_id)
@@ -204,6 +202,21 @@ async def wait_outcomes(redis: aioredis.Redis, count: int,
         return found if len(found) >= count else None
 
     return await eventually(enough, timeout=timeout, what=f"{count} outcomes")
+
+
+async def start_run(redis: aioredis.Redis, run_id: str) -> None:
+    """A live run's meta as the scheduler's create_run writes it ('ended' = "0")."""
+    await redis.hset(keys.run_meta(run_id), mapping={"status": "RUNNING", keys.RUN_ENDED_AT_FIELD: "0"})
+
+
+async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") -> None:
+    """What the scheduler's finish_run does for the workers: the run's meta says it ended, and the
+    end is appended to gf:ended (in one step)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        ended = int(time.time() * 1000)
+        pipe.hset(keys.run_meta(run_id), mapping={"status": status, keys.RUN_ENDED_AT_FIELD: ended})
+        pipe.xadd(keys.RUNS_ENDED, {keys.RUN_ENDED_RUN_FIELD: run_id, keys.RUN_ENDED_STATUS_FIELD: status})
+        await pipe.execute()
 
 
 async def pending_count(redis: aioredis.Redis, queue: str = "default") -> int:

@@ -185,6 +185,26 @@ def refine(draft: int = 0, data: Any = None) -> Any:
 
 
 @task(inject_context=True)
+def stop_on_cancel(ctx: TaskContext, timeout_s: float = 10.0) -> str:
+    """Runs (in a thread) until ``ctx.check_canceled()`` raises, at most ``timeout_s``."""
+    PROBE.enter(f"stop_on_cancel:{ctx.run_id}")
+    PROBE.leave()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ctx.check_canceled()
+        time.sleep(0.01)
+    return "never canceled"
+
+
+@task(inject_context=True)
+def cancel_then_check(ctx: TaskContext) -> str:
+    """Cancels its own run (a directive), then checks: not the run's end yet, so a failure."""
+    ctx.cancel_workflow("enough")
+    ctx.check_canceled()
+    return "unreachable"
+
+
+@task(inject_context=True)
 async def wait_for_cancel(ctx: TaskContext, timeout_s: float = 10.0) -> str:
     """Waits until its run is canceled (cooperatively), at most ``timeout_s``."""
     PROBE.enter(f"wait_for_cancel:{ctx.run_id}")

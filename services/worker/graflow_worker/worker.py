@@ -1,7 +1,8 @@
 """The worker process assembled: start-up, background loops and graceful shutdown.
 
 Start-up: Redis (durability check) -> downstream clients (result-store, coordinator) -> health
-server -> consumer groups -> RegisterWorker -> committer, heartbeats, read loop -> health SERVING.
+server -> consumer groups -> RegisterWorker -> the ended-runs watcher's start (the tail of
+``gf:ended``) -> committer, heartbeats, ended-runs watcher, read loop -> health SERVING.
 
 Shutdown (SIGTERM, a DRAIN command, or :meth:`Worker.request_stop`): NOT_SERVING, stop reading at
 once (a blocking read is unblocked), let the tasks in flight finish and commit within
@@ -38,6 +39,7 @@ from graflow_worker.consumer import Consumer
 from graflow_worker.intake import Intake
 from graflow_worker.membership import Membership
 from graflow_worker.registry import Registry, load_registry
+from graflow_worker.run_endings import RunEndings
 from graflow_worker.runner import Runner
 from graflow_worker.settings import WorkerSettings
 
@@ -61,6 +63,8 @@ class Worker:
         self._channels: list[grpc.aio.Channel] = []
         self._redis: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
+        self._endings_redis: aioredis.Redis | None = None
+        self.endings: RunEndings | None = None
         self.health: ServerHandle | None = None
         self.health_address = ""
         self.intake = Intake(settings.concurrency, on_pause=self._on_pause)
@@ -95,6 +99,7 @@ class Worker:
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
             self._redis = connect(s.redis_url)
             self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
+            self._endings_redis = connect(s.redis_url, max_connections=1)  # blocking reads of gf:ended
             await self._check_redis(self._redis)
 
             result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
@@ -141,13 +146,17 @@ class Worker:
                                                s.concurrency, self.health_address),
                 in_flight=lambda: self.consumer.held if self.consumer else 0,
                 on_drain=self.request_stop,
-                on_canceled=self.runner.cancellations.cancel,
             )
             if not await self.membership.register(self._stop_requested):
                 return
+            # Before the first read: every end from now on reaches the registry.
+            self.endings = RunEndings(self._endings_redis, self.runner.cancellations,
+                                      block_ms=s.read_block_ms)
+            await self.endings.start()
             self._loops = [
                 self._background(self.committer.run(), "committer"),
                 self._background(self.membership.heartbeat_loop(self._heartbeats_stop), "heartbeats"),
+                self._background(self.endings.run(self._heartbeats_stop), "ended-runs"),
             ]
             self._read_task = self._background(self.consumer.run(), "reader")
             await self.health.set_serving(True)
@@ -232,7 +241,7 @@ class Worker:
             self.runner.close()
         for channel in self._channels:
             await channel.close()
-        for client in (self._reader, self._redis):
+        for client in (self._endings_redis, self._reader, self._redis):
             if client is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()

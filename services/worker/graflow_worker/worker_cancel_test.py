@@ -1,5 +1,6 @@
-"""Canceled runs listed in heartbeat responses reach the worker's running tasks and stop its
-deliveries of those runs that did not start (real Redis, coordinator and result-store doubles)."""
+"""A run's end reaches the worker (invariant 11): through gf:ended, running tasks see it and later
+deliveries of the run are skipped; a worker started after the end learns it from the run's meta
+before starting anything (real Redis, coordinator and result-store doubles)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,53 @@ import json
 
 from graflow_api.v1 import messages_pb2
 
-from graflow_worker.testing_services_test_support import enqueue, envelope, eventually, wait_outcomes
+from graflow_worker.testing_services_test_support import (
+    end_run,
+    enqueue,
+    envelope,
+    eventually,
+    pending_count,
+    start_run,
+    wait_outcomes,
+)
 from graflow_worker.testing_tasks_test_support import PROBE
 
+CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
 
-async def test_a_running_task_sees_its_run_canceled_and_later_deliveries_are_not_run(stack):
-    await stack.start_worker()
+
+async def test_a_running_task_sees_its_run_end_and_later_deliveries_are_skipped(stack):
+    worker = await stack.start_worker()
+    await start_run(stack.redis, "run-c")
     await enqueue(stack.redis, envelope("run-c", "waiter", "wait_for_cancel", args={"timeout_s": 20}))
     await eventually(lambda: "wait_for_cancel:run-c" in PROBE.started, what="the task to start")
-    stack.coordinator.canceled_run_ids = ["run-c"]
+    await end_run(stack.redis, "run-c")
     (first,) = await wait_outcomes(stack.redis, 1)
     assert first.status == messages_pb2.TaskOutcome.STATUS_SUCCEEDED
     assert json.loads(stack.store.results[("run-c", "waiter")].value.data) == "saw the cancel"
-    await enqueue(stack.redis, envelope("run-c", "later", "add", args={"a": 1}))
+    await enqueue(stack.redis, envelope("run-c", "later", "tracked", args={"tag": "later:run-c"}))
     _, second = await wait_outcomes(stack.redis, 2)
-    assert (second.node_id, second.error.type) == ("later", "RunCanceled")
+    assert (second.node_id, second.status, second.error.type) == ("later", CANCELED, "RunEnded")
+    assert "later:run-c" not in PROBE.started
+    assert worker.runner.cancellations.skipped_total == 1
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_a_worker_started_after_the_end_skips_every_queued_delivery_of_the_run(stack):
+    # Ended before the worker existed: gf:ended is read from its tail, so only the check of each
+    # read batch against the run's meta can catch these.
+    await end_run(stack.redis, "run-gone", "CANCELED")
+    await start_run(stack.redis, "run-live")
+    await enqueue(stack.redis,
+                  *(envelope("run-gone", f"n{i}", "tracked", args={"tag": f"n{i}:run-gone"})
+                    for i in range(20)),
+                  envelope("run-live", "n0", "tracked", args={"tag": "n0:run-live"}))
+    worker = await stack.start_worker()
+    found = await wait_outcomes(stack.redis, 21)
+    skipped = [o for o in found if o.run_id == "run-gone"]
+    assert len(skipped) == 20
+    assert {(o.status, o.error.type) for o in skipped} == {(CANCELED, "RunEnded")}
+    assert [o.status for o in found if o.run_id == "run-live"] == [messages_pb2.TaskOutcome.STATUS_SUCCEEDED]
+    assert not any(tag.endswith(":run-gone") for tag in PROBE.calls)
+    assert "n0:run-live" in PROBE.calls
+    assert worker.runner.cancellations.skipped_total == 20
+    assert await pending_count(stack.redis) == 0
