@@ -17,6 +17,11 @@ WORKER_GROUP = "workers"
 DEAD_LETTERS_STREAM = f"{PREFIX}:deadletters"
 # Stream fields: envelope bytes in queue streams, outcome bytes in the outcome stream.
 ENVELOPE_FIELD = b"e"
+# Beside the envelope, when the coordinator enqueued it at once: the id of the last entry of
+# RUNS_ENDED at that moment, while the run was live (it checked, in the same script). Any later end
+# of the run has a greater id, so a worker that has read RUNS_ENDED from before this id knows
+# whether the run ended without asking Redis (docs/architecture.md, "Ended runs").
+ENDED_CURSOR_FIELD = b"c"
 OUTCOME_FIELD = b"o"
 
 

@@ -32,18 +32,23 @@ log = structlog.get_logger(__name__)
 # stays short so Redis is never blocked for long by a huge batch.
 CHUNK = 500
 
-# KEYS[1] = retry zset; for delivery i: KEYS[2i] = dispatch record, KEYS[2i+1] = queue stream.
+# KEYS[1] = retry zset, KEYS[2] = ended runs stream; for delivery i: KEYS[3i] = dispatch record,
+# KEYS[3i+1] = queue stream, KEYS[3i+2] = run meta.
 # ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
 # queue, envelope bytes.
-# Returns {accepted, duplicates}, or {-1, queue...} (nothing written) when a queue stream that must
-# be appended to does not exist (its consumer group vanished with it; the caller recreates it).
+# A delivery of a run that has ended (its meta's 'ended' > 0) is not enqueued (counted as ended).
+# One enqueued at once carries, beside the envelope, the last id of the ended runs stream: the run
+# was live when that was the last end (keys.ENDED_CURSOR_FIELD).
+# Returns {accepted, duplicates, ended}, or {-1, queue...} (nothing written) when a queue stream
+# that must be appended to does not exist (its consumer group vanished with it; the caller
+# recreates it).
 _DISPATCH_LUA = """
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 3
 local ttl = tonumber(ARGV[1])
 local missing = {}
 for i = 1, n do
   local b = 1 + (i - 1) * 5
-  if tonumber(ARGV[b + 3]) == 0 and redis.call('EXISTS', KEYS[2 * i + 1]) == 0 then
+  if tonumber(ARGV[b + 3]) == 0 and redis.call('EXISTS', KEYS[3 * i + 1]) == 0 then
     missing[#missing + 1] = ARGV[b + 4]
   end
 end
@@ -51,27 +56,32 @@ if #missing > 0 then
   table.insert(missing, 1, -1)
   return missing
 end
-local accepted, duplicates = 0, 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local cursor = last[1] and last[1][1] or '0-0'
+local accepted, duplicates, ended = 0, 0, 0
 for i = 1, n do
   local b = 1 + (i - 1) * 5
   local node = ARGV[b + 1]
   local attempt = tonumber(ARGV[b + 2])
-  local current = redis.call('HGET', KEYS[2 * i], node)
+  local current = redis.call('HGET', KEYS[3 * i], node)
+  local ended_at = tonumber(redis.call('HGET', KEYS[3 * i + 2], 'ended') or '0') or 0
   if current and tonumber(current) >= attempt then
     duplicates = duplicates + 1
+  elseif ended_at > 0 then
+    ended = ended + 1
   else
-    redis.call('HSET', KEYS[2 * i], node, attempt)
-    redis.call('EXPIRE', KEYS[2 * i], ttl)
+    redis.call('HSET', KEYS[3 * i], node, attempt)
+    redis.call('EXPIRE', KEYS[3 * i], ttl)
     local due = tonumber(ARGV[b + 3])
     if due > 0 then
       redis.call('ZADD', KEYS[1], due, ARGV[b + 4] .. '\\n' .. ARGV[b + 5])
     else
-      redis.call('XADD', KEYS[2 * i + 1], '*', 'e', ARGV[b + 5])
+      redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor)
     end
     accepted = accepted + 1
   end
 end
-return {accepted, duplicates}
+return {accepted, duplicates, ended}
 """
 
 
@@ -130,7 +140,7 @@ class Dispatcher:
             self._chunk_call(ordered[start : start + CHUNK], now_ms)
             for start in range(0, len(ordered), CHUNK)
         ]
-        accepted = duplicates = 0
+        accepted = duplicates = ended = 0
         for _ in range(3):
             replies = await self._run(chunks)
             retry: list[tuple[list[str], list[bytes | str | int]]] = []
@@ -144,6 +154,7 @@ class Dispatcher:
                 else:
                     accepted += int(reply[0])
                     duplicates += int(reply[1])
+                    ended += int(reply[2])
             if not retry:
                 break
             chunks = retry
@@ -153,20 +164,24 @@ class Dispatcher:
             )
         if any(d.delay_ms for d in ordered):
             self._on_delayed()
+        if ended:
+            log.info("deliveries of ended runs not enqueued", deliveries=ended)
         log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
         return DispatchResult(accepted, duplicates)
 
     def _chunk_call(
         self, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int
     ) -> tuple[list[str], list[bytes | str | int]]:
-        call_keys: list[str] = [keys.RETRY_TIMER]
+        call_keys: list[str] = [keys.RETRY_TIMER, keys.RUNS_ENDED]
         args: list[bytes | str | int] = [self._record_ttl_s]
         for delivery in deliveries:
             env = messages_pb2.TaskEnvelope()
             env.CopyFrom(delivery.envelope)
             due_ms = now_ms + delivery.delay_ms if delivery.delay_ms else 0
             env.enqueued_at_ms = due_ms or now_ms
-            call_keys += [keys.dispatch_record(env.run_id), keys.queue_stream(env.queue)]
+            call_keys += [
+                keys.dispatch_record(env.run_id), keys.queue_stream(env.queue), keys.run_meta(env.run_id)
+            ]
             args += [env.node_id, env.attempt, due_ms, env.queue, env.SerializeToString()]
         return call_keys, args
 

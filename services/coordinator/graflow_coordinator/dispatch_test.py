@@ -25,6 +25,31 @@ async def test_dispatch_appends_the_envelope_to_its_queue_stream(
     assert await redis.ttl(keys.dispatch_record("run-1")) > 0
 
 
+async def test_a_delivery_of_an_ended_run_is_not_enqueued(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await redis.hset(keys.run_meta("run-1"), keys.RUN_ENDED_AT_FIELD, "1700000000000")
+    await redis.hset(keys.run_meta("run-2"), keys.RUN_ENDED_AT_FIELD, "0")  # live: 'ended' is 0
+
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(
+        deliveries=[delivery("a"), delivery("b", run_id="run-2")]))
+
+    assert (reply.accepted, reply.duplicates) == (1, 0)
+    assert [(e.run_id, e.node_id) for e in await stream_envelopes(redis)] == [("run-2", "b")]
+    assert await redis.hget(keys.dispatch_record("run-1"), "a") is None
+
+
+async def test_an_enqueued_entry_carries_the_last_end_it_was_live_after(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    last_end = await redis.xadd(keys.RUNS_ENDED, {keys.RUN_ENDED_RUN_FIELD: b"other-run"})
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("b")]))
+
+    entries = await redis.xrange(keys.queue_stream("default"))
+    assert [fields[keys.ENDED_CURSOR_FIELD] for _id, fields in entries] == [b"0-0", last_end]
+
+
 async def test_dispatch_is_idempotent_per_run_node_and_attempt(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:

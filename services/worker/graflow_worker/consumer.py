@@ -48,6 +48,7 @@ from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 
 from graflow_worker.committer import Committer, Finished
 from graflow_worker.intake import Backoff, Intake, sleep_unless
+from graflow_worker.run_endings import READ_COUNT, RunEndings
 from graflow_worker.runner import Execution, Runner, failure, now_ms
 
 log = structlog.get_logger(__name__)
@@ -63,10 +64,20 @@ class Delivery:
     stream: str
     entry_id: bytes
     envelope: messages_pb2.TaskEnvelope
+    # The ended-runs stream's last id when the coordinator enqueued it (keys.ENDED_CURSOR_FIELD).
+    ended_cursor: bytes | None = None
 
 
 class _GaveUp(Exception):
     """The worker is stopping while waiting for the result-store; the entries stay pending."""
+
+
+def _entries(response: Any) -> list[tuple[str, bytes, Any]]:
+    entries = []
+    for stream, items in response or ():
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        entries.extend((name, entry_id, fields) for entry_id, fields in items)
+    return entries
 
 
 def decode_entry(fields: dict[bytes, bytes] | None) -> tuple[messages_pb2.TaskEnvelope | None, bytes, str]:
@@ -91,8 +102,9 @@ def decode_entry(fields: dict[bytes, bytes] | None) -> tuple[messages_pb2.TaskEn
 class Consumer:
     def __init__(self, *, redis: aioredis.Redis, reader: aioredis.Redis, worker_id: str, queues: list[str],
                  intake: Intake, runner: Runner, committer: Committer, result_store: Downstream,
-                 stub: rs_grpc.ResultStoreStub, read_block_ms: int) -> None:
+                 stub: rs_grpc.ResultStoreStub, read_block_ms: int, endings: RunEndings) -> None:
         self._redis = redis
+        self._endings = endings
         self._reader = reader
         self.worker_id = worker_id
         self._queue_of = {keys.queue_stream(q): q for q in queues}
@@ -177,14 +189,14 @@ class Consumer:
                 next_resync = loop.time() + RESYNC_INTERVAL_S
                 continue
             try:
-                entries = await self._read(new, block_ms=self._block_ms)
+                entries, fresh = await self._read_with_endings(new)
             except (RedisError, OSError) as exc:
                 await self._read_failed(exc, backoff)
                 next_resync = 0.0  # the failed read may have been served, its reply lost
                 continue
             backoff.reset()
             if entries:
-                self._accept(entries)
+                self._accept(entries, fresh=fresh)
 
     async def _resync(self) -> None:
         """Take up the entries pending for this consumer that it does not hold (a read was served
@@ -225,11 +237,31 @@ class Consumer:
             )
         finally:
             self._blocking = False
-        entries = []
-        for stream, items in response or ():
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            entries.extend((name, entry_id, fields) for entry_id, fields in items)
-        return entries
+        return _entries(response)
+
+    async def _read_with_endings(self, streams: dict[str, Any]) -> tuple[list[tuple[str, bytes, Any]], bool]:
+        """A blocking read of the queues and, in the same round trip (run right after it by Redis),
+        the runs that ended since the ended-runs stream was last read. ``fresh``: every end up to
+        the moment the entries were read is in the registry (so a delivery whose ended cursor
+        :meth:`RunEndings.covers` needs no check in Redis)."""
+        last_id = self._endings.last_id
+        if last_id is None:
+            return await self._read(streams, block_ms=self._block_ms), False
+        if self._reader_id is None:
+            self._reader_id = await self._reader.client_id()
+        self._blocking = True
+        try:
+            async with self._reader.pipeline(transaction=False) as pipe:
+                pipe.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=self._intake.free,
+                                block=self._block_ms)
+                pipe.xread({keys.RUNS_ENDED: last_id}, count=READ_COUNT)
+                response, ended = await pipe.execute()
+        finally:
+            self._blocking = False
+        applied = sum(len(items) for _stream, items in ended or ())
+        for _stream, items in ended or ():
+            self._endings.apply(items)
+        return _entries(response), applied < READ_COUNT
 
     async def _read_failed(self, exc: BaseException, backoff: Backoff) -> None:
         self._reader_id = None
@@ -244,12 +276,12 @@ class Consumer:
         log.warning("reading the queues failed; retrying", error=str(exc), retry_in_s=round(delay, 3))
         await sleep_unless(self._stop, delay)
 
-    def _accept(self, entries: list[tuple[str, bytes, Any]]) -> None:
+    def _accept(self, entries: list[tuple[str, bytes, Any]], *, fresh: bool = False) -> None:
         self._intake.take(len(entries))
         self.held += len(entries)
         self._held_ids.update((stream, entry_id) for stream, entry_id, _fields in entries)
         self._drained.clear()
-        self._spawn(self._handle_batch(entries))
+        self._spawn(self._handle_batch(entries, fresh))
 
     def _finish(self, stream: str, entry_id: bytes) -> None:
         """The delivery is acknowledged, or given up (it stays pending for a reclaim or restart)."""
@@ -268,7 +300,7 @@ class Consumer:
         task.add_done_callback(self._tasks.discard)
 
     # ---- handling a batch ----
-    async def _handle_batch(self, entries: list[tuple[str, bytes, Any]]) -> None:
+    async def _handle_batch(self, entries: list[tuple[str, bytes, Any]], fresh: bool) -> None:
         deliveries: list[Delivery] = []
         for stream, entry_id, fields in entries:
             envelope, raw, reason = decode_entry(fields)
@@ -276,7 +308,8 @@ class Consumer:
                 await self._dead_letter(stream, entry_id, raw, reason, envelope)
             else:
                 assert envelope is not None
-                deliveries.append(Delivery(stream, entry_id, envelope))
+                deliveries.append(Delivery(stream, entry_id, envelope,
+                                           fields.get(keys.ENDED_CURSOR_FIELD) if fresh else None))
         if not deliveries:
             return
         try:
@@ -306,13 +339,17 @@ class Consumer:
             self._spawn(self._execute(delivery, runs))
 
     async def _check_ended(self, deliveries: Iterable[Delivery]) -> set[str]:
-        """The runs of ``deliveries`` that have ended (authoritative: their meta in Redis, one
-        pipelined round trip for the runs the registry does not know as ended); they are added to
-        the registry, so that the runner starts none of their deliveries."""
+        """The runs of ``deliveries`` that have ended; they are added to the registry, so that the
+        runner starts none of their deliveries. A run the registry does not know as ended is asked
+        of Redis (its meta, one pipelined round trip for all such runs), unless every delivery of
+        it was enqueued while the run was live at an end this worker has read from since
+        (:meth:`RunEndings.covers`: the registry then knows it too)."""
+        deliveries = list(deliveries)
         registry = self._runner.cancellations
         runs = {d.envelope.run_id for d in deliveries}
         ended = {run for run in runs if registry.is_canceled(run)}
-        unknown = sorted(runs - ended)
+        uncovered = {d.envelope.run_id for d in deliveries if not self._endings.covers(d.ended_cursor)}
+        unknown = sorted((runs - ended) & uncovered)
         if not unknown:
             return ended
         if len(unknown) == 1:  # the common case: a plain command costs less than a pipeline

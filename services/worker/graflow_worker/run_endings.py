@@ -28,17 +28,48 @@ log = structlog.get_logger(__name__)
 READ_COUNT = 1000
 
 
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class RunEndings:
     def __init__(self, redis: aioredis.Redis, cancellations: Cancellations, *, block_ms: int = 1000) -> None:
         self._redis = redis
         self._cancellations = cancellations
         self._block_ms = block_ms
         self.last_id: bytes | None = None
+        # Every end with an id after this one has reached the registry, once last_id passed it.
+        self.history_start: tuple[int, int] | None = None
         self.received = 0
 
     async def start(self) -> None:
         """Remember where the stream ends now (call before the worker reads its queues)."""
         self.last_id = await self._tail()
+        self.history_start = stream_id(self.last_id)
+
+    def covers(self, cursor: bytes | None) -> bool:
+        """True when every end after ``cursor`` (an id of the stream) is known here, up to the
+        last entry applied: a run that was live when ``cursor`` was the last end, and that is not
+        in the registry, had not ended when the stream was last read."""
+        return (cursor is not None and self.history_start is not None
+                and stream_id(cursor) >= self.history_start)
+
+    def apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Hand the ended runs of ``entries`` (read after ``last_id``) to the registry."""
+        runs: list[str] = []
+        for entry_id, fields in entries:
+            if self.last_id is None or stream_id(entry_id) > stream_id(self.last_id):
+                self.last_id = entry_id
+            run_id = fields.get(keys.RUN_ENDED_RUN_FIELD)
+            if run_id:
+                runs.append(run_id.decode())
+        if runs:
+            self.received += len(runs)
+            self._cancellations.cancel(runs)
+        return len(runs)
 
     async def _tail(self) -> bytes:
         newest = await self._redis.xrevrange(keys.RUNS_ENDED, count=1)
@@ -54,11 +85,16 @@ class RunEndings:
                         await self.start()
                     await self.read_once()
                 except (RedisError, OSError) as exc:
+                    # Entries trimmed while disconnected would be missed: from now on, trust only
+                    # what comes after the stream's end at reconnection (see covers()).
+                    self.history_start = None
                     delay = backoff.next_delay()
                     log.warning("reading ended runs failed; retrying", error=str(exc),
                                 retry_in_s=round(delay, 3))
                     await sleep_unless(stop, delay)
                     continue
+                if self.history_start is None:
+                    self.history_start = stream_id(await self._tail())
                 backoff.reset()
                 self._cancellations.log_skipped()
         finally:
@@ -69,14 +105,4 @@ class RunEndings:
         assert self.last_id is not None
         response = await self._redis.xread({keys.RUNS_ENDED: self.last_id}, count=READ_COUNT,
                                            block=self._block_ms)
-        runs: list[str] = []
-        for _stream, entries in response or ():
-            for entry_id, fields in entries:
-                self.last_id = entry_id
-                run_id = fields.get(keys.RUN_ENDED_RUN_FIELD)
-                if run_id:
-                    runs.append(run_id.decode())
-        if runs:
-            self.received += len(runs)
-            self._cancellations.cancel(runs)
-        return len(runs)
+        return sum(self.apply(entries) for _stream, entries in response or ())

@@ -167,12 +167,23 @@ def envelope(run_id: str, node_id: str, task_type: str, *, attempt: int = 1, arg
     )
 
 
-async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope) -> list[bytes]:
+async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
+                  ended_cursor: bytes | None = None) -> list[bytes]:
+    """Append envelopes as the coordinator does; ``ended_cursor``: the ended-runs stream's last id it
+    would record beside them (keys.ENDED_CURSOR_FIELD), none by default (as the retry timer)."""
     ids = []
     for env in envelopes:
-        ids.append(await redis.xadd(keys.queue_stream(env.queue or "default"),
-                                    {keys.ENVELOPE_FIELD: env.SerializeToString()}))
+        fields = {keys.ENVELOPE_FIELD: env.SerializeToString()}
+        if ended_cursor is not None:
+            fields[keys.ENDED_CURSOR_FIELD] = ended_cursor
+        ids.append(await redis.xadd(keys.queue_stream(env.queue or "default"), fields))
     return ids
+
+
+async def ended_tail(redis: aioredis.Redis) -> bytes:
+    """The ended-runs stream's last id ("0-0" when empty), as the coordinator's dispatch reads it."""
+    newest = await redis.xrevrange(keys.RUNS_ENDED, count=1)
+    return newest[0][0] if newest else b"0-0"
 
 
 async def outcomes(redis: aioredis.Redis) -> list[messages_pb2.TaskOutcome]:

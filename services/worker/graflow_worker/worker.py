@@ -127,12 +127,15 @@ class Worker:
                     run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
                     result_store_stub=rs_stub, loop=loop),
             )
+            self.endings = RunEndings(self._endings_redis, self.runner.cancellations,
+                                      block_ms=s.read_block_ms)
             self.committer = Committer(self._redis, result_store=result_store, stub=rs_stub,
                                        intake=self.intake, batch_max=s.commit_batch_max)
             self.consumer = Consumer(
                 redis=self._redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
                 intake=self.intake, runner=self.runner, committer=self.committer,
                 result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
+                endings=self.endings,
             )
 
             self.health = create_server(s.health_listen_address, [], auth_token=s.auth_token)
@@ -150,8 +153,6 @@ class Worker:
             if not await self.membership.register(self._stop_requested):
                 return
             # Before the first read: every end from now on reaches the registry.
-            self.endings = RunEndings(self._endings_redis, self.runner.cancellations,
-                                      block_ms=s.read_block_ms)
             await self.endings.start()
             self._loops = [
                 self._background(self.committer.run(), "committer"),

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 from graflow_api.v1 import messages_pb2
+from graflow_runtime import keys
 
 from graflow_worker.testing_services_test_support import (
     end_run,
+    ended_tail,
     enqueue,
     envelope,
     eventually,
@@ -58,3 +60,43 @@ async def test_a_worker_started_after_the_end_skips_every_queued_delivery_of_the
     assert "n0:run-live" in PROBE.calls
     assert worker.runner.cancellations.skipped_total == 20
     assert await pending_count(stack.redis) == 0
+
+
+async def test_a_delivery_enqueued_while_its_run_was_live_is_decided_from_the_ends_read_not_its_meta(stack):
+    # The coordinator records the ended-runs stream's last id beside each entry it enqueues at once,
+    # in the step that saw the run live; a worker that has read that stream since needs no look at
+    # the run's meta. Shown by a meta that says "ended" without any end in the stream (which the
+    # scheduler never writes): the covered delivery runs, the uncovered one is skipped.
+    worker = await stack.start_worker()
+    await stack.redis.hset(keys.run_meta("run-m"), mapping={keys.RUN_ENDED_AT_FIELD: "1"})
+    await enqueue(stack.redis, envelope("run-m", "covered", "tracked", args={"tag": "covered:run-m"}),
+                  ended_cursor=await ended_tail(stack.redis))
+    (first,) = await wait_outcomes(stack.redis, 1)
+    assert first.status == messages_pb2.TaskOutcome.STATUS_SUCCEEDED
+    await enqueue(stack.redis, envelope("run-m", "uncovered", "tracked", args={"tag": "uncovered:run-m"}))
+    _, second = await wait_outcomes(stack.redis, 2)
+    assert (second.node_id, second.status, second.error.type) == ("uncovered", CANCELED, "RunEnded")
+    assert worker.runner.cancellations.skipped_total == 1
+
+
+async def test_a_covered_delivery_of_a_run_that_ended_after_its_cursor_is_skipped(stack):
+    await stack.start_worker()
+    await start_run(stack.redis, "run-e")
+    cursor = await ended_tail(stack.redis)
+    await end_run(stack.redis, "run-e")
+    await enqueue(stack.redis, envelope("run-e", "late", "tracked", args={"tag": "late:run-e"}),
+                  ended_cursor=cursor)
+    (outcome,) = await wait_outcomes(stack.redis, 1)
+    assert (outcome.status, outcome.error.type) == (CANCELED, "RunEnded")
+    assert "late:run-e" not in PROBE.calls
+
+
+async def test_a_cursor_from_before_the_worker_started_is_not_trusted(stack):
+    await end_run(stack.redis, "run-old")  # ended before the worker: not in what it reads
+    cursor = b"0-0"
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("run-old", "n", "tracked", args={"tag": "n:run-old"}),
+                  ended_cursor=cursor)
+    (outcome,) = await wait_outcomes(stack.redis, 1)
+    assert (outcome.status, outcome.error.type) == (CANCELED, "RunEnded")
+    assert "n:run-old" not in PROBE.calls
