@@ -8,6 +8,7 @@ and can be stopped, killed and restarted on the same port and data directory (ch
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,33 @@ class RedisServerError(RuntimeError):
     """redis-server is missing or did not come up."""
 
 
+# Where free_port() looks: below the kernel's ephemeral range, which outgoing connections (to
+# Redis, between services) draw from. A port found free by binding port 0 is in that range, and a
+# connection opened by any process before the service binds it can take it ("Failed to bind"
+# under load); a random port below the range is taken only by another free_port() that picks
+# the same one in the same instant.
+_LOW_PORT = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback TCP port nothing listens on, outside the ephemeral range when possible."""
+    top = _ephemeral_start() - 1
+    for _ in range(100):
+        port = random.randint(_LOW_PORT, top) if top > _LOW_PORT else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import redis as sync_redis
 
-from graflow_runtime.local_redis import LocalRedis
+from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.redis_client import check_durability, connect
 
 
@@ -32,3 +35,12 @@ async def test_local_redis_passes_the_durability_check() -> None:
             assert await check_durability(client) == []
         finally:
             await client.aclose()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_are_bindable() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < low for port in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
