@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,3 +234,28 @@ def test_readme_services_block_runs_each_service_from_its_wheel(venv: Path, proj
             for process in reversed(processes):
                 process.stop(signal.SIGTERM)
     assert [p.popen.returncode for p in processes] == [0, 0, 0, 0], [p.output() for p in processes]
+
+
+def test_each_file_is_in_one_wheel_and_requirements_are_the_declared_ranges():
+    wheels = sorted(Path.cwd().glob("*.whl"))
+    owners: dict[str, list[str]] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for name in archive.namelist():
+                if ".dist-info/" not in name:
+                    owners.setdefault(name, []).append(wheel.name)
+    assert not {name: where for name, where in owners.items() if len(where) > 1}
+    assert {"graflow_runtime/version.py", "graflow_api/v1/messages_pb2.py"} <= set(owners)
+    assert not [name for name in owners if name.endswith(("_test.py", "_test_support.py", "conftest.py"))]
+
+    graflow = next(w for w in wheels if w.name.startswith("graflow-"))
+    with zipfile.ZipFile(graflow) as archive:
+        metadata = archive.read(f"graflow-{__version__}.dist-info/METADATA").decode()
+    requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines()
+                if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+    assert requires and all("==" not in r for r in requires), requires  # ranges, not lockfile pins
+    names = {r.split(" ")[0].split("[")[0].split("<")[0].split(">")[0].lower() for r in requires}
+    assert not names & {"pytest", "pytest-asyncio", "testcontainers", "docker", "types-protobuf"}, names
+    assert {"grpcio", "redis", "click", "rich"} <= names, names
+    grpcio = next(r for r in requires if r.startswith("grpcio") and r[6:7] in " <>=(")
+    assert "<2" in grpcio and ">=1.66" in grpcio, grpcio  # the range of 3rdparty/python/requirements.txt
