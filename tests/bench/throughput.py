@@ -11,7 +11,13 @@ measures, in the same run so the machine's noise hits both sides alike:
   (what a task's "dispatch, then report back" costs with nothing else in the way);
 - Graflow latency: a one-task workflow from SubmitRun to its result in the client (median, p99);
 - baseline throughput: pipelined XADD of N entries, XREADGROUP COUNT 100 + XACK per batch;
-- Graflow throughput: a fan-out of N tasks into one join, tasks per second from submit to result.
+- Graflow throughput: a fan-out of N tasks into one join, tasks per second from submit to result;
+- the cost of each Graflow measure: Redis commands (``INFO commandstats``) and CPU time summed over
+  every process of the stack, Redis included (``/proc/<pid>/stat``, ``INFO cpu``), per run of the
+  one-task workflow and per task of the fan-out. Unlike wall-clock figures these barely move with
+  the machine's noise, so they show a change's cost where the latency cannot.
+
+``--json PATH`` also writes the figures as JSON, so runs can be compared.
 
 Targets (issue #2): 10,000-task fan-out at >= 5,000 tasks/s, one-task submit-to-result <= 3 ms.
 """
@@ -19,6 +25,8 @@ Targets (issue #2): 10,000-task fan-out at >= 5,000 tasks/s, one-task submit-to-
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import threading
@@ -93,6 +101,41 @@ def baseline_throughput(url: str, n: int) -> float:
     return n / elapsed
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process, all its threads (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class Cost:
+    """Redis commands and CPU seconds spent by a stack between ``start()`` and ``stop()``."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.redis = redis.Redis.from_url(stack.redis_url)
+        self.pids = [p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid]
+
+    def _sample(self) -> tuple[int, float]:
+        stats = self.redis.info("commandstats")
+        calls = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+        cpu = self.redis.info("cpu")
+        redis_cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return calls, redis_cpu + sum(process_cpu_s(pid) for pid in self.pids)
+
+    def start(self) -> None:
+        self._begin = self._sample()
+
+    def stop(self, units: int) -> dict[str, float]:
+        calls, cpu = self._sample()
+        return {
+            "redis_commands": (calls - self._begin[0]) / units,
+            "cpu_us": (cpu - self._begin[1]) * 1e6 / units,
+        }
+
+
 def graflow_latency_ms(stack: LocalStack, runs: int) -> list[float]:
     with workflow("ping") as wf:
         wf.add(ping)
@@ -130,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=None,
                         help="GRAFLOW_WORKER_CONCURRENCY of each worker (default: the worker's default)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
     out = sys.stdout.write
 
@@ -142,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(workers=args.workers, task_modules=["tests.bench.tasks"], redis=server, env=env)
     try:
         stack.start()
+        cost = Cost(stack)
+        cost.start()
         lat = graflow_latency_ms(stack, args.latency_runs)
+        lat_cost = cost.stop(args.latency_runs + 10)  # the warm-up runs count too
+        cost.start()
         tp, elapsed = graflow_fanout(stack, args.fanout)
+        fan_cost = cost.stop(args.fanout + 2)
     finally:
         stack.stop()
         server.close()
@@ -157,10 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     out(f"{'one-task submit->result p99 (ms)':<44}{percentile(base_lat, 0.99):>14.3f}"
         f"{percentile(lat, 0.99):>14.3f}{percentile(lat, 0.99) / percentile(base_lat, 0.99):>9.1f}\n")
     out(f"{'fan-out throughput (tasks/s)':<44}{base_tp:>14.0f}{tp:>14.0f}{base_tp / tp:>9.1f}\n")
+    out(f"{'one-task run: Redis commands / CPU us (all)':<44}{'':>14}"
+        f"{lat_cost['redis_commands']:>14.1f}{lat_cost['cpu_us']:>9.0f}\n")
+    out(f"{'fan-out task: Redis commands / CPU us (all)':<44}{'':>14}"
+        f"{fan_cost['redis_commands']:>14.2f}{fan_cost['cpu_us']:>9.0f}\n")
     out(f"\nfan-out of {args.fanout} tasks took {elapsed:.2f}s; targets: p50 <= 3 ms, >= 5000 tasks/s\n")
     out("baseline latency: XADD -> XREADGROUP BLOCK -> XADD reply + XACK -> XREAD BLOCK "
         "(one Redis, two streams)\n")
     out("baseline throughput: pipelined XADD x100, XREADGROUP COUNT 100 + XACK per batch\n")
+    if args.json:
+        figures = {
+            "workers": args.workers, "concurrency": concurrency,
+            "latency_runs": args.latency_runs, "fanout": args.fanout,
+            "baseline": {"p50_ms": statistics.median(base_lat), "p99_ms": percentile(base_lat, 0.99),
+                         "tasks_per_s": base_tp},
+            "graflow": {"p50_ms": statistics.median(lat), "p99_ms": percentile(lat, 0.99),
+                        "tasks_per_s": tp, "one_task_run": lat_cost, "fanout_task": fan_cost},
+        }
+        with open(args.json, "w") as sink:
+            json.dump(figures, sink, indent=2)
     return 0
 
 
