@@ -12,9 +12,6 @@ from typing import Literal, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_SCHEDULER_ADDRESS = "127.0.0.1:50051"
-DEFAULT_COORDINATOR_ADDRESS = "127.0.0.1:50052"
-DEFAULT_RESULT_STORE_ADDRESS = "127.0.0.1:50053"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -8,7 +8,6 @@ dispatches the next attempt as a new entry.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
@@ -18,21 +17,6 @@ from redis.exceptions import ResponseError
 from graflow_runtime import keys
 
 log = structlog.get_logger(__name__)
-
-MAX_QUEUE_NAME = 200
-_BAD_QUEUE_CHARS = re.compile(r"\s")
-
-
-def validate_queue_name(queue: str) -> str | None:
-    """The problem with ``queue`` as a queue name, or None when it is fine."""
-    if not queue:
-        return "queue name is empty"
-    if len(queue) > MAX_QUEUE_NAME:
-        return f"queue name {queue[:40]!r}... is longer than {MAX_QUEUE_NAME} characters"
-    if _BAD_QUEUE_CHARS.search(queue):
-        return f"queue name {queue!r} contains whitespace or a newline"
-    return None
-
 
 class QueueGroups:
     """Creates the ``workers`` group of each queue stream once per process, before any append.

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from graflow_runtime.settings import DEFAULT_COORDINATOR_ADDRESS, ServiceSettings, settings_config
-
-from graflow_coordinator.queues import validate_queue_name
+from graflow_runtime.addresses import DEFAULT_COORDINATOR_ADDRESS
+from graflow_runtime.names import queue_name_problem
+from graflow_runtime.settings import ServiceSettings, settings_config
 
 
 class CoordinatorSettings(ServiceSettings):
@@ -59,7 +59,7 @@ class CoordinatorSettings(ServiceSettings):
         if not value:
             raise ValueError("at least one queue is required")
         for queue in value:
-            problem = validate_queue_name(queue)
+            problem = queue_name_problem(queue)
             if problem:
                 raise ValueError(problem)
         return list(dict.fromkeys(value))

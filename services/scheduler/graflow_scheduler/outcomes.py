@@ -22,6 +22,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from graflow_runtime import keys
+from graflow_runtime.backoff import backoff_delay
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
@@ -129,7 +130,7 @@ class OutcomeConsumer:
                 else:
                     log.error("redis rejected a command of the outcome consumer", error=str(exc))
                 backlog = True
-                await self._pause(min(cfg.max_backoff_s, 0.05 * 2**failures))
+                await self._pause(backoff_delay(failures, cap=cfg.max_backoff_s))
             except REDIS_UNAVAILABLE as exc:
                 failures += 1
                 self.stats.redis_errors += 1
@@ -137,12 +138,12 @@ class OutcomeConsumer:
                     "redis unavailable; outcome consumer backs off", error=str(exc), failures=failures
                 )
                 backlog = True
-                await self._pause(min(cfg.max_backoff_s, 0.05 * 2**failures))
+                await self._pause(backoff_delay(failures, cap=cfg.max_backoff_s))
             except Exception:  # noqa: BLE001 - the loop must survive anything; the batch stays pending
                 failures += 1
                 log.exception("outcome batch failed; it stays pending and is retried")
                 backlog = True
-                await self._pause(min(cfg.max_backoff_s, 0.05 * 2**failures))
+                await self._pause(backoff_delay(failures, cap=cfg.max_backoff_s))
 
     async def _poison(self, entries: Sequence[Entry]) -> list[DeadOutcome]:
         """Redelivered entries past ``max_deliveries``: a process that crashes on an outcome never
@@ -180,7 +181,7 @@ class OutcomeConsumer:
                     entries=len(entries),
                     failures=failures,
                 )
-                await self._pause(min(self.config.max_backoff_s, 0.05 * 2**failures))
+                await self._pause(backoff_delay(failures, cap=self.config.max_backoff_s))
 
     @property
     def stats(self) -> ConsumerStats:

@@ -19,9 +19,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from graflow_runtime import keys
+from graflow_runtime.backoff import Backoff
 
 from graflow_worker.cancellation import Cancellations
-from graflow_worker.intake import Backoff, sleep_unless
+from graflow_worker.intake import sleep_unless
 
 log = structlog.get_logger(__name__)
 

@@ -11,13 +11,12 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from graflow_runtime.settings import (
+from graflow_runtime.addresses import (
     DEFAULT_COORDINATOR_ADDRESS,
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
-    ServiceSettings,
-    settings_config,
 )
+from graflow_runtime.settings import ServiceSettings, settings_config
 
 _TASK_MODULES_HINT = (
     "set GRAFLOW_WORKER_TASK_MODULES to a comma-separated list of modules that define @task "
