@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
+from graflow_runtime.streams import stream_id
 
 from graflow_worker.cancellation import Cancellations
 from graflow_worker.intake import sleep_unless
@@ -27,13 +28,6 @@ from graflow_worker.intake import sleep_unless
 log = structlog.get_logger(__name__)
 
 READ_COUNT = 1000
-
-
-def stream_id(value: bytes | str) -> tuple[int, int]:
-    """A stream entry id (``<ms>-<seq>``) as a comparable pair."""
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RunEndings:
