@@ -48,7 +48,9 @@ def stream_id(value: bytes | str) -> tuple[int, int]:
 
 
 class RunEndings:
-    def __init__(self, redis: aioredis.Redis, cancellations: Cancellations, *, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, cancellations: Cancellations, *, poll_s: float = POLL_S
+    ) -> None:
         self._redis = redis
         self._cancellations = cancellations
         self._poll_s = poll_s
