@@ -1,5 +1,5 @@
 """The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs; list,
-get and answer feedback requests (graflow_scheduler.waits)."""
+get and answer feedback requests (graflow_scheduler.waits.feedback)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,23 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
 
-from graflow_scheduler.compiler import Limits
-from graflow_scheduler.dispatch import Dispatcher, delivery
+from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
+from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.errors import GraphNotFound, ParentEnded, RunNotFound, SpecError
-from graflow_scheduler.plan import Plan
-from graflow_scheduler.plans import PlanCache, RunGraphs, compile_off_loop
-from graflow_scheduler.queries import BadPageToken, RunReader
-from graflow_scheduler.runids import new_run_id, run_id_problem
-from graflow_scheduler.state import ParentLink, RunStore
-from graflow_scheduler.views import (
+from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.reader import BadPageToken, RunReader
+from graflow_scheduler.state.runids import new_run_id, run_id_problem
+from graflow_scheduler.state.store import ParentLink, RunStore
+from graflow_scheduler.state.views import (
     ENDED_STATUSES,
     event_from_entry,
     event_type,
     is_terminal,
     is_terminal_entry,
 )
-from graflow_scheduler.waits import FeedbackNotFound, FeedbackRejected, Waits
+from graflow_scheduler.waits.children import ChildRuns
+from graflow_scheduler.waits.feedback import FeedbackNotFound, FeedbackRejected, FeedbackRequests
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +77,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         plans: PlanCache,
         graphs: RunGraphs,
         dispatcher: Dispatcher,
-        waits: Waits,
+        feedback: FeedbackRequests,
+        children: ChildRuns,
         *,
         limits: Limits,
         watch_block_ms: int = 5000,
@@ -87,7 +89,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.plans = plans
         self.graphs = graphs
         self.dispatcher = dispatcher
-        self.waits = waits
+        self.feedback = feedback
+        self.children = children
         self.limits = limits
         self.watch_block_ms = watch_block_ms
 
@@ -257,7 +260,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.info("run cancel requested", run_id=request.run_id, status=status)
             if status == "CANCELED":
                 # Workers learn it from gf:ended, written by cancel_run with the end itself.
-                await self.waits.cancel_children(request.run_id)
+                await self.children.cancel_children(request.run_id)
             return await self.reader.get_run(request.run_id, self._plan_or_none)
         except RunNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -268,7 +271,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if request.run_id:
             await self._check_run_id(request.run_id, context)
         try:
-            pending = await self.waits.list_pending(request.run_id, request.limit)
+            pending = await self.feedback.list_pending(request.run_id, request.limit)
         except RunNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return scheduler_pb2.ListFeedbackResponse(requests=pending)
@@ -278,7 +281,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> feedback_pb2.FeedbackRequest:
         await self._check_run_id(request.run_id, context)
         try:
-            return await self.waits.get(request.run_id, request.request_id)
+            return await self.feedback.get(request.run_id, request.request_id)
         except (RunNotFound, FeedbackNotFound) as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
@@ -287,7 +290,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> feedback_pb2.FeedbackRequest:
         await self._check_run_id(request.run_id, context)
         try:
-            return await self.waits.respond(request.run_id, request.request_id, request.response)
+            return await self.feedback.respond(request.run_id, request.request_id, request.response)
         except (RunNotFound, FeedbackNotFound) as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except FeedbackRejected as exc:

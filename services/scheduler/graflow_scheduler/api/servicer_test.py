@@ -11,8 +11,9 @@ from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.runids import new_run_id
-from graflow_scheduler.testkit import group, node, outcome, spec
+from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.testing.app import report
+from graflow_scheduler.testing.specs import group, node, outcome, spec
 
 EVENT = scheduler_pb2.RunEvent
 ETL = spec(
@@ -30,11 +31,6 @@ async def submit(client, workflow=ETL, **kwargs):
 async def watch(client, run_id, cursor=""):
     call = client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id, cursor=cursor))
     return [event async for event in call]
-
-
-async def report(redis, *outcomes):
-    for item in outcomes:
-        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
 
 
 async def test_submit_stores_the_graph_creates_the_run_and_dispatches_the_roots(client, downstreams, redis):

@@ -4,9 +4,9 @@ just the terminal one) and the sinks in ``SubmitRunResponse`` (so a success need
 import asyncio
 
 from graflow_api.v1 import scheduler_pb2
-from graflow_runtime import keys
 
-from graflow_scheduler.testkit import group, node, outcome, spec
+from graflow_scheduler.testing.app import report
+from graflow_scheduler.testing.specs import group, node, outcome, spec
 
 EVENT = scheduler_pb2.RunEvent
 TERMINAL = [EVENT.TYPE_RUN_SUCCEEDED, EVENT.TYPE_RUN_FAILED, EVENT.TYPE_RUN_CANCELED]
@@ -20,11 +20,6 @@ async def submit(client, workflow=CHAIN, **kwargs):
 async def watch(client, run_id, types, cursor=""):
     call = client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id, cursor=cursor, types=types))
     return [event async for event in call]
-
-
-async def report(redis, *outcomes):
-    for item in outcomes:
-        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
 
 
 async def test_watching_only_terminal_events_sends_just_the_run_end(client, redis):

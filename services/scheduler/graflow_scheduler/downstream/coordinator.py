@@ -13,7 +13,7 @@ from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, feedback_pb2, 
 from graflow_runtime.grpc_client import Downstream
 from graflow_runtime.telemetry import inject_trace_context
 
-from graflow_scheduler.plan import Plan, TaskData
+from graflow_scheduler.graph.plan import Plan, TaskData
 
 log = structlog.get_logger(__name__)
 

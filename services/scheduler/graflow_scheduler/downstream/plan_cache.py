@@ -18,10 +18,10 @@ import structlog
 from graflow_api.v1 import result_store_pb2, result_store_pb2_grpc, workflow_pb2
 from graflow_runtime.grpc_client import Downstream
 
-from graflow_scheduler.compiler import Limits, compile_spec
 from graflow_scheduler.errors import GraphNotFound
-from graflow_scheduler.plan import Plan
-from graflow_scheduler.queries import RunReader
+from graflow_scheduler.graph.compiler import Limits, compile_spec
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.reader import RunReader
 
 log = structlog.get_logger(__name__)
 

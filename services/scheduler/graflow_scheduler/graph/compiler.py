@@ -1,4 +1,4 @@
-"""Validate a :class:`WorkflowSpec` and compile it into a :class:`~graflow_scheduler.plan.Plan`.
+"""Validate a :class:`WorkflowSpec` and compile it into a :class:`~graflow_scheduler.graph.plan.Plan`.
 
 Every rule a submitted workflow must follow is checked here, before anything is stored; a
 violation raises :class:`SpecError` whose message names the offending id or field (it becomes the
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from graflow_api.v1 import common_pb2, workflow_pb2
 
 from graflow_scheduler.errors import SpecError
-from graflow_scheduler.graph import Edges, build_edges, find_cycle, loop_body, loop_edges
-from graflow_scheduler.plan import (
+from graflow_scheduler.graph.edges import Edges, build_edges, find_cycle, loop_body, loop_edges
+from graflow_scheduler.graph.plan import (
     DEFAULT_MAX_CYCLES,
     DEFAULT_MAX_STEPS,
     JoinPolicy,

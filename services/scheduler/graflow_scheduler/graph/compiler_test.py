@@ -4,9 +4,9 @@ import pytest
 
 from graflow_api.v1 import common_pb2, workflow_pb2
 
-from graflow_scheduler.compiler import Limits, SpecError, compile_spec
-from graflow_scheduler.plan import JoinPolicy, NodeKind, RetryConfig
-from graflow_scheduler.testkit import group, node, spec
+from graflow_scheduler.graph.compiler import Limits, SpecError, compile_spec
+from graflow_scheduler.graph.plan import JoinPolicy, NodeKind, RetryConfig
+from graflow_scheduler.testing.specs import group, node, spec
 
 KIND = workflow_pb2.GroupPolicy
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
 
-from graflow_scheduler import dynamic
-from graflow_scheduler.compiler import ID_PATTERN, Limits, task_data
-from graflow_scheduler.dynamic import DynamicNode
 from graflow_scheduler.errors import SpecError
-from graflow_scheduler.plan import NodeKind, Plan, TaskData
+from graflow_scheduler.graph import dynamic
+from graflow_scheduler.graph.compiler import ID_PATTERN, Limits, task_data
+from graflow_scheduler.graph.dynamic import DynamicNode
+from graflow_scheduler.graph.plan import NodeKind, Plan, TaskData
 
 MAX_DIRECTIVES = 1000
 MESSAGE_MAX = 1024

@@ -6,8 +6,8 @@ import json
 from graflow_api.v1 import workflow_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.flowkit import FlowRun, cancel, goto, iterate, next_task, ready, terminate
-from graflow_scheduler.testkit import group, node, spec
+from graflow_scheduler.testing.flows import FlowRun, cancel, goto, iterate, next_task, ready, terminate
+from graflow_scheduler.testing.specs import group, node, spec
 
 
 async def test_next_task_adds_a_node_that_runs_before_the_static_successors(store):

@@ -1,4 +1,4 @@
-"""Nodes added at run time by ``ctx.next_task``: how they are stored and found again.
+"""Nodes added at run time by ``ctx.next_task``: the form they are stored in, and their task data.
 
 ``apply_outcome`` stores each one in the run's ``gf:run:{R}:dyn`` hash (node id -> JSON
 ``{"parent", "cont", "spec"}``, ``spec`` being the base64 ``NodeSpec`` bytes without its id).
@@ -6,8 +6,8 @@
 successors wait for it ("" when it was added with ``goto``: nothing waits for it). Fields starting
 with ``#`` are bookkeeping of the Lua script (see flow.lua), never node ids (ids can't hold ``#``).
 
-The plans cover only the submitted graph; :class:`DynamicNodes` completes them per run, from an
-in-process LRU filled when this process added the node, else from Redis.
+The plans cover only the submitted graph; ``graflow_scheduler.state.dynamic_nodes`` completes
+them per run, from an in-process LRU filled when this process added the node, else from Redis.
 """
 
 from __future__ import annotations
@@ -15,22 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-import structlog
 from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import workflow_pb2
-from graflow_runtime import keys
 
-from graflow_scheduler.compiler import task_data
 from graflow_scheduler.errors import SpecError
-from graflow_scheduler.plan import NodeKind, Plan, TaskData
-
-log = structlog.get_logger(__name__)
+from graflow_scheduler.graph.compiler import task_data
+from graflow_scheduler.graph.plan import NodeKind, Plan, TaskData
 
 BOOKKEEPING_PREFIX = "#"
 
@@ -87,50 +81,6 @@ def summaries(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, str]]:
         except (ValueError, KeyError, TypeError, binascii.Error, DecodeError):
             out[node_id] = ("", "")
     return out
-
-
-class DynamicNodes:
-    """Dynamic nodes by (run id, node id): an LRU in front of the runs' ``dyn`` hashes."""
-
-    def __init__(self, redis: aioredis.Redis, *, capacity: int = 100_000) -> None:
-        self._redis = redis
-        self._capacity = capacity
-        self._nodes: OrderedDict[tuple[str, str], DynamicNode] = OrderedDict()
-
-    def remember(self, run_id: str, node: DynamicNode) -> None:
-        self._nodes[(run_id, node.node_id)] = node
-        self._nodes.move_to_end((run_id, node.node_id))
-        while len(self._nodes) > self._capacity:
-            self._nodes.popitem(last=False)
-
-    def cached(self, run_id: str, node_id: str) -> DynamicNode | None:
-        return self._nodes.get((run_id, node_id))
-
-    async def load(self, run_id: str, node_ids: Iterable[str], plan: Plan) -> dict[str, DynamicNode]:
-        """The dynamic nodes among ``node_ids`` (unknown ids, and static ones, are left out)."""
-        found: dict[str, DynamicNode] = {}
-        missing: list[str] = []
-        for node_id in dict.fromkeys(node_ids):
-            if node_id in plan.nodes:
-                continue
-            node = self.cached(run_id, node_id)
-            if node is None:
-                missing.append(node_id)
-            else:
-                found[node_id] = node
-        if missing:
-            values = await self._redis.hmget(keys.run_dynamic(run_id), missing)
-            for node_id, raw in zip(missing, values, strict=True):
-                if raw is None:
-                    continue
-                try:
-                    node = decode(node_id, raw, plan)
-                except ValueError as exc:
-                    log.error("dynamic node unusable", run_id=run_id, node_id=node_id, error=str(exc))
-                    continue
-                self.remember(run_id, node)
-                found[node_id] = node
-        return found
 
 
 def task_of(plan: Plan, dynamic: Mapping[str, DynamicNode], node_id: str) -> TaskData | None:

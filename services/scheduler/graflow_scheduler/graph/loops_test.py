@@ -6,11 +6,11 @@ import pytest
 from graflow_api.v1 import workflow_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.compiler import compile_spec
 from graflow_scheduler.errors import SpecError
-from graflow_scheduler.flowkit import FlowRun, loop_edge, next_task, ready, terminate
-from graflow_scheduler.plan import DEFAULT_MAX_STEPS
-from graflow_scheduler.testkit import group, node, spec
+from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.graph.plan import DEFAULT_MAX_STEPS
+from graflow_scheduler.testing.flows import FlowRun, loop_edge, next_task, ready, terminate
+from graflow_scheduler.testing.specs import group, node, spec
 
 
 def looped(nodes, edges, loops, **kwargs):  # type: ignore[no-untyped-def]

@@ -10,10 +10,10 @@ An outcome the coordinator reports for an attempt lost with its worker (``worker
 failures count (``attempt - lost attempts`` against ``max_attempts``). Stale and duplicate
 outcomes change nothing; each one is logged and counted in :class:`ConsumerStats`.
 
-Dynamic control flow (graflow_scheduler.directives, flow.lua): an outcome's directives go to the
-script with it; nodes added at run time are found in the run's ``dyn`` hash (graflow_scheduler.
-dynamic); re-runs are dispatched with their cycle and iteration data; the child runs of a run a
-task canceled are canceled.
+Dynamic control flow (graflow_scheduler.graph.directives, flow.lua): an outcome's directives go
+to the script with it; nodes added at run time are found in the run's ``dyn`` hash
+(graflow_scheduler.state.dynamic_nodes); re-runs are dispatched with their cycle and iteration
+data; the child runs of a run a task canceled are canceled.
 
 A STATUS_CANCELED outcome (invariant 11: a worker skipped a delivery of a run that had ended, or a
 body stopped on the run's end) changes nothing but the ended run's counters ``skipped`` /
@@ -43,18 +43,20 @@ from graflow_runtime import keys
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_scheduler.compiler import Limits
-from graflow_scheduler.directives import PreparedFlow, prepare
-from graflow_scheduler.dispatch import Dispatcher, delivery
-from graflow_scheduler.dynamic import DynamicNodes
+from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
+from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
-from graflow_scheduler.outcome_stream import DeadOutcome, Entry, OutcomeStream
-from graflow_scheduler.plan import NodeKind, Plan
-from graflow_scheduler.plans import PlanCache, RunGraphs
-from graflow_scheduler.retry import retry_delay_ms
-from graflow_scheduler.runids import is_run_id
-from graflow_scheduler.state import AppliedOutcome, OutcomeToApply, RunStore, WaitToApply
-from graflow_scheduler.waits import LIVE_STATUSES, Waits
+from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.graph.directives import PreparedFlow, prepare
+from graflow_scheduler.graph.plan import NodeKind, Plan
+from graflow_scheduler.outcomes.retry import retry_delay_ms
+from graflow_scheduler.outcomes.stream import DeadOutcome, Entry, OutcomeStream
+from graflow_scheduler.state.dynamic_nodes import DynamicNodes
+from graflow_scheduler.state.runids import is_run_id
+from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, RunStore, WaitToApply
+from graflow_scheduler.state.views import LIVE_STATUSES
+from graflow_scheduler.waits.children import ChildRuns
+from graflow_scheduler.waits.parking import Parking
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +125,11 @@ class OutcomeBatches:
         plans: PlanCache,
         dispatcher: Dispatcher,
         *,
+        parking: Parking,
+        children: ChildRuns,
         rng: random.Random | None = None,
         dynamic: DynamicNodes | None = None,
         limits: Limits | None = None,
-        waits: Waits | None = None,
     ) -> None:
         self.stream = stream
         self.store = store
@@ -137,7 +140,8 @@ class OutcomeBatches:
         self._rng = rng or random.Random()
         self.dynamic = dynamic or DynamicNodes(store.redis)
         self.limits = limits or Limits()
-        self.waits = waits or Waits(store, plans, graphs, dispatcher, self.dynamic)
+        self.parking = parking
+        self.children = children
         self._notifications: set[asyncio.Task[Any]] = set()
 
     async def process(self, entries: Sequence[Entry], poison: Sequence[DeadOutcome] = ()) -> None:
@@ -368,12 +372,12 @@ class OutcomeBatches:
 
     async def _wait_of(self, outcome: messages_pb2.TaskOutcome) -> WaitToApply | common_pb2.ErrorInfo:
         cycle = await self.store.redis.hget(keys.run_cycles(outcome.run_id), outcome.node_id)
-        return await self.waits.prepare(outcome, int(cycle or 0))
+        return await self.parking.prepare(outcome, int(cycle or 0))
 
     async def _cancel_children(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
             try:
-                await self.waits.cancel_children(run_id)
+                await self.children.cancel_children(run_id)
             except (DownstreamUnavailable, *REDIS_UNAVAILABLE) as exc:
                 log.warning("child runs of a canceled run not canceled", run_id=run_id, error=str(exc))
 

@@ -25,8 +25,8 @@ from graflow_runtime import keys
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_scheduler.batches import ConsumerStats, OutcomeBatches
-from graflow_scheduler.outcome_stream import DeadOutcome, Entry, OutcomeStream
+from graflow_scheduler.outcomes.apply import ConsumerStats, OutcomeBatches
+from graflow_scheduler.outcomes.stream import DeadOutcome, Entry, OutcomeStream
 
 log = structlog.get_logger(__name__)
 

@@ -9,33 +9,15 @@ from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.compiler import compile_spec
-from graflow_scheduler.runids import new_run_id
-from graflow_scheduler.testkit import group, node, outcome, runs_ended, spec
-
-ETL = spec(["fetch", "clean", "enrich", "report"], ["fetch>g", "g>report"], [group("g", ["clean", "enrich"])])
-
-
-async def submit(client, workflow=ETL):
-    return (await client.SubmitRun(scheduler_pb2.SubmitRunRequest(spec=workflow))).run_id
-
-
-async def report(redis, *outcomes):
-    for item in outcomes:
-        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
-
-
-async def run_end(client, run_id):
-    events = [e async for e in client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id))]
-    return scheduler_pb2.RunEvent.Type.Name(events[-1].type)
+from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.testing.app import envelopes, report, run_end, submit
+from graflow_scheduler.testing.runs import runs_ended
+from graflow_scheduler.testing.specs import node, outcome, spec
 
 
 async def pending_outcomes(redis):
     return (await redis.xpending(keys.OUTCOMES_STREAM, keys.SCHEDULER_GROUP))["pending"]
-
-
-def envelopes(coordinator, run_id, node_id):
-    return [d for d in coordinator.deliveries if (d.envelope.run_id, d.envelope.node_id) == (run_id, node_id)]
 
 
 async def test_outcomes_release_successors_and_finish_the_run(client, downstreams, redis):

@@ -6,9 +6,10 @@ import json
 from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.flowkit import FlowRun, iterate, next_task
-from graflow_scheduler.outcomes_test import envelopes, report, run_end, submit
-from graflow_scheduler.testkit import node, outcome, runs_ended, spec
+from graflow_scheduler.testing.app import envelopes, report, run_end, submit
+from graflow_scheduler.testing.flows import FlowRun, iterate, next_task
+from graflow_scheduler.testing.runs import runs_ended
+from graflow_scheduler.testing.specs import node, outcome, spec
 
 
 def with_directives(run_id, node_id, *directives, attempt=1):  # type: ignore[no-untyped-def]

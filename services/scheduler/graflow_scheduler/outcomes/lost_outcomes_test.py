@@ -10,10 +10,9 @@ import pytest
 from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler import batches, outcomes
-from graflow_scheduler.conftest import app_client
-from graflow_scheduler.outcomes_test import envelopes, report, run_end, submit
-from graflow_scheduler.testkit import node, outcome, spec
+from graflow_scheduler.outcomes import apply, consumer
+from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
+from graflow_scheduler.testing.specs import node, outcome, spec
 
 
 class LogRecorder:
@@ -33,14 +32,14 @@ class LogRecorder:
 @pytest.fixture
 def batch_log(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
     recorder = LogRecorder()
-    monkeypatch.setattr(batches, "log", recorder)
+    monkeypatch.setattr(apply, "log", recorder)
     return recorder
 
 
 @pytest.fixture
 def consumer_log(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
     recorder = LogRecorder()
-    monkeypatch.setattr(outcomes, "log", recorder)
+    monkeypatch.setattr(consumer, "log", recorder)
     return recorder
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from graflow_scheduler.plan import RetryConfig
+from graflow_scheduler.graph.plan import RetryConfig
 
 NO_RETRY = -1
 _MAX_DELAY_MS = 2**32 - 1  # Delivery.delay_ms is a uint32

@@ -1,7 +1,7 @@
 import random
 
-from graflow_scheduler.plan import RetryConfig
-from graflow_scheduler.retry import NO_RETRY, backoff_delay_ms, retry_delay_ms
+from graflow_scheduler.graph.plan import RetryConfig
+from graflow_scheduler.outcomes.retry import NO_RETRY, backoff_delay_ms, retry_delay_ms
 
 
 def test_delay_grows_by_the_backoff_factor_per_attempt():

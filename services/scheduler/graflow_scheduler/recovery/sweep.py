@@ -5,7 +5,7 @@ A node becomes READY in the same script that records the outcome releasing it, b
 the coordinator in a later call; a scheduler that dies in between leaves it READY and
 undelivered. The coordinator deduplicates by (run, node, attempt), so dispatching what was
 already delivered is harmless. The sweep also forgets runs whose state expired, prunes the run
-listing, and keeps the results of live runs from expiring (graflow_scheduler.keepalive).
+listing, and keeps the results of live runs from expiring (graflow_scheduler.recovery.keepalive).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from graflow_api.v1 import coordinator_pb2
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_scheduler.dispatch import Dispatcher, delivery
-from graflow_scheduler.dynamic import DynamicNodes, task_of
+from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
+from graflow_scheduler.downstream.plan_cache import PlanCache
 from graflow_scheduler.errors import GraphNotFound, SpecError
-from graflow_scheduler.keepalive import ResultsKeepAlive
-from graflow_scheduler.plans import PlanCache
-from graflow_scheduler.queries import RunReader
-from graflow_scheduler.state import NodeCycle
+from graflow_scheduler.graph.dynamic import task_of
+from graflow_scheduler.recovery.keepalive import ResultsKeepAlive
+from graflow_scheduler.state.dynamic_nodes import DynamicNodes
+from graflow_scheduler.state.reader import RunReader
+from graflow_scheduler.state.store import NodeCycle
 
 log = structlog.get_logger(__name__)
 

@@ -5,9 +5,10 @@ import time
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.compiler import compile_spec
-from graflow_scheduler.runids import new_run_id
-from graflow_scheduler.testkit import RunHarness, spec
+from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.testing.runs import RunHarness
+from graflow_scheduler.testing.specs import spec
 
 WORKFLOW = spec(["a", "b", "c"], ["a>c", "b>c"])
 

@@ -5,14 +5,14 @@
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
 --       now without consuming the retry budget and counted in the join hash as '<node>:lost'),
---       flow json (graflow_scheduler.directives: directives, continuation, loop edges, limits; see flow.lua),
+--       flow json (graflow_scheduler.graph.directives: directives, continuation, loop edges, limits; see flow.lua),
 --       wait id ('W': what it waits on; 'F': the wait a FeedbackTimeout ends, else ''), and for
 --       'W': wait record, '1' for a feedback request, deadline ms (0 = none).
 -- A 'W' outcome parks the node (waits.lua); a wait id used before in the run fails the node with
 -- InvalidWait instead; a child run that ended already resumes it at once. While a node waits,
 -- only an 'F' outcome of its current attempt naming the wait it waits on applies (the wait
 -- timer's FeedbackTimeout), never as a retry.
--- The closure (graflow_scheduler.plan.Plan.closure_json) lists the node's successors; group
+-- The closure (graflow_scheduler.graph.plan.Plan.closure_json) lists the node's successors; group
 -- entries carry their policy and their own successors, so the script never needs the graph.
 -- Returns {code, ready, retry, run_status}:
 --   code: applied | duplicate (attempt already finished) | stale (another attempt) |

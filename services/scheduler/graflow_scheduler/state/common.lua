@@ -1,4 +1,4 @@
--- Helpers shared by the run scripts; graflow_scheduler.scripts prepends this file to each one.
+-- Helpers shared by the run scripts; graflow_scheduler.state.scripts prepends this file to each one.
 -- KEYS[1..7] of every run script: meta, state, attempt, join, errors, events, active-runs set.
 local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3, 4, 5, 6, 7
 -- apply_outcome, cancel_run and resolve_wait also get KEYS[8] dynamic nodes, KEYS[9] cycles (see

@@ -1,4 +1,4 @@
--- Dynamic control flow, used by apply_outcome (graflow_scheduler.scripts prepends common.lua and
+-- Dynamic control flow, used by apply_outcome (graflow_scheduler.state.scripts prepends common.lua and
 -- this file): task directives (next_task, goto, next_iteration, terminate, cancel), loop edges,
 -- re-runs and cycle limits, the step limit, and ending a run whose remaining nodes can't run.
 --
@@ -11,7 +11,7 @@
 -- added), '<node>:dfail' (one of them failed), '<succ><<pred>' (pred already counted in succ's
 -- join), '<node>:rbase' (attempts of earlier cycles that do not count against the retry budget).
 --
--- The flow argument (graflow_scheduler.directives, plan.py): c continuation node whose successors this outcome
+-- The flow argument (graflow_scheduler.graph.directives, graph/plan.py): c continuation node whose successors this outcome
 -- releases ('' none; absent = the node itself), d 1 for a node added at run time, ms max steps,
 -- mc the node's max cycles, lp loop edges of the continuation {h head, mc head's max cycles,
 -- b nodes reset, x join fields cleared}, dir directives {k add|goto|iter|term|cancel, ...}.

@@ -5,7 +5,8 @@ import pytest
 from graflow_api.v1 import common_pb2, workflow_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.testkit import RunHarness, group, spec
+from graflow_scheduler.testing.runs import RunHarness
+from graflow_scheduler.testing.specs import group, spec
 
 KIND = workflow_pb2.GroupPolicy
 

@@ -5,12 +5,13 @@ import pytest
 from graflow_api.v1 import common_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.compiler import compile_spec
 from graflow_scheduler.errors import RunNotFound
-from graflow_scheduler.queries import BadPageToken
-from graflow_scheduler.runids import new_run_id
-from graflow_scheduler.testkit import RunHarness, group, spec
-from graflow_scheduler.views import event_from_entry
+from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.state.reader import BadPageToken
+from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.state.views import event_from_entry
+from graflow_scheduler.testing.runs import RunHarness
+from graflow_scheduler.testing.specs import group, spec
 
 DIAMOND = spec(["a", "b", "c", "d"], ["a>b", "a>c", "b>d", "c>d"], name="diamond")
 

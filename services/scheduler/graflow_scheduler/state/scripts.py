@@ -16,7 +16,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-_PACKAGE = "graflow_scheduler"
+_PACKAGE = "graflow_scheduler.state"
 ScriptArg = str | bytes | int | float
 
 

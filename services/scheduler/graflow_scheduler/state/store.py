@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from graflow_runtime import keys
 
 from graflow_scheduler.errors import ParentEnded, RunNotFound
-from graflow_scheduler.plan import Plan
-from graflow_scheduler.scripts import Scripts
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.scripts import Scripts
 
 IDEMPOTENCY_PREFIX = keys.idempotency("")
 
@@ -73,7 +73,8 @@ class OutcomeToApply:
     closure_json: str
     # The coordinator reported the attempt lost with its worker: counted as '<node>:lost'.
     worker_lost: bool = False
-    # Dynamic control flow (graflow_scheduler.directives; "" = the node itself, no directives or limits).
+    # Dynamic control flow (graflow_scheduler.graph.directives; "" = the node itself, no directives
+    # or limits).
     flow_json: str = ""
     # Set for a WAITING outcome (``succeeded`` is then ignored).
     wait: WaitToApply | None = None

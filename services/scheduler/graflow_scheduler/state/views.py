@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from graflow_api.v1 import common_pb2, scheduler_pb2
 
-from graflow_scheduler.plan import Plan
+from graflow_scheduler.graph.plan import Plan
 
 Fields = Mapping[bytes, bytes]
 
@@ -20,6 +20,8 @@ _TERMINAL_EVENTS = frozenset(
     }
 )
 ENDED_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
+# Statuses of a run that has not ended (PAUSED: it has WAITING nodes and nothing READY).
+LIVE_STATUSES = ("RUNNING", "PAUSED")
 
 
 def _text(fields: Fields, name: bytes, default: str = "") -> str:

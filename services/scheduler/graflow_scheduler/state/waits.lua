@@ -1,4 +1,4 @@
--- Waits (human feedback, child runs), used by apply_outcome and resolve_wait (graflow_scheduler.
+-- Waits (human feedback, child runs), used by apply_outcome and resolve_wait (graflow_scheduler.state.
 -- scripts prepends common.lua, flow.lua and this file). A node that waits is WAITING: it holds no
 -- worker and no delivery; it runs again (READY, attempt+1, same cycle) when the wait is resolved.
 --

@@ -1,20 +1,19 @@
-"""Test helpers for dynamic control flow (not shipped: owned by the test_utils target): directive
-builders and a run driven through RunStore with directives, as the outcome consumer does."""
+"""Test helpers for dynamic control flow: directive builders and a run driven through RunStore
+with directives, as the outcome consumer does."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.compiler import Limits
-from graflow_scheduler.directives import prepare
-from graflow_scheduler.dynamic import DynamicNodes
-from graflow_scheduler.plan import Plan
-from graflow_scheduler.state import AppliedOutcome, RunStore
-from graflow_scheduler.testkit import RunHarness
+from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.graph.directives import prepare
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.dynamic_nodes import DynamicNodes
+from graflow_scheduler.state.store import AppliedOutcome, RunStore
+from graflow_scheduler.testing.runs import RunHarness
 
 Directive = messages_pb2.Directive
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
@@ -109,6 +108,3 @@ class FlowRun(RunHarness):
 def ready(result: AppliedOutcome) -> list[str]:
     return [node for node, _attempt in result.ready]
 
-
-def specs(nodes: Sequence[str | workflow_pb2.NodeSpec]) -> list[workflow_pb2.NodeSpec]:
-    return [workflow_pb2.NodeSpec(id=n, task_type=f"t_{n}") if isinstance(n, str) else n for n in nodes]

@@ -9,10 +9,10 @@ import pytest
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.conftest import app_client
-from graflow_scheduler.outcomes_test import envelopes, report, run_end, submit
-from graflow_scheduler.testkit import outcome, runs_ended, spec
-from graflow_scheduler.waits import request_problem, response_problem
+from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
+from graflow_scheduler.testing.runs import runs_ended
+from graflow_scheduler.testing.specs import outcome, spec
+from graflow_scheduler.waits.validation import request_problem, response_problem
 
 Kind = feedback_pb2.FeedbackKind
 WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
