@@ -79,7 +79,7 @@ class SchedulerApp:
         if background:
             await self.sweep.sweep_safely()  # what a previous process left READY
             self.consumer.start()
-            self.sweep.start()
+            self.sweep.start(delay_s=self.sweep.interval_s)
             self.wait_timer.start()
         log.info(
             "scheduler listening",

@@ -10,8 +10,6 @@ listing, and keeps the results of live runs from expiring (graflow_scheduler.rec
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -20,6 +18,7 @@ import structlog
 
 from graflow_api.v1 import coordinator_pb2
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.loops import BackgroundLoop
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
@@ -42,7 +41,9 @@ class SweepStats:
     redispatched: int = 0
 
 
-class RecoverySweep:
+class RecoverySweep(BackgroundLoop):
+    name = "recovery-sweep"
+
     def __init__(
         self,
         reader: RunReader,
@@ -62,27 +63,14 @@ class RecoverySweep:
         self.interval_s = interval_s
         self.retention_s = retention_s
         self.stats = SweepStats()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="recovery-sweep")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        """Every interval until stopped (the start-up pass is :meth:`sweep_safely`, awaited by
-        the app before its loops start)."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
-            if not self._stopping.is_set():
-                await self.sweep_safely()
+    async def step(self) -> float:
+        """One periodic pass (the start-up pass is :meth:`sweep_safely`, awaited by the app, which
+        starts the loop one interval later). Stopping interrupts it: the next pass repeats it."""
+        with self.interruptible():
+            await self.sweep_safely()
+        return self.interval_s
 
     async def sweep_safely(self) -> None:
         """One pass; failures are logged and left to the next pass."""
