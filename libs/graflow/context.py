@@ -12,7 +12,7 @@ otherwise park the node (WAITING, holding no worker) until it is; the task then 
 start (or its checkpoint) and the same call returns. ``start_child`` starts a child run and goes on.
 
 Cancellation is cooperative: when the run ends (canceled, failed, terminated: any end), the worker
-sets the context's cancel event within milliseconds; ``is_canceled()`` turns true and
+sets the context's cancel event within 0.5 s; ``is_canceled()`` turns true and
 ``check_canceled()`` raises :class:`~graflow.errors.TaskCanceledError`, which ends the attempt as
 canceled (not failed). Nothing interrupts a task that does not look.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import structlog
 
@@ -21,6 +22,7 @@ class BackgroundLoop:
     """Runs :meth:`step` until stopped; ``step`` returns how long to sleep before the next one.
 
     :meth:`wake` cuts the current sleep short (e.g. new work is due earlier than planned).
+    Inside :meth:`interruptible`, :meth:`stop` cancels the step at once instead of waiting for it.
     """
 
     name = "loop"
@@ -29,24 +31,42 @@ class BackgroundLoop:
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._interruptible = False
 
     async def step(self) -> float:
         raise NotImplementedError
 
-    def start(self) -> None:
+    def start(self, *, delay_s: float = 0.0) -> None:
+        """Run the loop; the first step comes after ``delay_s`` (cut short by :meth:`wake`)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=self.name)
+            self._task = asyncio.create_task(self._run(delay_s), name=self.name)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Marks a part of :meth:`step` that :meth:`stop` cancels at once: a wait that holds nothing
+        yet (a blocking read for new work), or work the next start does again anyway."""
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def wake(self) -> None:
         self._wakeup.set()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Let the current step finish (up to ``timeout_s``), then end the loop."""
+        """Let the current step finish (up to ``timeout_s``; at once inside :meth:`interruptible`),
+        then end the loop."""
         self._stopping.set()
         self._wakeup.set()
         if self._task is None:
             return
         task, self._task = self._task, None
+        if self._interruptible:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
@@ -55,7 +75,9 @@ class BackgroundLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self) -> None:
+    async def _run(self, delay_s: float) -> None:
+        if delay_s > 0:
+            await self._sleep(delay_s)
         backoff = Backoff(initial=BACKOFF_MIN_S, cap=BACKOFF_MAX_S, jitter=0.0)
         while not self._stopping.is_set():
             try:

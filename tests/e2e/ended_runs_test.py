@@ -202,9 +202,12 @@ def test_a_running_body_sees_the_end_within_half_a_second_and_its_attempt_is_can
     figures = settle(env, client, run_id, "running body (is_canceled)")
     info = client.get_run(run_id)
     assert figures.status == "RUN_STATUS_FAILED" and info.failed_node_id == "boom"
+    # The run may end before the waiter's worker next reads gf:ended (every 0.2 s while it runs).
+    wait_for(lambda: env.fx.hexists(f"seen:{run_id}", "waiter"), 10, "the waiter to see the end")
     seen = int(env.fx.hget(f"seen:{run_id}", "waiter"))
     assert 0 <= seen - info.ended_at_ms <= LIMIT_MS, seen - info.ended_at_ms
-    assert figures.canceled_attempts == 1
+    wait_for(lambda: client.get_run(run_id).canceled_attempts >= 1, 10, "the waiter's canceled attempt")
+    assert client.get_run(run_id).canceled_attempts == 1
     events = list(client.watch(run_id))
     assert not [e for e in events if e.node_id == "waiter" and "FAILED" in str(e.type)]
 

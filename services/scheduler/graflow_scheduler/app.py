@@ -16,21 +16,25 @@ from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_se
 from graflow_runtime.redis_client import check_durability, connect
 from graflow_runtime.version import __version__
 
-from graflow_scheduler.api import SchedulerServicer
-from graflow_scheduler.batches import OutcomeBatches
-from graflow_scheduler.compiler import Limits
-from graflow_scheduler.dispatch import Dispatcher
-from graflow_scheduler.dynamic import DynamicNodes
-from graflow_scheduler.interceptors import RedisUnavailableInterceptor
-from graflow_scheduler.keepalive import ResultsKeepAlive
-from graflow_scheduler.outcome_stream import OutcomeStream
-from graflow_scheduler.outcomes import ConsumerConfig, OutcomeConsumer
-from graflow_scheduler.plans import PlanCache, RunGraphs
-from graflow_scheduler.queries import RunReader
+from graflow_scheduler.api.interceptors import RedisUnavailableInterceptor
+from graflow_scheduler.api.servicer import SchedulerServicer
+from graflow_scheduler.downstream.coordinator import Dispatcher
+from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
+from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.outcomes.apply import OutcomeBatches
+from graflow_scheduler.outcomes.consumer import ConsumerConfig, OutcomeConsumer
+from graflow_scheduler.outcomes.stream import OutcomeStream
+from graflow_scheduler.recovery.keepalive import ResultsKeepAlive
+from graflow_scheduler.recovery.sweep import RecoverySweep
 from graflow_scheduler.settings import SchedulerSettings
-from graflow_scheduler.state import RunStore
-from graflow_scheduler.sweep import RecoverySweep
-from graflow_scheduler.waits import Waits
+from graflow_scheduler.state.dynamic_nodes import DynamicNodes
+from graflow_scheduler.state.reader import RunReader
+from graflow_scheduler.state.store import RunStore
+from graflow_scheduler.waits.children import ChildRuns
+from graflow_scheduler.waits.feedback import FeedbackRequests
+from graflow_scheduler.waits.parking import Parking
+from graflow_scheduler.waits.resume import ResumedNodes
+from graflow_scheduler.waits.timer import WaitTimer
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +61,7 @@ class SchedulerApp:
     servicer: SchedulerServicer
     consumer: OutcomeConsumer
     sweep: RecoverySweep
-    waits: Waits
+    wait_timer: WaitTimer
     server: ServerHandle
 
     @property
@@ -75,8 +79,8 @@ class SchedulerApp:
         if background:
             await self.sweep.sweep_safely()  # what a previous process left READY
             self.consumer.start()
-            self.sweep.start()
-            self.waits.start()
+            self.sweep.start(delay_s=self.sweep.interval_s)
+            self.wait_timer.start()
         log.info(
             "scheduler listening",
             version=__version__,
@@ -92,7 +96,7 @@ class SchedulerApp:
         await self.server.set_serving(False)
         await self.consumer.stop()
         await self.sweep.stop()
-        await self.waits.stop()
+        await self.wait_timer.stop()
         await self.server.stop(grace)
         await self.coordinator_channel.close()
         await self.result_store_channel.close()
@@ -118,7 +122,10 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
     graphs = RunGraphs(reader)
     limits = Limits(max_nodes=settings.max_nodes, max_args_bytes=settings.max_args_bytes)
     dynamic = DynamicNodes(redis)
-    waits = Waits(store, plans, graphs, dispatcher, dynamic, interval_s=settings.wait_timer_interval_s)
+    resumed = ResumedNodes(redis, plans, graphs, dispatcher, dynamic)
+    feedback = FeedbackRequests(store, resumed)
+    children = ChildRuns(store, resumed)
+    wait_timer = WaitTimer(redis, feedback, children, interval_s=settings.wait_timer_interval_s)
     servicer = SchedulerServicer(
         store,
         reader,
@@ -126,7 +133,8 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         plans,
         graphs,
         dispatcher,
-        waits,
+        feedback,
+        children,
         limits=limits,
         watch_block_ms=settings.watch_block_ms,
     )
@@ -139,7 +147,8 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
             dispatcher,
             dynamic=dynamic,
             limits=limits,
-            waits=waits,
+            parking=Parking(redis),
+            children=children,
         ),
         ConsumerConfig(
             batch=settings.outcome_batch,
@@ -178,6 +187,6 @@ def create_app(settings: SchedulerSettings) -> SchedulerApp:
         servicer=servicer,
         consumer=consumer,
         sweep=sweep,
-        waits=waits,
+        wait_timer=wait_timer,
         server=server,
     )

@@ -4,21 +4,19 @@ server, and a started scheduler on a free port."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
 from graflow_api.v1 import scheduler_pb2_grpc
 
 from graflow_scheduler.app import SchedulerApp, create_app
-from graflow_scheduler.queries import RunReader
-from graflow_scheduler.settings import SchedulerSettings
-from graflow_scheduler.state import RunStore
-from graflow_scheduler.testkit import RecordingCoordinator, RecordingResultStore, serve_downstreams
+from graflow_scheduler.state.reader import RunReader
+from graflow_scheduler.state.store import RunStore
+from graflow_scheduler.testing.app import app_client, scheduler_settings
+from graflow_scheduler.testing.doubles import RecordingCoordinator, RecordingResultStore, serve_downstreams
 
 
 @pytest.fixture
@@ -50,26 +48,6 @@ async def downstreams() -> AsyncIterator[Downstreams]:
         await server.stop(None)
 
 
-def scheduler_settings(redis_url: str, downstream_address: str, **overrides: object) -> SchedulerSettings:
-    values: dict[str, object] = {
-        "redis_url": redis_url,
-        "listen_address": "127.0.0.1:0",
-        "coordinator_address": downstream_address,
-        "result_store_address": downstream_address,
-        "consumer_name": "test-scheduler",
-        "outcome_block_ms": 50,
-        "sweep_interval_s": 3600.0,
-        "claim_idle_ms": 60_000,
-        "watch_block_ms": 200,
-        "shutdown_grace_s": 1.0,
-        "rpc_timeout_s": 2.0,
-        "breaker_fail_max": 1000,
-        "breaker_reset_s": 0.1,
-    }
-    values.update(overrides)
-    return SchedulerSettings(**values)
-
-
 AppFactory = Callable[..., Awaitable[SchedulerApp]]
 
 
@@ -97,12 +75,6 @@ async def make_app(
 @pytest.fixture
 async def app(make_app: AppFactory) -> SchedulerApp:
     return await make_app()
-
-
-@contextlib.asynccontextmanager
-async def app_client(app: SchedulerApp) -> AsyncIterator[scheduler_pb2_grpc.SchedulerStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield scheduler_pb2_grpc.SchedulerStub(channel)
 
 
 @pytest.fixture

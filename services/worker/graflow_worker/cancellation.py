@@ -3,7 +3,8 @@
 The worker learns of ended runs in two ways, both authoritative, both feeding :meth:`cancel`:
 
 - :mod:`graflow_worker.run_endings` reads the scheduler's ``gf:ended`` stream (every end, whatever
-  its status, is appended there atomically with the end) within milliseconds of the end;
+  its status, is appended there atomically with the end): with every queue read, and every 0.2 s
+  while a task runs;
 - the consumer checks the runs of each read batch in their meta hash (``ended``) before starting
   anything (:mod:`graflow_worker.consumer`).
 
@@ -58,6 +59,10 @@ class Cancellations:
     def is_canceled(self, run_id: str) -> bool:
         expiry = self._canceled.get(run_id)
         return expiry is not None and expiry >= time.monotonic()
+
+    def has_running_tasks(self) -> bool:
+        """True while a task holds a cancel event (its run's end must reach it)."""
+        return len(self._events) > 0
 
     def event(self, run_id: str) -> threading.Event:
         """The cancel event shared by the tasks of ``run_id`` on this worker (set if ended)."""

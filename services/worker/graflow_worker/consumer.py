@@ -259,10 +259,7 @@ class Consumer:
                 response, ended = await pipe.execute()
         finally:
             self._blocking = False
-        applied = sum(len(items) for _stream, items in ended or ())
-        for _stream, items in ended or ():
-            self._endings.apply(items)
-        return _entries(response), applied < READ_COUNT
+        return _entries(response), self._endings.absorb(ended) < READ_COUNT
 
     async def _read_failed(self, exc: BaseException, backoff: Backoff) -> None:
         self._reader_id = None

@@ -1,6 +1,6 @@
-"""The ended-runs watcher against a real redis-server: it follows gf:ended from its tail at
-start-up, hands every ended run to the registry within a read, and survives a lost connection
-without missing entries appended meanwhile."""
+"""The ended-runs watcher against a real redis-server: while a task runs it follows gf:ended from
+its tail at start-up, hands every ended run to the registry within the 0.5 s bound, and survives a
+lost connection without missing entries appended meanwhile; while nothing runs it reads nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from graflow_runtime import keys
 from graflow_runtime.redis_client import connect
 
 from graflow_worker.cancellation import Cancellations
-from graflow_worker.run_endings import RunEndings
+from graflow_worker.run_endings import POLL_S, RunEndings
 
 
 async def append_end(redis, run_id: str, status: str = "FAILED") -> None:  # type: ignore[no-untyped-def]
@@ -29,10 +29,10 @@ async def wait_until(check, timeout: float = 5.0) -> None:  # type: ignore[no-un
 
 
 @contextlib.asynccontextmanager
-async def watching(redis_url: str, registry: Cancellations, block_ms: int) -> AsyncIterator[RunEndings]:
+async def watching(redis_url: str, registry: Cancellations) -> AsyncIterator[RunEndings]:
     """A started watcher on a connection of its own, stopped at the end."""
     own = connect(redis_url, max_connections=1)
-    endings = RunEndings(own, registry, block_ms=block_ms)
+    endings = RunEndings(own, registry)
     await endings.start()
     stop = asyncio.Event()
     loop_task = asyncio.create_task(endings.run(stop))
@@ -49,13 +49,13 @@ async def test_ends_after_the_start_reach_running_tasks_within_a_read_and_earlie
 ):
     await append_end(redis, "ended-before")
     registry = Cancellations()
-    async with watching(redis_url, registry, 1000) as endings:
+    async with watching(redis_url, registry) as endings:
         event: threading.Event = registry.event("run-1")  # a running task's cancel event
-        await asyncio.sleep(0.05)  # the watcher blocks in XREAD
+        await asyncio.sleep(0.05)
         began = asyncio.get_running_loop().time()
         await append_end(redis, "run-1", "SUCCEEDED")
         await wait_until(event.is_set)
-        # Pushed, not polled: well under the 1 s block.
+        # Read every POLL_S while a task runs: within the bound.
         assert asyncio.get_running_loop().time() - began < 0.5
         assert registry.is_canceled("run-1")
         assert not registry.is_canceled("ended-before")
@@ -64,7 +64,8 @@ async def test_ends_after_the_start_reach_running_tasks_within_a_read_and_earlie
 
 async def test_a_lost_connection_is_retried_from_the_last_entry_read(redis, redis_url):
     registry = Cancellations()
-    async with watching(redis_url, registry, 200) as endings:
+    running = registry.event("run-x")  # noqa: F841 - a running task's event: the watcher reads
+    async with watching(redis_url, registry) as endings:
         await append_end(redis, "run-a")
         await wait_until(lambda: registry.is_canceled("run-a"))
         # Kill the watcher's connection and append while it is away.
@@ -76,3 +77,17 @@ async def test_a_lost_connection_is_retried_from_the_last_entry_read(redis, redi
         await append_end(redis, "run-c")
         await wait_until(lambda: registry.is_canceled("run-b") and registry.is_canceled("run-c"))
         assert endings.received == 3
+
+
+async def test_nothing_is_read_while_no_task_runs_and_the_first_running_task_gets_the_ends(redis, redis_url):
+    registry = Cancellations()
+    async with watching(redis_url, registry) as endings:
+        await append_end(redis, "run-idle")
+        await asyncio.sleep(3 * POLL_S)
+        # No task runs: a run's end costs this worker nothing (the consumer's queue read brings it).
+        assert endings.received == 0
+        event = registry.event("run-idle")  # a task of that run starts
+        began = asyncio.get_running_loop().time()
+        await wait_until(event.is_set)
+        assert asyncio.get_running_loop().time() - began < 0.5
+        assert endings.received == 1

@@ -99,7 +99,7 @@ class Worker:
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
             self._redis = connect(s.redis_url)
             self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
-            self._endings_redis = connect(s.redis_url, max_connections=1)  # blocking reads of gf:ended
+            self._endings_redis = connect(s.redis_url, max_connections=1)  # reads of gf:ended while tasks run
             await self._check_redis(self._redis)
 
             result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
@@ -127,8 +127,7 @@ class Worker:
                     run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
                     result_store_stub=rs_stub, loop=loop),
             )
-            self.endings = RunEndings(self._endings_redis, self.runner.cancellations,
-                                      block_ms=s.read_block_ms)
+            self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
             self.committer = Committer(self._redis, result_store=result_store, stub=rs_stub,
                                        intake=self.intake, batch_max=s.commit_batch_max)
             self.consumer = Consumer(

@@ -1,0 +1,297 @@
+"""The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs; list,
+get and answer feedback requests (graflow_scheduler.waits.feedback)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.graphs import graph_hash
+from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.telemetry import ensure_trace
+
+from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
+from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
+from graflow_scheduler.errors import GraphNotFound, ParentEnded, RunNotFound, SpecError
+from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.reader import BadPageToken, RunReader
+from graflow_scheduler.state.runids import new_run_id, run_id_problem
+from graflow_scheduler.state.store import ParentLink, RunStore
+from graflow_scheduler.state.views import (
+    ENDED_STATUSES,
+    event_from_entry,
+    event_type,
+    is_terminal,
+    is_terminal_entry,
+)
+from graflow_scheduler.waits.children import ChildRuns
+from graflow_scheduler.waits.feedback import FeedbackNotFound, FeedbackRejected, FeedbackRequests
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_KEY_MAX = 256
+LABELS_MAX = 64
+LABEL_KEY_MAX = 128
+LABEL_VALUE_MAX = 1024
+LIST_DEFAULT, LIST_MAX = 50, 1000
+WATCH_BATCH = 500
+REASON_MAX = 1024
+_CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
+    if not request.HasField("spec"):
+        return "spec is missing"
+    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        return (
+            f"idempotency_key is {len(request.idempotency_key)} characters long; "
+            f"the limit is {IDEMPOTENCY_KEY_MAX}"
+        )
+    if len(request.labels) > LABELS_MAX:
+        return f"{len(request.labels)} labels; the limit is {LABELS_MAX}"
+    for key, value in request.labels.items():
+        if not key or len(key) > LABEL_KEY_MAX or len(value) > LABEL_VALUE_MAX:
+            return (
+                f"label {key[:64]!r}: keys need 1-{LABEL_KEY_MAX} characters, values at most "
+                f"{LABEL_VALUE_MAX}"
+            )
+    return None
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(
+        self,
+        store: RunStore,
+        reader: RunReader,
+        watch_reader: RunReader,
+        plans: PlanCache,
+        graphs: RunGraphs,
+        dispatcher: Dispatcher,
+        feedback: FeedbackRequests,
+        children: ChildRuns,
+        *,
+        limits: Limits,
+        watch_block_ms: int = 5000,
+    ) -> None:
+        self.store = store
+        self.reader = reader
+        self.watch_reader = watch_reader
+        self.plans = plans
+        self.graphs = graphs
+        self.dispatcher = dispatcher
+        self.feedback = feedback
+        self.children = children
+        self.limits = limits
+        self.watch_block_ms = watch_block_ms
+
+    async def _check_run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
+        problem = run_id_problem(run_id)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def _plan_or_none(self, graph: str) -> Plan | None:
+        try:
+            return await self.plans.get(graph)
+        except (DownstreamUnavailable, GraphNotFound, SpecError) as exc:
+            log.warning("run shown without node kinds: plan unavailable", graph_hash=graph, error=str(exc))
+            return None
+
+    async def SubmitRun(  # noqa: N802 - gRPC method name
+        self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SubmitRunResponse:
+        problem = _request_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            plan = await compile_off_loop(request.spec, self.limits)
+        except SpecError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid workflow: {exc}")
+        parent = await self._parent(request, context)
+        digest = graph_hash(request.spec)
+        try:
+            await self.plans.store(digest, request.spec, plan)
+        except DownstreamUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the graph: {exc}; retry later")
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"result-store rejected the graph: {exc.details()}")
+        run_id = new_run_id()
+        try:
+            created = await self.store.create_run(
+                plan,
+                run_id=run_id,
+                graph_hash=digest,
+                now_ms=_now_ms(),
+                idempotency_key=request.idempotency_key,
+                labels=dict(request.labels),
+                parent=parent,
+            )
+        except ParentEnded as exc:
+            if exc.status == "unknown":
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"parent run {exc.run_id} does not exist")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        if not created.created:
+            existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
+            log.info("submit matched an existing run", run_id=created.run_id)
+            return scheduler_pb2.SubmitRunResponse(
+                run_id=created.run_id,
+                created=False,
+                graph_hash=existing,
+                sink_node_ids=plan.sinks if existing == digest else (),
+            )
+        self.graphs.remember(run_id, digest)
+        # The run's trace starts here (unless the call carries one): its envelopes carry it on.
+        with ensure_trace("graflow.run", {"graflow.run_id": run_id, "graflow.workflow": plan.name}):
+            log.info(
+                "run created", run_id=run_id, workflow=plan.name, nodes=len(plan.nodes), graph_hash=digest
+            )
+            try:
+                await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
+            except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
+                # The run exists with its roots READY: the recovery sweep dispatches them.
+                log.warning(
+                    "roots not dispatched yet; the recovery sweep will", run_id=run_id, error=str(exc)
+                )
+        return scheduler_pb2.SubmitRunResponse(
+            run_id=run_id, created=True, graph_hash=digest, sink_node_ids=plan.sinks
+        )
+
+    async def _parent(
+        self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> ParentLink | None:
+        if not request.HasField("parent"):
+            return None
+        parent = request.parent
+        await self._check_run_id(parent.run_id, context)
+        if not parent.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "parent.node_id is empty")
+        return ParentLink(parent.run_id, parent.node_id)
+
+    async def GetRun(  # noqa: N802
+        self, request: scheduler_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Run:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.reader.get_run(request.run_id, self._plan_or_none)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def ListRuns(  # noqa: N802
+        self, request: scheduler_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListRunsResponse:
+        limit = min(request.limit or LIST_DEFAULT, LIST_MAX)
+        status = None
+        if request.status != common_pb2.RUN_STATUS_UNSPECIFIED:
+            status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_")
+        try:
+            runs, token = await self.reader.list_runs(
+                limit=limit, status=status, page_token=request.page_token
+            )
+        except BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def WatchRun(  # noqa: N802
+        self, request: scheduler_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.RunEvent]:
+        run_id = request.run_id
+        await self._check_run_id(run_id, context)
+        if request.cursor and not _CURSOR.fullmatch(request.cursor):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cursor {request.cursor[:64]!r} is malformed: "
+                "pass a RunEvent.cursor (like '1700000000000-0')",
+            )
+        wanted = frozenset(request.types)
+        cursor = request.cursor or "0-0"
+        entries: list[tuple[bytes, dict[bytes, bytes]]] | None = await self.watch_reader.read_events(
+            run_id, cursor, count=WATCH_BATCH
+        )
+        # A run with events exists (they expire with it); without any, ask its status.
+        if not entries and await self.watch_reader.status(run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(RunNotFound(run_id)))
+        with structlog.contextvars.bound_contextvars(run_id=run_id):
+            while not context.done():
+                if entries is None:
+                    entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
+                if not entries:
+                    status = await self.watch_reader.status(run_id)
+                    if status is None:
+                        return  # expired meanwhile
+                    if status in ENDED_STATUSES:
+                        # The terminal event was appended with the status: read up to it.
+                        entries = await self.watch_reader.read_events(run_id, cursor, count=WATCH_BATCH)
+                        if not entries:
+                            return
+                    else:
+                        entries = await self.watch_reader.read_events(
+                            run_id, cursor, count=WATCH_BATCH, block_ms=self.watch_block_ms
+                        )
+                for entry_id, fields in entries:
+                    cursor = entry_id.decode()
+                    if wanted and event_type(fields) not in wanted:
+                        if is_terminal_entry(fields):
+                            return
+                        continue
+                    event = event_from_entry(run_id, entry_id, fields)
+                    yield event
+                    if is_terminal(event):
+                        return
+                # A short batch reached the end of the stream: next, wait for new events (reading
+                # again at once would find nothing); a full one may have more behind it.
+                entries = [] if len(entries) < WATCH_BATCH else None
+
+    async def CancelRun(  # noqa: N802
+        self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Run:
+        await self._check_run_id(request.run_id, context)
+        reason = request.reason[:REASON_MAX] or "canceled by request"
+        try:
+            status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
+            log.info("run cancel requested", run_id=request.run_id, status=status)
+            if status == "CANCELED":
+                # Workers learn it from gf:ended, written by cancel_run with the end itself.
+                await self.children.cancel_children(request.run_id)
+            return await self.reader.get_run(request.run_id, self._plan_or_none)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def ListFeedback(  # noqa: N802
+        self, request: scheduler_pb2.ListFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListFeedbackResponse:
+        if request.run_id:
+            await self._check_run_id(request.run_id, context)
+        try:
+            pending = await self.feedback.list_pending(request.run_id, request.limit)
+        except RunNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return scheduler_pb2.ListFeedbackResponse(requests=pending)
+
+    async def GetFeedback(  # noqa: N802
+        self, request: scheduler_pb2.GetFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> feedback_pb2.FeedbackRequest:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.feedback.get(request.run_id, request.request_id)
+        except (RunNotFound, FeedbackNotFound) as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def RespondFeedback(  # noqa: N802
+        self, request: scheduler_pb2.RespondFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> feedback_pb2.FeedbackRequest:
+        await self._check_run_id(request.run_id, context)
+        try:
+            return await self.feedback.respond(request.run_id, request.request_id, request.response)
+        except (RunNotFound, FeedbackNotFound) as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except FeedbackRejected as exc:
+            await context.abort(exc.code, str(exc))

@@ -1,0 +1,86 @@
+"""The recovery sweep dispatches READY nodes that never reached the coordinator."""
+
+import time
+
+from graflow_runtime import keys
+from graflow_runtime.graphs import graph_hash
+
+from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.testing.runs import RunHarness
+from graflow_scheduler.testing.specs import spec
+
+WORKFLOW = spec(["a", "b", "c"], ["a>c", "b>c"])
+
+
+async def make_run(app, store, downstreams):
+    await app.sweep.stop()  # sweep by hand below
+    downstreams.result_store.graphs[graph_hash(WORKFLOW)] = WORKFLOW
+    return await RunHarness.create(store, WORKFLOW)
+
+
+async def test_sweep_dispatches_ready_nodes_with_their_current_attempt(app, store, downstreams):
+    run = await make_run(app, store, downstreams)
+    await run.finish("a", ok=False, retry_delay_ms=1000)  # a: READY at attempt 2; b: READY at 1
+    assert await app.sweep.sweep_once() == 2
+    assert sorted(downstreams.coordinator.delivered(run.run_id)) == [("a", 2), ("b", 1)]
+
+
+async def test_sweep_dispatches_a_node_with_the_attempts_it_lost_with_its_workers(app, store, downstreams):
+    run = await make_run(app, store, downstreams)
+    for attempt in (1, 2):  # a's workers died twice
+        await run.finish("a", attempt=attempt, ok=False, retry_delay_ms=0, worker_lost=True)
+
+    await app.sweep.sweep_once()
+
+    lost = {
+        d.envelope.node_id: (d.envelope.attempt, d.envelope.lost_attempts)
+        for request in downstreams.coordinator.requests
+        for d in request.deliveries
+    }
+    assert lost == {"a": (3, 2), "b": (1, 0)}
+
+
+async def test_sweep_repeats_harmlessly_and_skips_ended_runs(app, store, downstreams):
+    run = await make_run(app, store, downstreams)
+    await app.sweep.sweep_once()
+    await app.sweep.sweep_once()
+    assert downstreams.coordinator.delivered(run.run_id) == [("a", 1), ("b", 1), ("a", 1), ("b", 1)]
+    await store.cancel_run(run.run_id, "stop", now_ms=5)
+    before = len(downstreams.coordinator.requests)
+    assert await app.sweep.sweep_once() == 0
+    assert len(downstreams.coordinator.requests) == before
+
+
+async def test_sweep_forgets_active_runs_whose_state_expired(app, store, downstreams, redis):
+    run = await make_run(app, store, downstreams)
+    await redis.delete(*keys.run_keys(run.run_id))
+    assert await app.sweep.sweep_once() == 0
+    assert not await redis.sismember(keys.ACTIVE_RUNS, run.run_id)
+
+
+async def test_sweep_prunes_listing_entries_of_expired_runs_only(app, store, redis):
+    await app.sweep.stop()
+    plan = compile_spec(spec(["a"]))
+    kept, expired = new_run_id(1), new_run_id(2)
+    for run_id in (kept, expired):
+        await store.create_run(plan, run_id=run_id, graph_hash="h", now_ms=1)
+        await store.cancel_run(run_id, "old", now_ms=2)
+    await redis.delete(keys.run_meta(expired))
+    await app.sweep.sweep_once()
+    assert [m.decode() for m in await redis.zrange(keys.RUNS_INDEX, 0, -1)] == [kept]
+
+
+async def test_sweep_keeps_the_results_of_live_runs_from_expiring(app, store, downstreams, redis):
+    old = await make_run(app, store, downstreams)  # created at 1 s after the epoch: long due
+    ended = await RunHarness.create(store, spec(["x"]))
+    await ended.finish("x")
+    fresh = await RunHarness.create(store, spec(["y"]))
+    await redis.hset(keys.run_meta(fresh.run_id), "created", int(time.time() * 1000))
+
+    await app.sweep.sweep_once()
+    assert downstreams.result_store.kept_alive == [[old.run_id]]  # not the ended one, not the fresh one
+    assert int(await redis.hget(keys.run_meta(old.run_id), "kept")) > time.time() * 1000 - 60_000
+
+    await app.sweep.sweep_once()  # kept a moment ago: not due again
+    assert downstreams.result_store.kept_alive == [[old.run_id]]

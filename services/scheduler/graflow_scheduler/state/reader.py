@@ -1,0 +1,231 @@
+"""Reads of run state: one run, the run listing (newest first, paged), event history, and what
+the recovery sweep needs (active runs and their READY nodes)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from graflow_api.v1 import common_pb2, scheduler_pb2
+from graflow_runtime import keys
+
+from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.graph.dynamic import summaries as dynamic_summaries
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.runids import is_run_id
+from graflow_scheduler.state.store import NodeCycle
+from graflow_scheduler.state.views import add_nodes, run_from_meta
+
+PlanLookup = Callable[[str], Awaitable[Plan | None]]
+
+
+class BadPageToken(ValueError):
+    """A ListRuns page token that this service did not issue."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyRun:
+    run_id: str
+    graph_hash: str
+    # READY nodes with their current attempt.
+    ready: tuple[tuple[str, int], ...]
+    # READY node -> its attempts lost with their worker (absent = 0).
+    lost: dict[str, int] = field(default_factory=dict)
+    # READY node on a re-run or with iteration data -> its cycle (absent = cycle 0, no data).
+    cycles: dict[str, NodeCycle] = field(default_factory=dict)
+
+
+def encode_page_token(score: int, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score}:{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        score, run_id = raw.split(":", 1)
+        if not is_run_id(run_id):
+            raise ValueError(run_id)
+        return int(score), run_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadPageToken(f"page_token {token[:64]!r} is not a token returned by ListRuns") from exc
+
+
+class RunReader:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def graph_hashes(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """Graph hash of each run (None for unknown or expired runs), one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.run_meta(run_id), "graph")
+            values = await pipe.execute()
+        return {r: (v.decode() if v else None) for r, v in zip(run_ids, values, strict=True)}
+
+    async def status(self, run_id: str) -> str | None:
+        value = await self.redis.hget(keys.run_meta(run_id), "status")
+        return value.decode() if value else None
+
+    async def get_run(self, run_id: str, plan_lookup: PlanLookup) -> scheduler_pb2.Run:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.run_meta(run_id))
+            pipe.hgetall(keys.run_state(run_id))
+            pipe.hgetall(keys.run_attempts(run_id))
+            pipe.hgetall(keys.run_errors(run_id))
+            pipe.hgetall(keys.run_cycles(run_id))
+            pipe.hgetall(keys.run_dynamic(run_id))
+            pipe.smembers(keys.run_children(run_id))
+            pipe.hgetall(keys.run_waits(run_id))
+            meta, states, attempts, errors, cycles, dynamic, children, waits = await pipe.execute()
+        if not meta:
+            raise RunNotFound(run_id)
+        run = run_from_meta(run_id, meta)
+        run.child_run_ids.extend(sorted(child.decode() for child in children))
+        plan = await plan_lookup(run.graph_hash)
+        add_nodes(run, states, attempts, errors, plan, cycles, dynamic_summaries(dynamic))
+        waiting = {k[1:].decode(): v.decode() for k, v in waits.items() if k.startswith(b"@")}
+        for node in run.nodes:
+            if node.state == common_pb2.NODE_STATE_WAITING:
+                node.waiting_for = waiting.get(node.node_id, "")
+        return run
+
+    async def list_runs(
+        self, *, limit: int, status: str | None, page_token: str
+    ) -> tuple[list[scheduler_pb2.Run], str]:
+        """Runs newest first (without nodes), optionally with one status, and the next token."""
+        cursor = decode_page_token(page_token) if page_token else None
+        runs: list[scheduler_pb2.Run] = []
+        scanned, max_scan = 0, max(limit * 20, 1000)
+        while len(runs) < limit and scanned < max_scan:
+            candidates = await self._page(cursor, limit - len(runs) if status is None else max(limit, 100))
+            if not candidates:
+                return runs, ""
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run_id, _score in candidates:
+                    pipe.hgetall(keys.run_meta(run_id))
+                metas = await pipe.execute()
+            for (run_id, score), meta in zip(candidates, metas, strict=True):
+                cursor = (score, run_id)
+                scanned += 1
+                if not meta:
+                    continue  # expired; the sweep prunes the index
+                run = run_from_meta(run_id, meta)
+                if status is not None and meta.get(b"status", b"").decode() != status:
+                    continue
+                runs.append(run)
+                if len(runs) == limit:
+                    break
+        return runs, encode_page_token(*cursor) if cursor else ""
+
+    async def _page(self, cursor: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
+        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order."""
+        if cursor is None:
+            rows = await self.redis.zrange(
+                keys.RUNS_INDEX, "+inf", "-inf", desc=True, byscore=True, offset=0, num=count, withscores=True
+            )
+            return [(m.decode(), int(s)) for m, s in rows]
+        score, last_id = cursor
+        # Runs created in the same millisecond sort by id, descending in this order.
+        ties = await self.redis.zrange(
+            keys.RUNS_INDEX, score, score, desc=True, byscore=True, withscores=True
+        )
+        out = [(m.decode(), int(s)) for m, s in ties if m.decode() < last_id][:count]
+        if len(out) < count:
+            rows = await self.redis.zrange(
+                keys.RUNS_INDEX,
+                f"({score}",
+                "-inf",
+                desc=True,
+                byscore=True,
+                offset=0,
+                num=count - len(out),
+                withscores=True,
+            )
+            out.extend((m.decode(), int(s)) for m, s in rows)
+        return out
+
+    async def read_events(
+        self, run_id: str, after: str, *, count: int, block_ms: int | None = None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Event entries after ``after`` (exclusive; "0-0" = from the start)."""
+        response = await self.redis.xread({keys.run_events(run_id): after}, count=count, block=block_ms)
+        if not response:
+            return []
+        return list(response[0][1])
+
+    async def active_run_ids(self) -> list[str]:
+        return [m.decode() async for m in self.redis.sscan_iter(keys.ACTIVE_RUNS, count=1000)]
+
+    async def ready_runs(self, run_ids: Sequence[str]) -> tuple[list[ReadyRun], list[str]]:
+        """READY nodes of each run, and the ids among ``run_ids`` whose state is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(keys.run_meta(run_id), ["graph", "status"])
+                pipe.hgetall(keys.run_state(run_id))
+                pipe.hgetall(keys.run_attempts(run_id))
+            values = await pipe.execute()
+        ready_runs: list[ReadyRun] = []
+        gone: list[str] = []
+        for index, run_id in enumerate(run_ids):
+            (graph, status), states, attempts = values[3 * index : 3 * index + 3]
+            if graph is None:
+                gone.append(run_id)
+                continue
+            if status not in (b"RUNNING", b"PAUSED"):
+                continue
+            ready = tuple(
+                (node.decode(), int(attempts.get(node, b"1")))
+                for node, state in states.items()
+                if state == b"READY"
+            )
+            if ready:
+                ready_runs.append(ReadyRun(run_id=run_id, graph_hash=graph.decode(), ready=ready))
+        if ready_runs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ready_run in ready_runs:
+                    pipe.hmget(keys.run_joins(ready_run.run_id), [f"{n}:lost" for n, _ in ready_run.ready])
+                counts = await pipe.execute()
+            for ready_run, values in zip(ready_runs, counts, strict=True):
+                ready_run.lost.update(
+                    {node: int(v) for (node, _), v in zip(ready_run.ready, values, strict=True) if v}
+                )
+            await self._add_cycles(ready_runs)
+        return ready_runs, gone
+
+    async def _add_cycles(self, ready_runs: Sequence[ReadyRun]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ready_run in ready_runs:
+                pipe.hgetall(keys.run_cycles(ready_run.run_id))
+            all_cycles = await pipe.execute()
+        for ready_run, raw in zip(ready_runs, all_cycles, strict=True):
+            for node_id, _attempt in ready_run.ready:
+                cycle, data = raw.get(node_id.encode()), raw.get(f"{node_id}:data".encode())
+                answers = raw.get(f"{node_id}:fb".encode())
+                if cycle or data or answers:
+                    ready_run.cycles[node_id] = NodeCycle(int(cycle or 0), data or b"", answers or b"")
+
+    async def forget(self, run_ids: Sequence[str]) -> None:
+        """Drop runs whose state expired from the active set."""
+        if run_ids:
+            await self.redis.srem(keys.ACTIVE_RUNS, *run_ids)
+
+    async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
+        """Remove listing entries of runs created before ``created_before_ms`` whose state has
+        expired (a run is kept for the retention period after it ended)."""
+        old = await self.redis.zrange(
+            keys.RUNS_INDEX, 0, created_before_ms, byscore=True, offset=0, num=batch
+        )
+        if not old:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in old:
+                pipe.exists(keys.run_meta(member.decode()))
+            exists = await pipe.execute()
+        gone = [m for m, present in zip(old, exists, strict=True) if not present]
+        if gone:
+            await self.redis.zrem(keys.RUNS_INDEX, *gone)
+        return len(gone)

@@ -1,0 +1,341 @@
+"""Run state transitions in Redis: create a run, apply outcomes (pipelined per batch), cancel.
+
+Each transition is one Lua script (atomic, idempotent); see the ``*.lua`` files beside this
+module and "Redis keys" in docs/architecture.md for the layout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from graflow_runtime import keys
+
+from graflow_scheduler.errors import ParentEnded, RunNotFound
+from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.scripts import Scripts
+
+IDEMPOTENCY_PREFIX = keys.idempotency("")
+
+
+def run_script_keys(run_id: str) -> list[str]:
+    """KEYS[1..7] of every run script: the run's six keys and the active-runs set."""
+    return [*keys.run_keys(run_id), keys.ACTIVE_RUNS]
+
+
+def flow_script_keys(run_id: str) -> list[str]:
+    """KEYS of apply_outcome, cancel_run and resolve_wait: :func:`run_script_keys`, then the
+    run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and the global indexes of
+    pending feedback, wait deadlines, ended child runs and runs whose children are to be canceled
+    (KEYS[12..15]), and the ended-runs stream workers read (KEYS[16])."""
+    return [
+        *run_script_keys(run_id),
+        *keys.run_flow_keys(run_id),
+        keys.FEEDBACK_PENDING,
+        keys.WAIT_DEADLINES,
+        keys.CHILDREN_ENDED,
+        keys.CHILDREN_TO_CANCEL,
+        keys.RUNS_ENDED,
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRun:
+    run_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WaitToApply:
+    """What a WAITING outcome parks its node on (see waits.lua)."""
+
+    wait_id: str
+    # FeedbackRequest bytes (as recorded), or "child:<child run id>".
+    record: bytes
+    feedback: bool
+    deadline_ms: int = 0
+    # The child run's meta key ("" for feedback): a child that ended already resumes the node.
+    child_meta_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeToApply:
+    run_id: str
+    node_id: str
+    attempt: int
+    succeeded: bool
+    error: bytes  # ErrorInfo bytes when failed
+    worker_id: str
+    retry_delay_ms: int  # -1 = no retry
+    closure_json: str
+    # The coordinator reported the attempt lost with its worker: counted as '<node>:lost'.
+    worker_lost: bool = False
+    # Dynamic control flow (graflow_scheduler.graph.directives; "" = the node itself, no directives
+    # or limits).
+    flow_json: str = ""
+    # Set for a WAITING outcome (``succeeded`` is then ignored).
+    wait: WaitToApply | None = None
+    # For the wait timer's FeedbackTimeout: the wait it ends (it applies only while the node waits
+    # on it).
+    ends_wait: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCycle:
+    """A dispatched node's cycle, the data of ctx.next_iteration (JSON, b"" = none) and the
+    answers to its feedback requests in this cycle (FeedbackResponses bytes, b"" = none)."""
+
+    cycle: int
+    data_json: bytes = b""
+    feedback: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedOutcome:
+    # applied | duplicate | stale | ignored | unknown_run | unknown_node
+    code: str
+    # Task nodes to dispatch: (node id, attempt).
+    ready: tuple[tuple[str, int], ...]
+    # A retry to dispatch after a delay: (node id, new attempt, delay ms, lost attempts of the node).
+    retry: tuple[str, int, int, int] | None
+    run_status: str
+    # Nodes to dispatch on a re-run, with iteration data or with feedback answers (absent: cycle 0,
+    # no data, no answers).
+    cycles: dict[str, NodeCycle] = field(default_factory=dict)
+    # Nodes added by next_task directives: directive index -> node id.
+    added: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def fenced(self) -> bool:
+        """True when the outcome changed nothing (duplicate or stale attempt)."""
+        return self.code in ("duplicate", "stale")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def parse_cycles(flat: Sequence[object]) -> dict[str, NodeCycle]:
+    """The flat {node, cycle, data, answers, ...} lists of the run scripts (flow.lua push_cycle)."""
+    return {
+        _text(flat[i]): NodeCycle(int(flat[i + 1]), _bytes(flat[i + 2]), _bytes(flat[i + 3]))  # type: ignore[call-overload]
+        for i in range(0, len(flat), 4)
+    }
+
+
+def _parse_applied(raw: object) -> AppliedOutcome:
+    code, ready_flat, retry_flat, run_status = raw[:4]  # type: ignore[index]
+    cycles: dict[str, NodeCycle] = {}
+    added: dict[int, str] = {}
+    if len(raw) > 4:  # type: ignore[arg-type]
+        cycles_flat, added_flat = raw[4]  # type: ignore[index]
+        cycles = parse_cycles(cycles_flat)
+        added = {int(added_flat[i]): _text(added_flat[i + 1]) for i in range(0, len(added_flat), 2)}
+    ready = tuple((_text(ready_flat[i]), int(ready_flat[i + 1])) for i in range(0, len(ready_flat), 2))
+    retry = None
+    if retry_flat:
+        lost = int(retry_flat[3]) if len(retry_flat) > 3 else 0
+        retry = (_text(retry_flat[0]), int(retry_flat[1]), int(retry_flat[2]), lost)
+    return AppliedOutcome(
+        code=_text(code), ready=ready, retry=retry, run_status=_text(run_status), cycles=cycles, added=added
+    )
+
+
+def _outcome_keys(outcome: OutcomeToApply) -> list[str]:
+    run_keys = flow_script_keys(outcome.run_id)
+    if outcome.wait is not None and outcome.wait.child_meta_key:
+        run_keys.append(outcome.wait.child_meta_key)
+    return run_keys
+
+
+def _wait_args(outcome: OutcomeToApply) -> list[str | bytes | int]:
+    wait = outcome.wait
+    if wait is None:
+        return [outcome.ends_wait] if outcome.ends_wait else []
+    return [wait.wait_id, wait.record, "1" if wait.feedback else "0", wait.deadline_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedWait:
+    # resumed | failing | kept | answered | closed | unknown_run | unknown_wait
+    code: str
+    # resumed: the node's new attempt, to dispatch.
+    attempt: int = 0
+    cycle: NodeCycle = NodeCycle(0)
+    run_status: str = ""
+    # answered: the answer stored before (FeedbackResponse bytes).
+    answer: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    run_id: str
+    node_id: str
+
+
+class RunStore:
+    """Writes of run state. ``retention_s``: how long ended runs are kept."""
+
+    def __init__(self, redis: aioredis.Redis, *, retention_s: int, scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+        self.scripts = scripts or Scripts()
+
+    async def load_scripts(self) -> None:
+        await self.scripts.load_into(self.redis)
+
+    async def create_run(
+        self,
+        plan: Plan,
+        *,
+        run_id: str,
+        graph_hash: str,
+        now_ms: int,
+        idempotency_key: str = "",
+        labels: Mapping[str, str] | None = None,
+        parent: ParentLink | None = None,
+    ) -> CreatedRun:
+        """Create the run with its roots READY; with a taken idempotency key, return that run. A
+        child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
+        run has ended (atomically: nothing is created)."""
+        run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
+        if parent:
+            run_keys += [keys.run_meta(parent.run_id), keys.run_children(parent.run_id)]
+        roots = set(plan.roots)
+        others = [node_id for node_id in plan.nodes if node_id not in roots]
+        args: list[str | int] = [
+            run_id,
+            plan.name,
+            graph_hash,
+            now_ms,
+            json.dumps(dict(labels or {}), separators=(",", ":")),
+            json.dumps(list(plan.sinks), separators=(",", ":")),
+            idempotency_key,
+            parent.run_id if parent else "",
+            parent.node_id if parent else "",
+            len(plan.roots),
+            *plan.roots,
+            *others,
+        ]
+        created, existing_id = await self.scripts.call(  # type: ignore[misc]
+            self.redis, self.scripts.create_run, run_keys, args
+        )
+        if int(created) < 0:
+            raise ParentEnded(parent.run_id if parent else "", _text(existing_id))
+        return CreatedRun(run_id=_text(existing_id), created=bool(int(created)))
+
+    async def apply_outcomes(
+        self, outcomes: Sequence[OutcomeToApply], *, now_ms: int
+    ) -> list[AppliedOutcome]:
+        """Apply a batch of outcomes in one pipeline (one script call each), results in order."""
+        if not outcomes:
+            return []
+        calls = [
+            (
+                _outcome_keys(o),
+                [
+                    o.run_id,
+                    o.node_id,
+                    o.attempt,
+                    "W" if o.wait is not None else ("S" if o.succeeded else "F"),
+                    o.error,
+                    o.worker_id,
+                    now_ms,
+                    o.retry_delay_ms,
+                    o.closure_json,
+                    self.retention_s,
+                    IDEMPOTENCY_PREFIX,
+                    "1" if o.worker_lost else "0",
+                    o.flow_json,
+                    *_wait_args(o),
+                ],
+            )
+            for o in outcomes
+        ]
+        raw = await self.scripts.call_many(self.redis, self.scripts.apply_outcome, calls)
+        return [_parse_applied(r) for r in raw]
+
+    async def count_run_ended(self, outcomes: Sequence[tuple[str, str, int, str]]) -> list[str]:
+        """Count STATUS_CANCELED outcomes (run id, node id, attempt, meta counter ``skipped`` or
+        ``stopped``) in their ended runs (run_ended_outcome.lua), in one pipeline. Returns each
+        one's code: counted | duplicate | live (its run has not ended) | unknown_run."""
+        if not outcomes:
+            return []
+        calls = [(run_script_keys(run_id), [node_id, attempt, counter])
+                 for run_id, node_id, attempt, counter in outcomes]
+        raw = await self.scripts.call_many(self.redis, self.scripts.run_ended_outcome, calls)
+        return [_text(code) for code in raw]
+
+    async def lost_only(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(run id, node id) -> attempts of the node lost with their worker (``<node>:lost``)."""
+        if not nodes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, node_id in nodes:
+                pipe.hget(keys.run_joins(run_id), f"{node_id}:lost")
+            counts = await pipe.execute()
+        return {node: int(count or 0) for node, count in zip(nodes, counts, strict=True)}
+
+    async def lost_attempts(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(run id, node id) -> attempts of the node that do not count against its retry budget:
+        those lost with their worker, and (``<node>:rbase``, see flow.lua) those of its earlier
+        cycles when it ran again through goto, next_iteration or a loop."""
+        if not nodes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id, node_id in nodes:
+                pipe.hmget(keys.run_joins(run_id), [f"{node_id}:lost", f"{node_id}:rbase"])
+            counts = await pipe.execute()
+        return {
+            node: int(lost or 0) + int(base or 0) for node, (lost, base) in zip(nodes, counts, strict=True)
+        }
+
+    async def cancel_run(self, run_id: str, reason: str, *, now_ms: int) -> str:
+        """Cancel a run that has not ended; returns the run's status afterwards (an ended run is unchanged).
+        Raises :class:`RunNotFound`."""
+        status = await self.scripts.call(
+            self.redis,
+            self.scripts.cancel_run,
+            flow_script_keys(run_id),
+            [run_id, reason, now_ms, self.retention_s, IDEMPOTENCY_PREFIX],
+        )
+        text = _text(status)
+        if not text:
+            raise RunNotFound(run_id)
+        return text
+
+    async def resolve_wait(
+        self,
+        mode: str,
+        run_id: str,
+        node_id: str,
+        wait_id: str,
+        *,
+        now_ms: int,
+        payload: bytes = b"",
+        message: str = "",
+    ) -> ResolvedWait:
+        """Resolve the wait ``wait_id`` of WAITING ``node_id`` (resolve_wait.lua): ``mode``
+        "answer" (``payload`` = FeedbackResponse bytes), "child" (the child run ended) or
+        "deadline" (``payload`` = the FeedbackTimeout outcome, or b"" to keep waiting)."""
+        raw = await self.scripts.call(
+            self.redis,
+            self.scripts.resolve_wait,
+            [*flow_script_keys(run_id), keys.OUTCOMES_STREAM],
+            [mode, run_id, node_id, wait_id, now_ms, payload, message],
+        )
+        code, slot, cycles_flat, run_status = raw  # type: ignore[misc]
+        code = _text(code)
+        if code == "answered":
+            return ResolvedWait(code, answer=_bytes(slot), run_status=_text(run_status))
+        if code != "resumed":
+            return ResolvedWait(code, run_status=_text(run_status))
+        cycle = parse_cycles(cycles_flat).get(node_id, NodeCycle(0))
+        return ResolvedWait(code, attempt=int(slot), cycle=cycle, run_status=_text(run_status))
