@@ -13,10 +13,11 @@
     print(run.result())
 """
 
-from graflow.client import Client, ServiceCallError, ServiceUnavailableError
+from graflow.client import Client
 from graflow.context import Channel, TaskContext
 from graflow.dsl import Flow, Group, TaskFunc, TaskNode, Workflow, chain, parallel, task, workflow
 from graflow.errors import (
+    ChildRunError,
     FeedbackError,
     GraflowError,
     GroupFailedError,
@@ -26,11 +27,13 @@ from graflow.errors import (
     RunError,
     RunFailedError,
     RunNotFoundError,
+    ServiceCallError,
+    ServiceUnavailableError,
     TaskCanceledError,
     TaskError,
     WorkflowDefinitionError,
 )
-from graflow.feedback import ChildRunError, FeedbackResponse
+from graflow.feedback import FeedbackResponse
 from graflow.policies import GroupPolicy, RetryPolicy, at_least, best_effort, critical, strict
 from graflow.run import Run, RunChannel
 

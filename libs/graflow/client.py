@@ -14,121 +14,26 @@ run information are the contract's messages: :meth:`Client.get_run` returns a
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
-import grpc.experimental
 
 from graflow import payload
+from graflow._transport import Endpoint, ErrorMap
 from graflow.dsl import Workflow
-from graflow.errors import FeedbackError, GraflowError, RunNotFoundError, WorkflowDefinitionError
+from graflow.errors import FeedbackError, RunNotFoundError, ServiceUnavailableError, WorkflowDefinitionError
+from graflow.errors import ServiceCallError as ServiceCallError  # re-exported: its import path before 0.10
 from graflow.feedback import NOT_GIVEN, build_response
 from graflow.run import ENDED_STATUSES, TERMINAL_EVENTS, Run, RunEvent, RunInfo, parse_status
-from graflow_api.v1 import (
-    feedback_pb2,
-    result_store_pb2,
-    result_store_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-    workflow_pb2,
-)
-from graflow_runtime.grpc_options import CHANNEL_OPTIONS
-from graflow_runtime.settings import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
+from graflow_api.v1 import feedback_pb2, result_store_pb2, scheduler_pb2, workflow_pb2
+from graflow_runtime.backoff import backoff_delay
 
 # A watch stream is reopened from its cursor at least this often, so it always has a deadline.
 WATCH_STREAM_S = 60.0
 # Consecutive reconnections of a dropped watch stream (UNAVAILABLE) before giving up.
 WATCH_RETRIES = 8
-# Server-streaming calls (WatchRun) are read on the calling thread instead of a helper thread per
-# call: a third less client CPU and ~0.1 ms less per watch (the SDK only iterates and cancels them).
-_SDK_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
-
-
-class ServiceUnavailableError(GraflowError, ConnectionError):
-    """A Graflow service did not answer (not running, wrong address, or overloaded)."""
-
-    def __init__(self, service: str, address: str, detail: str) -> None:
-        super().__init__(
-            f"cannot reach the {service} at {address}: is it running? start a local stack with "
-            f"`graflow dev --keep` ({detail})"
-        )
-        self.service = service
-        self.address = address
-
-
-class ServiceCallError(GraflowError):
-    """A service refused a call for a reason other than the ones the SDK maps to its own errors."""
-
-    def __init__(self, service: str, address: str, method: str, code: grpc.StatusCode, details: str) -> None:
-        hint = ""
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            hint = " (pass auth_token=... to Client or set GRAFLOW_CLIENT_AUTH_TOKEN)"
-        super().__init__(f"the {service} at {address} refused {method}: {code.name}: {details}{hint}")
-        self.code = code
-        self.details = details
-
-
-ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
-
-
-class _Endpoint:
-    """One service: a lazily opened channel, the deadline, the token and error translation.
-
-    ``address`` None: ``GRAFLOW_CLIENT_<SERVICE>_ADDRESS``, else ``default``; ``auth_token`` None:
-    ``GRAFLOW_CLIENT_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when not empty)."""
-
-    def __init__(
-        self,
-        service: str,
-        address: str | None,
-        default: str,
-        stub_class: Callable[[grpc.Channel], Any],
-        *,
-        auth_token: str | None,
-        timeout: float,
-    ) -> None:
-        env = f"GRAFLOW_CLIENT_{service.upper().replace('-', '_')}_ADDRESS"
-        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_CLIENT_AUTH_TOKEN", "")
-        self.service = service
-        self.address = address or os.environ.get(env) or default
-        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
-        self._stub_class = stub_class
-        self._channel: grpc.Channel | None = None
-        self._stub: Any = None
-
-    @property
-    def stub(self) -> Any:
-        if self._stub is None:
-            self._channel = grpc.insecure_channel(self.address, options=_SDK_CHANNEL_OPTIONS)
-            self._stub = self._stub_class(self._channel)
-        return self._stub
-
-    def error(self, method: str, exc: grpc.RpcError, errors: ErrorMap | None = None) -> Exception:
-        code, details = exc.code(), exc.details() or ""
-        if errors and code in errors:
-            return errors[code](details)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return ServiceUnavailableError(self.service, self.address, details)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ServiceUnavailableError(
-                self.service, self.address, f"no answer to {method} within {self.timeout}s"
-            )
-        return ServiceCallError(self.service, self.address, method, code, details)
-
-    def call(self, method: str, request: Any, errors: ErrorMap | None = None) -> Any:
-        try:
-            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as exc:
-            raise self.error(method, exc, errors) from None
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = self._stub = None
 
 
 class Client:
@@ -143,22 +48,8 @@ class Client:
         timeout: float = 10.0,
     ) -> None:
         self.timeout = timeout
-        self._scheduler = _Endpoint(
-            "scheduler",
-            scheduler,
-            DEFAULT_SCHEDULER_ADDRESS,
-            scheduler_pb2_grpc.SchedulerStub,
-            auth_token=auth_token,
-            timeout=timeout,
-        )
-        self._result_store = _Endpoint(
-            "result-store",
-            result_store,
-            DEFAULT_RESULT_STORE_ADDRESS,
-            result_store_pb2_grpc.ResultStoreStub,
-            auth_token=auth_token,
-            timeout=timeout,
-        )
+        self._scheduler = Endpoint("scheduler", scheduler, auth_token=auth_token, timeout=timeout)
+        self._result_store = Endpoint("result-store", result_store, auth_token=auth_token, timeout=timeout)
 
     @property
     def scheduler_address(self) -> str:
@@ -270,7 +161,7 @@ class Client:
                     self._scheduler.address,
                     f"the watch stream of run {run_id} keeps closing early",
                 )
-            time.sleep(min(2.0, 0.05 * 2**retries))
+            time.sleep(backoff_delay(retries))
 
     # ---- results, graphs, channels ----
     def get_results(self, run_id: str, node_ids: Iterable[str]) -> dict[str, Any]:

@@ -27,13 +27,11 @@ import structlog
 
 from graflow import payload
 from graflow.dsl import TaskFunc, TaskNode, Workflow
-from graflow.errors import TaskCanceledError, WorkflowDefinitionError
-from graflow.feedback import ChildRunError, FeedbackResponse, WaitRequested, build_request
+from graflow.errors import ChildRunError, TaskCanceledError, WorkflowDefinitionError
+from graflow.feedback import FeedbackResponse, WaitRequested, build_request
 from graflow.typed import from_json
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2, workflow_pb2
-
-MAX_DIRECTIVES = 1000
-DEFAULT_MAX_CYCLES = 100
+from graflow_runtime.limits import DEFAULT_MAX_CYCLES, MAX_DIRECTIVES
 
 _MISSING = object()
 T = TypeVar("T")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextvars
 import inspect
 import itertools
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,16 +26,14 @@ from graflow import payload
 from graflow.errors import WorkflowDefinitionError
 from graflow.policies import GroupPolicy, RetryPolicy, from_name, strict
 from graflow_api.v1 import workflow_pb2
+from graflow_runtime.names import NODE_ID_RULE, is_node_id
 
-_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _current: contextvars.ContextVar[Workflow | None] = contextvars.ContextVar("graflow_workflow", default=None)
 
 
 def _check_id(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise WorkflowDefinitionError(
-            f"{kind} {value!r} is invalid: use 1-128 letters, digits, '_', '-' or '.'"
-        )
+    if not isinstance(value, str) or not is_node_id(value):
+        raise WorkflowDefinitionError(f"{kind} {value!r} is invalid: {NODE_ID_RULE}")
     return value
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graflow import payload
-from graflow.errors import NonRetryableError
+from graflow.errors import ChildRunError as ChildRunError  # re-exported: its import path before 0.10
 from graflow_api.v1 import feedback_pb2, messages_pb2
 
 KINDS: dict[str, int] = {
@@ -50,15 +50,6 @@ class WaitRequested(BaseException):  # noqa: N818 - a signal to the worker, not 
     def __init__(self, wait: messages_pb2.Wait, description: str) -> None:
         super().__init__(description)
         self.wait = wait
-
-
-class ChildRunError(NonRetryableError):
-    """A child run the task waited for failed or was canceled."""
-
-    def __init__(self, run_id: str, status: str, message: str) -> None:
-        super().__init__(f"child run {run_id} ended {status}: {message}")
-        self.run_id = run_id
-        self.status = status
 
 
 @dataclass(frozen=True)

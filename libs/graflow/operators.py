@@ -17,19 +17,13 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from graflow.client import _Endpoint
-from graflow.errors import GraflowError
-from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
-from graflow_runtime.settings import DEFAULT_COORDINATOR_ADDRESS
+from graflow._transport import Endpoint
+from graflow.errors import DeadLetterNotFoundError
+from graflow_api.v1 import coordinator_pb2, messages_pb2
+from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 
 WorkerInfo = coordinator_pb2.WorkerInfo
 DeadLetter = messages_pb2.DeadLetter
-# Dead letters per ListDeadLetters page (the coordinator's maximum).
-PAGE = 1000
-
-
-class DeadLetterNotFoundError(GraflowError, LookupError):
-    """No dead letter has that id (already replayed, or never existed)."""
 
 
 class Operators:
@@ -38,14 +32,7 @@ class Operators:
     def __init__(
         self, coordinator: str | None = None, *, auth_token: str | None = None, timeout: float = 10.0
     ) -> None:
-        self._coordinator = _Endpoint(
-            "coordinator",
-            coordinator,
-            DEFAULT_COORDINATOR_ADDRESS,
-            coordinator_pb2_grpc.CoordinatorStub,
-            auth_token=auth_token,
-            timeout=timeout,
-        )
+        self._coordinator = Endpoint("coordinator", coordinator, auth_token=auth_token, timeout=timeout)
 
     @property
     def coordinator_address(self) -> str:
@@ -63,7 +50,7 @@ class Operators:
         """Dead letters page by page, oldest first (``limit`` 0 = all)."""
         yielded = 0
         while limit <= 0 or yielded < limit:
-            page_size = PAGE if limit <= 0 else min(PAGE, limit - yielded)
+            page_size = DEAD_LETTERS_PAGE_MAX if limit <= 0 else min(DEAD_LETTERS_PAGE_MAX, limit - yielded)
             request = coordinator_pb2.ListDeadLettersRequest(limit=page_size, after_id=after_id)
             page = self._coordinator.call("ListDeadLetters", request).dead_letters
             yield from page

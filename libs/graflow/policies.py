@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from graflow_api.v1 import common_pb2, workflow_pb2
+from graflow_runtime.limits import DEFAULT_BACKOFF_FACTOR
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class RetryPolicy:
 
     max_attempts: int = 3
     initial_interval: float = 1.0
-    backoff_factor: float = 2.0
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
     max_interval: float = 60.0
     jitter: float = 0.1
 

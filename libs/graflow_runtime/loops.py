@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from graflow_runtime.backoff import Backoff
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 log = structlog.get_logger(__name__)
@@ -77,19 +78,19 @@ class BackgroundLoop:
     async def _run(self, delay_s: float) -> None:
         if delay_s > 0:
             await self._sleep(delay_s)
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(initial=BACKOFF_MIN_S, cap=BACKOFF_MAX_S, jitter=0.0)
         while not self._stopping.is_set():
             try:
                 delay = await self.step()
-                backoff = BACKOFF_MIN_S
+                backoff.reset()
             except REDIS_UNAVAILABLE as exc:
+                delay = backoff.next_delay()
                 log.warning(
-                    "redis unavailable; backing off", loop=self.name, error=str(exc), retry_in_s=backoff
+                    "redis unavailable; backing off", loop=self.name, error=str(exc), retry_in_s=delay
                 )
-                delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
             except Exception:
-                log.exception("loop step failed; backing off", loop=self.name, retry_in_s=backoff)
-                delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
+                delay = backoff.next_delay()
+                log.exception("loop step failed; backing off", loop=self.name, retry_in_s=delay)
             await self._sleep(delay)
 
     async def _sleep(self, delay_s: float) -> None:

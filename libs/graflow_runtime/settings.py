@@ -7,14 +7,12 @@ the variable; every default works on one machine.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import json
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_SCHEDULER_ADDRESS = "127.0.0.1:50051"
-DEFAULT_COORDINATOR_ADDRESS = "127.0.0.1:50052"
-DEFAULT_RESULT_STORE_ADDRESS = "127.0.0.1:50053"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -46,6 +44,17 @@ class ServiceSettings(BaseSettings):
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def split_list(value: Any) -> Any:
+    """A list setting from ``"a,b"`` (environment), a JSON list ``'["a","b"]'`` or a real list: its
+    items stripped, empty ones dropped. Anything else is left to pydantic to reject."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.split(",")
+    if isinstance(value, (list, tuple)):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return value
 
 
 def settings_config(prefix: str) -> SettingsConfigDict:

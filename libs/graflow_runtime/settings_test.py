@@ -10,6 +10,7 @@ from graflow_runtime.settings import (
     SettingsError,
     load_settings,
     settings_config,
+    split_list,
 )
 
 
@@ -44,3 +45,8 @@ def test_every_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     message = str(caught.value)
     assert "GRAFLOW_EXAMPLE_RPC_TIMEOUT_S" in message
     assert "GRAFLOW_EXAMPLE_LOG_LEVEL" in message
+
+
+@pytest.mark.parametrize("value", ["a, b", '["a", " b"]', ["a", "b", ""], "a,,b,"])
+def test_list_settings_are_comma_separated_or_json_lists(value):
+    assert split_list(value) == ["a", "b"]

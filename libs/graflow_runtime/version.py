@@ -5,4 +5,4 @@ and every service's start-up log line take it from here: PEXes carry no package 
 own code, so nothing may ask ``importlib.metadata`` for it.
 """
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"

@@ -32,6 +32,7 @@ import pytest
 
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.version import __version__
+from tests.install.contents import is_test_module
 from tests.readme.blocks import readme_block
 
 WHEELS = ("graflow", "graflow_scheduler", "graflow_coordinator", "graflow_result_store", "graflow_worker")
@@ -246,7 +247,7 @@ def test_each_file_is_in_one_wheel_and_requirements_are_the_declared_ranges():
                     owners.setdefault(name, []).append(wheel.name)
     assert not {name: where for name, where in owners.items() if len(where) > 1}
     assert {"graflow_runtime/version.py", "graflow_api/v1/messages_pb2.py"} <= set(owners)
-    assert not [name for name in owners if name.endswith(("_test.py", "_test_support.py", "conftest.py"))]
+    assert not [name for name in owners if is_test_module(name)]
 
     graflow = next(w for w in wheels if w.name.startswith("graflow-"))
     with zipfile.ZipFile(graflow) as archive:

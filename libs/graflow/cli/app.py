@@ -14,12 +14,18 @@ import click
 from click.shell_completion import get_completion_class
 
 from graflow.cli import dev, feedback, ops, runs
-from graflow.cli.base import INTERRUPTED, OK, USAGE, App, UsageError
-from graflow.cli.devstack import LocalStackError
+from graflow.cli.base import INTERRUPTED, OK, USAGE, App
 from graflow.cli.output import Output
-from graflow.client import ServiceCallError, ServiceUnavailableError
-from graflow.errors import FeedbackError, RunNotFoundError, WorkflowDefinitionError
-from graflow.operators import DeadLetterNotFoundError
+from graflow.errors import (
+    DeadLetterNotFoundError,
+    FeedbackError,
+    LocalStackError,
+    RunNotFoundError,
+    ServiceCallError,
+    ServiceUnavailableError,
+    UsageError,
+    WorkflowDefinitionError,
+)
 from graflow_runtime.version import __version__
 
 PROG = "graflow"

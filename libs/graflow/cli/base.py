@@ -11,14 +11,10 @@ import click
 
 from graflow.cli.output import Output
 from graflow.client import Client
-from graflow.errors import GraflowError
+from graflow.errors import UsageError
 from graflow.operators import Operators
 
 OK, RUN_FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(GraflowError):
-    """Bad command-line input; the message says what to type instead."""
 
 
 @dataclass

@@ -13,8 +13,8 @@ import pytest
 
 from graflow import Client, ServiceUnavailableError, Workflow
 from graflow.cli.base import UsageError
-from graflow.cli.cli_test_support import Captured, read_dev_exports
 from graflow.cli.runs import format_event
+from graflow.cli.testing.capture import Captured, read_dev_exports
 from graflow.cli.workflows import load_workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent

@@ -27,13 +27,14 @@ from typing import Any, NoReturn
 
 import click
 
-from graflow.cli.base import OK, RUN_FAILED, App, UsageError, pass_app
+from graflow.cli.base import OK, RUN_FAILED, App, pass_app
 from graflow.cli.devstack import LocalStack, child_pythonpath
 from graflow.cli.output import Output
 from graflow.cli.runs import follow
 from graflow.cli.workflows import load_workflow, require_modules
+from graflow.errors import UsageError
 from graflow_examples import EXAMPLES, TASK_MODULES
-from graflow_runtime.settings import (
+from graflow_runtime.addresses import (
     DEFAULT_COORDINATOR_ADDRESS,
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,

@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow.client import Client
-from graflow.errors import GraflowError
+from graflow.errors import LocalStackError
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.processes import dies_with_parent
 
@@ -54,10 +54,6 @@ def child_pythonpath() -> str:
     """PYTHONPATH for a child ``python -m ...`` that imports what this process can (this sys.path,
     which also holds under Pants sandboxes and PEX), from any working directory."""
     return os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
-
-
-class LocalStackError(GraflowError, RuntimeError):
-    """A process of the local stack did not start or is unknown; the message holds its log tail."""
 
 
 def read_tail(path: Path, lines: int = 40) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from graflow.cli.base import OK, App, UsageError, output_option, parse_json, pass_app
+from graflow.cli.base import OK, App, output_option, parse_json, pass_app
 from graflow.cli.output import Output, datetime_text, message_data
-from graflow.errors import FeedbackError
+from graflow.errors import FeedbackError, UsageError
 from graflow_api.v1 import feedback_pb2
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import click
 from google.protobuf.message import DecodeError
 
-from graflow.cli.base import OK, App, UsageError, output_option, pass_app
+from graflow.cli.base import OK, App, output_option, pass_app
 from graflow.cli.output import datetime_text, message_data
+from graflow.errors import UsageError
 from graflow.operators import DeadLetter
 from graflow_api.v1 import messages_pb2
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from graflow.cli.cli_test_support import Captured
+from graflow.cli.testing.capture import Captured
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
 from graflow_api.v1 import messages_pb2

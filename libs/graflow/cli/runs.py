@@ -19,13 +19,13 @@ from typing import Any
 
 import click
 
-from graflow.cli.base import OK, RUN_FAILED, App, UsageError, output_option, pass_app
+from graflow.cli.base import OK, RUN_FAILED, App, output_option, pass_app
 from graflow.cli.graph import mermaid, run_graph, tree
 from graflow.cli.output import Output, datetime_text, format_value, json_value, message_data
 from graflow.cli.progress import RunProgress, show_progress
 from graflow.cli.workflows import load_workflow, parse_node_args, with_node_args
 from graflow.client import Client
-from graflow.errors import RunCanceledError, RunFailedError
+from graflow.errors import RunCanceledError, RunFailedError, UsageError
 from graflow.run import ENDED_STATUSES, Run, RunEvent, RunInfo, event_type_name, node_state_name, status_name
 from graflow_api.v1 import common_pb2
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from graflow import Client
-from graflow.cli.cli_test_support import read_dev_exports
 from graflow.cli.dev import worker_env
+from graflow.cli.testing.capture import read_dev_exports
 from graflow.devstack import LocalStack, child_pythonpath
 from graflow_examples import TASK_MODULES
 

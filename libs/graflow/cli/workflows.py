@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from graflow import payload
-from graflow.cli.base import UsageError, parse_json
+from graflow.cli.base import parse_json
 from graflow.dsl import Workflow
+from graflow.errors import UsageError
 from graflow_api.v1 import workflow_pb2
 
 

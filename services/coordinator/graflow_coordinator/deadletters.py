@@ -24,15 +24,16 @@ from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
+from graflow_runtime.names import queue_name_problem
 
 from graflow_coordinator.errors import FailedPrecondition, InvalidRequest, NotFound
-from graflow_coordinator.queues import QueueGroups, validate_queue_name
+from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 
 DEAD_LETTER_FIELD = b"d"
 DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 
 # KEYS[1] = dead-letter stream. ARGV[1] = queue stream key prefix; then triples: dead letter id,
@@ -91,8 +92,10 @@ class DeadLetters:
         ids = list(dict.fromkeys(ids))
         for entry_id in ids:
             _check_stream_id(entry_id, "dead letter id")
-        if len(ids) > MAX_PAGE:
-            raise InvalidRequest(f"ask for at most {MAX_PAGE} dead letters by id at once, not {len(ids)}")
+        if len(ids) > DEAD_LETTERS_PAGE_MAX:
+            raise InvalidRequest(
+                f"ask for at most {DEAD_LETTERS_PAGE_MAX} dead letters by id at once, not {len(ids)}"
+            )
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id in ids:
                 pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
@@ -103,7 +106,7 @@ class DeadLetters:
         """Oldest first, starting after ``after_id`` (exclusive)."""
         if after_id:
             _check_stream_id(after_id, "after_id")
-        count = min(limit or DEFAULT_PAGE, MAX_PAGE)
+        count = min(limit or DEFAULT_PAGE, DEAD_LETTERS_PAGE_MAX)
         start = f"({after_id}" if after_id else "-"
         entries = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max="+", count=count)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
@@ -180,7 +183,7 @@ class DeadLetters:
 def _replay_problem(letter: messages_pb2.DeadLetter) -> str | None:
     if letter.reason.startswith("undecodable dead letter entry") and not letter.queue:
         return "the entry itself is undecodable"
-    problem = validate_queue_name(letter.queue)
+    problem = queue_name_problem(letter.queue)
     if problem:
         return f"its queue is unusable: {problem}"
     if not letter.raw:

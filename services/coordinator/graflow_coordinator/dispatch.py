@@ -22,9 +22,10 @@ from redis.exceptions import NoScriptError
 
 from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.names import queue_name_problem
 
 from graflow_coordinator.errors import InvalidRequest
-from graflow_coordinator.queues import QueueGroups, validate_queue_name
+from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +108,7 @@ def validate_delivery(index: int, delivery: coordinator_pb2.Delivery) -> None:
         raise InvalidDelivery(
             f"{where} (run {env.run_id}, node {env.node_id}): envelope.attempt is 0; attempts start at 1"
         )
-    problem = validate_queue_name(env.queue)
+    problem = queue_name_problem(env.queue)
     if problem:
         raise InvalidDelivery(f"{where}: envelope.queue: {problem}")
 

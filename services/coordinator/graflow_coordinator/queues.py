@@ -8,7 +8,6 @@ dispatches the next attempt as a new entry.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
@@ -16,23 +15,9 @@ import structlog
 from redis.exceptions import ResponseError
 
 from graflow_runtime import keys
+from graflow_runtime.streams import stream_id, trim_below
 
 log = structlog.get_logger(__name__)
-
-MAX_QUEUE_NAME = 200
-_BAD_QUEUE_CHARS = re.compile(r"\s")
-
-
-def validate_queue_name(queue: str) -> str | None:
-    """The problem with ``queue`` as a queue name, or None when it is fine."""
-    if not queue:
-        return "queue name is empty"
-    if len(queue) > MAX_QUEUE_NAME:
-        return f"queue name {queue[:40]!r}... is longer than {MAX_QUEUE_NAME} characters"
-    if _BAD_QUEUE_CHARS.search(queue):
-        return f"queue name {queue!r} contains whitespace or a newline"
-    return None
-
 
 class QueueGroups:
     """Creates the ``workers`` group of each queue stream once per process, before any append.
@@ -71,10 +56,6 @@ class QueueGroups:
 
 
 # Entries one XTRIM call may evict, and calls per trim pass (1,000,000 entries).
-TRIM_LIMIT = 10_000
-TRIM_MAX_CALLS = 100
-
-
 async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
     """Trim ``queue``'s stream below the oldest entry any group still needs (MINID ~).
 
@@ -91,29 +72,12 @@ async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
         return 0
     floor: tuple[int, int] | None = None
     for group in groups:
-        candidates = [_parse_id(group["last-delivered-id"])]
+        candidates = [stream_id(group["last-delivered-id"])]
         summary = await redis.xpending(stream, group["name"])
         if summary["pending"]:
-            candidates.append(_parse_id(summary["min"]))
+            candidates.append(stream_id(summary["min"]))
         lowest = min(candidates)
         floor = lowest if floor is None else min(floor, lowest)
     if floor is None or floor == (0, 0):
         return 0
-    # One `XTRIM MINID ~` evicts at most LIMIT entries (Redis' default: 10,000, i.e. 100 macro
-    # nodes), so a single call per pass would cap trimming at 10,000 entries per interval and the
-    # stream would grow for ever above that rate. Trim in bounded calls until nothing goes.
-    removed = 0
-    for _ in range(TRIM_MAX_CALLS):
-        evicted = await redis.xtrim(
-            stream, minid=f"{floor[0]}-{floor[1]}", approximate=True, limit=TRIM_LIMIT
-        )
-        removed += evicted
-        if not evicted:
-            break
-    return removed
-
-
-def _parse_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    return await trim_below(redis, stream, floor)

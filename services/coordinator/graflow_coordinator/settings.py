@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from graflow_runtime.settings import DEFAULT_COORDINATOR_ADDRESS, ServiceSettings, settings_config
-
-from graflow_coordinator.queues import validate_queue_name
+from graflow_runtime.addresses import DEFAULT_COORDINATOR_ADDRESS
+from graflow_runtime.names import queue_name_problem
+from graflow_runtime.settings import ServiceSettings, settings_config, split_list
 
 
 class CoordinatorSettings(ServiceSettings):
@@ -46,12 +45,7 @@ class CoordinatorSettings(ServiceSettings):
     @field_validator("queues", mode="before")
     @classmethod
     def _parse_queues(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("queues")
     @classmethod
@@ -59,7 +53,7 @@ class CoordinatorSettings(ServiceSettings):
         if not value:
             raise ValueError("at least one queue is required")
         for queue in value:
-            problem = validate_queue_name(queue)
+            problem = queue_name_problem(queue)
             if problem:
                 raise ValueError(problem)
         return list(dict.fromkeys(value))

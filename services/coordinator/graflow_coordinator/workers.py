@@ -21,9 +21,10 @@ import structlog
 
 from graflow_api.v1 import coordinator_pb2
 from graflow_runtime import keys
+from graflow_runtime.names import queue_name_problem
 
 from graflow_coordinator.errors import AlreadyExists, InvalidRequest, NotFound
-from graflow_coordinator.queues import QueueGroups, validate_queue_name
+from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer, ReclaimStats
 
 log = structlog.get_logger(__name__)
@@ -103,7 +104,7 @@ def validate_registration(request: coordinator_pb2.RegisterWorkerRequest) -> Non
     if not request.queues:
         raise InvalidRequest(f"worker {worker_id} names no queues; list the queues it reads")
     for queue in request.queues:
-        problem = validate_queue_name(queue)
+        problem = queue_name_problem(queue)
         if problem:
             raise InvalidRequest(f"worker {worker_id}: {problem}")
 

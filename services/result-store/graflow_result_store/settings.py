@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from graflow_runtime.settings import DEFAULT_RESULT_STORE_ADDRESS, ServiceSettings, settings_config
+from graflow_runtime.addresses import DEFAULT_RESULT_STORE_ADDRESS
+from graflow_runtime.settings import ServiceSettings, settings_config
 
 SEVEN_DAYS_S = 7 * 24 * 3600
 SIXTEEN_MIB = 16 * 1024 * 1024

@@ -7,13 +7,12 @@ import socket
 
 from pydantic import Field
 
-from graflow_runtime.settings import (
+from graflow_runtime.addresses import (
     DEFAULT_COORDINATOR_ADDRESS,
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
-    ServiceSettings,
-    settings_config,
 )
+from graflow_runtime.settings import ServiceSettings, settings_config
 
 
 def default_consumer_name() -> str:

@@ -19,9 +19,10 @@ import structlog
 from graflow import payload
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 
-from graflow_worker.intake import Backoff, Intake
+from graflow_worker.intake import Intake
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)

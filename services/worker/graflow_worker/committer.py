@@ -31,10 +31,11 @@ from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
+from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_worker.intake import Backoff, Intake
+from graflow_worker.intake import Intake
 from graflow_worker.runner import Execution, failure
 
 log = structlog.get_logger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from graflow_worker.testing_services_test_support import Stack
-from graflow_worker.testing_tasks_test_support import PROBE
+from graflow_worker.testing.services import Stack
+from graflow_worker.testing.tasks import PROBE
 
 
 @pytest.fixture

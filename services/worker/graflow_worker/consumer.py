@@ -44,10 +44,11 @@ from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
+from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 
 from graflow_worker.committer import Committer, Finished
-from graflow_worker.intake import Backoff, Intake, sleep_unless
+from graflow_worker.intake import Intake, sleep_unless
 from graflow_worker.run_endings import READ_COUNT, RunEndings
 from graflow_worker.runner import Execution, Runner, failure, now_ms
 

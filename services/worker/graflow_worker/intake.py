@@ -10,7 +10,6 @@ read loop; nothing polls.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 
 import structlog
@@ -87,23 +86,6 @@ class Intake:
             finally:
                 self.idle.clear()
         return True
-
-
-class Backoff:
-    """Exponential backoff with jitter, bounded by ``cap`` seconds."""
-
-    def __init__(self, initial: float = 0.05, cap: float = 2.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.initial * (2**self._attempt))
-        self._attempt += 1
-        return delay * random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not crypto
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 async def sleep_unless(event: asyncio.Event, delay: float) -> bool:

@@ -11,7 +11,7 @@ import pytest
 
 from graflow_worker import __main__ as worker_main
 from graflow_worker.__main__ import main
-from graflow_worker.testing_services_test_support import (
+from graflow_worker.testing.services import (
     TASKS_MODULE,
     enqueue,
     envelope,

@@ -21,9 +21,10 @@ import structlog
 
 from graflow_api.v1 import coordinator_pb2 as co_pb2
 from graflow_api.v1 import coordinator_pb2_grpc as co_grpc
+from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 
-from graflow_worker.intake import Backoff, Intake, sleep_unless
+from graflow_worker.intake import Intake, sleep_unless
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from graflow_worker.registry import RegistryError, load_registry
-from graflow_worker.testing_services_test_support import TASKS_MODULE
+from graflow_worker.testing.services import TASKS_MODULE
 
 
 @pytest.fixture

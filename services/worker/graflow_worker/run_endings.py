@@ -28,9 +28,11 @@ import structlog
 from redis.exceptions import RedisError
 
 from graflow_runtime import keys
+from graflow_runtime.backoff import Backoff
+from graflow_runtime.streams import stream_id
 
 from graflow_worker.cancellation import Cancellations
-from graflow_worker.intake import Backoff, sleep_unless
+from graflow_worker.intake import sleep_unless
 
 log = structlog.get_logger(__name__)
 
@@ -38,13 +40,6 @@ READ_COUNT = 1000
 # How often the loop looks at the stream while a task runs: the end of a running body's run reaches
 # it within this plus one read, under the 0.5 s bound.
 POLL_S = 0.2
-
-
-def stream_id(value: bytes | str) -> tuple[int, int]:
-    """A stream entry id (``<ms>-<seq>``) as a comparable pair."""
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RunEndings:

@@ -42,13 +42,14 @@ import structlog
 from opentelemetry import trace
 
 from graflow import payload
-from graflow.context import DEFAULT_MAX_CYCLES, Channel, ChannelBackend, ChildRunsBackend, TaskContext
+from graflow.context import Channel, ChannelBackend, ChildRunsBackend, TaskContext
 from graflow.dsl import TaskFunc
 from graflow.errors import NonRetryableError, PayloadError, TaskCanceledError
 from graflow.feedback import WaitRequested
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import telemetry
+from graflow_runtime.limits import DEFAULT_MAX_CYCLES
 
 from graflow_worker.binding import BindingError, bind, channel_candidates
 from graflow_worker.cancellation import Cancellations

@@ -12,7 +12,7 @@ from graflow_api.v1 import messages_pb2
 
 from graflow_worker.registry import load_registry
 from graflow_worker.runner import Runner
-from graflow_worker.testing_services_test_support import TASKS_MODULE, envelope
+from graflow_worker.testing.services import TASKS_MODULE, envelope
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED

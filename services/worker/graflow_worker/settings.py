@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -11,13 +10,12 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from graflow_runtime.settings import (
+from graflow_runtime.addresses import (
     DEFAULT_COORDINATOR_ADDRESS,
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
-    ServiceSettings,
-    settings_config,
 )
+from graflow_runtime.settings import ServiceSettings, settings_config, split_list
 
 _TASK_MODULES_HINT = (
     "set GRAFLOW_WORKER_TASK_MODULES to a comma-separated list of modules that define @task "
@@ -28,16 +26,6 @@ _TASK_MODULES_HINT = (
 def default_worker_id() -> str:
     """``<hostname>-<pid>-<4 random hex>``: unique per process, stable for its lifetime."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-def _split_names(value: Any) -> Any:
-    """Accept ``"a,b"`` (environment), a JSON list ``'["a","b"]'`` or a real list."""
-    if isinstance(value, str):
-        text = value.strip()
-        value = json.loads(text) if text.startswith("[") else text.split(",")
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value if str(item).strip()]
-    return value
 
 
 class WorkerSettings(ServiceSettings):
@@ -71,7 +59,7 @@ class WorkerSettings(ServiceSettings):
     @field_validator("queues", mode="before")
     @classmethod
     def _parse_queues(cls, value: Any) -> Any:
-        value = _split_names(value)
+        value = split_list(value)
         if isinstance(value, list) and not value:
             raise ValueError("at least one queue is needed (comma-separated, e.g. 'default,reports')")
         return value
@@ -79,7 +67,7 @@ class WorkerSettings(ServiceSettings):
     @field_validator("task_modules", mode="before")
     @classmethod
     def _parse_task_modules(cls, value: Any) -> Any:
-        value = _split_names(value)
+        value = split_list(value)
         if isinstance(value, list) and not value:
             raise ValueError(_TASK_MODULES_HINT)
         return value

@@ -9,7 +9,7 @@ import json
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 
-from graflow_worker.testing_services_test_support import (
+from graflow_worker.testing.services import (
     end_run,
     ended_tail,
     enqueue,
@@ -19,7 +19,7 @@ from graflow_worker.testing_services_test_support import (
     start_run,
     wait_outcomes,
 )
-from graflow_worker.testing_tasks_test_support import PROBE
+from graflow_worker.testing.tasks import PROBE
 
 CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
 

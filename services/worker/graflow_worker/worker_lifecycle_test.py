@@ -16,7 +16,7 @@ from graflow_runtime.redis_client import connect
 
 from graflow_worker.committer import PAUSE_RESULT_STORE
 from graflow_worker.membership import PAUSE_HEARTBEAT
-from graflow_worker.testing_services_test_support import (
+from graflow_worker.testing.services import (
     Stack,
     enqueue,
     envelope,
@@ -25,7 +25,7 @@ from graflow_worker.testing_services_test_support import (
     pending_count,
     wait_outcomes,
 )
-from graflow_worker.testing_tasks_test_support import PROBE
+from graflow_worker.testing.tasks import PROBE
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 

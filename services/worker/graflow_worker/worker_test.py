@@ -11,7 +11,7 @@ from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 
 from graflow_worker import consumer
-from graflow_worker.testing_services_test_support import (
+from graflow_worker.testing.services import (
     enqueue,
     envelope,
     eventually,
@@ -19,7 +19,7 @@ from graflow_worker.testing_services_test_support import (
     pending_count,
     wait_outcomes,
 )
-from graflow_worker.testing_tasks_test_support import PROBE
+from graflow_worker.testing.tasks import PROBE
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED

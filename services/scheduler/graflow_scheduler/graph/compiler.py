@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, replace
 
 from graflow_api.v1 import common_pb2, workflow_pb2
+from graflow_runtime.limits import DEFAULT_BACKOFF_FACTOR
+from graflow_runtime.names import (
+    DEFAULT_QUEUE,
+    NODE_ID_RULE,
+    QUEUE_NAME_RULE,
+    TASK_TYPE_RULE,
+    is_node_id,
+    is_queue_name,
+    is_task_type,
+)
 
 from graflow_scheduler.errors import SpecError
 from graflow_scheduler.graph.edges import Edges, build_edges, find_cycle, loop_body, loop_edges
@@ -29,13 +38,8 @@ from graflow_scheduler.graph.plan import (
     TaskData,
 )
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-QUEUE_PATTERN = re.compile(r"[^\s]{1,128}")
-TASK_TYPE_MAX = 256
 NAME_MAX = 256
 MAX_ATTEMPTS_LIMIT = 100
-DEFAULT_QUEUE = "default"
-DEFAULT_BACKOFF = 2.0
 
 __all__ = ["Limits", "SpecError", "compile_spec", "task_data"]
 
@@ -99,10 +103,8 @@ def _check_ids(spec: workflow_pb2.WorkflowSpec) -> None:
     seen: dict[str, str] = {}
     for kind, items in (("node", spec.nodes), ("group", spec.groups)):
         for item in items:
-            if not ID_PATTERN.fullmatch(item.id):
-                raise SpecError(
-                    f"{kind} id {item.id!r} is invalid: use 1-128 letters, digits, '_', '-' or '.'"
-                )
+            if not is_node_id(item.id):
+                raise SpecError(f"{kind} id {item.id!r} is invalid: {NODE_ID_RULE}")
             if item.id in seen:
                 raise SpecError(f"duplicate id {item.id!r}: used by a {seen[item.id]} and a {kind}")
             seen[item.id] = kind
@@ -157,8 +159,8 @@ def _check_groups(spec: workflow_pb2.WorkflowSpec, task_ids: set[str]) -> dict[s
 
 
 def _check_queue(queue: str, where: str) -> str:
-    if queue and not QUEUE_PATTERN.fullmatch(queue):
-        raise SpecError(f"{where} {queue!r} is invalid: 1-128 characters without whitespace or newlines")
+    if queue and not is_queue_name(queue):
+        raise SpecError(f"{where} {queue!r} is invalid: {QUEUE_NAME_RULE}")
     return queue
 
 
@@ -167,13 +169,16 @@ def _retry(policy: common_pb2.RetryPolicy, where: str) -> RetryConfig:
         raise SpecError(f"{where}.max_attempts is {policy.max_attempts}; the limit is {MAX_ATTEMPTS_LIMIT}")
     factor = policy.backoff_factor
     if factor != 0 and not (math.isfinite(factor) and factor >= 1.0):
-        raise SpecError(f"{where}.backoff_factor is {factor}; it must be >= 1 (or 0 for the default 2.0)")
+        raise SpecError(
+            f"{where}.backoff_factor is {factor}; "
+            f"it must be >= 1 (or 0 for the default {DEFAULT_BACKOFF_FACTOR})"
+        )
     if not (math.isfinite(policy.jitter) and 0.0 <= policy.jitter <= 1.0):
         raise SpecError(f"{where}.jitter is {policy.jitter}; it must be within [0, 1]")
     return RetryConfig(
         max_attempts=max(1, policy.max_attempts),
         initial_interval_ms=policy.initial_interval_ms,
-        backoff_factor=factor or DEFAULT_BACKOFF,
+        backoff_factor=factor or DEFAULT_BACKOFF_FACTOR,
         max_interval_ms=policy.max_interval_ms,
         jitter=policy.jitter,
     )
@@ -209,11 +214,8 @@ def task_data(
     """What a task node's envelopes carry, validated (also for nodes added at run time)."""
     if not node.task_type:
         raise SpecError(f"node {node.id!r} has no task_type: name the registered task it runs")
-    if len(node.task_type) > TASK_TYPE_MAX or any(ch.isspace() for ch in node.task_type):
-        raise SpecError(
-            f"node {node.id!r}: task_type {node.task_type!r} is invalid "
-            f"(at most {TASK_TYPE_MAX} characters, no whitespace)"
-        )
+    if not is_task_type(node.task_type):
+        raise SpecError(f"node {node.id!r}: task_type {node.task_type!r} is invalid ({TASK_TYPE_RULE})")
     _check_args(node, limits)
     queue = _check_queue(node.queue, f"node {node.id!r}: queue") or defaults.queue
     retry = _retry(node.retry, f"node {node.id!r}: retry") if node.HasField("retry") else defaults.retry

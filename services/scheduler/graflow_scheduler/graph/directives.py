@@ -16,14 +16,15 @@ import json
 from dataclasses import dataclass, field
 
 from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
+from graflow_runtime.limits import MAX_DIRECTIVES
+from graflow_runtime.names import NODE_ID_RULE, is_node_id
 
 from graflow_scheduler.errors import SpecError
 from graflow_scheduler.graph import dynamic
-from graflow_scheduler.graph.compiler import ID_PATTERN, Limits, task_data
+from graflow_scheduler.graph.compiler import Limits, task_data
 from graflow_scheduler.graph.dynamic import DynamicNode
 from graflow_scheduler.graph.plan import NodeKind, Plan, TaskData
 
-MAX_DIRECTIVES = 1000
 MESSAGE_MAX = 1024
 _SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 
@@ -114,10 +115,8 @@ def _translate(
 
 
 def _check_id(node_id: str, what: str) -> None:
-    if not ID_PATTERN.fullmatch(node_id):
-        raise InvalidDirective(
-            f"{what} {node_id!r} is not a valid node id: use 1-128 letters, digits, '_', '-' or '.'"
-        )
+    if not is_node_id(node_id):
+        raise InvalidDirective(f"{what} {node_id!r} is not a valid node id: {NODE_ID_RULE}")
 
 
 def _goto(target: str, plan: Plan, what: str) -> dict[str, object]:

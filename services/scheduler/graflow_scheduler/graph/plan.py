@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from graflow_runtime.limits import DEFAULT_BACKOFF_FACTOR, DEFAULT_MAX_CYCLES
+from graflow_runtime.names import DEFAULT_QUEUE
+
 # Groups up to this size carry their member ids in failure closures, so the script can name the
 # failed and succeeded members in the run's error; larger groups are summarised by counts.
 MEMBERS_NAMED_UP_TO = 64
-DEFAULT_MAX_CYCLES = 100
 DEFAULT_MAX_STEPS = 10_000
 
 
@@ -46,7 +48,7 @@ class RetryConfig:
 
     max_attempts: int = 1
     initial_interval_ms: int = 0
-    backoff_factor: float = 2.0
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
     max_interval_ms: int = 0  # 0 = no bound
     jitter: float = 0.0
 
@@ -84,7 +86,7 @@ class LoopEdge:
 class NodeDefaults:
     """What nodes added at run time (ctx.next_task) get when they set nothing themselves."""
 
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
     retry: RetryConfig = field(default_factory=RetryConfig)
     timeout_ms: int = 0
     max_cycles: int = DEFAULT_MAX_CYCLES

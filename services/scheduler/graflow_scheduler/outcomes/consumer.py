@@ -20,6 +20,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from graflow_runtime import keys
+from graflow_runtime.backoff import backoff_delay
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.loops import BackgroundLoop
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
@@ -88,7 +89,7 @@ class OutcomeConsumer(BackgroundLoop):
             log.info("outcome consumer totals", **totals)
 
     def _backoff(self, failures: int) -> float:
-        return min(self.config.max_backoff_s, 0.05 * 2**failures)
+        return backoff_delay(failures, cap=self.config.max_backoff_s)
 
     async def step(self) -> float:
         """One batch: the one kept after a failed attempt, else the next one read (see

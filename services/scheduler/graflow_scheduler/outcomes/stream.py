@@ -14,13 +14,11 @@ from redis.exceptions import ResponseError
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.streams import stream_id, trim_below
 
 log = structlog.get_logger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-# Entries one XTRIM call may evict, and calls per trim (1,000,000 entries).
-TRIM_LIMIT = 10_000
-TRIM_MAX_CALLS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +42,6 @@ class DeadOutcome:
             letter.node_id = self.outcome.node_id
             letter.attempt = self.outcome.attempt
         return letter
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class OutcomeStream:
@@ -109,7 +101,7 @@ class OutcomeStream:
         """How many times each of this consumer's pending entries was delivered (XPENDING)."""
         if not entry_ids:
             return {}
-        ordered = sorted(entry_ids, key=_id_tuple)
+        ordered = sorted(entry_ids, key=stream_id)
         rows = await self.redis.xpending_range(
             self.stream,
             self.group,
@@ -140,24 +132,14 @@ class OutcomeStream:
         floor: tuple[int, int] | None = None
         for group in groups:
             name = group["name"]
-            last = _id_tuple(group["last-delivered-id"])
+            last = stream_id(group["last-delivered-id"])
             needed = (last[0], last[1] + 1)
             if group["pending"]:
                 summary = await self.redis.xpending(self.stream, name)
-                needed = min(needed, _id_tuple(summary["min"]))
+                needed = min(needed, stream_id(summary["min"]))
             floor = needed if floor is None else min(floor, needed)
         if floor is None:
             return 0
-        minid = f"{floor[0]}-{floor[1]}"
         if not approximate:
-            return await self.redis.xtrim(self.stream, minid=minid, approximate=False)
-        # One `XTRIM MINID ~` evicts at most LIMIT entries (Redis' default: 10,000), so one call
-        # per interval would cap trimming at 10,000 outcomes per interval and the stream would grow
-        # for ever above that rate. Trim in bounded calls until nothing goes.
-        removed = 0
-        for _ in range(TRIM_MAX_CALLS):
-            evicted = await self.redis.xtrim(self.stream, minid=minid, approximate=True, limit=TRIM_LIMIT)
-            removed += evicted
-            if not evicted:
-                break
-        return removed
+            return await self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False)
+        return await trim_below(self.redis, self.stream, floor)

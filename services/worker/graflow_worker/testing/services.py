@@ -21,10 +21,10 @@ from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
 
 from graflow_worker.settings import WorkerSettings
-from graflow_worker.testing_tasks_test_support import PROBE
+from graflow_worker.testing.tasks import PROBE
 from graflow_worker.worker import Worker, create_worker
 
-TASKS_MODULE = "graflow_worker.testing_tasks_test_support"
+TASKS_MODULE = "graflow_worker.testing.tasks"
 Disposition = rs_pb2.PutResultsResponse
 
 

@@ -1,6 +1,5 @@
-"""Task functions used by the worker's own tests (registered as
-``graflow_worker.testing_tasks_test_support``). Not registered by a deployed worker unless named in
-``GRAFLOW_WORKER_TASK_MODULES``.
+"""Task functions used by the worker's own tests (registered as ``graflow_worker.testing.tasks``).
+A test utility: no wheel or PEX carries this module, so a deployed worker cannot load it.
 
 :data:`PROBE` records what ran, how many ran at once, and holds tasks until a test releases them.
 """

@@ -1,0 +1,88 @@
+"""How the SDK reaches a service (private): one lazily opened channel per service, the deadline and
+the bearer token of every call, and the translation of gRPC errors into the SDK's errors.
+
+:class:`~graflow.Client` (scheduler, result-store) and :class:`~graflow.operators.Operators`
+(coordinator) each hold an :class:`Endpoint` per service they talk to. The SDK has no circuit
+breaker: its calls are a person's or a script's, which see the error at once
+(:class:`~graflow.errors.ServiceUnavailableError` names the address); the services' own calls go
+through ``graflow_runtime.grpc_client.Downstream`` and its breaker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import grpc.experimental
+
+from graflow.errors import ServiceCallError, ServiceUnavailableError
+from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
+from graflow_runtime.addresses import (
+    DEFAULT_COORDINATOR_ADDRESS,
+    DEFAULT_RESULT_STORE_ADDRESS,
+    DEFAULT_SCHEDULER_ADDRESS,
+)
+from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+
+# Server-streaming calls (WatchRun) are read on the calling thread instead of a helper thread per
+# call: a third less client CPU and ~0.1 ms less per watch (the SDK only iterates and cancels them).
+_SDK_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+# Each service's default address and stub.
+_SERVICES: dict[str, tuple[str, Callable[[grpc.Channel], Any]]] = {
+    "scheduler": (DEFAULT_SCHEDULER_ADDRESS, scheduler_pb2_grpc.SchedulerStub),
+    "result-store": (DEFAULT_RESULT_STORE_ADDRESS, result_store_pb2_grpc.ResultStoreStub),
+    "coordinator": (DEFAULT_COORDINATOR_ADDRESS, coordinator_pb2_grpc.CoordinatorStub),
+}
+
+ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
+
+
+class Endpoint:
+    """One service: a lazily opened channel, the deadline, the token and error translation.
+
+    ``address`` None: ``GRAFLOW_CLIENT_<SERVICE>_ADDRESS``, else the service's default address;
+    ``auth_token`` None: ``GRAFLOW_CLIENT_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when
+    not empty)."""
+
+    def __init__(self, service: str, address: str | None, *, auth_token: str | None, timeout: float) -> None:
+        default, self._stub_class = _SERVICES[service]
+        env = f"GRAFLOW_CLIENT_{service.upper().replace('-', '_')}_ADDRESS"
+        token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_CLIENT_AUTH_TOKEN", "")
+        self.service = service
+        self.address = address or os.environ.get(env) or default
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self._channel: grpc.Channel | None = None
+        self._stub: Any = None
+
+    @property
+    def stub(self) -> Any:
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(self.address, options=_SDK_CHANNEL_OPTIONS)
+            self._stub = self._stub_class(self._channel)
+        return self._stub
+
+    def error(self, method: str, exc: grpc.RpcError, errors: ErrorMap | None = None) -> Exception:
+        code, details = exc.code(), exc.details() or ""
+        if errors and code in errors:
+            return errors[code](details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServiceUnavailableError(self.service, self.address, details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServiceUnavailableError(
+                self.service, self.address, f"no answer to {method} within {self.timeout}s"
+            )
+        return ServiceCallError(self.service, self.address, method, code, details)
+
+    def call(self, method: str, request: Any, errors: ErrorMap | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise self.error(method, exc, errors) from None
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None

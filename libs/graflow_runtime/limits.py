@@ -1,0 +1,15 @@
+"""Limits and defaults of the contracts that the SDK and the services both apply, written once.
+
+Plain Python, no third-party imports: the SDK imports it.
+"""
+
+# Directives one attempt may return with its outcome (``TaskOutcome.directives``): the SDK refuses
+# to record more, the scheduler fails the node with InvalidDirective when it gets more.
+MAX_DIRECTIVES = 1000
+# Re-runs of a node (next_iteration, goto, loop edges) when neither the node nor its run sets
+# ``max_cycles``.
+DEFAULT_MAX_CYCLES = 100
+# Multiplier of a task's retry delay after each attempt when its RetryPolicy sets none (0).
+DEFAULT_BACKOFF_FACTOR = 2.0
+# Dead letters in one ListDeadLetters page, and ids in one request by id.
+DEAD_LETTERS_PAGE_MAX = 1000

@@ -1,0 +1,34 @@
+"""Redis Streams helpers shared by the services: entry ids as comparable pairs, and trimming below
+a floor in bounded calls."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+# Entries one `XTRIM MINID ~` call may evict (Redis' default LIMIT), and calls per trim (so at most
+# 1,000,000 entries per trim).
+TRIM_LIMIT = 10_000
+TRIM_MAX_CALLS = 100
+
+
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``, or ``<ms>``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_below(redis: aioredis.Redis, stream: str, floor: tuple[int, int]) -> int:
+    """``XTRIM stream MINID ~ floor`` until nothing goes; returns how many entries were evicted.
+
+    One call evicts at most :data:`TRIM_LIMIT` entries, so a single call per pass would cap trimming
+    at that many entries per interval and the stream would grow for ever above that rate.
+    """
+    removed = 0
+    minid = f"{floor[0]}-{floor[1]}"
+    for _ in range(TRIM_MAX_CALLS):
+        evicted = await redis.xtrim(stream, minid=minid, approximate=True, limit=TRIM_LIMIT)
+        removed += evicted
+        if not evicted:
+            break
+    return removed
