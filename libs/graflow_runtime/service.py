@@ -19,7 +19,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, runtime_checkable
+from typing import Generic, NoReturn, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 import structlog
@@ -86,7 +86,7 @@ def service_main(service: Service[SettingsT]) -> None:
         flush_tracing()
 
 
-def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) -> None:
+def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) -> NoReturn:
     sys.stderr.write(f"graflow-{service.name}: {exc}\n")
     log.error("bad configuration", error=str(exc))
     raise SystemExit(EXIT_CONFIGURATION) from exc
