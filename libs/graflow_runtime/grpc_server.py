@@ -1,25 +1,52 @@
 """gRPC servers: one factory that every service uses.
 
 ``create_server`` binds the address (port 0 picks a free port), installs the interceptors every
-server has (tracing, auth, per-call log context), the stock health service and server reflection,
-and returns the server with its bound port. Start-up and shutdown order live in :mod:`lifecycle`.
+server has (tracing, auth, the error-to-status mapping, per-call log context), the stock health
+service and server reflection, and returns the server with its bound port. Start-up and shutdown
+order live in :mod:`graflow_runtime.service`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from graflow_runtime.errors import ServiceError
 from graflow_runtime.grpc_options import SERVER_OPTIONS
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.telemetry import tracing_enabled
 
+log = structlog.get_logger(__name__)
+
 _UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_SHAPES = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+def _same_shape(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """A handler of the same shape and serialization as ``handler`` that runs ``behaviour``."""
+    shape = next(factory for name, factory in _SHAPES if getattr(handler, name))
+    return shape(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    return next(getattr(handler, name) for name, _ in _SHAPES if getattr(handler, name))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -35,29 +62,78 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         if metadata.get("authorization") == self._expected:
             return handler
-        return _denying(handler)
+        return _same_shape(handler, _deny)
 
 
 _DENIED = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
+async def _deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
 
-    async def deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
+class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
+    """The one mapping of what handlers raise to the status their callers receive.
+
+    A :class:`~graflow_runtime.errors.ServiceError` becomes ``context.abort(error.code, message)``;
+    an unreachable Redis becomes UNAVAILABLE ("<service> cannot reach Redis (...); retry with
+    backoff"), which callers retry, instead of UNKNOWN with a stack trace. Anything else passes
+    through untouched. Handlers that are coroutines (unary responses) and async generators
+    (streamed responses, e.g. ``WatchRun``) are wrapped; a handler that writes its stream with
+    ``context.write`` is a coroutine too.
+    """
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        # method -> (handler, its wrapped form): the servicer's handler is the same on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        inner = _behaviour(handler)
+        if inspect.isasyncgenfunction(inner):
+
+            async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except ServiceError as exc:
+                    await context.abort(exc.code, str(exc))
+                except REDIS_UNAVAILABLE as exc:
+                    await self._redis_unavailable(context, method, exc)
+
+            return _same_shape(handler, streamed)
+        if inspect.iscoroutinefunction(inner):
+
+            async def answered(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except ServiceError as exc:
+                    await context.abort(exc.code, str(exc))
+                except REDIS_UNAVAILABLE as exc:
+                    await self._redis_unavailable(context, method, exc)
+
+            return _same_shape(handler, answered)
+        return handler
+
+    async def _redis_unavailable(
+        self, context: grpc.aio.ServicerContext, method: str, exc: BaseException
+    ) -> None:
+        log.warning("redis unavailable during a call", method=method, error=str(exc))
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"{self._service} cannot reach Redis ({exc}); retry with backoff"
+        )
 
 
 @dataclass
@@ -76,6 +152,11 @@ class ServerHandle:
     port: int
     health: health.aio.HealthServicer
     service_names: Sequence[str]
+
+    async def start(self) -> None:
+        """Accept calls and report SERVING."""
+        await self.server.start()
+        await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -96,15 +177,18 @@ def create_server(
     address: str,
     bindings: Iterable[ServicerBinding],
     *,
+    name: str = "service",
     auth_token: str = "",
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServerHandle:
-    """Build (not start) a server on ``address`` ("host:port", port 0 = any free port)."""
+    """Build (not start) a server on ``address`` ("host:port", port 0 = any free port) for the
+    service ``name`` (as its error messages call it, e.g. "coordinator")."""
     interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
     if auth_token:
         interceptors.append(AuthInterceptor(auth_token))
+    interceptors.append(ErrorStatusInterceptor(name))
     interceptors.extend(extra_interceptors)
-    server = grpc.aio.server(interceptors=interceptors or None, options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     bindings = list(bindings)
     names = [b.service_name for b in bindings]
     for binding in bindings:

@@ -1,4 +1,8 @@
-"""Process lifecycle: run a service until SIGTERM/SIGINT; a second signal forces exit."""
+"""Process lifecycle: run a service until SIGTERM/SIGINT; a second signal forces exit.
+
+Exit codes of every service process (docs/configuration.md, "Exit codes"): 0 stopped cleanly,
+:data:`EXIT_FAILED`, :data:`EXIT_CONFIGURATION`, :data:`EXIT_FORCED`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 log = structlog.get_logger(__name__)
+
+# Could not start or run: a dependency (Redis) is unreachable, or an unexpected error.
+EXIT_FAILED = 1
+# Bad configuration: invalid settings, task modules that do not load.
+EXIT_CONFIGURATION = 2
+# A second SIGTERM/SIGINT: exited at once, without draining.
+EXIT_FORCED = 130
 
 
 class ShutdownSignal:
@@ -31,7 +42,7 @@ class ShutdownSignal:
             self.event.set()
         else:
             log.warning("second signal; exiting now", signal=sig.name)
-            os._exit(130)
+            os._exit(EXIT_FORCED)
 
     async def wait(self) -> None:
         await self.event.wait()

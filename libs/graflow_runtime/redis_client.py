@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -10,6 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -40,6 +42,15 @@ class _SSLConnection(_HiredisPacking, aioredis.SSLConnection):
 
 class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
     pass
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}
@@ -80,10 +91,18 @@ async def check_durability(client: aioredis.Redis) -> list[str]:
     """Warn loudly unless Redis keeps data (AOF) and never evicts keys (noeviction).
 
     Run state lives in Redis: an evicted key is a lost run, a restart without AOF loses accepted
-    work. Returns the problems found (also logged at error level).
+    work. Returns the problems found (also logged at error level). Where CONFIG is refused (some
+    managed Redis services disable it) the check is skipped with a warning; an unreachable Redis
+    raises one of :data:`REDIS_UNAVAILABLE`.
     """
     problems: list[str] = []
-    config = await client.config_get("maxmemory-policy")
+    try:
+        config = await client.config_get("maxmemory-policy")
+    except ResponseError as exc:
+        if "CONFIG" not in str(exc).upper():
+            raise
+        log.warning("could not check Redis durability settings", error=str(exc))
+        return problems
     policy = config.get(b"maxmemory-policy", config.get("maxmemory-policy", b""))
     policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     if policy != "noeviction":

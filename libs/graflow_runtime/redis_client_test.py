@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from graflow_runtime.redis_client import REDIS_UNAVAILABLE, connect
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE, connect, redacted
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_url: str) -> None:
@@ -34,3 +34,8 @@ async def test_a_command_that_gets_no_connection_within_the_pool_timeout_fails_a
         assert await holder is None
     finally:
         await client.aclose()
+
+
+def test_redis_passwords_are_redacted_in_logs():
+    assert redacted("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"

@@ -13,10 +13,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from graflow_runtime.errors import ConfigurationError
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-class SettingsError(RuntimeError):
+class SettingsError(ConfigurationError):
     """Raised when environment variables hold invalid settings."""
 
 

@@ -1,8 +1,9 @@
-"""Assembly of the coordinator: ``create_app(settings)`` builds it, ``start``/``stop`` run it.
+"""Assembly of the coordinator: ``create_app(settings, redis)`` wires it, ``start``/``stop`` run it
+(as a process: ``graflow_runtime.service``, which checks Redis first).
 
-Start-up: Redis (durability check) -> queue groups -> gRPC server -> health SERVING -> retry timer
-and liveness loops. Shutdown runs it backwards: NOT_SERVING, stop the loops, stop the server
-within the grace period (in-flight calls finish), close Redis.
+Start-up: queue groups -> gRPC server -> health SERVING -> retry timer and liveness loops.
+Shutdown runs it backwards: NOT_SERVING, stop the loops, stop the server within the grace period
+(in-flight calls finish), close Redis.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc
-from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
-from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
@@ -29,35 +29,22 @@ log = structlog.get_logger(__name__)
 
 
 class CoordinatorApp:
-    def __init__(self, settings: CoordinatorSettings) -> None:
-        self.settings = settings
-        self.redis: aioredis.Redis | None = None
-        self.server: ServerHandle | None = None
-        self.retry_timer: RetryTimer | None = None
-        self.liveness: LivenessLoop | None = None
+    """The coordinator wired on its settings and a Redis client, which it owns (closed by ``stop``)."""
 
-    @property
-    def port(self) -> int:
-        if self.server is None:
-            raise RuntimeError("the coordinator is not started")
-        return self.server.port
-
-    async def start(self) -> None:
-        s = self.settings
-        self.redis = redis = connect(s.redis_url)
-        await check_durability(redis)
-        groups = QueueGroups(redis)
-        await groups.ensure(s.queues)
+    def __init__(self, settings: CoordinatorSettings, redis: aioredis.Redis) -> None:
+        s = self.settings = settings
+        self.redis = redis
+        self.groups = QueueGroups(redis)
         reclaimer = Reclaimer(redis, max_deliveries=s.max_deliveries, dead_letter_maxlen=s.dead_letter_maxlen)
         registry = WorkerRegistry(
-            redis, groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
+            redis, self.groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
         )
-        self.retry_timer = RetryTimer(redis, groups, max_sleep_ms=s.retry_timer_max_sleep_ms)
+        self.retry_timer = RetryTimer(redis, self.groups, max_sleep_ms=s.retry_timer_max_sleep_ms)
         self.liveness = LivenessLoop(
             redis,
             registry,
             reclaimer,
-            groups,
+            self.groups,
             lease_timeout_ms=s.lease_timeout_ms,
             startup_grace_ms=s.startup_grace_ms,
             check_interval_ms=s.liveness_check_ms,
@@ -65,21 +52,30 @@ class CoordinatorApp:
             queues=s.queues,
         )
         dispatcher = Dispatcher(
-            redis, groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
+            redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
         )
         servicer = CoordinatorServicer(
             dispatcher,
             registry,
-            DeadLetters(redis, groups),
+            DeadLetters(redis, self.groups),
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,
         )
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
         )
-        self.server = create_server(s.listen_address, [binding], auth_token=s.auth_token)
-        await self.server.server.start()
-        await self.server.set_serving(True)
+        self.server = create_server(
+            s.listen_address, [binding], name="coordinator", auth_token=s.auth_token
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.groups.ensure(s.queues)
+        await self.server.start()
         log.info(
             "coordinator listening",
             version=__version__,
@@ -92,19 +88,14 @@ class CoordinatorApp:
 
     async def stop(self) -> None:
         grace_s = self.settings.shutdown_grace_s
-        if self.server is not None:
-            await self.server.set_serving(False)
+        await self.server.set_serving(False)
         for loop in (self.retry_timer, self.liveness):
-            if loop is not None:
-                await loop.stop(timeout_s=grace_s)
-        if self.server is not None:
-            await self.server.stop(grace_s)
-            self.server = None
-        if self.redis is not None:
-            await self.redis.aclose()
-            self.redis = None
+            await loop.stop(timeout_s=grace_s)
+        await self.server.stop(grace_s)
+        await self.redis.aclose()
         log.info("coordinator stopped")
 
 
-def create_app(settings: CoordinatorSettings) -> CoordinatorApp:
-    return CoordinatorApp(settings)
+def create_app(settings: CoordinatorSettings, redis: aioredis.Redis) -> CoordinatorApp:
+    """Wire (not start) the coordinator; ``settings.listen_address`` with port 0 binds any free port."""
+    return CoordinatorApp(settings, redis)

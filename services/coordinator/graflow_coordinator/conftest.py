@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.redis_client import connect
 
 from graflow_coordinator.app import CoordinatorApp, create_app
 from graflow_coordinator.settings import CoordinatorSettings
@@ -42,7 +43,8 @@ async def start_coordinator(
     apps: list[CoordinatorApp] = []
 
     async def start(**overrides: Any) -> CoordinatorApp:
-        app = create_app(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        app = create_app(settings, connect(settings.redis_url))
         apps.append(app)
         await app.start()
         return app

@@ -24,10 +24,11 @@ from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.errors import FailedPrecondition, InvalidRequest, NotFound
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.scripts import LuaScript
 
-from graflow_coordinator.errors import FailedPrecondition, InvalidRequest, NotFound
 from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
@@ -35,19 +36,8 @@ log = structlog.get_logger(__name__)
 DEAD_LETTER_FIELD = b"d"
 DEFAULT_PAGE = 100
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+_REPLAY = LuaScript.load(__package__, "replay_dead_letters.lua")
 
-# KEYS[1] = dead-letter stream. ARGV[1] = queue stream key prefix; then triples: dead letter id,
-# queue, raw envelope bytes. Returns how many were replayed by this call.
-_REPLAY_LUA = """
-local replayed = 0
-for i = 2, #ARGV, 3 do
-  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('XADD', ARGV[1] .. ARGV[i + 1], '*', 'e', ARGV[i + 2])
-    replayed = replayed + 1
-  end
-end
-return replayed
-"""
 
 
 def make_dead_letter(*, queue: str, original_id: str, raw: bytes, reason: str) -> messages_pb2.DeadLetter:
@@ -85,7 +75,6 @@ class DeadLetters:
     def __init__(self, redis: aioredis.Redis, groups: QueueGroups) -> None:
         self._redis = redis
         self._groups = groups
-        self._replay = redis.register_script(_REPLAY_LUA)
 
     async def get(self, ids: Sequence[str]) -> list[messages_pb2.DeadLetter]:
         """The dead letters with these ids, in the order asked (unknown ids are left out)."""
@@ -170,7 +159,7 @@ class DeadLetters:
         args: list[bytes | str] = [keys.queue_stream("")]
         for letter in letters:
             args += [letter.id, letter.queue, letter.raw]
-        replayed = int(await self._replay(keys=[keys.DEAD_LETTERS_STREAM], args=args))
+        replayed = int(await _REPLAY.run(self._redis, [keys.DEAD_LETTERS_STREAM], args))
         log.info(
             "dead letters replayed",
             replayed=replayed,

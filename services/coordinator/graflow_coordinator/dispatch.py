@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError
 
 from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.scripts import LuaScript, ScriptCall
 
-from graflow_coordinator.errors import InvalidRequest
 from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
@@ -33,57 +33,8 @@ log = structlog.get_logger(__name__)
 # stays short so Redis is never blocked for long by a huge batch.
 CHUNK = 500
 
-# KEYS[1] = retry zset, KEYS[2] = ended runs stream; for delivery i: KEYS[3i] = dispatch record,
-# KEYS[3i+1] = queue stream, KEYS[3i+2] = run meta.
-# ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
-# queue, envelope bytes.
-# A delivery of a run that has ended (its meta's 'ended' > 0) is not enqueued (counted as ended).
-# One enqueued at once carries, beside the envelope, the last id of the ended runs stream: the run
-# was live when that was the last end (keys.ENDED_CURSOR_FIELD).
-# Returns {accepted, duplicates, ended}, or {-1, queue...} (nothing written) when a queue stream
-# that must be appended to does not exist (its consumer group vanished with it; the caller
-# recreates it).
-_DISPATCH_LUA = """
-local n = (#KEYS - 2) / 3
-local ttl = tonumber(ARGV[1])
-local missing = {}
-for i = 1, n do
-  local b = 1 + (i - 1) * 5
-  if tonumber(ARGV[b + 3]) == 0 and redis.call('EXISTS', KEYS[3 * i + 1]) == 0 then
-    missing[#missing + 1] = ARGV[b + 4]
-  end
-end
-if #missing > 0 then
-  table.insert(missing, 1, -1)
-  return missing
-end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local cursor = last[1] and last[1][1] or '0-0'
-local accepted, duplicates, ended = 0, 0, 0
-for i = 1, n do
-  local b = 1 + (i - 1) * 5
-  local node = ARGV[b + 1]
-  local attempt = tonumber(ARGV[b + 2])
-  local current = redis.call('HGET', KEYS[3 * i], node)
-  local ended_at = tonumber(redis.call('HGET', KEYS[3 * i + 2], 'ended') or '0') or 0
-  if current and tonumber(current) >= attempt then
-    duplicates = duplicates + 1
-  elseif ended_at > 0 then
-    ended = ended + 1
-  else
-    redis.call('HSET', KEYS[3 * i], node, attempt)
-    redis.call('EXPIRE', KEYS[3 * i], ttl)
-    local due = tonumber(ARGV[b + 3])
-    if due > 0 then
-      redis.call('ZADD', KEYS[1], due, ARGV[b + 4] .. '\\n' .. ARGV[b + 5])
-    else
-      redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor)
-    end
-    accepted = accepted + 1
-  end
-end
-return {accepted, duplicates, ended}
-"""
+# One call per chunk: check, record and append each delivery (dispatch.lua says how).
+_DISPATCH = LuaScript.load(__package__, "dispatch.lua")
 
 
 class InvalidDelivery(InvalidRequest):
@@ -126,7 +77,6 @@ class Dispatcher:
         self._groups = groups
         self._record_ttl_s = record_ttl_s
         self._on_delayed = on_delayed
-        self._script = redis.register_script(_DISPATCH_LUA)
 
     async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
         """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it."""
@@ -143,8 +93,8 @@ class Dispatcher:
         ]
         accepted = duplicates = ended = 0
         for _ in range(3):
-            replies = await self._run(chunks)
-            retry: list[tuple[list[str], list[bytes | str | int]]] = []
+            replies = await _DISPATCH.run_many(self._redis, chunks)
+            retry: list[ScriptCall] = []
             for call, reply in zip(chunks, replies, strict=True):
                 if int(reply[0]) == -1:
                     for queue in {q.decode() if isinstance(q, bytes) else q for q in reply[1:]}:
@@ -170,9 +120,7 @@ class Dispatcher:
         log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
         return DispatchResult(accepted, duplicates)
 
-    def _chunk_call(
-        self, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int
-    ) -> tuple[list[str], list[bytes | str | int]]:
+    def _chunk_call(self, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int) -> ScriptCall:
         call_keys: list[str] = [keys.RETRY_TIMER, keys.RUNS_ENDED]
         args: list[bytes | str | int] = [self._record_ttl_s]
         for delivery in deliveries:
@@ -185,29 +133,3 @@ class Dispatcher:
             ]
             args += [env.node_id, env.attempt, due_ms, env.queue, env.SerializeToString()]
         return call_keys, args
-
-    async def _run(self, chunks: list[tuple[list[str], list[bytes | str | int]]]) -> list[list]:
-        """Run the script once per chunk, all chunks in one pipeline (one round trip)."""
-        if len(chunks) == 1:
-            call_keys, args = chunks[0]
-            return [await self._script(keys=call_keys, args=args)]
-        replies: list = [None] * len(chunks)
-        todo = list(range(len(chunks)))
-        for _ in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for index in todo:
-                    call_keys, args = chunks[index]
-                    pipe.evalsha(self._script.sha, len(call_keys), *call_keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-            for index, result in zip(todo, results, strict=True):
-                replies[index] = result
-            # After a Redis restart or SCRIPT FLUSH the chunks that got NOSCRIPT wrote nothing:
-            # load the script and run only those again.
-            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-            if not todo:
-                break
-            await self._redis.script_load(self._script.script)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies

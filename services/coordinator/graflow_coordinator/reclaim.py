@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.scripts import LuaScript
 
 from graflow_coordinator.deadletters import make_dead_letter
 
@@ -42,34 +43,8 @@ RECLAIMER = "coordinator-reclaimer"
 BATCH = 1000
 WORKER_LOST = "WorkerLost"
 POISON_MESSAGE = "PoisonMessage"
+_SETTLE = LuaScript.load(__package__, "settle_reclaim.lua")
 
-# KEYS[1] = queue stream, KEYS[2] = dead-letter stream, KEYS[3] = outcome stream. ARGV[1] = group,
-# ARGV[2] = dead-letter maxlen; then triples: entry id, TaskOutcome bytes or '', DeadLetter bytes
-# or ''. Returns {lost, poisoned, undecodable, already_acknowledged}.
-_SETTLE_LUA = """
-local lost, poisoned, undecodable, skipped = 0, 0, 0, 0
-for i = 3, #ARGV, 3 do
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    local outcome, letter = ARGV[i + 1], ARGV[i + 2]
-    if letter ~= '' then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'd', letter)
-    end
-    if outcome ~= '' then
-      redis.call('XADD', KEYS[3], '*', 'o', outcome)
-    end
-    if outcome == '' then
-      undecodable = undecodable + 1
-    elseif letter == '' then
-      lost = lost + 1
-    else
-      poisoned = poisoned + 1
-    end
-  else
-    skipped = skipped + 1
-  end
-end
-return {lost, poisoned, undecodable, skipped}
-"""
 
 
 @dataclass
@@ -130,7 +105,6 @@ class Reclaimer:
         self._redis = redis
         self._max_deliveries = max_deliveries
         self._dead_letter_maxlen = dead_letter_maxlen
-        self._settle = redis.register_script(_SETTLE_LUA)
 
     async def reclaim_consumer(
         self,
@@ -199,8 +173,8 @@ class Reclaimer:
         for entry_id, fields, delivered in batch.entries:
             args += self._settlement(batch, entry_id, fields, delivered)
         stream = keys.queue_stream(batch.queue)
-        lost, poisoned, undecodable, skipped = await self._settle(
-            keys=[stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args=args
+        lost, poisoned, undecodable, skipped = await _SETTLE.run(
+            self._redis, [stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args
         )
         stats.lost += int(lost)
         stats.poisoned += int(poisoned)

@@ -17,45 +17,15 @@ import structlog
 
 from graflow_runtime import keys
 from graflow_runtime.loops import BackgroundLoop
+from graflow_runtime.scripts import LuaScript
 
 from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1] = retry zset. ARGV: now ms, max members, queue stream key prefix.
-# Streams are derived from the members (single-Redis deployment; see docs/architecture.md).
-# Returns {moved, malformed, next due ms or -1, queue whose stream is missing...}. Members of a
-# queue whose stream is missing stay put (the caller recreates the consumer group first).
-_MOVE_DUE_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local moved, malformed = 0, 0
-local missing = {}
-for _, member in ipairs(due) do
-  local nl = string.find(member, '\\n', 1, true)
-  if not nl then
-    redis.call('ZREM', KEYS[1], member)
-    malformed = malformed + 1
-  else
-    local queue = string.sub(member, 1, nl - 1)
-    local stream = ARGV[3] .. queue
-    if redis.call('EXISTS', stream) == 1 then
-      redis.call('XADD', stream, '*', 'e', string.sub(member, nl + 1))
-      redis.call('ZREM', KEYS[1], member)
-      moved = moved + 1
-    else
-      missing[#missing + 1] = queue
-    end
-  end
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local next_due = -1
-if #first > 0 then next_due = math.floor(tonumber(first[2])) end
-local reply = {moved, malformed, next_due}
-for _, queue in ipairs(missing) do reply[#reply + 1] = queue end
-return reply
-"""
 
 QUEUE_PREFIX = keys.queue_stream("")
+_MOVE_DUE = LuaScript.load(__package__, "move_due.lua")
 
 
 class RetryTimer(BackgroundLoop):
@@ -68,14 +38,14 @@ class RetryTimer(BackgroundLoop):
         self._groups = groups
         self._max_sleep_s = max_sleep_ms / 1000
         self._batch = batch
-        self._script = redis.register_script(_MOVE_DUE_LUA)
+        self._redis = redis
 
     async def move_due(self) -> tuple[int, int | None]:
         """Append every due delivery to its queue. Returns (moved, next due ms or None)."""
         total = 0
         while True:
             now_ms = int(time.time() * 1000)
-            reply = await self._script(keys=[keys.RETRY_TIMER], args=[now_ms, self._batch, QUEUE_PREFIX])
+            reply = await _MOVE_DUE.run(self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, QUEUE_PREFIX])
             moved, malformed, next_due = int(reply[0]), int(reply[1]), int(reply[2])
             missing = {q.decode() if isinstance(q, bytes) else q for q in reply[3:]}
             total += moved

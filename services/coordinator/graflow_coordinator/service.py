@@ -1,51 +1,21 @@
-"""The gRPC face of the coordinator: translates requests to the domain objects and their errors to
-specific status codes (tracing, auth and per-call context come from the server's interceptors)."""
+"""The gRPC face of the coordinator: translates requests to the domain objects (the server's
+interceptors add tracing, auth, per-call context and the status codes of their errors)."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 import grpc
-import structlog
 from structlog.contextvars import bound_contextvars
 
 from graflow_api.v1 import coordinator_pb2 as pb
 from graflow_api.v1 import coordinator_pb2_grpc
-from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
-from graflow_coordinator.errors import CoordinatorError
 from graflow_coordinator.workers import WorkerRegistry
-
-log = structlog.get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
 Ctx = grpc.aio.ServicerContext
-ResponseT = TypeVar("ResponseT")
-Handler = Callable[[Any, Any, Ctx], Awaitable[ResponseT]]
-
-
-def _rpc(method: Handler[ResponseT]) -> Handler[ResponseT]:
-    """Map domain errors to their status codes and Redis outages to UNAVAILABLE (retryable)."""
-
-    @functools.wraps(method)
-    async def handler(self: Any, request: Any, context: Ctx) -> ResponseT:
-        try:
-            return await method(self, request, context)
-        except CoordinatorError as exc:
-            await context.abort(exc.code, str(exc))
-        except REDIS_UNAVAILABLE as exc:
-            log.warning("redis unavailable during a call", method=method.__name__, error=str(exc))
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"coordinator cannot reach redis ({exc}); retry with backoff"
-            )
-        raise AssertionError("unreachable: context.abort raises")
-
-    return handler
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -64,12 +34,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._lease_timeout_ms = lease_timeout_ms
 
-    @_rpc
     async def Dispatch(self, request: pb.DispatchRequest, context: Ctx) -> pb.DispatchResponse:
         result = await self._dispatcher.dispatch(request.deliveries)
         return pb.DispatchResponse(accepted=result.accepted, duplicates=result.duplicates)
 
-    @_rpc
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: Ctx
     ) -> pb.RegisterWorkerResponse:
@@ -79,13 +47,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             heartbeat_interval_ms=self._heartbeat_interval_ms, lease_timeout_ms=self._lease_timeout_ms
         )
 
-    @_rpc
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         with bound_contextvars(worker_id=request.worker_id):
             await self._registry.heartbeat(request.worker_id, request.in_flight)
         return pb.HeartbeatResponse()
 
-    @_rpc
     async def DeregisterWorker(
         self, request: pb.DeregisterWorkerRequest, context: Ctx
     ) -> pb.DeregisterWorkerResponse:
@@ -93,11 +59,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await self._registry.deregister(request.worker_id)
         return pb.DeregisterWorkerResponse()
 
-    @_rpc
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Ctx) -> pb.ListWorkersResponse:
         return pb.ListWorkersResponse(workers=await self._registry.list_live())
 
-    @_rpc
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
     ) -> pb.ListDeadLettersResponse:
@@ -107,14 +71,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             letters = await self._dead_letters.list(limit=request.limit, after_id=request.after_id)
         return pb.ListDeadLettersResponse(dead_letters=letters)
 
-    @_rpc
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: Ctx
     ) -> pb.ReplayDeadLettersResponse:
         replayed = await self._dead_letters.replay(ids=list(request.ids), replay_all=request.all)
         return pb.ReplayDeadLettersResponse(replayed=replayed)
 
-    @_rpc
     async def NotifyCanceled(
         self, request: pb.NotifyCanceledRequest, context: Ctx
     ) -> pb.NotifyCanceledResponse:

@@ -21,62 +21,24 @@ import structlog
 
 from graflow_api.v1 import coordinator_pb2
 from graflow_runtime import keys
+from graflow_runtime.errors import AlreadyExists, InvalidRequest, NotFound
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.scripts import LuaScript
 
-from graflow_coordinator.errors import AlreadyExists, InvalidRequest, NotFound
 from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer, ReclaimStats
 
 log = structlog.get_logger(__name__)
 
 MAX_WORKER_ID = 200
+_HEARTBEAT = LuaScript.load(__package__, "heartbeat.lua")
+_MARK_DEAD = LuaScript.load(__package__, "mark_dead.lua")
+_REMOVE = LuaScript.load(__package__, "remove_worker.lua")
+_DELETE_ORPHAN = LuaScript.load(__package__, "delete_orphan_consumer.lua")
 
-# KEYS: workers zset, worker hash. ARGV: worker id, now ms, in-flight. 1 = renewed, 0 = unknown/dead.
-_HEARTBEAT_LUA = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[2], 'dead') == '1' then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], 'in_flight', ARGV[3], 'last_heartbeat_ms', ARGV[2])
-return 1
-"""
 
-# KEYS: workers zset, worker hash. ARGV: worker id, cutoff ms, now ms. Marks the worker dead when
-# its last heartbeat is at or before the cutoff; returns its queues (JSON) or nil if it is alive.
-_MARK_DEAD_LUA = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-if redis.call('HGET', KEYS[2], 'dead') ~= '1' then
-  redis.call('HSET', KEYS[2], 'dead', '1', 'dead_at_ms', ARGV[3])
-end
-return redis.call('HGET', KEYS[2], 'queues') or '[]'
-"""
 
-# KEYS: workers zset, worker hash, queue streams... ARGV: worker id, group, '1' = only if marked
-# dead. Deletes the worker's consumer from every group and the worker from the registry, unless a
-# consumer still has pending entries (-1) or the worker came back (0). 1 = removed.
-_REMOVE_LUA = """
-if ARGV[3] == '1' and redis.call('HGET', KEYS[2], 'dead') ~= '1' then return 0 end
-for i = 3, #KEYS do
-  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[2], '-', '+', 1, ARGV[1])
-  if ok and #pending > 0 then return -1 end
-end
-for i = 3, #KEYS do
-  pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[i], ARGV[2], ARGV[1])
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-return 1
-"""
 
-# KEYS: workers zset, queue stream. ARGV: consumer, group. Deletes a consumer that is not a
-# registered worker and has nothing pending. 1 = deleted.
-_DELETE_ORPHAN_LUA = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[2], ARGV[2], '-', '+', 1, ARGV[1])
-if not ok or #pending > 0 then return 0 end
-pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], ARGV[1])
-return 1
-"""
 
 
 def _text(value: bytes | str | None, default: str = "") -> str:
@@ -124,10 +86,6 @@ class WorkerRegistry:
         self._reclaimer = reclaimer
         self._lease_timeout_ms = lease_timeout_ms
         self._default_queues = list(default_queues)
-        self._heartbeat = redis.register_script(_HEARTBEAT_LUA)
-        self._mark_dead = redis.register_script(_MARK_DEAD_LUA)
-        self._remove = redis.register_script(_REMOVE_LUA)
-        self._delete_orphan = redis.register_script(_DELETE_ORPHAN_LUA)
 
     async def register(self, request: coordinator_pb2.RegisterWorkerRequest) -> None:
         validate_registration(request)
@@ -189,8 +147,8 @@ class WorkerRegistry:
         if not worker_id:
             raise InvalidRequest("worker_id is empty; send the id the worker registered with")
         now_ms = int(time.time() * 1000)
-        renewed = await self._heartbeat(
-            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id)], args=[worker_id, now_ms, in_flight]
+        renewed = await _HEARTBEAT.run(
+            self._redis, [keys.WORKERS_INDEX, keys.worker_info(worker_id)], [worker_id, now_ms, in_flight]
         )
         if not int(renewed):
             raise NotFound(
@@ -230,9 +188,10 @@ class WorkerRegistry:
 
     async def mark_dead(self, worker_id: str, cutoff_ms: int) -> list[str] | None:
         """Mark the worker dead if its lease is still expired; returns its queues, None if it is alive."""
-        queues = await self._mark_dead(
-            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id)],
-            args=[worker_id, cutoff_ms, int(time.time() * 1000)],
+        queues = await _MARK_DEAD.run(
+            self._redis,
+            [keys.WORKERS_INDEX, keys.worker_info(worker_id)],
+            [worker_id, cutoff_ms, int(time.time() * 1000)],
         )
         if queues is None:
             return None
@@ -241,9 +200,10 @@ class WorkerRegistry:
     async def remove(self, worker_id: str, queues: Iterable[str], *, only_if_dead: bool) -> bool:
         """Delete the worker's consumers (only where nothing is pending) and its registration."""
         streams = [keys.queue_stream(q) for q in dict.fromkeys(queues)]
-        result = await self._remove(
-            keys=[keys.WORKERS_INDEX, keys.worker_info(worker_id), *streams],
-            args=[worker_id, keys.WORKER_GROUP, "1" if only_if_dead else "0"],
+        result = await _REMOVE.run(
+            self._redis,
+            [keys.WORKERS_INDEX, keys.worker_info(worker_id), *streams],
+            [worker_id, keys.WORKER_GROUP, "1" if only_if_dead else "0"],
         )
         return int(result) == 1
 
@@ -253,8 +213,8 @@ class WorkerRegistry:
     async def delete_orphan_consumer(self, queue: str, consumer: str) -> bool:
         """Delete ``consumer`` from ``queue``'s group if it is not a registered worker and holds
         nothing (atomic, so a worker registering meanwhile keeps its consumer)."""
-        result = await self._delete_orphan(
-            keys=[keys.WORKERS_INDEX, keys.queue_stream(queue)], args=[consumer, keys.WORKER_GROUP]
+        result = await _DELETE_ORPHAN.run(
+            self._redis, [keys.WORKERS_INDEX, keys.queue_stream(queue)], [consumer, keys.WORKER_GROUP]
         )
         return int(result) == 1
 

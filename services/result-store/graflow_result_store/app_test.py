@@ -210,7 +210,7 @@ async def test_oversized_channel_value_is_rejected_naming_the_key(stub):
 
 
 async def test_health_is_serving_and_reflection_lists_the_service(redis_url):
-    app, client = await start_app(redis_url)
+    app = await start_app(redis_url)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -223,11 +223,10 @@ async def test_health_is_serving_and_reflection_lists_the_service(redis_url):
             assert SERVICE_NAME in {s.name for s in replies[0].list_services_response.service}
     finally:
         await app.stop(0)
-        await client.aclose()
 
 
 async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_url):
-    app, client = await start_app(redis_url, auth_token="s3cret")
+    app = await start_app(redis_url, auth_token="s3cret")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = result_store_pb2_grpc.ResultStoreStub(channel)
@@ -239,7 +238,6 @@ async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_u
             assert list(response.keys) == []
     finally:
         await app.stop(0)
-        await client.aclose()
 
 
 async def test_keep_runs_alive_restarts_the_retention_of_every_key_of_the_run(stub, redis):

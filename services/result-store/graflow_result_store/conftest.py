@@ -15,22 +15,20 @@ from graflow_result_store.app import ResultStoreApp, create_app
 from graflow_result_store.settings import ResultStoreSettings
 
 
-async def start_app(redis_url: str, **overrides: object) -> tuple[ResultStoreApp, aioredis.Redis]:
+async def start_app(redis_url: str, **overrides: object) -> ResultStoreApp:
     settings = ResultStoreSettings(listen_address="127.0.0.1:0", redis_url=redis_url, **overrides)
-    client = connect(redis_url)
-    app = create_app(settings, client)
+    app = create_app(settings, connect(redis_url))
     await app.start()
-    return app, client
+    return app
 
 
 @pytest.fixture
 async def stub(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[result_store_pb2_grpc.ResultStoreStub]:
     """A served result-store (retention 1 h, values up to 1 KiB) and a stub of it."""
-    app, client = await start_app(redis_url, retention_s=3600, max_value_bytes=1024)
+    app = await start_app(redis_url, retention_s=3600, max_value_bytes=1024)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         yield result_store_pb2_grpc.ResultStoreStub(channel)
     finally:
         await channel.close()
         await app.stop(0)
-        await client.aclose()

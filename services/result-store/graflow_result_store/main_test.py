@@ -16,8 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.version import __version__
 
-from graflow_result_store.__main__ import redacted
-
 
 def wait_serving(address: str, process: subprocess.Popen, deadline_s: float = 30) -> None:
     deadline = time.monotonic() + deadline_s
@@ -93,8 +91,3 @@ def test_unreachable_redis_stops_start_up_with_the_url(tmp_path):
     )
     assert process.wait(timeout=60) == 1
     assert f"cannot reach Redis at {url}" in log_path.read_text()
-
-
-def test_redis_passwords_are_redacted_in_logs():
-    assert redacted("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
-    assert redacted("redis://host:6379/0") == "redis://host:6379/0"

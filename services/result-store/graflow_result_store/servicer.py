@@ -1,57 +1,28 @@
-"""The ResultStore gRPC API: validation, status codes and the mapping to :class:`ResultStore`."""
+"""The ResultStore gRPC API: validation and the mapping to :class:`ResultStore` (errors raised here
+reach callers as status codes through the server's interceptor)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
-import grpc
 import structlog
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime.errors import InvalidRequest, NotFound
 from graflow_runtime.graphs import graph_hash
-from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_result_store.store import Disposition, ResultStore, UpdateRejected
+from graflow_result_store.store import Disposition, ResultStore
 
 log = structlog.get_logger(__name__)
 
-ResponseT = TypeVar("ResponseT")
 KEEP_ALIVE_MAX_RUNS = 10_000
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[ResponseT]]
 
 _DISPOSITIONS = {
     Disposition.STORED: result_store_pb2.PutResultsResponse.DISPOSITION_STORED,
     Disposition.DUPLICATE: result_store_pb2.PutResultsResponse.DISPOSITION_DUPLICATE,
     Disposition.STALE: result_store_pb2.PutResultsResponse.DISPOSITION_STALE,
 }
-
-
-class InvalidRequest(ValueError):
-    """A request the store must refuse whole; the message names the offending item."""
-
-
-def _with_status_codes(handler: Handler[ResponseT]) -> Handler[ResponseT]:
-    """Map validation failures to INVALID_ARGUMENT and an unreachable Redis to UNAVAILABLE (which
-    callers retry), so no handler repeats that translation."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> ResponseT:
-        try:
-            return await handler(self, request, context)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except UpdateRejected as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except REDIS_UNAVAILABLE as exc:
-            log.warning("redis unavailable", rpc=handler.__name__, error=str(exc))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"result-store can't reach Redis: {exc}")
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-    return wrapper
 
 
 def _require_run_id(run_id: str) -> None:
@@ -72,7 +43,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             )
 
     # ---- results ----
-    @_with_status_codes
     async def PutResults(self, request, context):  # noqa: N802 - gRPC method name
         now_ms = int(time.time() * 1000)
         batch: list[result_store_pb2.NodeResult] = []
@@ -99,14 +69,12 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             log.info("stale results rejected", results=stale)
         return result_store_pb2.PutResultsResponse(dispositions=[_DISPOSITIONS[d] for d in dispositions])
 
-    @_with_status_codes
     async def GetResults(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         found, missing = await self._store.get_results(request.run_id, list(request.node_ids))
         return result_store_pb2.GetResultsResponse(results=found, missing_node_ids=missing)
 
     # ---- graphs ----
-    @_with_status_codes
     async def PutGraph(self, request, context):  # noqa: N802
         actual = graph_hash(request.spec)
         if request.graph_hash != actual:
@@ -117,13 +85,10 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         created = await self._store.put_graph(actual, request.spec.SerializeToString(deterministic=True))
         return result_store_pb2.PutGraphResponse(created=created)
 
-    @_with_status_codes
     async def GetGraph(self, request, context):  # noqa: N802
         raw = await self._store.get_graph(request.graph_hash) if request.graph_hash else None
         if raw is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no graph stored under hash {request.graph_hash!r}"
-            )
+            raise NotFound(f"no graph stored under hash {request.graph_hash!r}")
         return result_store_pb2.GetGraphResponse(spec=workflow_pb2.WorkflowSpec.FromString(raw))
 
     # ---- channels ----
@@ -132,7 +97,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             if not key:
                 raise InvalidRequest(f"keys[{index}]: a channel key must not be empty")
 
-    @_with_status_codes
     async def ChannelGet(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         keys = list(request.keys)
@@ -145,7 +109,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         ]
         return result_store_pb2.ChannelGetResponse(entries=entries)
 
-    @_with_status_codes
     async def ChannelSet(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         entries: list[tuple[str, bytes]] = []
@@ -157,7 +120,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         await self._store.channel_set(request.run_id, entries, request.ttl_ms)
         return result_store_pb2.ChannelSetResponse()
 
-    @_with_status_codes
     async def ChannelDelete(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         keys = list(request.keys)
@@ -165,12 +127,10 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         deleted = await self._store.channel_delete(request.run_id, keys)
         return result_store_pb2.ChannelDeleteResponse(deleted=deleted)
 
-    @_with_status_codes
     async def ChannelKeys(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         return result_store_pb2.ChannelKeysResponse(keys=await self._store.channel_keys(request.run_id))
 
-    @_with_status_codes
     async def ChannelUpdate(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         if not request.key:
@@ -197,7 +157,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         return response
 
     # ---- checkpoints ----
-    @_with_status_codes
     async def PutCheckpoint(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         if not request.node_id:
@@ -206,7 +165,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         await self._store.put_checkpoint(request.run_id, request.node_id, request.value.SerializeToString())
         return result_store_pb2.PutCheckpointResponse()
 
-    @_with_status_codes
     async def KeepRunsAlive(self, request, context):  # noqa: N802
         if len(request.run_ids) > KEEP_ALIVE_MAX_RUNS:
             raise InvalidRequest(f"{len(request.run_ids)} run ids; at most {KEEP_ALIVE_MAX_RUNS} per call")
@@ -215,7 +173,6 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         await self._store.keep_alive(list(request.run_ids))
         return result_store_pb2.KeepRunsAliveResponse()
 
-    @_with_status_codes
     async def GetCheckpoint(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         if not request.node_id:

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2
 from graflow_runtime import keys
+from graflow_runtime.errors import FailedPrecondition
 
 from graflow_result_store import scripts
 
@@ -42,7 +43,7 @@ def run_keys(run_id: str) -> list[str]:
     ]
 
 
-class UpdateRejected(Exception):
+class UpdateRejected(FailedPrecondition):
     """The stored value does not fit the operation (not a list, not a number)."""
 
 
@@ -52,12 +53,6 @@ class ResultStore:
     def __init__(self, redis: aioredis.Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
-        self._put_results = redis.register_script(scripts.PUT_RESULTS)
-        self._channel_get = redis.register_script(scripts.CHANNEL_GET)
-        self._channel_set = redis.register_script(scripts.CHANNEL_SET)
-        self._channel_delete = redis.register_script(scripts.CHANNEL_DELETE)
-        self._channel_keys = redis.register_script(scripts.CHANNEL_KEYS)
-        self._channel_update = redis.register_script(scripts.CHANNEL_UPDATE)
 
     # ---- results ----
     async def put_results(self, results: Sequence[result_store_pb2.NodeResult]) -> list[Disposition]:
@@ -69,7 +64,7 @@ class ResultStore:
         for result in results:
             script_keys += [keys.results(result.run_id), result_attempts_key(result.run_id)]
             args += [result.node_id, result.attempt, result.SerializeToString()]
-        reply = await self._put_results(keys=script_keys, args=args)
+        reply = await scripts.PUT_RESULTS.run(self._redis, script_keys, args)
         return [Disposition(int(code)) for code in reply]
 
     async def get_results(
@@ -105,7 +100,7 @@ class ResultStore:
         """Live entries among ``channel_keys`` (expired and absent keys are left out)."""
         if not channel_keys:
             return {}
-        flat = await self._channel_get(keys=self._channel_keys_of(run_id), args=list(channel_keys))
+        flat = await scripts.CHANNEL_GET.run(self._redis, self._channel_keys_of(run_id), list(channel_keys))
         return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
     async def channel_set(self, run_id: str, entries: Sequence[tuple[str, bytes]], ttl_ms: int) -> None:
@@ -114,23 +109,26 @@ class ResultStore:
         args: list[bytes | str | int] = [ttl_ms, self._retention_s]
         for key, value in entries:
             args += [key, value]
-        await self._channel_set(keys=self._channel_keys_of(run_id), args=args)
+        await scripts.CHANNEL_SET.run(self._redis, self._channel_keys_of(run_id), args)
 
     async def channel_delete(self, run_id: str, channel_keys: Sequence[str]) -> int:
         if not channel_keys:
             return 0
-        return int(await self._channel_delete(keys=self._channel_keys_of(run_id), args=list(channel_keys)))
+        return int(
+            await scripts.CHANNEL_DELETE.run(self._redis, self._channel_keys_of(run_id), list(channel_keys))
+        )
 
     async def channel_keys(self, run_id: str) -> list[str]:
-        reply = await self._channel_keys(keys=self._channel_keys_of(run_id))
+        reply = await scripts.CHANNEL_KEYS.run(self._redis, self._channel_keys_of(run_id), [])
         return sorted(key.decode() for key in reply)
 
     async def channel_update(self, run_id: str, key: str, operation: int, value_json: bytes,
                              ttl_ms: int) -> bytes:
         """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes."""
-        code, stored = await self._channel_update(
-            keys=self._channel_keys_of(run_id),
-            args=[key, operation, value_json, ttl_ms, self._retention_s],
+        code, stored = await scripts.CHANNEL_UPDATE.run(
+            self._redis,
+            self._channel_keys_of(run_id),
+            [key, operation, value_json, ttl_ms, self._retention_s],
         )
         if int(code) == 1:
             raise UpdateRejected(f"channel key {key!r} does not hold a JSON list")

@@ -1,7 +1,8 @@
-"""``python -m graflow_worker`` / ``pants run services/worker``.
+"""``python -m graflow_worker`` / ``pants run services/worker``: the worker as a process.
 
-Settings -> logging and tracing -> task registry -> :class:`~graflow_worker.worker.Worker` under
-:func:`graflow_runtime.lifecycle.run_service` (SIGTERM drains, a second signal exits at once).
+Start-up, signals and exit codes: ``graflow_runtime.service``; the worker's part is loading its
+task registry (a task module that does not load is bad configuration: exit code 2) and wiring
+:class:`~graflow_worker.worker.Worker`. SIGTERM drains, a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import os
 import sys
 import threading
 
+import redis.asyncio as aioredis
 import structlog
 
-from graflow_runtime.lifecycle import ShutdownSignal, run_service
-from graflow_runtime.logs import configure_logging
-from graflow_runtime.settings import SettingsError, load_settings
-from graflow_runtime.telemetry import configure_tracing
+from graflow_runtime.service import Service, service_main
 
-from graflow_worker.registry import RegistryError, load_registry
+from graflow_worker.registry import load_registry
 from graflow_worker.runner import TASK_THREAD_PREFIX
 from graflow_worker.settings import WorkerSettings
 from graflow_worker.worker import Worker
@@ -26,30 +25,19 @@ from graflow_worker.worker import Worker
 log = structlog.get_logger("graflow_worker")
 
 
-def main() -> None:
-    try:
-        settings = load_settings(WorkerSettings)
-    except SettingsError as exc:
-        sys.exit(f"graflow-worker: {exc}")
-    configure_logging("worker", settings.log_level, settings.log_format)
-    flush_traces = configure_tracing("worker", settings.traces_exporter, settings.otel_endpoint)
+def build(settings: WorkerSettings, redis: aioredis.Redis) -> Worker:
     # Task modules of the project the worker is started in are importable (as with `python -m`),
     # also from a PEX, which does not put the working directory on sys.path.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    try:
-        registry = load_registry(settings.task_modules)
-    except RegistryError as exc:
-        log.error("cannot load the task registry", error=str(exc))
-        sys.exit(f"graflow-worker: {exc}")
+    return Worker(settings, load_registry(settings.task_modules), redis)
 
-    async def serve(shutdown: ShutdownSignal) -> None:
-        await Worker(settings, registry).run(shutdown.event)
 
-    try:
-        run_service(serve)
-    finally:
-        flush_traces()
+SERVICE = Service("worker", WorkerSettings, build)
+
+
+def main() -> None:
+    service_main(SERVICE)
     _exit_without_waiting_for_stuck_tasks()
 
 

@@ -34,6 +34,7 @@ from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+from graflow_runtime.scripts import LuaScript
 
 from graflow_worker.intake import Intake
 from graflow_worker.runner import Execution, failure
@@ -45,26 +46,8 @@ PAUSE_REDIS = "redis unavailable"
 STALE = rs_pb2.PutResultsResponse.DISPOSITION_STALE
 # Results per PutResults request, by value bytes (the gRPC message limit is 64 MiB).
 PUT_REQUEST_BYTES = 8 * 1024 * 1024
+_APPEND_AND_ACK = LuaScript.load(__package__, "append_and_ack.lua")
 
-# KEYS[1] = gf:outcomes, KEYS[2..] = queue streams. ARGV[1] = outcome field, ARGV[2] = consumer
-# group, ARGV[3] = number of outcomes n, ARGV[4..n+3] = TaskOutcome bytes, then per queue stream (in
-# KEYS order): its number of entry ids, the ids. The first write fails on OOM before anything is
-# written, so the script is all or nothing.
-_APPEND_AND_ACK_LUA = """
-local field, group, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-for i = 4, n + 3 do
-  redis.call('XADD', KEYS[1], '*', field, ARGV[i])
-end
-local at = n + 4
-for k = 2, #KEYS do
-  local last = at + tonumber(ARGV[at])
-  for first = at + 1, last, 1000 do  -- unpack() is bounded by the Lua stack
-    redis.call('XACK', KEYS[k], group, unpack(ARGV, first, math.min(first + 999, last)))
-  end
-  at = last + 1
-end
-return n
-"""
 
 
 @dataclass
@@ -85,7 +68,6 @@ class Committer:
         self._stub = stub
         self._intake = intake
         self._batch_max = batch_max
-        self._append_and_ack_script = redis.register_script(_APPEND_AND_ACK_LUA)
         self._queue: deque[Finished] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -180,7 +162,7 @@ class Committer:
         backoff = Backoff()
         while True:
             try:
-                await self._append_and_ack_script(keys=script_keys, args=args)
+                await _APPEND_AND_ACK.run(self._redis, script_keys, args)
             except (RedisError, *REDIS_UNAVAILABLE) as exc:  # OOM, connection lost
                 self._intake.pause(PAUSE_REDIS)
                 delay = backoff.next_delay()

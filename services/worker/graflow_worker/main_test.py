@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 
-import pytest
-
-from graflow_worker import __main__ as worker_main
-from graflow_worker.__main__ import main
 from graflow_worker.testing.services import (
     TASKS_MODULE,
     enqueue,
@@ -70,22 +67,22 @@ async def test_worker_process_serves_then_drains_on_sigterm(stack, tmp_path):
     assert '"worker_id": "proc-worker"' in log and "worker stopped" in log
 
 
-def test_worker_without_task_modules_exits_with_a_clear_message(monkeypatch):
-    for name in [n for n in os.environ if n.startswith("GRAFLOW_WORKER_")]:
-        monkeypatch.delenv(name)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert "GRAFLOW_WORKER_TASK_MODULES" in str(exited.value.code)
+def run_worker(**settings: str) -> subprocess.CompletedProcess[str]:
+    """``python -m graflow_worker`` to its end (settings that stop it at start-up)."""
+    return subprocess.run([sys.executable, "-m", "graflow_worker"], env=worker_env(**settings),
+                          capture_output=True, text=True, timeout=60)
 
 
-def test_worker_with_a_broken_task_module_exits_naming_it(monkeypatch):
-    monkeypatch.setenv("GRAFLOW_WORKER_TASK_MODULES", "graflow_worker.no_such_module")
-    # Keep this test process's logging and tracing as they are.
-    monkeypatch.setattr(worker_main, "configure_logging", lambda *args: None)
-    monkeypatch.setattr(worker_main, "configure_tracing", lambda *args: lambda: None)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    assert "'graflow_worker.no_such_module' failed to import" in str(exited.value.code)
+def test_worker_without_task_modules_exits_with_a_clear_message():
+    done = run_worker()
+    assert done.returncode == 2
+    assert "GRAFLOW_WORKER_TASK_MODULES" in done.stderr
+
+
+def test_worker_with_a_broken_task_module_exits_naming_it():
+    done = run_worker(task_modules="graflow_worker.no_such_module")
+    assert done.returncode == 2
+    assert "'graflow_worker.no_such_module' failed to import" in done.stderr
 
 
 async def test_worker_process_exits_after_the_grace_period_leaving_stuck_work_pending(stack, tmp_path):

@@ -10,9 +10,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from graflow.dsl import TaskFunc
+from graflow_runtime.errors import ConfigurationError
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ConfigurationError):
     """The configured task modules can't be loaded into a consistent registry."""
 
 

@@ -1,8 +1,9 @@
-"""The worker process assembled: start-up, background loops and graceful shutdown.
+"""The worker assembled: wiring, start-up, background loops and graceful shutdown.
 
-Start-up: Redis (durability check) -> downstream clients (result-store, coordinator) -> health
-server -> consumer groups -> RegisterWorker -> the ended-runs watcher's start (the tail of
-``gf:ended``) -> committer, heartbeats, ended-runs watcher, read loop -> health SERVING.
+:class:`Worker` is wired on construction (Redis clients, downstream clients, the health server's
+port); as a process, ``graflow_runtime.service`` checks Redis before :meth:`Worker.start`.
+Start-up: health server -> consumer groups -> RegisterWorker -> the ended-runs watcher's start (the
+tail of ``gf:ended``) -> committer, heartbeats, ended-runs watcher, read loop -> health SERVING.
 
 Shutdown (SIGTERM, a DRAIN command, or :meth:`Worker.request_stop`): NOT_SERVING, stop reading at
 once (a blocking read is unblocked), let the tasks in flight finish and commit within
@@ -19,7 +20,6 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-import grpc
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
@@ -28,8 +28,8 @@ from graflow_api.v1 import coordinator_pb2_grpc as co_grpc
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
-from graflow_runtime.grpc_server import ServerHandle, create_server
-from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.grpc_server import create_server
+from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
 from graflow_worker.channel import ResultStoreChannel
@@ -47,31 +47,71 @@ log = structlog.get_logger(__name__)
 
 
 def create_worker(settings: WorkerSettings, registry: Registry | None = None) -> Worker:
-    """A worker for ``settings`` (its task modules are imported now unless ``registry`` is given)."""
-    return Worker(settings, registry or load_registry(settings.task_modules))
+    """A worker for ``settings`` on a Redis client of its own (its task modules are imported now
+    unless ``registry`` is given)."""
+    return Worker(settings, registry or load_registry(settings.task_modules), connect(settings.redis_url))
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, registry: Registry) -> None:
-        self.settings = settings
+    """The worker wired on its settings, task registry and a Redis client, which it owns (closed by
+    ``stop``, with the two connections of its blocking reads)."""
+
+    def __init__(self, settings: WorkerSettings, registry: Registry, redis: aioredis.Redis) -> None:
+        s = self.settings = settings
         self.registry = registry
         self.worker_id = settings.worker_id
         self._stop_requested = asyncio.Event()
         self._heartbeats_stop = asyncio.Event()
         self._loops: list[asyncio.Task[Any]] = []
         self._read_task: asyncio.Task[Any] | None = None
-        self._channels: list[grpc.aio.Channel] = []
-        self._redis: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
-        self._endings_redis: aioredis.Redis | None = None
-        self.endings: RunEndings | None = None
-        self.health: ServerHandle | None = None
-        self.health_address = ""
-        self.intake = Intake(settings.concurrency, on_pause=self._on_pause)
-        self.runner: Runner | None = None
-        self.committer: Committer | None = None
-        self.consumer: Consumer | None = None
-        self.membership: Membership | None = None
+        self._redis = redis
+        self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
+        self._endings_redis = connect(s.redis_url, max_connections=1)  # reads of gf:ended while tasks run
+        self.intake = Intake(s.concurrency, on_pause=self._on_pause)
+
+        result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
+                                  fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+        coordinator = Downstream("coordinator", timeout_s=s.rpc_timeout_s,
+                                 fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+        scheduler = Downstream("scheduler", timeout_s=s.rpc_timeout_s,
+                               fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
+        rs_channel = open_channel(s.result_store_address, s.auth_token)
+        co_channel = open_channel(s.coordinator_address, s.auth_token)
+        sc_channel = open_channel(s.scheduler_address, s.auth_token)
+        self._channels = [rs_channel, co_channel, sc_channel]
+        rs_stub = rs_grpc.ResultStoreStub(rs_channel)
+        co_stub = co_grpc.CoordinatorStub(co_channel)
+        sc_stub = scheduler_pb2_grpc.SchedulerStub(sc_channel)
+        loop = asyncio.get_running_loop()
+
+        self.runner = Runner(
+            registry, worker_id=self.worker_id, concurrency=s.concurrency,
+            traceback_frames=s.traceback_frames, intake=self.intake,
+            tracing=s.traces_exporter != "none",
+            channel_factory=lambda run_id: ResultStoreChannel(
+                run_id, downstream=result_store, stub=rs_stub, loop=loop),
+            children_factory=lambda run_id: SchedulerChildren(
+                run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
+                result_store_stub=rs_stub, loop=loop),
+        )
+        self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
+        self.committer = Committer(redis, result_store=result_store, stub=rs_stub, intake=self.intake,
+                                   batch_max=s.commit_batch_max)
+        self.consumer = Consumer(
+            redis=redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
+            intake=self.intake, runner=self.runner, committer=self.committer,
+            result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
+            endings=self.endings,
+        )
+        self.health = create_server(s.health_listen_address, [], name="worker", auth_token=s.auth_token)
+        self.health_address = _advertised(s.health_listen_address, self.health.port)
+        self.membership = Membership(
+            downstream=coordinator, stub=co_stub, intake=self.intake,
+            request=Membership.request_for(self.worker_id, list(s.queues), registry.task_types,
+                                           s.concurrency, self.health_address),
+            in_flight=lambda: self.consumer.held,
+            on_drain=self.request_stop,
+        )
         self.started = False
         self._stopped = False
 
@@ -94,61 +134,16 @@ class Worker:
         self._stop_requested.set()
         self.intake.stop()
 
+    async def stop_requested(self) -> None:
+        """Return once the worker decided to stop: a DRAIN command, a crashed loop."""
+        await self._stop_requested.wait()
+
     async def start(self) -> None:
-        s = self.settings
+        """Health server -> consumer groups -> RegisterWorker (retried until the coordinator
+        answers, or a stop is requested) -> the ended-runs watcher -> loops -> SERVING."""
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
-            self._redis = connect(s.redis_url)
-            self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
-            self._endings_redis = connect(s.redis_url, max_connections=1)  # reads of gf:ended while tasks run
-            await self._check_redis(self._redis)
-
-            result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
-                                      fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
-            coordinator = Downstream("coordinator", timeout_s=s.rpc_timeout_s,
-                                     fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
-            scheduler = Downstream("scheduler", timeout_s=s.rpc_timeout_s,
-                                   fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
-            rs_channel = open_channel(s.result_store_address, s.auth_token)
-            co_channel = open_channel(s.coordinator_address, s.auth_token)
-            sc_channel = open_channel(s.scheduler_address, s.auth_token)
-            self._channels = [rs_channel, co_channel, sc_channel]
-            rs_stub = rs_grpc.ResultStoreStub(rs_channel)
-            co_stub = co_grpc.CoordinatorStub(co_channel)
-            sc_stub = scheduler_pb2_grpc.SchedulerStub(sc_channel)
-            loop = asyncio.get_running_loop()
-
-            self.runner = Runner(
-                self.registry, worker_id=self.worker_id, concurrency=s.concurrency,
-                traceback_frames=s.traceback_frames, intake=self.intake,
-                tracing=s.traces_exporter != "none",
-                channel_factory=lambda run_id: ResultStoreChannel(
-                    run_id, downstream=result_store, stub=rs_stub, loop=loop),
-                children_factory=lambda run_id: SchedulerChildren(
-                    run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
-                    result_store_stub=rs_stub, loop=loop),
-            )
-            self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
-            self.committer = Committer(self._redis, result_store=result_store, stub=rs_stub,
-                                       intake=self.intake, batch_max=s.commit_batch_max)
-            self.consumer = Consumer(
-                redis=self._redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
-                intake=self.intake, runner=self.runner, committer=self.committer,
-                result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
-                endings=self.endings,
-            )
-
-            self.health = create_server(s.health_listen_address, [], auth_token=s.auth_token)
             await self.health.server.start()
-            self.health_address = _advertised(s.health_listen_address, self.health.port)
             await self.consumer.ensure_groups()
-
-            self.membership = Membership(
-                downstream=coordinator, stub=co_stub, intake=self.intake,
-                request=Membership.request_for(self.worker_id, list(s.queues), self.registry.task_types,
-                                               s.concurrency, self.health_address),
-                in_flight=lambda: self.consumer.held if self.consumer else 0,
-                on_drain=self.request_stop,
-            )
             if not await self.membership.register(self._stop_requested):
                 return
             # Before the first read: every end from now on reaches the registry.
@@ -161,17 +156,10 @@ class Worker:
             self._read_task = self._background(self.consumer.run(), "reader")
             await self.health.set_serving(True)
             self.started = True
+            s = self.settings
             log.info("worker consuming", version=__version__, queues=list(s.queues),
                      concurrency=s.concurrency, task_types=self.registry.task_types,
                      health_address=self.health_address)
-
-    async def _check_redis(self, client: aioredis.Redis) -> None:
-        try:
-            await check_durability(client)
-        except RedisError as exc:  # CONFIG may be disabled on managed Redis
-            if isinstance(exc, OSError) or "CONFIG" not in str(exc).upper():
-                raise
-            log.warning("could not check Redis durability settings", error=str(exc))
 
     def _background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"worker-{name}")
@@ -186,8 +174,7 @@ class Worker:
         return task
 
     def _on_pause(self) -> None:
-        if self.consumer is not None:
-            self.consumer.unblock()
+        self.consumer.unblock()
 
     @property
     def paused_reasons(self) -> frozenset[str]:
@@ -202,51 +189,43 @@ class Worker:
         self.request_stop()
         grace = self.settings.shutdown_grace_s
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
-            log.info("worker stopping", held=self.consumer.held if self.consumer else 0, grace_s=grace)
-            if self.health is not None:
-                await self.health.set_serving(False)
-            if self.consumer is not None:
-                self.consumer.stop()
+            log.info("worker stopping", held=self.consumer.held, grace_s=grace)
+            await self.health.set_serving(False)
+            self.consumer.stop()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
             if self._read_task is not None:
                 # Unblock the blocking read (again, in case the first one raced the read's start).
-                while not self._read_task.done() and loop.time() < deadline and self.consumer:
+                while not self._read_task.done() and loop.time() < deadline:
                     self.consumer.unblock()
                     await asyncio.wait({self._read_task}, timeout=0.05)
                 await _settle(self._read_task, 0.0)
-            if self.consumer is not None and self.committer is not None and self.started:
+            if self.started:
                 try:
                     await asyncio.wait_for(self._drain(), max(0.0, deadline - loop.time()))
                 except TimeoutError:
                     log.warning("shutdown grace elapsed; unfinished deliveries stay pending for reclaim",
                                 held=self.consumer.held)
-            if self.consumer is not None:
-                await self.consumer.cancel_work()
+            await self.consumer.cancel_work()
             self._heartbeats_stop.set()
             for task in self._loops:
                 await _settle(task, 0.0)
-            if self.membership is not None:
-                await self.membership.deregister()
+            await self.membership.deregister()
             await self._close()
             log.info("worker stopped")
 
     async def _drain(self) -> None:
-        assert self.consumer is not None and self.committer is not None
         await self.consumer.wait_drained()
         await self.committer.wait_idle()
 
     async def _close(self) -> None:
-        if self.runner is not None:
-            self.runner.close()
+        self.runner.close()
         for channel in self._channels:
             await channel.close()
         for client in (self._endings_redis, self._reader, self._redis):
-            if client is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
-        if self.health is not None:
-            await self.health.stop(0.5)
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+        await self.health.stop(0.5)
 
 
 async def _settle(task: asyncio.Task[Any], timeout: float) -> None:

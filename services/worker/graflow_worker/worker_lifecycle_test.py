@@ -168,7 +168,11 @@ async def test_worker_waits_for_the_coordinator_before_reading(stack):
     worker = stack.worker()
     starting = asyncio.create_task(worker.start())
     await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1}))
-    await eventually(lambda: worker.membership is not None, what="start to reach registration")
+
+    async def groups_created() -> bool:  # the last step of start before registration
+        return bool(await stack.redis.xinfo_groups(keys.queue_stream("default")))
+
+    await eventually(groups_created, what="start to reach registration")
     assert not starting.done() and not stack.coordinator.registrations
     assert await pending_count(stack.redis) == 0
     await stack.coordinator_server.start()

@@ -1,0 +1,151 @@
+"""One start-up path for every service process: ``service_main(Service(name, settings, build))``.
+
+Start-up order: settings -> logging -> tracing -> the service's parts, built by ``build(settings,
+redis)`` (wiring only, no I/O) -> Redis reachable (and durable, :func:`check_durability`) -> the
+parts started (their server, health SERVING, background loops) -> running until SIGTERM/SIGINT
+(:mod:`graflow_runtime.lifecycle`) or until the parts ask to stop -> the parts stopped (they run
+their start-up backwards and close the Redis client, which they own from ``build`` on) -> tracing
+flushed. A signal during start-up cancels it and stops what was started.
+
+Exit codes (docs/configuration.md, "Exit codes"): 0 after a clean stop; 1 when Redis is unreachable
+at start-up (logged with its URL, password redacted) or the parts fail to start; 2 for bad
+configuration, invalid settings or a :class:`ConfigurationError` raised by ``build`` (one line on
+stderr naming the problem, and a structured log line); 130 when a second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, NoReturn, Protocol, runtime_checkable
+
+import redis.asyncio as aioredis
+import structlog
+
+from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.lifecycle import EXIT_CONFIGURATION, EXIT_FAILED, ShutdownSignal, run_service
+from graflow_runtime.logs import configure_logging
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, connect, redacted
+from graflow_runtime.settings import SettingsError, SettingsT, load_settings
+from graflow_runtime.telemetry import configure_tracing
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceParts(Protocol):
+    """What a service builds: started once Redis answered, stopped at shutdown."""
+
+    async def start(self) -> None:
+        """Start serving: the server, health SERVING, background loops."""
+
+    async def stop(self) -> None:
+        """Run the start-up backwards (also after a partial start), then close the Redis client."""
+
+
+@runtime_checkable
+class StopsByItself(Protocol):
+    """Parts that may decide to stop before any signal (a worker told to drain by the coordinator)."""
+
+    async def stop_requested(self) -> None:
+        """Return once the parts asked for the process to stop."""
+
+
+@dataclass(frozen=True)
+class Service(Generic[SettingsT]):
+    # As in "graflow-<name>", its log lines and traces: "coordinator", "result-store"...
+    name: str
+    settings: type[SettingsT]
+    # Wires the parts on the settings and a Redis client it takes over; raises ConfigurationError
+    # for configuration that settings cannot check (the worker's task modules).
+    build: Callable[[SettingsT, aioredis.Redis], ServiceParts]
+
+
+class _CouldNotStart(Exception):
+    """Start-up failed and was logged; the process exits with EXIT_FAILED."""
+
+
+def service_main(service: Service[SettingsT]) -> None:
+    """Run ``service`` as this process until it stops; returns after a clean stop, raises
+    ``SystemExit`` with the exit code otherwise."""
+    try:
+        settings = load_settings(service.settings)
+    except SettingsError as exc:
+        configure_logging(service.name)
+        _exit_misconfigured(service, exc)
+    configure_logging(service.name, settings.log_level, settings.log_format)
+    flush_tracing = configure_tracing(service.name, settings.traces_exporter, settings.otel_endpoint)
+    try:
+        run_service(lambda shutdown: _serve(service, settings, shutdown))
+    except ConfigurationError as exc:
+        _exit_misconfigured(service, exc)
+    except _CouldNotStart:
+        raise SystemExit(EXIT_FAILED) from None
+    finally:
+        flush_tracing()
+
+
+def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) -> NoReturn:
+    sys.stderr.write(f"graflow-{service.name}: {exc}\n")
+    log.error("bad configuration", error=str(exc))
+    raise SystemExit(EXIT_CONFIGURATION) from exc
+
+
+async def _serve(service: Service[SettingsT], settings: SettingsT, shutdown: ShutdownSignal) -> None:
+    redis = connect(settings.redis_url)
+    try:
+        parts = service.build(settings, redis)
+    except BaseException:
+        await redis.aclose()
+        raise
+    try:
+        if await _started(service, settings, redis, parts, shutdown):
+            stops: list[Awaitable[object]] = [shutdown.wait()]
+            if isinstance(parts, StopsByItself):
+                stops.append(parts.stop_requested())
+            await _first_of(*stops)
+    finally:
+        await parts.stop()
+
+
+async def _started(
+    service: Service[SettingsT],
+    settings: SettingsT,
+    redis: aioredis.Redis,
+    parts: ServiceParts,
+    shutdown: ShutdownSignal,
+) -> bool:
+    """Check Redis and start the parts; False when a signal came first (start-up cancelled)."""
+    try:
+        await check_durability(redis)
+    except REDIS_UNAVAILABLE as exc:
+        prefix = service.settings.model_config.get("env_prefix", "")
+        log.error(
+            "could not start",
+            error=f"cannot reach Redis at {redacted(settings.redis_url)} ({exc}); start it or set "
+            f"{prefix}REDIS_URL",
+        )
+        raise _CouldNotStart from exc
+    starting = asyncio.create_task(parts.start(), name=f"{service.name}-start")
+    await _first_of(starting, shutdown.wait())  # a signal cancels the start-up
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not starting.cancelled():
+            raise
+        return False
+    except Exception as exc:
+        log.exception("could not start")
+        raise _CouldNotStart from exc
+    return True
+
+
+async def _first_of(*awaitables: Awaitable[object]) -> None:
+    """Wait until one of ``awaitables`` is done, then cancel the others."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,136 @@
+"""service_main: one start-up path, its order and its exit codes, on a real process (the probe
+service of graflow_runtime.testing) against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graflow_runtime.local_redis import free_port
+from graflow_runtime.testing import probe_service
+
+
+def start_probe(**settings: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFLOW_PROBE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["GRAFLOW_PROBE_LOG_FORMAT"] = "json"
+    env.update({f"GRAFLOW_PROBE_{name.upper()}": value for name, value in settings.items()})
+    return subprocess.Popen(
+        [sys.executable, "-m", probe_service.__name__],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout_s: float = 30) -> tuple[int, str]:
+    """The exit code and stderr of ``process`` (killed if it does not end in time)."""
+    try:
+        _, stderr = process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def wait_serving(process: subprocess.Popen[str], port: int, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "the probe exited during start-up"
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.05)
+    raise AssertionError(f"the probe was not SERVING on port {port} within {deadline_s} s")
+
+
+def test_serves_until_sigterm_then_stops_its_parts_and_exits_0(redis_url: str) -> None:
+    port = free_port()
+    process = start_probe(redis_url=redis_url, listen_address=f"127.0.0.1:{port}")
+    wait_serving(process, port)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    names = [e["event"] for e in events(stderr)]
+    assert names.index("probe listening") < names.index("probe stopping") < names.index("probe stopped")
+
+
+def test_bad_settings_exit_2_with_one_line_on_stderr_and_a_log_line() -> None:
+    code, stderr = finish(start_probe(shutdown_grace_s="soon"))
+    assert code == 2
+    assert "graflow-probe: invalid settings: GRAFLOW_PROBE_SHUTDOWN_GRACE_S" in stderr.splitlines()[0]
+    [logged] = [e for e in events(stderr) if e["event"] == "bad configuration"]
+    assert "GRAFLOW_PROBE_SHUTDOWN_GRACE_S" in logged["error"]
+
+
+def test_a_configuration_error_of_the_service_exits_2_before_redis_is_needed() -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    code, stderr = finish(start_probe(misconfigured="true", redis_url=unreachable))
+    assert code == 2
+    assert "graflow-probe: GRAFLOW_PROBE_MISCONFIGURED is set" in stderr
+    assert [e["event"] for e in events(stderr)] == ["bad configuration"]
+
+
+def test_an_unreachable_redis_exits_1_naming_the_url_without_its_password() -> None:
+    port = free_port()
+    code, stderr = finish(start_probe(redis_url=f"redis://probe:s3cret-pw@127.0.0.1:{port}/0"))
+    assert code == 1
+    assert "s3cret-pw" not in stderr
+    [failed] = [e for e in events(stderr) if e["event"] == "could not start"]
+    assert f"cannot reach Redis at redis://probe:***@127.0.0.1:{port}/0" in failed["error"]
+    assert "GRAFLOW_PROBE_REDIS_URL" in failed["error"]
+    assert "probe starting" not in [e["event"] for e in events(stderr)]
+
+
+def test_parts_that_ask_to_stop_end_the_process_with_0(redis_url: str) -> None:
+    code, stderr = finish(start_probe(redis_url=redis_url, stop_after_s="0.2"))
+    assert code == 0, stderr
+    assert "probe stopped" in [e["event"] for e in events(stderr)]
+
+
+def test_a_signal_during_start_up_cancels_it_and_stops_what_was_started(redis_url: str) -> None:
+    process = start_probe(redis_url=redis_url, start_delay_s="60")
+    deadline = time.monotonic() + 30
+    assert process.stderr is not None
+    for line in process.stderr:  # up to the start-up's first line
+        if '"probe starting"' in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    names = [e["event"] for e in events(stderr)]
+    assert "probe listening" not in names
+    assert "probe stopped" in names
+
+
+def test_a_second_signal_exits_at_once_with_130(redis_url: str) -> None:
+    port = free_port()
+    process = start_probe(redis_url=redis_url, listen_address=f"127.0.0.1:{port}", stop_hangs="true")
+    wait_serving(process, port)
+    process.send_signal(signal.SIGTERM)
+    assert process.stderr is not None
+    for line in process.stderr:  # stop() has begun (and hangs)
+        if '"probe stopping"' in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 130, stderr
+    assert "second signal; exiting now" in stderr

@@ -1,0 +1,1 @@
+"""Test utilities of graflow_runtime (no wheel or PEX carries them)."""
