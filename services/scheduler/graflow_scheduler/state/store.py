@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import ParentEnded, RunNotFound
+from graflow_scheduler.errors import ParentEnded, ParentNotFound, RunNotFound
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state import scripts
 
@@ -205,7 +205,8 @@ class RunStore:
     ) -> CreatedRun:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
-        run has ended (atomically: nothing is created)."""
+        run has ended, :class:`ParentNotFound` when it does not exist (atomically: nothing is
+        created)."""
         run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
         if parent:
             run_keys += [keys.run_meta(parent.run_id), keys.run_children(parent.run_id)]
@@ -227,7 +228,10 @@ class RunStore:
         ]
         created, existing_id = await scripts.CREATE_RUN.run(self.redis, run_keys, args)
         if int(created) < 0:
-            raise ParentEnded(parent.run_id if parent else "", _text(existing_id))
+            parent_run, parent_status = parent.run_id if parent else "", _text(existing_id)
+            if parent_status == "unknown":
+                raise ParentNotFound(parent_run)
+            raise ParentEnded(parent_run, parent_status)
         return CreatedRun(run_id=_text(existing_id), created=bool(int(created)))
 
     async def apply_outcomes(
