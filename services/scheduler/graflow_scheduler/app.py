@@ -1,22 +1,23 @@
-"""Wiring of the scheduler: Redis clients, downstream clients (one breaker each), the gRPC
-server, the outcome consumer and the recovery sweep. ``create_app`` builds, ``start`` runs the
-start-up order of docs/architecture.md, ``stop`` runs it backwards."""
+"""Assembly of the scheduler: ``create_app(settings, redis)`` wires it, ``start``/``stop`` run it
+(as a process: ``graflow_runtime.service``, which checks Redis first).
+
+Start-up: run scripts loaded, the outcome group, gRPC server -> health SERVING -> a recovery sweep
+pass (dispatching what a previous process left READY) -> the outcome consumer, the periodic sweep
+and the wait timer. Shutdown runs it backwards: NOT_SERVING, stop the loops (the current batch
+finishes), stop the server within the grace period, close the downstream channels and Redis.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import grpc
 import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
-from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
-from graflow_runtime.redis_client import check_durability, connect
+from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
-from graflow_scheduler.api.interceptors import RedisUnavailableInterceptor
 from graflow_scheduler.api.servicer import SchedulerServicer
 from graflow_scheduler.downstream.coordinator import Dispatcher
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
@@ -50,37 +51,92 @@ def _downstream(name: str, settings: SchedulerSettings) -> Downstream:
     )
 
 
-@dataclass
 class SchedulerApp:
-    settings: SchedulerSettings
-    redis: aioredis.Redis
-    watch_redis: aioredis.Redis
-    coordinator_channel: grpc.aio.Channel
-    result_store_channel: grpc.aio.Channel
-    store: RunStore
-    servicer: SchedulerServicer
-    consumer: OutcomeConsumer
-    sweep: RecoverySweep
-    wait_timer: WaitTimer
-    server: ServerHandle
+    """The scheduler wired on its settings and a Redis client, which it owns (closed by ``stop``).
+    ``WatchRun`` reads through a client of its own (``watch_redis``, ``WATCH_MAX_CONNECTIONS``
+    connections): each watcher holds a connection while it blocks."""
+
+    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis) -> None:
+        s = self.settings = settings
+        self.redis = redis
+        self.watch_redis = connect(s.redis_url, max_connections=s.watch_max_connections)
+        self.coordinator_channel = open_channel(s.coordinator_address, s.auth_token)
+        self.result_store_channel = open_channel(s.result_store_address, s.auth_token)
+        dispatcher = Dispatcher(
+            coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel), _downstream("coordinator", s)
+        )
+        result_store_stub = result_store_pb2_grpc.ResultStoreStub(self.result_store_channel)
+        result_store = _downstream("result-store", s)  # one breaker for every call to it
+        plans = PlanCache(result_store_stub, result_store, capacity=s.plan_cache_size)
+        self.store = RunStore(redis, retention_s=s.retention_s)
+        reader = RunReader(redis)
+        graphs = RunGraphs(reader)
+        limits = Limits(max_nodes=s.max_nodes, max_args_bytes=s.max_args_bytes)
+        dynamic = DynamicNodes(redis)
+        resumed = ResumedNodes(redis, plans, graphs, dispatcher, dynamic)
+        feedback = FeedbackRequests(self.store, resumed)
+        children = ChildRuns(self.store, resumed)
+        self.wait_timer = WaitTimer(redis, feedback, children, interval_s=s.wait_timer_interval_s)
+        self.servicer = SchedulerServicer(
+            self.store,
+            reader,
+            RunReader(self.watch_redis),
+            plans,
+            graphs,
+            dispatcher,
+            feedback,
+            children,
+            limits=limits,
+            watch_block_ms=s.watch_block_ms,
+        )
+        self.consumer = OutcomeConsumer(
+            OutcomeBatches(
+                OutcomeStream(redis, s.consumer_name),
+                self.store,
+                graphs,
+                plans,
+                dispatcher,
+                dynamic=dynamic,
+                limits=limits,
+                parking=Parking(redis),
+                children=children,
+            ),
+            ConsumerConfig(
+                batch=s.outcome_batch,
+                block_ms=s.outcome_block_ms,
+                max_deliveries=s.outcome_max_deliveries,
+                claim_idle_ms=s.claim_idle_ms,
+                trim_interval_s=s.sweep_interval_s,
+                stats_log_interval_s=s.stats_log_interval_s,
+            ),
+        )
+        keepalive = ResultsKeepAlive(redis, result_store_stub, result_store, interval_s=s.results_keepalive_s)
+        self.sweep = RecoverySweep(
+            reader,
+            plans,
+            dispatcher,
+            interval_s=s.sweep_interval_s,
+            retention_s=s.retention_s,
+            dynamic=dynamic,
+            keepalive=keepalive,
+        )
+        binding = ServicerBinding(
+            scheduler_pb2_grpc.add_SchedulerServicer_to_server, self.servicer, SERVICE_NAME
+        )
+        self.server = create_server(s.listen_address, [binding], name="scheduler", auth_token=s.auth_token)
 
     @property
     def port(self) -> int:
         return self.server.port
 
-    async def start(self, *, background: bool = True) -> None:
-        """Redis checks and scripts, server, SERVING, a recovery sweep pass (dispatching what a
-        previous process left READY), then the consumer and the periodic sweep."""
-        await check_durability(self.redis)
+    async def start(self) -> None:
         await self.store.load_scripts()
         await self.consumer.stream.ensure_group()
-        await self.server.server.start()
-        await self.server.set_serving(True)
-        if background:
-            await self.sweep.sweep_safely()  # what a previous process left READY
-            self.consumer.start()
-            self.sweep.start(delay_s=self.sweep.interval_s)
-            self.wait_timer.start()
+        await self.server.start()
+        await self.sweep.sweep_safely()  # what a previous process left READY
+        self.consumer.start()
+        self.sweep.start(delay_s=self.sweep.interval_s)
+        self.wait_timer.start()
         log.info(
             "scheduler listening",
             version=__version__,
@@ -90,8 +146,6 @@ class SchedulerApp:
         )
 
     async def stop(self) -> None:
-        """NOT_SERVING, stop the loops (the current batch finishes), stop the server within the
-        grace period, close the clients."""
         grace = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
         await self.consumer.stop()
@@ -105,88 +159,6 @@ class SchedulerApp:
         log.info("scheduler stopped")
 
 
-def create_app(settings: SchedulerSettings) -> SchedulerApp:
-    """Build (not start) the scheduler from ``settings``."""
-    redis = connect(settings.redis_url)
-    watch_redis = connect(settings.redis_url, max_connections=settings.watch_max_connections)
-    coordinator_channel = open_channel(settings.coordinator_address, settings.auth_token)
-    result_store_channel = open_channel(settings.result_store_address, settings.auth_token)
-    dispatcher = Dispatcher(
-        coordinator_pb2_grpc.CoordinatorStub(coordinator_channel), _downstream("coordinator", settings)
-    )
-    result_store_stub = result_store_pb2_grpc.ResultStoreStub(result_store_channel)
-    result_store = _downstream("result-store", settings)  # one breaker for every call to it
-    plans = PlanCache(result_store_stub, result_store, capacity=settings.plan_cache_size)
-    store = RunStore(redis, retention_s=settings.retention_s)
-    reader = RunReader(redis)
-    graphs = RunGraphs(reader)
-    limits = Limits(max_nodes=settings.max_nodes, max_args_bytes=settings.max_args_bytes)
-    dynamic = DynamicNodes(redis)
-    resumed = ResumedNodes(redis, plans, graphs, dispatcher, dynamic)
-    feedback = FeedbackRequests(store, resumed)
-    children = ChildRuns(store, resumed)
-    wait_timer = WaitTimer(redis, feedback, children, interval_s=settings.wait_timer_interval_s)
-    servicer = SchedulerServicer(
-        store,
-        reader,
-        RunReader(watch_redis),
-        plans,
-        graphs,
-        dispatcher,
-        feedback,
-        children,
-        limits=limits,
-        watch_block_ms=settings.watch_block_ms,
-    )
-    consumer = OutcomeConsumer(
-        OutcomeBatches(
-            OutcomeStream(redis, settings.consumer_name),
-            store,
-            graphs,
-            plans,
-            dispatcher,
-            dynamic=dynamic,
-            limits=limits,
-            parking=Parking(redis),
-            children=children,
-        ),
-        ConsumerConfig(
-            batch=settings.outcome_batch,
-            block_ms=settings.outcome_block_ms,
-            max_deliveries=settings.outcome_max_deliveries,
-            claim_idle_ms=settings.claim_idle_ms,
-            trim_interval_s=settings.sweep_interval_s,
-            stats_log_interval_s=settings.stats_log_interval_s,
-        ),
-    )
-    keepalive = ResultsKeepAlive(
-        redis, result_store_stub, result_store, interval_s=settings.results_keepalive_s
-    )
-    sweep = RecoverySweep(
-        reader,
-        plans,
-        dispatcher,
-        interval_s=settings.sweep_interval_s,
-        retention_s=settings.retention_s,
-        dynamic=dynamic,
-        keepalive=keepalive,
-    )
-    server = create_server(
-        settings.listen_address,
-        [ServicerBinding(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer, SERVICE_NAME)],
-        auth_token=settings.auth_token,
-        extra_interceptors=[RedisUnavailableInterceptor()],
-    )
-    return SchedulerApp(
-        settings=settings,
-        redis=redis,
-        watch_redis=watch_redis,
-        coordinator_channel=coordinator_channel,
-        result_store_channel=result_store_channel,
-        store=store,
-        servicer=servicer,
-        consumer=consumer,
-        sweep=sweep,
-        wait_timer=wait_timer,
-        server=server,
-    )
+def create_app(settings: SchedulerSettings, redis: aioredis.Redis) -> SchedulerApp:
+    """Wire (not start) the scheduler; ``settings.listen_address`` with port 0 binds any free port."""
+    return SchedulerApp(settings, redis)

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from graflow_api.v1 import scheduler_pb2_grpc
+from graflow_runtime.redis_client import connect
 
 from graflow_scheduler.app import SchedulerApp, create_app
 from graflow_scheduler.state.reader import RunReader
@@ -60,7 +61,7 @@ async def make_app(
 
     async def make(**overrides: object) -> SchedulerApp:
         url = str(overrides.pop("redis_url", redis_url))
-        scheduler = create_app(scheduler_settings(url, downstreams.address, **overrides))
+        scheduler = create_app(scheduler_settings(url, downstreams.address, **overrides), connect(url))
         await scheduler.start()
         started.append(scheduler)
         return scheduler

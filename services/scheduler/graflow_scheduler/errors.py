@@ -1,13 +1,23 @@
-"""Exceptions of the scheduler's domain (mapped to gRPC status codes by the servicer)."""
+"""Exceptions of the scheduler's domain. Each is a :class:`graflow_runtime.errors.ServiceError`
+carrying the gRPC status its caller receives: handlers let them propagate, and the server's one
+interceptor (``graflow_runtime.grpc_server.create_server``) turns them into that status."""
 
 from __future__ import annotations
 
+import grpc
 
-class SpecError(ValueError):
+from graflow_runtime.errors import FailedPrecondition, InvalidRequest, NotFound, ServiceError
+
+
+class SpecError(InvalidRequest):
     """The submitted workflow is invalid; the message says what to fix (INVALID_ARGUMENT)."""
 
 
-class RunNotFound(LookupError):
+class BadPageToken(InvalidRequest):
+    """A ListRuns page token that this service did not issue."""
+
+
+class RunNotFound(NotFound):
     """No run with this id (never created, or expired after the retention period)."""
 
     def __init__(self, run_id: str) -> None:
@@ -15,7 +25,7 @@ class RunNotFound(LookupError):
         self.run_id = run_id
 
 
-class GraphNotFound(LookupError):
+class GraphNotFound(NotFound):
     """The result-store has no graph with this hash."""
 
     def __init__(self, graph_hash: str) -> None:
@@ -23,7 +33,27 @@ class GraphNotFound(LookupError):
         self.graph_hash = graph_hash
 
 
-class ParentEnded(RuntimeError):
+class FeedbackNotFound(NotFound):
+    """No feedback request with this id in the run (or an id that cannot be one)."""
+
+
+class FeedbackRejected(ServiceError, ValueError):
+    """An answer that cannot be taken: ``code`` is the gRPC status to return (INVALID_ARGUMENT for
+    an answer that does not fit the request, FAILED_PRECONDITION for one that comes too late)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ParentNotFound(NotFound):
+    """A child run was submitted for a parent run that does not exist."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"parent run {run_id} does not exist")
+
+
+class ParentEnded(FailedPrecondition):
     """A child run was submitted for a parent run that has ended."""
 
     def __init__(self, run_id: str, status: str) -> None:

@@ -33,16 +33,23 @@ def test_bad_setting_is_reported_with_its_variable_name(monkeypatch):
         load_settings(SchedulerSettings)
 
 
-def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
-    env = {
+def _env(**variables: str) -> dict[str, str]:
+    """The environment of a scheduler process: this one's, with ``GRAFLOW_SCHEDULER_<NAME>`` set."""
+    return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        "GRAFLOW_SCHEDULER_REDIS_URL": redis_url,
-        "GRAFLOW_SCHEDULER_LISTEN_ADDRESS": "127.0.0.1:0",
-        "GRAFLOW_SCHEDULER_LOG_FORMAT": "json",
-        "GRAFLOW_SCHEDULER_COORDINATOR_ADDRESS": "127.0.0.1:1",
-        "GRAFLOW_SCHEDULER_RESULT_STORE_ADDRESS": "127.0.0.1:1",
+        **{f"GRAFLOW_SCHEDULER_{name.upper()}": value for name, value in variables.items()},
     }
+
+
+def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
+    env = _env(
+        redis_url=redis_url,
+        listen_address="127.0.0.1:0",
+        log_format="json",
+        coordinator_address="127.0.0.1:1",
+        result_store_address="127.0.0.1:1",
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "graflow_scheduler"], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -58,6 +65,18 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_process_with_a_bad_setting_exits_2_naming_it():
+    process = subprocess.run(
+        [sys.executable, "-m", "graflow_scheduler"],
+        env=_env(outcome_batch="0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert process.returncode == 2
+    assert "GRAFLOW_SCHEDULER_OUTCOME_BATCH" in process.stderr
 
 
 def _records(lines):

@@ -1,1 +1,1 @@
-"""The client API (``graflow_api.v1.Scheduler``): the servicer and its interceptors."""
+"""The client API (``graflow_api.v1.Scheduler``): the servicer."""

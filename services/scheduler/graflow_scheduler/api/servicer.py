@@ -1,5 +1,8 @@
 """The client API (``graflow_api.v1.Scheduler``): submit, get, list, watch and cancel runs; list,
-get and answer feedback requests (graflow_scheduler.waits.feedback)."""
+get and answer feedback requests (graflow_scheduler.waits.feedback).
+
+Handlers raise the scheduler's errors (graflow_scheduler.errors) and graflow_runtime's; the
+server's interceptor turns them into their gRPC status."""
 
 from __future__ import annotations
 
@@ -11,16 +14,17 @@ import grpc
 import structlog
 
 from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.errors import InvalidRequest, ServiceError, Unavailable
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
-from graflow_scheduler.errors import GraphNotFound, ParentEnded, RunNotFound, SpecError
+from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
 from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.graph.plan import Plan
-from graflow_scheduler.state.reader import BadPageToken, RunReader
+from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.state.runids import new_run_id, run_id_problem
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
@@ -31,7 +35,7 @@ from graflow_scheduler.state.views import (
     is_terminal_entry,
 )
 from graflow_scheduler.waits.children import ChildRuns
-from graflow_scheduler.waits.feedback import FeedbackNotFound, FeedbackRejected, FeedbackRequests
+from graflow_scheduler.waits.feedback import FeedbackRequests
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +72,22 @@ def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
     return None
 
 
+def _check_run_id(run_id: str) -> None:
+    problem = run_id_problem(run_id)
+    if problem:
+        raise InvalidRequest(problem)
+
+
+def _parent(request: scheduler_pb2.SubmitRunRequest) -> ParentLink | None:
+    if not request.HasField("parent"):
+        return None
+    parent = request.parent
+    _check_run_id(parent.run_id)
+    if not parent.node_id:
+        raise InvalidRequest("parent.node_id is empty")
+    return ParentLink(parent.run_id, parent.node_id)
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self,
@@ -94,11 +114,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.limits = limits
         self.watch_block_ms = watch_block_ms
 
-    async def _check_run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
-        problem = run_id_problem(run_id)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-
     async def _plan_or_none(self, graph: str) -> Plan | None:
         try:
             return await self.plans.get(graph)
@@ -111,34 +126,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.SubmitRunResponse:
         problem = _request_problem(request)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise InvalidRequest(problem)
         try:
             plan = await compile_off_loop(request.spec, self.limits)
         except SpecError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid workflow: {exc}")
-        parent = await self._parent(request, context)
+            raise SpecError(f"invalid workflow: {exc}") from exc
+        parent = _parent(request)
         digest = graph_hash(request.spec)
         try:
             await self.plans.store(digest, request.spec, plan)
         except DownstreamUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the graph: {exc}; retry later")
+            raise Unavailable(f"cannot store the graph: {exc}; retry later") from exc
         except grpc.aio.AioRpcError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, f"result-store rejected the graph: {exc.details()}")
+            raise ServiceError(f"result-store rejected the graph: {exc.details()}") from exc
         run_id = new_run_id()
-        try:
-            created = await self.store.create_run(
-                plan,
-                run_id=run_id,
-                graph_hash=digest,
-                now_ms=_now_ms(),
-                idempotency_key=request.idempotency_key,
-                labels=dict(request.labels),
-                parent=parent,
-            )
-        except ParentEnded as exc:
-            if exc.status == "unknown":
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"parent run {exc.run_id} does not exist")
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        # A parent that ended or does not exist: ParentEnded, ParentNotFound (nothing created).
+        created = await self.store.create_run(
+            plan,
+            run_id=run_id,
+            graph_hash=digest,
+            now_ms=_now_ms(),
+            idempotency_key=request.idempotency_key,
+            labels=dict(request.labels),
+            parent=parent,
+        )
         if not created.created:
             existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
             log.info("submit matched an existing run", run_id=created.run_id)
@@ -165,25 +176,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             run_id=run_id, created=True, graph_hash=digest, sink_node_ids=plan.sinks
         )
 
-    async def _parent(
-        self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
-    ) -> ParentLink | None:
-        if not request.HasField("parent"):
-            return None
-        parent = request.parent
-        await self._check_run_id(parent.run_id, context)
-        if not parent.node_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "parent.node_id is empty")
-        return ParentLink(parent.run_id, parent.node_id)
-
     async def GetRun(  # noqa: N802
         self, request: scheduler_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Run:
-        await self._check_run_id(request.run_id, context)
-        try:
-            return await self.reader.get_run(request.run_id, self._plan_or_none)
-        except RunNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        _check_run_id(request.run_id)
+        return await self.reader.get_run(request.run_id, self._plan_or_none)
 
     async def ListRuns(  # noqa: N802
         self, request: scheduler_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
@@ -192,24 +189,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         status = None
         if request.status != common_pb2.RUN_STATUS_UNSPECIFIED:
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_")
-        try:
-            runs, token = await self.reader.list_runs(
-                limit=limit, status=status, page_token=request.page_token
-            )
-        except BadPageToken as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        runs, token = await self.reader.list_runs(limit=limit, status=status, page_token=request.page_token)
         return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def WatchRun(  # noqa: N802
         self, request: scheduler_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.RunEvent]:
         run_id = request.run_id
-        await self._check_run_id(run_id, context)
+        _check_run_id(run_id)
         if request.cursor and not _CURSOR.fullmatch(request.cursor):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidRequest(
                 f"cursor {request.cursor[:64]!r} is malformed: "
-                "pass a RunEvent.cursor (like '1700000000000-0')",
+                "pass a RunEvent.cursor (like '1700000000000-0')"
             )
         wanted = frozenset(request.types)
         cursor = request.cursor or "0-0"
@@ -218,7 +209,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
         # A run with events exists (they expire with it); without any, ask its status.
         if not entries and await self.watch_reader.status(run_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(RunNotFound(run_id)))
+            raise RunNotFound(run_id)
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             while not context.done():
                 if entries is None:
@@ -253,45 +244,31 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def CancelRun(  # noqa: N802
         self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.Run:
-        await self._check_run_id(request.run_id, context)
+        _check_run_id(request.run_id)
         reason = request.reason[:REASON_MAX] or "canceled by request"
-        try:
-            status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
-            log.info("run cancel requested", run_id=request.run_id, status=status)
-            if status == "CANCELED":
-                # Workers learn it from gf:ended, written by cancel_run with the end itself.
-                await self.children.cancel_children(request.run_id)
-            return await self.reader.get_run(request.run_id, self._plan_or_none)
-        except RunNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
+        log.info("run cancel requested", run_id=request.run_id, status=status)
+        if status == "CANCELED":
+            # Workers learn it from gf:ended, written by cancel_run with the end itself.
+            await self.children.cancel_children(request.run_id)
+        return await self.reader.get_run(request.run_id, self._plan_or_none)
 
     async def ListFeedback(  # noqa: N802
         self, request: scheduler_pb2.ListFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ListFeedbackResponse:
         if request.run_id:
-            await self._check_run_id(request.run_id, context)
-        try:
-            pending = await self.feedback.list_pending(request.run_id, request.limit)
-        except RunNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            _check_run_id(request.run_id)
+        pending = await self.feedback.list_pending(request.run_id, request.limit)
         return scheduler_pb2.ListFeedbackResponse(requests=pending)
 
     async def GetFeedback(  # noqa: N802
         self, request: scheduler_pb2.GetFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> feedback_pb2.FeedbackRequest:
-        await self._check_run_id(request.run_id, context)
-        try:
-            return await self.feedback.get(request.run_id, request.request_id)
-        except (RunNotFound, FeedbackNotFound) as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        _check_run_id(request.run_id)
+        return await self.feedback.get(request.run_id, request.request_id)
 
     async def RespondFeedback(  # noqa: N802
         self, request: scheduler_pb2.RespondFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> feedback_pb2.FeedbackRequest:
-        await self._check_run_id(request.run_id, context)
-        try:
-            return await self.feedback.respond(request.run_id, request.request_id, request.response)
-        except (RunNotFound, FeedbackNotFound) as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except FeedbackRejected as exc:
-            await context.abort(exc.code, str(exc))
+        _check_run_id(request.run_id)
+        return await self.feedback.respond(request.run_id, request.request_id, request.response)

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import common_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.errors import BadPageToken, RunNotFound
 from graflow_scheduler.graph.dynamic import summaries as dynamic_summaries
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state.runids import is_run_id
@@ -21,10 +21,6 @@ from graflow_scheduler.state.store import NodeCycle
 from graflow_scheduler.state.views import add_nodes, run_from_meta
 
 PlanLookup = Callable[[str], Awaitable[Plan | None]]
-
-
-class BadPageToken(ValueError):
-    """A ListRuns page token that this service did not issue."""
 
 
 @dataclass(frozen=True, slots=True)

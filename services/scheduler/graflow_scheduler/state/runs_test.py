@@ -5,9 +5,8 @@ import pytest
 from graflow_api.v1 import common_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.errors import BadPageToken, RunNotFound
 from graflow_scheduler.graph.compiler import compile_spec
-from graflow_scheduler.state.reader import BadPageToken
 from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.state.views import event_from_entry
 from graflow_scheduler.testing.runs import RunHarness

@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import ParentEnded, RunNotFound
+from graflow_scheduler.errors import ParentEnded, ParentNotFound, RunNotFound
 from graflow_scheduler.graph.plan import Plan
-from graflow_scheduler.state.scripts import Scripts
+from graflow_scheduler.state import scripts
 
 IDEMPOTENCY_PREFIX = keys.idempotency("")
 
@@ -183,13 +183,14 @@ class ParentLink:
 class RunStore:
     """Writes of run state. ``retention_s``: how long ended runs are kept."""
 
-    def __init__(self, redis: aioredis.Redis, *, retention_s: int, scripts: Scripts | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, *, retention_s: int) -> None:
         self.redis = redis
         self.retention_s = retention_s
-        self.scripts = scripts or Scripts()
 
     async def load_scripts(self) -> None:
-        await self.scripts.load_into(self.redis)
+        """SCRIPT LOAD the run scripts, so that the first calls find them."""
+        for script in scripts.ALL:
+            await script.load_into(self.redis)
 
     async def create_run(
         self,
@@ -204,7 +205,8 @@ class RunStore:
     ) -> CreatedRun:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
-        run has ended (atomically: nothing is created)."""
+        run has ended, :class:`ParentNotFound` when it does not exist (atomically: nothing is
+        created)."""
         run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
         if parent:
             run_keys += [keys.run_meta(parent.run_id), keys.run_children(parent.run_id)]
@@ -224,11 +226,12 @@ class RunStore:
             *plan.roots,
             *others,
         ]
-        created, existing_id = await self.scripts.call(  # type: ignore[misc]
-            self.redis, self.scripts.create_run, run_keys, args
-        )
+        created, existing_id = await scripts.CREATE_RUN.run(self.redis, run_keys, args)
         if int(created) < 0:
-            raise ParentEnded(parent.run_id if parent else "", _text(existing_id))
+            parent_run, parent_status = parent.run_id if parent else "", _text(existing_id)
+            if parent_status == "unknown":
+                raise ParentNotFound(parent_run)
+            raise ParentEnded(parent_run, parent_status)
         return CreatedRun(run_id=_text(existing_id), created=bool(int(created)))
 
     async def apply_outcomes(
@@ -259,7 +262,7 @@ class RunStore:
             )
             for o in outcomes
         ]
-        raw = await self.scripts.call_many(self.redis, self.scripts.apply_outcome, calls)
+        raw = await scripts.APPLY_OUTCOME.run_many(self.redis, calls)
         return [_parse_applied(r) for r in raw]
 
     async def count_run_ended(self, outcomes: Sequence[tuple[str, str, int, str]]) -> list[str]:
@@ -270,7 +273,7 @@ class RunStore:
             return []
         calls = [(run_script_keys(run_id), [node_id, attempt, counter])
                  for run_id, node_id, attempt, counter in outcomes]
-        raw = await self.scripts.call_many(self.redis, self.scripts.run_ended_outcome, calls)
+        raw = await scripts.RUN_ENDED_OUTCOME.run_many(self.redis, calls)
         return [_text(code) for code in raw]
 
     async def lost_only(self, nodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -300,9 +303,8 @@ class RunStore:
     async def cancel_run(self, run_id: str, reason: str, *, now_ms: int) -> str:
         """Cancel a run that has not ended; returns the run's status afterwards (an ended run is unchanged).
         Raises :class:`RunNotFound`."""
-        status = await self.scripts.call(
+        status = await scripts.CANCEL_RUN.run(
             self.redis,
-            self.scripts.cancel_run,
             flow_script_keys(run_id),
             [run_id, reason, now_ms, self.retention_s, IDEMPOTENCY_PREFIX],
         )
@@ -325,13 +327,12 @@ class RunStore:
         """Resolve the wait ``wait_id`` of WAITING ``node_id`` (resolve_wait.lua): ``mode``
         "answer" (``payload`` = FeedbackResponse bytes), "child" (the child run ended) or
         "deadline" (``payload`` = the FeedbackTimeout outcome, or b"" to keep waiting)."""
-        raw = await self.scripts.call(
+        raw = await scripts.RESOLVE_WAIT.run(
             self.redis,
-            self.scripts.resolve_wait,
             [*flow_script_keys(run_id), keys.OUTCOMES_STREAM],
             [mode, run_id, node_id, wait_id, now_ms, payload, message],
         )
-        code, slot, cycles_flat, run_status = raw  # type: ignore[misc]
+        code, slot, cycles_flat, run_status = raw
         code = _text(code)
         if code == "answered":
             return ResolvedWait(code, answer=_bytes(slot), run_status=_text(run_status))

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.errors import RunNotFound
+from graflow_scheduler.errors import FeedbackNotFound, FeedbackRejected, RunNotFound
 from graflow_scheduler.state.store import RunStore
 from graflow_scheduler.state.views import LIVE_STATUSES
 from graflow_scheduler.waits.resume import ResumedNodes
@@ -23,18 +23,6 @@ from graflow_scheduler.waits.validation import REQUEST_ID, response_problem
 log = structlog.get_logger(__name__)
 
 LIST_DEFAULT, LIST_MAX = 100, 1000
-
-
-class FeedbackNotFound(LookupError):
-    pass
-
-
-class FeedbackRejected(ValueError):
-    """An answer that cannot be taken: ``code`` is the gRPC status to return."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def parse_member(member: bytes) -> tuple[str, str]:

@@ -9,6 +9,7 @@ import pytest
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 
+from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
 from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import outcome, spec
@@ -274,6 +275,15 @@ async def test_canceling_a_parent_cancels_its_children(client, redis):
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await client.SubmitRun(request)
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_child_of_a_run_that_does_not_exist_is_not_found_and_not_created(client, redis):
+    missing = new_run_id()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.SubmitRun(child_of(missing))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == f"parent run {missing} does not exist"
+    assert await redis.zcard(keys.RUNS_INDEX) == 0
 
 
 def test_request_and_response_checks() -> None:
