@@ -1,7 +1,7 @@
 """Per-hop counts: gRPC calls, Redis round trips and Redis commands, per process, per task.
 
 A stack of its own (counting slows it down, so nothing here is timed) runs a few one-task runs,
-then one fan-out, and this module counts, in each window:
+a chain of no-ops, then one fan-out, and this module counts, in each window:
 
 - **gRPC calls**, from the services' own OpenTelemetry spans (``<PREFIX>TRACES_EXPORTER=console``:
   one CLIENT span per call a service makes, one SERVER span per call it serves, written to its log).
@@ -35,13 +35,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import reduce
 from pathlib import Path
 
 import redis
 
 from graflow import parallel, workflow
 from graflow.devstack import LocalStack
-from tests.bench.tasks import ping, start, total, unit
+from tests.bench.tasks import noop, ping, start, total, unit
 
 GAP_S = 100e-6
 SERVICE_PACKAGES = ("graflow_scheduler", "graflow_coordinator", "graflow_result_store", "graflow_worker")
@@ -244,9 +245,10 @@ def count_grpc(stack_spans: Mapping[str, list[dict]], window: tuple[float, float
 
 
 # ---- the pass ----
-def measure_hops(workers: int, latency_runs: int = 20, fanout: int = 1_000,
+def measure_hops(workers: int, latency_runs: int = 20, chain_steps: int = 20, fanout: int = 1_000,
                  idle_s: float = 2.0) -> dict[str, object]:
-    """Counts per one-task run, per fan-out task, and background per second (see the module)."""
+    """Counts per one-task run, per chain step, per fan-out task, and background per second (see the
+    module)."""
     stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=TRACED)
     windows: dict[str, tuple[float, float]] = {}
     reads: dict[str, int] = {}
@@ -259,11 +261,14 @@ def measure_hops(workers: int, latency_runs: int = 20, fanout: int = 1_000,
         bus.script_flush()
         with workflow("ping") as wf:
             wf.add(ping)
+        with workflow("chain") as chain:
+            reduce(lambda left, right: left >> right, [noop(task_id=f"a{i}") for i in range(chain_steps)])
         with workflow("fanout") as fan:
             start >> parallel(*[unit(task_id=f"u{i}", i=i) for i in range(fanout)]) >> total
         with stack.client(timeout=120) as client:
             for _ in range(5):  # warm-up: scripts loaded again, graphs stored, connections open
                 client.submit(wf).result(timeout=30)
+            client.submit(chain).result(timeout=60)
             client.submit(fan).result(timeout=600)
 
             def window(name: str, action: Callable[[], object]) -> None:
@@ -280,6 +285,7 @@ def measure_hops(workers: int, latency_runs: int = 20, fanout: int = 1_000,
 
             window("idle", lambda: time.sleep(idle_s))
             window("one_task", one_task_runs)
+            window("chain", lambda: client.submit(chain).result(timeout=60))
             window("fanout", lambda: client.submit(fan).result(timeout=600))
         owners = port_owners(pids)
         monitor.stop()
@@ -291,12 +297,12 @@ def measure_hops(workers: int, latency_runs: int = 20, fanout: int = 1_000,
         stack_spans[process_of(name)].extend(spans(stack.log_path(name)))
     shutil.rmtree(stack.log_dir, ignore_errors=True)
     scripts = script_names(monitor.commands)
-    units = {"idle": None, "one_task": latency_runs, "fanout": fanout + 2}
+    units = {"idle": None, "one_task": latency_runs, "chain": chain_steps, "fanout": fanout + 2}
     result: dict[str, object] = {}
     for name, (began, ended) in windows.items():
         counts = Counts(reads=reads[name])
         count_redis([c for c in monitor.commands if began <= c.at < ended], owners, scripts, counts)
         count_grpc(stack_spans, (began, ended), counts)
         result[name] = counts.per(units[name] or (ended - began))
-    result["units"] = {"idle": "per second", "one_task": "per run", "fanout": "per task"}
+    result["units"] = {"idle": "per second", "one_task": "per run", "chain": "per step", "fanout": "per task"}
     return result

@@ -60,10 +60,13 @@ def find_py_spy(path: str | None) -> str:
 class Profiler:
     """Attaches one ``py-spy record`` per process for the duration of a block."""
 
-    def __init__(self, py_spy: str, out_dir: Path, rate: int = 250) -> None:
+    def __init__(self, py_spy: str, out_dir: Path, rate: int = 250, native: bool = False) -> None:
         self.py_spy = py_spy
         self.out_dir = out_dir
         self.rate = rate
+        # Native frames (C, Cython: grpc's cygrpc, protobuf's upb) need the process paused at each
+        # sample; without them py-spy reads it while it runs (--nonblocking), which costs it nothing.
+        self.mode = ["--native"] if native else ["--nonblocking"]
         out_dir.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
@@ -72,7 +75,7 @@ class Profiler:
         for name, pid in pids.items():
             path = self.out_dir / f"{measure}-{name}.txt"
             recorders[name] = subprocess.Popen(
-                [self.py_spy, "record", "--pid", str(pid), "--rate", str(self.rate), "--gil", "--nonblocking",
+                [self.py_spy, "record", "--pid", str(pid), "--rate", str(self.rate), "--gil", *self.mode,
                  "--format", "raw", "--output", str(path)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             )
@@ -101,8 +104,10 @@ def _wait_sampling(name: str, recorder: subprocess.Popen[str]) -> None:
 
 
 def library(path: str) -> str:
+    """The library of a frame's path: relative to ``sys.path`` for Python code, absolute for a
+    native frame's shared object (``.../grpc/_cython/cygrpc...so``)."""
     for name, prefixes in LIBRARIES:
-        if path.startswith(prefixes):
+        if path.startswith(prefixes) or any(f"/{prefix}" in path for prefix in prefixes):
             return name
     return "other"
 
@@ -126,7 +131,9 @@ def parse(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
 def summarise(path: Path, top: int = 12) -> dict[str, object]:
     """Shares (% of the process's samples) of:
 
-    - each library as the leaf (self) and anywhere in the stack (inclusive);
+    - each library as the leaf (self), as the nearest known library to the leaf (attributed: the
+      standard library, libc and the interpreter's C code count for the library that called them),
+      and anywhere in the stack (inclusive);
     - the top leaf functions outside our code (library hot spots);
     - our own functions: self (the leaf), *attributed* (the frame of ours nearest the leaf: its own
       time plus the libraries it calls, e.g. a ``SerializeToString`` or a redis-py parse), and
@@ -135,8 +142,8 @@ def summarise(path: Path, top: int = 12) -> dict[str, object]:
     stacks = parse(path)
     total = sum(count for _frames, count in stacks) or 1
     counters: dict[str, Counter[str]] = {
-        key: Counter() for key in ("library_self", "library_inclusive", "library_leaf", "ours_self",
-                                   "ours_attributed", "ours_inclusive")
+        key: Counter() for key in ("library_self", "library_attributed", "library_inclusive",
+                                   "library_leaf", "ours_self", "ours_attributed", "ours_inclusive")
     }
     for frames, count in stacks:
         if not frames:
@@ -144,6 +151,8 @@ def summarise(path: Path, top: int = 12) -> dict[str, object]:
         leaf_function, leaf_path = frames[-1]
         leaf_library = library(leaf_path)
         counters["library_self"][leaf_library] += count
+        known = [name for name in (library(p) for _f, p in reversed(frames)) if name != "other"]
+        counters["library_attributed"][known[0] if known else "other"] += count
         for name in {library(p) for _f, p in frames}:
             counters["library_inclusive"][name] += count
         if leaf_library == "ours":
@@ -158,7 +167,7 @@ def summarise(path: Path, top: int = 12) -> dict[str, object]:
             counters["ours_inclusive"][key] += count
     summary: dict[str, object] = {"samples": total}
     for key, counter in counters.items():
-        n = None if key.startswith(("library_self", "library_inclusive")) else top
+        n = None if key in ("library_self", "library_attributed", "library_inclusive") else top
         summary[f"{key}_pct"] = [(name, round(100 * value / total, 1))
                                  for name, value in counter.most_common(n)]
     return summary
@@ -171,6 +180,7 @@ def report(out_dir: Path, summaries: Mapping[str, Mapping[str, object]]) -> str:
     for stem, summary in summaries.items():
         lines.append(f"== {stem}: {summary['samples']} samples")
         for title, key in (("library, self", "library_self_pct"),
+                           ("library, attributed", "library_attributed_pct"),
                            ("library, inclusive", "library_inclusive_pct")):
             lines.append(f"  {title}: " + ", ".join(f"{name} {pct}%" for name, pct in summary[key]))
         for title, key in (("library hot spots (leaf functions)", "library_leaf_pct"),

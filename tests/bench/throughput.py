@@ -3,7 +3,7 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--json PATH] [--profile DIR [--py-spy PATH]]
+        [--json PATH] [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
 the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given) and measures,
@@ -29,8 +29,8 @@ Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, 
   fan-out baseline). Target: <= 150 us (the fan-out's). And Redis commands
   (``INFO commandstats``) and round trips (``total_reads_processed``) per task.
 - ``hops``: gRPC calls, Redis round trips and commands per process and per hop, per one-task run,
-  per fan-out task and per idle second (``hops.py``: a traced and MONITORed stack of its own, not
-  timed).
+  per step of a chain, per fan-out task and per idle second (``hops.py``: a traced and MONITORed
+  stack of its own, not timed).
 
 The other targets of issue 13 are measured elsewhere: memory under a long soak by ``soak.py``
 (flat RSS, Redis ``used_memory`` back to its baseline), and a SIGKILLed worker's task running
@@ -202,8 +202,9 @@ def cpu_table(graflow: dict) -> str:
 
 
 def hops_table(hops: dict) -> str:
-    """gRPC calls and Redis traffic per one-task run, per fan-out task and per idle second."""
-    windows = ("one_task", "fanout", "idle")
+    """gRPC calls and Redis traffic per one-task run, per chain step, per fan-out task and per idle
+    second."""
+    windows = ("one_task", "chain", "fanout", "idle")
     lines = [f"{'per process / hop':<58}" + "".join(f"{hops['units'][w]:>12}" for w in windows)]
 
     def section(title: str, key: str) -> None:
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record every stack process with py-spy during each timed measure, into DIR")
     parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: on the PATH)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="with --profile: C and Cython frames too (pauses each process at every sample)")
     args = parser.parse_args(argv)
     selected = set(args.only.split(","))
     unknown = selected - set(ALL)
@@ -262,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(latency_runs=args.latency_runs, chain_steps=args.chain_steps, fanout=args.fanout,
                   group_members=args.group, many_runs=args.many_runs, many_steps=args.many_steps,
                   many_threads=args.many_threads, repeats=args.repeats)
-    profiler = (profiling.Profiler(profiling.find_py_spy(args.py_spy), args.profile)
+    profiler = (profiling.Profiler(profiling.find_py_spy(args.py_spy), args.profile,
+                                   native=args.profile_native)
                 if args.profile else None)
     env = {} if args.concurrency is None else {"GRAFLOW_WORKER_CONCURRENCY": str(args.concurrency)}
     out = sys.stdout.write
