@@ -31,12 +31,13 @@ class Sizes:
     many_steps: int = 3
     many_threads: int = 8
     repeats: int = 3  # timed runs of the chain and of the group (median)
+    idle_s: int = 5
 
 
 @dataclass(frozen=True)
 class Outcome:
     figures: dict[str, float]
-    tasks: int  # task nodes run, warm-up included: the unit of the measure's cost
+    tasks: int  # task nodes run, warm-up included: the unit of the measure's cost (idle: seconds)
 
 
 def latency(stack: LocalStack, sizes: Sizes) -> Outcome:
@@ -145,7 +146,15 @@ def many_runs(stack: LocalStack, sizes: Sizes) -> Outcome:
     return Outcome(figures, (threads + sizes.many_runs) * sizes.many_steps)
 
 
+def idle(stack: LocalStack, sizes: Sizes) -> Outcome:
+    """Nothing submitted for ``idle_s`` seconds: the stack's background cost (heartbeats, liveness
+    checks, timers, blocking reads that time out). Its unit is a second, not a task."""
+    time.sleep(sizes.idle_s)
+    return Outcome({"seconds": sizes.idle_s}, sizes.idle_s)
+
+
 MEASURES: dict[str, Callable[[LocalStack, Sizes], Outcome]] = {
+    "idle": idle,
     "latency": latency,
     "chain": chain,
     "fanout": fanout,

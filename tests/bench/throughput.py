@@ -24,6 +24,8 @@ Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, 
 - ``many``: 1,000 runs of a 3-step chain submitted at once from 8 client threads: runs/s from the
   first submit to the last result, and the ``SubmitRun`` p50 meanwhile. Baseline: 1,000 requests of
   3 hops from 8 threads, and the XADD's p50. Target: >= 1,000 runs/s, ``SubmitRun`` p50 <= 1 ms.
+- ``idle``: nothing submitted for 5 s: the background cost per second of each process (heartbeats,
+  liveness checks, timers), so that it can be told from the per-task figures.
 - every measure: CPU per task summed over every process of the stack, Redis included, the
   benchmark's client not (baseline: Redis and the baseline's own process, per message of the
   fan-out baseline). Target: <= 150 us (the fan-out's). And Redis commands
@@ -195,7 +197,7 @@ def cpu_table(graflow: dict) -> str:
     lines = [f"{'CPU us per task':<16}" + "".join(f"{n:>14}" for n in names) + f"{'all (no client)':>17}"]
     for measure, fig in graflow.items():
         by = fig["cpu_us_by_process"]
-        unit = "per run" if measure == "latency" else "per task"
+        unit = {"latency": "per run", "idle": "per s"}.get(measure, "per task")
         lines.append(f"{measure + ' ' + unit:<16}" + "".join(f"{by.get(n, 0):>14,.0f}" for n in names)
                      + f"{fig['cpu_us']:>17,.0f}")
     return "\n".join(lines) + "\n"
