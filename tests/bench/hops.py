@@ -189,8 +189,9 @@ class Counts:
 def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Mapping[bytes, str],
                 counts: Counts) -> None:
     caller = None
-    last: Command | None = None
-    last_client = None
+    last: Command | None = None  # the last command, a script's included
+    last_client = None  # the connection of the last command sent by a client
+    blocked: set[str] = set()  # connections whose last command was a blocking read
     for command in commands:
         if command.client == "lua":
             if caller is not None:
@@ -204,8 +205,14 @@ def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Map
             name = scripts.get(command.args[1], f"script {command.args[1][:8].decode()}")
         counts.commands[caller] += 1
         counts.by_command[(caller, name)] += 1
-        if not (last_client == command.client and last is not None and command.at - last.at < GAP_S):
+        close = last is not None and command.at - last.at < GAP_S
+        # A pipeline's commands run back to back; the ones after a blocking read run as soon as the
+        # read is served, i.e. right after the command that served it, whichever client sent that.
+        if not (close and (last_client == command.client or command.client in blocked)):
             counts.round_trips[caller] += 1
+        blocked.discard(command.client)
+        if b"BLOCK" in (a.upper() for a in command.args):
+            blocked.add(command.client)
         last, last_client = command, command.client
 
 
