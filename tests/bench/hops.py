@@ -168,6 +168,7 @@ class Counts:
     round_trips: Counter[str] = field(default_factory=Counter)
     commands: Counter[str] = field(default_factory=Counter)  # sent by the process
     in_scripts: Counter[str] = field(default_factory=Counter)  # run by its scripts
+    script_commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (script, command)
     by_command: Counter[tuple[str, str]] = field(default_factory=Counter)  # (process, command or script)
     reads: int = 0  # Redis's total_reads_processed over the window (a check of the round trips)
 
@@ -181,6 +182,7 @@ class Counts:
             "redis_round_trips": scaled(self.round_trips),
             "redis_commands": scaled(self.commands),
             "redis_commands_in_scripts": scaled(self.in_scripts),
+            "redis_script_commands": scaled(self.script_commands),
             "redis_by_command": scaled(self.by_command),
             "redis_reads_processed": round(self.reads / units, 3),
         }
@@ -189,6 +191,7 @@ class Counts:
 def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Mapping[bytes, str],
                 counts: Counts) -> None:
     caller = None
+    script = ""  # the script the lua lines belong to
     last: Command | None = None  # the last command, a script's included
     last_client = None  # the connection of the last command sent by a client
     blocked: set[str] = set()  # connections whose last command was a blocking read
@@ -196,6 +199,7 @@ def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Map
         if command.client == "lua":
             if caller is not None:
                 counts.in_scripts[caller] += 1
+                counts.script_commands[(script, command.args[0].upper().decode())] += 1
             last = command
             continue
         port = int(command.client.rsplit(":", 1)[1]) if ":" in command.client else -1
@@ -205,6 +209,7 @@ def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Map
             name = scripts.get(command.args[1], f"script {command.args[1][:8].decode()}")
         counts.commands[caller] += 1
         counts.by_command[(caller, name)] += 1
+        script = name
         close = last is not None and command.at - last.at < GAP_S
         # A pipeline's commands run back to back; the ones after a blocking read run as soon as the
         # read is served, i.e. right after the command that served it, whichever client sent that.

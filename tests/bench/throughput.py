@@ -221,6 +221,7 @@ def hops_table(hops: dict) -> str:
     section("Redis commands sent (process)", "redis_commands")
     section("Redis commands run by its Lua scripts (process)", "redis_commands_in_scripts")
     section("Redis commands by process and command (EVALSHA named by script)", "redis_by_command")
+    section("Redis commands run by each Lua script", "redis_script_commands")
     lines.append(f"  {'check: Redis read events (total_reads_processed)':<56}"
                  + "".join(f"{hops[w]['redis_reads_processed']:>12.2f}" for w in windows))
     return "\n".join(lines) + "\n"
