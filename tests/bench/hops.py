@@ -5,8 +5,8 @@ a chain of no-ops, then one fan-out, and this module counts, in each window:
 
 - **gRPC calls**, from the services' own OpenTelemetry spans (``<PREFIX>TRACES_EXPORTER=console``:
   one CLIENT span per call a service makes, one SERVER span per call it serves, written to its log).
-  The benchmark's client is not traced: its calls are the SERVER spans no service's CLIENT span
-  accounts for.
+  A call is a SERVER span; its caller is the service whose CLIENT span is its parent, else the
+  benchmark's client (not traced).
 - **Redis commands and round trips**, from ``MONITOR``: each command names the client connection,
   whose local port belongs to one process (``/proc/<pid>/fd`` and ``/proc/net/tcp``); commands that
   Lua scripts run show as ``lua`` right after the script's call and are counted as the caller's
@@ -237,23 +237,18 @@ def spans(log: Path) -> list[dict]:
 
 
 def count_grpc(stack_spans: Mapping[str, list[dict]], window: tuple[float, float], counts: Counts) -> None:
-    served: Counter[tuple[str, str]] = Counter()  # (callee, method)
-    made: Counter[tuple[str, str]] = Counter()  # (callee, method), by the services
+    """One call per SERVER span that started in ``window``; its caller is the process whose CLIENT
+    span is the server span's parent, else the benchmark's client (not traced)."""
+    callers = {span["context"]["span_id"]: process for process, items in stack_spans.items()
+               for span in items if span["kind"] == "SpanKind.CLIENT"}
     for process, items in stack_spans.items():
         for span in items:
+            if span["kind"] != "SpanKind.SERVER":
+                continue
             at = datetime.fromisoformat(span["start_time"].replace("Z", "+00:00")).timestamp()
             service, _, method = span["name"].lstrip("/").partition("/")
-            callee = SERVERS.get(service.rsplit(".", 1)[-1])
-            if callee is None or not window[0] <= at < window[1]:  # not a call, or outside
-                continue
-            if span["kind"] == "SpanKind.SERVER":
-                served[(callee, method)] += 1
-            elif span["kind"] == "SpanKind.CLIENT":
-                made[(callee, method)] += 1
-                counts.grpc[(process, callee, method)] += 1
-    for (callee, method), n in served.items():
-        if n > made[(callee, method)]:
-            counts.grpc[("client", callee, method)] += n - made[(callee, method)]
+            if SERVERS.get(service.rsplit(".", 1)[-1]) == process and window[0] <= at < window[1]:
+                counts.grpc[(callers.get(span.get("parent_id"), "client"), process, method)] += 1
 
 
 # ---- the pass ----
