@@ -252,11 +252,11 @@ def count_grpc(stack_spans: Mapping[str, list[dict]], window: tuple[float, float
 
 
 # ---- the pass ----
-def measure_hops(workers: int, latency_runs: int = 20, chain_steps: int = 20, fanout: int = 1_000,
-                 idle_s: float = 2.0) -> dict[str, object]:
+def measure_hops(workers: int, env: Mapping[str, str], latency_runs: int = 20, chain_steps: int = 20,
+                 fanout: int = 1_000, idle_s: float = 2.0) -> dict[str, object]:
     """Counts per one-task run, per chain step, per fan-out task, and background per second (see the
     module)."""
-    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=TRACED)
+    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env={**env, **TRACED})
     windows: dict[str, tuple[float, float]] = {}
     reads: dict[str, int] = {}
     try:

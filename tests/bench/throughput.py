@@ -114,6 +114,8 @@ def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
 def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
                     profiler: profiling.Profiler | None) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
+    if not selected & set(MEASURES):
+        return out
     stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env)
     try:
         stack.start()
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = measure_baselines(selected, sizes)
     graflow = measure_graflow(selected, sizes, args.workers, env, profiler)
-    hops = measure_hops(args.workers) if "hops" in selected else {}
+    hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
     out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}; "
