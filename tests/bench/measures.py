@@ -1,7 +1,8 @@
 """The Graflow side of each measure of ``throughput.py``, driven through the SDK against a stack.
 
-Every workflow is submitted once before it is timed (warm-up: the graph is stored, connections
-and caches are warm); the warm-up runs count in the measure's cost (``tasks``).
+Every workflow but the fan-out is submitted once before it is timed (warm-up: the graph is stored,
+connections and caches are warm); the warm-up runs count in the measure's cost (``tasks``). The
+fan-out is one run, its graph stored on the way, as in the figures of earlier issues.
 """
 
 from __future__ import annotations
