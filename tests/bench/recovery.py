@@ -30,14 +30,10 @@ from graflow import workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent
 from graflow_runtime.local_redis import LocalRedis
+from tests.bench.cost import percentile
 from tests.bench.tasks import nap
 
 from graflow_coordinator.settings import CoordinatorSettings
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def default_ms(name: str) -> int:

@@ -50,15 +50,11 @@ from graflow.devstack import SERVERS, LocalStack, ServiceProcess
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis
+from tests.bench.cost import percentile
 from tests.bench.soak_tasks import soak_start, soak_total, soak_unit
 
 ENDED = {b"SUCCEEDED", b"FAILED", b"CANCELED"}
 QUEUE = keys.queue_stream("default")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def rss_mib(pid: int | None) -> float:

@@ -32,6 +32,11 @@ def ping() -> str:
     return "pong"
 
 
+@task
+def noop() -> None:
+    """A step of the chain, group and many-runs measures: takes nothing, returns nothing."""
+
+
 @task(inject_context=True)
 def nap(ctx: TaskContext, seconds: float = 1.0) -> int:
     """Writes ``bench:running:<run>`` = <attempt>:<pid of this worker process> (on the Redis named

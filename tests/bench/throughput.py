@@ -1,230 +1,306 @@
-"""Benchmark: one-task latency and fan-out throughput, beside raw Redis Streams baselines.
+"""Benchmark: every figure of the speed targets (issue 13), each beside its raw Redis baseline.
 
-    ./pants run tests/bench/throughput.py -- [--fanout 10000] [--latency-runs 200] [--workers 2]
-        [--concurrency N]
+    ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
+        [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
+        [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
+        [--json PATH] [--profile DIR [--py-spy PATH] [--profile-native]]
 
-Starts a private redis-server and the four services as processes (2 workers by default, each
-with the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given), then
-measures, in the same run so the machine's noise hits both sides alike:
+Starts a private redis-server and the four services as processes (2 workers by default, each with
+the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given) and measures,
+in the same run as the raw baselines (another private redis-server, ``baselines.py``) so that the
+machine's noise hits both sides alike:
 
-- baseline latency: one message's round trip through two Redis streams with XREADGROUP BLOCK
-  (what a task's "dispatch, then report back" costs with nothing else in the way);
-- Graflow latency: a one-task workflow from SubmitRun to its result in the client (median, p99);
-- baseline throughput: pipelined XADD of N entries, XREADGROUP COUNT 100 + XACK per batch;
-- Graflow throughput: a fan-out of N tasks into one join, tasks per second from submit to result;
-- the cost of each Graflow measure: Redis commands (``INFO commandstats``) and CPU time summed over
-  every process of the stack, Redis included (``/proc/<pid>/stat``, ``INFO cpu``), per run of the
-  one-task workflow and per task of the fan-out. Unlike wall-clock figures these barely move with
-  the machine's noise, so they show a change's cost where the latency cannot.
+Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, this 2-core machine,
+2 workers):
 
-``--json PATH`` also writes the figures as JSON, so runs can be compared.
+- ``latency``: a one-task workflow, submit -> result in the client, p50 and p99. Baseline: one hop
+  (XADD, XREADGROUP, XADD reply + XACK, XREAD). Target: p50 <= 2 ms, p99 <= 5 ms.
+- ``chain``: ``a1 >> a2 >> ... >> a100`` of no-op tasks, submit -> result. Baseline: one request
+  sent on 100 times through the queue. Target: <= 0.25 s (2.5 ms a step).
+- ``fanout``: ``start >> parallel(10,000 units) >> total``, tasks/s. Baseline: pipelined XADD x100,
+  XREADGROUP COUNT 100 + XACK per batch. Target: >= 10,000 tasks/s.
+- ``group``: ``start >> parallel(1,000 no-ops) >> join``, submit -> result. Baseline: one hop, 1,000
+  pipelined hops, one hop. Target: <= 0.15 s.
+- ``many``: 1,000 runs of a 3-step chain submitted at once from 8 client threads: runs/s from the
+  first submit to the last result, and the ``SubmitRun`` p50 meanwhile. Baseline: 1,000 requests of
+  3 hops from 8 threads, and the XADD's p50. Target: >= 1,000 runs/s, ``SubmitRun`` p50 <= 1 ms.
+- ``idle``: nothing submitted for 5 s: the background cost per second of each process (heartbeats,
+  liveness checks, timers), so that it can be told from the per-task figures.
+- every measure: CPU per task summed over every process of the stack, Redis included, the
+  benchmark's client not (baseline: Redis and the baseline's own process, per message of the
+  fan-out baseline). Target: <= 150 us (the fan-out's). And Redis commands
+  (``INFO commandstats``) and round trips (``total_reads_processed``) per task.
+- ``hops``: gRPC calls, Redis round trips and commands per process and per hop, per one-task run,
+  per step of a chain, per fan-out task and per idle second (``hops.py``: a traced and MONITORed
+  stack of its own, not timed).
 
-Targets (issue #2): 10,000-task fan-out at >= 5,000 tasks/s, one-task submit-to-result <= 3 ms.
+The other targets of issue 13 are measured elsewhere: memory under a long soak by ``soak.py``
+(flat RSS, Redis ``used_memory`` back to its baseline), and a SIGKILLed worker's task running
+elsewhere by ``recovery.py`` (<= 1.0 s median, <= 1.5 s p99).
+
+CPU and command counts barely move with the machine's noise, unlike wall-clock figures: they show
+where a change's cost goes (per process: ``cpu_us_by_process`` in the JSON and the second table).
+``--json PATH`` writes every figure, so runs can be compared. ``--profile DIR`` records every stack
+process with py-spy during each timed measure (``profiling.py``; timings are then perturbed) and
+writes the profiles and their summary there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
+import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-import redis
-
-from graflow import parallel, workflow
 from graflow.devstack import LocalStack
 from graflow_runtime.local_redis import LocalRedis
-from tests.bench.tasks import ping, start, total, unit
+from tests.bench import baselines, profiling
+from tests.bench.cost import CLIENT, Cost, median, percentile
+from tests.bench.hops import measure_hops
+from tests.bench.measures import MEASURES, Sizes
+
+ALL = (*MEASURES, "hops")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@dataclass(frozen=True)
+class Row:
+    label: str
+    target: str
+    met: Callable[[float], bool] | None
+    baseline: float | None
+    graflow: float | None
+    digits: int
+    slower: Callable[[float, float], float] | None  # (baseline, graflow) -> how many times worse
 
 
-def baseline_latency_ms(url: str, runs: int) -> list[float]:
-    """Round trip request -> consumer group -> reply stream, like dispatch + outcome."""
-    conn = redis.Redis.from_url(url)
-    conn.delete("bench:req", "bench:rep")
-    conn.xgroup_create("bench:req", "g", id="0", mkstream=True)
-    stop = threading.Event()
-
-    def responder() -> None:
-        peer = redis.Redis.from_url(url)
-        while not stop.is_set():
-            batch = peer.xreadgroup("g", "c", {"bench:req": ">"}, count=10, block=200)
-            for _stream, entries in batch or []:
-                pipe = peer.pipeline(transaction=True)
-                for entry_id, fields in entries:
-                    pipe.xadd("bench:rep", fields)
-                    pipe.xack("bench:req", "g", entry_id)
-                pipe.execute()
-        peer.close()
-
-    thread = threading.Thread(target=responder, daemon=True)
-    thread.start()
-    last = "$"
-    samples = []
-    for i in range(runs):
-        began = time.perf_counter()
-        conn.xadd("bench:req", {"i": i})
-        reply = conn.xread({"bench:rep": last}, block=5000, count=1)
-        samples.append((time.perf_counter() - began) * 1000)
-        last = reply[0][1][-1][0]
-    stop.set()
-    thread.join()
-    conn.close()
-    return samples
+def at_most(limit: float) -> Callable[[float], bool]:
+    return lambda value: value <= limit
 
 
-def baseline_throughput(url: str, n: int) -> float:
-    conn = redis.Redis.from_url(url)
-    conn.delete("bench:tp")
-    conn.xgroup_create("bench:tp", "g", id="0", mkstream=True)
-    began = time.perf_counter()
-    for offset in range(0, n, 100):
-        pipe = conn.pipeline(transaction=False)
-        for i in range(offset, min(n, offset + 100)):
-            pipe.xadd("bench:tp", {"i": i})
-        pipe.execute()
-    done = 0
-    while done < n:
-        batch = conn.xreadgroup("g", "c", {"bench:tp": ">"}, count=100, block=1000)
-        ids = [entry_id for _s, entries in batch for entry_id, _f in entries]
-        conn.xack("bench:tp", "g", *ids)
-        done += len(ids)
-    elapsed = time.perf_counter() - began
-    conn.close()
-    return n / elapsed
+def at_least(limit: float) -> Callable[[float], bool]:
+    return lambda value: value >= limit
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+def times(baseline: float, graflow: float) -> float:
+    return graflow / baseline
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process, all its threads (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def fraction(baseline: float, graflow: float) -> float:
+    return baseline / graflow
 
 
-class Cost:
-    """Redis commands and CPU seconds spent by a stack between ``start()`` and ``stop()``."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        self.redis = redis.Redis.from_url(stack.redis_url)
-        self.pids = [p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid]
-
-    def _sample(self) -> tuple[int, float]:
-        stats = self.redis.info("commandstats")
-        calls = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
-        cpu = self.redis.info("cpu")
-        redis_cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        return calls, redis_cpu + sum(process_cpu_s(pid) for pid in self.pids)
-
-    def start(self) -> None:
-        self._begin = self._sample()
-
-    def stop(self, units: int) -> dict[str, float]:
-        calls, cpu = self._sample()
-        return {
-            "redis_commands": (calls - self._begin[0]) / units,
-            "cpu_us": (cpu - self._begin[1]) * 1e6 / units,
-        }
+def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
+    """The raw figures of the selected measures (and of the costs: the fan-out baseline's)."""
+    out: dict[str, object] = {}
+    with LocalRedis() as server:
+        if "latency" in selected:
+            samples = baselines.latency_ms(server.url, sizes.latency_runs)
+            out["latency"] = {"p50_ms": median(samples), "p99_ms": percentile(samples, 0.99)}
+        if "chain" in selected:
+            out["chain"] = {"seconds": baselines.chain_s(server.url, sizes.chain_steps)}
+        if "group" in selected:
+            out["group"] = {"seconds": baselines.group_s(server.url, sizes.group_members)}
+        if "many" in selected:
+            out["many"] = baselines.many_runs(server.url, sizes.many_runs, sizes.many_steps,
+                                              sizes.many_threads)
+        # The cost rows compare with the fan-out baseline's cost per message: always measured.
+        out["fanout"] = baselines.throughput(server.url, sizes.fanout)
+    return out
 
 
-def graflow_latency_ms(stack: LocalStack, runs: int) -> list[float]:
-    with workflow("ping") as wf:
-        wf.add(ping)
-    spec = wf.spec()
-    samples = []
-    with stack.client() as client:
-        for _ in range(10):  # warm up connections and caches
-            client.submit(spec).result(timeout=30)
-        for _ in range(runs):
-            began = time.perf_counter()
-            value = client.submit(spec).result(timeout=30)
-            samples.append((time.perf_counter() - began) * 1000)
-            assert value == "pong"
-    return samples
+def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
+                    profiler: profiling.Profiler | None) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    if not selected & set(MEASURES):
+        return out
+    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env)
+    try:
+        stack.start()
+        pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
+        cost = Cost(stack.redis_url, pids)
+        for name, measure in MEASURES.items():
+            if name not in selected:
+                continue
+            cost.start()
+            if profiler is None:
+                outcome = measure(stack, sizes)
+            else:
+                with profiler.record(name, pids):
+                    outcome = measure(stack, sizes)
+            out[name] = {**outcome.figures, "tasks": outcome.tasks, **cost.stop(outcome.tasks)}
+        cost.close()
+    finally:
+        stack.stop()
+    return out
 
 
-def graflow_fanout(stack: LocalStack, n: int) -> tuple[float, float]:
-    with workflow("fanout") as wf:
-        start >> parallel(*[unit(task_id=f"u{i}", i=i) for i in range(n)]) >> total
-    spec = wf.spec()
-    with stack.client(timeout=120) as client:
-        began = time.perf_counter()
-        value = client.submit(spec).result(timeout=600)
-        elapsed = time.perf_counter() - began
-    assert value == sum(range(n)), value
-    return (n + 2) / elapsed, elapsed
+def rows(base: dict, graflow: dict, hops: dict, sizes: Sizes) -> list[Row]:
+    def get(source: dict, measure: str, key: str) -> float | None:
+        return source.get(measure, {}).get(key)
+
+    fan_base = base["fanout"]
+    return [
+        Row("one-task submit -> result p50 (ms)", "<= 2", at_most(2.0),
+            get(base, "latency", "p50_ms"), get(graflow, "latency", "p50_ms"), 2, times),
+        Row("one-task submit -> result p99 (ms)", "<= 5", at_most(5.0),
+            get(base, "latency", "p99_ms"), get(graflow, "latency", "p99_ms"), 2, times),
+        Row(f"{sizes.chain_steps}-step chain (s)", "<= 0.25", at_most(0.25),
+            get(base, "chain", "seconds"), get(graflow, "chain", "seconds"), 3, times),
+        Row(f"{sizes.fanout:,}-task fan-out (tasks/s)", ">= 10,000", at_least(10_000),
+            fan_base["tasks_per_s"], get(graflow, "fanout", "tasks_per_s"), 0, fraction),
+        Row(f"{sizes.group_members:,}-way group + join (s)", "<= 0.15", at_most(0.15),
+            get(base, "group", "seconds"), get(graflow, "group", "seconds"), 3, times),
+        Row(f"{sizes.many_runs:,} runs x {sizes.many_steps} steps, {sizes.many_threads} threads (runs/s)",
+            ">= 1,000", at_least(1_000), get(base, "many", "runs_per_s"), get(graflow, "many", "runs_per_s"),
+            0, fraction),
+        Row("  SubmitRun p50 while they run (ms)", "<= 1", at_most(1.0),
+            get(base, "many", "submit_p50_ms"), get(graflow, "many", "submit_p50_ms"), 2, times),
+        Row("CPU per fan-out task, all processes (us)", "<= 150", at_most(150),
+            fan_base["cpu_us"], get(graflow, "fanout", "cpu_us"), 0, times),
+        Row("Redis commands per fan-out task", "-", None,
+            fan_base["redis_commands"], get(graflow, "fanout", "redis_commands"), 2, times),
+        Row("Redis round trips per fan-out task", "-", None,
+            fan_base["redis_round_trips"], get(graflow, "fanout", "redis_round_trips"), 2, times),
+        Row("gRPC calls per fan-out task (hops)", "-", None, None,
+            sum(hops["fanout"]["grpc_calls"].values()) if hops else None, 3, None),
+        Row("one-task run: CPU, all processes (us)", "-", None, None,
+            get(graflow, "latency", "cpu_us"), 0, None),
+        Row("one-task run: Redis commands", "-", None, None,
+            get(graflow, "latency", "redis_commands"), 1, None),
+        Row("one-task run: Redis round trips", "-", None, None,
+            get(graflow, "latency", "redis_round_trips"), 1, None),
+        Row("one-task run: gRPC calls (hops)", "-", None, None,
+            sum(hops["one_task"]["grpc_calls"].values()) if hops else None, 1, None),
+    ]
+
+
+def number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows_: list[Row]) -> str:
+    lines = [f"{'measure':<52}{'target':>10}{'baseline':>12}{'graflow':>12}{'x worse':>9}  met?"]
+    for row in rows_:
+        ratio = (row.slower(row.baseline, row.graflow)
+                 if row.slower and row.baseline and row.graflow else None)
+        met = "-" if row.met is None or row.graflow is None else ("yes" if row.met(row.graflow) else "NO")
+        lines.append(f"{row.label:<52}{row.target:>10}{number(row.baseline, row.digits):>12}"
+                     f"{number(row.graflow, row.digits):>12}{number(ratio, 1):>9}  {met}")
+    return "\n".join(lines) + "\n"
+
+
+def cpu_table(graflow: dict) -> str:
+    """CPU us per task (per run for the one-task measure) of each process, per measure."""
+    names = sorted({p for fig in graflow.values() for p in fig["cpu_us_by_process"]},
+                   key=lambda p: (p == CLIENT, p))
+    lines = [f"{'CPU us per task':<16}" + "".join(f"{n:>14}" for n in names) + f"{'all (no client)':>17}"]
+    for measure, fig in graflow.items():
+        by = fig["cpu_us_by_process"]
+        unit = {"latency": "per run", "idle": "per s"}.get(measure, "per task")
+        lines.append(f"{measure + ' ' + unit:<16}" + "".join(f"{by.get(n, 0):>14,.0f}" for n in names)
+                     + f"{fig['cpu_us']:>17,.0f}")
+    return "\n".join(lines) + "\n"
+
+
+def hops_table(hops: dict) -> str:
+    """gRPC calls and Redis traffic per one-task run, per chain step, per fan-out task and per idle
+    second."""
+    windows = ("one_task", "chain", "fanout", "idle")
+    lines = [f"{'per process / hop':<58}" + "".join(f"{hops['units'][w]:>12}" for w in windows)]
+
+    def section(title: str, key: str) -> None:
+        lines.append(title)
+        keys = sorted({k for w in windows for k in hops[w][key]},
+                      key=lambda k: -hops["one_task"][key].get(k, 0))
+        for k in keys:
+            lines.append(f"  {k:<56}" + "".join(f"{hops[w][key].get(k, 0):>12.3f}" for w in windows))
+
+    section("gRPC calls (caller->callee method)", "grpc_calls")
+    section("Redis round trips (process)", "redis_round_trips")
+    section("Redis commands sent (process)", "redis_commands")
+    section("Redis commands run by its Lua scripts (process)", "redis_commands_in_scripts")
+    section("Redis commands by process and command (EVALSHA named by script)", "redis_by_command")
+    section("Redis commands run by each Lua script", "redis_script_commands")
+    lines.append(f"  {'check: Redis read events (total_reads_processed)':<56}"
+                 + "".join(f"{hops[w]['redis_reads_processed']:>12.2f}" for w in windows))
+    return "\n".join(lines) + "\n"
+
+
+def commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fanout", type=int, default=10_000)
-    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--only", default=",".join(ALL),
+                        help=f"comma-separated measures to run (default: all of {','.join(ALL)})")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=None,
                         help="GRAFLOW_WORKER_CONCURRENCY of each worker (default: the worker's default)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    defaults = Sizes()
+    parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs)
+    parser.add_argument("--chain-steps", type=int, default=defaults.chain_steps)
+    parser.add_argument("--fanout", type=int, default=defaults.fanout)
+    parser.add_argument("--group", type=int, default=defaults.group_members, help="members of the group")
+    parser.add_argument("--many-runs", type=int, default=defaults.many_runs)
+    parser.add_argument("--many-steps", type=int, default=defaults.many_steps)
+    parser.add_argument("--many-threads", type=int, default=defaults.many_threads)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats,
+                        help="timed runs of the chain and of the group (median)")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="record every stack process with py-spy during each timed measure, into DIR")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: on the PATH)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="with --profile: C and Cython frames too (pauses each process at every sample)")
     args = parser.parse_args(argv)
+    selected = set(args.only.split(","))
+    unknown = selected - set(ALL)
+    if unknown:
+        parser.error(f"unknown measure(s) {', '.join(sorted(unknown))}: choose among {', '.join(ALL)}")
+    sizes = Sizes(latency_runs=args.latency_runs, chain_steps=args.chain_steps, fanout=args.fanout,
+                  group_members=args.group, many_runs=args.many_runs, many_steps=args.many_steps,
+                  many_threads=args.many_threads, repeats=args.repeats)
+    profiler = (profiling.Profiler(profiling.find_py_spy(args.py_spy), args.profile,
+                                   native=args.profile_native)
+                if args.profile else None)
+    env = {} if args.concurrency is None else {"GRAFLOW_WORKER_CONCURRENCY": str(args.concurrency)}
     out = sys.stdout.write
 
-    with LocalRedis() as baseline_redis:
-        base_lat = baseline_latency_ms(baseline_redis.url, args.latency_runs)
-        base_tp = baseline_throughput(baseline_redis.url, args.fanout)
-
-    server = LocalRedis().start()
-    env = {} if args.concurrency is None else {"GRAFLOW_WORKER_CONCURRENCY": str(args.concurrency)}
-    stack = LocalStack(workers=args.workers, task_modules=["tests.bench.tasks"], redis=server, env=env)
-    try:
-        stack.start()
-        cost = Cost(stack)
-        cost.start()
-        lat = graflow_latency_ms(stack, args.latency_runs)
-        lat_cost = cost.stop(args.latency_runs + 10)  # the warm-up runs count too
-        cost.start()
-        tp, elapsed = graflow_fanout(stack, args.fanout)
-        fan_cost = cost.stop(args.fanout + 2)
-    finally:
-        stack.stop()
-        server.close()
+    base = measure_baselines(selected, sizes)
+    graflow = measure_graflow(selected, sizes, args.workers, env, profiler)
+    hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
-    out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}, "
-        f"{args.latency_runs} latency runs, fan-out {args.fanout})\n")
-    out(f"{'measure':<44}{'baseline':>14}{'graflow':>14}{'ratio':>9}\n")
-    out(f"{'one-task submit->result p50 (ms)':<44}{statistics.median(base_lat):>14.3f}"
-        f"{statistics.median(lat):>14.3f}{statistics.median(lat) / statistics.median(base_lat):>9.1f}\n")
-    out(f"{'one-task submit->result p99 (ms)':<44}{percentile(base_lat, 0.99):>14.3f}"
-        f"{percentile(lat, 0.99):>14.3f}{percentile(lat, 0.99) / percentile(base_lat, 0.99):>9.1f}\n")
-    out(f"{'fan-out throughput (tasks/s)':<44}{base_tp:>14.0f}{tp:>14.0f}{base_tp / tp:>9.1f}\n")
-    out(f"{'one-task run: Redis commands / CPU us (all)':<44}{'':>14}"
-        f"{lat_cost['redis_commands']:>14.1f}{lat_cost['cpu_us']:>9.0f}\n")
-    out(f"{'fan-out task: Redis commands / CPU us (all)':<44}{'':>14}"
-        f"{fan_cost['redis_commands']:>14.2f}{fan_cost['cpu_us']:>9.0f}\n")
-    out(f"\nfan-out of {args.fanout} tasks took {elapsed:.2f}s; targets: p50 <= 3 ms, >= 5000 tasks/s\n")
-    out("baseline latency: XADD -> XREADGROUP BLOCK -> XADD reply + XACK -> XREAD BLOCK "
-        "(one Redis, two streams)\n")
-    out("baseline throughput: pipelined XADD x100, XREADGROUP COUNT 100 + XACK per batch\n")
+    out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}; "
+        f"{'PROFILED: timings perturbed; ' if profiler else ''}commit {commit() or '?'})\n")
+    out(table(rows(base, graflow, hops, sizes)))
+    out("x worse: Graflow / baseline (times, CPU, counts) or baseline / Graflow (rates).\n\n")
+    if graflow:
+        out(cpu_table(graflow) + "\n")
+    if hops:
+        out(hops_table(hops) + "\n")
+    if profiler:
+        summaries = {path.stem: profiling.summarise(path) for path in sorted(args.profile.glob("*-*.txt"))}
+        profiling.report(args.profile, summaries)
+        (args.profile / "summary.json").write_text(json.dumps(summaries, indent=2))
+        out(f"profiles and their summary: {args.profile}/ (summary.txt)\n")
     if args.json:
         figures = {
-            "workers": args.workers, "concurrency": concurrency,
-            "latency_runs": args.latency_runs, "fanout": args.fanout,
-            "baseline": {"p50_ms": statistics.median(base_lat), "p99_ms": percentile(base_lat, 0.99),
-                         "tasks_per_s": base_tp},
-            "graflow": {"p50_ms": statistics.median(lat), "p99_ms": percentile(lat, 0.99),
-                        "tasks_per_s": tp, "one_task_run": lat_cost, "fanout_task": fan_cost},
+            "commit": commit(), "workers": args.workers, "concurrency": concurrency,
+            "profiled": profiler is not None, "sizes": sizes.__dict__,
+            "baseline": base, "graflow": graflow, "hops": hops,
         }
-        with open(args.json, "w") as sink:
-            json.dump(figures, sink, indent=2)
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
