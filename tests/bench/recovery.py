@@ -13,7 +13,8 @@ as soon as the mark appears, SIGKILLs the worker process that wrote it (mid-task
   on another worker + commit + the client's watch).
 
 The killed worker is restarted after each trial, so every trial starts with the same pool.
-Goal (issue #3): recovery p50 < 3 s with a 1 s task.
+Goals: issue 13, the task running elsewhere (detection) p50 <= 1.0 s and p99 <= 1.5 s; issue 3,
+recovery p50 < 3 s with a 1 s task.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p50, p99 = statistics.median(values), percentile(values, 0.99)
         out(f"{label:<46}{p50:>10.3f}{p99:>10.3f}{max(values):>10.3f}\n")
+    fast = statistics.median(detections) <= 1.0 and percentile(detections, 0.99) <= 1.5
+    out(f"goal (issue 13): detection p50 <= 1.0 s, p99 <= 1.5 s ({'met' if fast else 'NOT met'})\n")
     goal = statistics.median(recoveries) < 3.0
-    out(f"goal: recovery p50 < 3 s ({'met' if goal else 'NOT met'})\n")
+    out(f"goal (issue 3): recovery p50 < 3 s ({'met' if goal else 'NOT met'})\n")
     return 0
 
 
