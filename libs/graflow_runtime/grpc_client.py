@@ -41,7 +41,11 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in INFRASTRUCTURE_CODES
 
 
-class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _AuthClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
     def __init__(self, token: str) -> None:
         self._metadata = ("authorization", f"Bearer {token}")
 
@@ -56,6 +60,9 @@ class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unar
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(client_call_details), request)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(client_call_details), request_iterator)
 
 
 def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
