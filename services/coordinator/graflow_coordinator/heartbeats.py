@@ -91,9 +91,11 @@ class HeartbeatStreams:
         """Renew the lease and answer at every request until the stream ends: a goodbye ends it
         quietly, its breaking declares the worker dead (connection lost)."""
         task = asyncio.current_task()
-        assert task is not None
+        assert task is not None  # noqa: S101 - a gRPC handler runs in a task
         self._serving.add(task)
-        worker_id, renewed_ms = "", 0
+        # The worker is declared dead on a break only if it was not heartbeated since this stream's
+        # last request (a newer stream, or a newer process registered under the same id, wins).
+        worker_id, cutoff_ms = "", 0
         try:
             while True:
                 request = await context.read()
@@ -102,28 +104,46 @@ class HeartbeatStreams:
                 if request.leaving:
                     log.info("worker said goodbye on its heartbeat stream", worker_id=worker_id)
                     return
+                if not worker_id:
+                    log.debug("heartbeat stream opened", worker_id=request.worker_id)
                 worker_id = _same_worker(worker_id, request)
+                cutoff_ms = int(time.time() * 1000)
                 renewed_ms = await self._renewals.renew(worker_id, request.in_flight)
                 if not renewed_ms:
-                    raise NotFound(lease_expired(worker_id))
+                    worker_id = ""  # already declared dead: nothing more to declare
+                    raise NotFound(lease_expired(request.worker_id))
+                cutoff_ms = renewed_ms
                 await context.write(_ANSWER)
         except asyncio.CancelledError:
             # The call was cancelled: the connection was reset, or this server is stopping.
-            if worker_id and renewed_ms and not self._closing:
-                declaring = asyncio.create_task(self._declare_lost(worker_id, renewed_ms))
-                self._declaring.add(declaring)
-                declaring.add_done_callback(self._declaring.discard)
+            self._declare_lost(worker_id, cutoff_ms)
             raise
         finally:
             self._serving.discard(task)
-        if worker_id and renewed_ms and not self._closing:
-            await self._declare_lost(worker_id, renewed_ms)
+        self._declare_lost(worker_id, cutoff_ms)
 
-    async def _declare_lost(self, worker_id: str, renewed_ms: int) -> bool:
+    def _declare_lost(self, worker_id: str, cutoff_ms: int) -> None:
+        """Declare the worker of a broken stream dead, in a task of its own: gRPC cancels the
+        handler of a call whose connection is gone, which must not cut the declaration short."""
+        if not worker_id or self._closing:
+            return
+        declaring = asyncio.create_task(self._reap(worker_id, cutoff_ms), name=f"connection-lost-{worker_id}")
+        self._declaring.add(declaring)
+        declaring.add_done_callback(self._declared)
+
+    def _declared(self, declaring: asyncio.Task[bool]) -> None:
+        self._declaring.discard(declaring)
+        if not declaring.cancelled() and declaring.exception() is not None:
+            log.error(
+                "declaring a worker dead after its stream broke failed; its lease will expire instead",
+                exc_info=declaring.exception(),
+            )
+
+    async def _reap(self, worker_id: str, cutoff_ms: int) -> bool:
         with bound_contextvars(worker_id=worker_id):
             return await self._liveness.reap(
                 worker_id,
-                renewed_ms,
+                cutoff_ms,
                 why=f"was declared dead: {CONNECTION_LOST} (its heartbeat stream broke without a goodbye)",
                 cause=f"{CONNECTION_LOST}: its heartbeat stream broke without a goodbye",
             )

@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 PAUSE_HEARTBEAT = "heartbeats failing beyond the lease"
 DEFAULT_INTERVAL_MS = 1000
 DEFAULT_LEASE_MS = 10_000
+# How long a goodbye waits for the coordinator to end the stream.
+GOODBYE_ANSWER_S = 1.0
 
 
 class Membership:
@@ -57,6 +59,8 @@ class Membership:
         self.lease_s = DEFAULT_LEASE_MS / 1000
         self.registered = False
         self._answered_at = time.monotonic()
+        # Set once a heartbeat was answered: from then on, this worker's death is seen at once.
+        self.heard = asyncio.Event()
 
     @staticmethod
     def request_for(worker_id: str, queues: list[str], task_types: list[str], concurrency: int,
@@ -127,7 +131,7 @@ class Membership:
                 if stopped.done() and not answers.done():
                     await call.write(co_pb2.HeartbeatRequest(worker_id=self._request.worker_id, leaving=True))
                     await call.done_writing()
-                    await asyncio.wait({answers}, timeout=self.interval_s)
+                    await asyncio.wait({answers}, timeout=GOODBYE_ANSWER_S)
                     return None
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             log.debug("heartbeat stream write failed", error=str(exc))
@@ -146,14 +150,16 @@ class Membership:
             return  # the call's status is read by the writer
 
     async def _unary_loop(self, stop: asyncio.Event) -> None:
-        while not await sleep_unless(stop, self.interval_s):
+        while not stop.is_set():
             if await self._beat():
                 self._answered()
             else:
                 self._check_answered()
+            await sleep_unless(stop, self.interval_s)
 
     def _answered(self) -> None:
         self._answered_at = time.monotonic()
+        self.heard.set()
         self._intake.resume(PAUSE_HEARTBEAT)
 
     def _check_answered(self) -> None:
