@@ -76,7 +76,8 @@ def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
     (optionally) the auth token."""
     interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
     if auth_token:
-        interceptors.extend(shape(auth_token) for shape in (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken))
+        shapes = (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)
+        interceptors.extend(shape(auth_token) for shape in shapes)
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 

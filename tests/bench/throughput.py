@@ -3,7 +3,8 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--idle-seconds 5] [--set NAME=VALUE ...] [--json PATH] [--profile DIR [--py-spy PATH] [--profile-native]]
+        [--idle-seconds 5] [--set NAME=VALUE ...] [--json PATH]
+        [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
 the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given) and measures,
@@ -24,8 +25,9 @@ Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, 
 - ``many``: 1,000 runs of a 3-step chain submitted at once from 8 client threads: runs/s from the
   first submit to the last result, and the ``SubmitRun`` p50 meanwhile. Baseline: 1,000 requests of
   3 hops from 8 threads, and the XADD's p50. Target: >= 1,000 runs/s, ``SubmitRun`` p50 <= 1 ms.
-- ``idle``: nothing submitted for 5 s (``--idle-seconds``): the background cost per second of each process (heartbeats,
-  liveness checks, timers), so that it can be told from the per-task figures.
+- ``idle``: nothing submitted for 5 s (``--idle-seconds``): the background cost per second of
+  each process (heartbeats, liveness checks, timers), so that it can be told from the per-task
+  figures.
 - every measure: CPU per task summed over every process of the stack, Redis included, the
   benchmark's client not (baseline: Redis and the baseline's own process, per message of the
   fan-out baseline). Target: <= 150 us (the fan-out's). And Redis commands

@@ -59,7 +59,8 @@ def declared_dead(stack: LocalStack, worker_id: str) -> list[str]:
     return [
         r.get("cause", "")
         for r in coordinator_records(stack)
-        if r.get("event") == "worker declared dead; reclaiming its deliveries" and r.get("worker_id") == worker_id
+        if r.get("event") == "worker declared dead; reclaiming its deliveries"
+        and r.get("worker_id") == worker_id
     ]
 
 
@@ -107,7 +108,8 @@ def test_a_worker_stopping_gracefully_says_goodbye_and_is_declared_dead_by_nobod
         wait_for(deregistered, what="the worker to deregister")
         goodbyes = [
             r for r in coordinator_records(stack)
-            if r.get("event") == "worker said goodbye on its heartbeat stream" and r.get("worker_id") == worker_id
+            if r.get("event") == "worker said goodbye on its heartbeat stream"
+            and r.get("worker_id") == worker_id
         ]
         assert goodbyes
         assert len(declared_dead(stack, worker_id)) == before

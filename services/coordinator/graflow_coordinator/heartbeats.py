@@ -64,7 +64,8 @@ class LeaseRenewals:
         batch, self._pending, self._flush = self._pending, {}, None
         now_ms = int(time.time() * 1000)
         try:
-            renewed = await self._registry.renew({w: in_flight for w, (in_flight, _) in batch.items()}, now_ms)
+            beats = {worker_id: in_flight for worker_id, (in_flight, _) in batch.items()}
+            renewed = await self._registry.renew(beats, now_ms)
         except Exception as exc:  # noqa: BLE001 - handed to every caller, which reports it
             for _, waiting in batch.values():
                 for future in waiting:

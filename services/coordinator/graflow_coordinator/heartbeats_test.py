@@ -111,7 +111,8 @@ async def test_a_live_worker_whose_stream_broke_is_told_to_register_again(
     call = stub.HeartbeatStream()
     await call.write(beat())
     assert await call.read() == coordinator_pb2.HeartbeatResponse()
-    assert [w.worker_id for w in (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers] == ["w1"]
+    listed = (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers
+    assert [w.worker_id for w in listed] == ["w1"]
     call.cancel()
 
 

@@ -93,7 +93,9 @@ class LivenessLoop(BackgroundLoop):
                     removed.append(worker_id)
         return removed
 
-    async def reap(self, worker_id: str, cutoff_ms: int, *, why: str, cause: str, **log_fields: object) -> bool:
+    async def reap(
+        self, worker_id: str, cutoff_ms: int, *, why: str, cause: str, **log_fields: object
+    ) -> bool:
         """Declare ``worker_id`` dead unless it heartbeated after ``cutoff_ms``, report each attempt it
         held lost (``why`` completes "worker <id> ..." in their WorkerLost outcomes) and remove it.
         False when it is alive, or still holds what could not be reclaimed (the next pass finishes)."""

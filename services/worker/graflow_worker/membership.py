@@ -105,7 +105,8 @@ class Membership:
                     await self._unary_loop(stop)
                     return
                 if code == grpc.StatusCode.NOT_FOUND:
-                    log.warning("the coordinator does not know this worker (declared dead); registering again")
+                    log.warning("the coordinator does not know this worker (declared dead); "
+                                "registering again")
                     if await self._reregister():
                         backoff.reset()
                         continue
@@ -123,8 +124,8 @@ class Membership:
         answers = asyncio.create_task(self._read_answers(call))
         try:
             while not answers.done():
-                request = co_pb2.HeartbeatRequest(worker_id=self._request.worker_id, in_flight=self._in_flight())
-                await call.write(request)
+                await call.write(co_pb2.HeartbeatRequest(worker_id=self._request.worker_id,
+                                                         in_flight=self._in_flight()))
                 await asyncio.wait({answers, stopped}, timeout=self.interval_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 self._check_answered()
