@@ -7,10 +7,8 @@ lost"), and a worker that stops gracefully says goodbye and is declared dead by 
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -18,7 +16,7 @@ import redis
 from graflow import Client, workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent
-from tests.e2e.conftest import module_stack, wait_for
+from tests.e2e.conftest import log_records, module_stack, started, wait_for
 from tests.e2e.tasks import collect, marked_sleep
 
 NO_LEASE_EXPIRY = {
@@ -33,32 +31,16 @@ def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
         yield stack
 
 
-def started(fx: redis.Redis, run_id: str, node_id: str) -> dict[int, int]:
-    """attempt -> pid of the worker process that started it."""
-    prefix = f"started:{run_id}:{node_id}:"
-    return {int(n.decode()[len(prefix):]): int(fx.get(n)) for n in fx.scan_iter(match=f"{prefix}*")}
-
-
 def worker_name(stack: LocalStack, pid: int) -> tuple[int, str]:
     [index] = [i for i, w in enumerate(stack.workers) if w.pid == pid]
     return index, f"dev-worker-{index}"
-
-
-def coordinator_records(stack: LocalStack) -> list[dict[str, Any]]:
-    records = []
-    for line in stack.log_path("coordinator").read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def declared_dead(stack: LocalStack, worker_id: str) -> list[str]:
     """The causes the coordinator gave for declaring ``worker_id`` dead."""
     return [
         r.get("cause", "")
-        for r in coordinator_records(stack)
+        for r in log_records(stack, "coordinator")
         if r.get("event") == "worker declared dead; reclaiming its deliveries"
         and r.get("worker_id") == worker_id
     ]
@@ -101,13 +83,13 @@ def test_a_worker_stopping_gracefully_says_goodbye_and_is_declared_dead_by_nobod
     def deregistered() -> bool:
         return any(
             r.get("event") == "worker deregistered" and r.get("worker_id") == worker_id
-            for r in coordinator_records(stack)
+            for r in log_records(stack, "coordinator")
         )
 
     try:
         wait_for(deregistered, what="the worker to deregister")
         goodbyes = [
-            r for r in coordinator_records(stack)
+            r for r in log_records(stack, "coordinator")
             if r.get("event") == "worker said goodbye on its heartbeat stream"
             and r.get("worker_id") == worker_id
         ]
