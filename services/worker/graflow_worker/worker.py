@@ -163,9 +163,13 @@ class Worker:
             ]
             # Read only once the coordinator holds this worker's heartbeat stream, so that a death
             # from the first delivery on is seen at once (without an answer within the lease,
-            # read anyway: the lease covers it).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.membership.heard.wait(), self.membership.lease_s)
+            # read anyway: the lease covers it; a stop requested meanwhile ends the wait too).
+            heard = asyncio.create_task(self.membership.heard.wait())
+            stopping = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait({heard, stopping}, timeout=self.membership.lease_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            heard.cancel()
+            stopping.cancel()
             self._read_task = self._background(self.consumer.run(), "reader")
             await self.health.set_serving(True)
             self.started = True
