@@ -51,7 +51,7 @@ TASK_MODULES = (TASKS, "tests.chaos.tasks")
 QUEUE = keys.queue_stream("default")
 # The chaos stacks' lease: a worker silent this long is declared dead. 1.5 s with heartbeats every
 # 250 ms, the coordinator's defaults before issue 13 (which sees a SIGKILLed worker's death on its
-# heartbeat stream at once and made the lease, 20 s by default, the fallback for workers whose
+# heartbeat stream at once and made the lease, 40 s by default, the fallback for workers whose
 # connection stays open): short, so that a paused worker is declared dead well within the tests'
 # waits and a retry's backoff can outlast the lease.
 LEASE_S = 1.5

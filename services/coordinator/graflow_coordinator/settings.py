@@ -19,11 +19,11 @@ class CoordinatorSettings(ServiceSettings):
     # Workers heartbeat at least this often (returned by RegisterWorker). A worker's death is seen
     # at once on its heartbeat stream (the connection breaks), so heartbeats and the lease only
     # catch what keeps the connection open (a paused process, a partition, a stalled event loop);
-    # each one costs ~1-1.4 ms of CPU over worker, coordinator and Redis (docs/performance.md,
-    # "Liveness"), so 10 s keeps liveness at ~1% of a core for 100 workers.
-    heartbeat_interval_ms: int = Field(default=10_000, gt=0)
+    # each one costs ~1.4-1.8 ms of CPU over worker, coordinator and Redis (docs/performance.md,
+    # "Liveness"), so 20 s keeps liveness under 1% of a core for 100 workers.
+    heartbeat_interval_ms: int = Field(default=20_000, gt=0)
     # A worker silent for longer than this is declared dead and its in-flight work is reclaimed.
-    lease_timeout_ms: int = Field(default=20_000, gt=0)
+    lease_timeout_ms: int = Field(default=40_000, gt=0)
     # How often the liveness loop looks for workers whose lease expired.
     liveness_check_ms: int = Field(default=1_000, gt=0)
     # After this process starts, workers get this long to reach it before silence counts against
