@@ -9,8 +9,8 @@ short window and renews the lot in one script call (one Redis round trip, not on
 The stream's end is the signal the lease only approximates. A worker process that dies has its
 socket closed by its kernel, so its stream ends at once, without the worker's goodbye (a last
 request with ``leaving`` set, sent before a graceful deregistration). The coordinator holding the
-stream then declares the worker dead and reclaims its deliveries (:meth:`LivenessLoop.reap`,
-"connection lost"), unless the worker heartbeated after this stream's last renewal (through a new
+stream then declares the worker dead (after ``CONNECTION_LOST_GRACE_S``) and reclaims its
+deliveries (:meth:`LivenessLoop.reap`, "connection lost"), unless the worker heartbeated after this stream's last renewal (through a new
 stream, possibly to another replica, after a network blip) or this coordinator is shutting down
 (its streams end because it stops, not because the workers died). A live worker whose stream broke
 is then treated as one whose lease expired: NOT_FOUND on its next heartbeat, it registers again,
@@ -36,6 +36,11 @@ from graflow_coordinator.workers import WorkerRegistry, lease_expired
 log = structlog.get_logger(__name__)
 
 CONNECTION_LOST = "connection lost"
+# How long a broken stream waits before its worker is declared dead. Processes that die together
+# (a host, a deployment killed) are then all gone from Redis, blocked reads included, before their
+# work is redelivered: without it, Redis could still serve a dying worker's pending blocking read
+# the attempt that another dead worker's reclaim just put back in the queue, and lose it twice.
+CONNECTION_LOST_GRACE_S = 0.1
 # Every heartbeat is answered once its lease is renewed (commands would ride on the answer).
 _ANSWER = pb.HeartbeatResponse()
 
@@ -141,6 +146,7 @@ class HeartbeatStreams:
             )
 
     async def _reap(self, worker_id: str, cutoff_ms: int) -> bool:
+        await asyncio.sleep(CONNECTION_LOST_GRACE_S)
         with bound_contextvars(worker_id=worker_id):
             return await self._liveness.reap(
                 worker_id,
