@@ -10,9 +10,10 @@ The stream's end is the signal the lease only approximates. A worker process tha
 socket closed by its kernel, so its stream ends at once, without the worker's goodbye (a last
 request with ``leaving`` set, sent before a graceful deregistration). The coordinator holding the
 stream then declares the worker dead (after ``CONNECTION_LOST_GRACE_S``) and reclaims its
-deliveries (:meth:`LivenessLoop.reap`, "connection lost"), unless the worker heartbeated after this stream's last renewal (through a new
-stream, possibly to another replica, after a network blip) or this coordinator is shutting down
-(its streams end because it stops, not because the workers died). A live worker whose stream broke
+deliveries (:meth:`LivenessLoop.reap`, "connection lost"), unless the worker heartbeated after
+this stream's last request (through a new stream, possibly to another replica, after a network
+blip) or this coordinator is shutting down (its streams end because it stops, not because the
+workers died). A live worker whose stream broke
 is then treated as one whose lease expired: NOT_FOUND on its next heartbeat, it registers again,
 and the outcomes of the attempts it lost are fenced. The lease still catches what leaves the
 connection open: a paused process (SIGSTOP), a partition, a stalled event loop.
