@@ -6,6 +6,8 @@ server's interceptor turns them into their gRPC status."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
 
+from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
@@ -47,6 +50,15 @@ LIST_DEFAULT, LIST_MAX = 50, 1000
 WATCH_BATCH = 500
 REASON_MAX = 1024
 _CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+# A terminal-only watch of an ended run finds its terminal event among this many newest events.
+LAST_EVENTS = 16
+_TERMINAL_TYPES = frozenset(
+    {
+        scheduler_pb2.RunEvent.TYPE_RUN_SUCCEEDED,
+        scheduler_pb2.RunEvent.TYPE_RUN_FAILED,
+        scheduler_pb2.RunEvent.TYPE_RUN_CANCELED,
+    }
+)
 
 
 def _now_ms() -> int:
@@ -99,6 +111,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         dispatcher: Dispatcher,
         feedback: FeedbackRequests,
         children: ChildRuns,
+        results: RunResults,
         *,
         limits: Limits,
         watch_block_ms: int = 5000,
@@ -111,6 +124,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.dispatcher = dispatcher
         self.feedback = feedback
         self.children = children
+        self.results = results
         self.limits = limits
         self.watch_block_ms = watch_block_ms
 
@@ -124,6 +138,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def SubmitRun(  # noqa: N802 - gRPC method name
         self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SubmitRunResponse:
+        response = await self._submit(request)
+        if request.wait_ms:
+            response.result.CopyFrom(await self.results.wait(response.run_id, request.wait_ms))
+        return response
+
+    async def WaitRun(  # noqa: N802
+        self, request: scheduler_pb2.WaitRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RunResult:
+        _check_run_id(request.run_id)
+        return await self.results.wait(request.run_id, request.wait_ms)
+
+    async def _submit(self, request: scheduler_pb2.SubmitRunRequest) -> scheduler_pb2.SubmitRunResponse:
         problem = _request_problem(request)
         if problem:
             raise InvalidRequest(problem)
@@ -204,6 +230,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             )
         wanted = frozenset(request.types)
         cursor = request.cursor or "0-0"
+        if wanted and wanted <= _TERMINAL_TYPES:
+            # Only the end is wanted: wait for it on the process's reader of gf:ended, woken by
+            # the end alone rather than by every event of the run.
+            terminal = await self._terminal_event(run_id, cursor, context)
+            if terminal is not None and terminal.type in wanted:
+                yield terminal
+            return
         entries: list[tuple[bytes, dict[bytes, bytes]]] | None = await self.watch_reader.read_events(
             run_id, cursor, count=WATCH_BATCH
         )
@@ -240,6 +273,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 # A short batch reached the end of the stream: next, wait for new events (reading
                 # again at once would find nothing); a full one may have more behind it.
                 entries = [] if len(entries) < WATCH_BATCH else None
+
+    async def _terminal_event(
+        self, run_id: str, cursor: str, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RunEvent | None:
+        """The run's terminal event after ``cursor`` once the run ended (None when it comes before
+        the cursor, or the run expired meanwhile). Raises RunNotFound for an unknown run."""
+        with self.results.ends.waiting(run_id) as ended:
+            status = await self.watch_reader.status(run_id)
+            if status is None:
+                raise RunNotFound(run_id)
+            while status not in ENDED_STATUSES and not context.done():
+                with contextlib.suppress(TimeoutError):
+                    # Re-checked at least every watch_block_ms (a run that expired meanwhile).
+                    await asyncio.wait_for(asyncio.shield(ended), self.watch_block_ms / 1000)
+                status = await self.watch_reader.status(run_id)
+                if status is None:
+                    return None
+        # The terminal event is appended with the end, as the run's last event.
+        for entry_id, fields in await self.watch_reader.last_events(run_id, cursor, count=LAST_EVENTS):
+            if is_terminal_entry(fields):
+                return event_from_entry(run_id, entry_id, fields)
+        return None
 
     async def CancelRun(  # noqa: N802
         self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext

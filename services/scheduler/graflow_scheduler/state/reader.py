@@ -66,6 +66,10 @@ class RunReader:
         value = await self.redis.hget(keys.run_meta(run_id), "status")
         return value.decode() if value else None
 
+    async def meta(self, run_id: str) -> dict[bytes, bytes]:
+        """The run's meta hash (empty for an unknown or expired run): its status, end and error."""
+        return await self.redis.hgetall(keys.run_meta(run_id))
+
     async def get_run(self, run_id: str, plan_lookup: PlanLookup) -> scheduler_pb2.Run:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.run_meta(run_id))
@@ -152,6 +156,13 @@ class RunReader:
         if not response:
             return []
         return list(response[0][1])
+
+    async def last_events(
+        self, run_id: str, after: str, *, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` of the newest event entries after ``after`` (exclusive), newest first."""
+        low = "-" if after == "0-0" else f"({after}"
+        return list(await self.redis.xrevrange(keys.run_events(run_id), "+", low, count=count))
 
     async def active_run_ids(self) -> list[str]:
         return [m.decode() async for m in self.redis.sscan_iter(keys.ACTIVE_RUNS, count=1000)]
