@@ -138,9 +138,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def SubmitRun(  # noqa: N802 - gRPC method name
         self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SubmitRunResponse:
-        response = await self._submit(request)
-        if request.wait_ms:
-            response.result.CopyFrom(await self.results.wait(response.run_id, request.wait_ms))
+        if not request.wait_ms:
+            return await self._submit(request, new_run_id())
+        run_id = new_run_id()
+        # Registered before the run exists: its end cannot come before, no status to read.
+        with self.results.ends.waiting(run_id) as ended:
+            response = await self._submit(request, run_id)
+            if response.created:
+                result = await self.results.wait_registered(
+                    run_id, ended, request.wait_ms, response.sink_node_ids
+                )
+        if not response.created:  # the idempotency key named an existing run
+            result = await self.results.wait(response.run_id, request.wait_ms)
+        response.result.CopyFrom(result)
         return response
 
     async def WaitRun(  # noqa: N802
@@ -149,7 +159,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         _check_run_id(request.run_id)
         return await self.results.wait(request.run_id, request.wait_ms)
 
-    async def _submit(self, request: scheduler_pb2.SubmitRunRequest) -> scheduler_pb2.SubmitRunResponse:
+    async def _submit(
+        self, request: scheduler_pb2.SubmitRunRequest, run_id: str
+    ) -> scheduler_pb2.SubmitRunResponse:
         problem = _request_problem(request)
         if problem:
             raise InvalidRequest(problem)
@@ -165,7 +177,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise Unavailable(f"cannot store the graph: {exc}; retry later") from exc
         except grpc.aio.AioRpcError as exc:
             raise ServiceError(f"result-store rejected the graph: {exc.details()}") from exc
-        run_id = new_run_id()
         # A parent that ended or does not exist: ParentEnded, ParentNotFound (nothing created).
         created = await self.store.create_run(
             plan,

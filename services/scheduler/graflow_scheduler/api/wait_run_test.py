@@ -100,3 +100,11 @@ async def test_waiting_for_an_unknown_run_is_not_found(client):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await wait(client, "not a run id", 1000)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_submit_with_wait_ms_and_a_known_idempotency_key_answers_with_that_runs_end(client):
+    first = await submit(client, idempotency_key="once")
+    await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=first.run_id, reason="done"))
+    again = await asyncio.wait_for(submit(client, idempotency_key="once", wait_ms=600_000), 10)
+    assert (again.run_id, again.created) == (first.run_id, False)
+    assert (again.result.run.status, again.result.run.message) == (common_pb2.RUN_STATUS_CANCELED, "done")
