@@ -94,7 +94,7 @@ class SchedulerApp:
             dispatcher,
             feedback,
             children,
-            RunResults(reader, self.run_ends, result_store_stub, result_store),
+            RunResults(reader, self.run_ends),
             limits=limits,
             watch_block_ms=s.watch_block_ms,
         )

@@ -32,6 +32,7 @@ from graflow_scheduler.state.runids import new_run_id, run_id_problem
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
     ENDED_STATUSES,
+    TERMINAL_EVENT_TYPES,
     event_from_entry,
     event_type,
     is_terminal,
@@ -52,13 +53,6 @@ REASON_MAX = 1024
 _CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
 # A terminal-only watch of an ended run finds its terminal event among this many newest events.
 LAST_EVENTS = 16
-_TERMINAL_TYPES = frozenset(
-    {
-        scheduler_pb2.RunEvent.TYPE_RUN_SUCCEEDED,
-        scheduler_pb2.RunEvent.TYPE_RUN_FAILED,
-        scheduler_pb2.RunEvent.TYPE_RUN_CANCELED,
-    }
-)
 
 
 def _now_ms() -> int:
@@ -145,9 +139,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with self.results.ends.waiting(run_id) as ended:
             response = await self._submit(request, run_id)
             if response.created:
-                result = await self.results.wait_registered(
-                    run_id, ended, request.wait_ms, response.sink_node_ids
-                )
+                result = await self.results.wait_registered(run_id, ended, request.wait_ms)
         if not response.created:  # the idempotency key named an existing run
             result = await self.results.wait(response.run_id, request.wait_ms)
         response.result.CopyFrom(result)
@@ -241,7 +233,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             )
         wanted = frozenset(request.types)
         cursor = request.cursor or "0-0"
-        if wanted and wanted <= _TERMINAL_TYPES:
+        if wanted and wanted <= TERMINAL_EVENT_TYPES:
             # Only the end is wanted: wait for it on the process's reader of gf:ended, woken by
             # the end alone rather than by every event of the run.
             terminal = await self._terminal_event(run_id, cursor, context)
