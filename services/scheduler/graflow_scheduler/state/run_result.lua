@@ -20,4 +20,11 @@ end
 if total > tonumber(ARGV[1]) then
   return {meta, 0, {}}
 end
-return {meta, 1, redis.call('HMGET', KEYS[2], unpack(sinks))}
+-- HMGET in chunks: unpack() takes at most a few thousand values (a fan-out without a join has
+-- one sink per member).
+local values = {}
+for i = 1, #sinks, 1000 do
+  local chunk = redis.call('HMGET', KEYS[2], unpack(sinks, i, math.min(i + 999, #sinks)))
+  for j = 1, #chunk do values[#values + 1] = chunk[j] end
+end
+return {meta, 1, values}
