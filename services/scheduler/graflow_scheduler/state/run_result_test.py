@@ -68,7 +68,8 @@ async def test_thousands_of_sinks_are_read_in_chunks(store, reader, redis):
     await succeed_all(run)
     async with redis.pipeline(transaction=False) as pipe:
         for node in nodes:
-            pipe.hset(keys.results(run.run_id), node, result_store_pb2.NodeResult(node_id=node).SerializeToString())
+            stored = result_store_pb2.NodeResult(node_id=node).SerializeToString()
+            pipe.hset(keys.results(run.run_id), node, stored)
         await pipe.execute()
     read = await reader.run_result(run.run_id, inline_max_bytes=1024 * 1024)
     assert read.inline and [r.node_id for r in read.results] == nodes
