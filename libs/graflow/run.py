@@ -192,7 +192,6 @@ class Run:
         # Results too large to come inline (read them), a cancel, a failure.
         return self._outcome(run)
 
-    # ---- outcome of an ended run ----
     def _sink_values(self, sinks: list[str]) -> Any:
         values = self._client.get_results(self.id, sinks)
         return values.get(sinks[0]) if len(sinks) == 1 else values
