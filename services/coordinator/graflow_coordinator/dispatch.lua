@@ -6,8 +6,8 @@
 -- A delivery of a run that has ended (its meta's 'ended' > 0) is not enqueued (counted as ended).
 -- One enqueued at once carries, beside the envelope, the last id of the ended runs stream: the run
 -- was live when that was the last end (keys.ENDED_CURSOR_FIELD).
--- Each queue's existence, each run's 'ended' and each dispatch record's expiry are checked or set
--- once per call, however many deliveries share them.
+-- Each queue's existence, each run's 'ended' and each dispatch record (read, written, expiry) are
+-- checked or set once per call, however many deliveries share them.
 -- Returns {accepted, duplicates, ended}, or {-1, queue...} (nothing written) when a queue stream
 -- that must be appended to does not exist (its consumer group vanished with it; the caller
 -- recreates it).
@@ -28,28 +28,46 @@ if #missing > 0 then
 end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local cursor = last[1] and last[1][1] or '0-0'
+-- The dispatch records' attempts of this call's nodes: one HMGET per record (mostly one run).
+local records, nodes_of = {}, {}
+for i = 1, n do
+  local record = KEYS[3 * i]
+  if not nodes_of[record] then
+    nodes_of[record] = {}
+    records[#records + 1] = record
+  end
+  local nodes = nodes_of[record]
+  nodes[#nodes + 1] = ARGV[1 + (i - 1) * 5 + 1]
+end
+local dispatched = {} -- record -> node -> highest attempt dispatched (updated as deliveries are accepted)
+for _, record in ipairs(records) do
+  local nodes, known = nodes_of[record], {}
+  local values = redis.call('HMGET', record, unpack(nodes))
+  for j, node in ipairs(nodes) do known[node] = tonumber(values[j]) end
+  dispatched[record] = known
+end
 local accepted, duplicates, ended = 0, 0, 0
--- run meta key -> its end's ms (0 = live); dispatch record key -> true once written in this call.
-local ended_at, recorded, records = {}, {}, {}
+-- run meta key -> its end's ms (0 = live); dispatch record key -> flat node, attempt to write.
+local ended_at, writes = {}, {}
 for i = 1, n do
   local b = 1 + (i - 1) * 5
   local node = ARGV[b + 1]
   local attempt = tonumber(ARGV[b + 2])
   local record, meta = KEYS[3 * i], KEYS[3 * i + 2]
-  local current = redis.call('HGET', record, node)
+  local current = dispatched[record][node]
   if ended_at[meta] == nil then
     ended_at[meta] = tonumber(redis.call('HGET', meta, 'ended') or '0') or 0
   end
-  if current and tonumber(current) >= attempt then
+  if current and current >= attempt then
     duplicates = duplicates + 1
   elseif ended_at[meta] > 0 then
     ended = ended + 1
   else
-    redis.call('HSET', record, node, attempt)
-    if not recorded[record] then
-      recorded[record] = true
-      records[#records + 1] = record
-    end
+    dispatched[record][node] = attempt
+    local w = writes[record] or {}
+    writes[record] = w
+    w[#w + 1] = node
+    w[#w + 1] = attempt
     local due = tonumber(ARGV[b + 3])
     if due > 0 then
       redis.call('ZADD', KEYS[1], due, ARGV[b + 4] .. '\n' .. ARGV[b + 5])
@@ -59,5 +77,11 @@ for i = 1, n do
     accepted = accepted + 1
   end
 end
-for _, record in ipairs(records) do redis.call('EXPIRE', record, ttl) end
+-- Each record written once (a chunk holds at most graflow_coordinator.dispatch.CHUNK deliveries).
+for _, record in ipairs(records) do
+  if writes[record] then
+    redis.call('HSET', record, unpack(writes[record]))
+    redis.call('EXPIRE', record, ttl)
+  end
+end
 return {accepted, duplicates, ended}
