@@ -229,7 +229,7 @@ end
 local ended = dir_err -- {failed_node, ErrorInfo bytes[, mark it FAILED]} once the run fails
 local work = {}
 if propagate and not ended then work[1] = {closure, status == 'S', node, flow.c} end
-local head = 1
+local head, released_n = 1, 0
 while head <= #work and not ended do
   local list, ok, src = work[head][1], work[head][2], work[head][3]
   local mark = work[head][4] or src -- the predecessor a join counts (see join_add)
@@ -248,7 +248,9 @@ while head <= #work and not ended do
   for _, e in ipairs(list) do
     if ended then break end
     if e.k == 't' then
-      if join_add(e, ':ok', mark) >= e.p then release(e.i, now, ready, cyc) end
+      if join_add(e, ':ok', mark) >= e.p and release(e.i, now, ready, cyc) then
+        released_n = released_n + 1
+      end
     else
       local ok_n, fail_n, cfail_n, fresh, other
       if ok then
@@ -291,6 +293,8 @@ while head <= #work and not ended do
   end
 end
 
+-- The task nodes released above are READY now: meta 'ready' counts them, in one write.
+if released_n > 0 then redis.call('HINCRBY', KEYS[K_META], 'ready', released_n) end
 if not ended and status == 'S' and propagate then
   ended = fire_loops(flow.c, flow, now, ready, cyc, released)
 end
