@@ -76,9 +76,12 @@ class Endpoint:
             )
         return ServiceCallError(self.service, self.address, method, code, details)
 
-    def call(self, method: str, request: Any, errors: ErrorMap | None = None) -> Any:
+    def call(self, method: str, request: Any, errors: ErrorMap | None = None, *, wait_s: float = 0.0) -> Any:
+        """``wait_s``: how long the call may wait by design (WaitRun), added to the deadline."""
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+            return getattr(self.stub, method)(
+                request, timeout=self.timeout + wait_s, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             raise self.error(method, exc, errors) from None
 

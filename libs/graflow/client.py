@@ -26,7 +26,17 @@ from graflow.dsl import Workflow
 from graflow.errors import FeedbackError, RunNotFoundError, ServiceUnavailableError, WorkflowDefinitionError
 from graflow.errors import ServiceCallError as ServiceCallError  # re-exported: its import path before 0.10
 from graflow.feedback import NOT_GIVEN, build_response
-from graflow.run import ENDED_STATUSES, TERMINAL_EVENTS, Run, RunEvent, RunInfo, parse_status
+from graflow.run import (
+    ENDED_STATUSES,
+    TERMINAL_EVENTS,
+    Run,
+    RunEvent,
+    RunInfo,
+    RunResult,
+    deadline_after,
+    parse_status,
+    wait_window,
+)
 from graflow_api.v1 import feedback_pb2, result_store_pb2, scheduler_pb2, workflow_pb2
 from graflow_runtime.backoff import backoff_delay
 
@@ -69,6 +79,34 @@ class Client:
     ) -> Run:
         """Start a run. An invalid workflow raises :class:`WorkflowDefinitionError` with the server's
         reason; with ``idempotency_key`` a repeated submit returns the first run (``created`` False)."""
+        run, _ = self._submit(workflow_or_spec, idempotency_key, labels, wait_s=0.0)
+        return run
+
+    def submit_and_wait(
+        self,
+        workflow_or_spec: Workflow | workflow_pb2.WorkflowSpec,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Start a run and return its result: ``submit(...).result(timeout)`` in one call to the
+        scheduler when the run ends within it (and :data:`graflow.run.WAIT_CALL_S`) and its
+        result is at most 1 MiB. Same result and errors as :meth:`Run.result`."""
+        deadline = deadline_after(timeout)
+        run, answer = self._submit(
+            workflow_or_spec, idempotency_key, labels, wait_s=wait_window(deadline)
+        )
+        return run.result_from(answer, deadline, timeout)
+
+    def _submit(
+        self,
+        workflow_or_spec: Workflow | workflow_pb2.WorkflowSpec,
+        idempotency_key: str | None,
+        labels: Mapping[str, str] | None,
+        *,
+        wait_s: float,
+    ) -> tuple[Run, scheduler_pb2.RunResult | None]:
         if isinstance(workflow_or_spec, Workflow):
             spec = workflow_or_spec.spec()
         elif isinstance(workflow_or_spec, workflow_pb2.WorkflowSpec):
@@ -78,18 +116,25 @@ class Client:
                 f"submit() takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}"
             )
         request = scheduler_pb2.SubmitRunRequest(
-            spec=spec, idempotency_key=idempotency_key or "", labels=dict(labels or {})
+            spec=spec,
+            idempotency_key=idempotency_key or "",
+            labels=dict(labels or {}),
+            wait_ms=_ms(wait_s),
         )
         response = self._scheduler.call(
-            "SubmitRun", request, {grpc.StatusCode.INVALID_ARGUMENT: WorkflowDefinitionError}
+            "SubmitRun",
+            request,
+            {grpc.StatusCode.INVALID_ARGUMENT: WorkflowDefinitionError},
+            wait_s=wait_s,
         )
-        return Run(
+        run = Run(
             self,
             response.run_id,
             created=response.created,
             graph_hash=response.graph_hash,
             sink_node_ids=response.sink_node_ids,
         )
+        return run, response.result if response.HasField("result") else None
 
     def run(self, run_id: str) -> Run:
         """A handle on an existing run (no call is made)."""
@@ -103,6 +148,13 @@ class Client:
         """Runs newest first (without their node lists), optionally only those with ``status``."""
         request = scheduler_pb2.ListRunsRequest(limit=limit, status=parse_status(status))
         return list(self._scheduler.call("ListRuns", request).runs)
+
+    def wait(self, run_id: str, wait_s: float) -> RunResult:
+        """One ``WaitRun`` call: the run's end with its sinks' results inline when small (a
+        ``scheduler_pb2.RunResult``), or its live state (RUNNING, PAUSED) once ``wait_s`` seconds
+        passed. Raises :class:`RunNotFoundError`."""
+        request = scheduler_pb2.WaitRunRequest(run_id=run_id, wait_ms=_ms(wait_s))
+        return self._scheduler.call("WaitRun", request, _not_found(run_id), wait_s=wait_s)
 
     def cancel(self, run_id: str, reason: str = "") -> RunInfo:
         """Cancel a run; canceling an ended run changes nothing. Returns the run's state."""
@@ -168,7 +220,7 @@ class Client:
         """Decoded results of ``node_ids`` in one call; nodes without a result are left out."""
         request = result_store_pb2.GetResultsRequest(run_id=run_id, node_ids=list(node_ids))
         response = self._result_store.call("GetResults", request)
-        return {r.node_id: payload.decode(r.value) for r in response.results}
+        return payload.decode_results(response.results)
 
     def get_graph(self, graph_hash: str) -> workflow_pb2.WorkflowSpec:
         request = result_store_pb2.GetGraphRequest(graph_hash=graph_hash)
@@ -233,6 +285,10 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 def _not_found(run_id: str) -> ErrorMap:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from graflow.errors import PayloadError
-from graflow_api.v1 import common_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2
 
 JSON = "application/json"
 BYTES = "application/octet-stream"
@@ -42,6 +43,11 @@ def decode(payload: common_pb2.Payload) -> Any:
     if payload.content_type in ("", JSON):
         return json.loads(payload.data) if payload.data else None
     return bytes(payload.data)
+
+
+def decode_results(results: Iterable[result_store_pb2.NodeResult]) -> dict[str, Any]:
+    """Node id -> decoded value of each result."""
+    return {result.node_id: decode(result.value) for result in results}
 
 
 def decode_args(args_json: bytes) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from graflow.errors import GraflowError, GroupFailedError, RunCanceledError, RunFailedError, TaskError
+from graflow.payload import decode_results
 from graflow.typed import from_json
 from graflow_api.v1 import common_pb2, scheduler_pb2, workflow_pb2
 
@@ -19,6 +20,7 @@ log = structlog.get_logger(__name__)
 
 RunInfo = scheduler_pb2.Run
 RunEvent = scheduler_pb2.RunEvent
+RunResult = scheduler_pb2.RunResult
 TERMINAL_EVENTS = frozenset(
     {RunEvent.TYPE_RUN_SUCCEEDED, RunEvent.TYPE_RUN_FAILED, RunEvent.TYPE_RUN_CANCELED}
 )
@@ -26,6 +28,20 @@ ENDED_STATUSES = frozenset(
     {common_pb2.RUN_STATUS_SUCCEEDED, common_pb2.RUN_STATUS_FAILED, common_pb2.RUN_STATUS_CANCELED}
 )
 GROUP_FAILED = "GroupFailed"
+# Longest wait of one WaitRun (or SubmitRun) call: waiting longer takes several calls.
+WAIT_CALL_S = 60.0
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline ``timeout`` seconds from now (None: no limit)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def wait_window(deadline: float | None) -> float:
+    """Seconds one waiting call may wait: up to :data:`WAIT_CALL_S`, not past ``deadline``."""
+    if deadline is None:
+        return WAIT_CALL_S
+    return max(0.0, min(WAIT_CALL_S, deadline - time.monotonic()))
 
 
 def status_name(status: int) -> str:
@@ -108,7 +124,7 @@ class Run:
         self.created = created
         self.graph_hash = graph_hash
         # The run's sinks as the scheduler reported them on submit (empty: not known yet).
-        self._sinks = list(sink_node_ids)
+        self.sink_node_ids = list(sink_node_ids)
 
     def __repr__(self) -> str:
         return f"<Run {self.id}>"
@@ -152,20 +168,30 @@ class Run:
         Raises :class:`RunFailedError` (:class:`GroupFailedError` when a group's policy failed),
         :class:`RunCanceledError`, or :class:`TimeoutError` after ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Only the terminal event is sent (at once when the run has already ended). A success with
-        # known sinks needs one more call (their results); anything else reads the run's state.
-        terminal = None
-        try:
-            for event in self._client.watch(self.id, deadline=deadline, types=TERMINAL_EVENTS):
-                terminal = event
-        except TimeoutError:
-            raise TimeoutError(f"run {self.id} did not finish within {timeout}s") from None
-        if terminal is not None and terminal.type == RunEvent.TYPE_RUN_SUCCEEDED and self._sinks:
-            return self._sink_values(self._sinks)
-        return self._outcome(self.info())
+        return self.result_from(None, deadline_after(timeout), timeout)
+
+    def result_from(self, answer: RunResult | None, deadline: float | None, timeout: float | None) -> Any:
+        """The result from ``answer`` (a ``RunResult`` already received, None: none yet), waiting
+        for the end with ``WaitRun`` calls until ``deadline`` (``time.monotonic()``; None: no limit).
+        One call when the run ends within a call and its sinks' results come inline."""
+        while answer is None or answer.run.status not in ENDED_STATUSES:
+            if answer is not None and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {self.id} did not finish within {timeout}s")
+            answer = self._client.wait(self.id, wait_window(deadline))
+        return self._ended(answer)
 
     # ---- outcome of an ended run ----
+    def _ended(self, answer: RunResult) -> Any:
+        run = answer.run
+        sinks = list(run.sink_node_ids) or self.sink_node_ids
+        if run.status == common_pb2.RUN_STATUS_SUCCEEDED and sinks and answer.results_inline:
+            values = decode_results(answer.results)
+            return values.get(sinks[0]) if len(sinks) == 1 else values
+        if run.status == common_pb2.RUN_STATUS_FAILED and run.error.type == GROUP_FAILED:
+            return self._outcome(self.info())  # the members' states are in the nodes
+        # Results too large to come inline (read them), a cancel, a failure.
+        return self._outcome(run)
+
     def _sink_values(self, sinks: list[str]) -> Any:
         values = self._client.get_results(self.id, sinks)
         return values.get(sinks[0]) if len(sinks) == 1 else values

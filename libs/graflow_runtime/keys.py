@@ -134,7 +134,8 @@ def worker_info(worker_id: str) -> str:
 
 # ---- result-store ----
 def results(run_id: str) -> str:
-    """hash node_id -> NodeResult bytes (highest attempt wins)."""
+    """hash node_id -> NodeResult bytes (highest attempt wins). Written by the result-store only;
+    the scheduler reads a run's sinks from it to answer WaitRun (run_result.lua)."""
     return f"{PREFIX}:res:{{{run_id}}}"
 
 

@@ -1,4 +1,8 @@
-"""Process lifecycle: run a service until SIGTERM/SIGINT; a second signal forces exit.
+"""Process lifecycle: run a service on its event loop until SIGTERM/SIGINT; a second signal forces
+exit.
+
+The event loop is uvloop's when it is installed (every service's wheel and PEX requires it), the
+standard asyncio one otherwise or when asked for (``EVENT_LOOP`` setting, docs/configuration.md).
 
 Exit codes of every service process (docs/configuration.md, "Exit codes"): 0 stopped cleanly,
 :data:`EXIT_FAILED`, :data:`EXIT_CONFIGURATION`, :data:`EXIT_FORCED`.
@@ -10,8 +14,12 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
+
+from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.settings import EventLoopChoice
 
 log = structlog.get_logger(__name__)
 
@@ -48,12 +56,41 @@ class ShutdownSignal:
         await self.event.wait()
 
 
-def run_service(main: Callable[[ShutdownSignal], Awaitable[None]]) -> None:
-    """``asyncio.run`` a service's main coroutine with signal handling installed."""
+@dataclass(frozen=True)
+class EventLoop:
+    """The event loop a service runs on: its name (with uvloop's version) and its factory."""
 
-    async def runner() -> None:
+    name: str
+    new: Callable[[], asyncio.AbstractEventLoop]
+
+
+def event_loop(choice: EventLoopChoice, setting: str) -> EventLoop:
+    """The loop ``choice`` names; :class:`ConfigurationError` naming ``setting`` (the variable) when
+    uvloop is asked for and cannot be imported."""
+    if choice != "asyncio":
+        try:
+            # Not inferred: the services' targets depend on uvloop, the SDK's wheel does not need it.
+            import uvloop  # pants: no-infer-dep
+        except ImportError as exc:
+            if choice == "uvloop":
+                raise ConfigurationError(
+                    f"{setting}=uvloop but uvloop cannot be imported ({exc}); install it "
+                    f"(pip install uvloop) or set {setting}=asyncio"
+                ) from exc
+        else:
+            return EventLoop(f"uvloop {uvloop.__version__}", uvloop.new_event_loop)
+    return EventLoop("asyncio", asyncio.new_event_loop)
+
+
+def run_service(main: Callable[[ShutdownSignal], Awaitable[None]], loop: EventLoop) -> None:
+    """Run a service's main coroutine to its end on ``loop``, as ``asyncio.run`` would (remaining
+    tasks cancelled, async generators and the default executor shut down), with signal handling
+    installed."""
+
+    async def serve() -> None:
         shutdown = ShutdownSignal()
         shutdown.install()
         await main(shutdown)
 
-    asyncio.run(runner())
+    with asyncio.Runner(loop_factory=loop.new) as runner:
+        runner.run(serve())

@@ -56,7 +56,9 @@ def redacted(url: str) -> str:
 _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}
 
 
-def connect(url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0) -> aioredis.Redis:
+def connect(
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None
+) -> aioredis.Redis:
     """An asyncio client that retries connection errors with backoff (reconnects after restarts).
 
     At most ``max_connections`` connections; a command issued while all of them are in use waits
@@ -81,6 +83,7 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
+        client_name=client_name,
     )
     client = aioredis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # the client owns its pool (as with from_url)

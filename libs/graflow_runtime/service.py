@@ -1,16 +1,19 @@
 """One start-up path for every service process: ``service_main(Service(name, settings, build))``.
 
-Start-up order: settings -> logging -> tracing -> the service's parts, built by ``build(settings,
-redis)`` (wiring only, no I/O) -> Redis reachable (and durable, :func:`check_durability`) -> the
-parts started (their server, health SERVING, background loops) -> running until SIGTERM/SIGINT
-(:mod:`graflow_runtime.lifecycle`) or until the parts ask to stop -> the parts stopped (they run
-their start-up backwards and close the Redis client, which they own from ``build`` on) -> tracing
-flushed. A signal during start-up cancels it and stops what was started.
+Start-up order: settings -> logging -> the event loop (uvloop unless the ``EVENT_LOOP`` setting
+says otherwise, :func:`graflow_runtime.lifecycle.event_loop`) -> tracing -> the service's parts,
+built by ``build(settings, redis)`` (wiring only, no I/O; then the loop is logged) -> Redis
+reachable (and durable, :func:`check_durability`) -> the parts started (their server, health
+SERVING, background loops) -> running until SIGTERM/SIGINT (:mod:`graflow_runtime.lifecycle`) or
+until the parts ask to stop -> the parts stopped (they run their start-up backwards and close the
+Redis client, which they own from ``build`` on) -> tracing flushed. A signal during start-up
+cancels it and stops what was started.
 
 Exit codes (docs/configuration.md, "Exit codes"): 0 after a clean stop; 1 when Redis is unreachable
 at start-up (logged with its URL, password redacted) or the parts fail to start; 2 for bad
-configuration, invalid settings or a :class:`ConfigurationError` raised by ``build`` (one line on
-stderr naming the problem, and a structured log line); 130 when a second signal forces the exit.
+configuration: invalid settings, uvloop asked for and missing, or a :class:`ConfigurationError`
+raised by ``build`` (one line on stderr naming the problem, and a structured log line); 130 when a
+second signal forces the exit.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_runtime.errors import ConfigurationError
-from graflow_runtime.lifecycle import EXIT_CONFIGURATION, EXIT_FAILED, ShutdownSignal, run_service
+from graflow_runtime.lifecycle import (
+    EXIT_CONFIGURATION,
+    EXIT_FAILED,
+    EventLoop,
+    ShutdownSignal,
+    event_loop,
+    run_service,
+)
 from graflow_runtime.logs import configure_logging
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, connect, redacted
 from graflow_runtime.settings import SettingsError, SettingsT, load_settings
@@ -75,9 +85,13 @@ def service_main(service: Service[SettingsT]) -> None:
         configure_logging(service.name)
         _exit_misconfigured(service, exc)
     configure_logging(service.name, settings.log_level, settings.log_format)
+    try:
+        loop = event_loop(settings.event_loop, _variable(service, "EVENT_LOOP"))
+    except ConfigurationError as exc:
+        _exit_misconfigured(service, exc)
     flush_tracing = configure_tracing(service.name, settings.traces_exporter, settings.otel_endpoint)
     try:
-        run_service(lambda shutdown: _serve(service, settings, shutdown))
+        run_service(lambda shutdown: _serve(service, settings, loop, shutdown), loop)
     except ConfigurationError as exc:
         _exit_misconfigured(service, exc)
     except _CouldNotStart:
@@ -86,19 +100,27 @@ def service_main(service: Service[SettingsT]) -> None:
         flush_tracing()
 
 
+def _variable(service: Service[SettingsT], name: str) -> str:
+    """The environment variable of the setting ``name`` of ``service``: GRAFLOW_<ROLE>_<NAME>."""
+    return service.settings.model_config.get("env_prefix", "") + name
+
+
 def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) -> NoReturn:
     sys.stderr.write(f"graflow-{service.name}: {exc}\n")
     log.error("bad configuration", error=str(exc))
     raise SystemExit(EXIT_CONFIGURATION) from exc
 
 
-async def _serve(service: Service[SettingsT], settings: SettingsT, shutdown: ShutdownSignal) -> None:
+async def _serve(
+    service: Service[SettingsT], settings: SettingsT, loop: EventLoop, shutdown: ShutdownSignal
+) -> None:
     redis = connect(settings.redis_url)
     try:
         parts = service.build(settings, redis)
     except BaseException:
         await redis.aclose()
         raise
+    log.info("event loop", loop=loop.name)  # the configuration was accepted
     try:
         if await _started(service, settings, redis, parts, shutdown):
             stops: list[Awaitable[object]] = [shutdown.wait()]
@@ -120,11 +142,10 @@ async def _started(
     try:
         await check_durability(redis)
     except REDIS_UNAVAILABLE as exc:
-        prefix = service.settings.model_config.get("env_prefix", "")
         log.error(
             "could not start",
             error=f"cannot reach Redis at {redacted(settings.redis_url)} ({exc}); start it or set "
-            f"{prefix}REDIS_URL",
+            f"{_variable(service, 'REDIS_URL')}",
         )
         raise _CouldNotStart from exc
     starting = asyncio.create_task(parts.start(), name=f"{service.name}-start")

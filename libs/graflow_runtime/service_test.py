@@ -9,18 +9,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.testing import probe_service
 
+# Both event loops a service can run on (GRAFLOW_<ROLE>_EVENT_LOOP).
+LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 
-def start_probe(**settings: str) -> subprocess.Popen[str]:
+
+def start_probe(*, python_path: tuple[str, ...] = (), **settings: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFLOW_PROBE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONPATH"] = os.pathsep.join([*python_path, *(p for p in sys.path if p)])
     env["GRAFLOW_PROBE_LOG_FORMAT"] = "json"
     env.update({f"GRAFLOW_PROBE_{name.upper()}": value for name, value in settings.items()})
     return subprocess.Popen(
@@ -62,15 +67,56 @@ def wait_serving(process: subprocess.Popen[str], port: int, deadline_s: float = 
     raise AssertionError(f"the probe was not SERVING on port {port} within {deadline_s} s")
 
 
-def test_serves_until_sigterm_then_stops_its_parts_and_exits_0(redis_url: str) -> None:
+@LOOPS
+def test_serves_until_sigterm_then_stops_its_parts_and_exits_0(redis_url: str, loop: str) -> None:
     port = free_port()
-    process = start_probe(redis_url=redis_url, listen_address=f"127.0.0.1:{port}")
+    process = start_probe(redis_url=redis_url, listen_address=f"127.0.0.1:{port}", event_loop=loop)
     wait_serving(process, port)
     process.send_signal(signal.SIGTERM)
     code, stderr = finish(process)
     assert code == 0, stderr
     names = [e["event"] for e in events(stderr)]
     assert names.index("probe listening") < names.index("probe stopping") < names.index("probe stopped")
+    [started] = [e for e in events(stderr) if e["event"] == "event loop"]
+    assert started["loop"].split(" ")[0] == loop
+
+
+def test_runs_on_uvloop_unless_told_otherwise_and_names_it_at_start_up(redis_url: str) -> None:
+    code, stderr = finish(start_probe(redis_url=redis_url, stop_after_s="0.2"))
+    assert code == 0, stderr
+    [started] = [e for e in events(stderr) if e["event"] == "event loop"]
+    name, version = started["loop"].split(" ")
+    assert name == "uvloop" and version[0].isdigit(), started
+
+
+def without_uvloop(tmp_path: Path) -> tuple[str, ...]:
+    """A PYTHONPATH entry that makes ``import uvloop`` fail, as on a machine without it."""
+    (tmp_path / "uvloop").mkdir()
+    (tmp_path / "uvloop" / "__init__.py").write_text('raise ImportError("no uvloop on this machine")\n')
+    return (str(tmp_path),)
+
+
+def test_without_uvloop_auto_runs_on_asyncio(redis_url: str, tmp_path: Path) -> None:
+    process = start_probe(python_path=without_uvloop(tmp_path), redis_url=redis_url, stop_after_s="0.2")
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    [started] = [e for e in events(stderr) if e["event"] == "event loop"]
+    assert started["loop"] == "asyncio"
+
+
+def test_uvloop_asked_for_and_missing_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    code, stderr = finish(start_probe(python_path=without_uvloop(tmp_path), event_loop="uvloop"))
+    assert code == 2
+    first = stderr.splitlines()[0]
+    assert first.startswith("graflow-probe: GRAFLOW_PROBE_EVENT_LOOP=uvloop but uvloop cannot be imported")
+    assert "no uvloop on this machine" in first and "GRAFLOW_PROBE_EVENT_LOOP=asyncio" in first
+    assert [e["event"] for e in events(stderr)] == ["bad configuration"]
+
+
+def test_an_unknown_event_loop_exits_2_naming_the_setting() -> None:
+    code, stderr = finish(start_probe(event_loop="trio"))
+    assert code == 2
+    assert "graflow-probe: invalid settings: GRAFLOW_PROBE_EVENT_LOOP" in stderr.splitlines()[0]
 
 
 def test_bad_settings_exit_2_with_one_line_on_stderr_and_a_log_line() -> None:
@@ -106,8 +152,9 @@ def test_parts_that_ask_to_stop_end_the_process_with_0(redis_url: str) -> None:
     assert "probe stopped" in [e["event"] for e in events(stderr)]
 
 
-def test_a_signal_during_start_up_cancels_it_and_stops_what_was_started(redis_url: str) -> None:
-    process = start_probe(redis_url=redis_url, start_delay_s="60")
+@LOOPS
+def test_a_signal_during_start_up_cancels_it_and_stops_what_was_started(redis_url: str, loop: str) -> None:
+    process = start_probe(redis_url=redis_url, start_delay_s="60", event_loop=loop)
     deadline = time.monotonic() + 30
     assert process.stderr is not None
     for line in process.stderr:  # up to the start-up's first line
@@ -121,9 +168,12 @@ def test_a_signal_during_start_up_cancels_it_and_stops_what_was_started(redis_ur
     assert "probe stopped" in names
 
 
-def test_a_second_signal_exits_at_once_with_130(redis_url: str) -> None:
+@LOOPS
+def test_a_second_signal_exits_at_once_with_130(redis_url: str, loop: str) -> None:
     port = free_port()
-    process = start_probe(redis_url=redis_url, listen_address=f"127.0.0.1:{port}", stop_hangs="true")
+    process = start_probe(
+        redis_url=redis_url, listen_address=f"127.0.0.1:{port}", stop_hangs="true", event_loop=loop
+    )
     wait_serving(process, port)
     process.send_signal(signal.SIGTERM)
     assert process.stderr is not None

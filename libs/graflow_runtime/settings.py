@@ -17,6 +17,9 @@ from graflow_runtime.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+# The event loop of a service process; "auto": uvloop when it is installed, asyncio otherwise.
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
+
 
 class SettingsError(ConfigurationError):
     """Raised when environment variables hold invalid settings."""
@@ -43,6 +46,8 @@ class ServiceSettings(BaseSettings):
     # Circuit breaker: consecutive infrastructure failures that open it, and seconds before a probe.
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=2.0, gt=0)
+    # graflow_runtime.lifecycle.event_loop.
+    event_loop: EventLoopChoice = "auto"
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

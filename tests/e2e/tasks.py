@@ -86,6 +86,13 @@ def echo(ctx: TaskContext, payload: Any) -> Any:
 
 
 @task(inject_context=True)
+def blob(ctx: TaskContext, size: int) -> str:
+    """A result of ``size`` characters (tests/e2e/wait_test.py: results too large to come inline)."""
+    record(ctx)
+    return "x" * size
+
+
+@task(inject_context=True)
 def explode(ctx: TaskContext, message: str = "boom") -> None:
     record(ctx)
     raise ValueError(message)

@@ -46,6 +46,15 @@ def test_no_pex_contains_a_test_module():
     assert not {name: files for name, files in shipped.items() if files}
 
 
+def test_every_pex_carries_uvloop():
+    """The services' event loop: inference does not see it (graflow_runtime.lifecycle), the
+    services' targets depend on it."""
+    for name, path in PEXES.items():
+        with zipfile.ZipFile(path) as archive:
+            wheels = {entry.split("/")[1] for entry in archive.namelist() if entry.startswith(".deps/")}
+        assert any(wheel.startswith("uvloop-") for wheel in wheels), (name, sorted(wheels))
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -235,6 +235,9 @@ def test_readme_services_block_runs_each_service_from_its_wheel(venv: Path, proj
             for process in reversed(processes):
                 process.stop(signal.SIGTERM)
     assert [p.popen.returncode for p in processes] == [0, 0, 0, 0], [p.output() for p in processes]
+    # Each ran on the uvloop its wheel requires.
+    loops = [[json.loads(line)["loop"] for line in p.lines if '"event loop"' in line] for p in processes]
+    assert all(len(loop) == 1 and loop[0].startswith("uvloop ") for loop in loops), loops
 
 
 def test_each_file_is_in_one_wheel_and_requirements_are_the_declared_ranges():
@@ -250,13 +253,32 @@ def test_each_file_is_in_one_wheel_and_requirements_are_the_declared_ranges():
     assert not [name for name in owners if is_test_module(name)]
 
     graflow = next(w for w in wheels if w.name.startswith("graflow-"))
-    with zipfile.ZipFile(graflow) as archive:
-        metadata = archive.read(f"graflow-{__version__}.dist-info/METADATA").decode()
-    requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines()
-                if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+    requires = requires_dist(graflow)
     assert requires and all("==" not in r for r in requires), requires  # ranges, not lockfile pins
-    names = {r.split(" ")[0].split("[")[0].split("<")[0].split(">")[0].lower() for r in requires}
+    names = {requirement_name(r) for r in requires}
     assert not names & {"pytest", "pytest-asyncio", "testcontainers", "docker", "types-protobuf"}, names
     assert {"grpcio", "redis", "click", "rich"} <= names, names
     grpcio = next(r for r in requires if r.startswith("grpcio") and r[6:7] in " <>=(")
     assert "<2" in grpcio and ">=1.66" in grpcio, grpcio  # the range of 3rdparty/python/requirements.txt
+
+
+def requires_dist(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of ``wheel``'s metadata, those of extras left out."""
+    name = wheel.name.split("-")[0]
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"{name}-{__version__}.dist-info/METADATA").decode()
+    return [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines()
+            if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+
+
+def requirement_name(requirement: str) -> str:
+    return requirement.split(" ")[0].split(";")[0].split("[")[0].split("<")[0].split(">")[0].lower()
+
+
+def test_the_services_wheels_require_uvloop_and_the_sdk_wheel_does_not():
+    wheels = {wheel.name.split("-")[0]: wheel for wheel in Path.cwd().glob("*.whl")}
+    assert set(wheels) == set(WHEELS), wheels
+    assert "uvloop" not in {requirement_name(r) for r in requires_dist(wheels["graflow"])}
+    for service in WHEELS[1:]:
+        [uvloop] = [r for r in requires_dist(wheels[service]) if requirement_name(r) == "uvloop"]
+        assert "win32" in uvloop, uvloop  # the range and marker of 3rdparty/python/requirements.txt

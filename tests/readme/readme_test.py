@@ -203,3 +203,6 @@ def test_grpcurl_block_submits_watches_and_reads_results(stack, shell_env, tmp_p
     assert "graflow_api.v1.Scheduler" in next(iter(outputs.values()))
     results = next(out for command, out in outputs.items() if "GetResults" in command)
     assert '"node_id": "report"' in results
+    ended = next(out for command, out in outputs.items() if "WaitRun" in command)
+    assert '"status": "RUN_STATUS_SUCCEEDED"' in ended and '"results_inline": true' in ended
+    assert '"node_id": "report"' in ended

@@ -70,6 +70,21 @@ async def test_a_repeated_delivery_within_one_batch_is_a_duplicate(
     assert await redis.xlen(keys.queue_stream("default")) == 1
 
 
+async def test_one_batch_records_the_attempts_of_several_runs_each_with_its_expiry(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[
+        delivery("a"), delivery("b"), delivery("a", run_id="run-2"), delivery("a", attempt=2),
+        delivery("b", run_id="run-2", attempt=3), delivery("b", run_id="run-2", attempt=2)]))
+
+    assert (reply.accepted, reply.duplicates) == (4, 2)
+    assert await redis.hgetall(keys.dispatch_record("run-1")) == {b"a": b"2", b"b": b"1"}
+    assert await redis.hgetall(keys.dispatch_record("run-2")) == {b"a": b"1", b"b": b"3"}
+    assert await redis.ttl(keys.dispatch_record("run-1")) > 0
+    assert await redis.ttl(keys.dispatch_record("run-2")) > 0
+
+
 async def test_a_higher_attempt_is_accepted_and_a_lower_one_is_a_duplicate(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:

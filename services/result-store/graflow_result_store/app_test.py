@@ -66,6 +66,19 @@ async def test_one_batch_spans_several_runs(stub):
     assert await values(stub, "r2", "a") == {"a": b"2"}
 
 
+async def test_a_large_batch_of_interleaved_runs_keeps_the_highest_attempt_of_each_node(stub):
+    await put(stub, result("n0", 5, 50, run="r2"))
+    batch = [result(f"n{i}", 1, i, run=f"r{i % 2 + 1}") for i in range(2_500)]
+    batch += [result("n1", 1, 999, run="r2"), result("n2", 2, 222), result("n2", 1, 0)]
+
+    dispositions = await put(stub, *batch)
+
+    assert dispositions[:2] == [STORED, STORED] and dispositions[2_500:] == [DUPLICATE, STORED, STALE]
+    assert dispositions.count(STORED) == 2_501
+    assert await values(stub, "r1", "n0", "n2", "n2498") == {"n0": b"0", "n2": b"222", "n2498": b"2498"}
+    assert await values(stub, "r2", "n0", "n1", "n2499") == {"n0": b"50", "n1": b"1", "n2499": b"2499"}
+
+
 async def test_results_expire_with_the_retention_period(stub, redis):
     await put(stub, result("a", 1, 1))
     assert 0 < await redis.ttl("gf:res:{r1}") <= 3600

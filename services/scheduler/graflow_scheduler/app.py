@@ -18,6 +18,8 @@ from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
+from graflow_scheduler.api.ends import RunEnds
+from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.api.servicer import SchedulerServicer
 from graflow_scheduler.downstream.coordinator import Dispatcher
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
@@ -39,6 +41,8 @@ from graflow_scheduler.waits.timer import WaitTimer
 
 log = structlog.get_logger(__name__)
 
+# CLIENT LIST name of the connection of the process's reader of gf:ended.
+RUN_ENDS_CLIENT = "graflow-scheduler-run-ends"
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
@@ -54,7 +58,8 @@ def _downstream(name: str, settings: SchedulerSettings) -> Downstream:
 class SchedulerApp:
     """The scheduler wired on its settings and a Redis client, which it owns (closed by ``stop``).
     ``WatchRun`` reads through a client of its own (``watch_redis``, ``WATCH_MAX_CONNECTIONS``
-    connections): each watcher holds a connection while it blocks."""
+    connections): each watcher of all events holds a connection while it blocks. The callers
+    waiting for a run's end share one reader of ``gf:ended`` (``run_ends``, on ``ends_redis``)."""
 
     def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis) -> None:
         s = self.settings = settings
@@ -77,6 +82,9 @@ class SchedulerApp:
         feedback = FeedbackRequests(self.store, resumed)
         children = ChildRuns(self.store, resumed)
         self.wait_timer = WaitTimer(redis, feedback, children, interval_s=s.wait_timer_interval_s)
+        # One reader of gf:ended for the process's waiters, on a connection of its own.
+        self.ends_redis = connect(s.redis_url, max_connections=1, client_name=RUN_ENDS_CLIENT)
+        self.run_ends = RunEnds(self.ends_redis, block_ms=s.watch_block_ms)
         self.servicer = SchedulerServicer(
             self.store,
             reader,
@@ -86,6 +94,7 @@ class SchedulerApp:
             dispatcher,
             feedback,
             children,
+            RunResults(reader, self.run_ends),
             limits=limits,
             watch_block_ms=s.watch_block_ms,
         )
@@ -132,6 +141,7 @@ class SchedulerApp:
     async def start(self) -> None:
         await self.store.load_scripts()
         await self.consumer.stream.ensure_group()
+        await self.run_ends.start_reading()  # before any call can wait for a run's end
         await self.server.start()
         await self.sweep.sweep_safely()  # what a previous process left READY
         self.consumer.start()
@@ -152,6 +162,8 @@ class SchedulerApp:
         await self.sweep.stop()
         await self.wait_timer.stop()
         await self.server.stop(grace)
+        await self.run_ends.stop()
+        await self.ends_redis.aclose()
         await self.coordinator_channel.close()
         await self.result_store_channel.close()
         await self.watch_redis.aclose()

@@ -17,12 +17,15 @@ For every parameter (after the context parameter when ``inject_context=True``):
 A ``**kwargs`` parameter receives, by node id, every upstream result (and bound argument) that no
 named parameter took. Bound arguments matching no parameter fail the attempt unless there is a
 ``**kwargs``.
+
+So a task binds no upstream result when it has no ``**kwargs`` and a bound argument supplies every
+parameter (or it has none): :func:`binds_upstream` is false, and the worker fetches nothing for it.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +86,22 @@ def _own_params(task: TaskFunc) -> list[inspect.Parameter]:
             )
         params = params[1:]
     return params
+
+
+def binds_upstream(task: TaskFunc, bound_names: Collection[str]) -> bool:
+    """Whether binding can take an upstream result: ``task`` has a ``**kwargs`` (it receives the
+    results no parameter took) or a parameter that no bound argument (``bound_names``) supplies
+    (upstream results come before the channel and the default). False for a signature that can't
+    be bound at all (the attempt fails whatever upstream holds)."""
+    try:
+        params = _own_params(task)
+    except BindingError:
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name not in bound_names)
+        for p in params
+    )
 
 
 def channel_candidates(

@@ -1,5 +1,6 @@
 """Parameter binding's channel fallback: bound args and upstream results first, then channel keys
-of the parameter's name, then defaults; one batched channel read, none when nothing is missing."""
+of the parameter's name, then defaults; one batched channel read, none when nothing is missing;
+upstream results fetched only for tasks whose parameters can bind them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from graflow import payload
 from graflow_api.v1 import messages_pb2
 
-from graflow_worker.binding import bind, channel_candidates
+from graflow_worker.binding import bind, binds_upstream, channel_candidates
 from graflow_worker.registry import load_registry
 from graflow_worker.runner import Execution, Runner
 from graflow_worker.testing.services import TASKS_MODULE, envelope
@@ -102,3 +103,30 @@ def test_upstream_task_type_names_are_not_channel_candidates(registry):
     names = channel_candidates(task, bound_args={}, input_node_ids=["f1"], upstream={"f1": 1},
                                upstream_types={"f1": "x"})
     assert names == ["y", "z"]
+
+
+def test_a_task_binds_upstream_results_unless_bound_arguments_supply_every_parameter(registry):
+    tasks = registry.tasks
+    assert not binds_upstream(tasks["refuse"], ())
+    assert not binds_upstream(tasks["add"], {"a": 1, "b": 2})
+    assert binds_upstream(tasks["add"], {"a": 1})  # b has a default, but an upstream node 'b' comes first
+    assert binds_upstream(tasks["collect"], ())  # **kwargs takes every upstream result
+    assert binds_upstream(tasks["collect_with_base"], {"base": 1})
+    assert not binds_upstream(tasks["with_channel"], {"key": "k", "value": 1})  # the context is not bound
+
+
+def test_the_runner_fetches_upstream_results_only_for_parameters_that_bind_them(registry):
+    runner = Runner(registry, worker_id="w", concurrency=1)
+    try:
+        assert runner.needs_upstream(envelope("r", "n", "add", args={"b": 1}, inputs=["a"]))
+        assert not runner.needs_upstream(envelope("r", "n", "add", args={"a": 1, "b": 1}, inputs=["a"]))
+        assert not runner.needs_upstream(envelope("r", "n", "add", args={"b": 1}))  # no upstream node
+        assert not runner.needs_upstream(envelope("r", "n", "refuse", inputs=["a"]))
+        assert not runner.needs_upstream(envelope("r", "n", "not_registered", inputs=["a"]))
+        iterating = envelope("r", "n", "refine", inputs=["a"])
+        assert runner.needs_upstream(iterating)  # draft
+        iterating.args_json = payload.dumps({"draft": 1})
+        iterating.iteration_data_json = b"[1]"
+        assert not runner.needs_upstream(iterating)  # data: the previous cycle's next_iteration
+    finally:
+        runner.close()

@@ -14,7 +14,9 @@ every ``RESYNC_INTERVAL_S`` the loop compares the consumer's pending list with t
 holds and takes up the ones it does not hold (:meth:`Consumer._resync`).
 
 For each read batch: undecodable entries go to dead letters (``XADD gf:deadletters`` + ``XACK`` in one
-``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, and each
+``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, for the
+deliveries whose parameters can bind one (:meth:`Runner.needs_upstream`: a task whose parameters
+are all bound arguments, or that has none, gets no upstream results and needs no call), and each
 envelope runs in its own asyncio task; finished attempts go to the committer.
 
 Invariant 11 (a run that has ended starts no more work): concurrently with the upstream fetch, one
@@ -310,10 +312,11 @@ class Consumer:
                                            fields.get(keys.ENDED_CURSOR_FIELD) if fresh else None))
         if not deliveries:
             return
+        fetching = [d for d in deliveries if self._runner.needs_upstream(d.envelope)]
         try:
-            if any(d.envelope.input_node_ids for d in deliveries):
+            if fetching:
                 upstream, checked = await asyncio.gather(
-                    self._fetch_upstream(deliveries), self._check_ended(deliveries), return_exceptions=True)
+                    self._fetch_upstream(fetching), self._check_ended(deliveries), return_exceptions=True)
                 for outcome in (upstream, checked):
                     if isinstance(outcome, BaseException):
                         raise outcome
@@ -332,8 +335,9 @@ class Consumer:
             for delivery in deliveries:
                 self._finish(delivery.stream, delivery.entry_id)
             raise
+        wanted = {id(d) for d in fetching}
         for delivery in deliveries:
-            runs = upstream.get(delivery.envelope.run_id, {})
+            runs = upstream.get(delivery.envelope.run_id, {}) if id(delivery) in wanted else {}
             self._spawn(self._execute(delivery, runs))
 
     async def _check_ended(self, deliveries: Iterable[Delivery]) -> set[str]:
@@ -401,14 +405,11 @@ class Consumer:
         return Execution(outcome=outcome)
 
     async def _fetch_upstream(self, deliveries: Iterable[Delivery]) -> dict[str, Any]:
-        """run id -> {node id: NodeResult}, or the error of that run's GetResults (a business error;
-        unavailability is retried until the worker stops)."""
+        """run id -> {node id: NodeResult} of the upstream nodes of ``deliveries``, or the error of
+        that run's GetResults (a business error; unavailability is retried until the worker stops)."""
         wanted: dict[str, set[str]] = {}
         for delivery in deliveries:
-            if delivery.envelope.input_node_ids:
-                wanted.setdefault(delivery.envelope.run_id, set()).update(delivery.envelope.input_node_ids)
-        if not wanted:
-            return {}
+            wanted.setdefault(delivery.envelope.run_id, set()).update(delivery.envelope.input_node_ids)
         runs = list(wanted)
         responses = await asyncio.gather(
             *(self._get_results(run, sorted(wanted[run])) for run in runs), return_exceptions=True

@@ -51,7 +51,7 @@ from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import telemetry
 from graflow_runtime.limits import DEFAULT_MAX_CYCLES
 
-from graflow_worker.binding import BindingError, bind, channel_candidates
+from graflow_worker.binding import BindingError, bind, binds_upstream, channel_candidates
 from graflow_worker.cancellation import Cancellations
 from graflow_worker.channel import read_channel_values
 from graflow_worker.intake import Intake
@@ -154,6 +154,22 @@ class Runner:
     def close(self) -> None:
         """Stop the pool without waiting; threads still running finish on their own."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def needs_upstream(self, envelope: messages_pb2.TaskEnvelope) -> bool:
+        """Whether the attempt's parameters can bind an upstream result, so its upstream results
+        are to be fetched (:func:`graflow_worker.binding.binds_upstream`). False for an unknown
+        task type or arguments that are not a JSON object: the attempt fails on them before
+        binding, whatever upstream holds."""
+        if not envelope.input_node_ids:
+            return False
+        task = self.registry.tasks.get(envelope.task_type)
+        if task is None or not binds_upstream(task, ()):
+            return False
+        try:
+            bound_args = _with_iteration_data(task, envelope, payload.decode_args(envelope.args_json))
+        except (BindingError, PayloadError, ValueError):
+            return False
+        return binds_upstream(task, bound_args)
 
     async def run(self, envelope: messages_pb2.TaskEnvelope, upstream: Mapping[str, common_pb2.Payload],
                   upstream_types: Mapping[str, str] | None = None) -> Execution:

@@ -76,6 +76,44 @@ async def test_upstream_results_of_a_read_batch_are_fetched_with_one_get_results
     assert (request.run_id, list(request.node_ids)) == ("r1", ["a"])
 
 
+async def test_no_get_results_for_tasks_whose_parameters_bind_no_upstream_result(stack):
+    stack.store.put("r1", "a", 5)
+    # No parameter, or every parameter a bound argument: nothing to fetch.
+    await enqueue(stack.redis, envelope("r1", "n1", "refuse", inputs=["a"]),
+                  envelope("r1", "n2", "add", args={"a": 1, "b": 2}, inputs=["a"]),
+                  envelope("r1", "n3", "repeat", args={"text": "ab", "times": 2}, inputs=["a"]))
+    await stack.start_worker(concurrency=8)
+    found = {o.node_id: o for o in await wait_outcomes(stack.redis, 3)}
+    assert found["n2"].status == SUCCEEDED and stack.store.value("r1", "n2") == 3
+    assert stack.store.value("r1", "n3") == "abab"
+    assert found["n1"].status == FAILED and found["n1"].error.type == "NonRetryableError"
+    assert stack.store.get_calls == []
+
+
+async def test_a_batch_fetches_upstream_results_only_for_the_deliveries_that_bind_them(stack):
+    stack.store.put("r1", "a", 5)
+    stack.store.put("r1", "b", 7)
+    await enqueue(stack.redis, envelope("r1", "n1", "add", args={"b": 1}, inputs=["a"]),
+                  envelope("r1", "n2", "add", args={"a": 1, "b": 2}, inputs=["b"]),
+                  envelope("r1", "n3", "collect", inputs=["a"]))
+    await stack.start_worker(concurrency=8)
+    await wait_outcomes(stack.redis, 3)
+    assert stack.store.value("r1", "n1") == 6
+    assert stack.store.value("r1", "n2") == 3
+    assert stack.store.value("r1", "n3") == {"a": 5}
+    assert {n for call in stack.store.get_calls for n in call.node_ids} == {"a"}
+
+
+async def test_a_refused_fetch_does_not_fail_a_delivery_that_binds_no_upstream_result(stack):
+    stack.store.get_results_error = grpc.StatusCode.INVALID_ARGUMENT
+    await stack.start_worker()
+    await enqueue(stack.redis, envelope("r1", "n1", "add", args={"b": 1}, inputs=["a"]),
+                  envelope("r1", "n2", "add", args={"a": 1, "b": 2}, inputs=["a"]))
+    found = {o.node_id: o for o in await wait_outcomes(stack.redis, 2)}
+    assert found["n1"].error.type == "UpstreamFetchFailed"
+    assert found["n2"].status == SUCCEEDED and stack.store.value("r1", "n2") == 3
+
+
 async def test_upstream_result_reaches_a_parameter_named_after_its_task_type(stack):
     await stack.start_worker()
     await enqueue(stack.redis, envelope("r1", "c", "add", args={"a": 3, "b": 0}))

@@ -6,6 +6,8 @@ server's interceptor turns them into their gRPC status."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
 
+from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
@@ -29,6 +32,7 @@ from graflow_scheduler.state.runids import new_run_id, run_id_problem
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
     ENDED_STATUSES,
+    TERMINAL_EVENT_TYPES,
     event_from_entry,
     event_type,
     is_terminal,
@@ -47,6 +51,8 @@ LIST_DEFAULT, LIST_MAX = 50, 1000
 WATCH_BATCH = 500
 REASON_MAX = 1024
 _CURSOR = re.compile(r"\d{1,20}-\d{1,20}")
+# A terminal-only watch of an ended run finds its terminal event among this many newest events.
+LAST_EVENTS = 16
 
 
 def _now_ms() -> int:
@@ -99,6 +105,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         dispatcher: Dispatcher,
         feedback: FeedbackRequests,
         children: ChildRuns,
+        results: RunResults,
         *,
         limits: Limits,
         watch_block_ms: int = 5000,
@@ -111,6 +118,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.dispatcher = dispatcher
         self.feedback = feedback
         self.children = children
+        self.results = results
         self.limits = limits
         self.watch_block_ms = watch_block_ms
 
@@ -123,6 +131,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def SubmitRun(  # noqa: N802 - gRPC method name
         self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SubmitRunResponse:
+        if not request.wait_ms:
+            return await self._submit(request, new_run_id())
+        run_id = new_run_id()
+        # Registered before the run exists: its end cannot come before, no status to read.
+        with self.results.ends.waiting(run_id) as ended:
+            response = await self._submit(request, run_id)
+            if response.created:
+                result = await self.results.wait_registered(run_id, ended, request.wait_ms)
+        if not response.created:  # the idempotency key named an existing run
+            result = await self.results.wait(response.run_id, request.wait_ms)
+        response.result.CopyFrom(result)
+        return response
+
+    async def WaitRun(  # noqa: N802
+        self, request: scheduler_pb2.WaitRunRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RunResult:
+        _check_run_id(request.run_id)
+        return await self.results.wait(request.run_id, request.wait_ms)
+
+    async def _submit(
+        self, request: scheduler_pb2.SubmitRunRequest, run_id: str
     ) -> scheduler_pb2.SubmitRunResponse:
         problem = _request_problem(request)
         if problem:
@@ -139,7 +169,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise Unavailable(f"cannot store the graph: {exc}; retry later") from exc
         except grpc.aio.AioRpcError as exc:
             raise ServiceError(f"result-store rejected the graph: {exc.details()}") from exc
-        run_id = new_run_id()
         # A parent that ended or does not exist: ParentEnded, ParentNotFound (nothing created).
         created = await self.store.create_run(
             plan,
@@ -204,6 +233,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             )
         wanted = frozenset(request.types)
         cursor = request.cursor or "0-0"
+        if wanted and wanted <= TERMINAL_EVENT_TYPES:
+            # Only the end is wanted: wait for it on the process's reader of gf:ended, woken by
+            # the end alone rather than by every event of the run.
+            terminal = await self._terminal_event(run_id, cursor, context)
+            if terminal is not None and terminal.type in wanted:
+                yield terminal
+            return
         entries: list[tuple[bytes, dict[bytes, bytes]]] | None = await self.watch_reader.read_events(
             run_id, cursor, count=WATCH_BATCH
         )
@@ -240,6 +276,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 # A short batch reached the end of the stream: next, wait for new events (reading
                 # again at once would find nothing); a full one may have more behind it.
                 entries = [] if len(entries) < WATCH_BATCH else None
+
+    async def _terminal_event(
+        self, run_id: str, cursor: str, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RunEvent | None:
+        """The run's terminal event after ``cursor`` once the run ended (None when it comes before
+        the cursor, or the run expired meanwhile). Raises RunNotFound for an unknown run."""
+        with self.results.ends.waiting(run_id) as ended:
+            status = await self.watch_reader.status(run_id)
+            if status is None:
+                raise RunNotFound(run_id)
+            while status not in ENDED_STATUSES and not context.done():
+                with contextlib.suppress(TimeoutError):
+                    # Re-checked at least every watch_block_ms (a run that expired meanwhile).
+                    await asyncio.wait_for(asyncio.shield(ended), self.watch_block_ms / 1000)
+                status = await self.watch_reader.status(run_id)
+                if status is None:
+                    return None
+        # The terminal event is appended with the end, as the run's last event.
+        for entry_id, fields in await self.watch_reader.last_events(run_id, cursor, count=LAST_EVENTS):
+            if is_terminal_entry(fields):
+                return event_from_entry(run_id, entry_id, fields)
+        return None
 
     async def CancelRun(  # noqa: N802
         self, request: scheduler_pb2.CancelRunRequest, context: grpc.aio.ServicerContext

@@ -133,6 +133,20 @@ def test_closure_lists_successors_and_group_successors_recursively():
     assert json.loads(plan.closure_json("c", failed=False))[0]["c"] == 0
 
 
+def test_members_of_a_fan_out_share_one_encoded_closure_and_flow():
+    members = [f"m{i}" for i in range(3)]
+    plan = compile_spec(spec(["a", *members, "z"], ["a>g", "g>z"], [group("g", members)]))
+    closures = {id(plan.closure_json(m, failed=False)) for m in members}
+    flows = {id(plan.flow_json(m)) for m in members}
+    assert len(closures) == 1 and len(flows) == 1
+    assert json.loads(plan.closure_json("m2", failed=False)) == [
+        {"i": "g", "k": "g", "p": 3, "u": 1, "pol": "strict", "n": 0, "c": 0,
+         "s": [{"i": "z", "k": "t", "p": 1}]}
+    ]
+    assert plan.closure_json("m0", failed=True) != plan.closure_json("m0", failed=False)
+    assert json.loads(plan.flow_json("m1")) == {"ms": plan.max_steps, "mc": plan.task("m1").max_cycles}
+
+
 # ---- rejections --------------------------------------------------------------------------------
 
 

@@ -121,6 +121,9 @@ class Plan:
     defaults: NodeDefaults = field(default_factory=NodeDefaults)
     _closures: dict[tuple[str, bool], str] = field(default_factory=dict, compare=False, repr=False)
     _flows: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # The JSON texts by what determines them, shared by the nodes they are the same for (the
+    # members of a fan-out have one closure and one flow): encoded once per plan, not per node.
+    _texts: dict[tuple[object, ...], str] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, node_id: str) -> TaskData:
         node = self.nodes[node_id]
@@ -135,12 +138,19 @@ class Plan:
         predecessor once (several predecessors, groups); for groups also ``pol`` policy, ``n``
         min_success, ``c`` 1 when the parent is one of the group's critical members, ``s`` the
         group's successor entries, and (failure closures of small groups) ``m`` member ids.
-        Computed once per node and kept.
+        Computed once per node and kept; encoded once for all the nodes with the same successors
+        (and the same place among the critical members of the groups among them).
         """
         key = (node_id, failed)
         cached = self._closures.get(key)
         if cached is None:
-            cached = json.dumps(self._entries(node_id, failed), separators=(",", ":"))
+            successors = self.nodes[node_id].successors
+            shape = ("closure", successors, failed,
+                     tuple(node_id in self.nodes[succ].critical_ids for succ in successors))
+            cached = self._texts.get(shape)
+            if cached is None:
+                cached = json.dumps(self._entries(node_id, failed), separators=(",", ":"))
+                self._texts[shape] = cached
             self._closures[key] = cached
         return cached
 
@@ -183,10 +193,16 @@ class Plan:
         return flow
 
     def flow_json(self, node_id: str) -> str:
-        """:meth:`flow` as JSON, computed once per node and kept."""
+        """:meth:`flow` as JSON, computed once per node and kept; encoded once for all the nodes
+        that close no loop and have the same max cycles."""
         cached = self._flows.get(node_id)
         if cached is None:
-            cached = json.dumps(self.flow(node_id), separators=(",", ":"))
+            shape = None if self.nodes[node_id].loops else ("flow", self.task(node_id).max_cycles)
+            cached = self._texts.get(shape) if shape else None
+            if cached is None:
+                cached = json.dumps(self.flow(node_id), separators=(",", ":"))
+                if shape:
+                    self._texts[shape] = cached
             self._flows[node_id] = cached
         return cached
 

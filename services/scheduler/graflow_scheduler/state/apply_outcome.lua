@@ -31,7 +31,9 @@ local retention, idem_prefix = ARGV[10], ARGV[11]
 local worker_lost = ARGV[12] == '1'
 local flow = decode_flow(ARGV[13], node)
 
-local run_status = redis.call('HGET', KEYS[K_META], 'status')
+-- The meta fields this outcome's own transition updates, read once (written back in one HSET).
+local meta = redis.call('HMGET', KEYS[K_META], 'status', 'pending', 'ready')
+local run_status = meta[1]
 if not run_status then return {'unknown_run', {}, {}, ''} end
 if not is_live(run_status) then return {'ignored', {}, {}, run_status} end
 local state = redis.call('HGET', KEYS[K_STATE], node)
@@ -77,7 +79,6 @@ if not live or attempt ~= current then
   return {code, again, retry, run_status, {cyc, {}}}
 end
 
-redis.call('HSET', KEYS[K_META], 'updated', now)
 if state == 'WAITING' then
   close_wait(run_id, node)
   delay = -1
@@ -90,6 +91,7 @@ if status == 'W' then
     err = error_info('InvalidWait', string.format("'%s' waits on '%s', which this run waited on before " ..
       '(a feedback request id, or a child run); give each feedback request of a run its own id', node, wait_id))
   else
+    redis.call('HSET', KEYS[K_META], 'updated', now)
     local what = feedback and ("feedback '" .. wait_id .. "'") or ('child run ' .. string.sub(record, 7))
     park(run_id, node, attempt, wait_id, record, feedback, deadline, now, 'waiting for ' .. what, worker)
     local ready, cyc = {}, {}
@@ -114,6 +116,7 @@ local function finish_node(id, new_state)
 end
 
 if status == 'F' and delay >= 0 then
+  redis.call('HSET', KEYS[K_META], 'updated', now)
   local next_attempt = attempt + 1
   redis.call('HSET', KEYS[K_ATTEMPT], node, next_attempt)
   redis.call('HSET', KEYS[K_ERRORS], node, err)
@@ -132,11 +135,17 @@ if status == 'F' and delay >= 0 then
   return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, settle_pause(now), {cyc, {}}}
 end
 
+-- The node finishes: its state, then in one write 'updated' and the counters finish_node and
+-- set_state would change, from the values read at the start (nothing has changed them since).
+redis.call('HSET', KEYS[K_STATE], node, (status == 'S') and 'SUCCEEDED' or 'FAILED')
+local counters = {'updated', now, 'pending', tonumber(meta[2] or '0') - 1}
+if state == 'READY' then
+  counters[5], counters[6] = 'ready', tonumber(meta[3] or '0') - 1
+end
+redis.call('HSET', KEYS[K_META], unpack(counters))
 if status == 'S' then
-  finish_node(node, 'SUCCEEDED')
   add_event(now, 'NODE_SUCCEEDED', node, attempt, '', worker, '')
 else
-  finish_node(node, 'FAILED')
   redis.call('HSET', KEYS[K_ERRORS], node, err)
   add_event(now, 'NODE_FAILED', node, attempt, '', worker, err)
 end
@@ -220,7 +229,7 @@ end
 local ended = dir_err -- {failed_node, ErrorInfo bytes[, mark it FAILED]} once the run fails
 local work = {}
 if propagate and not ended then work[1] = {closure, status == 'S', node, flow.c} end
-local head = 1
+local head, released_n = 1, 0
 while head <= #work and not ended do
   local list, ok, src = work[head][1], work[head][2], work[head][3]
   local mark = work[head][4] or src -- the predecessor a join counts (see join_add)
@@ -239,20 +248,24 @@ while head <= #work and not ended do
   for _, e in ipairs(list) do
     if ended then break end
     if e.k == 't' then
-      if join_add(e, ':ok', mark) >= e.p then release(e.i, now, ready, cyc) end
+      if join_add(e, ':ok', mark) >= e.p and release(e.i, now, ready, cyc) then
+        released_n = released_n + 1
+      end
     else
-      local ok_n, fail_n, cfail_n, fresh
+      local ok_n, fail_n, cfail_n, fresh, other
       if ok then
         ok_n, fresh = join_add(e, ':ok', mark)
-        fail_n = count(e.i .. ':fail')
+        other = redis.call('HMGET', KEYS[K_JOIN], e.i .. ':fail', e.i .. ':cfail')
+        fail_n, cfail_n = tonumber(other[1] or '0'), tonumber(other[2] or '0')
       else
         fail_n, fresh = join_add(e, ':fail', mark)
-        ok_n = count(e.i .. ':ok')
-      end
-      if fresh and not ok and e.c == 1 then
-        cfail_n = redis.call('HINCRBY', KEYS[K_JOIN], e.i .. ':cfail', 1)
-      else
-        cfail_n = count(e.i .. ':cfail')
+        if fresh and e.c == 1 then
+          ok_n = count(e.i .. ':ok')
+          cfail_n = redis.call('HINCRBY', KEYS[K_JOIN], e.i .. ':cfail', 1)
+        else
+          other = redis.call('HMGET', KEYS[K_JOIN], e.i .. ':ok', e.i .. ':cfail')
+          ok_n, cfail_n = tonumber(other[1] or '0'), tonumber(other[2] or '0')
+        end
       end
       local group_state = redis.call('HGET', KEYS[K_STATE], e.i)
       if group_state == 'SKIPPED' then -- skipped by a jump, reached again by a later run
@@ -280,6 +293,8 @@ while head <= #work and not ended do
   end
 end
 
+-- The task nodes released above are READY now: meta 'ready' counts them, in one write.
+if released_n > 0 then redis.call('HINCRBY', KEYS[K_META], 'ready', released_n) end
 if not ended and status == 'S' and propagate then
   ended = fire_loops(flow.c, flow, now, ready, cyc, released)
 end
@@ -292,16 +307,18 @@ if ended then
     ended[1], "node '" .. ended[1] .. "' failed", ended[2])
   return {'applied', {}, {}, 'FAILED', {{}, added_ids}}
 end
-if tonumber(redis.call('HGET', KEYS[K_META], 'pending')) <= 0 then
+-- What is left of the run, in one read.
+local after = redis.call('HMGET', KEYS[K_META], 'pending', 'flow', 'status', 'waiting', 'ready')
+if tonumber(after[1]) <= 0 then
   finish_run(run_id, 'SUCCEEDED', now, retention, idem_prefix, {}, '', '', '')
   return {'applied', ready, {}, 'SUCCEEDED', {cyc, added_ids}}
 end
 -- After a jump, nodes may wait for nodes that will never run: once nothing is READY, they are
 -- skipped and the run ends.
-if #ready == 0 and redis.call('HGET', KEYS[K_META], 'flow') == '1' and run_is_idle() then
+if #ready == 0 and after[2] == '1' and run_is_idle() then
   skip_leftovers()
   finish_run(run_id, 'SUCCEEDED', now, retention, idem_prefix, {}, '', 'nothing left can run: the nodes ' ..
     'still waiting depended on nodes a jump skipped', '')
   return {'applied', {}, {}, 'SUCCEEDED', {{}, added_ids}}
 end
-return {'applied', ready, {}, settle_pause(now), {cyc, added_ids}}
+return {'applied', ready, {}, settle_pause(now, {after[3], after[4], after[5]}), {cyc, added_ids}}

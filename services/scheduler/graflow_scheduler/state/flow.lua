@@ -64,12 +64,14 @@ local function join_add(e, suffix, src)
 end
 
 -- Makes task `id` READY when it waits (PENDING, or SKIPPED by a jump while the run goes on). A
--- node that ran before (a loop) starts a new cycle; its attempt counter continues.
+-- node that ran before (a loop) starts a new cycle; its attempt counter continues. Returns true
+-- when it released it: the caller adds the nodes it released to meta 'ready' (set_state's count)
+-- in one write.
 local function release(id, now, ready, cyc)
   local st = redis.call('HGET', KEYS[K_STATE], id)
   if st ~= 'PENDING' and st ~= 'SKIPPED' then return false end
   if st == 'SKIPPED' then redis.call('HINCRBY', KEYS[K_META], 'pending', 1) end
-  set_state(id, 'READY', st)
+  redis.call('HSET', KEYS[K_STATE], id, 'READY')
   local a = redis.call('HINCRBY', KEYS[K_ATTEMPT], id, 1)
   local message = ''
   if a > 1 then

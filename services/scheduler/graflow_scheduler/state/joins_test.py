@@ -40,6 +40,28 @@ async def test_diamond_join_is_released_once_after_both_branches(store):
     assert [e for e in await run.events() if e == ("NODE_READY", "d")] == [("NODE_READY", "d")]
 
 
+async def test_meta_counts_the_ready_and_pending_nodes_through_a_fan_out(store):
+    members = ["m1", "m2", "m3"]
+    run = await RunHarness.create(
+        store, spec(["a", *members, "z"], ["a>g", "g>z"], [group("g", members, KIND.KIND_BEST_EFFORT)]))
+
+    async def counts():
+        meta, states = await run.meta(), await run.states()
+        ready = sum(1 for state in states.values() if state == "READY")
+        return int(meta["ready"]), int(meta["pending"]), ready
+
+    assert await counts() == (1, 6, 1)
+    await run.finish("a")
+    assert await counts() == (3, 5, 3)
+    await run.finish("m1")
+    await run.finish("m2", ok=False)
+    assert await counts() == (1, 3, 1)
+    await run.finish("m3")
+    assert await counts() == (1, 1, 1)
+    await run.finish("z")
+    assert await counts() == (0, 0, 0)
+
+
 async def test_strict_group_releases_its_successor_when_all_members_succeeded(store):
     run = await RunHarness.create(store, spec(["a", "b", "c", "d"], ["a>g", "g>d"], [group("g", ["b", "c"])]))
     assert ready_nodes(await run.finish("a")) == ["b", "c"]

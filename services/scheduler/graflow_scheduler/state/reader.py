@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from graflow_api.v1 import common_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2, scheduler_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.errors import BadPageToken, RunNotFound
 from graflow_scheduler.graph.dynamic import summaries as dynamic_summaries
 from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state import scripts
 from graflow_scheduler.state.runids import is_run_id
 from graflow_scheduler.state.store import NodeCycle
 from graflow_scheduler.state.views import add_nodes, run_from_meta
@@ -33,6 +34,19 @@ class ReadyRun:
     lost: dict[str, int] = field(default_factory=dict)
     # READY node on a re-run or with iteration data -> its cycle (absent = cycle 0, no data).
     cycles: dict[str, NodeCycle] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResultRead:
+    meta: dict[bytes, bytes]
+    # The sinks' results are in ``results`` (False: the run did not succeed, or they are larger).
+    inline: bool
+    results: list[result_store_pb2.NodeResult]
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply returned by a script (a flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def encode_page_token(score: int, run_id: str) -> str:
@@ -65,6 +79,15 @@ class RunReader:
     async def status(self, run_id: str) -> str | None:
         value = await self.redis.hget(keys.run_meta(run_id), "status")
         return value.decode() if value else None
+
+    async def run_result(self, run_id: str, *, inline_max_bytes: int) -> RunResultRead:
+        """The run's meta (empty for an unknown or expired run) and, once it SUCCEEDED, its sinks'
+        results when they total at most ``inline_max_bytes``: one round trip (run_result.lua)."""
+        meta, inline, values = await scripts.RUN_RESULT.run(
+            self.redis, [keys.run_meta(run_id), keys.results(run_id)], [inline_max_bytes]
+        )
+        results = [result_store_pb2.NodeResult.FromString(v) for v in values if v]
+        return RunResultRead(_pairs(meta), inline == 1, results)
 
     async def get_run(self, run_id: str, plan_lookup: PlanLookup) -> scheduler_pb2.Run:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -152,6 +175,13 @@ class RunReader:
         if not response:
             return []
         return list(response[0][1])
+
+    async def last_events(
+        self, run_id: str, after: str, *, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` of the newest event entries after ``after`` (exclusive), newest first."""
+        low = "-" if after == "0-0" else f"({after}"
+        return list(await self.redis.xrevrange(keys.run_events(run_id), "+", low, count=count))
 
     async def active_run_ids(self) -> list[str]:
         return [m.decode() async for m in self.redis.sscan_iter(keys.ACTIVE_RUNS, count=1000)]

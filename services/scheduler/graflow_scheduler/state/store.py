@@ -6,6 +6,7 @@ module and "Redis keys" in docs/architecture.md for the layout.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,10 +149,16 @@ def _parse_applied(raw: object) -> AppliedOutcome:
     )
 
 
-def _outcome_keys(outcome: OutcomeToApply) -> list[str]:
-    run_keys = flow_script_keys(outcome.run_id)
+@functools.lru_cache(maxsize=4096)
+def _run_flow_keys(run_id: str) -> tuple[str, ...]:
+    """:func:`flow_script_keys`, built once per run (each outcome of the run sends them)."""
+    return tuple(flow_script_keys(run_id))
+
+
+def _outcome_keys(outcome: OutcomeToApply) -> tuple[str, ...]:
+    run_keys = _run_flow_keys(outcome.run_id)
     if outcome.wait is not None and outcome.wait.child_meta_key:
-        run_keys.append(outcome.wait.child_meta_key)
+        return (*run_keys, outcome.wait.child_meta_key)
     return run_keys
 
 

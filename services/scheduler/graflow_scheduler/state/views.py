@@ -12,7 +12,7 @@ from graflow_scheduler.graph.plan import Plan
 
 Fields = Mapping[bytes, bytes]
 
-_TERMINAL_EVENTS = frozenset(
+TERMINAL_EVENT_TYPES = frozenset(
     {
         scheduler_pb2.RunEvent.TYPE_RUN_SUCCEEDED,
         scheduler_pb2.RunEvent.TYPE_RUN_FAILED,
@@ -127,7 +127,7 @@ def event_from_entry(run_id: str, entry_id: bytes, fields: Fields) -> scheduler_
 
 
 def is_terminal(event: scheduler_pb2.RunEvent) -> bool:
-    return event.type in _TERMINAL_EVENTS
+    return event.type in TERMINAL_EVENT_TYPES
 
 
 # Event type as stored (b"NODE_READY") -> RunEvent.Type, for filtering without building events.
@@ -144,4 +144,4 @@ def event_type(fields: Fields) -> int:
 
 
 def is_terminal_entry(fields: Fields) -> bool:
-    return event_type(fields) in _TERMINAL_EVENTS
+    return event_type(fields) in TERMINAL_EVENT_TYPES

@@ -57,8 +57,9 @@ local function resume(run_id, node, wait_id, answer, now, message)
 end
 
 -- PAUSED while the run has WAITING nodes and none READY; RUNNING otherwise. Returns the status.
-local function settle_pause(now)
-  local m = redis.call('HMGET', KEYS[K_META], 'status', 'waiting', 'ready')
+-- `m`: the meta fields {status, waiting, ready} when the caller has just read them.
+local function settle_pause(now, m)
+  m = m or redis.call('HMGET', KEYS[K_META], 'status', 'waiting', 'ready')
   local status = m[1]
   if not is_live(status) then return status end
   local idle = tonumber(m[2] or '0') > 0 and tonumber(m[3] or '0') <= 0
