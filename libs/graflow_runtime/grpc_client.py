@@ -41,7 +41,9 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in INFRASTRUCTURE_CODES
 
 
-class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _Token:
+    """Adds ``authorization: Bearer <token>`` to a call's metadata."""
+
     def __init__(self, token: str) -> None:
         self._metadata = ("authorization", f"Bearer {token}")
 
@@ -51,11 +53,22 @@ class _AuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unar
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# One interceptor per call shape: a channel files each interceptor under the first shape it is an
+# instance of, so one class of several shapes would intercept only unary-unary calls.
+class _UnaryUnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(client_call_details), request)
 
+
+class _UnaryStreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(client_call_details), request)
+
+
+class _StreamStreamToken(_Token, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(client_call_details), request_iterator)
 
 
 def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
@@ -63,7 +76,8 @@ def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
     (optionally) the auth token."""
     interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
     if auth_token:
-        interceptors.append(_AuthClientInterceptor(auth_token))
+        shapes = (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)
+        interceptors.extend(shape(auth_token) for shape in shapes)
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 

@@ -3,7 +3,8 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--json PATH] [--profile DIR [--py-spy PATH] [--profile-native]]
+        [--idle-seconds 5] [--set NAME=VALUE ...] [--json PATH]
+        [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
 the worker's default ``GRAFLOW_WORKER_CONCURRENCY`` unless ``--concurrency`` is given) and measures,
@@ -24,8 +25,9 @@ Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, 
 - ``many``: 1,000 runs of a 3-step chain submitted at once from 8 client threads: runs/s from the
   first submit to the last result, and the ``SubmitRun`` p50 meanwhile. Baseline: 1,000 requests of
   3 hops from 8 threads, and the XADD's p50. Target: >= 1,000 runs/s, ``SubmitRun`` p50 <= 1 ms.
-- ``idle``: nothing submitted for 5 s: the background cost per second of each process (heartbeats,
-  liveness checks, timers), so that it can be told from the per-task figures.
+- ``idle``: nothing submitted for 5 s (``--idle-seconds``): the background cost per second of
+  each process (heartbeats, liveness checks, timers), so that it can be told from the per-task
+  figures.
 - every measure: CPU per task summed over every process of the stack, Redis included, the
   benchmark's client not (baseline: Redis and the baseline's own process, per message of the
   fan-out baseline). Target: <= 150 us (the fan-out's). And Redis commands
@@ -256,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--many-threads", type=int, default=defaults.many_threads)
     parser.add_argument("--repeats", type=int, default=defaults.repeats,
                         help="timed runs of the chain and of the group (median)")
+    parser.add_argument("--idle-seconds", type=int, default=defaults.idle_s,
+                        help="length of the idle measure (a longer one resolves small per-second costs)")
+    parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
+                        help="extra environment of the stack's processes, e.g. "
+                             "GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS=1000 (repeatable)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record every stack process with py-spy during each timed measure, into DIR")
@@ -269,11 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown measure(s) {', '.join(sorted(unknown))}: choose among {', '.join(ALL)}")
     sizes = Sizes(latency_runs=args.latency_runs, chain_steps=args.chain_steps, fanout=args.fanout,
                   group_members=args.group, many_runs=args.many_runs, many_steps=args.many_steps,
-                  many_threads=args.many_threads, repeats=args.repeats)
+                  many_threads=args.many_threads, repeats=args.repeats, idle_s=args.idle_seconds)
     profiler = (profiling.Profiler(profiling.find_py_spy(args.py_spy), args.profile,
                                    native=args.profile_native)
                 if args.profile else None)
     env = {} if args.concurrency is None else {"GRAFLOW_WORKER_CONCURRENCY": str(args.concurrency)}
+    for setting in args.set:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            parser.error(f"--set {setting!r}: expected NAME=VALUE")
+        env[name] = value
     out = sys.stdout.write
 
     base = measure_baselines(selected, sizes)

@@ -13,7 +13,7 @@ exactly-once assertions:
   task's stored result written by the attempt the history applied - for faults where
   at-least-once delivery legitimately runs a task body again.
 
-Under load: the stacks keep the coordinator's default lease (1.5 s). The assertions hold while no
+Under load: the stacks run with a 1.5 s lease (``LIVENESS``). The assertions hold while no
 process is kept off the CPU for longer than that; a worker starved past its lease is declared dead
 and its task runs again, which :meth:`Chaos.assert_effects_once` rightly reports. That is why the
 chaos files run one after the other (``batch_compatibility_tag``), and why the flake hunt loads the
@@ -47,13 +47,19 @@ from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis
 from tests.e2e.conftest import TASKS, start_stack
 
-from graflow_coordinator.settings import CoordinatorSettings
-
 TASK_MODULES = (TASKS, "tests.chaos.tasks")
 QUEUE = keys.queue_stream("default")
-# The coordinator's default lease (the chaos stacks keep the defaults): a worker silent this long
-# is declared dead.
-LEASE_S = CoordinatorSettings.model_fields["lease_timeout_ms"].default / 1000
+# The chaos stacks' lease: a worker silent this long is declared dead. 1.5 s with heartbeats every
+# 250 ms, the coordinator's defaults before issue 13 (which sees a SIGKILLed worker's death on its
+# heartbeat stream at once and made the lease, 40 s by default, the fallback for workers whose
+# connection stays open): short, so that a paused worker is declared dead well within the tests'
+# waits and a retry's backoff can outlast the lease.
+LEASE_S = 1.5
+LIVENESS = {
+    "GRAFLOW_COORDINATOR_LEASE_TIMEOUT_MS": str(int(LEASE_S * 1000)),
+    "GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS": "250",
+    "GRAFLOW_COORDINATOR_LIVENESS_CHECK_MS": "100",
+}
 # Outcomes left pending by a dead scheduler process are claimed by its successor after this long
 # (the default, 30 s, would make the scheduler test wait half a minute).
 SCHEDULER_CLAIM_IDLE_MS = 3000
@@ -247,6 +253,7 @@ def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str
         stack_env = {
             "GRAFLOW_TEST_EFFECTS_URL": observer.url,
             "GRAFLOW_SCHEDULER_CLAIM_IDLE_MS": str(SCHEDULER_CLAIM_IDLE_MS),
+            **LIVENESS,
             **(env or {}),
         }
         if worker_acl:

@@ -20,7 +20,7 @@ from tests.e2e.tasks import effects, record, source
 # A gate that is never opened fails the task (and so the test) instead of hanging it.
 GATE_TIMEOUT_S = float(os.environ.get("GRAFLOW_TEST_GATE_TIMEOUT_S", "50"))
 GATE_POLL_S = 0.01
-# Longer than the coordinator's lease (its default, 1.5 s, in the chaos stacks).
+# Longer than the coordinator's lease in the chaos stacks (1.5 s, conftest.LIVENESS).
 LATE_RETRY_INTERVAL_S = 3.0
 
 

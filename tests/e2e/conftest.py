@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -103,3 +105,21 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def started(fx: redis.Redis, run_id: str, node_id: str) -> dict[int, int]:
+    """attempt -> pid of the worker process that started it."""
+    prefix = f"started:{run_id}:{node_id}:"
+    names = list(fx.scan_iter(match=f"{prefix}*"))
+    return {int(n.decode()[len(prefix) :]): int(fx.get(n)) for n in names}
+
+
+def log_records(stack: LocalStack, service: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one process of the stack."""
+    records = []
+    for line in stack.log_path(service).read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

@@ -14,19 +14,16 @@ Background load at a lower priority (`nice`) or one core for the whole suite doe
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 
 from graflow import Client, RunFailedError, parallel, workflow
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
 from graflow.run import RunEvent
-from tests.e2e.conftest import KEEP_LOGS, module_stack, start_stack, wait_for
+from tests.e2e.conftest import KEEP_LOGS, log_records, module_stack, start_stack, started, wait_for
 from tests.e2e.tasks import collect, crash_worker, fail_then_retry_late, gated, item, marked_sleep, overrun
 
 LEASE_MS = 1000
@@ -49,13 +46,6 @@ def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
 
 
 
-def started(fx: redis.Redis, run_id: str, node_id: str) -> dict[int, int]:
-    """attempt -> pid of the worker process that started it."""
-    prefix = f"started:{run_id}:{node_id}:"
-    names = list(fx.scan_iter(match=f"{prefix}*"))
-    return {int(n.decode()[len(prefix) :]): int(fx.get(n)) for n in names}
-
-
 def worker_index(stack: LocalStack, pid: int) -> int:
     [index] = [i for i, w in enumerate(stack.workers) if w.pid == pid]
     return index
@@ -69,16 +59,6 @@ def of_node(events: list[RunEvent], node_id: str) -> list[tuple[str, int, str]]:
     """(event type, attempt, error type) of one node's NODE_* events."""
     named = [(RunEvent.Type.Name(e.type).removeprefix("TYPE_"), e) for e in events if e.node_id == node_id]
     return [(name, e.attempt, e.error.type) for name, e in named if name.startswith("NODE_")]
-
-
-def log_records(stack: LocalStack, service: str) -> list[dict[str, Any]]:
-    records = []
-    for line in stack.log_path(service).read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def restart_dead_workers(stack: LocalStack) -> None:

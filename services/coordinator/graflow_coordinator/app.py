@@ -2,8 +2,9 @@
 (as a process: ``graflow_runtime.service``, which checks Redis first).
 
 Start-up: queue groups -> gRPC server -> health SERVING -> retry timer and liveness loops.
-Shutdown runs it backwards: NOT_SERVING, stop the loops, stop the server within the grace period
-(in-flight calls finish), close Redis.
+Shutdown runs it backwards: NOT_SERVING, end the workers' heartbeat streams (declaring nobody
+dead: they reconnect to another replica or to this one's successor), stop the loops, stop the
+server within the grace period (in-flight calls finish), close Redis.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
+from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.liveness import LivenessLoop
 from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer
@@ -26,6 +28,9 @@ from graflow_coordinator.settings import CoordinatorSettings
 from graflow_coordinator.workers import WorkerRegistry
 
 log = structlog.get_logger(__name__)
+
+# Longest wait before a streamed heartbeat's lease renewal is written (with the others of the window).
+RENEW_WINDOW_MS = 200
 
 
 class CoordinatorApp:
@@ -54,10 +59,14 @@ class CoordinatorApp:
         dispatcher = Dispatcher(
             redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
         )
+        # Renewals of streamed heartbeats are written together, within a fraction of the interval.
+        renew_window_ms = min(RENEW_WINDOW_MS, s.heartbeat_interval_ms // 4)
+        self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
         servicer = CoordinatorServicer(
             dispatcher,
             registry,
             DeadLetters(redis, self.groups),
+            self.heartbeat_streams,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,
         )
@@ -89,6 +98,7 @@ class CoordinatorApp:
     async def stop(self) -> None:
         grace_s = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
+        await self.heartbeat_streams.close(timeout_s=grace_s)
         for loop in (self.retry_timer, self.liveness):
             await loop.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)

@@ -81,25 +81,29 @@ class LivenessLoop(BackgroundLoop):
             return []
         removed = []
         for worker_id, last_heartbeat_ms in await self._registry.expired(cutoff_ms):
+            silent_ms = now_ms - last_heartbeat_ms
             with bound_contextvars(worker_id=worker_id):
-                if await self._reap(worker_id, now_ms - last_heartbeat_ms, cutoff_ms):
+                why = (
+                    f"was declared dead: no heartbeat for {silent_ms / 1000:.1f} s "
+                    f"(lease {self._lease_timeout_ms / 1000:g} s)"
+                )
+                log_fields = {"silent_ms": silent_ms, "lease_timeout_ms": self._lease_timeout_ms}
+                if await self.reap(worker_id, cutoff_ms, why=why, cause="no heartbeat within its lease",
+                                   **log_fields):
                     removed.append(worker_id)
         return removed
 
-    async def _reap(self, worker_id: str, silent_ms: int, cutoff_ms: int) -> bool:
+    async def reap(
+        self, worker_id: str, cutoff_ms: int, *, why: str, cause: str, **log_fields: object
+    ) -> bool:
+        """Declare ``worker_id`` dead unless it heartbeated after ``cutoff_ms``, report each attempt it
+        held lost (``why`` completes "worker <id> ..." in their WorkerLost outcomes) and remove it.
+        False when it is alive, or still holds what could not be reclaimed (the next pass finishes)."""
         worker_queues = await self._registry.mark_dead(worker_id, cutoff_ms)
         if worker_queues is None:
             return False  # it heartbeated in the meantime
-        log.warning(
-            "worker declared dead: no heartbeat within its lease; reclaiming its deliveries",
-            silent_ms=silent_ms,
-            lease_timeout_ms=self._lease_timeout_ms,
-        )
+        log.warning("worker declared dead; reclaiming its deliveries", cause=cause, **log_fields)
         queues = list(dict.fromkeys([*worker_queues, *self._queues]))
-        why = (
-            f"was declared dead: no heartbeat for {silent_ms / 1000:.1f} s "
-            f"(lease {self._lease_timeout_ms / 1000:g} s)"
-        )
         stats = ReclaimStats()
         for queue in queues:
             stats.add(await self._reclaimer.reclaim_consumer(queue, worker_id, why=why))

@@ -11,6 +11,7 @@ from graflow_api.v1 import coordinator_pb2_grpc
 
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.dispatch import Dispatcher
+from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.workers import WorkerRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
@@ -24,6 +25,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         dispatcher: Dispatcher,
         registry: WorkerRegistry,
         dead_letters: DeadLetters,
+        heartbeat_streams: HeartbeatStreams,
         *,
         heartbeat_interval_ms: int,
         lease_timeout_ms: int,
@@ -31,6 +33,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._dispatcher = dispatcher
         self._registry = registry
         self._dead_letters = dead_letters
+        self._heartbeat_streams = heartbeat_streams
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._lease_timeout_ms = lease_timeout_ms
 
@@ -51,6 +54,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         with bound_contextvars(worker_id=request.worker_id):
             await self._registry.heartbeat(request.worker_id, request.in_flight)
         return pb.HeartbeatResponse()
+
+    async def HeartbeatStream(self, request_iterator: object, context: Ctx) -> None:
+        await self._heartbeat_streams.serve(context)
 
     async def DeregisterWorker(
         self, request: pb.DeregisterWorkerRequest, context: Ctx

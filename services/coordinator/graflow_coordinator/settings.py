@@ -16,12 +16,16 @@ class CoordinatorSettings(ServiceSettings):
     model_config = settings_config("GRAFLOW_COORDINATOR_")
 
     listen_address: str = DEFAULT_COORDINATOR_ADDRESS
-    # Workers heartbeat at least this often (returned by RegisterWorker).
-    heartbeat_interval_ms: int = Field(default=250, gt=0)
+    # Workers heartbeat at least this often (returned by RegisterWorker). A worker's death is seen
+    # at once on its heartbeat stream (the connection breaks), so heartbeats and the lease only
+    # catch what keeps the connection open (a paused process, a partition, a stalled event loop);
+    # each one costs ~1.4-1.8 ms of CPU over worker, coordinator and Redis (docs/performance.md,
+    # "Liveness"), so 20 s keeps liveness under 1% of a core for 100 workers.
+    heartbeat_interval_ms: int = Field(default=20_000, gt=0)
     # A worker silent for longer than this is declared dead and its in-flight work is reclaimed.
-    lease_timeout_ms: int = Field(default=1500, gt=0)
+    lease_timeout_ms: int = Field(default=40_000, gt=0)
     # How often the liveness loop looks for workers whose lease expired.
-    liveness_check_ms: int = Field(default=100, gt=0)
+    liveness_check_ms: int = Field(default=1_000, gt=0)
     # After this process starts, workers get this long to reach it before silence counts against
     # them: while the coordinator was down nobody could heartbeat, and a worker's breaker and
     # reconnect backoff (about 2 s each) delay its first heartbeat after the restart.

@@ -16,7 +16,8 @@ def test_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(CoordinatorSettings)
 
     assert settings.listen_address == "127.0.0.1:50052"
-    assert (settings.heartbeat_interval_ms, settings.lease_timeout_ms) == (250, 1500)
+    assert (settings.heartbeat_interval_ms, settings.lease_timeout_ms) == (20_000, 40_000)
+    assert settings.liveness_check_ms == 1_000
     assert settings.queues == ["default"]
     assert settings.max_deliveries == 5
 
@@ -35,7 +36,7 @@ def test_queues_are_read_as_a_comma_separated_or_json_list(
     [
         ("GRAFLOW_COORDINATOR_QUEUES", "bad queue", "whitespace"),
         ("GRAFLOW_COORDINATOR_MAX_DELIVERIES", "0", "GRAFLOW_COORDINATOR_MAX_DELIVERIES"),
-        ("GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS", "5000", "lease_timeout_ms"),
+        ("GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS", "40000", "lease_timeout_ms"),
     ],
 )
 def test_bad_values_fail_at_start_up_naming_the_problem(

@@ -37,8 +37,11 @@ _REMOVE = LuaScript.load(__package__, "remove_worker.lua")
 _DELETE_ORPHAN = LuaScript.load(__package__, "delete_orphan_consumer.lua")
 
 
-
-
+def lease_expired(worker_id: str) -> str:
+    return (
+        f"lease expired: worker {worker_id} was declared dead (silent past its lease, or its connection "
+        "was lost) and its work reclaimed; register again"
+    )
 
 
 def _text(value: bytes | str | None, default: str = "") -> str:
@@ -146,14 +149,19 @@ class WorkerRegistry:
     async def heartbeat(self, worker_id: str, in_flight: int) -> None:
         if not worker_id:
             raise InvalidRequest("worker_id is empty; send the id the worker registered with")
-        now_ms = int(time.time() * 1000)
+        [renewed] = await self.renew({worker_id: in_flight}, int(time.time() * 1000))
+        if not renewed:
+            raise NotFound(lease_expired(worker_id))
+
+    async def renew(self, beats: dict[str, int], now_ms: int) -> list[bool]:
+        """Renew the leases of ``beats`` (worker id -> in flight) at ``now_ms`` in one script call;
+        per worker, in order: renewed, or False for a worker unknown or declared dead."""
         renewed = await _HEARTBEAT.run(
-            self._redis, [keys.WORKERS_INDEX, keys.worker_info(worker_id)], [worker_id, now_ms, in_flight]
+            self._redis,
+            [keys.WORKERS_INDEX, *(keys.worker_info(worker_id) for worker_id in beats)],
+            [now_ms, *(value for pair in beats.items() for value in pair)],
         )
-        if not int(renewed):
-            raise NotFound(
-                f"lease expired: worker {worker_id} was declared dead and its work reclaimed; register again"
-            )
+        return [bool(int(flag)) for flag in renewed]
 
     async def deregister(self, worker_id: str) -> None:
         """Remove the worker. The attempts it still holds are reported lost first (it said it holds

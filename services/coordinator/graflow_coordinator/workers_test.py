@@ -29,7 +29,7 @@ async def test_register_returns_the_lease_settings_and_lists_the_worker(
 ) -> None:
     reply = await stub.RegisterWorker(registration("w1"))
 
-    assert (reply.heartbeat_interval_ms, reply.lease_timeout_ms) == (250, 1500)
+    assert (reply.heartbeat_interval_ms, reply.lease_timeout_ms) == (20_000, 40_000)
     listed = (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers
     assert len(listed) == 1
     info = listed[0]

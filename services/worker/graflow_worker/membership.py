@@ -1,11 +1,21 @@
 """The worker's membership with the coordinator: register, heartbeat, deregister.
 
-A heartbeat is sent every ``heartbeat_interval_ms`` (from ``RegisterWorker``) with the number of
-deliveries in flight. ``NOT_FOUND`` means the coordinator declared this worker dead (and reclaimed
-its work): it registers again. When heartbeats have failed for longer than ``lease_timeout_ms`` the
-coordinator may consider the worker dead at any moment, so the intake pauses until a heartbeat
-goes through again (invariant 4: a worker that cannot heartbeat stops taking work). (Ended runs do
-not come through heartbeats: see :mod:`graflow_worker.run_endings`.)
+Heartbeats go on one long-lived ``HeartbeatStream``, one request every ``heartbeat_interval_ms``
+(from ``RegisterWorker``) with the number of deliveries in flight, each answered by a response
+that may carry commands (``COMMAND_DRAIN``). The stream is what makes this worker's death visible
+at once: when the process dies its kernel closes the connection, and the coordinator holding the
+stream reclaims the worker's deliveries without waiting for the lease. So a worker that stops on
+purpose says goodbye first (a last request with ``leaving`` set), then deregisters.
+
+The stream ending otherwise (the coordinator stopped or became unreachable) is followed by a new
+one, with backoff. ``NOT_FOUND`` means the coordinator declared this worker dead (its lease expired,
+or its stream broke while it was alive: a network blip) and reclaimed its work: it registers again.
+A coordinator without the stream (UNIMPLEMENTED) gets unary ``Heartbeat`` calls instead. When no
+heartbeat was answered for longer than ``lease_timeout_ms`` the coordinator may consider the worker
+dead at any moment, so the intake pauses until one is answered again (invariant 4: a worker that
+cannot heartbeat stops taking work). The stream has no deadline; each heartbeat's answer is
+expected within the lease instead. (Ended runs do not come through heartbeats: see
+:mod:`graflow_worker.run_endings`.)
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ log = structlog.get_logger(__name__)
 PAUSE_HEARTBEAT = "heartbeats failing beyond the lease"
 DEFAULT_INTERVAL_MS = 1000
 DEFAULT_LEASE_MS = 10_000
+# How long a goodbye waits for the coordinator to end the stream.
+GOODBYE_ANSWER_S = 1.0
 
 
 class Membership:
@@ -46,6 +58,9 @@ class Membership:
         self.interval_s = DEFAULT_INTERVAL_MS / 1000
         self.lease_s = DEFAULT_LEASE_MS / 1000
         self.registered = False
+        self._answered_at = time.monotonic()
+        # Set once a heartbeat was answered: from then on, this worker's death is seen at once.
+        self.heard = asyncio.Event()
 
     @staticmethod
     def request_for(worker_id: str, queues: list[str], task_types: list[str], concurrency: int,
@@ -75,13 +90,87 @@ class Membership:
         return False
 
     async def heartbeat_loop(self, stop: asyncio.Event) -> None:
-        last_ok = time.monotonic()
-        while not await sleep_unless(stop, self.interval_s):
+        """Heartbeat until ``stop`` is set, on a stream (reopened whenever it ends), or with unary
+        calls when the coordinator has no stream."""
+        self._answered_at = time.monotonic()
+        stopped = asyncio.create_task(stop.wait())
+        backoff = Backoff(cap=2.0)
+        try:
+            while not stop.is_set():
+                code = await self._stream(stopped)
+                if code is None:
+                    return
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("the coordinator has no heartbeat stream; sending unary heartbeats")
+                    await self._unary_loop(stop)
+                    return
+                if code == grpc.StatusCode.NOT_FOUND:
+                    log.warning("the coordinator does not know this worker (declared dead); "
+                                "registering again")
+                    if await self._reregister():
+                        backoff.reset()
+                        continue
+                else:
+                    log.warning("heartbeat stream ended; opening a new one", code=code.name)
+                self._check_answered()
+                await sleep_unless(stop, backoff.next_delay())
+        finally:
+            stopped.cancel()
+
+    async def _stream(self, stopped: asyncio.Task[object]) -> grpc.StatusCode | None:
+        """Heartbeats on one stream until it ends (returns its status) or ``stopped`` is done (says
+        goodbye, returns None)."""
+        call = self._stub.HeartbeatStream()
+        answers = asyncio.create_task(self._read_answers(call))
+        try:
+            while not answers.done():
+                await call.write(co_pb2.HeartbeatRequest(worker_id=self._request.worker_id,
+                                                         in_flight=self._in_flight()))
+                await asyncio.wait({answers, stopped}, timeout=self.interval_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                self._check_answered()
+                if stopped.done() and not answers.done():
+                    await call.write(co_pb2.HeartbeatRequest(worker_id=self._request.worker_id, leaving=True))
+                    await call.done_writing()
+                    await asyncio.wait({answers}, timeout=GOODBYE_ANSWER_S)
+                    return None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            log.debug("heartbeat stream write failed", error=str(exc))
+        finally:
+            if not answers.done():
+                call.cancel()
+            await asyncio.wait({answers})
+        return await call.code()
+
+    async def _read_answers(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for response in call:
+                self._answered()
+                self._commands(response)
+        except grpc.aio.AioRpcError:
+            return  # the call's status is read by the writer
+
+    async def _unary_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             if await self._beat():
-                last_ok = time.monotonic()
-                self._intake.resume(PAUSE_HEARTBEAT)
-            elif time.monotonic() - last_ok > self.lease_s:
-                self._intake.pause(PAUSE_HEARTBEAT)
+                self._answered()
+            else:
+                self._check_answered()
+            await sleep_unless(stop, self.interval_s)
+
+    def _answered(self) -> None:
+        self._answered_at = time.monotonic()
+        self.heard.set()
+        self._intake.resume(PAUSE_HEARTBEAT)
+
+    def _check_answered(self) -> None:
+        if time.monotonic() - self._answered_at > self.lease_s:
+            self._intake.pause(PAUSE_HEARTBEAT)
+
+    def _commands(self, response: co_pb2.HeartbeatResponse) -> None:
+        if co_pb2.HeartbeatResponse.COMMAND_DRAIN in response.commands:
+            log.info("the coordinator asked this worker to drain")
+            self._on_drain()
 
     async def _beat(self) -> bool:
         request = co_pb2.HeartbeatRequest(worker_id=self._request.worker_id, in_flight=self._in_flight())
@@ -98,9 +187,7 @@ class Membership:
                 return False
             log.warning("the coordinator does not know this worker (lease expired); registering again")
             return await self._reregister()
-        if co_pb2.HeartbeatResponse.COMMAND_DRAIN in response.commands:
-            log.info("the coordinator asked this worker to drain")
-            self._on_drain()
+        self._commands(response)
         return True
 
     async def _reregister(self) -> bool:

@@ -3,7 +3,8 @@
 :class:`Worker` is wired on construction (Redis clients, downstream clients, the health server's
 port); as a process, ``graflow_runtime.service`` checks Redis before :meth:`Worker.start`.
 Start-up: health server -> consumer groups -> RegisterWorker -> the ended-runs watcher's start (the
-tail of ``gf:ended``) -> committer, heartbeats, ended-runs watcher, read loop -> health SERVING.
+tail of ``gf:ended``) -> committer, heartbeats, ended-runs watcher -> the first heartbeat answered
+on the stream -> read loop -> health SERVING.
 
 Shutdown (SIGTERM, a DRAIN command, or :meth:`Worker.request_stop`): NOT_SERVING, stop reading at
 once (a blocking read is unblocked), let the tasks in flight finish and commit within
@@ -45,6 +46,9 @@ from graflow_worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
+# Longest wait for the heartbeat stream's goodbye at shutdown.
+GOODBYE_S = 2.0
+
 
 def create_worker(settings: WorkerSettings, registry: Registry | None = None) -> Worker:
     """A worker for ``settings`` on a Redis client of its own (its task modules are imported now
@@ -64,6 +68,7 @@ class Worker:
         self._heartbeats_stop = asyncio.Event()
         self._loops: list[asyncio.Task[Any]] = []
         self._read_task: asyncio.Task[Any] | None = None
+        self._heartbeats: asyncio.Task[Any] | None = None
         self._redis = redis
         self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
         self._endings_redis = connect(s.redis_url, max_connections=1)  # reads of gf:ended while tasks run
@@ -140,7 +145,8 @@ class Worker:
 
     async def start(self) -> None:
         """Health server -> consumer groups -> RegisterWorker (retried until the coordinator
-        answers, or a stop is requested) -> the ended-runs watcher -> loops -> SERVING."""
+        answers, or a stop is requested) -> the ended-runs watcher -> loops -> the first heartbeat
+        answered (at most a lease) -> read loop -> SERVING."""
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
             await self.health.server.start()
             await self.consumer.ensure_groups()
@@ -148,11 +154,22 @@ class Worker:
                 return
             # Before the first read: every end from now on reaches the registry.
             await self.endings.start()
+            self._heartbeats = self._background(
+                self.membership.heartbeat_loop(self._heartbeats_stop), "heartbeats")
             self._loops = [
                 self._background(self.committer.run(), "committer"),
-                self._background(self.membership.heartbeat_loop(self._heartbeats_stop), "heartbeats"),
+                self._heartbeats,
                 self._background(self.endings.run(self._heartbeats_stop), "ended-runs"),
             ]
+            # Read only once the coordinator holds this worker's heartbeat stream, so that a death
+            # from the first delivery on is seen at once (without an answer within the lease,
+            # read anyway: the lease covers it; a stop requested meanwhile ends the wait too).
+            heard = asyncio.create_task(self.membership.heard.wait())
+            stopping = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait({heard, stopping}, timeout=self.membership.lease_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            heard.cancel()
+            stopping.cancel()
             self._read_task = self._background(self.consumer.run(), "reader")
             await self.health.set_serving(True)
             self.started = True
@@ -209,7 +226,9 @@ class Worker:
             await self.consumer.cancel_work()
             self._heartbeats_stop.set()
             for task in self._loops:
-                await _settle(task, 0.0)
+                # The heartbeat loop says goodbye on its stream before deregistering: without it,
+                # the coordinator would see the stream break and declare this worker dead.
+                await _settle(task, GOODBYE_S if task is self._heartbeats else 0.0)
             await self.membership.deregister()
             await self._close()
             log.info("worker stopped")

@@ -196,3 +196,22 @@ async def test_worker_carries_on_after_redis_is_killed_and_restarted(tmp_path):
                 assert await pending_count(client) == 0
         finally:
             await client.aclose()
+
+
+async def test_a_stopping_worker_says_goodbye_on_its_heartbeat_stream_before_deregistering(stack):
+    worker = await stack.start_worker()
+    await eventually(lambda: stack.coordinator.heartbeats, what="a streamed heartbeat")
+    await worker.stop()
+    assert stack.coordinator.goodbyes == [worker.worker_id]
+    assert stack.coordinator.deregistrations == [worker.worker_id]
+
+
+async def test_a_coordinator_without_the_heartbeat_stream_gets_unary_heartbeats(stack):
+    stack.coordinator.streams = False
+    worker = await stack.start_worker()
+    await eventually(lambda: len(stack.coordinator.heartbeats) >= 2, what="unary heartbeats")
+    await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 1}))
+    await wait_outcomes(stack.redis, 1)
+    assert not worker.paused_reasons
+    await worker.stop()
+    assert stack.coordinator.goodbyes == []

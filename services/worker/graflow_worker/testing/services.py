@@ -107,6 +107,9 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
         self.live: set[str] = set()
         self.fail_heartbeats = False
         self.commands: list[int] = []
+        # False: answer HeartbeatStream with UNIMPLEMENTED, as a coordinator older than the stream.
+        self.streams = True
+        self.goodbyes: list[str] = []
 
     async def RegisterWorker(self, request, context):  # noqa: N802
         self.registrations.append(request)
@@ -123,6 +126,15 @@ class FakeCoordinator(co_grpc.CoordinatorServicer):
         self.heartbeats.append(request)
         commands, self.commands = self.commands, []
         return co_pb2.HeartbeatResponse(commands=commands)
+
+    async def HeartbeatStream(self, request_iterator, context):  # noqa: N802
+        if not self.streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no HeartbeatStream (test)")
+        while (request := await context.read()) is not grpc.aio.EOF:
+            if request.leaving:
+                self.goodbyes.append(request.worker_id)
+                return
+            await context.write(await self.Heartbeat(request, context))
 
     async def DeregisterWorker(self, request, context):  # noqa: N802
         self.deregistrations.append(request.worker_id)
