@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
-import grpc
 import structlog
 from structlog.contextvars import bound_contextvars
 
@@ -94,9 +94,15 @@ class HeartbeatStreams:
         self._declaring: set[asyncio.Task[bool]] = set()
         self._closing = False
 
-    async def serve(self, context: grpc.aio.ServicerContext) -> None:
+    async def serve(
+        self, requests: AsyncIterator[pb.HeartbeatRequest]
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
         """Renew the lease and answer at every request until the stream ends: a goodbye ends it
-        quietly, its breaking declares the worker dead (connection lost)."""
+        quietly, its breaking declares the worker dead (connection lost).
+
+        An async generator over the request iterator, not ``context.read()``/``context.write()``:
+        the tracing interceptor (opentelemetry-instrumentation-grpc) wraps streamed responses only
+        in that form, and with tracing on the other form failed every stream."""
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - a gRPC handler runs in a task
         self._serving.add(task)
@@ -104,10 +110,7 @@ class HeartbeatStreams:
         # last request (a newer stream, or a newer process registered under the same id, wins).
         worker_id, cutoff_ms = "", 0
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    break
+            async for request in requests:
                 if request.leaving:
                     log.info("worker said goodbye on its heartbeat stream", worker_id=worker_id)
                     return
@@ -120,7 +123,7 @@ class HeartbeatStreams:
                     worker_id = ""  # already declared dead: nothing more to declare
                     raise NotFound(lease_expired(request.worker_id))
                 cutoff_ms = renewed_ms
-                await context.write(_ANSWER)
+                yield _ANSWER
         except asyncio.CancelledError:
             # The call was cancelled: the connection was reset, or this server is stopping.
             self._declare_lost(worker_id, cutoff_ms)

@@ -3,6 +3,8 @@ interceptors add tracing, auth, per-call context and the status codes of their e
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from structlog.contextvars import bound_contextvars
 
@@ -55,8 +57,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await self._registry.heartbeat(request.worker_id, request.in_flight)
         return pb.HeartbeatResponse()
 
-    async def HeartbeatStream(self, request_iterator: object, context: Ctx) -> None:
-        await self._heartbeat_streams.serve(context)
+    async def HeartbeatStream(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Ctx
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        async for answer in self._heartbeat_streams.serve(request_iterator):
+            yield answer
 
     async def DeregisterWorker(
         self, request: pb.DeregisterWorkerRequest, context: Ctx
