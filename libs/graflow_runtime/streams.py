@@ -1,5 +1,5 @@
-"""Redis Streams helpers shared by the services: entry ids as comparable pairs, and trimming below
-a floor in bounded calls."""
+"""Redis Streams helpers shared by the services: entry ids as comparable pairs, a stream's tail,
+and trimming below a floor in bounded calls."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def stream_id(value: bytes | str) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+async def tail_id(redis: aioredis.Redis, stream: str) -> bytes:
+    """The id of the stream's newest entry (``0-0`` when it is empty or missing): a reader that
+    starts from it reads only what is appended afterwards."""
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0] if newest else b"0-0"
 
 
 async def trim_below(redis: aioredis.Redis, stream: str, floor: tuple[int, int]) -> int:

@@ -1,6 +1,6 @@
 import redis.asyncio as aioredis
 
-from graflow_runtime.streams import stream_id, trim_below
+from graflow_runtime.streams import stream_id, tail_id, trim_below
 
 
 def test_stream_ids_compare_by_milliseconds_then_sequence():
@@ -20,3 +20,10 @@ async def test_trim_below_keeps_the_floor_and_everything_after_it(redis: aioredi
     first = (await redis.xrange("s", count=1))[0][0]
     assert stream_id(first) <= (201, 0)
     assert len(await redis.xrange("s", min="201-0", max="+", count=1000)) == 100
+
+
+async def test_tail_id_is_the_newest_entry_or_zero_for_a_missing_stream(redis: aioredis.Redis):
+    assert await tail_id(redis, "s") == b"0-0"
+    await redis.xadd("s", {"f": "v"}, id="5-1")
+    await redis.xadd("s", {"f": "v"}, id="7-0")
+    assert await tail_id(redis, "s") == b"7-0"

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
-from graflow_runtime.streams import stream_id
+from graflow_runtime.streams import stream_id, tail_id
 
 from graflow_worker.cancellation import Cancellations
 from graflow_worker.intake import sleep_unless
@@ -57,7 +57,7 @@ class RunEndings:
 
     async def start(self) -> None:
         """Remember where the stream ends now (call before the worker reads its queues)."""
-        self.last_id = await self._tail()
+        self.last_id = await tail_id(self._redis, keys.RUNS_ENDED)
         self.history_start = stream_id(self.last_id)
 
     def covers(self, cursor: bytes | None) -> bool:
@@ -94,10 +94,6 @@ class RunEndings:
         return (self._cancellations.has_running_tasks()
                 and time.monotonic() - self._read_at >= self._poll_s)
 
-    async def _tail(self) -> bytes:
-        newest = await self._redis.xrevrange(keys.RUNS_ENDED, count=1)
-        return newest[0][0] if newest else b"0-0"
-
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the stream while tasks run, until ``stop`` is set."""
         backoff = Backoff(cap=2.0)
@@ -120,7 +116,7 @@ class RunEndings:
                     await sleep_unless(stop, delay)
                     continue
                 if self.history_start is None:
-                    self.history_start = stream_id(await self._tail())
+                    self.history_start = stream_id(await tail_id(self._redis, keys.RUNS_ENDED))
                 backoff.reset()
         finally:
             self._cancellations.log_skipped(force=True)

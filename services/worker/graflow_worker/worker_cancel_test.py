@@ -8,10 +8,10 @@ import json
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.streams import tail_id
 
 from graflow_worker.testing.services import (
     end_run,
-    ended_tail,
     enqueue,
     envelope,
     eventually,
@@ -70,7 +70,7 @@ async def test_a_delivery_enqueued_while_its_run_was_live_is_decided_from_the_en
     worker = await stack.start_worker()
     await stack.redis.hset(keys.run_meta("run-m"), mapping={keys.RUN_ENDED_AT_FIELD: "1"})
     await enqueue(stack.redis, envelope("run-m", "covered", "tracked", args={"tag": "covered:run-m"}),
-                  ended_cursor=await ended_tail(stack.redis))
+                  ended_cursor=await tail_id(stack.redis, keys.RUNS_ENDED))
     (first,) = await wait_outcomes(stack.redis, 1)
     assert first.status == messages_pb2.TaskOutcome.STATUS_SUCCEEDED
     await enqueue(stack.redis, envelope("run-m", "uncovered", "tracked", args={"tag": "uncovered:run-m"}))
@@ -82,7 +82,7 @@ async def test_a_delivery_enqueued_while_its_run_was_live_is_decided_from_the_en
 async def test_a_covered_delivery_of_a_run_that_ended_after_its_cursor_is_skipped(stack):
     await stack.start_worker()
     await start_run(stack.redis, "run-e")
-    cursor = await ended_tail(stack.redis)
+    cursor = await tail_id(stack.redis, keys.RUNS_ENDED)
     await end_run(stack.redis, "run-e")
     await enqueue(stack.redis, envelope("run-e", "late", "tracked", args={"tag": "late:run-e"}),
                   ended_cursor=cursor)

@@ -24,6 +24,7 @@ import structlog
 
 from graflow_runtime import keys
 from graflow_runtime.loops import BackgroundLoop
+from graflow_runtime.streams import tail_id
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +46,7 @@ class RunEnds(BackgroundLoop):
     async def start_reading(self) -> None:
         """Take the stream's tail, then follow it. Called before the server takes calls, so every
         end after any caller's registration comes after this position."""
-        newest = await self.redis.xrevrange(keys.RUNS_ENDED, count=1)
-        self.last_id = newest[0][0] if newest else b"0-0"
+        self.last_id = await tail_id(self.redis, keys.RUNS_ENDED)
         self.start()
 
     @contextlib.contextmanager

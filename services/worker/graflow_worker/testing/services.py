@@ -192,11 +192,6 @@ async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
     return ids
 
 
-async def ended_tail(redis: aioredis.Redis) -> bytes:
-    """The ended-runs stream's last id ("0-0" when empty), as the coordinator's dispatch reads it."""
-    newest = await redis.xrevrange(keys.RUNS_ENDED, count=1)
-    return newest[0][0] if newest else b"0-0"
-
 
 async def outcomes(redis: aioredis.Redis) -> list[messages_pb2.TaskOutcome]:
     entries = await redis.xrange(keys.OUTCOMES_STREAM)
