@@ -80,15 +80,16 @@ def test_result_store_down_during_completions_workers_hold_their_outcomes_and_ca
 def test_result_store_down_small_results_still_complete_end_to_end():
     """The result-store is SIGKILLed and stays down while runs of small results (inline in their
     outcomes, the default limit) are submitted, run and answered: a workflow whose graph the
-    scheduler stored before (so SubmitRun needs no PutGraph) and whose tasks bind no upstream
-    result. Asserted: every run succeeds with its result, no delivery is left pending, and once
-    the result-store is back, every task body ran exactly once, every node succeeded once, and each
-    stored result is the applied attempt's (written by the scheduler with the outcome)."""
+    scheduler stored before (so SubmitRun needs no PutGraph) and whose tasks need nothing else
+    from it (every parameter bound: no upstream result, no channel value). Asserted: every run
+    succeeds with its result, no delivery is left pending, and once the result-store is back,
+    every task body ran exactly once, every node succeeded once, and each stored result is the
+    applied attempt's (written by the scheduler with the outcome)."""
     with chaos_stack() as chaos:
         with workflow("result-store-down-small") as wf:
-            chaos_step(task_id="first", i=1) >> parallel(
-                *[chaos_step(task_id=f"s{i}", i=i) for i in range(20)]
-            ) >> chaos_step(task_id="last", i=99)
+            chaos_step(task_id="first", i=1, seconds=0) >> parallel(
+                *[chaos_step(task_id=f"s{i}", i=i, seconds=0) for i in range(20)]
+            ) >> chaos_step(task_id="last", i=99, seconds=0)
         warm = chaos.client.submit(wf)  # stores the graph while the result-store is up
         assert warm.result(timeout=30) == 99
         chaos.stack.kill("result-store")
