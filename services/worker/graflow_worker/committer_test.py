@@ -7,7 +7,14 @@ from graflow import payload
 from graflow_api.v1 import messages_pb2
 
 from graflow_worker.committer import PAUSE_RESULT_STORE
-from graflow_worker.testing.services import enqueue, envelope, eventually, outcomes, pending_count, wait_outcomes
+from graflow_worker.testing.services import (
+    enqueue,
+    envelope,
+    eventually,
+    outcomes,
+    pending_count,
+    wait_outcomes,
+)
 
 SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 # Encoded NodeResult bytes: a 10-character result is ~70 bytes here, a 1,000-character one ~1,060.
@@ -29,7 +36,8 @@ async def test_results_up_to_the_limit_go_inline_and_larger_ones_through_put_res
     assert all(o.status == SUCCEEDED and o.has_result for o in found.values())
     for node_id in ("s1", "s2"):
         inline = found[node_id].result
-        assert (inline.run_id, inline.node_id, inline.attempt, inline.task_type) == ("r1", node_id, 1, "repeat")
+        assert (inline.run_id, inline.node_id, inline.attempt) == ("r1", node_id, 1)
+        assert inline.task_type == "repeat"
         assert inline.worker_id == found[node_id].worker_id
         assert inline.ByteSize() <= LIMIT
         assert payload.decode(inline.value) == "s" * 10

@@ -25,7 +25,8 @@ async def stored(redis, run_id, node_id):
 
 
 async def dead_letters(redis):
-    return [messages_pb2.DeadLetter.FromString(f[b"d"]) for _, f in await redis.xrange(keys.DEAD_LETTERS_STREAM)]
+    entries = await redis.xrange(keys.DEAD_LETTERS_STREAM)
+    return [messages_pb2.DeadLetter.FromString(fields[b"d"]) for _, fields in entries]
 
 
 async def consumed(redis):
