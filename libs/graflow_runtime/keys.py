@@ -3,7 +3,10 @@
 Keys of one run share the hash tag ``{run_id}`` so that Redis Cluster keeps a run on one shard.
 Each service owns its keys: the scheduler ``run:*`` and the outcome stream, the coordinator the
 queues, dispatch records, retry timer, workers and dead letters, the result-store ``res``/``chan``/
-``graph``. Nobody writes another service's keys.
+``graph``. Nobody writes another service's keys, with one exception: the scheduler stores the small
+results that workers carry inline in their outcomes in the result-store's ``res`` hashes
+(:func:`results`, :func:`result_attempts`), in the script that applies the outcome
+(docs/architecture.md, "Data path"). The result-store still owns their layout and serves every read.
 """
 
 from __future__ import annotations
@@ -134,9 +137,17 @@ def worker_info(worker_id: str) -> str:
 
 # ---- result-store ----
 def results(run_id: str) -> str:
-    """hash node_id -> NodeResult bytes (highest attempt wins). Written by the result-store only;
-    the scheduler reads a run's sinks from it to answer WaitRun (run_result.lua)."""
+    """hash node_id -> NodeResult bytes (highest attempt wins, fenced by :func:`result_attempts`).
+    Written by the result-store (PutResults) and, for results carried inline in an outcome, by the
+    scheduler's apply_outcome.lua; the scheduler reads a run's sinks from it to answer WaitRun
+    (run_result.lua)."""
     return f"{PREFIX}:res:{{{run_id}}}"
+
+
+def result_attempts(run_id: str) -> str:
+    """hash node_id -> attempt of the result stored in :func:`results`: a result is written only
+    when no later attempt of its node stored one (Lua can't read the attempt out of the bytes)."""
+    return f"{results(run_id)}:attempt"
 
 
 def channel(run_id: str) -> str:

@@ -20,7 +20,7 @@ def hash_tag(key: str) -> str:
 @pytest.mark.parametrize("run_id", ["r1", "01J9ZQ4M5K-abc", "a.b_c-d"])
 def test_all_keys_of_a_run_share_the_run_id_hash_tag(run_id: str) -> None:
     run_scoped = [*keys.run_keys(run_id), *keys.run_flow_keys(run_id), keys.dispatch_record(run_id),
-                  keys.results(run_id), keys.channel(run_id)]
+                  keys.results(run_id), keys.result_attempts(run_id), keys.channel(run_id)]
     assert len(set(run_scoped)) == len(run_scoped)
     assert {hash_tag(key) for key in run_scoped} == {run_id}
 

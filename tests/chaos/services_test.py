@@ -53,12 +53,13 @@ def last_outcome_id(chaos: Chaos) -> bytes:
 
 
 def test_result_store_down_during_completions_workers_hold_their_outcomes_and_carry_on():
-    """The result-store is SIGKILLed while two 120-task fan-ins run, and restarted 3 s later.
-    Asserted: while it is down (after the tasks already running finished) no outcome is appended and
-    no delivery is acknowledged (the workers hold their finished attempts) and no new task starts;
-    once it is back the workers carry on by themselves: every run succeeds, every task body ran
-    exactly once, every node succeeded once."""
-    with chaos_stack() as chaos:
+    """The result-store is SIGKILLed while two 120-task fan-ins run, and restarted 3 s later, with
+    every result going through PutResults (INLINE_RESULT_MAX_BYTES=0: the path of results above the
+    limit). Asserted: while it is down (after the tasks already running finished) no outcome is
+    appended and no delivery is acknowledged (the workers hold their finished attempts) and no new
+    task starts; once it is back the workers carry on by themselves: every run succeeds, every task
+    body ran exactly once, every node succeeded once."""
+    with chaos_stack(env={"GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES": "0"}) as chaos:
         wf = fan_in("result-store-down", 120, 0.05)
         runs = [chaos.client.submit(wf) for _ in range(2)]
         ids = [run.id for run in runs]
@@ -74,6 +75,32 @@ def test_result_store_down_during_completions_workers_hold_their_outcomes_and_ca
         chaos.stack.restart("result-store")
         chaos.wait_runs(ids, timeout_s=45)
         assert_all_once(chaos, runs, wf, 120)
+
+
+def test_result_store_down_small_results_still_complete_end_to_end():
+    """The result-store is SIGKILLed and stays down while runs of small results (inline in their
+    outcomes, the default limit) are submitted, run and answered: a workflow whose graph the
+    scheduler stored before (so SubmitRun needs no PutGraph) and whose tasks need nothing else
+    from it (every parameter bound: no upstream result, no channel value). Asserted: every run
+    succeeds with its result, no delivery is left pending, and once the result-store is back,
+    every task body ran exactly once, every node succeeded once, and each stored result is the
+    applied attempt's (written by the scheduler with the outcome)."""
+    with chaos_stack() as chaos:
+        with workflow("result-store-down-small") as wf:
+            chaos_step(task_id="first", i=1, seconds=0) >> parallel(
+                *[chaos_step(task_id=f"s{i}", i=i, seconds=0) for i in range(20)]
+            ) >> chaos_step(task_id="last", i=99, seconds=0)
+        warm = chaos.client.submit(wf)  # stores the graph while the result-store is up
+        assert warm.result(timeout=30) == 99
+        chaos.stack.kill("result-store")
+        runs = [chaos.client.submit(wf) for _ in range(3)]
+        for run in runs:
+            assert run.result(timeout=30) == 99
+        assert pending(chaos) == 0
+        chaos.stack.restart("result-store")
+        for run in [warm, *runs]:
+            chaos.assert_effects_once(run.id, wf.spec())
+            chaos.assert_run_state_once(run.id, wf.spec())
 
 
 @pytest.mark.parametrize(("sig", "fsync"), [(signal.SIGTERM, "everysec"), (signal.SIGKILL, "always")],

@@ -82,8 +82,9 @@ def test_worker_killed_after_storing_the_result_before_the_ack_the_run_state_see
     the outcome nor acknowledge the delivery (it keeps retrying, holding the batch); it is SIGKILLed
     in that state. Another worker runs ``g`` again (its raw side effect happened exactly twice); the
     history saw ``g`` succeed once, the stored result is the one of the attempt the history
-    applied, and ``collect`` ran exactly once."""
-    with chaos_stack(worker_acl=True) as chaos:
+    applied, and ``collect`` ran exactly once. Every result goes through PutResults here
+    (INLINE_RESULT_MAX_BYTES=0: the path of results above the limit)."""
+    with chaos_stack(worker_acl=True, env={"GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES": "0"}) as chaos:
         wf = gated_chain("kill-before-ack", "stored", effect_first=False)
         run = chaos.client.submit(wf)
         victim = victim_of(chaos, run.id)
@@ -92,6 +93,32 @@ def test_worker_killed_after_storing_the_result_before_the_ack_the_run_state_see
         wait_until(lambda: "g" in chaos.stored_results(run.id, ["g"]), 15, "g's result to be stored")
         assert pending_for(chaos, victim) == 1  # stored, not acknowledged (its commit keeps failing)
         chaos.stack.kill_worker(chaos.worker_index(victim))
+        refuse_worker_commits(chaos, False)
+        chaos.wait_runs([run.id])
+
+        assert run.result(timeout=10) == EXPECTED
+        assert chaos.effects(run.id) == {"source": 1, "g": 2, "collect": 1}
+        chaos.assert_run_state_once(run.id, wf.spec(), redelivered=ONE_LOST)
+
+
+def test_worker_killed_holding_an_inline_result_it_could_not_commit_the_run_state_sees_the_task_once():
+    """Guarantee asserted: effects on run state exactly once. As above with the default limit:
+    ``g``'s small result rides in its outcome, so the worker that cannot append the outcome holds
+    the result too, and nothing is stored; it is SIGKILLed in that state. Another worker runs ``g``
+    again; the history saw ``g`` succeed once, the stored result is the applied attempt's (written
+    by the scheduler with that outcome), and ``collect`` ran exactly once."""
+    with chaos_stack(worker_acl=True) as chaos:
+        wf = gated_chain("kill-holding-inline", "held", effect_first=False)
+        run = chaos.client.submit(wf)
+        victim = victim_of(chaos, run.id)
+        index = chaos.worker_index(victim)
+        refuse_worker_commits(chaos, True)
+        chaos.open_gate("held")
+        log = chaos.stack.log_dir / f"worker-{index}.log"
+        wait_until(lambda: "cannot append outcomes" in log.read_text(), 15, "g's commit to be refused")
+        assert pending_for(chaos, victim) == 1  # finished, not acknowledged (its commit keeps failing)
+        assert chaos.stored_results(run.id, ["g"]) == {}  # the result is held with the outcome
+        chaos.stack.kill_worker(index)
         refuse_worker_commits(chaos, False)
         chaos.wait_runs([run.id])
 

@@ -93,6 +93,13 @@ def blob(ctx: TaskContext, size: int) -> str:
 
 
 @task(inject_context=True)
+def pair(ctx: TaskContext, small: str, large: str) -> dict[str, str]:
+    """Both upstream results, as received (tests/e2e/workflows_test.py: results inline or not)."""
+    record(ctx)
+    return {"small": small, "large": large}
+
+
+@task(inject_context=True)
 def explode(ctx: TaskContext, message: str = "boom") -> None:
     record(ctx)
     raise ValueError(message)

@@ -8,9 +8,13 @@ import redis
 
 from graflow import RunFailedError, WorkflowDefinitionError, parallel, workflow
 from graflow.devstack import LocalStack
-from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
+from graflow_api.v1 import messages_pb2, scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
+from graflow_api.v1 import result_store_pb2 as rs_pb2
+from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
+from graflow_runtime import keys
 from tests.e2e.tasks import (
     add_one,
+    blob,
     collect,
     double,
     echo,
@@ -19,6 +23,7 @@ from tests.e2e.tasks import (
     item,
     join,
     left,
+    pair,
     refuse,
     right,
     source,
@@ -67,6 +72,54 @@ def test_fan_out_of_1000_tasks_into_one_join(client, effects):
     counts = effects(run.id)
     assert len(counts) == 1002
     assert set(counts.values()) == {1}
+
+
+def outcomes_of(fx: redis.Redis, run_id: str) -> dict[str, messages_pb2.TaskOutcome]:
+    """node id -> its run's last outcome on gf:outcomes (not trimmed this soon: the stream is trimmed
+    only below the oldest entry the scheduler still needs, in whole macro nodes)."""
+    found = {}
+    for _, fields in fx.xrange(keys.OUTCOMES_STREAM):
+        outcome = messages_pb2.TaskOutcome.FromString(fields[keys.OUTCOME_FIELD])
+        if outcome.run_id == run_id:
+            found[outcome.node_id] = outcome
+    return found
+
+
+def test_results_below_and_above_the_inline_limit_reach_the_downstream_task_and_the_caller(client, fx):
+    """The workers' default INLINE_RESULT_MAX_BYTES (64 KiB): a 100-character result rides in its
+    outcome and is stored by the scheduler, a 100,000-character one goes through PutResults; both
+    reach the task downstream (GetResults) and run.result() (WaitRun)."""
+    small, large = "x" * 100, "x" * 100_000
+    with workflow("inline-results") as wf:
+        (blob(task_id="small", size=100) | blob(task_id="large", size=100_000)) >> pair
+        blob(task_id="small_sink", size=100)
+        blob(task_id="large_sink", size=100_000)
+    run = client.submit(wf)
+    assert run.result(timeout=30) == {
+        "pair": {"small": small, "large": large}, "small_sink": small, "large_sink": large,
+    }
+    sent = outcomes_of(fx, run.id)
+    assert sent["small"].has_result and sent["small"].HasField("result")
+    assert sent["small_sink"].HasField("result")
+    assert sent["large"].has_result and not sent["large"].HasField("result")
+    assert not sent["large_sink"].HasField("result")
+
+
+def test_a_put_results_of_an_older_attempt_does_not_replace_a_result_stored_inline(client, stack):
+    """Attempt 2 of a flaky task succeeds with a small result, stored by the scheduler; a late
+    PutResults of attempt 1 (a worker that was presumed dead) is STALE for the result-store."""
+    with workflow("inline-then-late-put") as wf:
+        wf.add(flaky(task_id="f", fail_times=1))
+    run = client.submit(wf)
+    assert run.result(timeout=30) == 2
+    late = rs_pb2.NodeResult(run_id=run.id, node_id="f", attempt=1, worker_id="presumed-dead")
+    late.value.data = b"1"
+    with grpc.insecure_channel(stack.result_store_address) as channel:
+        store = rs_grpc.ResultStoreStub(channel)
+        put = store.PutResults(rs_pb2.PutResultsRequest(results=[late]), timeout=10)
+        got = store.GetResults(rs_pb2.GetResultsRequest(run_id=run.id, node_ids=["f"]), timeout=10)
+    assert list(put.dispositions) == [rs_pb2.PutResultsResponse.DISPOSITION_STALE]
+    assert [(r.attempt, r.value.data) for r in got.results] == [(2, b"2")]
 
 
 def test_json_arguments_and_results_round_trip(client):

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
 from graflow_result_store.app import SERVICE_NAME
@@ -276,3 +277,19 @@ async def test_keep_runs_alive_restarts_the_retention_of_every_key_of_the_run(st
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[""]))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_result_the_scheduler_stored_inline_is_served_fenced_and_kept_alive(stub, redis):
+    """The scheduler's apply_outcome.lua writes small results into this service's hashes (names from
+    graflow_runtime.keys, NodeResult bytes, the attempt beside them, the scheduler's retention)."""
+    inline = result("a", 2, '"inline"')
+    await redis.hset(keys.results("r1"), "a", inline.SerializeToString())
+    await redis.hset(keys.result_attempts("r1"), "a", 2)
+    for key in (keys.results("r1"), keys.result_attempts("r1")):
+        await redis.expire(key, 5)
+
+    assert await put(stub, result("a", 1, '"late"'), result("a", 2, '"again"')) == [STALE, DUPLICATE]
+    assert await values(stub, "r1", "a") == {"a": b'"inline"'}
+    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=["r1"]))
+    hashes = (keys.results("r1"), keys.result_attempts("r1"))
+    assert [3590 <= await redis.ttl(key) <= 3600 for key in hashes] == [True, True]

@@ -22,11 +22,6 @@ class Disposition(enum.IntEnum):
     STALE = 3
 
 
-def result_attempts_key(run_id: str) -> str:
-    """hash node_id -> attempt of the stored result (fences writes of older attempts)."""
-    return f"{keys.results(run_id)}:attempt"
-
-
 def channel_expiry_key(run_id: str) -> str:
     """hash channel key -> expiry (Unix ms) of entries written with a TTL."""
     return f"{keys.channel(run_id)}:exp"
@@ -36,7 +31,7 @@ def run_keys(run_id: str) -> list[str]:
     """Every result-store key of a run (graphs are shared by runs and do not expire with them)."""
     return [
         keys.results(run_id),
-        result_attempts_key(run_id),
+        keys.result_attempts(run_id),
         keys.channel(run_id),
         channel_expiry_key(run_id),
         keys.checkpoints(run_id),
@@ -62,7 +57,7 @@ class ResultStore:
         script_keys: list[str] = []
         args: list[bytes | str | int] = [self._retention_s]
         for result in results:
-            script_keys += [keys.results(result.run_id), result_attempts_key(result.run_id)]
+            script_keys += [keys.results(result.run_id), keys.result_attempts(result.run_id)]
             args += [result.node_id, result.attempt, result.SerializeToString()]
         reply = await scripts.PUT_RESULTS.run(self._redis, script_keys, args)
         return [Disposition(int(code)) for code in reply]

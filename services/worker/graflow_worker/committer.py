@@ -3,16 +3,20 @@
 Finished attempts queue up while the previous commit is in flight; the flusher takes everything
 queued (up to ``commit_batch_max``) and commits it in two steps:
 
-1. one ``PutResults`` with the results of the successes (split only when their values together
-   exceed 8 MiB);
+1. small results (encoded NodeResult at most ``inline_max_bytes``, the worker's
+   INLINE_RESULT_MAX_BYTES) go inline in their outcome (``TaskOutcome.result``): the scheduler
+   stores them when it applies the outcome, atomically with it. The larger ones go in one
+   ``PutResults`` (split only when their values together exceed 8 MiB), made only when there are
+   any;
 2. one Lua script (atomic like ``MULTI``/``EXEC``, without its per-command replies: about a
    quarter of the client CPU): ``XADD gf:outcomes`` (field ``o`` = TaskOutcome bytes) per attempt
    and the ``XACK`` of every delivery on its queue stream.
 
-A delivery is acknowledged only together with its outcome, after its result is stored. Only after
-the script ran are the slots released. When the result-store or Redis is unavailable the batch is
-kept, nothing is acknowledged, the intake is paused and the commit is retried with bounded backoff
-until it goes through; then the intake resumes by itself.
+A delivery is acknowledged only together with its outcome, after its result is stored or inside
+it. Only after the script ran are the slots released. When the result-store (for a batch with a
+large result) or Redis is unavailable the batch is kept, nothing is acknowledged, the intake is
+paused and the commit is retried with bounded backoff until it goes through; then the intake
+resumes by itself. A batch of small results only never waits for the result-store.
 """
 
 from __future__ import annotations
@@ -62,12 +66,13 @@ class Finished:
 
 class Committer:
     def __init__(self, redis: aioredis.Redis, *, result_store: Downstream, stub: rs_grpc.ResultStoreStub,
-                 intake: Intake, batch_max: int) -> None:
+                 intake: Intake, batch_max: int, inline_max_bytes: int) -> None:
         self._redis = redis
         self._downstream = result_store
         self._stub = stub
         self._intake = intake
         self._batch_max = batch_max
+        self._inline_max_bytes = inline_max_bytes
         self._queue: deque[Finished] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -106,10 +111,21 @@ class Committer:
         await self._append_and_ack(batch)
 
     async def _store_results(self, batch: list[Finished]) -> None:
-        with_result = [item for item in batch if item.execution.result is not None]
+        """Small results into their outcomes; the others stored with PutResults."""
+        large: list[Finished] = []
+        for item in batch:
+            result = item.execution.result
+            if result is None:
+                continue
+            if result.ByteSize() <= self._inline_max_bytes:
+                item.execution.outcome.result.CopyFrom(result)
+            else:
+                large.append(item)
+        if not large:
+            return
         chunk: list[Finished] = []
         size = 0
-        for item in with_result:
+        for item in large:
             value_size = len(item.execution.result.value.data)  # type: ignore[union-attr]
             if chunk and size + value_size > PUT_REQUEST_BYTES:
                 await self._put(chunk)

@@ -15,6 +15,7 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.settings import ServiceSettings, settings_config, split_list
 
 _TASK_MODULES_HINT = (
@@ -53,6 +54,10 @@ class WorkerSettings(ServiceSettings):
     read_block_ms: int = Field(default=1000, ge=1)
     # Most finished attempts committed by one PutResults + MULTI.
     commit_batch_max: int = Field(default=256, ge=1)
+    # Results whose encoded size (NodeResult bytes) is at most this travel inline in the outcome and
+    # are stored by the scheduler when it applies the outcome: no PutResults, and the result-store
+    # need not be up to commit them. Larger ones go through PutResults first. 0 = always PutResults.
+    inline_result_max_bytes: int = Field(default=64 * 1024, ge=0, le=MAX_INLINE_RESULT_BYTES)
     # Frames kept in the traceback summary of a failed task.
     traceback_frames: int = Field(default=8, ge=1)
 

@@ -41,6 +41,7 @@ def test_defaults_work_on_one_machine(monkeypatch):
     assert settings.health_listen_address == "127.0.0.1:0"
     assert settings.coordinator_address == "127.0.0.1:50052"
     assert settings.result_store_address == "127.0.0.1:50053"
+    assert settings.inline_result_max_bytes == 64 * 1024
     assert re.fullmatch(rf"{re.escape(socket.gethostname())}-{os.getpid()}-[0-9a-f]{{4}}", settings.worker_id)
 
 
@@ -57,4 +58,13 @@ def test_bad_values_name_the_variable(monkeypatch):
     monkeypatch.setenv("GRAFLOW_WORKER_CONCURRENCY", "2")
     monkeypatch.setenv("GRAFLOW_WORKER_QUEUES", " , ")
     with pytest.raises(SettingsError, match="GRAFLOW_WORKER_QUEUES: .*at least one queue"):
+        load_settings(WorkerSettings)
+
+
+def test_inline_results_are_bounded_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("GRAFLOW_WORKER_TASK_MODULES", "app.tasks")
+    monkeypatch.setenv("GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES", "0")
+    assert load_settings(WorkerSettings).inline_result_max_bytes == 0
+    monkeypatch.setenv("GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES", str(1024 * 1024 + 1))
+    with pytest.raises(SettingsError, match="GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES"):
         load_settings(WorkerSettings)

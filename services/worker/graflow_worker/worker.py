@@ -101,7 +101,7 @@ class Worker:
         )
         self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
         self.committer = Committer(redis, result_store=result_store, stub=rs_stub, intake=self.intake,
-                                   batch_max=s.commit_batch_max)
+                                   batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes)
         self.consumer = Consumer(
             redis=redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
             intake=self.intake, runner=self.runner, committer=self.committer,

@@ -15,6 +15,11 @@ to the script with it; nodes added at run time are found in the run's ``dyn`` ha
 (graflow_scheduler.state.dynamic_nodes); re-runs are dispatched with their cycle and iteration
 data; the child runs of a run a task canceled are canceled.
 
+A result carried inline in a success (``TaskOutcome.result``, small results) is stored in the run's
+result hash by the script that applies the outcome, only when it applies it (state/store.py). An
+inline result on another status, naming another node or attempt, or over
+``MAX_INLINE_RESULT_BYTES`` makes the outcome invalid (dead-lettered).
+
 A STATUS_CANCELED outcome (invariant 11: a worker skipped a delivery of a run that had ended, or a
 body stopped on the run's end) changes nothing but the ended run's counters ``skipped`` /
 ``stopped`` (run_ended_outcome.lua). One for a run that has not ended (a worker wrongly believed
@@ -41,6 +46,7 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
 from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
@@ -111,9 +117,25 @@ def decode_outcome(entry_id: bytes, fields: dict[bytes, bytes]) -> messages_pb2.
         problem = "attempt is 0"
     elif outcome.status not in _STATUSES:
         problem = f"status {outcome.status} is not SUCCEEDED, FAILED, WAITING or CANCELED"
+    elif outcome.HasField("result"):
+        problem = _inline_result_problem(outcome)
     if problem:
         return DeadOutcome(entry_id, f"invalid outcome: {problem}", raw, outcome)
     return outcome
+
+
+def _inline_result_problem(outcome: messages_pb2.TaskOutcome) -> str | None:
+    """What is wrong with the result an outcome carries inline, if anything (it is stored as is)."""
+    result = outcome.result
+    if outcome.status != messages_pb2.TaskOutcome.STATUS_SUCCEEDED or not outcome.has_result:
+        return "an inline result on an outcome that is not a success with a result"
+    if (result.run_id, result.node_id, result.attempt) != (outcome.run_id, outcome.node_id, outcome.attempt):
+        return (f"its inline result names run {result.run_id[:64]!r}, node {result.node_id[:64]!r}, "
+                f"attempt {result.attempt}, not the outcome's")
+    size = result.ByteSize()
+    if size > MAX_INLINE_RESULT_BYTES:
+        return f"its inline result is {size} bytes, over the limit of {MAX_INLINE_RESULT_BYTES}"
+    return None
 
 
 class OutcomeBatches:
@@ -299,6 +321,7 @@ class OutcomeBatches:
             closure_json=flow.closure_json(failed=not succeeded),
             worker_lost=worker_lost,
             flow_json=flow.flow_json,
+            result=outcome.result if succeeded and outcome.HasField("result") else None,
             # The wait timer's FeedbackTimeout names the request it ends.
             ends_wait=outcome.wait.feedback.request_id if not succeeded and outcome.HasField("wait") else "",
         )
@@ -451,6 +474,7 @@ def _as_lost(outcome: messages_pb2.TaskOutcome, *, give_up: bool) -> messages_pb
     lost.status = messages_pb2.TaskOutcome.STATUS_FAILED
     lost.worker_lost = not give_up
     lost.has_result = False
+    lost.ClearField("result")
     del lost.directives[:]
     lost.error.CopyFrom(common_pb2.ErrorInfo(
         type=RUN_ENDED,

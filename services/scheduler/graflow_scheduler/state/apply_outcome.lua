@@ -1,13 +1,21 @@
 -- Apply one task outcome to a run, atomically and idempotently (fenced by the attempt).
 -- KEYS: 1-7 run keys (see common.lua), 8-15 flow and wait keys (see flow.lua, waits.lua), 16 the
---       ended-runs stream, and for a 'W' outcome waiting for a child run, 17 the child run's meta.
+--       ended-runs stream, 17 the run's result hash gf:res:{R} and 18 its attempts hash (the
+--       result-store's layout, graflow_runtime.keys), and for a 'W' outcome waiting for a child
+--       run, 19 the child run's meta.
 -- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
 --       now without consuming the retry budget and counted in the join hash as '<node>:lost'),
 --       flow json (graflow_scheduler.graph.directives: directives, continuation, loop edges, limits; see flow.lua),
---       wait id ('W': what it waits on; 'F': the wait a FeedbackTimeout ends, else ''), and for
---       'W': wait record, '1' for a feedback request, deadline ms (0 = none).
+--       'S': the result carried inline in the outcome (NodeResult bytes, '' = none: it was stored
+--       by PutResults, or there is none), wait id ('W': what it waits on; 'F': the wait a
+--       FeedbackTimeout ends, else ''), and for 'W': wait record, '1' for a feedback request,
+--       deadline ms (0 = none).
+-- An inline result is stored only when the outcome is applied (a stale, duplicate or ignored
+-- outcome writes nothing), before anything it releases is dispatched and before the run's end,
+-- with the result-store's rule (put_results.lua): written only when no later attempt of the node
+-- stored one, the first value of an attempt kept, both hashes expiring retention_s after the write.
 -- A 'W' outcome parks the node (waits.lua); a wait id used before in the run fails the node with
 -- InvalidWait instead; a child run that ended already resumes it at once. While a node waits,
 -- only an 'F' outcome of its current attempt naming the wait it waits on applies (the wait
@@ -55,7 +63,7 @@ local function ready_in(entries, out)
   return out
 end
 
-local wait_id = ARGV[14] or ''
+local wait_id = ARGV[15] or ''
 local live = state == 'READY' or
   (state == 'WAITING' and status == 'F' and wait_id ~= '' and redis.call('HGET', KEYS[K_WAITS], '@' .. node) == wait_id)
 if not live or attempt ~= current then
@@ -85,7 +93,7 @@ if state == 'WAITING' then
 end
 
 if status == 'W' then
-  local record, feedback, deadline = ARGV[15], ARGV[16] == '1', tonumber(ARGV[17])
+  local record, feedback, deadline = ARGV[16], ARGV[17] == '1', tonumber(ARGV[18])
   if redis.call('HEXISTS', KEYS[K_WAITS], wait_id) == 1 then
     status, delay = 'F', -1
     err = error_info('InvalidWait', string.format("'%s' waits on '%s', which this run waited on before " ..
@@ -96,7 +104,7 @@ if status == 'W' then
     park(run_id, node, attempt, wait_id, record, feedback, deadline, now, 'waiting for ' .. what, worker)
     local ready, cyc = {}, {}
     if not feedback then
-      local child_status = redis.call('HGET', KEYS[17], 'status')
+      local child_status = redis.call('HGET', KEYS[19], 'status')
       if child_status and not is_live(child_status) then
         push_ready(ready, node, resume(run_id, node, wait_id, '', now, what .. ' ended ' .. child_status))
         note_cycle(cyc, node)
@@ -133,6 +141,19 @@ if status == 'F' and delay >= 0 then
   local cyc = {}
   note_cycle(cyc, node)
   return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, settle_pause(now), {cyc, {}}}
+end
+
+-- A success's inline result, stored as the result-store's put_results.lua does (highest attempt
+-- wins), before the directives and the successors: whatever this outcome releases or ends reads it.
+local result = ARGV[14]
+if status == 'S' and result and result ~= '' then
+  local stored = tonumber(redis.call('HGET', KEYS[18], node) or '0')
+  if stored < attempt then
+    redis.call('HSET', KEYS[17], node, result)
+    redis.call('HSET', KEYS[18], node, attempt)
+    redis.call('EXPIRE', KEYS[17], retention)
+    redis.call('EXPIRE', KEYS[18], retention)
+  end
 end
 
 -- The node finishes: its state, then in one write 'updated' and the counters finish_node and

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.errors import ParentEnded, ParentNotFound, RunNotFound
@@ -82,6 +83,9 @@ class OutcomeToApply:
     # For the wait timer's FeedbackTimeout: the wait it ends (it applies only while the node waits
     # on it).
     ends_wait: str = ""
+    # A success's result carried inline in its outcome: stored in the run's result hash (the
+    # result-store's layout) by the script, only if it applies the outcome.
+    result: rs_pb2.NodeResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +154,27 @@ def _parse_applied(raw: object) -> AppliedOutcome:
 
 
 @functools.lru_cache(maxsize=4096)
-def _run_flow_keys(run_id: str) -> tuple[str, ...]:
-    """:func:`flow_script_keys`, built once per run (each outcome of the run sends them)."""
-    return tuple(flow_script_keys(run_id))
+def _apply_keys(run_id: str) -> tuple[str, ...]:
+    """KEYS of apply_outcome, built once per run (each outcome of the run sends them):
+    :func:`flow_script_keys`, then the run's result hash and its attempts (KEYS[17], KEYS[18]),
+    where an inline result is stored."""
+    return (*flow_script_keys(run_id), keys.results(run_id), keys.result_attempts(run_id))
 
 
 def _outcome_keys(outcome: OutcomeToApply) -> tuple[str, ...]:
-    run_keys = _run_flow_keys(outcome.run_id)
+    run_keys = _apply_keys(outcome.run_id)
     if outcome.wait is not None and outcome.wait.child_meta_key:
         return (*run_keys, outcome.wait.child_meta_key)
     return run_keys
+
+
+def _result_arg(outcome: OutcomeToApply, now_ms: int) -> bytes:
+    """The inline result as the result-store stores it (NodeResult bytes, ``stored_at_ms`` set), or
+    b"" when there is none."""
+    if outcome.result is None:
+        return b""
+    outcome.result.stored_at_ms = now_ms
+    return outcome.result.SerializeToString()
 
 
 def _wait_args(outcome: OutcomeToApply) -> list[str | bytes | int]:
@@ -264,6 +279,7 @@ class RunStore:
                     IDEMPOTENCY_PREFIX,
                     "1" if o.worker_lost else "0",
                     o.flow_json,
+                    _result_arg(o, now_ms),
                     *_wait_args(o),
                 ],
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
+from graflow_api.v1 import common_pb2, messages_pb2, result_store_pb2, workflow_pb2
 
 
 def node(node_id: str, task_type: str = "", **fields: object) -> workflow_pb2.NodeSpec:
@@ -53,7 +53,10 @@ def outcome(
     error_type: str = "ValueError",
     retryable: bool = True,
     worker: str = "w1",
+    value: bytes | None = None,
 ) -> messages_pb2.TaskOutcome:
+    """A worker's outcome; ``value`` (JSON bytes): a success's result carried inline, as workers
+    send results up to their INLINE_RESULT_MAX_BYTES."""
     result = messages_pb2.TaskOutcome(
         run_id=run_id,
         node_id=node_id,
@@ -61,6 +64,11 @@ def outcome(
         status=messages_pb2.TaskOutcome.STATUS_SUCCEEDED if ok else messages_pb2.TaskOutcome.STATUS_FAILED,
         worker_id=worker,
     )
+    if value is not None:
+        result.has_result = True
+        result.result.CopyFrom(result_store_pb2.NodeResult(
+            run_id=run_id, node_id=node_id, attempt=attempt, worker_id=worker, task_type=f"t_{node_id}",
+            value=common_pb2.Payload(content_type="application/json", data=value)))
     if not ok:
         result.error.CopyFrom(
             common_pb2.ErrorInfo(type=error_type, message=f"{node_id} broke", retryable=retryable)

@@ -282,6 +282,9 @@ class Stack:
             "breaker_fail_max": 3,
             "breaker_reset_s": 0.1,
             "shutdown_grace_s": 5.0,
+            # Every result through the result-store double, where most tests look for it; the
+            # inline results (the product's default) are tested with a limit (committer_test.py).
+            "inline_result_max_bytes": 0,
         }
         values.update(overrides)
         return WorkerSettings(**values)
