@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from graflow import payload
 from graflow_api.v1 import coordinator_pb2 as co_pb2
@@ -240,10 +241,15 @@ async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") ->
 
 
 async def pending_count(redis: aioredis.Redis, queue: str = "default") -> int:
-    """Entries delivered and not acknowledged in both lanes of ``queue``."""
+    """Entries delivered and not acknowledged in both lanes of ``queue`` (a lane without its stream
+    or group holds none)."""
     pending = 0
     for stream in keys.queue_lanes(queue):
-        pending += int((await redis.xpending(stream, keys.WORKER_GROUP))["pending"])
+        try:
+            pending += int((await redis.xpending(stream, keys.WORKER_GROUP))["pending"])
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
     return pending
 
 
