@@ -29,7 +29,8 @@ def test_global_keys_have_no_hash_tag_and_share_the_prefix() -> None:
     global_keys = [keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM, keys.RUNS_INDEX, keys.ACTIVE_RUNS,
                    keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.RUNS_ENDED, keys.FEEDBACK_PENDING,
                    keys.WAIT_DEADLINES, keys.CHILDREN_ENDED, keys.CHILDREN_TO_CANCEL,
-                   keys.queue_stream("default"), keys.queue_high_stream("default"), keys.idempotency("k"), keys.worker_info("w1"),
+                   keys.queue_stream("default"), keys.queue_high_stream("default"), keys.idempotency("k"),
+                   keys.worker_info("w1"),
                    keys.graph("ab" * 32)]
     for key in global_keys:
         assert "{" not in key, key

@@ -11,7 +11,9 @@ from graflow_coordinator.conftest import envelope, stream_envelopes
 from graflow_coordinator.deadletters import make_dead_letter
 
 
-async def dead_letter(redis: aioredis.Redis, node_id: str, *, queue: str = "default", priority: int = 0) -> str:
+async def dead_letter(
+    redis: aioredis.Redis, node_id: str, *, queue: str = "default", priority: int = 0
+) -> str:
     """Append a dead letter the way any process does (a worker with an undecodable message, ...)."""
     raw = envelope(node_id, priority=priority).SerializeToString()
     letter = make_dead_letter(queue=queue, original_id="1-0", raw=raw, reason="test reason")

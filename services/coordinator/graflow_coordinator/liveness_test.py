@@ -208,7 +208,7 @@ async def test_a_delivery_held_past_the_lease_by_a_consumer_that_is_not_a_regist
     assert len(await redis.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 10, consumername="alive")) == 1
 
 
-async def test_a_high_lane_delivery_held_past_the_lease_by_a_consumer_that_is_not_a_registered_worker_is_reported_lost(
+async def test_a_high_lane_delivery_held_past_the_lease_by_an_unregistered_consumer_is_reported_lost(
     start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
 ) -> None:
     app = await start_coordinator(**{**IDLE_LOOP, "heartbeat_interval_ms": 100, "lease_timeout_ms": 300})

@@ -2,8 +2,9 @@
 
 A reclaimed delivery is never put back on its queue: the attempt it carried is over, and the
 scheduler, which owns attempts, decides what runs next (its next attempt goes to the queue's high
-lane). For one (queue, consumer), in each lane of the queue: list its pending entries (XPENDING), claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each
-batch in one Lua script: acknowledge the entry and, only if that acknowledgement removed it from
+lane). For one (queue, consumer), in each lane of the queue: list its pending entries (XPENDING),
+claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each batch in one Lua
+script: acknowledge the entry and, only if that acknowledgement removed it from
 the pending list, append a ``TaskOutcome`` of its attempt to ``gf:outcomes``: FAILED, ErrorInfo
 ``WorkerLost`` (retryable), ``worker_lost`` set. The scheduler redelivers the node at once as
 attempt+1 without consuming its retry budget; a late outcome of the lost attempt (its worker was

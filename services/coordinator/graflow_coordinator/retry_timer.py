@@ -46,7 +46,9 @@ class RetryTimer(BackgroundLoop):
         total = 0
         while True:
             now_ms = int(time.time() * 1000)
-            reply = await _MOVE_DUE.run(self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, *LANE_PREFIXES])
+            reply = await _MOVE_DUE.run(
+                self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, *LANE_PREFIXES]
+            )
             moved, malformed, next_due = int(reply[0]), int(reply[1]), int(reply[2])
             missing = {q.decode() if isinstance(q, bytes) else q for q in reply[3:]}
             total += moved

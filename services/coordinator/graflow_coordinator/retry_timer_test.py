@@ -72,7 +72,9 @@ async def test_a_due_high_lane_member_is_appended_to_the_high_lane(
     assert [e.node_id for e in await eventually(lambda: stream_envelopes(redis))] == ["plain"]
 
 
-async def test_a_due_high_lane_member_of_a_vanished_queue_gets_both_groups_first(redis: aioredis.Redis) -> None:
+async def test_a_due_high_lane_member_of_a_vanished_queue_gets_both_groups_first(
+    redis: aioredis.Redis,
+) -> None:
     timer = RetryTimer(redis, QueueGroups(redis), max_sleep_ms=50)
     member = b"gone high\n" + delivery("a", priority=1).envelope.SerializeToString()
     await redis.zadd(keys.RETRY_TIMER, {member: 1})

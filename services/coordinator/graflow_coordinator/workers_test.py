@@ -86,7 +86,8 @@ async def test_deregister_removes_the_worker_and_its_idle_consumer(
     await stub.RegisterWorker(registration("w1"))
     await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
     high, stream = keys.queue_lanes("default")
-    [[_, [(entry_id, _)]]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {high: ">", stream: ">"}, count=1)
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {high: ">", stream: ">"}, count=1)
+    [[_, [(entry_id, _)]]] = read
     await redis.xack(stream, keys.WORKER_GROUP, entry_id)
 
     await stub.DeregisterWorker(coordinator_pb2.DeregisterWorkerRequest(worker_id="w1"))

@@ -135,7 +135,10 @@ class Consumer:
         self._reader = reader
         self.worker_id = worker_id
         # Every lane of every queue, in reading order: the high lanes first.
-        self._queue_of = {keys.queue_high_stream(q): q for q in queues} | {keys.queue_stream(q): q for q in queues}
+        self._queue_of = {
+            **{keys.queue_high_stream(q): q for q in queues},
+            **{keys.queue_stream(q): q for q in queues},
+        }
         # The last read filled every free slot: the next one takes without blocking.
         self._backlog = True
         self._intake = intake
