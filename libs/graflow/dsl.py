@@ -391,6 +391,12 @@ def task(fn: Callable[..., Any] | str | None = None, *, id: str | None = None,  
     ``@task``, ``@task("name")`` or ``@task(id="name", retry=RetryPolicy(...), timeout=30)``.
     With ``inject_context=True`` the function receives a :class:`graflow.TaskContext` as its first
     argument. Parameters named after upstream tasks receive their results.
+
+    ``priority``: above 0, the task's deliveries go to its queue's high lane, which workers read
+    before the normal lane, so they overtake work already waiting in the queue (the high lane also
+    carries attempts that replace ones lost with their worker); 0 or below, the normal lane. Within
+    a lane deliveries are first in, first out, except that tasks released together are queued
+    highest priority first.
     """
     if isinstance(fn, str):
         id, fn = fn, None  # noqa: A001

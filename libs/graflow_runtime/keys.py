@@ -28,8 +28,26 @@ ENDED_CURSOR_FIELD = b"c"
 OUTCOME_FIELD = b"o"
 
 
+# Priority lanes (docs/architecture.md, "Priority lanes"): every queue is two streams, each with
+# the group WORKER_GROUP. Workers read the high lane first. Attempts that replace one lost with its
+# worker, and envelopes with priority > 0, are appended to the high lane; everything else to the
+# normal lane. The high lane's prefix is not "gf:q:", so no queue name can produce its key.
+HIGH_LANE = "high"
+
+
 def queue_stream(queue: str) -> str:
+    """The queue's normal lane."""
     return f"{PREFIX}:q:{queue}"
+
+
+def queue_high_stream(queue: str) -> str:
+    """The queue's high lane."""
+    return f"{PREFIX}:qh:{queue}"
+
+
+def queue_lanes(queue: str) -> tuple[str, str]:
+    """Both streams of ``queue`` in the order workers read them: high lane, normal lane."""
+    return queue_high_stream(queue), queue_stream(queue)
 
 
 # ---- scheduler ----
@@ -122,7 +140,9 @@ def run_flow_keys(run_id: str) -> list[str]:
 
 
 # ---- coordinator ----
-RETRY_TIMER = f"{PREFIX}:retry"  # zset member = delivery bytes, score = due ms
+# zset, score = due ms, member = "<queue>\n<envelope bytes>" (normal lane) or
+# "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace).
+RETRY_TIMER = f"{PREFIX}:retry"
 WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
 
 

@@ -29,9 +29,19 @@ def test_global_keys_have_no_hash_tag_and_share_the_prefix() -> None:
     global_keys = [keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM, keys.RUNS_INDEX, keys.ACTIVE_RUNS,
                    keys.RETRY_TIMER, keys.WORKERS_INDEX, keys.RUNS_ENDED, keys.FEEDBACK_PENDING,
                    keys.WAIT_DEADLINES, keys.CHILDREN_ENDED, keys.CHILDREN_TO_CANCEL,
-                   keys.queue_stream("default"), keys.idempotency("k"), keys.worker_info("w1"),
+                   keys.queue_stream("default"), keys.queue_high_stream("default"), keys.idempotency("k"),
+                   keys.worker_info("w1"),
                    keys.graph("ab" * 32)]
     for key in global_keys:
         assert "{" not in key, key
         assert key.startswith(f"{keys.PREFIX}:"), key
     assert keys.queue_stream("gpu") == "gf:q:gpu"
+
+
+def test_a_queue_high_lane_is_not_the_normal_lane_of_any_valid_queue_name() -> None:
+    normal_prefix = keys.queue_stream("")
+    for queue in ["default", "gpu", "h:default", "qh:default", ":default"]:
+        high = keys.queue_high_stream(queue)
+        # Any key under the normal prefix names the queue after it; none of these keys is under it.
+        assert not high.startswith(normal_prefix), high
+    assert keys.queue_lanes("gpu") == ("gf:qh:gpu", "gf:q:gpu")

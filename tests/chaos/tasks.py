@@ -54,6 +54,16 @@ def chaos_hold(
 
 
 @task(inject_context=True)
+def chaos_in_order(ctx: TaskContext, gate: str) -> int:
+    """Marks its start and appends ``"<node> <attempt>"`` to ``order:<run>`` (the order in which the
+    run's bodies started, over every worker), then waits for ``gate``. Returns its attempt."""
+    mark("started", ctx)
+    effects().rpush(f"order:{ctx.run_id}", f"{ctx.node_id} {ctx.attempt}")
+    wait_gate(ctx, gate)
+    return ctx.attempt
+
+
+@task(inject_context=True)
 def chaos_step(ctx: TaskContext, i: int, seconds: float = 0.0) -> int:
     """Records its effect, takes ``seconds``, returns ``i``."""
     record(ctx)

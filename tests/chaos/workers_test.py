@@ -12,7 +12,7 @@ from graflow import parallel, workflow
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 from tests.chaos.conftest import QUEUE, Chaos, chaos_stack, refuse_worker_commits, wait_until
-from tests.chaos.tasks import chaos_hold
+from tests.chaos.tasks import chaos_hold, chaos_in_order
 from tests.e2e.tasks import collect, source
 
 EXPECTED = {"count": 1, "total": 2}  # g returns its value (1) + source's result (1)
@@ -219,3 +219,46 @@ def scheduler_consumed(chaos: Chaos, entry_id: bytes) -> bool:
     (group,) = (g for g in chaos.bus.xinfo_groups(keys.OUTCOMES_STREAM) if g["name"] == b"scheduler")
     last = tuple(int(p) for p in group["last-delivered-id"].split(b"-"))
     return last >= tuple(int(p) for p in entry_id.split(b"-")) and group["pending"] == 0
+
+
+BACKLOG = 12
+
+
+def test_an_attempt_lost_with_its_worker_runs_again_before_the_queues_backlog():
+    """Guarantee asserted: a lost attempt is redelivered ahead of the queue's backlog (issue 13,
+    priority lanes). Two workers of 2 slots run a group whose members all wait on gates: ``victim``
+    (dispatched first) and ``BACKLOG`` more, so every slot is taken and the rest of the backlog
+    waits in the queue's normal lane. The victim's worker is SIGKILLed; once the victim's next
+    attempt is queued, the gates open. The surviving worker's next reads take the high lane first:
+    the victim's new attempt starts before every backlog member that had not started before the kill
+    (by the order the bodies recorded their starts, not by timing)."""
+    with chaos_stack(env={"GRAFLOW_WORKER_CONCURRENCY": "2"}) as chaos:
+        with workflow("lost-ahead-of-backlog") as wf:
+            parallel(
+                chaos_in_order(task_id="victim", gate="victim"),
+                *[chaos_in_order(task_id=f"b{i}", gate="backlog") for i in range(BACKLOG)],
+            )
+        run = chaos.client.submit(wf)
+        ((victim, _attempt),) = chaos.wait_marks("started", run.id, "victim")
+        wait_until(lambda: len(chaos.fx.lrange(f"order:{run.id}", 0, -1)) == 4, 15, "every slot taken")
+        started_before_kill = {raw.decode().split()[0] for raw in chaos.fx.lrange(f"order:{run.id}", 0, -1)}
+        chaos.stack.kill_worker(chaos.worker_index(victim))
+        high_lane = keys.queue_high_stream("default")
+
+        def victim_requeued() -> bool:
+            envelopes = [messages_pb2.TaskEnvelope.FromString(f[keys.ENVELOPE_FIELD])
+                         for _id, f in chaos.bus.xrange(high_lane)]
+            return any((e.node_id, e.attempt) == ("victim", 2) for e in envelopes)
+
+        wait_until(victim_requeued, 15, "the victim's next attempt in the high lane")
+        chaos.open_gate("victim")
+        chaos.open_gate("backlog")
+        chaos.wait_runs([run.id])
+
+        order = [tuple(raw.decode().split()) for raw in chaos.fx.lrange(f"order:{run.id}", 0, -1)]
+        rerun = order.index(("victim", "2"))
+        queued = {f"b{i}" for i in range(BACKLOG)} - started_before_kill
+        first_starts = {node: order.index((node, "1")) for node in queued}
+        assert len(queued) >= BACKLOG - 3, started_before_kill
+        assert all(rerun < index for index in first_starts.values()), (order, rerun)
+        chaos.assert_run_state_once(run.id, wf.spec(), redelivered=dict.fromkeys(started_before_kill, 1))

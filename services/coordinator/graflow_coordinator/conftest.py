@@ -102,12 +102,19 @@ def envelope(
     )
 
 
-def delivery(node_id: str = "a", *, delay_ms: int = 0, **fields: Any) -> coordinator_pb2.Delivery:
-    return coordinator_pb2.Delivery(envelope=envelope(node_id, **fields), delay_ms=delay_ms)
+def delivery(
+    node_id: str = "a", *, delay_ms: int = 0, replaces_lost_attempt: bool = False, **fields: Any
+) -> coordinator_pb2.Delivery:
+    return coordinator_pb2.Delivery(
+        envelope=envelope(node_id, **fields), delay_ms=delay_ms, replaces_lost_attempt=replaces_lost_attempt
+    )
 
 
-async def stream_envelopes(redis: aioredis.Redis, queue: str = "default") -> list[messages_pb2.TaskEnvelope]:
-    entries = await redis.xrange(keys.queue_stream(queue))
+async def stream_envelopes(
+    redis: aioredis.Redis, queue: str = "default", *, high: bool = False
+) -> list[messages_pb2.TaskEnvelope]:
+    """The envelopes in ``queue``'s normal lane, or its high lane."""
+    entries = await redis.xrange(keys.queue_high_stream(queue) if high else keys.queue_stream(queue))
     return [messages_pb2.TaskEnvelope.FromString(fields[keys.ENVELOPE_FIELD]) for _, fields in entries]
 
 

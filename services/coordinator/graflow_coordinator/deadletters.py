@@ -3,7 +3,8 @@
 Each entry has one field ``d`` = ``DeadLetter`` bytes (its ``id`` is the entry id, filled in when
 read). Workers dead-letter undecodable envelopes through the same stream and format; the
 coordinator dead-letters poison messages (see :mod:`reclaim`). Operators list them and replay them:
-a replay appends ``raw`` to the dead letter's queue as a new delivery and deletes the dead letter,
+a replay appends ``raw`` to the dead letter's queue as a new delivery (to the lane its priority
+selects) and deletes the dead letter,
 atomically and only once (XADD happens only if this call's XDEL removed the entry).
 
 A replayed delivery is the original message, attempt number included: its outcome counts only if
@@ -156,10 +157,12 @@ class DeadLetters:
         if not letters:
             return 0
         await self._groups.ensure({letter.queue for letter in letters})
-        args: list[bytes | str] = [keys.queue_stream("")]
+        streams: list[str] = []
+        args: list[bytes | str] = []
         for letter in letters:
-            args += [letter.id, letter.queue, letter.raw]
-        replayed = int(await _REPLAY.run(self._redis, [keys.DEAD_LETTERS_STREAM], args))
+            streams.append(_replay_stream(letter))
+            args += [letter.id, letter.raw]
+        replayed = int(await _REPLAY.run(self._redis, [keys.DEAD_LETTERS_STREAM, *streams], args))
         log.info(
             "dead letters replayed",
             replayed=replayed,
@@ -167,6 +170,17 @@ class DeadLetters:
             dead_letter_ids=[letter.id for letter in letters[:100]],
         )
         return replayed
+
+
+def _replay_stream(letter: messages_pb2.DeadLetter) -> str:
+    """The lane a replay appends to: the high lane for an envelope of priority > 0, else the normal
+    lane (a replayed attempt does not replace one lost with its worker, even if the letter came
+    from the high lane)."""
+    try:
+        high = messages_pb2.TaskEnvelope.FromString(letter.raw).priority > 0
+    except DecodeError:
+        high = False
+    return keys.queue_high_stream(letter.queue) if high else keys.queue_stream(letter.queue)
 
 
 def _replay_problem(letter: messages_pb2.DeadLetter) -> str | None:

@@ -11,9 +11,11 @@ from graflow_coordinator.conftest import envelope, stream_envelopes
 from graflow_coordinator.deadletters import make_dead_letter
 
 
-async def dead_letter(redis: aioredis.Redis, node_id: str, *, queue: str = "default") -> str:
+async def dead_letter(
+    redis: aioredis.Redis, node_id: str, *, queue: str = "default", priority: int = 0
+) -> str:
     """Append a dead letter the way any process does (a worker with an undecodable message, ...)."""
-    raw = envelope(node_id).SerializeToString()
+    raw = envelope(node_id, priority=priority).SerializeToString()
     letter = make_dead_letter(queue=queue, original_id="1-0", raw=raw, reason="test reason")
     entry_id = await redis.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.SerializeToString()})
     return entry_id.decode()
@@ -80,6 +82,19 @@ async def test_replaying_a_dead_letter_puts_it_back_on_its_queue_and_removes_it(
     assert len(read[0][1]) == 1  # the queue's group exists and hands it out
     listed = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters
     assert [x.id for x in listed] == [keep]
+
+
+async def test_a_replay_appends_to_the_lane_the_envelopes_priority_selects(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    urgent = await dead_letter(redis, "urgent", priority=3)
+    plain = await dead_letter(redis, "plain")
+
+    reply = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[urgent, plain]))
+
+    assert reply.replayed == 2
+    assert [e.node_id for e in await stream_envelopes(redis, high=True)] == ["urgent"]
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["plain"]
 
 
 async def test_replaying_all_empties_the_dead_letters(

@@ -1,8 +1,9 @@
 -- Dispatch a chunk of deliveries (graflow_coordinator.dispatch).
 -- KEYS[1] = retry zset, KEYS[2] = ended runs stream; for delivery i: KEYS[3i] = dispatch record,
--- KEYS[3i+1] = queue stream, KEYS[3i+2] = run meta.
+-- KEYS[3i+1] = queue stream (the lane chosen by the caller), KEYS[3i+2] = run meta.
 -- ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
--- queue, envelope bytes.
+-- queue (for a delayed delivery: the head of its retry timer member, "<queue>" or
+-- "<queue> high", see keys.RETRY_TIMER), envelope bytes.
 -- A delivery of a run that has ended (its meta's 'ended' > 0) is not enqueued (counted as ended).
 -- One enqueued at once carries, beside the envelope, the last id of the ended runs stream: the run
 -- was live when that was the last end (keys.ENDED_CURSOR_FIELD).

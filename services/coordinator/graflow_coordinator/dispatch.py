@@ -6,8 +6,11 @@ delay, scheduled on the retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``
 record and the append of a delivery happen in one Lua script, so a repeated Dispatch (the
 scheduler re-sends after a crash) never appends twice.
 
-Priority is per batch: the deliveries of one Dispatch are appended highest priority first. Work
-already waiting in a queue is not overtaken; that needs one stream per priority level (future work).
+Lanes (docs/architecture.md, "Priority lanes"): a delivery goes to its queue's high lane when it
+replaces an attempt lost with its worker (``Delivery.replaces_lost_attempt``) or its envelope's
+priority is above 0, else to the normal lane; workers read the high lane first, so those overtake
+the normal lane's backlog. A delayed delivery keeps its lane through the retry timer (the member's
+head names it). Within a lane, the deliveries of one Dispatch are appended highest priority first.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ class InvalidDelivery(InvalidRequest):
 class DispatchResult:
     accepted: int
     duplicates: int
+
+
+def high_lane(delivery: coordinator_pb2.Delivery) -> bool:
+    """Whether ``delivery`` goes to its queue's high lane."""
+    return delivery.replaces_lost_attempt or delivery.envelope.priority > 0
 
 
 def validate_delivery(index: int, delivery: coordinator_pb2.Delivery) -> None:
@@ -128,8 +136,10 @@ class Dispatcher:
             env.CopyFrom(delivery.envelope)
             due_ms = now_ms + delivery.delay_ms if delivery.delay_ms else 0
             env.enqueued_at_ms = due_ms or now_ms
-            call_keys += [
-                keys.dispatch_record(env.run_id), keys.queue_stream(env.queue), keys.run_meta(env.run_id)
-            ]
-            args += [env.node_id, env.attempt, due_ms, env.queue, env.SerializeToString()]
+            high = high_lane(delivery)
+            stream = keys.queue_high_stream(env.queue) if high else keys.queue_stream(env.queue)
+            # A delayed delivery's queue is the retry timer member's head, which names its lane.
+            head = f"{env.queue} {keys.HIGH_LANE}" if due_ms and high else env.queue
+            call_keys += [keys.dispatch_record(env.run_id), stream, keys.run_meta(env.run_id)]
+            args += [env.node_id, env.attempt, due_ms, head, env.SerializeToString()]
         return call_keys, args

@@ -126,19 +126,48 @@ async def test_an_invalid_delivery_rejects_the_whole_batch_and_appends_nothing(
     assert not await redis.exists(keys.dispatch_record("run-1"))
 
 
-async def test_a_batch_is_appended_highest_priority_first(
+async def test_priority_above_zero_goes_to_the_high_lane_highest_first_and_the_rest_to_the_normal_lane(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:
     batch = [
         delivery("low", priority=0),
         delivery("high", priority=9),
+        delivery("negative", priority=-3),
         delivery("mid", priority=5),
         delivery("low2", priority=0),
     ]
 
     await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=batch))
 
-    assert [e.node_id for e in await stream_envelopes(redis)] == ["high", "mid", "low", "low2"]
+    assert [e.node_id for e in await stream_envelopes(redis, high=True)] == ["high", "mid"]
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["low", "low2", "negative"]
+
+
+async def test_a_delivery_replacing_a_lost_attempt_goes_to_the_high_lane(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    batch = [delivery("queued"), delivery("lost", attempt=2, lost_attempts=1, replaces_lost_attempt=True)]
+
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=batch))
+
+    assert reply.accepted == 2
+    assert [(e.node_id, e.attempt) for e in await stream_envelopes(redis, high=True)] == [("lost", 2)]
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["queued"]
+    # The high lane's entry carries the ended-runs cursor like any other (invariant 11).
+    [(_id, fields)] = await redis.xrange(keys.queue_high_stream("default"))
+    assert fields[keys.ENDED_CURSOR_FIELD] == b"0-0"
+
+
+async def test_a_delayed_high_lane_delivery_waits_on_the_retry_timer_naming_its_lane(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    batch = [delivery("urgent", priority=1, delay_ms=60_000), delivery("plain", delay_ms=60_000)]
+
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=batch))
+
+    heads = sorted(m.split(b"\n", 1)[0] for m in await redis.zrange(keys.RETRY_TIMER, 0, -1))
+    assert heads == [b"default", b"default high"]
+    assert await redis.xlen(keys.queue_high_stream("default")) == 0
 
 
 async def test_the_consumer_group_exists_before_the_first_append(
@@ -146,8 +175,9 @@ async def test_the_consumer_group_exists_before_the_first_append(
 ) -> None:
     await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", queue="fresh")]))
 
-    groups = await redis.xinfo_groups(keys.queue_stream("fresh"))
-    assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
+    for stream in keys.queue_lanes("fresh"):
+        groups = await redis.xinfo_groups(stream)
+        assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
     # A group created after the append (at "$") would not hand this entry out.
     read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("fresh"): ">"}, count=10)
     assert len(read[0][1]) == 1
@@ -163,6 +193,21 @@ async def test_dispatch_recreates_the_group_when_the_queue_stream_was_deleted(
 
     assert reply.accepted == 1
     read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("default"): ">"}, count=10)
+    assert len(read[0][1]) == 1
+
+
+async def test_dispatch_recreates_the_group_when_the_high_lane_was_deleted(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a", priority=1)]))
+    await redis.delete(keys.queue_high_stream("default"))
+
+    reply = await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("b", priority=1)]))
+
+    assert reply.accepted == 1
+    read = await redis.xreadgroup(
+        keys.WORKER_GROUP, "w1", {keys.queue_high_stream("default"): ">"}, count=10
+    )
     assert len(read[0][1]) == 1
 
 

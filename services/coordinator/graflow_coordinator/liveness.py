@@ -134,17 +134,12 @@ class LivenessLoop(BackgroundLoop):
         """Entries pending longer than the lease under consumers that are not registered workers are
         reported lost; such consumers are deleted once nothing is pending and they are idle."""
         stats = ReclaimStats()
-        try:
-            consumers = await self._redis.xinfo_consumers(keys.queue_stream(queue), keys.WORKER_GROUP)
-        except ResponseError:  # no stream or no group
-            return stats
-        for consumer in consumers:
-            name = _text(consumer["name"])
-            if name == RECLAIMER or int(consumer.get("idle", 0)) < self._lease_timeout_ms:
+        for name, (idle_ms, pending) in (await self._consumers(queue)).items():
+            if name == RECLAIMER or idle_ms < self._lease_timeout_ms:
                 continue
             if await self._registry.is_registered(name):
                 continue
-            if int(consumer["pending"]):
+            if pending:
                 found = await self._reclaimer.reclaim_consumer(
                     queue,
                     name,
@@ -164,6 +159,21 @@ class LivenessLoop(BackgroundLoop):
                 stats.add(found)
             await self._registry.delete_orphan_consumer(queue, name)
         return stats
+
+    async def _consumers(self, queue: str) -> dict[str, tuple[int, int]]:
+        """Consumer name -> (idle ms, the least over both lanes; entries pending in both lanes)."""
+        found: dict[str, tuple[int, int]] = {}
+        for stream in keys.queue_lanes(queue):
+            try:
+                rows = await self._redis.xinfo_consumers(stream, keys.WORKER_GROUP)
+            except ResponseError:  # no stream or no group
+                continue
+            for row in rows:
+                name, idle_ms, pending = _text(row["name"]), int(row.get("idle", 0)), int(row["pending"])
+                if name in found:
+                    idle_ms, pending = min(idle_ms, found[name][0]), pending + found[name][1]
+                found[name] = (idle_ms, pending)
+        return found
 
 
 def _text(value: bytes | str) -> str:

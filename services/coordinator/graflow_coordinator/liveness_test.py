@@ -20,13 +20,15 @@ FAST_LEASE = {"heartbeat_interval_ms": 100, "lease_timeout_ms": 400, "liveness_c
 IDLE_LOOP = {"liveness_check_ms": 600_000, "queue_trim_interval_ms": 600_000}
 
 
-async def read_as(redis: aioredis.Redis, consumer: str, count: int = 100) -> list[tuple[bytes, dict]]:
-    reply = await redis.xreadgroup(keys.WORKER_GROUP, consumer, {STREAM: ">"}, count=count)
+async def read_as(
+    redis: aioredis.Redis, consumer: str, count: int = 100, *, stream: str = STREAM
+) -> list[tuple[bytes, dict]]:
+    reply = await redis.xreadgroup(keys.WORKER_GROUP, consumer, {stream: ">"}, count=count)
     return reply[0][1] if reply else []
 
 
-async def consumers(redis: aioredis.Redis) -> list[bytes]:
-    return [c["name"] for c in await redis.xinfo_consumers(STREAM, keys.WORKER_GROUP)]
+async def consumers(redis: aioredis.Redis, stream: str = STREAM) -> list[bytes]:
+    return [c["name"] for c in await redis.xinfo_consumers(stream, keys.WORKER_GROUP)]
 
 
 async def test_a_silent_worker_is_declared_dead_and_each_of_its_attempts_is_reported_lost_once(
@@ -204,3 +206,25 @@ async def test_a_delivery_held_past_the_lease_by_a_consumer_that_is_not_a_regist
     names = await consumers(redis)
     assert b"ghost" not in names and b"alive" in names  # the orphan consumer is gone, the live one stays
     assert len(await redis.xpending_range(STREAM, keys.WORKER_GROUP, "-", "+", 10, consumername="alive")) == 1
+
+
+async def test_a_high_lane_delivery_held_past_the_lease_by_an_unregistered_consumer_is_reported_lost(
+    start_coordinator: StartCoordinator, open_stub, redis: aioredis.Redis
+) -> None:
+    app = await start_coordinator(**{**IDLE_LOOP, "heartbeat_interval_ms": 100, "lease_timeout_ms": 300})
+    stub = open_stub(app)
+    high = keys.queue_high_stream("default")
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(
+        deliveries=[delivery("a", attempt=2, lost_attempts=1, replaces_lost_attempt=True)]
+    ))
+    await read_as(redis, "ghost", stream=high)
+    await read_as(redis, "ghost")  # a worker's read creates its consumer in both lanes
+
+    async def reported() -> list:
+        await app.liveness.maintain_queues()
+        return await read_outcomes(redis)
+
+    [outcome] = await eventually(reported, what="the orphaned high-lane delivery to be reported lost")
+    assert (outcome.node_id, outcome.attempt, outcome.worker_id) == ("a", 2, "ghost")
+    assert outcome.error.type == "WorkerLost"
+    assert b"ghost" not in await consumers(redis, high) and b"ghost" not in await consumers(redis)

@@ -1,6 +1,7 @@
 -- Move due deliveries from the retry timer to their queues (graflow_coordinator.retry_timer).
--- KEYS[1] = retry zset. ARGV: now ms, max members, queue stream key prefix.
--- Streams are derived from the members (single-Redis deployment; see docs/architecture.md).
+-- KEYS[1] = retry zset. ARGV: now ms, max members, normal lane key prefix, high lane key prefix.
+-- Streams are derived from the members (single-Redis deployment; see docs/architecture.md): a
+-- member is "<queue>\n<envelope>" (normal lane) or "<queue> high\n<envelope>" (high lane).
 -- Returns {moved, malformed, next due ms or -1, queue whose stream is missing...}. Members of a
 -- queue whose stream is missing stay put (the caller recreates the consumer group first).
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -13,7 +14,13 @@ for _, member in ipairs(due) do
     malformed = malformed + 1
   else
     local queue = string.sub(member, 1, nl - 1)
-    local stream = ARGV[3] .. queue
+    local prefix = ARGV[3]
+    local space = string.find(queue, ' ', 1, true)
+    if space then
+      queue = string.sub(queue, 1, space - 1)
+      prefix = ARGV[4]
+    end
+    local stream = prefix .. queue
     if redis.call('EXISTS', stream) == 1 then
       redis.call('XADD', stream, '*', 'e', string.sub(member, nl + 1))
       redis.call('ZREM', KEYS[1], member)

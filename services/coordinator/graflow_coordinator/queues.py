@@ -1,9 +1,11 @@
 """Queue streams: names, the workers' consumer group, and trimming.
 
-A queue ``q`` is the stream ``gf:q:q`` read by the consumer group ``workers``. Entries carry the
-``TaskEnvelope`` bytes in field ``e``. An entry is appended once per attempt (by Dispatch, the retry
-timer or a replay) and never again: the attempt of a dead worker is reported lost and the scheduler
-dispatches the next attempt as a new entry.
+A queue ``q`` is two streams, its lanes, each read by the consumer group ``workers``: the high
+lane ``gf:qh:q``, which workers read first, and the normal lane ``gf:q:q`` (``keys.queue_lanes``;
+docs/architecture.md, "Priority lanes"). Entries carry the ``TaskEnvelope`` bytes in field ``e``.
+An entry is appended once per attempt (by Dispatch, the retry timer or a replay) and never again:
+the attempt of a dead worker is reported lost and the scheduler dispatches the next attempt as a
+new entry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from graflow_runtime.streams import stream_id, trim_below
 log = structlog.get_logger(__name__)
 
 class QueueGroups:
-    """Creates the ``workers`` group of each queue stream once per process, before any append.
+    """Creates the ``workers`` group of both lanes of each queue once per process, before any append.
 
     A new stream gets its group at id 0 (so nothing appended by anybody in between is skipped); an
     existing stream without the group gets it at ``$``. Scripts that append use NOMKSTREAM-style
@@ -45,25 +47,30 @@ class QueueGroups:
         self._ready.discard(queue)
 
     async def _create(self, queue: str) -> None:
-        stream = keys.queue_stream(queue)
-        start = "$" if await self._redis.exists(stream) else "0"
-        try:
-            await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id=start, mkstream=True)
-            log.info("queue consumer group created", queue=queue, start=start)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in keys.queue_lanes(queue):
+            start = "$" if await self._redis.exists(stream) else "0"
+            try:
+                await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id=start, mkstream=True)
+                log.info("queue consumer group created", queue=queue, stream=stream, start=start)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
 
 # Entries one XTRIM call may evict, and calls per trim pass (1,000,000 entries).
 async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
-    """Trim ``queue``'s stream below the oldest entry any group still needs (MINID ~).
+    """Trim both lanes of ``queue`` below the oldest entry any group still needs (MINID ~), each
+    by its own groups. Returns the entries removed."""
+    removed = 0
+    for stream in keys.queue_lanes(queue):
+        removed += await _trim_stream(redis, stream)
+    return removed
 
-    An entry is still needed while it is pending (delivered, not acknowledged) or not yet delivered
-    (after the group's last-delivered id). New entries only ever appear above those ids, so the
-    threshold computed here stays safe until the XTRIM runs. Returns the entries removed.
-    """
-    stream = keys.queue_stream(queue)
+
+async def _trim_stream(redis: aioredis.Redis, stream: str) -> int:
+    """An entry is still needed while it is pending (delivered, not acknowledged) or not yet
+    delivered (after the group's last-delivered id). New entries only ever appear above those ids,
+    so the threshold computed here stays safe until the XTRIM runs."""
     try:
         groups = await redis.xinfo_groups(stream)
     except ResponseError:  # no such stream

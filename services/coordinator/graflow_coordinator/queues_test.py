@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from graflow_runtime import keys
@@ -23,21 +24,23 @@ async def test_ensuring_an_existing_group_is_harmless(redis: aioredis.Redis) -> 
     await QueueGroups(redis).ensure(["default"])
     await QueueGroups(redis).ensure(["default"])
 
-    assert len(await redis.xinfo_groups(STREAM)) == 1
+    for stream in keys.queue_lanes("default"):
+        assert len(await redis.xinfo_groups(stream)) == 1
 
 
-async def test_trimming_keeps_every_pending_and_undelivered_entry(redis: aioredis.Redis) -> None:
+@pytest.mark.parametrize("stream", keys.queue_lanes("default"), ids=["high lane", "normal lane"])
+async def test_trimming_keeps_every_pending_and_undelivered_entry(redis: aioredis.Redis, stream: str) -> None:
     await QueueGroups(redis).ensure(["default"])
     for i in range(500):
-        await redis.xadd(STREAM, {keys.ENVELOPE_FIELD: str(i).encode()})
-    [[_, delivered]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {STREAM: ">"}, count=400)
-    await redis.xack(STREAM, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[:300]])
-    await redis.xack(STREAM, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[350:]])
+        await redis.xadd(stream, {keys.ENVELOPE_FIELD: str(i).encode()})
+    [[_, delivered]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {stream: ">"}, count=400)
+    await redis.xack(stream, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[:300]])
+    await redis.xack(stream, keys.WORKER_GROUP, *[entry_id for entry_id, _ in delivered[350:]])
 
     removed = await trim_queue(redis, "default")
 
     assert removed > 0
-    remaining = [int(fields[keys.ENVELOPE_FIELD]) for _, fields in await redis.xrange(STREAM)]
+    remaining = [int(fields[keys.ENVELOPE_FIELD]) for _, fields in await redis.xrange(stream)]
     assert remaining[0] <= 300  # the oldest pending entry (#300) is kept
     assert set(range(300, 500)) <= set(remaining)  # pending (300-349) and everything after it
 

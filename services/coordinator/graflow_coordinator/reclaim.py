@@ -1,9 +1,10 @@
 """Reclaiming the in-flight deliveries of a consumer that will never acknowledge them.
 
 A reclaimed delivery is never put back on its queue: the attempt it carried is over, and the
-scheduler, which owns attempts, decides what runs next. For one (queue, consumer): list its pending
-entries (XPENDING), claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each
-batch in one Lua script: acknowledge the entry and, only if that acknowledgement removed it from
+scheduler, which owns attempts, decides what runs next (its next attempt goes to the queue's high
+lane). For one (queue, consumer), in each lane of the queue: list its pending entries (XPENDING),
+claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each batch in one Lua
+script: acknowledge the entry and, only if that acknowledgement removed it from
 the pending list, append a ``TaskOutcome`` of its attempt to ``gf:outcomes``: FAILED, ErrorInfo
 ``WorkerLost`` (retryable), ``worker_lost`` set. The scheduler redelivers the node at once as
 attempt+1 without consuming its retry budget; a late outcome of the lost attempt (its worker was
@@ -88,6 +89,8 @@ class ReclaimStats:
 @dataclass
 class ClaimedBatch:
     queue: str
+    # The lane (one of keys.queue_lanes(queue)) the entries are pending in.
+    stream: str
     consumer: str
     # What happened to the consumer, for the WorkerLost message ("was declared dead: ...").
     why: str = "stopped"
@@ -115,10 +118,19 @@ class Reclaimer:
         min_idle_ms: int = 0,
         max_batches: int = 100,
     ) -> ReclaimStats:
-        """Report as lost (or dead-letter) every entry pending for ``consumer`` on ``queue`` and
-        idle for at least ``min_idle_ms``. ``why`` completes "worker <consumer> ..." in the
-        WorkerLost message. Returns what was done; safe to run concurrently and repeatedly."""
-        stream = keys.queue_stream(queue)
+        """Report as lost (or dead-letter) every entry pending for ``consumer`` in either lane of
+        ``queue`` and idle for at least ``min_idle_ms``. ``why`` completes "worker <consumer> ..."
+        in the WorkerLost message. Returns what was done; safe to run concurrently and repeatedly."""
+        stats = ReclaimStats()
+        for stream in keys.queue_lanes(queue):
+            stats.add(await self._reclaim_lane(
+                queue, stream, consumer, why=why, min_idle_ms=min_idle_ms, max_batches=max_batches
+            ))
+        return stats
+
+    async def _reclaim_lane(
+        self, queue: str, stream: str, consumer: str, *, why: str, min_idle_ms: int, max_batches: int
+    ) -> ReclaimStats:
         stats = ReclaimStats()
         for _ in range(max_batches):
             try:
@@ -137,7 +149,7 @@ class Reclaimer:
                 raise
             if not pending:
                 break
-            batch = await self.claim(queue, consumer, pending, min_idle_ms=min_idle_ms)
+            batch = await self.claim(queue, stream, consumer, pending, min_idle_ms=min_idle_ms)
             batch.why = why
             stats.add(await self.settle(batch))
             if len(pending) < BATCH:
@@ -145,11 +157,11 @@ class Reclaimer:
         return stats
 
     async def claim(
-        self, queue: str, consumer: str, pending: list[dict], *, min_idle_ms: int = 0
+        self, queue: str, stream: str, consumer: str, pending: list[dict], *, min_idle_ms: int = 0
     ) -> ClaimedBatch:
-        """Step 1: XCLAIM the ``pending`` entries (XPENDING rows) to the reclaimer consumer."""
-        stream = keys.queue_stream(queue)
-        batch = ClaimedBatch(queue=queue, consumer=consumer)
+        """Step 1: XCLAIM the ``pending`` entries (XPENDING rows of ``stream``, a lane of ``queue``)
+        to the reclaimer consumer."""
+        batch = ClaimedBatch(queue=queue, stream=stream, consumer=consumer)
         delivered = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         if consumer == RECLAIMER:  # our own XCLAIM counted one delivery that never ran
             delivered = {entry_id: max(count - 1, 1) for entry_id, count in delivered.items()}
@@ -172,9 +184,8 @@ class Reclaimer:
         args: list[bytes | str | int] = [keys.WORKER_GROUP, self._dead_letter_maxlen]
         for entry_id, fields, delivered in batch.entries:
             args += self._settlement(batch, entry_id, fields, delivered)
-        stream = keys.queue_stream(batch.queue)
         lost, poisoned, undecodable, skipped = await _SETTLE.run(
-            self._redis, [stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args
+            self._redis, [batch.stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args
         )
         stats.lost += int(lost)
         stats.poisoned += int(poisoned)
@@ -198,6 +209,7 @@ class Reclaimer:
         deliveries = env.lost_attempts + max(delivered, 1)
         bound = log.bind(
             queue=queue,
+            stream=batch.stream,
             worker_id=consumer,
             entry_id=entry_id,
             run_id=env.run_id,
@@ -242,6 +254,7 @@ class Reclaimer:
                 "restore those tasks from run state). Check stream trimming (only MINID below the "
                 "oldest pending).",
                 queue=queue,
+                stream=stream,
                 worker_id=consumer,
                 entry_ids=deleted[:100],
                 count=len(deleted),

@@ -104,8 +104,8 @@ async def test_two_replicas_reclaiming_the_same_worker_report_each_attempt_once(
         second = Reclaimer(other, max_deliveries=5, dead_letter_maxlen=100)
         pending = await pending_for(redis, "w1")
         # Both claim before either settles: the worst interleaving.
-        batch_a = await first.claim("default", "w1", pending)
-        batch_b = await second.claim("default", "w1", pending)
+        batch_a = await first.claim("default", STREAM, "w1", pending)
+        batch_b = await second.claim("default", STREAM, "w1", pending)
         a, b = await asyncio.gather(first.settle(batch_a), second.settle(batch_b))
     finally:
         await other.aclose()
@@ -125,7 +125,7 @@ async def test_a_worker_committing_while_its_deliveries_are_reclaimed_gets_no_lo
     await dispatch(redis, 2)
     [(committed_id, _), _] = await take(redis, "w1", 2)
     reclaimer = Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100)
-    batch = await reclaimer.claim("default", "w1", await pending_for(redis, "w1"))
+    batch = await reclaimer.claim("default", STREAM, "w1", await pending_for(redis, "w1"))
     await redis.xack(STREAM, keys.WORKER_GROUP, committed_id)  # the "dead" worker's commit lands
 
     stats = await reclaimer.settle(batch)
@@ -183,3 +183,32 @@ async def test_reclaiming_a_queue_that_does_not_exist_does_nothing(redis: aiored
     stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer("nowhere", "w1")
 
     assert stats.total == 0
+
+
+HIGH = keys.queue_high_stream("default")
+
+
+async def test_a_dead_workers_deliveries_in_both_lanes_are_reported_lost_and_poison_counted_in_the_high_lane(
+    redis: aioredis.Redis,
+) -> None:
+    await dispatch(redis, 1)  # normal lane: n0
+    await Dispatcher(redis, QueueGroups(redis), record_ttl_s=60).dispatch([
+        delivery("lost", attempt=2, lost_attempts=1, replaces_lost_attempt=True),
+        delivery("poison", attempt=5, lost_attempts=4, replaces_lost_attempt=True),
+    ])
+    high = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {HIGH: ">", STREAM: ">"}, count=10)
+    assert sorted(len(items) for _stream, items in high) == [1, 2]
+
+    stats = await Reclaimer(redis, max_deliveries=5, dead_letter_maxlen=100).reclaim_consumer(
+        "default", "w1", why="was declared dead"
+    )
+
+    assert (stats.lost, stats.poisoned) == (2, 1)
+    outcomes = {o.node_id: o for o in await read_outcomes(redis)}
+    assert sorted(outcomes) == ["lost", "n0", "poison"]
+    assert outcomes["lost"].error.type == "WorkerLost" and outcomes["lost"].attempt == 2
+    assert outcomes["poison"].error.type == "PoisonMessage"
+    [(_, dead)] = await redis.xrange(keys.DEAD_LETTERS_STREAM)
+    assert messages_pb2.DeadLetter.FromString(dead[b"d"]).node_id == "poison"
+    for stream in (HIGH, STREAM):
+        assert await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10, consumername="w1") == []

@@ -1,5 +1,5 @@
 """The retry timer: delayed deliveries wait in ``gf:retry`` (a sorted set scored by due time) and
-are appended to their queue streams when due.
+are appended to their queue streams when due, each to the lane its member names.
 
 This is a timer, not a polling loop for work: after moving what is due it sleeps until the next
 due time (capped at ``retry_timer_max_sleep_ms`` so deliveries scheduled by other replicas are
@@ -24,7 +24,8 @@ from graflow_coordinator.queues import QueueGroups
 log = structlog.get_logger(__name__)
 
 
-QUEUE_PREFIX = keys.queue_stream("")
+# Key prefixes of the lanes (a member's head names its queue and lane: keys.RETRY_TIMER).
+LANE_PREFIXES = (keys.queue_stream(""), keys.queue_high_stream(""))
 _MOVE_DUE = LuaScript.load(__package__, "move_due.lua")
 
 
@@ -45,7 +46,9 @@ class RetryTimer(BackgroundLoop):
         total = 0
         while True:
             now_ms = int(time.time() * 1000)
-            reply = await _MOVE_DUE.run(self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, QUEUE_PREFIX])
+            reply = await _MOVE_DUE.run(
+                self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, *LANE_PREFIXES]
+            )
             moved, malformed, next_due = int(reply[0]), int(reply[1]), int(reply[2])
             missing = {q.decode() if isinstance(q, bytes) else q for q in reply[3:]}
             total += moved

@@ -60,6 +60,33 @@ async def test_two_coordinators_running_timers_append_each_due_delivery_exactly_
     assert sorted(e.node_id for e in appended) == sorted(f"n{i}" for i in range(300))
 
 
+async def test_a_due_high_lane_member_is_appended_to_the_high_lane(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await stub.Dispatch(coordinator_pb2.DispatchRequest(
+        deliveries=[delivery("urgent", priority=2, delay_ms=50), delivery("plain", delay_ms=50)]
+    ))
+
+    appended = await eventually(lambda: stream_envelopes(redis, high=True), what="the delayed delivery")
+    assert [e.node_id for e in appended] == ["urgent"]
+    assert [e.node_id for e in await eventually(lambda: stream_envelopes(redis))] == ["plain"]
+
+
+async def test_a_due_high_lane_member_of_a_vanished_queue_gets_both_groups_first(
+    redis: aioredis.Redis,
+) -> None:
+    timer = RetryTimer(redis, QueueGroups(redis), max_sleep_ms=50)
+    member = b"gone high\n" + delivery("a", priority=1).envelope.SerializeToString()
+    await redis.zadd(keys.RETRY_TIMER, {member: 1})
+
+    moved, _ = await timer.move_due()
+
+    assert moved == 1
+    assert await redis.xlen(keys.queue_stream("gone")) == 0
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_high_stream("gone"): ">"}, count=10)
+    assert len(read[0][1]) == 1
+
+
 async def test_due_entries_for_a_vanished_queue_stream_get_a_group_before_being_appended(
     redis: aioredis.Redis,
 ) -> None:

@@ -207,7 +207,7 @@ class WorkerRegistry:
 
     async def remove(self, worker_id: str, queues: Iterable[str], *, only_if_dead: bool) -> bool:
         """Delete the worker's consumers (only where nothing is pending) and its registration."""
-        streams = [keys.queue_stream(q) for q in dict.fromkeys(queues)]
+        streams = [stream for q in dict.fromkeys(queues) for stream in keys.queue_lanes(q)]
         result = await _REMOVE.run(
             self._redis,
             [keys.WORKERS_INDEX, keys.worker_info(worker_id), *streams],
@@ -219,10 +219,11 @@ class WorkerRegistry:
         return await self._redis.zscore(keys.WORKERS_INDEX, worker_id) is not None
 
     async def delete_orphan_consumer(self, queue: str, consumer: str) -> bool:
-        """Delete ``consumer`` from ``queue``'s group if it is not a registered worker and holds
-        nothing (atomic, so a worker registering meanwhile keeps its consumer)."""
+        """Delete ``consumer`` from the group of both lanes of ``queue`` if it is not a registered
+        worker and holds nothing in either (atomic, so a worker registering meanwhile keeps its
+        consumer)."""
         result = await _DELETE_ORPHAN.run(
-            self._redis, [keys.WORKERS_INDEX, keys.queue_stream(queue)], [consumer, keys.WORKER_GROUP]
+            self._redis, [keys.WORKERS_INDEX, *keys.queue_lanes(queue)], [consumer, keys.WORKER_GROUP]
         )
         return int(result) == 1
 

@@ -85,14 +85,16 @@ async def test_deregister_removes_the_worker_and_its_idle_consumer(
 ) -> None:
     await stub.RegisterWorker(registration("w1"))
     await stub.Dispatch(coordinator_pb2.DispatchRequest(deliveries=[delivery("a")]))
-    stream = keys.queue_stream("default")
-    [[_, [(entry_id, _)]]] = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {stream: ">"}, count=1)
+    high, stream = keys.queue_lanes("default")
+    read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {high: ">", stream: ">"}, count=1)
+    [[_, [(entry_id, _)]]] = read
     await redis.xack(stream, keys.WORKER_GROUP, entry_id)
 
     await stub.DeregisterWorker(coordinator_pb2.DeregisterWorkerRequest(worker_id="w1"))
 
     assert (await stub.ListWorkers(coordinator_pb2.ListWorkersRequest())).workers == []
     assert await redis.xinfo_consumers(stream, keys.WORKER_GROUP) == []
+    assert await redis.xinfo_consumers(high, keys.WORKER_GROUP) == []
     assert not await redis.exists(keys.worker_info("w1"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w1"))

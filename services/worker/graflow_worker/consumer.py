@@ -1,11 +1,22 @@
 """Reading deliveries from the queue streams and running them (architecture step 3).
 
 The read loop first resumes this consumer's own pending entries (id ``0``: work it held before a
-restart with the same worker id), then reads new ones with
-``XREADGROUP GROUP workers <worker_id> COUNT <free slots> BLOCK <read_block_ms> STREAMS <queues> >``,
-only while slots are free and the intake is not paused. It blocks on Redis or on the intake, never
-polls. Pausing or stopping unblocks a read in progress with ``CLIENT UNBLOCK`` (the read returns
-nothing, so no entry is taken and then lost).
+restart with the same worker id), then reads new ones, only while slots are free and the intake is
+not paused. Each queue has two lanes (docs/architecture.md, "Priority lanes"); the streams are read
+in one order, the high lanes of every queue first, then the normal lanes, and each read is one
+round trip:
+
+- after a read that filled every free slot (entries are likely waiting), ``read_lanes.lua`` takes
+  up to ``<free slots>`` entries, lane after lane, without blocking: never more than the free slots;
+- otherwise (the lanes were drained), ``XREADGROUP GROUP workers <worker_id> COUNT <free slots>
+  BLOCK <read_block_ms> STREAMS <lanes> >`` waits for the next entry. Redis applies COUNT per
+  stream, so when entries reached several lanes between two reads this read can take up to
+  ``<free slots>`` from each: a bounded prefetch (at most the free slots per extra lane, so 2x with
+  one queue), held pending by this worker and run as slots free up (the intake waits until the
+  worker is back under its capacity before reading again).
+
+It blocks on Redis or on the intake, never polls. Pausing or stopping unblocks a read in progress
+with ``CLIENT UNBLOCK`` (the read returns nothing, so no entry is taken and then lost).
 
 Redis can serve a read (the entries enter this consumer's pending list, persisted with AOF) whose
 reply never arrives: the connection drops, or Redis restarts, right after. Nobody else would ever
@@ -40,7 +51,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf.message import DecodeError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
@@ -48,6 +59,7 @@ from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+from graflow_runtime.scripts import LuaScript
 
 from graflow_worker.committer import Committer, Finished
 from graflow_worker.intake import Intake, sleep_unless
@@ -60,6 +72,8 @@ DEAD_LETTER_FIELD = b"d"
 PAUSE_FETCH = "result-store unavailable for upstream results"
 # How often the pending list is checked for deliveries whose read reply was lost.
 RESYNC_INTERVAL_S = 5.0
+# A non-blocking read of the lanes in order, up to the free slots (its file says how).
+_READ_LANES = LuaScript.load(__package__, "read_lanes.lua")
 
 
 @dataclass
@@ -80,6 +94,16 @@ def _entries(response: Any) -> list[tuple[str, bytes, Any]]:
     for stream, items in response or ():
         name = stream.decode() if isinstance(stream, bytes) else stream
         entries.extend((name, entry_id, fields) for entry_id, fields in items)
+    return entries
+
+
+def _script_entries(reply: Any) -> list[tuple[str, bytes, Any]]:
+    """``read_lanes.lua``'s reply (XREADGROUP's shape, fields as flat lists) as :func:`_entries`."""
+    entries = []
+    for stream, items in reply or ():
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        for entry_id, flat in items:
+            entries.append((name, entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
     return entries
 
 
@@ -110,7 +134,13 @@ class Consumer:
         self._endings = endings
         self._reader = reader
         self.worker_id = worker_id
-        self._queue_of = {keys.queue_stream(q): q for q in queues}
+        # Every lane of every queue, in reading order: the high lanes first.
+        self._queue_of = {
+            **{keys.queue_high_stream(q): q for q in queues},
+            **{keys.queue_stream(q): q for q in queues},
+        }
+        # The last read filled every free slot: the next one takes without blocking.
+        self._backlog = True
         self._intake = intake
         self._runner = runner
         self._committer = committer
@@ -130,6 +160,7 @@ class Consumer:
 
     # ---- set-up and control ----
     async def ensure_groups(self) -> None:
+        await _READ_LANES.load_into(self._redis)
         for stream in self._queue_of:
             try:
                 await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
@@ -173,7 +204,7 @@ class Consumer:
                 return
             stream = next(iter(cursors))
             try:
-                entries = await self._read({stream: cursors[stream]}, block_ms=None)
+                entries = await self._read_own(stream, cursors[stream])
             except (RedisError, OSError) as exc:
                 await self._read_failed(exc, backoff)
                 continue
@@ -230,41 +261,52 @@ class Consumer:
             self._accept([(stream, entry_id, items[0][1] if items else None)
                           for entry_id, items in zip(lost, found, strict=True)])
 
-    async def _read(self, streams: dict[str, Any], *, block_ms: int | None) -> list[tuple[str, bytes, Any]]:
-        if block_ms is not None and self._reader_id is None:
-            self._reader_id = await self._reader.client_id()
-        self._blocking = block_ms is not None
-        try:
-            response = await self._reader.xreadgroup(
-                keys.WORKER_GROUP, self.worker_id, streams, count=self._intake.free, block=block_ms
-            )
-        finally:
-            self._blocking = False
+    async def _read_own(self, stream: str, after: bytes) -> list[tuple[str, bytes, Any]]:
+        """This consumer's own pending entries of ``stream`` after ``after`` (no blocking)."""
+        response = await self._reader.xreadgroup(
+            keys.WORKER_GROUP, self.worker_id, {stream: after}, count=self._intake.free
+        )
         return _entries(response)
 
     async def _read_with_endings(self, streams: dict[str, Any]) -> tuple[list[tuple[str, bytes, Any]], bool]:
-        """A blocking read of the queues and, in the same round trip (run right after it by Redis),
-        the runs that ended since the ended-runs stream was last read. ``fresh``: every end up to
-        the moment the entries were read is in the registry (so a delivery whose ended cursor
-        :meth:`RunEndings.covers` needs no check in Redis)."""
+        """A read of the lanes (taking, or blocking: see the module's docstring) and, in the same
+        round trip (run right after it by Redis), the runs that ended since the ended-runs stream
+        was last read. ``fresh``: every end up to the moment the entries were read is in the
+        registry (so a delivery whose ended cursor :meth:`RunEndings.covers` needs no check in
+        Redis)."""
         last_id = self._endings.last_id
-        if last_id is None:
-            return await self._read(streams, block_ms=self._block_ms), False
-        if self._reader_id is None:
+        count, take = self._intake.free, self._backlog
+        if not take and self._reader_id is None:
             self._reader_id = await self._reader.client_id()
-        self._blocking = True
+        self._blocking = not take
         try:
             async with self._reader.pipeline(transaction=False) as pipe:
-                pipe.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=self._intake.free,
-                                block=self._block_ms)
-                pipe.xread({keys.RUNS_ENDED: last_id}, count=READ_COUNT)
-                response, ended = await pipe.execute()
+                if take:
+                    pipe.evalsha(_READ_LANES.sha, len(streams), *streams, keys.WORKER_GROUP,
+                                 self.worker_id, count)
+                else:
+                    pipe.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=count,
+                                    block=self._block_ms)
+                if last_id is not None:
+                    pipe.xread({keys.RUNS_ENDED: last_id}, count=READ_COUNT)
+                replies = await pipe.execute()
         finally:
             self._blocking = False
-        return _entries(response), self._endings.absorb(ended) < READ_COUNT
+        entries = _script_entries(replies[0]) if take else _entries(replies[0])
+        self._backlog = len(entries) >= count
+        if last_id is None:
+            return entries, False
+        return entries, self._endings.absorb(replies[1]) < READ_COUNT
 
     async def _read_failed(self, exc: BaseException, backoff: Backoff) -> None:
         self._reader_id = None
+        if isinstance(exc, NoScriptError):  # Redis restarted or its scripts were flushed
+            log.warning("the lane read script is missing in Redis; loading it again")
+            try:
+                await _READ_LANES.load_into(self._redis)
+                return
+            except (RedisError, OSError) as again:
+                exc = again
         if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
             log.warning("consumer group missing; creating it again", error=str(exc))
             try:

@@ -258,3 +258,37 @@ async def test_an_entry_served_to_the_worker_whose_read_reply_was_lost_is_taken_
     assert (outcome.node_id, outcome.status) == ("a", SUCCEEDED)
     assert await pending_count(stack.redis) == 0
     assert stack.store.value("r1", "a") == 3
+
+
+async def test_a_high_lane_entry_runs_before_the_normal_lane_backlog(stack):
+    await enqueue(stack.redis, envelope("r1", "first", "hold", args={"key": "first"}))
+    await stack.start_worker(concurrency=1)
+    await eventually(lambda: "first" in PROBE.started, what="the first task to start")
+    backlog = [envelope("r1", f"n{i}", "add", args={"a": i}) for i in range(10)]
+    await enqueue(stack.redis, *backlog)
+    await enqueue(stack.redis, envelope("r1", "lost", "add", args={"a": 1}, attempt=2), high=True)
+
+    PROBE.release("first")
+
+    found = await wait_outcomes(stack.redis, 12)
+    # One slot: outcomes are committed in the order the deliveries were taken.
+    assert [o.node_id for o in found] == ["first", "lost", *(f"n{i}" for i in range(10))]
+    assert await pending_count(stack.redis) == 0
+
+
+async def test_a_read_takes_no_more_entries_than_free_slots_over_both_lanes(stack):
+    await enqueue(stack.redis, *[envelope("r1", f"h{i}", "hold", args={"key": "held"}) for i in range(2)],
+                  high=True)
+    await enqueue(stack.redis, *[envelope("r1", f"n{i}", "hold", args={"key": "held"}) for i in range(3)])
+
+    worker = await stack.start_worker(concurrency=3)
+
+    await eventually(lambda: PROBE.running == 3, what="three held tasks running")
+    taken = {}
+    for stream in keys.queue_lanes("default"):
+        rows = await stack.redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10,
+                                                consumername=worker.worker_id)
+        taken[stream] = len(rows)
+    assert taken == {keys.queue_high_stream("default"): 2, keys.queue_stream("default"): 1}
+    PROBE.release("held")
+    assert len(await wait_outcomes(stack.redis, 5)) == 5

@@ -33,13 +33,16 @@ def delivery(
     cycle: int = 0,
     iteration_data_json: bytes = b"",
     feedback: bytes = b"",
+    replaces_lost_attempt: bool = False,
 ) -> coordinator_pb2.Delivery:
     """The delivery of ``attempt`` of task node ``node_id``. ``trace_context``: the W3C context the
     task continues (the outcome that released it); the current context when empty.
     ``lost_attempts``: earlier attempts lost with their worker (the coordinator's poison count).
     ``task``: the node's task data when it is not in the plan (added at run time); ``cycle`` and
     ``iteration_data_json``: its re-run and the data of ctx.next_iteration; ``feedback``: the answers
-    to its feedback requests in this cycle (FeedbackResponses bytes)."""
+    to its feedback requests in this cycle (FeedbackResponses bytes); ``replaces_lost_attempt``: the
+    previous attempt was lost with its worker (the coordinator appends it to the queue's high
+    lane)."""
     task = task or plan.task(node_id)
     envelope = messages_pb2.TaskEnvelope(
         run_id=run_id,
@@ -63,7 +66,9 @@ def delivery(
         envelope.trace_context.update(trace_context)
     else:
         inject_trace_context(envelope.trace_context)
-    return coordinator_pb2.Delivery(envelope=envelope, delay_ms=delay_ms)
+    return coordinator_pb2.Delivery(
+        envelope=envelope, delay_ms=delay_ms, replaces_lost_attempt=replaces_lost_attempt
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -384,6 +384,7 @@ class OutcomeBatches:
                     delay_ms=delay_ms,
                     trace_context=trace,
                     lost_attempts=lost_attempts,
+                    replaces_lost_attempt=outcome.worker_lost,
                 )
         if canceled:
             # In the background: the batch does not wait for the child runs' cancels. (Workers learn

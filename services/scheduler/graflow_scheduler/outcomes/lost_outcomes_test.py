@@ -75,8 +75,10 @@ async def test_a_lost_attempt_is_redelivered_at_once_as_the_next_attempt_without
     await report(redis, lost(run_id, "a", 1))
     await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
 
-    second = envelopes(downstreams.coordinator, run_id, "a")[1]
+    first, second = envelopes(downstreams.coordinator, run_id, "a")
     assert (second.envelope.attempt, second.delay_ms, second.envelope.lost_attempts) == (2, 0, 1)
+    # It replaces a lost attempt: the coordinator puts it in the queue's high lane.
+    assert (first.replaces_lost_attempt, second.replaces_lost_attempt) == (False, True)
     assert await redis.hget(keys.run_joins(run_id), "a:lost") == b"1"
     await report(redis, outcome(run_id, "a", attempt=2))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
@@ -93,6 +95,7 @@ async def test_real_failures_alone_consume_the_retry_budget(client, downstreams,
 
     third = envelopes(downstreams.coordinator, run_id, "a")[2]
     assert (third.envelope.attempt, third.delay_ms, third.envelope.lost_attempts) == (3, 300, 1)
+    assert not third.replaces_lost_attempt  # a retry after a real failure: the normal lane
     await report(redis, outcome(run_id, "a", attempt=3, ok=False))  # second real failure: budget used
     assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
 

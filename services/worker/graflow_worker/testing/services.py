@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from graflow import payload
 from graflow_api.v1 import coordinator_pb2 as co_pb2
@@ -180,15 +181,17 @@ def envelope(run_id: str, node_id: str, task_type: str, *, attempt: int = 1, arg
 
 
 async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
-                  ended_cursor: bytes | None = None) -> list[bytes]:
+                  ended_cursor: bytes | None = None, high: bool = False) -> list[bytes]:
     """Append envelopes as the coordinator does; ``ended_cursor``: the ended-runs stream's last id it
-    would record beside them (keys.ENDED_CURSOR_FIELD), none by default (as the retry timer)."""
+    would record beside them (keys.ENDED_CURSOR_FIELD), none by default (as the retry timer);
+    ``high``: to the queue's high lane instead of its normal lane."""
+    lane = keys.queue_high_stream if high else keys.queue_stream
     ids = []
     for env in envelopes:
         fields = {keys.ENVELOPE_FIELD: env.SerializeToString()}
         if ended_cursor is not None:
             fields[keys.ENDED_CURSOR_FIELD] = ended_cursor
-        ids.append(await redis.xadd(keys.queue_stream(env.queue or "default"), fields))
+        ids.append(await redis.xadd(lane(env.queue or "default"), fields))
     return ids
 
 
@@ -238,8 +241,16 @@ async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") ->
 
 
 async def pending_count(redis: aioredis.Redis, queue: str = "default") -> int:
-    info = await redis.xpending(keys.queue_stream(queue), keys.WORKER_GROUP)
-    return int(info["pending"])
+    """Entries delivered and not acknowledged in both lanes of ``queue`` (a lane without its stream
+    or group holds none)."""
+    pending = 0
+    for stream in keys.queue_lanes(queue):
+        try:
+            pending += int((await redis.xpending(stream, keys.WORKER_GROUP))["pending"])
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+    return pending
 
 
 class Stack:
