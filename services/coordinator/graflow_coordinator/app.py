@@ -13,14 +13,14 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
-from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.liveness import LivenessLoop
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer
 from graflow_coordinator.retry_timer import RetryTimer
 from graflow_coordinator.service import SERVICE_NAME, CoordinatorServicer

@@ -17,9 +17,8 @@ import structlog
 
 from graflow_runtime import keys
 from graflow_runtime.loops import BackgroundLoop
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
-
-from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 

@@ -6,9 +6,9 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.queues import QueueGroups
 
 from graflow_coordinator.conftest import StartCoordinator, delivery, eventually, stream_envelopes
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.retry_timer import RetryTimer
 
 

@@ -23,9 +23,8 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript, ScriptCall
-
-from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 
