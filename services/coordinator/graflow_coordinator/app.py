@@ -56,9 +56,7 @@ class CoordinatorApp:
             maintenance_interval_ms=s.queue_trim_interval_ms,
             queues=s.queues,
         )
-        dispatcher = Dispatcher(
-            redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
-        )
+        dispatcher = Dispatcher(redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s)
         # Renewals of streamed heartbeats are written together, within a fraction of the interval.
         renew_window_ms = min(RENEW_WINDOW_MS, s.heartbeat_interval_ms // 4)
         self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
