@@ -21,14 +21,15 @@ import tempfile
 from pathlib import Path
 
 from graflow_api.v1 import coordinator_pb2, messages_pb2
-from graflow_coordinator.app import create_app
-from graflow_coordinator.settings import CoordinatorSettings
 from graflow_runtime import keys
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.local_redis import LocalRedis
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
 from graflow_runtime.streams import stream_id
+
+from graflow_coordinator.app import create_app
+from graflow_coordinator.settings import CoordinatorSettings
 
 
 def _delivery(i: int, delay_ms: int) -> coordinator_pb2.Delivery:
@@ -67,9 +68,12 @@ async def _measure(url: str, deliveries: int, max_sleep_ms: int | None) -> list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deliveries", type=int, default=200)
-    parser.add_argument("--max-sleep-ms", type=int, default=None, help="the timer's cap (default: its setting's)")
+    parser.add_argument("--max-sleep-ms", type=int, default=None,
+                        help="the timer's cap (default: its setting's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalRedis(Path(tmp)) as redis_server:
         lateness = asyncio.run(_measure(redis_server.url, args.deliveries, args.max_sleep_ms))
