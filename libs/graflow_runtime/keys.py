@@ -2,11 +2,17 @@
 
 Keys of one run share the hash tag ``{run_id}`` so that Redis Cluster keeps a run on one shard.
 Each service owns its keys: the scheduler ``run:*`` and the outcome stream, the coordinator the
-queues, dispatch records, retry timer, workers and dead letters, the result-store ``res``/``chan``/
-``graph``. Nobody writes another service's keys, with one exception: the scheduler stores the small
-results that workers carry inline in their outcomes in the result-store's ``res`` hashes
-(:func:`results`, :func:`result_attempts`), in the script that applies the outcome
-(docs/architecture.md, "Data path"). The result-store still owns their layout and serves every read.
+workers, dead letters and the queues' administration (trimming, reclaims, replays), the
+result-store ``res``/``chan``/``graph``. Nobody writes another service's keys, with two exceptions
+(issue 13):
+- the dispatch keys (queue streams, dispatch records, the retry timer and its wake-up stream) are
+  written by graflow_runtime.dispatch, which the scheduler runs for its own deliveries and the
+  coordinator for its ``Dispatch`` RPC; the coordinator's retry timer moves ``gf:retry`` to the
+  queues, workers read and acknowledge them (docs/architecture.md, "Dispatch");
+- the scheduler stores the small results that workers carry inline in their outcomes in the
+  result-store's ``res`` hashes (:func:`results`, :func:`result_attempts`), in the script that
+  applies the outcome (docs/architecture.md, "Data path"). The result-store still owns their
+  layout and serves every read.
 """
 
 from __future__ import annotations
@@ -139,16 +145,22 @@ def run_flow_keys(run_id: str) -> list[str]:
     return [run_dynamic(run_id), run_cycles(run_id), run_waits(run_id), run_children(run_id)]
 
 
-# ---- coordinator ----
+# ---- dispatch (graflow_runtime.dispatch: the scheduler and the coordinator's Dispatch) ----
 # zset, score = due ms, member = "<queue>\n<envelope bytes>" (normal lane) or
 # "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace).
 RETRY_TIMER = f"{PREFIX}:retry"
-WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
+# stream (one entry kept): appended by dispatch when a delayed delivery is due earlier than every
+# delivery the retry timer held, so that the timers (XREAD BLOCK on it) wake at once.
+RETRY_WAKE = f"{PREFIX}:retry:wake"
 
 
 def dispatch_record(run_id: str) -> str:
-    """hash node_id -> highest attempt dispatched (makes Dispatch idempotent)."""
+    """hash node_id -> highest attempt dispatched (makes dispatch idempotent)."""
     return f"{PREFIX}:dispatch:{{{run_id}}}"
+
+
+# ---- coordinator ----
+WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
 
 
 def worker_info(worker_id: str) -> str:

@@ -46,6 +46,8 @@ from tests.bench.tasks import noop, ping, start, total, unit
 
 GAP_S = 100e-6
 SERVICE_PACKAGES = ("graflow_scheduler", "graflow_coordinator", "graflow_result_store", "graflow_worker")
+# Packages whose .lua files name the scripts seen (dispatch.lua is graflow_runtime's since issue 13).
+SCRIPT_PACKAGES = (*SERVICE_PACKAGES, "graflow_runtime")
 # gRPC service of a method -> the process serving it.
 SERVERS = {"Scheduler": "scheduler", "Coordinator": "coordinator", "ResultStore": "result-store"}
 TRACED = {f"GRAFLOW_{name}_TRACES_EXPORTER": "console"
@@ -134,9 +136,9 @@ class Monitor:
 
 
 def lua_files() -> dict[bytes, str]:
-    """First line of each ``.lua`` file of the service packages -> ``<package>/<file>``."""
+    """First line of each ``.lua`` file of the script packages -> ``<package>/<file>``."""
     firsts = {}
-    for package in SERVICE_PACKAGES:
+    for package in SCRIPT_PACKAGES:
         spec = importlib.util.find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:
             for path in Path(location).rglob("*.lua"):

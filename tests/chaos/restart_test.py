@@ -9,8 +9,10 @@ continues from where it was." Eight runs are caught at different stages:
 - ``checkpointed``: ``source >> work >> collect``, ``work`` (tests.chaos.tasks.chaos_checkpointed)
   has done and checkpointed 3 of its 6 steps and is held;
 - ``queued``: submitted once the workers were gone: its root is in the queue stream, unread;
-- ``undispatched``: submitted once the coordinator was gone too: the run exists, its root is READY
-  and was never dispatched;
+- ``undispatched``: submitted once the coordinator was gone too, while Redis refused the
+  scheduler's dispatch script (``gf:ended``, which it reads, was briefly not a stream): the run
+  exists, its root is READY and was never dispatched (the scheduler enqueues without the
+  coordinator since issue 13, so the coordinator's absence alone no longer leaves it undispatched);
 - ``feedback``: ``source >> approve``, ``approve`` (tests.e2e.tasks.ask) asked for a human approval:
   the node is parked WAITING, the run PAUSED, the request pending;
 - ``parent``: ``source >> spawn >> collect``, ``spawn`` (tests.chaos.tasks.chaos_spawn_held) started
@@ -42,7 +44,9 @@ waiting node parked once and succeeded once, the parent has one child.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -161,6 +165,23 @@ def dispatched(chaos: Chaos, run_id: str, node_id: str) -> bool:
     return chaos.bus.hget(keys.dispatch_record(run_id), node_id) is not None
 
 
+@contextlib.contextmanager
+def dispatch_refused(chaos: Chaos) -> Iterator[None]:
+    """Redis refuses every dispatch script meanwhile (WRONGTYPE: it reads ``gf:ended``, replaced by
+    a string and put back afterwards, entries included)."""
+    saved = f"chaos:{keys.RUNS_ENDED}"
+    had_ends = chaos.bus.exists(keys.RUNS_ENDED)
+    if had_ends:
+        chaos.bus.rename(keys.RUNS_ENDED, saved)
+    chaos.bus.set(keys.RUNS_ENDED, "not a stream")
+    try:
+        yield
+    finally:
+        chaos.bus.delete(keys.RUNS_ENDED)
+        if had_ends:
+            chaos.bus.rename(saved, keys.RUNS_ENDED)
+
+
 @pytest.mark.parametrize(
     ("sig", "new_worker_ids"),
     [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
@@ -230,7 +251,8 @@ def test_every_run_in_progress_continues_after_all_services_and_workers_restart(
         runs["queued"] = chaos.client.submit(wfs["queued"])
         wait_until(lambda: dispatched(chaos, runs["queued"].id, "source"), 10, "the queued run's dispatch")
         stop_all([stack.servers["coordinator"]], sig, grace_s)
-        runs["undispatched"] = chaos.client.submit(wfs["undispatched"])
+        with dispatch_refused(chaos):
+            runs["undispatched"] = chaos.client.submit(wfs["undispatched"])
         assert node_state(chaos, runs["undispatched"].id, "source") == b"READY"
         assert not dispatched(chaos, runs["undispatched"].id, "source")
         stop_all([stack.servers["scheduler"], stack.servers["result-store"]], sig, grace_s)

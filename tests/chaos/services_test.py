@@ -135,12 +135,14 @@ def test_scheduler_killed_during_a_fan_in_every_member_joins_once():
 
 def test_scheduler_killed_holding_the_outcome_that_completes_a_join_releases_the_successor_once():
     """The deterministic form of the fan-in crash: the scheduler dies after applying the outcome of
-    the last of 200 members and before acknowledging it. To hold it there, the coordinator is down
-    when that member finishes, so the scheduler applies the outcome (``collect`` becomes READY)
-    but cannot dispatch ``collect`` and keeps the outcome pending; then it is SIGKILLed. The
-    coordinator and the scheduler come back; the successor claims the dead process's pending
-    outcome, applies it again as a duplicate (which changes nothing and repeats the dispatch) and
-    ``collect`` runs exactly once. Asserted: side effects and run state exactly once."""
+    the last of 200 members and before acknowledging it. To hold it there, Redis refuses the
+    scheduler's dispatch when that member finishes (the run's dispatch record is briefly replaced
+    by a string: WRONGTYPE), so the scheduler applies the outcome (``collect`` becomes READY) but
+    cannot enqueue ``collect`` and keeps the outcome pending; then it is SIGKILLed. The record is
+    put back and the scheduler comes back; the successor claims the dead process's pending outcome,
+    applies it again as a duplicate (which changes nothing and repeats the dispatch) and ``collect``
+    runs exactly once. (Before issue 13 the coordinator was killed instead: the scheduler no longer
+    calls it to dispatch.) Asserted: side effects and run state exactly once."""
     with chaos_stack() as chaos:
         with workflow("scheduler-join") as wf:
             members = [chaos_step(task_id=f"s{i}", i=i) for i in range(199)]
@@ -153,13 +155,18 @@ def test_scheduler_killed_holding_the_outcome_that_completes_a_join_releases_the
         wait_until(lambda: chaos.bus.hget(keys.run_state(run.id), "s198") == b"SUCCEEDED"
                    and chaos.bus.xpending(keys.OUTCOMES_STREAM, "scheduler")["pending"] == 0, 30,
                    "the scheduler to apply the members' outcomes")
-        chaos.stack.kill("coordinator")
+        record = keys.dispatch_record(run.id)
+        dispatched = chaos.bus.hgetall(record)
+        chaos.bus.delete(record)
+        chaos.bus.set(record, "not a hash")  # Redis refuses the scheduler's dispatch of this run
         chaos.open_gate("join")
         wait_until(lambda: chaos.bus.hget(keys.run_state(run.id), "collect") == b"READY", 30,
                    "the last outcome to be applied")
         assert chaos.bus.xpending(keys.OUTCOMES_STREAM, "scheduler")["pending"] >= 1
         chaos.stack.kill("scheduler")
-        chaos.stack.restart("coordinator")
+        chaos.bus.delete(record)
+        chaos.bus.hset(record, mapping=dispatched)
+        assert chaos.bus.hget(record, "collect") is None  # never enqueued
         chaos.stack.restart("scheduler")
         chaos.wait_runs([run.id], timeout_s=45)
         assert run.result(timeout=10) == expected_fan_in(200)
@@ -200,9 +207,11 @@ def test_coordinator_down_longer_than_the_lease_takes_no_work_from_healthy_worke
 
 def test_coordinator_killed_during_dispatch_of_a_large_fan_out_every_task_runs_once():
     """Two runs each release a 300-task fan-out when their held first task finishes; the coordinator
-    is SIGKILLed at that moment (so the scheduler's dispatch of the fan-out meets a dead coordinator,
-    or dies with it half-way) and restarted. Dispatch is retried and deduplicated by (run, node,
-    attempt): every run succeeds, every task body ran exactly once, every node succeeded once."""
+    is SIGKILLed at that moment and restarted. Since issue 13 the scheduler enqueues the fan-out
+    itself, so the dispatch no longer meets the dead coordinator: the fan-out is enqueued whole
+    while the workers lose their heartbeat streams and find the restarted coordinator (none may be
+    declared dead for that, nothing may run twice). Every run succeeds, every task body ran exactly
+    once, every node succeeded once."""
     with chaos_stack() as chaos:
         with workflow("coordinator-fan-out") as wf:
             chaos_hold(task_id="g", gate="fan-out", value=0) >> parallel(

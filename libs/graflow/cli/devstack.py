@@ -256,9 +256,9 @@ class LocalStack:
         if service != "worker":
             env[f"{prefix}LISTEN_ADDRESS"] = self.address(service)
         if service in ("scheduler", "worker"):
-            env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}RESULT_STORE_ADDRESS"] = self.result_store_address
         if service == "worker":
+            env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
         if self.auth_token:
             env[f"{prefix}AUTH_TOKEN"] = self.auth_token

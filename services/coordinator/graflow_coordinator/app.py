@@ -1,7 +1,8 @@
 """Assembly of the coordinator: ``create_app(settings, redis)`` wires it, ``start``/``stop`` run it
 (as a process: ``graflow_runtime.service``, which checks Redis first).
 
-Start-up: queue groups -> gRPC server -> health SERVING -> retry timer and liveness loops.
+Start-up: queue groups -> gRPC server -> health SERVING -> the retry timer (with its listener of
+gf:retry:wake) and liveness loops.
 Shutdown runs it backwards: NOT_SERVING, end the workers' heartbeat streams (declaring nobody
 dead: they reconnect to another replica or to this one's successor), stop the loops, stop the
 server within the grace period (in-flight calls finish), close Redis.
@@ -13,16 +14,17 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.queues import QueueGroups
+from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
-from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.liveness import LivenessLoop
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer
-from graflow_coordinator.retry_timer import RetryTimer
+from graflow_coordinator.retry_timer import RetryTimer, RetryWakeListener
 from graflow_coordinator.service import SERVICE_NAME, CoordinatorServicer
 from graflow_coordinator.settings import CoordinatorSettings
 from graflow_coordinator.workers import WorkerRegistry
@@ -31,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 # Longest wait before a streamed heartbeat's lease renewal is written (with the others of the window).
 RENEW_WINDOW_MS = 200
+# CLIENT LIST name of the connection of the retry timer's wake-up listener.
+RETRY_WAKE_CLIENT = "graflow-coordinator-retry-wake"
 
 
 class CoordinatorApp:
@@ -45,6 +49,9 @@ class CoordinatorApp:
             redis, self.groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
         )
         self.retry_timer = RetryTimer(redis, self.groups, max_sleep_ms=s.retry_timer_max_sleep_ms)
+        # Blocked on gf:retry:wake most of the time, on a connection of its own.
+        self.wake_redis = connect(s.redis_url, max_connections=1, client_name=RETRY_WAKE_CLIENT)
+        self.retry_wake = RetryWakeListener(self.wake_redis, self.retry_timer)
         self.liveness = LivenessLoop(
             redis,
             registry,
@@ -56,9 +63,7 @@ class CoordinatorApp:
             maintenance_interval_ms=s.queue_trim_interval_ms,
             queues=s.queues,
         )
-        dispatcher = Dispatcher(
-            redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s, on_delayed=self.retry_timer.wake
-        )
+        dispatcher = Dispatcher(redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s)
         # Renewals of streamed heartbeats are written together, within a fraction of the interval.
         renew_window_ms = min(RENEW_WINDOW_MS, s.heartbeat_interval_ms // 4)
         self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
@@ -92,6 +97,7 @@ class CoordinatorApp:
             address=s.listen_address,
             queues=s.queues,
         )
+        self.retry_wake.start()
         self.retry_timer.start()
         self.liveness.start()
 
@@ -99,9 +105,10 @@ class CoordinatorApp:
         grace_s = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
         await self.heartbeat_streams.close(timeout_s=grace_s)
-        for loop in (self.retry_timer, self.liveness):
+        for loop in (self.retry_wake, self.retry_timer, self.liveness):
             await loop.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)
+        await self.wake_redis.aclose()
         await self.redis.aclose()
         log.info("coordinator stopped")
 

@@ -28,9 +28,8 @@ from graflow_runtime import keys
 from graflow_runtime.errors import FailedPrecondition, InvalidRequest, NotFound
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
-
-from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 

@@ -6,10 +6,10 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.dispatch import CHUNK, Dispatcher
+from graflow_runtime.queues import QueueGroups
 
 from graflow_coordinator.conftest import delivery, envelope, stream_envelopes
-from graflow_coordinator.dispatch import CHUNK, Dispatcher
-from graflow_coordinator.queues import QueueGroups
 
 
 async def test_dispatch_appends_the_envelope_to_its_queue_stream(

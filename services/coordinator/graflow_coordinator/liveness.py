@@ -28,8 +28,9 @@ from structlog.contextvars import bound_contextvars
 
 from graflow_runtime import keys
 from graflow_runtime.loops import BackgroundLoop
+from graflow_runtime.queues import QueueGroups
 
-from graflow_coordinator.queues import QueueGroups, trim_queue
+from graflow_coordinator.queues import trim_queue
 from graflow_coordinator.reclaim import RECLAIMER, Reclaimer, ReclaimStats
 from graflow_coordinator.workers import WorkerRegistry
 

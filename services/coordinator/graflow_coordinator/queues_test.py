@@ -4,8 +4,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from graflow_runtime import keys
+from graflow_runtime.queues import QueueGroups
 
-from graflow_coordinator.queues import QueueGroups, trim_queue
+from graflow_coordinator.queues import trim_queue
 
 STREAM = keys.queue_stream("default")
 

@@ -9,10 +9,10 @@ from structlog.testing import capture_logs
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.dispatch import Dispatcher
+from graflow_runtime.queues import QueueGroups
 
 from graflow_coordinator.conftest import delivery, read_outcomes
-from graflow_coordinator.dispatch import Dispatcher
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer
 
 STREAM = keys.queue_stream("default")

@@ -2,10 +2,20 @@
 are appended to their queue streams when due, each to the lane its member names.
 
 This is a timer, not a polling loop for work: after moving what is due it sleeps until the next
-due time (capped at ``retry_timer_max_sleep_ms`` so deliveries scheduled by other replicas are
-not missed for long), and Dispatch in this process wakes it early. Moving is one Lua script
-(take due members, XADD each, ZREM it), so any number of coordinator replicas can run the timer
-and each delivery is appended exactly once.
+due time (an asyncio timer: precise to the millisecond), capped at ``retry_timer_max_sleep_ms``.
+Deliveries are scheduled by graflow_runtime.dispatch in any process (the scheduler's retries, this
+coordinator's ``Dispatch``), which appends to ``gf:retry:wake`` whenever a delivery is due before
+everything ``gf:retry`` held. A listener (:class:`RetryWakeListener`, on a Redis connection of its
+own) follows that stream (``XREAD BLOCK``) and wakes the timer at once, so it sleeps until the new
+due time instead. Redis's own ``BLOCK`` timeout is not used as the timer: Redis checks blocked
+clients' timeouts about every 100 ms (``hz`` 10), so deliveries would be up to ~100 ms late.
+The listener reads the stream's tail when it starts and then wakes the timer once, so a delivery
+scheduled before it listened is found by that move. The cap bounds how late a delivery can be
+when a wake-up was lost (a Redis failover, the listener reconnecting). A delivery is therefore
+appended a round trip after its due time (plus the clock difference between the host that
+scheduled it and this one), whoever scheduled it. Moving is one Lua script (take due members,
+XADD each, ZREM it), so any number of coordinator replicas can run the timer and each delivery is
+appended exactly once.
 """
 
 from __future__ import annotations
@@ -17,15 +27,17 @@ import structlog
 
 from graflow_runtime import keys
 from graflow_runtime.loops import BackgroundLoop
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
-
-from graflow_coordinator.queues import QueueGroups
+from graflow_runtime.streams import tail_id
 
 log = structlog.get_logger(__name__)
 
 
 # Key prefixes of the lanes (a member's head names its queue and lane: keys.RETRY_TIMER).
 LANE_PREFIXES = (keys.queue_stream(""), keys.queue_high_stream(""))
+# Longest blocking read of the wake-up listener (it reads again at once; any length works).
+WAKE_BLOCK_MS = 10_000
 _MOVE_DUE = LuaScript.load(__package__, "move_due.lua")
 
 
@@ -64,7 +76,35 @@ class RetryTimer(BackgroundLoop):
                 return total, (next_due if next_due >= 0 else None)
 
     async def step(self) -> float:
+        """Move what is due; sleep until the next due time (cut short by the listener's wake-up)."""
         _, next_due = await self.move_due()
         if next_due is None:
             return self._max_sleep_s
         return min(max(next_due - time.time() * 1000, 0) / 1000, self._max_sleep_s)
+
+
+class RetryWakeListener(BackgroundLoop):
+    """Wakes ``timer`` for every entry of ``gf:retry:wake`` (a delivery due earlier than it knew).
+    Its blocking reads hold ``redis``: give it a client of its own."""
+
+    name = "retry-timer-wake"
+
+    def __init__(
+        self, redis: aioredis.Redis, timer: BackgroundLoop, *, block_ms: int = WAKE_BLOCK_MS
+    ) -> None:
+        super().__init__()
+        self._redis = redis
+        self._timer = timer
+        self._block_ms = block_ms
+        self._last: bytes | None = None
+
+    async def step(self) -> float:
+        if self._last is None:
+            self._last = await tail_id(self._redis, keys.RETRY_WAKE)
+            self._timer.wake()  # what was scheduled before this read is found by the next move
+        with self.interruptible():
+            reply = await self._redis.xread({keys.RETRY_WAKE: self._last}, block=self._block_ms)
+        for _stream, entries in reply or ():
+            self._last = entries[-1][0]
+            self._timer.wake()
+        return 0.0

@@ -6,9 +6,10 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.dispatch import Dispatcher
+from graflow_runtime.queues import QueueGroups
 
 from graflow_coordinator.conftest import StartCoordinator, delivery, eventually, stream_envelopes
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.retry_timer import RetryTimer
 
 
@@ -111,3 +112,25 @@ async def test_the_timer_reports_the_next_due_time_and_leaves_future_entries(red
 
     assert (moved, next_due) == (0, due_ms)
     assert await redis.zcard(keys.RETRY_TIMER) == 1
+
+
+async def test_a_delivery_another_process_schedules_is_moved_when_due_not_at_the_timers_cap(
+    start_coordinator: StartCoordinator, redis: aioredis.Redis
+) -> None:
+    # The cap (a minute) is far beyond the test's bound: only the wake-up through Redis moves it.
+    await start_coordinator(retry_timer_max_sleep_ms=60_000)
+    await eventually(
+        lambda: _blocked_on_wake(redis), what="the timer to wait on gf:retry:wake"
+    )
+    other_process = Dispatcher(redis, QueueGroups(redis), record_ttl_s=60)  # e.g. the scheduler
+    sent_ms = int(time.time() * 1000)
+    await other_process.dispatch([delivery("a", attempt=2, delay_ms=300)])
+
+    appended = await eventually(lambda: stream_envelopes(redis), what="the delayed delivery")
+    assert [(e.node_id, e.attempt) for e in appended] == [("a", 2)]
+    assert int(time.time() * 1000) >= sent_ms + 300  # not before it was due
+
+
+async def _blocked_on_wake(redis: aioredis.Redis) -> bool:
+    clients = await redis.client_list()
+    return any(c.get("cmd") == "xread" and c.get("flags", "").find("b") >= 0 for c in clients)

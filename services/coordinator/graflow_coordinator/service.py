@@ -10,9 +10,9 @@ from structlog.contextvars import bound_contextvars
 
 from graflow_api.v1 import coordinator_pb2 as pb
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.dispatch import Dispatcher
 
 from graflow_coordinator.deadletters import DeadLetters
-from graflow_coordinator.dispatch import Dispatcher
 from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.workers import WorkerRegistry
 

@@ -30,10 +30,12 @@ class CoordinatorSettings(ServiceSettings):
     # them: while the coordinator was down nobody could heartbeat, and a worker's breaker and
     # reconnect backoff (about 2 s each) delay its first heartbeat after the restart.
     startup_grace_ms: int = Field(default=5000, ge=0)
-    # Longest sleep of the retry timer (it also wakes at the next due time, and when this process
-    # schedules a delivery).
-    retry_timer_max_sleep_ms: int = Field(default=250, gt=0)
-    # How long the per-run dispatch record (highest attempt dispatched per node) is kept.
+    # Longest wait of the retry timer. It wakes at the next due time, and at once when any process
+    # schedules a delivery due earlier (gf:retry:wake): this cap only bounds how late a delivery
+    # can be when such a wake-up was lost (a Redis failover).
+    retry_timer_max_sleep_ms: int = Field(default=1000, gt=0)
+    # How long the per-run dispatch record (highest attempt dispatched per node) is kept, for
+    # the Dispatch RPC (the scheduler's own dispatches use its GRAFLOW_SCHEDULER_RETENTION_S).
     dispatch_record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # A node whose worker died this many times (the envelope's lost_attempts + XPENDING
     # times-delivered) is a poison message: its delivery goes to the dead letters and the node

@@ -23,9 +23,9 @@ from graflow_api.v1 import coordinator_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import AlreadyExists, InvalidRequest, NotFound
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
 
-from graflow_coordinator.queues import QueueGroups
 from graflow_coordinator.reclaim import Reclaimer, ReclaimStats
 
 log = structlog.get_logger(__name__)

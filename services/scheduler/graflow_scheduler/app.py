@@ -4,7 +4,10 @@
 Start-up: run scripts loaded, the outcome group, gRPC server -> health SERVING -> a recovery sweep
 pass (dispatching what a previous process left READY) -> the outcome consumer, the periodic sweep
 and the wait timer. Shutdown runs it backwards: NOT_SERVING, stop the loops (the current batch
-finishes), stop the server within the grace period, close the downstream channels and Redis.
+finishes), stop the server within the grace period, close the result-store channel and Redis.
+
+The scheduler enqueues the deliveries of the nodes it makes READY itself (graflow_runtime.dispatch,
+on its own Redis client): it calls no coordinator.
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 import structlog
 
-from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from graflow_api.v1 import result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
 from graflow_scheduler.api.ends import RunEnds
 from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.api.servicer import SchedulerServicer
-from graflow_scheduler.downstream.coordinator import Dispatcher
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.outcomes.apply import OutcomeBatches
@@ -65,11 +69,10 @@ class SchedulerApp:
         s = self.settings = settings
         self.redis = redis
         self.watch_redis = connect(s.redis_url, max_connections=s.watch_max_connections)
-        self.coordinator_channel = open_channel(s.coordinator_address, s.auth_token)
         self.result_store_channel = open_channel(s.result_store_address, s.auth_token)
-        dispatcher = Dispatcher(
-            coordinator_pb2_grpc.CoordinatorStub(self.coordinator_channel), _downstream("coordinator", s)
-        )
+        # A run's dispatch record expires with its other keys, a retention period after the last
+        # dispatch.
+        dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s)
         result_store_stub = result_store_pb2_grpc.ResultStoreStub(self.result_store_channel)
         result_store = _downstream("result-store", s)  # one breaker for every call to it
         plans = PlanCache(result_store_stub, result_store, capacity=s.plan_cache_size)
@@ -164,7 +167,6 @@ class SchedulerApp:
         await self.server.stop(grace)
         await self.run_ends.stop()
         await self.ends_redis.aclose()
-        await self.coordinator_channel.close()
         await self.result_store_channel.close()
         await self.watch_redis.aclose()
         await self.redis.aclose()

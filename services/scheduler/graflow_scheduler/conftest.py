@@ -1,6 +1,6 @@
 """Fixtures of the scheduler's tests: run-state stores on the real Redis of the session
-(``redis_url`` / ``redis`` from graflow_testing.plugin), downstream test doubles on a real gRPC
-server, and a started scheduler on a free port."""
+(``redis_url`` / ``redis`` from graflow_testing.plugin), the result-store's test double on a real
+gRPC server, and a started scheduler on a free port."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from graflow_scheduler.app import SchedulerApp, create_app
 from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.state.store import RunStore
 from graflow_scheduler.testing.app import app_client, scheduler_settings
-from graflow_scheduler.testing.doubles import RecordingCoordinator, RecordingResultStore, serve_downstreams
+from graflow_scheduler.testing.doubles import RecordingResultStore, serve_result_store
 
 
 @pytest.fixture
@@ -34,17 +34,16 @@ def reader(redis: aioredis.Redis) -> RunReader:
 
 @dataclass
 class Downstreams:
-    coordinator: RecordingCoordinator
     result_store: RecordingResultStore
     address: str
 
 
 @pytest.fixture
 async def downstreams() -> AsyncIterator[Downstreams]:
-    coordinator, result_store = RecordingCoordinator(), RecordingResultStore()
-    server, port = await serve_downstreams(coordinator, result_store)
+    result_store = RecordingResultStore()
+    server, port = await serve_result_store(result_store)
     try:
-        yield Downstreams(coordinator, result_store, f"127.0.0.1:{port}")
+        yield Downstreams(result_store, f"127.0.0.1:{port}")
     finally:
         await server.stop(None)
 

@@ -47,7 +47,6 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
         redis_url=redis_url,
         listen_address="127.0.0.1:0",
         log_format="json",
-        coordinator_address="127.0.0.1:1",
         result_store_address="127.0.0.1:1",
     )
     process = subprocess.Popen(

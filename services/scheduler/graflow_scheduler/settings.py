@@ -7,11 +7,7 @@ import socket
 
 from pydantic import Field
 
-from graflow_runtime.addresses import (
-    DEFAULT_COORDINATOR_ADDRESS,
-    DEFAULT_RESULT_STORE_ADDRESS,
-    DEFAULT_SCHEDULER_ADDRESS,
-)
+from graflow_runtime.addresses import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
 from graflow_runtime.settings import ServiceSettings, settings_config
 
 
@@ -25,12 +21,12 @@ class SchedulerSettings(ServiceSettings):
 
     # gRPC listen address ("host:port"; port 0 picks a free port).
     listen_address: str = DEFAULT_SCHEDULER_ADDRESS
-    coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
     result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
     # Consumer name in the outcome stream's group. Set it to a stable name (e.g. the pod name) so
     # that a restarted replica drains what it held; otherwise other replicas reclaim it when idle.
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
-    # Outcomes read (and applied in one pipeline, dispatched in one call) per batch.
+    # Outcomes read (and applied in one pipeline, what they release dispatched in one round trip)
+    # per batch.
     outcome_batch: int = Field(default=256, ge=1, le=10_000)
     outcome_block_ms: int = Field(default=2000, ge=1)
     # An outcome redelivered more often than this (a scheduler crashed on it each time) goes to
@@ -42,7 +38,8 @@ class SchedulerSettings(ServiceSettings):
     # Limits of a submitted workflow.
     max_nodes: int = Field(default=100_000, ge=1)
     max_args_bytes: int = Field(default=1024 * 1024, ge=2)
-    # Seconds ended runs are kept (their keys expire afterwards).
+    # Seconds ended runs are kept (their keys expire afterwards; a run's dispatch record expires
+    # this long after its last dispatch).
     retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     # Recovery sweep period: READY nodes of active runs are dispatched again (deduplicated).
     sweep_interval_s: float = Field(default=10.0, gt=0)

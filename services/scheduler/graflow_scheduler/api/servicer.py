@@ -14,19 +14,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 import structlog
+from redis.exceptions import RedisError
 
 from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.dispatch import Dispatcher, InvalidDelivery, QueueStreamsVanishing
 from graflow_runtime.errors import InvalidRequest, ServiceError, Unavailable
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.api.run_results import RunResults
-from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
 from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.graph.plan import Plan
+from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.state.runids import new_run_id, run_id_problem
 from graflow_scheduler.state.store import ParentLink, RunStore
@@ -196,7 +198,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             )
             try:
                 await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
-            except (DownstreamUnavailable, grpc.aio.AioRpcError) as exc:
+            except (InvalidDelivery, QueueStreamsVanishing, RedisError) as exc:
                 # The run exists with its roots READY: the recovery sweep dispatches them.
                 log.warning(
                     "roots not dispatched yet; the recovery sweep will", run_id=run_id, error=str(exc)

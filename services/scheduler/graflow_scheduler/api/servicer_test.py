@@ -1,5 +1,5 @@
-"""The Scheduler gRPC API, served by the real server on a free port with a real Redis; the
-coordinator and result-store are recording test doubles behind a real gRPC server."""
+"""The Scheduler gRPC API, served by the real server on a free port with a real Redis (where its
+dispatches enqueue); the result-store is a recording test double behind a real gRPC server."""
 
 import asyncio
 
@@ -14,6 +14,7 @@ from graflow_runtime.graphs import graph_hash
 from graflow_scheduler.app import RUN_ENDS_CLIENT
 from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import report
+from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.specs import group, node, outcome, spec
 
 EVENT = scheduler_pb2.RunEvent
@@ -39,14 +40,17 @@ async def test_submit_stores_the_graph_creates_the_run_and_dispatches_the_roots(
     assert response.created and len(response.run_id) == 26
     assert response.graph_hash == graph_hash(ETL)
     assert downstreams.result_store.graphs[response.graph_hash] == ETL
-    (request,) = downstreams.coordinator.requests
-    (root,) = request.deliveries
+    (root,) = (await enqueued(redis)).deliveries
     assert (root.envelope.run_id, root.envelope.node_id, root.envelope.attempt) == (
         response.run_id,
         "fetch",
         1,
     )
-    assert (root.envelope.task_type, root.envelope.queue, root.delay_ms) == ("t_fetch", "default", 0)
+    assert (root.envelope.task_type, root.envelope.queue, root.due_ms) == ("t_fetch", "default", 0)
+    # In the queue's stream, which has its workers' group, and recorded as dispatched.
+    groups = await redis.xinfo_groups(keys.queue_stream("default"))
+    assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
+    assert await redis.hget(keys.dispatch_record(response.run_id), "fetch") == b"1"
     assert await redis.hget(keys.run_state(response.run_id), "fetch") == b"READY"
 
 
@@ -62,7 +66,7 @@ async def test_invalid_spec_is_rejected_with_the_problem_and_nothing_is_stored(c
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cycle" in info.value.details()
     assert await redis.keys("gf:run*") == [] and await redis.keys("gf:idem*") == []
-    assert downstreams.result_store.put_calls == 0 and downstreams.coordinator.requests == []
+    assert downstreams.result_store.put_calls == 0 and (await enqueued(redis)).deliveries == []
 
 
 async def test_submit_without_spec_is_invalid(client):
@@ -71,21 +75,21 @@ async def test_submit_without_spec_is_invalid(client):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec is missing" in info.value.details()
 
 
-async def test_repeated_submit_with_an_idempotency_key_returns_the_first_run(client, downstreams):
+async def test_repeated_submit_with_an_idempotency_key_returns_the_first_run(client, redis):
     first = await submit(client, idempotency_key="nightly-2024-01-01")
     again = await submit(client, idempotency_key="nightly-2024-01-01")
     assert (again.run_id, again.created, again.graph_hash) == (first.run_id, False, first.graph_hash)
-    assert len(downstreams.coordinator.requests) == 1
+    assert (await enqueued(redis)).delivered(first.run_id) == [("fetch", 1)]
 
 
-async def test_submit_succeeds_while_the_coordinator_is_down_and_the_sweep_dispatches_later(
-    client, downstreams, app
-):
-    downstreams.coordinator.unavailable_times = 1
+async def test_submit_succeeds_when_its_dispatch_fails_and_the_sweep_dispatches_later(client, app, redis):
+    await redis.set(keys.queue_stream("default"), "not a stream")  # Redis refuses the queue's group
     response = await submit(client)
-    assert response.created and downstreams.coordinator.requests == []
+    assert response.created and await redis.hget(keys.run_state(response.run_id), "fetch") == b"READY"
+    assert not await redis.exists(keys.dispatch_record(response.run_id))
+    await redis.delete(keys.queue_stream("default"))
     assert await app.sweep.sweep_once() == 1
-    assert downstreams.coordinator.delivered(response.run_id) == [("fetch", 1)]
+    assert (await enqueued(redis)).delivered(response.run_id) == [("fetch", 1)]
 
 
 async def test_get_run_shows_nodes_with_kind_and_task_type(client):

@@ -10,6 +10,7 @@ from graflow_api.v1 import common_pb2, scheduler_pb2
 
 from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import app_client, report
+from graflow_scheduler.testing.enqueued import wait_enqueued
 from graflow_scheduler.testing.specs import outcome, spec
 
 CHAIN = spec(["a", "b"], ["a>b"])
@@ -73,10 +74,10 @@ async def test_many_callers_waiting_for_one_run_are_all_answered(client, redis, 
     assert app.run_ends.waiting_runs == 0
 
 
-async def test_submit_with_wait_ms_answers_with_the_end(client, redis, downstreams):
+async def test_submit_with_wait_ms_answers_with_the_end(client, redis):
     submitting = asyncio.create_task(submit(client, wait_ms=30_000))
-    await downstreams.coordinator.wait_for(lambda c: len(c.deliveries) == 1)
-    run_id = downstreams.coordinator.deliveries[0].envelope.run_id
+    found = await wait_enqueued(redis, lambda q: len(q.deliveries) == 1)
+    run_id = found.deliveries[0].envelope.run_id
     await report(redis, outcome(run_id, "a", ok=False, retryable=False))
     response = await asyncio.wait_for(submitting, 10)
     assert (response.run_id, response.created) == (run_id, True)

@@ -1,9 +1,11 @@
 """One batch of outcomes: decode (undecodable ones become dead letters), find each run's plan,
-apply them all in one pipeline, dispatch what they released in one ``Dispatch``, acknowledge.
+apply them all in one pipeline, enqueue what they released in one round trip
+(graflow_runtime.dispatch), acknowledge.
 
-A batch is acknowledged only after its dispatch succeeded: on DownstreamUnavailable nothing is
-acknowledged and the caller applies the same batch again, which is safe because a repeated
-outcome changes nothing and returns the nodes it released (the coordinator deduplicates).
+A batch is acknowledged only after its dispatch succeeded: on a Redis error (or DownstreamUnavailable
+from the result-store, fetching a plan) nothing is acknowledged and the caller applies the same
+batch again, which is safe because a repeated outcome changes nothing and returns the nodes it
+released, whose dispatch is deduplicated by the dispatch record.
 
 An outcome the coordinator reports for an attempt lost with its worker (``worker_lost``, error
 ``WorkerLost``) is retried at once as attempt+1 and does not consume the retry budget: only real
@@ -39,17 +41,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.dispatch import Dispatcher, InvalidDelivery
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
 from graflow_scheduler.graph.compiler import Limits
@@ -57,6 +58,7 @@ from graflow_scheduler.graph.directives import PreparedFlow, prepare
 from graflow_scheduler.graph.plan import NodeKind, Plan
 from graflow_scheduler.outcomes.retry import retry_delay_ms
 from graflow_scheduler.outcomes.stream import DeadOutcome, Entry, OutcomeStream
+from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.runids import is_run_id
 from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, RunStore, WaitToApply
@@ -96,6 +98,7 @@ class ConsumerStats:
     worker_lost: int = 0  # attempts lost with their worker, applied (redelivered as attempt+1)
     dead_lettered: int = 0
     dispatched: int = 0
+    dispatch_duplicates: int = 0  # deliveries dispatched again (a repeated outcome), not enqueued
     redis_errors: int = 0
 
 
@@ -168,7 +171,7 @@ class OutcomeBatches:
 
     async def process(self, entries: Sequence[Entry], poison: Sequence[DeadOutcome] = ()) -> None:
         """Apply, dispatch and acknowledge one batch; ``poison`` entries are dead-lettered
-        unapplied. Raises DownstreamUnavailable (nothing acknowledged) and Redis errors."""
+        unapplied. Raises Redis errors and DownstreamUnavailable (nothing acknowledged)."""
         self.stats.batches += 1
         dead: list[DeadOutcome] = list(poison)
         for letter in poison:
@@ -448,18 +451,14 @@ class OutcomeBatches:
 
     async def _dispatch(self, deliveries: list[coordinator_pb2.Delivery]) -> None:
         try:
-            await self.dispatcher.dispatch(deliveries)
-        except grpc.aio.AioRpcError as exc:
-            # Rejected (not unreachable): retrying the batch would fail the same way. The nodes stay
-            # READY in Redis and the recovery sweep dispatches them again.
-            log.error(
-                "coordinator rejected a dispatch; the recovery sweep will retry it",
-                code=exc.code().name,
-                details=exc.details(),
-                deliveries=len(deliveries),
-            )
+            counts = await self.dispatcher.dispatch(deliveries)
+        except InvalidDelivery as exc:
+            # Retrying the batch would fail the same way. The nodes stay READY in Redis and the
+            # recovery sweep tries them again.
+            log.error("invalid delivery not dispatched", error=str(exc), deliveries=len(deliveries))
             return
         self.stats.dispatched += len(deliveries)
+        self.stats.dispatch_duplicates += counts.duplicates
 
 
 def _skipped(outcome: messages_pb2.TaskOutcome) -> bool:

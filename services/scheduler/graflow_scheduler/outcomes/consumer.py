@@ -2,7 +2,7 @@
 batches (its own pending entries first, then new ones; entries that dead replicas left idle are
 claimed; the stream is trimmed periodically) and hands each batch to :class:`OutcomeBatches`.
 
-Unavailable downstreams or Redis: the batch is kept in memory and applied again after a backoff.
+Redis or the result-store unavailable: the batch is kept in memory and applied again after a backoff.
 An outcome redelivered too often (a process crashed on it each time) is dead-lettered; the loop
 never stops for one message. Every ``stats_log_interval_s`` in which something changed, and when the
 consumer stops, one ``outcome consumer totals`` line logs the counters of :class:`ConsumerStats`
@@ -137,8 +137,7 @@ class OutcomeConsumer(BackgroundLoop):
             if self._backlog:
                 entries = await self.stream.read_own_pending(cfg.batch)
                 self._backlog = bool(entries)
-            elif now >= self._next_claim and self.batches.dispatcher.available:
-                # (Not while the coordinator is down: every claim counts as a delivery.)
+            elif now >= self._next_claim:
                 self._next_claim = now + self._claim_every
                 entries = await self.stream.claim_idle(cfg.claim_idle_ms, cfg.batch)
             elif now >= self._next_trim:

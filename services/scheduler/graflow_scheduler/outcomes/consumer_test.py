@@ -1,7 +1,8 @@
-"""The outcome consumer end to end: TaskOutcome bytes appended to gf:outcomes, Dispatch calls
-observed on the coordinator test double, run state in the real Redis."""
+"""The outcome consumer end to end: TaskOutcome bytes appended to gf:outcomes, what it enqueued
+and the run state read back from the real Redis."""
 
 import asyncio
+import time
 
 import redis.asyncio as aioredis
 
@@ -11,7 +12,8 @@ from graflow_runtime.graphs import graph_hash
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.state.runids import new_run_id
-from graflow_scheduler.testing.app import envelopes, report, run_end, submit
+from graflow_scheduler.testing.app import report, run_end, submit
+from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import node, outcome, spec
 
@@ -20,25 +22,24 @@ async def pending_outcomes(redis):
     return (await redis.xpending(keys.OUTCOMES_STREAM, keys.SCHEDULER_GROUP))["pending"]
 
 
-async def test_outcomes_release_successors_and_finish_the_run(client, downstreams, redis):
-    coordinator = downstreams.coordinator
+async def test_outcomes_release_successors_and_finish_the_run(client, redis):
     run_id = await submit(client)
     await report(redis, outcome(run_id, "fetch"))
-    await coordinator.wait_for(lambda c: len(c.requests) == 2)
-    assert [(d.envelope.node_id, d.envelope.attempt) for d in coordinator.requests[1].deliveries] == [
-        ("clean", 1),
-        ("enrich", 1),
-    ]
-    assert list(coordinator.requests[1].deliveries[0].envelope.input_node_ids) == ["fetch"]
+    found = await wait_enqueued(redis, lambda c: len(c.delivered(run_id)) == 3)
+    assert found.delivered(run_id) == [("fetch", 1), ("clean", 1), ("enrich", 1)]
+    assert list(found.envelopes(run_id, "clean")[0].envelope.input_node_ids) == ["fetch"]
     await report(redis, outcome(run_id, "clean"), outcome(run_id, "enrich"))
-    await coordinator.wait_for(lambda c: envelopes(c, run_id, "report"))
-    assert list(envelopes(coordinator, run_id, "report")[0].envelope.input_node_ids) == ["clean", "enrich"]
+    await wait_enqueued(redis, lambda c: c.envelopes(run_id, "report"))
+    (report_node,) = (await enqueued(redis)).envelopes(run_id, "report")
+    assert list(report_node.envelope.input_node_ids) == ["clean", "enrich"]
     await report(redis, outcome(run_id, "report"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
     assert await pending_outcomes(redis) == 0
 
 
-async def test_a_batch_of_outcomes_is_dispatched_in_one_call(app, downstreams, redis, store):
+async def test_what_a_batch_of_outcomes_released_is_enqueued_before_the_batch_is_acknowledged(
+    app, redis, store
+):
     await app.consumer.stop()
     await app.sweep.stop()
     workflow = spec(["a", "b"], ["a>b"])
@@ -49,9 +50,12 @@ async def test_a_batch_of_outcomes_is_dispatched_in_one_call(app, downstreams, r
         await store.create_run(plan, run_id=run_id, graph_hash=graph_hash(workflow), now_ms=1)
     await report(redis, *(outcome(r, "a") for r in run_ids))
     entries = await app.consumer.stream.read_new(100, 10)
+    assert await pending_outcomes(redis) == len(run_ids)  # read, not acknowledged yet
     await app.consumer.process(entries)
-    (request,) = downstreams.coordinator.requests
-    assert sorted(d.envelope.run_id for d in request.deliveries) == sorted(run_ids)
+    found = await enqueued(redis)
+    assert sorted(q.envelope.run_id for q in found.deliveries) == sorted(run_ids)
+    assert {q.envelope.node_id for q in found.deliveries} == {"b"}
+    assert app.consumer.stats.dispatched == len(run_ids)
     assert await pending_outcomes(redis) == 0
 
 
@@ -60,10 +64,15 @@ async def test_failed_attempt_with_retries_left_is_dispatched_again_with_its_bac
 ):
     retry = common_pb2.RetryPolicy(max_attempts=3, initial_interval_ms=700)
     run_id = await submit(client, spec([node("a", retry=retry)]))
+    failed_ms = int(time.time() * 1000)
     await report(redis, outcome(run_id, "a", ok=False))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
-    second = envelopes(downstreams.coordinator, run_id, "a")[1]
-    assert (second.envelope.attempt, second.delay_ms, second.envelope.max_attempts) == (2, 700, 3)
+    found = await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 2)
+    seen_ms = int(time.time() * 1000)
+    second = found.envelopes(run_id, "a")[1]
+    assert (second.envelope.attempt, second.envelope.max_attempts) == (2, 3)
+    # On the retry timer, due 700 ms after the failure was applied.
+    assert failed_ms + 700 <= second.due_ms <= seen_ms + 700
+    assert second.envelope.enqueued_at_ms == second.due_ms
     await report(redis, outcome(run_id, "a", attempt=2, ok=False, retryable=False))
     assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
 
@@ -89,27 +98,30 @@ async def test_undecodable_outcome_is_dead_lettered_and_the_consumer_keeps_going
     assert await pending_outcomes(redis) == 0
 
 
-async def test_batch_is_kept_unacknowledged_and_retried_while_the_coordinator_is_down(
-    client, downstreams, redis
-):
+async def test_a_batch_whose_dispatch_fails_is_not_acknowledged_and_is_applied_again(app, client, redis):
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
-    downstreams.coordinator.unavailable_times = 3
+    record = keys.dispatch_record(run_id)
+    await redis.delete(record)
+    await redis.set(record, "not a hash")  # Redis refuses the dispatch script (WRONGTYPE)
     await report(redis, outcome(run_id, "a"))
-    await downstreams.coordinator.wait_for(lambda c: envelopes(c, run_id, "b"))
-    assert downstreams.coordinator.unavailable_times == 0
-    assert envelopes(downstreams.coordinator, run_id, "b")[0].envelope.attempt == 1
+    await asyncio.wait_for(_until(lambda: app.consumer.stats.batches >= 2), 10)  # applied again
+    assert await pending_outcomes(redis) == 1  # not acknowledged
+    assert (await enqueued(redis)).envelopes(run_id, "b") == []
+    await redis.delete(record)
+    found = await wait_enqueued(redis, lambda c: c.envelopes(run_id, "b"))
+    assert [q.envelope.attempt for q in found.envelopes(run_id, "b")] == [1]  # enqueued once
+    assert app.consumer.stats.applied == 1 and app.consumer.stats.duplicates >= 1
     await report(redis, outcome(run_id, "b"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
 
 
-async def test_duplicate_outcome_is_counted_and_repeats_the_dispatch_of_released_nodes(
-    app, client, downstreams, redis
-):
+async def test_duplicate_outcome_is_counted_and_repeats_the_dispatch_of_released_nodes(app, client, redis):
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
     await report(redis, outcome(run_id, "a"), outcome(run_id, "a"))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "b")) == 2)
+    await asyncio.wait_for(_until(lambda: app.consumer.stats.dispatch_duplicates == 1), 10)
     assert app.consumer.stats.duplicates == 1
-    assert {d.envelope.attempt for d in envelopes(downstreams.coordinator, run_id, "b")} == {1}
+    # Dispatched twice, enqueued once (the dispatch record).
+    assert [q.envelope.attempt for q in (await enqueued(redis)).envelopes(run_id, "b")] == [1]
 
 
 async def test_plan_of_a_run_submitted_elsewhere_is_fetched_from_the_result_store(
@@ -275,13 +287,10 @@ async def test_canceled_outcomes_of_an_ended_run_are_counted_once_and_change_not
     assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
 
 
-async def test_a_canceled_outcome_of_a_live_run_redelivers_the_node_instead_of_failing_it(
-    client, downstreams, redis
-):
-    coordinator = downstreams.coordinator
+async def test_a_canceled_outcome_of_a_live_run_redelivers_the_node_instead_of_failing_it(client, redis):
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
     await report(redis, canceled(run_id, "a"))
-    await coordinator.wait_for(lambda c: ("a", 2) in c.delivered(run_id))
+    await wait_enqueued(redis, lambda c: ("a", 2) in c.delivered(run_id))
     info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert common_pb2.RunStatus.Name(info.status) == "RUN_STATUS_RUNNING"
     assert info.skipped_deliveries == 0
@@ -306,14 +315,13 @@ async def _until_consumed(redis, timeout=10.0):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.02)
 
 
-async def test_a_live_runs_node_refused_again_and_again_fails_instead_of_looping(client, downstreams, redis):
-    coordinator = downstreams.coordinator
+async def test_a_live_runs_node_refused_again_and_again_fails_instead_of_looping(client, redis):
     run_id = await submit(client, spec(["a"]))
     for attempt in range(1, 7):
-        await coordinator.wait_for(lambda c, n=attempt: ("a", n) in c.delivered(run_id))
+        await wait_enqueued(redis, lambda c, n=attempt: ("a", n) in c.delivered(run_id))
         await report(redis, canceled(run_id, "a", attempt))
     assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
     info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert info.error.type == "RunEnded"
     assert "refused 5 times" in info.error.message
-    assert ("a", 7) not in coordinator.delivered(run_id)
+    assert ("a", 7) not in (await enqueued(redis)).delivered(run_id)

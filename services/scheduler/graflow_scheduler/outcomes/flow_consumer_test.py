@@ -6,7 +6,8 @@ import json
 from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime.graphs import graph_hash
 
-from graflow_scheduler.testing.app import envelopes, report, run_end, submit
+from graflow_scheduler.testing.app import report, run_end, submit
+from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.flows import FlowRun, iterate, next_task
 from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import node, outcome, spec
@@ -21,17 +22,16 @@ def with_directives(run_id, node_id, *directives, attempt=1):  # type: ignore[no
 async def test_an_added_node_is_dispatched_with_its_task_type_arguments_and_parent_as_input(
     client, downstreams, redis
 ):
-    coordinator = downstreams.coordinator
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
     await report(redis, with_directives(run_id, "a", next_task("t_tool", query="weather")))
-    await coordinator.wait_for(lambda c: envelopes(c, run_id, "a.next.1"))
-    (added,) = envelopes(coordinator, run_id, "a.next.1")
+    await wait_enqueued(redis, lambda c: c.envelopes(run_id, "a.next.1"))
+    (added,) = (await enqueued(redis)).envelopes(run_id, "a.next.1")
     assert (added.envelope.task_type, added.envelope.attempt) == ("t_tool", 1)
     assert json.loads(added.envelope.args_json) == {"query": "weather"}
     assert list(added.envelope.input_node_ids) == ["a"]
     assert added.envelope.max_cycles == 100
     await report(redis, outcome(run_id, "a.next.1"))
-    await coordinator.wait_for(lambda c: envelopes(c, run_id, "b"))
+    await wait_enqueued(redis, lambda c: c.envelopes(run_id, "b"))
     await report(redis, outcome(run_id, "b"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
     info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
@@ -41,11 +41,10 @@ async def test_an_added_node_is_dispatched_with_its_task_type_arguments_and_pare
 
 
 async def test_next_iteration_is_dispatched_with_the_cycle_and_the_data(client, downstreams, redis):
-    coordinator = downstreams.coordinator
     run_id = await submit(client, spec([node("refine", max_cycles=5)]))
     await report(redis, with_directives(run_id, "refine", iterate({"draft": 2})))
-    await coordinator.wait_for(lambda c: len(envelopes(c, run_id, "refine")) == 2)
-    again = envelopes(coordinator, run_id, "refine")[1].envelope
+    await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "refine")) == 2)
+    again = (await enqueued(redis)).envelopes(run_id, "refine")[1].envelope
     assert (again.attempt, again.cycle, again.max_cycles) == (2, 1, 5)
     assert json.loads(again.iteration_data_json) == {"draft": 2}
     await report(redis, outcome(run_id, "refine", attempt=2))
@@ -82,7 +81,7 @@ async def test_cancel_run_and_cancel_from_a_task_are_announced_to_the_workers_wi
 
 
 async def test_the_recovery_sweep_redispatches_added_nodes_and_re_runs_with_their_cycle_and_data(
-    app, store, downstreams
+    app, store, downstreams, redis
 ):
     await app.sweep.stop()  # sweep by hand below
     workflow = spec(["a", "b"], ["a>b"])
@@ -91,7 +90,7 @@ async def test_the_recovery_sweep_redispatches_added_nodes_and_re_runs_with_thei
     await run.finish("a", next_task("t_tool", query="x"))
     await run.finish("a.next.1", iterate({"round": 2}))
     assert await app.sweep.sweep_once() == 1
-    sent_to_run = [d.envelope for d in downstreams.coordinator.deliveries if d.envelope.run_id == run.run_id]
+    sent_to_run = [q.envelope for q in (await enqueued(redis)).deliveries if q.envelope.run_id == run.run_id]
     assert len(sent_to_run) == 1
     sent = sent_to_run[0]
     assert (sent.node_id, sent.task_type, sent.attempt, sent.cycle) == ("a.next.1", "t_tool", 2, 1)

@@ -7,7 +7,8 @@ import asyncio
 from graflow_api.v1 import common_pb2, messages_pb2, result_store_pb2, scheduler_pb2
 from graflow_runtime import keys
 
-from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
+from graflow_scheduler.testing.app import app_client, report, run_end, submit
+from graflow_scheduler.testing.enqueued import wait_enqueued
 from graflow_scheduler.testing.specs import node, outcome, spec
 
 CHAIN = spec(["a", "b"], ["a>b"])
@@ -41,13 +42,13 @@ async def consumed(redis):
 
 
 async def test_an_inline_result_is_stored_with_the_outcome_that_releases_its_successor(
-    downstreams, redis, make_app
+    redis, make_app
 ):
     app = await make_app(retention_s=5000)
     async with app_client(app) as own:
         run_id = await submit(own, CHAIN)
         await report(redis, outcome(run_id, "a", value=b'{"n": 1}'))
-        await downstreams.coordinator.wait_for(lambda c: envelopes(c, run_id, "b"))
+        await wait_enqueued(redis, lambda c: c.envelopes(run_id, "b"))
     result, attempt = await stored(redis, run_id, "a")
     assert attempt == 1
     assert (result.run_id, result.node_id, result.attempt, result.value.data) == (run_id, "a", 1, b'{"n": 1}')
@@ -67,11 +68,11 @@ async def test_a_run_ending_with_an_inline_result_answers_wait_run_with_it(clien
 
 
 async def test_a_stale_or_duplicate_outcome_stores_nothing_and_the_applied_attempt_wins(
-    app, client, downstreams, redis
+    app, client, redis
 ):
     run_id = await submit(client, RETRIED)
     await report(redis, outcome(run_id, "a", ok=False))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
+    await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 2)
     # Attempt 1 reports a success after its failure was applied: stale, nothing is stored.
     await report(redis, outcome(run_id, "a", attempt=1, value=b'"stale"'))
     await consumed(redis)

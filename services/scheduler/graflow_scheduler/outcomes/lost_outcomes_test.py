@@ -1,5 +1,5 @@
 """Attempts lost with their worker (reported by the coordinator), poison messages, and the counters
-of fenced outcomes: the outcome consumer against the real Redis and a coordinator test double."""
+of fenced outcomes: the outcome consumer against the real Redis (its dispatches read back there)."""
 
 import asyncio
 import time
@@ -11,7 +11,8 @@ from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.outcomes import apply, consumer
-from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
+from graflow_scheduler.testing.app import app_client, report, run_end, submit
+from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.specs import node, outcome, spec
 
 
@@ -73,12 +74,12 @@ async def test_a_lost_attempt_is_redelivered_at_once_as_the_next_attempt_without
 ):
     run_id = await submit(client, spec(["a"]))  # no retry policy: one attempt allowed
     await report(redis, lost(run_id, "a", 1))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
+    await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 2)
 
-    first, second = envelopes(downstreams.coordinator, run_id, "a")
-    assert (second.envelope.attempt, second.delay_ms, second.envelope.lost_attempts) == (2, 0, 1)
-    # It replaces a lost attempt: the coordinator puts it in the queue's high lane.
-    assert (first.replaces_lost_attempt, second.replaces_lost_attempt) == (False, True)
+    first, second = (await enqueued(redis)).envelopes(run_id, "a")
+    assert (second.envelope.attempt, second.due_ms, second.envelope.lost_attempts) == (2, 0, 1)
+    # It replaces a lost attempt: dispatch puts it in the queue's high lane.
+    assert (first.high, second.high) == (False, True)
     assert await redis.hget(keys.run_joins(run_id), "a:lost") == b"1"
     await report(redis, outcome(run_id, "a", attempt=2))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
@@ -89,13 +90,15 @@ async def test_real_failures_alone_consume_the_retry_budget(client, downstreams,
     retry = common_pb2.RetryPolicy(max_attempts=2, initial_interval_ms=300)
     run_id = await submit(client, spec([node("a", retry=retry)]))
     await report(redis, lost(run_id, "a", 1))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
+    await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 2)
+    failed_ms = int(time.time() * 1000)
     await report(redis, outcome(run_id, "a", attempt=2, ok=False))  # first real failure: retried
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 3)
+    found = await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 3)
 
-    third = envelopes(downstreams.coordinator, run_id, "a")[2]
-    assert (third.envelope.attempt, third.delay_ms, third.envelope.lost_attempts) == (3, 300, 1)
-    assert not third.replaces_lost_attempt  # a retry after a real failure: the normal lane
+    third = found.envelopes(run_id, "a")[2]
+    assert (third.envelope.attempt, third.envelope.lost_attempts) == (3, 1)
+    assert failed_ms + 300 <= third.due_ms <= int(time.time() * 1000) + 300  # the first backoff
+    assert not third.high  # a retry after a real failure: the normal lane
     await report(redis, outcome(run_id, "a", attempt=3, ok=False))  # second real failure: budget used
     assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
 
@@ -105,7 +108,7 @@ async def test_the_late_outcome_of_a_lost_attempt_is_rejected_and_counted_as_sta
 ):
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
     await report(redis, lost(run_id, "a", 1))
-    await downstreams.coordinator.wait_for(lambda c: len(envelopes(c, run_id, "a")) == 2)
+    await wait_enqueued(redis, lambda c: len(c.envelopes(run_id, "a")) == 2)
 
     # The paused worker wakes up and reports attempt 1 after all.
     await report(redis, outcome(run_id, "a", attempt=1, worker="paused"))
@@ -115,10 +118,10 @@ async def test_the_late_outcome_of_a_lost_attempt_is_rejected_and_counted_as_sta
     assert [(e["node_id"], e["attempt"], e["worker_id"]) for e in rejected] == [("a", 1, "paused")]
     run = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert {n.node_id: n.state for n in run.nodes}["b"] == common_pb2.NODE_STATE_PENDING
-    assert envelopes(downstreams.coordinator, run_id, "b") == []
+    assert (await enqueued(redis)).envelopes(run_id, "b") == []
     await report(redis, outcome(run_id, "a", attempt=2))
     await report(redis, outcome(run_id, "a", attempt=2))  # a duplicate of the applied one
-    await downstreams.coordinator.wait_for(lambda c: envelopes(c, run_id, "b"))
+    await wait_enqueued(redis, lambda c: c.envelopes(run_id, "b"))
     await report(redis, outcome(run_id, "b"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
     assert (app.consumer.stats.stale, app.consumer.stats.duplicates) == (1, 1)
@@ -132,7 +135,7 @@ async def test_a_poison_message_fails_its_node_with_the_reason(client, downstrea
     assert await run_end(client, run_id) == "TYPE_RUN_FAILED"
     run = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
     assert (run.failed_node_id, run.error.type) == ("a", "PoisonMessage")
-    assert len(envelopes(downstreams.coordinator, run_id, "a")) == 1  # not retried
+    assert len((await enqueued(redis)).envelopes(run_id, "a")) == 1  # not retried
 
 
 async def test_a_failure_that_merely_calls_itself_worker_lost_uses_the_retry_budget(client, redis):

@@ -1,9 +1,9 @@
 """The recovery sweep: at start-up and periodically, dispatch again the READY nodes of every
 active run with their current attempt.
 
-A node becomes READY in the same script that records the outcome releasing it, but it reaches
-the coordinator in a later call; a scheduler that dies in between leaves it READY and
-undelivered. The coordinator deduplicates by (run, node, attempt), so dispatching what was
+A node becomes READY in the same script that records the outcome releasing it, but it is
+enqueued in a later round trip; a scheduler that dies in between leaves it READY and undelivered.
+Dispatch deduplicates by (run, node, attempt) (the dispatch record), so dispatching what was
 already delivered is harmless. The sweep also forgets runs whose state expired, prunes the run
 listing, and keeps the results of live runs from expiring (graflow_scheduler.recovery.keepalive).
 """
@@ -13,19 +13,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import grpc
 import structlog
 
 from graflow_api.v1 import coordinator_pb2
+from graflow_runtime.dispatch import Dispatcher, InvalidDelivery
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.loops import BackgroundLoop
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
-from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache
 from graflow_scheduler.errors import GraphNotFound, SpecError
 from graflow_scheduler.graph.dynamic import task_of
 from graflow_scheduler.recovery.keepalive import ResultsKeepAlive
+from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.state.store import NodeCycle
@@ -125,12 +125,8 @@ class RecoverySweep(BackgroundLoop):
             if deliveries:
                 try:
                     counts = await self.dispatcher.dispatch(deliveries)
-                except grpc.aio.AioRpcError as exc:
-                    log.error(
-                        "coordinator rejected the sweep's dispatch",
-                        code=exc.code().name,
-                        details=exc.details(),
-                    )
+                except InvalidDelivery as exc:
+                    log.error("invalid delivery not dispatched by the sweep", error=str(exc))
                     continue
                 sent += len(deliveries)
                 if counts.accepted:

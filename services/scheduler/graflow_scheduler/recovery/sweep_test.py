@@ -1,4 +1,4 @@
-"""The recovery sweep dispatches READY nodes that never reached the coordinator."""
+"""The recovery sweep dispatches READY nodes that were never enqueued."""
 
 import time
 
@@ -7,6 +7,7 @@ from graflow_runtime.graphs import graph_hash
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.state.runids import new_run_id
+from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.runs import RunHarness
 from graflow_scheduler.testing.specs import spec
 
@@ -19,14 +20,16 @@ async def make_run(app, store, downstreams):
     return await RunHarness.create(store, WORKFLOW)
 
 
-async def test_sweep_dispatches_ready_nodes_with_their_current_attempt(app, store, downstreams):
+async def test_sweep_dispatches_ready_nodes_with_their_current_attempt(app, store, downstreams, redis):
     run = await make_run(app, store, downstreams)
     await run.finish("a", ok=False, retry_delay_ms=1000)  # a: READY at attempt 2; b: READY at 1
     assert await app.sweep.sweep_once() == 2
-    assert sorted(downstreams.coordinator.delivered(run.run_id)) == [("a", 2), ("b", 1)]
+    assert sorted((await enqueued(redis)).delivered(run.run_id)) == [("a", 2), ("b", 1)]
 
 
-async def test_sweep_dispatches_a_node_with_the_attempts_it_lost_with_its_workers(app, store, downstreams):
+async def test_sweep_dispatches_a_node_with_the_attempts_it_lost_with_its_workers(
+    app, store, downstreams, redis
+):
     run = await make_run(app, store, downstreams)
     for attempt in (1, 2):  # a's workers died twice
         await run.finish("a", attempt=attempt, ok=False, retry_delay_ms=0, worker_lost=True)
@@ -35,21 +38,19 @@ async def test_sweep_dispatches_a_node_with_the_attempts_it_lost_with_its_worker
 
     lost = {
         d.envelope.node_id: (d.envelope.attempt, d.envelope.lost_attempts)
-        for request in downstreams.coordinator.requests
-        for d in request.deliveries
+        for d in (await enqueued(redis)).deliveries
     }
     assert lost == {"a": (3, 2), "b": (1, 0)}
 
 
-async def test_sweep_repeats_harmlessly_and_skips_ended_runs(app, store, downstreams):
+async def test_sweep_repeats_harmlessly_and_skips_ended_runs(app, store, downstreams, redis):
     run = await make_run(app, store, downstreams)
-    await app.sweep.sweep_once()
-    await app.sweep.sweep_once()
-    assert downstreams.coordinator.delivered(run.run_id) == [("a", 1), ("b", 1), ("a", 1), ("b", 1)]
+    assert await app.sweep.sweep_once() == 2
+    assert await app.sweep.sweep_once() == 2  # sent again, enqueued once
+    assert (await enqueued(redis)).delivered(run.run_id) == [("a", 1), ("b", 1)]
     await store.cancel_run(run.run_id, "stop", now_ms=5)
-    before = len(downstreams.coordinator.requests)
     assert await app.sweep.sweep_once() == 0
-    assert len(downstreams.coordinator.requests) == before
+    assert app.sweep.stats.redispatched == 4
 
 
 async def test_sweep_forgets_active_runs_whose_state_expired(app, store, downstreams, redis):

@@ -1,6 +1,6 @@
 """Helpers of the tests that drive a started scheduler (conftest.py's ``make_app``, ``app`` and
 ``client``): its settings, a client of it, outcomes reported on ``gf:outcomes`` as workers append
-them, and what the coordinator test double received."""
+them (what their dispatches enqueued: graflow_scheduler.testing.enqueued)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 import grpc
 import redis.asyncio as aioredis
 
-from graflow_api.v1 import coordinator_pb2, messages_pb2, scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
+from graflow_api.v1 import messages_pb2, scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.app import SchedulerApp
 from graflow_scheduler.settings import SchedulerSettings
-from graflow_scheduler.testing.doubles import RecordingCoordinator
 from graflow_scheduler.testing.specs import group, spec
 
 
@@ -23,7 +22,6 @@ def scheduler_settings(redis_url: str, downstream_address: str, **overrides: obj
     values: dict[str, object] = {
         "redis_url": redis_url,
         "listen_address": "127.0.0.1:0",
-        "coordinator_address": downstream_address,
         "result_store_address": downstream_address,
         "consumer_name": "test-scheduler",
         "outcome_block_ms": 50,
@@ -64,9 +62,3 @@ async def run_end(client: scheduler_pb2_grpc.SchedulerStub, run_id: str) -> str:
     events = [e async for e in client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id))]
     return scheduler_pb2.RunEvent.Type.Name(events[-1].type)
 
-
-def envelopes(
-    coordinator: RecordingCoordinator, run_id: str, node_id: str
-) -> list[coordinator_pb2.Delivery]:
-    """The deliveries of one node the coordinator test double received, in order."""
-    return [d for d in coordinator.deliveries if (d.envelope.run_id, d.envelope.node_id) == (run_id, node_id)]

@@ -1,19 +1,20 @@
 """Dispatch of a node a wait resumed (its answer came, or its child run ended). The script that
-resumed it made it READY, so when this dispatch fails the recovery sweep sends it."""
+resumed it made it READY, so when this dispatch fails the recovery sweep enqueues it."""
 
 from __future__ import annotations
 
-import grpc
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from graflow_runtime import keys
+from graflow_runtime.dispatch import Dispatcher, InvalidDelivery, QueueStreamsVanishing
 from graflow_runtime.grpc_client import DownstreamUnavailable
 
-from graflow_scheduler.downstream.coordinator import Dispatcher, delivery
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
 from graflow_scheduler.graph.dynamic import task_of
+from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.store import NodeCycle
 
@@ -61,7 +62,14 @@ class ResumedNodes:
                     )
                 ]
             )
-        except (DownstreamUnavailable, grpc.aio.AioRpcError, GraphNotFound, SpecError) as exc:
+        except (
+            DownstreamUnavailable,
+            InvalidDelivery,
+            QueueStreamsVanishing,
+            RedisError,
+            GraphNotFound,
+            SpecError,
+        ) as exc:
             # The node is READY in Redis: the recovery sweep dispatches it.
             log.warning(
                 "resumed node not dispatched yet; the recovery sweep will",

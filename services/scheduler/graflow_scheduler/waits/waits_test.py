@@ -1,5 +1,5 @@
 """Waits through the whole scheduler: WAITING outcomes appended to gf:outcomes, the feedback RPCs,
-the wait timer, child runs; run state in the real Redis, dispatches seen on the coordinator double."""
+the wait timer, child runs; run state in the real Redis, its dispatches read back there."""
 
 import asyncio
 
@@ -10,7 +10,8 @@ from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.state.runids import new_run_id
-from graflow_scheduler.testing.app import app_client, envelopes, report, run_end, submit
+from graflow_scheduler.testing.app import app_client, report, run_end, submit
+from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import outcome, spec
 from graflow_scheduler.waits.validation import request_problem, response_problem
@@ -83,8 +84,7 @@ async def _is(client, run_id, node_id, state):
     return await node_state(client, run_id, node_id) == state
 
 
-async def test_an_answer_resumes_the_waiting_node_with_it(client, downstreams, redis):
-    coordinator = downstreams.coordinator
+async def test_an_answer_resumes_the_waiting_node_with_it(client, redis):
     run_id = await submit(client, spec(["a", "b"], ["a>b"]))
     await parked(client, redis, run_id)
     assert await status(client, run_id) == "RUN_STATUS_PAUSED"
@@ -100,8 +100,9 @@ async def test_an_answer_resumes_the_waiting_node_with_it(client, downstreams, r
 
     answered = await respond(client, run_id, approved=True, responded_by="ops")
     assert answered.state == feedback_pb2.FEEDBACK_STATE_ANSWERED and answered.response.approved
-    await coordinator.wait_for(lambda c: ("a", 2) in c.delivered(run_id))
-    (resumed,) = (d.envelope for d in envelopes(coordinator, run_id, "a") if d.envelope.attempt == 2)
+    await wait_enqueued(redis, lambda c: ("a", 2) in c.delivered(run_id))
+    resumed = (await enqueued(redis)).envelopes(run_id, "a")[1].envelope
+    assert resumed.attempt == 2
     assert [(r.request_id, r.approved, r.responded_by) for r in resumed.feedback] == [("a.0.1", True, "ops")]
     assert resumed.cycle == 0
     assert await status(client, run_id) == "RUN_STATUS_RUNNING"
@@ -111,7 +112,7 @@ async def test_an_answer_resumes_the_waiting_node_with_it(client, downstreams, r
 
     # The waiting attempt does not count against the retry budget; the answer carries on.
     await report(redis, outcome(run_id, "a", 2))
-    await coordinator.wait_for(lambda c: ("b", 1) in c.delivered(run_id))
+    await wait_enqueued(redis, lambda c: ("b", 1) in c.delivered(run_id))
     await report(redis, outcome(run_id, "b"))
     assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
 
@@ -176,7 +177,7 @@ async def test_answers_that_do_not_fit_are_refused_and_change_nothing(client, re
     )
 
 
-async def test_canceling_a_waiting_run_closes_its_requests(client, downstreams, redis):
+async def test_canceling_a_waiting_run_closes_its_requests(client, redis):
     run_id = await submit(client, spec(["a"]))
     await parked(client, redis, run_id)
     await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=run_id, reason="no"))
@@ -190,7 +191,7 @@ async def test_canceling_a_waiting_run_closes_its_requests(client, downstreams, 
     assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "closed" in closed.value.details()
 
 
-async def test_a_deadline_fails_the_node_or_keeps_it_waiting(make_app, downstreams, redis):
+async def test_a_deadline_fails_the_node_or_keeps_it_waiting(make_app, redis):
     app = await make_app(wait_timer_interval_s=0.02)
     async with app_client(app) as client:
         run_id = await submit(client, spec(["a"]))
@@ -207,27 +208,30 @@ async def test_a_deadline_fails_the_node_or_keeps_it_waiting(make_app, downstrea
         assert await redis.zcard(keys.WAIT_DEADLINES) == 0
         assert await status(client, run_id) == "RUN_STATUS_PAUSED"
         await respond(client, run_id, approved=True)
-        await downstreams.coordinator.wait_for(lambda c: ("a", 2) in c.delivered(run_id))
+        await wait_enqueued(redis, lambda c: ("a", 2) in c.delivered(run_id))
 
 
 async def _has_event(redis, run_id, text):
     return any(text in message for _, message in await events(redis, run_id))
 
 
-async def test_the_recovery_sweep_redelivers_a_resumed_node_with_its_answers(app, client, downstreams, redis):
+async def test_the_recovery_sweep_redelivers_a_resumed_node_with_its_answers(app, client, redis):
     run_id = await submit(client, spec(["a"]))
     await parked(client, redis, run_id)
-    downstreams.coordinator.unavailable_times = 100  # the answer's own dispatch fails
+    record = keys.dispatch_record(run_id)
+    await redis.delete(record)
+    await redis.set(record, "not a hash")  # the answer's own dispatch fails (WRONGTYPE)
     await respond(client, run_id, approved=True, reason="fine")
-    downstreams.coordinator.unavailable_times = 0
+    assert ("a", 2) not in (await enqueued(redis)).delivered(run_id)
+    await redis.delete(record)
     await app.sweep.sweep_once()
     (resumed,) = (
-        d.envelope for d in envelopes(downstreams.coordinator, run_id, "a") if d.envelope.attempt == 2
+        d.envelope for d in (await enqueued(redis)).envelopes(run_id, "a") if d.envelope.attempt == 2
     )
     assert [(r.request_id, r.reason) for r in resumed.feedback] == [("a.0.1", "fine")]
 
 
-async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_app, downstreams, redis):
+async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_app, redis):
     app = await make_app(wait_timer_interval_s=0.02)
     async with app_client(app) as client:
         parent = await submit(client, spec(["a"]))
@@ -239,7 +243,7 @@ async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_a
         await parked(client, redis, parent, child_run_id=child)
         assert await status(client, parent) == "RUN_STATUS_PAUSED"
         await report(redis, outcome(child, "c"))
-        await downstreams.coordinator.wait_for(lambda c: ("a", 2) in c.delivered(parent))
+        await wait_enqueued(redis, lambda c: ("a", 2) in c.delivered(parent))
         await until(lambda: _none_ended(redis))
 
         # A child that ended before its parent waits for it resumes the parent at once.
@@ -247,7 +251,7 @@ async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_a
         await report(redis, outcome(early, "c"))
         assert await run_end(client, early) == "TYPE_RUN_SUCCEEDED"
         await report(redis, waiting(parent, attempt=2, child_run_id=early))
-        await downstreams.coordinator.wait_for(lambda c: ("a", 3) in c.delivered(parent))
+        await wait_enqueued(redis, lambda c: ("a", 3) in c.delivered(parent))
 
 
 async def _none_ended(redis):
@@ -377,15 +381,20 @@ async def test_a_runs_idempotency_key_lasts_while_the_run_does(client, redis):
 
 
 async def test_a_waiting_outcome_delivered_again_after_the_answer_repeats_the_resumed_dispatch(
-    client, downstreams, redis
+    app, client, redis
 ):
     run_id = await submit(client, spec(["a"]))
     await parked(client, redis, run_id)
     await respond(client, run_id, approved=True)
-    await downstreams.coordinator.wait_for(lambda c: c.delivered(run_id).count(("a", 2)) == 1)
+    await wait_enqueued(redis, lambda c: c.delivered(run_id).count(("a", 2)) == 1)
     # As if the scheduler had died before acknowledging the WAITING outcome: it comes again.
     await report(redis, waiting(run_id))
-    await downstreams.coordinator.wait_for(lambda c: c.delivered(run_id).count(("a", 2)) == 2)
-    (again,) = [d.envelope for d in envelopes(downstreams.coordinator, run_id, "a")][-1:]
+
+    async def dispatched_again():
+        return app.consumer.stats.dispatch_duplicates == 1
+
+    await until(dispatched_again)  # the resumed attempt dispatched again, enqueued once
+    assert (await enqueued(redis)).delivered(run_id) == [("a", 1), ("a", 2)]
+    (again,) = [d.envelope for d in (await enqueued(redis)).envelopes(run_id, "a")][-1:]
     assert [r.request_id for r in again.feedback] == ["a.0.1"]
     assert await node_state(client, run_id, "a") == "NODE_STATE_READY"

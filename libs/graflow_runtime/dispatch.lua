@@ -1,6 +1,9 @@
--- Dispatch a chunk of deliveries (graflow_coordinator.dispatch).
+-- Dispatch a chunk of deliveries (graflow_runtime.dispatch).
 -- KEYS[1] = retry zset, KEYS[2] = ended runs stream; for delivery i: KEYS[3i] = dispatch record,
--- KEYS[3i+1] = queue stream (the lane chosen by the caller), KEYS[3i+2] = run meta.
+-- KEYS[3i+1] = queue stream (the lane chosen by the caller), KEYS[3i+2] = run meta; last,
+-- KEYS[3n+3] = the retry timer's wake-up stream, appended to (one entry kept) when a delayed
+-- delivery is due before everything the retry zset held, so that the timers blocked on it move it
+-- on time.
 -- ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
 -- queue (for a delayed delivery: the head of its retry timer member, "<queue>" or
 -- "<queue> high", see keys.RETRY_TIMER), envelope bytes.
@@ -12,7 +15,7 @@
 -- Returns {accepted, duplicates, ended}, or {-1, queue...} (nothing written) when a queue stream
 -- that must be appended to does not exist (its consumer group vanished with it; the caller
 -- recreates it).
-local n = (#KEYS - 2) / 3
+local n = (#KEYS - 3) / 3
 local ttl = tonumber(ARGV[1])
 local missing, exists = {}, {}
 for i = 1, n do
@@ -50,6 +53,7 @@ end
 local accepted, duplicates, ended = 0, 0, 0
 -- run meta key -> its end's ms (0 = live); dispatch record key -> flat node, attempt to write.
 local ended_at, writes = {}, {}
+local first_due, wake -- the retry zset's earliest due time (read at the first delay); wake the timers
 for i = 1, n do
   local b = 1 + (i - 1) * 5
   local node = ARGV[b + 1]
@@ -71,7 +75,14 @@ for i = 1, n do
     w[#w + 1] = attempt
     local due = tonumber(ARGV[b + 3])
     if due > 0 then
+      if first_due == nil then
+        local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        first_due = first[2] and tonumber(first[2]) or math.huge
+      end
       redis.call('ZADD', KEYS[1], due, ARGV[b + 4] .. '\n' .. ARGV[b + 5])
+      if due < first_due then
+        first_due, wake = due, true
+      end
     else
       redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor)
     end
@@ -84,5 +95,8 @@ for _, record in ipairs(records) do
     redis.call('HSET', record, unpack(writes[record]))
     redis.call('EXPIRE', record, ttl)
   end
+end
+if wake then
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', 1, '*', 'due', first_due)
 end
 return {accepted, duplicates, ended}

@@ -1,10 +1,17 @@
 """Dispatch: append a batch of deliveries to their queue streams, idempotently, in one round trip.
 
+One mechanism, two callers (issue 13): the scheduler enqueues the nodes it makes READY itself, in
+its own round trip to Redis (no call to the coordinator on a run's path), and the coordinator's
+``Dispatch`` RPC (v1, for other callers) runs the same code.
+
 Each delivery is skipped as a duplicate when ``gf:dispatch:{run}[node] >= attempt``; otherwise the
 attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``) or, with a
-delay, scheduled on the retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``). The check, the
-record and the append of a delivery happen in one Lua script, so a repeated Dispatch (the
-scheduler re-sends after a crash) never appends twice.
+delay, scheduled on the coordinator's retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``;
+a delivery due before everything the timer held also appends to ``gf:retry:wake``, which wakes the
+timers at once wherever they run). The check, the record and the append of a delivery happen in
+one Lua script, so a repeated dispatch (the scheduler re-sends after a crash) never appends twice.
+Queue streams get their consumer group before the first append (:class:`QueueGroups`), and again
+when one vanished.
 
 Lanes (docs/architecture.md, "Priority lanes"): a delivery goes to its queue's high lane when it
 replaces an attempt lost with its worker (``Delivery.replaces_lost_attempt``) or its envelope's
@@ -16,7 +23,7 @@ head names it). Within a lane, the deliveries of one Dispatch are appended highe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -26,9 +33,8 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
+from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript, ScriptCall
-
-from graflow_coordinator.queues import QueueGroups
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +47,11 @@ _DISPATCH = LuaScript.load(__package__, "dispatch.lua")
 
 
 class InvalidDelivery(InvalidRequest):
-    """A delivery of a Dispatch request is malformed; nothing of the batch was dispatched."""
+    """A delivery of a batch is malformed; nothing of the batch was dispatched."""
+
+
+class QueueStreamsVanishing(RuntimeError):
+    """Queue streams were deleted again each time their consumer group was recreated."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +89,14 @@ class Dispatcher:
         groups: QueueGroups,
         *,
         record_ttl_s: int,
-        on_delayed: Callable[[], None] = lambda: None,
     ) -> None:
         self._redis = redis
         self._groups = groups
         self._record_ttl_s = record_ttl_s
-        self._on_delayed = on_delayed
 
     async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
-        """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it."""
+        """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it. Redis errors
+        propagate: part of the batch may have been written, and dispatching it again is safe."""
         for index, delivery in enumerate(deliveries):
             validate_delivery(index, delivery)
         if not deliveries:
@@ -118,11 +127,9 @@ class Dispatcher:
                 break
             chunks = retry
         else:
-            raise RuntimeError(
+            raise QueueStreamsVanishing(
                 "queue streams keep vanishing while dispatching; is something deleting gf:q:* keys?"
             )
-        if any(d.delay_ms for d in ordered):
-            self._on_delayed()
         if ended:
             log.info("deliveries of ended runs not enqueued", deliveries=ended)
         log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
@@ -142,4 +149,5 @@ class Dispatcher:
             head = f"{env.queue} {keys.HIGH_LANE}" if due_ms and high else env.queue
             call_keys += [keys.dispatch_record(env.run_id), stream, keys.run_meta(env.run_id)]
             args += [env.node_id, env.attempt, due_ms, head, env.SerializeToString()]
+        call_keys.append(keys.RETRY_WAKE)
         return call_keys, args
