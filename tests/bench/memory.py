@@ -62,7 +62,8 @@ class Sample:
     workers: dict[str, float]  # "worker-<i>/<pid>" -> RSS MiB of the live workers
 
     def as_json(self) -> dict[str, object]:
-        return {"t": round(self.t, 2), "phase": self.phase, "services": self.services, "workers": self.workers}
+        return {"t": round(self.t, 2), "phase": self.phase, "services": self.services,
+                "workers": self.workers}
 
 
 class MemorySampler(threading.Thread):
@@ -246,14 +247,17 @@ class PatternCount:
 _LENGTH = {"stream": "XLEN", "hash": "HLEN", "zset": "ZCARD", "set": "SCARD", "list": "LLEN"}
 
 
-def census(bus: redis.Redis, *, sample: int = 200, rng: random.Random | None = None) -> dict[str, PatternCount]:
+def census(
+    bus: redis.Redis, *, sample: int = 200, rng: random.Random | None = None
+) -> dict[str, PatternCount]:
     """What Redis holds, by key pattern (see the module's docstring)."""
     rng = rng or random.Random(0)
     names = [k.decode() for k in bus.scan_iter(count=1000)]
     types = _pipelined(bus, (("TYPE", name) for name in names))
     by_pattern: dict[str, list[tuple[str, str]]] = {}
     for name, kind in zip(names, types, strict=True):
-        by_pattern.setdefault(pattern_of(name), []).append((name, kind.decode() if isinstance(kind, bytes) else kind))
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        by_pattern.setdefault(pattern_of(name), []).append((name, kind))
     out: dict[str, PatternCount] = {}
     for pattern, members in sorted(by_pattern.items()):
         count = PatternCount(keys=len(members))
@@ -308,7 +312,8 @@ def redis_verdict(baseline_used: float, settled_used: float, before: Mapping[str
     purpose (counted by the census) set apart; back to baseline when what is left is within the
     tolerance of the baseline."""
     kept = {p for p, (kind, _) in KEPT.items() if kind == KEPT_ON_PURPOSE}
-    grown = sum(after[p].bytes for p in kept if p in after) - sum(before[p].bytes for p in kept if p in before)
+    grown = (sum(after[p].bytes for p in kept if p in after)
+             - sum(before[p].bytes for p in kept if p in before))
     unexplained = settled_used - baseline_used - grown / MIB
     return RedisVerdict(baseline_used, settled_used, grown / MIB, unexplained,
                         unexplained <= FLAT_TOLERANCE * baseline_used)
@@ -377,12 +382,14 @@ def census_table(censuses: Mapping[str, Mapping[str, PatternCount]]) -> str:
     points = list(censuses)
     patterns = sorted({p for c in censuses.values() for p in c})
     head = "".join(f"{point:>30}" for point in points)
-    lines = [f"  {'redis key pattern':<24}{head}", f"  {'':<24}" + f"{'keys / elements / KiB':>30}" * len(points)]
+    lines = [f"  {'redis key pattern':<24}{head}",
+             f"  {'':<24}" + f"{'keys / elements / KiB':>30}" * len(points)]
     for pattern in patterns:
         cells = []
         for point in points:
             c = censuses[point].get(pattern)
-            cells.append(f"{'-':>30}" if c is None else f"{f'{c.keys} / {c.elements} / {c.bytes / 1024:.0f}':>30}")
+            cell = "-" if c is None else f"{c.keys} / {c.elements} / {c.bytes / 1024:.0f}"
+            cells.append(f"{cell:>30}")
         lines.append(f"  {pattern:<24}" + "".join(cells))
     groups = [(p, censuses[points[-1]][p]) for p in patterns if p in censuses[points[-1]]]
     streams = [f"{p}: {c.consumers} consumers, {c.pending} pending" for p, c in groups if c.consumers]

@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = -(-args.tasks // len(task_ids))
     warmup_runs = args.warmup_runs if args.warmup_runs is not None else 2 * args.runs_in_flight
     settle_s = args.settle_s if args.settle_s is not None else args.retention_s + 25
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
     out = sys.stdout.write
 
     observer = LocalRedis().start()
@@ -438,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     out(memory.rows_table(judged))
     if args.kill_every:
         out(memory.lifetimes_table(lifetimes))
-    out(f"  redis used_memory settled vs baseline: {verdict.settled_mib:.2f} vs {verdict.baseline_mib:.2f} MiB;"
-        f" records kept on purpose grew {verdict.kept_delta_mib:.2f} MiB; unexplained "
-        f"{verdict.unexplained_mib:+.2f} MiB: {'back to baseline' if verdict.back_to_baseline else 'NOT back'}\n")
+    back = "back to baseline" if verdict.back_to_baseline else "NOT back"
+    out(f"  redis used_memory settled vs baseline: {verdict.settled_mib:.2f} vs {verdict.baseline_mib:.2f} "
+        f"MiB; records kept on purpose grew {verdict.kept_delta_mib:.2f} MiB; unexplained "
+        f"{verdict.unexplained_mib:+.2f} MiB: {back}\n")
     out("  MEMORY STATS (bytes)      " + "".join(f"{point:>14}" for point in stats) + "\n")
     for name in stats["baseline"]:
         out(f"    {name:<24}" + "".join(f"{stats[point][name]:>14}" for point in stats) + "\n")
@@ -455,11 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         figures = {
             "commit": commit(), "args": vars(args), "elapsed_s": elapsed, "totals": t.__dict__,
             "kills": len(tracker.kills), "tasks_held_by_killed": held,
-            "recovery_s": {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "n": len(samples)},
+            "recovery_s": {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99),
+                           "n": len(samples)},
             "memory": {
                 "rows": [r.__dict__ for r in judged], "worker_lifetimes": lifetimes.__dict__,
                 "redis": verdict.__dict__, "memory_stats": stats,
-                "census": {point: {p: c.as_json() for p, c in counts.items()} for point, counts in censuses.items()},
+                "census": {point: {p: c.as_json() for p, c in counts.items()}
+                           for point, counts in censuses.items()},
                 "findings": [f.__dict__ for f in found], "target_met": met,
                 "samples": [s.as_json() for s in sampler.samples],
             },
