@@ -289,12 +289,20 @@ def _pipelined(bus: redis.Redis, commands: Iterable[tuple[object, ...]], chunk: 
     return results
 
 
+KEY_TABLES = "db.0 key tables"
+
+
 def memory_stats(bus: redis.Redis) -> dict[str, int]:
-    """The parts of ``MEMORY STATS`` that say where used_memory goes besides the keys."""
+    """The parts of ``MEMORY STATS`` that say where used_memory goes besides the keys' values, and
+    the bucket arrays of the database's key and expiry tables (:data:`KEY_TABLES`), which ``MEMORY
+    USAGE`` leaves out."""
     stats = bus.memory_stats()
-    return {name: int(stats.get(name, 0)) for name in
-            ("total.allocated", "startup.allocated", "dataset.bytes", "overhead.total", "clients.normal",
-             "lua.caches", "functions.caches", "keys.count")}
+    out = {name: int(stats.get(name, 0)) for name in
+           ("total.allocated", "startup.allocated", "dataset.bytes", "overhead.total", "clients.normal",
+            "lua.caches", "functions.caches", "keys.count")}
+    db = stats.get("db.0") or {}
+    out[KEY_TABLES] = int(db.get("overhead.hashtable.main", 0)) + int(db.get("overhead.hashtable.expires", 0))
+    return out
 
 
 @dataclass
@@ -307,13 +315,15 @@ class RedisVerdict:
 
 
 def redis_verdict(baseline_used: float, settled_used: float, before: Mapping[str, PatternCount],
-                  after: Mapping[str, PatternCount]) -> RedisVerdict:
+                  after: Mapping[str, PatternCount], *, key_table_bytes: float = 0.0) -> RedisVerdict:
     """used_memory once retention has passed against its baseline, the growth of records kept on
-    purpose (counted by the census) set apart; back to baseline when what is left is within the
+    purpose (counted by the census, plus ``key_table_bytes`` per key they added: their share of
+    the key and expiry tables) set apart; back to baseline when what is left is within the
     tolerance of the baseline."""
     kept = {p for p, (kind, _) in KEPT.items() if kind == KEPT_ON_PURPOSE}
-    grown = (sum(after[p].bytes for p in kept if p in after)
-             - sum(before[p].bytes for p in kept if p in before))
+    grown = sum(after[p].bytes + after[p].keys * key_table_bytes for p in kept if p in after) - sum(
+        before[p].bytes + before[p].keys * key_table_bytes for p in kept if p in before
+    )
     unexplained = settled_used - baseline_used - grown / MIB
     return RedisVerdict(baseline_used, settled_used, grown / MIB, unexplained,
                         unexplained <= FLAT_TOLERANCE * baseline_used)

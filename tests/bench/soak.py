@@ -279,6 +279,12 @@ def build_spec(run_size: int, task_ms: float) -> tuple[object, list[str]]:
     return spec, [node.id for node in spec.nodes]
 
 
+# Waited beyond the retention before "settled": the scheduler's sweeps (10 s) prune the listing
+# and trim the outcomes, and the coordinator deletes a consumer that is no registered worker once
+# it was idle for the lease (40 s), at its next queue maintenance (5 s).
+SETTLE_MARGIN_S = 55
+
+
 def drive(driver: Driver, stack: LocalStack, bus: redis.Redis, rng: random.Random,
           tracker: RecoveryTracker, kill_every: float, began: float) -> None:
     """Run ``driver`` to its end, SIGKILLing a worker every ``kill_every`` seconds (0: never)."""
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--settle-s", type=float, default=None,
                         help="wait after the warm-up and after the load, for ended runs to expire and "
-                             "the sweeps to trim (default: --retention-s + 25)")
+                             f"the sweeps to trim (default: --retention-s + {SETTLE_MARGIN_S})")
     parser.add_argument("--census-sample", type=int, default=200,
                         help="keys of a pattern whose MEMORY USAGE is read (more are extrapolated)")
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, task_ids = build_spec(args.run_size, args.task_ms)
     runs = -(-args.tasks // len(task_ids))
     warmup_runs = args.warmup_runs if args.warmup_runs is not None else 2 * args.runs_in_flight
-    settle_s = args.settle_s if args.settle_s is not None else args.retention_s + 25
+    settle_s = args.settle_s if args.settle_s is not None else args.retention_s + SETTLE_MARGIN_S
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
     out = sys.stdout.write
 
@@ -430,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     judged = judge(sampler.samples, workers_judged=not args.kill_every)
     lifetimes = worker_lifetimes(sampler.samples)
     used = next(r for r in judged if r.name == memory.REDIS_USED)
-    verdict = redis_verdict(used.after_warmup, used.settled, censuses["baseline"], censuses["settled"])
+    settled = stats["settled"]
+    verdict = redis_verdict(used.after_warmup, used.settled, censuses["baseline"], censuses["settled"],
+                            key_table_bytes=settled[memory.KEY_TABLES] / max(1, settled["keys.count"]))
     found = findings(censuses["baseline"], censuses["settled"])
     flat = all(r.flat for r in judged if r.flat is not None)
     out(f"\n  memory: {len(sampler.samples)} samples, one every {args.sample_every:g} s; after warm-up ="
