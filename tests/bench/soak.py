@@ -9,7 +9,7 @@ the memory of every process and of Redis over the whole run.
     ./pants run tests/bench/soak.py -- --tasks 100000 --workers 4 --kill-every 3
     # memory under a 1,000,000-task soak (issue 13; docs/performance.md has the figures):
     ./pants run tests/bench/soak.py -- --tasks 1000000 --run-size 250 --runs-in-flight 8 \
-        --retention-s 20 --kill-every 3 --json soak.json          # --kill-every 0: memory only
+        --warmup-runs 80 --retention-s 20 --kill-every 3 --json soak.json   # --kill-every 0: no kills
 
 Starts a private redis-server, an observer redis-server and the four services as processes, then
 submits runs of ``--run-size`` tasks (``soak_start >> parallel(units) >> soak_total``), keeping
