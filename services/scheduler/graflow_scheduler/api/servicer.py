@@ -308,6 +308,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         reason = request.reason[:REASON_MAX] or "canceled by request"
         status = await self.store.cancel_run(request.run_id, reason, now_ms=_now_ms())
         log.info("run cancel requested", run_id=request.run_id, status=status)
+        self.graphs.forget(request.run_id)
         if status == "CANCELED":
             # Workers learn it from gf:ended, written by cancel_run with the end itself.
             await self.children.cancel_children(request.run_id)

@@ -367,6 +367,9 @@ class OutcomeBatches:
             else:
                 self.stats.ignored += 1
                 log.debug("outcome ignored", reason=result.code, run_status=result.run_status, **ids)
+            if result.run_status not in LIVE_STATUSES:
+                # Ended (by this outcome, or before it: a late outcome): nothing more to plan.
+                self.graphs.forget(outcome.run_id)
             if result.code == "applied" and result.run_status not in LIVE_STATUSES:
                 log.info("run ended", run_id=outcome.run_id, status=result.run_status)
                 if result.run_status == "CANCELED":

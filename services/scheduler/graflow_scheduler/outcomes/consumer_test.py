@@ -325,3 +325,28 @@ async def test_a_live_runs_node_refused_again_and_again_fails_instead_of_looping
     assert info.error.type == "RunEnded"
     assert "refused 5 times" in info.error.message
     assert ("a", 7) not in (await enqueued(redis)).delivered(run_id)
+
+
+async def test_the_graphs_of_ended_runs_are_not_remembered(app, redis, store):
+    """Each run's graph hash is remembered to apply its outcomes without a round trip; an ended
+    run's is forgotten, also after a late outcome of the run: the scheduler's memory grew by each
+    run's entry (a 1,000,000-task soak, docs/performance.md)."""
+    await app.consumer.stop()
+    await app.sweep.stop()
+    workflow = spec(["a", "b"])
+    plan = compile_spec(workflow)
+    app.servicer.plans.put(graph_hash(workflow), plan)
+    live, ended = new_run_id(), new_run_id()
+    for run_id in (live, ended):
+        await store.create_run(plan, run_id=run_id, graph_hash=graph_hash(workflow), now_ms=1)
+    graphs = app.consumer.batches.graphs
+
+    await report(redis, outcome(live, "a"), outcome(ended, "a", ok=False, retryable=False))
+    await app.consumer.process(await app.consumer.stream.read_new(100, 10))
+    assert (await redis.hget(keys.run_meta(ended), "status"), live in graphs, ended in graphs) == (
+        b"FAILED", True, False
+    )
+
+    await report(redis, outcome(ended, "b"))  # b was running when its run failed
+    await app.consumer.process(await app.consumer.stream.read_new(100, 10))
+    assert ended not in graphs

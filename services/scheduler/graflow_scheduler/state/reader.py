@@ -241,17 +241,27 @@ class RunReader:
 
     async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
         """Remove listing entries of runs created before ``created_before_ms`` whose state has
-        expired (a run is kept for the retention period after it ended)."""
-        old = await self.redis.zrange(
-            keys.RUNS_INDEX, 0, created_before_ms, byscore=True, offset=0, num=batch
-        )
-        if not old:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for member in old:
-                pipe.exists(keys.run_meta(member.decode()))
-            exists = await pipe.execute()
-        gone = [m for m, present in zip(old, exists, strict=True) if not present]
-        if gone:
-            await self.redis.zrem(keys.RUNS_INDEX, *gone)
-        return len(gone)
+        expired (a run is kept for the retention period after it ended). Every such entry is
+        examined, ``batch`` at a time: runs still kept (live for long, or ended less than a
+        retention ago) are stepped over, so they never hold back the others' pruning, and the
+        pruning keeps up with any rate of runs (it once stopped at the ``batch`` oldest entries
+        per sweep: the listing grew without bound behind ``batch`` long-lived runs, or above
+        ``batch`` runs per sweep period)."""
+        pruned = kept = 0
+        while True:
+            old = await self.redis.zrange(
+                keys.RUNS_INDEX, 0, created_before_ms, byscore=True, offset=kept, num=batch
+            )
+            if not old:
+                return pruned
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in old:
+                    pipe.exists(keys.run_meta(member.decode()))
+                exists = await pipe.execute()
+            gone = [m for m, present in zip(old, exists, strict=True) if not present]
+            if gone:
+                await self.redis.zrem(keys.RUNS_INDEX, *gone)
+            pruned += len(gone)
+            kept += len(old) - len(gone)
+            if len(old) < batch:
+                return pruned

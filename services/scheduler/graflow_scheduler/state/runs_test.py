@@ -162,3 +162,26 @@ async def test_scripts_are_loaded_again_when_redis_lost_them(store, redis):
     assert (await run.finish("a")).ready == (("b", 1),)
     await redis.script_flush()
     assert await store.cancel_run(run.run_id, "done", now_ms=5) == "CANCELED"
+
+
+async def test_pruning_the_listing_steps_over_runs_still_kept(reader, redis):
+    """Old runs still kept (waiting on people for weeks, or ended within a retention) do not stop
+    the pruning of expired runs behind them: once, only the ``batch`` oldest entries were looked
+    at, and the listing grew for good behind ``batch`` long-lived runs."""
+    live = [f"live-{i}" for i in range(5)]
+    expired = [f"expired-{i}" for i in range(3)]
+    await redis.zadd(keys.RUNS_INDEX, {run_id: score for score, run_id in enumerate(live + expired)})
+    for run_id in live:
+        await redis.hset(keys.run_meta(run_id), "status", "WAITING")
+
+    assert await reader.prune_index(created_before_ms=100, batch=2) == 3
+    assert sorted(m.decode() for m in await redis.zrange(keys.RUNS_INDEX, 0, -1)) == live
+
+
+async def test_pruning_the_listing_removes_every_expired_run_in_one_pass(reader, redis):
+    """More expired runs than one batch, as when runs end faster than ``batch`` per sweep period."""
+    await redis.zadd(keys.RUNS_INDEX, {f"r{i}": i for i in range(25)})
+    await redis.zadd(keys.RUNS_INDEX, {"young": 500})  # created after the cutoff: not examined
+
+    assert await reader.prune_index(created_before_ms=100, batch=10) == 25
+    assert [m.decode() for m in await redis.zrange(keys.RUNS_INDEX, 0, -1)] == ["young"]

@@ -153,11 +153,14 @@ def _parse_applied(raw: object) -> AppliedOutcome:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _apply_keys(run_id: str) -> tuple[str, ...]:
     """KEYS of apply_outcome, built once per run (each outcome of the run sends them):
     :func:`flow_script_keys`, then the run's result hash and its attempts (KEYS[17], KEYS[18]),
-    where an inline result is stored."""
+    where an inline result is stored. ~1.3 KB a run: 1,024 runs (the runs in flight, which a miss
+    only costs a few µs of string building) rather than 4,096, which held ~5 MB of ended runs,
+    half the scheduler's 10% memory budget (docs/performance.md, "Memory under a 1,000,000-task
+    soak")."""
     return (*flow_script_keys(run_id), keys.results(run_id), keys.result_attempts(run_id))
 
 
