@@ -11,7 +11,8 @@ MAX_DIRECTIVES = 1000
 DEFAULT_MAX_CYCLES = 100
 # Multiplier of a task's retry delay after each attempt when its RetryPolicy sets none (0).
 DEFAULT_BACKOFF_FACTOR = 2.0
-# Dead letters in one ListDeadLetters page, and ids in one request by id.
+# Dead letters in one ListDeadLetters page, and ids in one request by id (ListDeadLetters.ids,
+# ReplayDeadLetters.ids): more is INVALID_ARGUMENT.
 DEAD_LETTERS_PAGE_MAX = 1000
 # Largest result a worker may carry inline in its outcome (``TaskOutcome.result``): the upper bound
 # of GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES; the scheduler dead-letters an outcome carrying more.
