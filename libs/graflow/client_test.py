@@ -48,6 +48,9 @@ def store_stub(result_store: str) -> Iterator[result_store_pb2_grpc.ResultStoreS
 
 
 AUTH = [("authorization", f"Bearer {TOKEN}")]
+RUN = "01HZY0000000000000000CHAN1"
+RUN_RESULTS = "01HZY00000000000000RESVWTS"
+RUN_EMPTY = "01HZY0000000000000000EMPTY"
 
 
 def put_result(stub, run_id: str, node_id: str, value: object) -> None:
@@ -58,10 +61,10 @@ def put_result(stub, run_id: str, node_id: str, value: object) -> None:
 
 
 def test_results_of_a_run_are_read_and_decoded_in_one_call(result_store, store_stub):
-    put_result(store_stub, "run-results", "a", {"x": [1, 2]})
-    put_result(store_stub, "run-results", "b", b"\x00raw")
+    put_result(store_stub, RUN_RESULTS, "a", {"x": [1, 2]})
+    put_result(store_stub, RUN_RESULTS, "b", b"\x00raw")
     with Client("127.0.0.1:1", result_store, auth_token=TOKEN) as client:
-        assert client.run("run-results").results(["a", "b", "missing"]) == {
+        assert client.run(RUN_RESULTS).results(["a", "b", "missing"]) == {
             "a": {"x": [1, 2]},
             "b": b"\x00raw",
         }
@@ -72,10 +75,10 @@ def test_run_channel_reads_values_and_keys(result_store, store_stub):
         result_store_pb2.ChannelEntry(key=k, value=payload.encode(v)) for k, v in {"n": 3, "s": "hi"}.items()
     ]
     store_stub.ChannelSet(
-        result_store_pb2.ChannelSetRequest(run_id="run-chan", entries=entries), metadata=AUTH
+        result_store_pb2.ChannelSetRequest(run_id=RUN, entries=entries), metadata=AUTH
     )
     with Client("127.0.0.1:1", result_store, auth_token=TOKEN) as client:
-        channel = client.run("run-chan").channel()
+        channel = client.run(RUN).channel()
         assert channel.keys() == ["n", "s"]
         assert channel.get("n") == 3
         assert channel.get("absent", "default") == "default"
@@ -105,7 +108,7 @@ def test_missing_token_is_reported_with_a_hint(result_store, monkeypatch):
 def test_token_comes_from_the_environment(result_store, monkeypatch):
     monkeypatch.setenv("GRAFLOW_CLIENT_AUTH_TOKEN", TOKEN)
     with Client("127.0.0.1:1", result_store) as client:
-        assert client.channel_keys("nothing-here") == []
+        assert client.channel_keys(RUN_EMPTY) == []
 
 
 def test_unreachable_scheduler_names_its_address_and_how_to_start_one():

@@ -11,9 +11,13 @@ MAX_DIRECTIVES = 1000
 DEFAULT_MAX_CYCLES = 100
 # Multiplier of a task's retry delay after each attempt when its RetryPolicy sets none (0).
 DEFAULT_BACKOFF_FACTOR = 2.0
-# Dead letters in one ListDeadLetters page, and ids in one request by id.
+# Dead letters in one ListDeadLetters page, and ids in one request by id (ListDeadLetters.ids,
+# ReplayDeadLetters.ids): more is INVALID_ARGUMENT.
 DEAD_LETTERS_PAGE_MAX = 1000
 # Largest result a worker may carry inline in its outcome (``TaskOutcome.result``): the upper bound
 # of GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES; the scheduler dead-letters an outcome carrying more.
 # Every outcome stays in the outcome stream until it is applied and trimmed, so this is kept small.
 MAX_INLINE_RESULT_BYTES = 1024 * 1024
+# Nesting of JSON that users send (task arguments, channel values, feedback answers): deeper lists
+# and objects are refused with INVALID_ARGUMENT, as are numbers that are not finite (1e400, NaN).
+MAX_JSON_DEPTH = 64

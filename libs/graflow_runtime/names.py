@@ -25,6 +25,19 @@ _WHITESPACE = re.compile(r"\s")
 TASK_TYPE_MAX = 256
 TASK_TYPE_RULE = f"at most {TASK_TYPE_MAX} characters, no whitespace"
 
+# Channel keys (``ctx.get_channel()``, the result-store's Channel* calls): a field of the run's
+# channel hash, named in logs and error messages.
+CHANNEL_KEY_MAX = 256
+CHANNEL_KEY_RULE = f"1-{CHANNEL_KEY_MAX} characters without whitespace or control characters"
+_UNPRINTABLE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def channel_key_problem(key: str) -> str | None:
+    """What is wrong with ``key`` as a channel key (for INVALID_ARGUMENT), or None when it is fine."""
+    if not key or len(key) > CHANNEL_KEY_MAX or _UNPRINTABLE.search(key):
+        return f"channel key {key[:40]!r} is not valid: use {CHANNEL_KEY_RULE}"
+    return None
+
 
 def is_node_id(value: str) -> bool:
     return _NODE_ID.fullmatch(value) is not None

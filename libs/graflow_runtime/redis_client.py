@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -45,12 +45,22 @@ class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for logs."""
+    """``url`` without its secrets, for logs and error messages: the password of its user part and
+    of a ``password`` query parameter become ``***``. Works on the text alone, so a malformed URL
+    (a bad port, say) is redacted too."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    query = "&".join(
+        f"{name}=***" if unquote(name).lower() == "password" else f"{name}{equals}{value}"
+        for name, equals, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    text = urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}", query=query))
+    # (urlunsplit writes "unix:/path" for "unix:///path": keep the form the URL was given in)
+    if parts.netloc or not url.startswith(f"{parts.scheme}://"):
+        return text
+    return f"{parts.scheme}://{text[len(parts.scheme) + 1 :]}"
 
 
 _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}

@@ -39,3 +39,8 @@ async def test_a_command_that_gets_no_connection_within_the_pool_timeout_fails_a
 def test_redis_passwords_are_redacted_in_logs():
     assert redacted("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
     assert redacted("redis://host:6379/0") == "redis://host:6379/0"
+    assert redacted("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redacted("redis://user:pw@host:x6379/0") == "redis://user:***@host:x6379/0"  # bad port
+    assert redacted("redis://user:p@w@[::1]:6379/0") == "redis://user:***@[::1]:6379/0"
+    assert redacted("redis://host/0?db=1&Password=pw") == "redis://host/0?db=1&Password=***"
+    assert redacted("unix:///tmp/r.sock?password=pw") == "unix:///tmp/r.sock?password=***"

@@ -26,6 +26,7 @@ from typing import Generic, NoReturn, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.lifecycle import (
@@ -114,7 +115,13 @@ def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) ->
 async def _serve(
     service: Service[SettingsT], settings: SettingsT, loop: EventLoop, shutdown: ShutdownSignal
 ) -> None:
-    redis = connect(settings.redis_url)
+    try:
+        redis = connect(settings.redis_url)
+    except (ValueError, RedisError) as exc:  # what redis-py raises for a URL it cannot use
+        variable = _variable(service, "REDIS_URL")
+        raise ConfigurationError(
+            f"{variable}={redacted(settings.redis_url)} is not a usable Redis URL: {exc}"
+        ) from None
     try:
         parts = service.build(settings, redis)
     except BaseException:

@@ -3,12 +3,26 @@ and trimming below a floor in bounded calls."""
 
 from __future__ import annotations
 
+import re
+
 import redis.asyncio as aioredis
 
 # Entries one `XTRIM MINID ~` call may evict (Redis' default LIMIT), and calls per trim (so at most
 # 1,000,000 entries per trim).
 TRIM_LIMIT = 10_000
 TRIM_MAX_CALLS = 100
+
+
+# An entry id as Redis takes it: ``<ms>-<seq>`` or ``<ms>``, each part an unsigned 64-bit number.
+STREAM_ID_RULE = "expected '<ms>-<seq>' or '<ms>' in ASCII digits below 2^64, e.g. '1700000000000-0'"
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
+_U64_MAX = 2**64 - 1
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` is an entry id Redis accepts (nothing around it, not even a newline)."""
+    match = _STREAM_ID.fullmatch(value)
+    return match is not None and all(int(part or 0) <= _U64_MAX for part in match.groups())
 
 
 def stream_id(value: bytes | str) -> tuple[int, int]:

@@ -1,6 +1,7 @@
+import pytest
 import redis.asyncio as aioredis
 
-from graflow_runtime.streams import stream_id, tail_id, trim_below
+from graflow_runtime.streams import is_stream_id, stream_id, tail_id, trim_below
 
 
 def test_stream_ids_compare_by_milliseconds_then_sequence():
@@ -27,3 +28,17 @@ async def test_tail_id_is_the_newest_entry_or_zero_for_a_missing_stream(redis: a
     await redis.xadd("s", {"f": "v"}, id="5-1")
     await redis.xadd("s", {"f": "v"}, id="7-0")
     assert await tail_id(redis, "s") == b"7-0"
+
+
+@pytest.mark.parametrize(
+    "good", ["0-0", "1700000000000-5", "42", "18446744073709551615-18446744073709551615"]
+)
+def test_stream_ids_redis_accepts(good):
+    assert is_stream_id(good)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "1-0\n", " 1-0", "1-", "-1", "1-0-0", "18446744073709551616-0", "١-0", "+"]
+)
+def test_stream_ids_with_anything_around_or_out_of_range_are_refused(bad):
+    assert not is_stream_id(bad)

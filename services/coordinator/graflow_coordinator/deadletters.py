@@ -15,7 +15,6 @@ not reopen its run.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 
@@ -30,12 +29,12 @@ from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
+from graflow_runtime.streams import STREAM_ID_RULE, is_stream_id
 
 log = structlog.get_logger(__name__)
 
 DEAD_LETTER_FIELD = b"d"
 DEFAULT_PAGE = 100
-_STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 _REPLAY = LuaScript.load(__package__, "replay_dead_letters.lua")
 
 
@@ -64,11 +63,19 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> messages_
     return letter
 
 
-def _check_stream_id(value: str, what: str) -> None:
-    if not _STREAM_ID.match(value):
+def _check_ids(ids: Sequence[str]) -> None:
+    """Every id a stream id, and at most :data:`DEAD_LETTERS_PAGE_MAX` of them."""
+    if len(ids) > DEAD_LETTERS_PAGE_MAX:
         raise InvalidRequest(
-            f"{what} {value!r} is not a stream id (expected '<ms>-<seq>', e.g. '1700000000000-0')"
+            f"ids: {len(ids)} ids; at most {DEAD_LETTERS_PAGE_MAX} dead letters by id in one request"
         )
+    for index, entry_id in enumerate(ids):
+        _check_stream_id(entry_id, f"ids[{index}]")
+
+
+def _check_stream_id(value: str, field: str) -> None:
+    if not is_stream_id(value):
+        raise InvalidRequest(f"{field}: {value[:64]!r} is not a dead letter id ({STREAM_ID_RULE})")
 
 
 class DeadLetters:
@@ -78,13 +85,8 @@ class DeadLetters:
 
     async def get(self, ids: Sequence[str]) -> list[messages_pb2.DeadLetter]:
         """The dead letters with these ids, in the order asked (unknown ids are left out)."""
+        _check_ids(ids)
         ids = list(dict.fromkeys(ids))
-        for entry_id in ids:
-            _check_stream_id(entry_id, "dead letter id")
-        if len(ids) > DEAD_LETTERS_PAGE_MAX:
-            raise InvalidRequest(
-                f"ask for at most {DEAD_LETTERS_PAGE_MAX} dead letters by id at once, not {len(ids)}"
-            )
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id in ids:
                 pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
@@ -102,14 +104,13 @@ class DeadLetters:
 
     async def replay(self, *, ids: Sequence[str] = (), replay_all: bool = False) -> int:
         if ids:
+            _check_ids(ids)
             return await self._replay_ids(list(dict.fromkeys(ids)))
         if replay_all:
             return await self._replay_everything()
         raise InvalidRequest("name the dead letters to replay in 'ids', or set 'all' to replay every one")
 
     async def _replay_ids(self, ids: list[str]) -> int:
-        for entry_id in ids:
-            _check_stream_id(entry_id, "dead letter id")
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id in ids:
                 pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)

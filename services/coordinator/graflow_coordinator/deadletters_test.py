@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 
 from graflow_coordinator.conftest import envelope, stream_envelopes
 from graflow_coordinator.deadletters import make_dead_letter
@@ -145,4 +146,40 @@ async def test_a_dead_letter_without_a_queue_cannot_be_replayed(
 
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert entry_id in caught.value.details()
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", ["1-0\n", " 1-0", "1-0 ", "1-", "-1", "1-0-0", "18446744073709551616-0", "١-0"]
+)
+async def test_a_malformed_dead_letter_id_is_invalid_argument_and_changes_nothing(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis, bad: str
+) -> None:
+    real = await dead_letter(redis, "a")
+    calls = (
+        ("ids", stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[real, bad]))),
+        ("ids", stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(ids=[bad]))),
+        ("after_id", stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id=bad))),
+    )
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert field in caught.value.details() and "<ms>-<seq>" in caught.value.details()
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1
+    assert await redis.xlen(keys.queue_stream("default")) == 0
+
+
+async def test_a_replay_of_more_ids_than_the_limit_is_invalid_argument_naming_it(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    real = await dead_letter(redis, "a")
+    ids = [real, *(f"1-{i}" for i in range(DEAD_LETTERS_PAGE_MAX))]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=ids))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"ids: {DEAD_LETTERS_PAGE_MAX + 1} ids" in caught.value.details()
+    assert f"at most {DEAD_LETTERS_PAGE_MAX}" in caught.value.details()
     assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1

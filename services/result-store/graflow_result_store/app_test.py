@@ -15,7 +15,7 @@ from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 
 from graflow_result_store.app import SERVICE_NAME
-from graflow_result_store.conftest import start_app
+from graflow_result_store.conftest import RUN_1, RUN_2, RUN_3, RUN_4, start_app
 from graflow_result_store.store import run_keys
 
 Disposition = result_store_pb2.PutResultsResponse
@@ -26,7 +26,7 @@ STORED, DUPLICATE, STALE = (
 )
 
 
-def result(node: str, attempt: int, value: object, run: str = "r1") -> result_store_pb2.NodeResult:
+def result(node: str, attempt: int, value: object, run: str = RUN_1) -> result_store_pb2.NodeResult:
     data = value if isinstance(value, bytes) else str(value).encode()
     return result_store_pb2.NodeResult(
         run_id=run,
@@ -49,48 +49,48 @@ async def values(stub, run: str, *nodes: str) -> dict[str, bytes]:
 async def test_same_attempt_stored_twice_keeps_the_first_value(stub):
     assert await put(stub, result("a", 1, 10)) == [STORED]
     assert await put(stub, result("a", 1, 99)) == [DUPLICATE]
-    assert await values(stub, "r1", "a") == {"a": b"10"}
+    assert await values(stub, RUN_1, "a") == {"a": b"10"}
 
 
 async def test_newer_attempt_replaces_and_older_attempt_is_stale(stub):
     assert await put(stub, result("a", 1, 1), result("a", 3, 3)) == [STORED, STORED]
     assert await put(stub, result("a", 2, 2)) == [STALE]
-    response = await stub.GetResults(result_store_pb2.GetResultsRequest(run_id="r1", node_ids=["a"]))
+    response = await stub.GetResults(result_store_pb2.GetResultsRequest(run_id=RUN_1, node_ids=["a"]))
     assert response.results[0].attempt == 3
     assert response.results[0].value.data == b"3"
     assert response.results[0].stored_at_ms > 0
 
 
 async def test_one_batch_spans_several_runs(stub):
-    assert await put(stub, result("a", 1, 1, run="r1"), result("a", 1, 2, run="r2")) == [STORED, STORED]
-    assert await values(stub, "r1", "a") == {"a": b"1"}
-    assert await values(stub, "r2", "a") == {"a": b"2"}
+    assert await put(stub, result("a", 1, 1, run=RUN_1), result("a", 1, 2, run=RUN_2)) == [STORED, STORED]
+    assert await values(stub, RUN_1, "a") == {"a": b"1"}
+    assert await values(stub, RUN_2, "a") == {"a": b"2"}
 
 
 async def test_a_large_batch_of_interleaved_runs_keeps_the_highest_attempt_of_each_node(stub):
-    await put(stub, result("n0", 5, 50, run="r2"))
-    batch = [result(f"n{i}", 1, i, run=f"r{i % 2 + 1}") for i in range(2_500)]
-    batch += [result("n1", 1, 999, run="r2"), result("n2", 2, 222), result("n2", 1, 0)]
+    await put(stub, result("n0", 5, 50, run=RUN_2))
+    batch = [result(f"n{i}", 1, i, run=(RUN_1, RUN_2)[i % 2]) for i in range(2_500)]
+    batch += [result("n1", 1, 999, run=RUN_2), result("n2", 2, 222), result("n2", 1, 0)]
 
     dispositions = await put(stub, *batch)
 
     assert dispositions[:2] == [STORED, STORED] and dispositions[2_500:] == [DUPLICATE, STORED, STALE]
     assert dispositions.count(STORED) == 2_501
-    assert await values(stub, "r1", "n0", "n2", "n2498") == {"n0": b"0", "n2": b"222", "n2498": b"2498"}
-    assert await values(stub, "r2", "n0", "n1", "n2499") == {"n0": b"50", "n1": b"1", "n2499": b"2499"}
+    assert await values(stub, RUN_1, "n0", "n2", "n2498") == {"n0": b"0", "n2": b"222", "n2498": b"2498"}
+    assert await values(stub, RUN_2, "n0", "n1", "n2499") == {"n0": b"50", "n1": b"1", "n2499": b"2499"}
 
 
 async def test_results_expire_with_the_retention_period(stub, redis):
     await put(stub, result("a", 1, 1))
-    assert 0 < await redis.ttl("gf:res:{r1}") <= 3600
-    assert 0 < await redis.ttl("gf:res:{r1}:attempt") <= 3600
+    assert 0 < await redis.ttl(f"gf:res:{{{RUN_1}}}") <= 3600
+    assert 0 < await redis.ttl(f"gf:res:{{{RUN_1}}}:attempt") <= 3600
 
 
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (result_store_pb2.NodeResult(node_id="x", attempt=1), r"results\[1\]: run_id is required"),
-        (result_store_pb2.NodeResult(run_id="r1", attempt=1), r"results\[1\].*node_id is required"),
+        (result_store_pb2.NodeResult(node_id="x", attempt=1), r"results\[1\]: run_id is empty"),
+        (result_store_pb2.NodeResult(run_id=RUN_1, attempt=1), r"results\[1\].*node_id is required"),
         (result("x", 0, 1), r"results\[1\].*attempt must be >= 1"),
         (result("x", 1, b"x" * 2000), r"results\[1\].*2000 bytes, over the limit of 1024"),
     ],
@@ -106,7 +106,7 @@ async def test_a_bad_item_rejects_the_whole_batch_and_stores_nothing(stub, redis
 async def test_get_results_lists_missing_nodes(stub):
     await put(stub, result("a", 1, 1))
     response = await stub.GetResults(
-        result_store_pb2.GetResultsRequest(run_id="r1", node_ids=["a", "b", "c"])
+        result_store_pb2.GetResultsRequest(run_id=RUN_1, node_ids=["a", "b", "c"])
     )
     assert [r.node_id for r in response.results] == ["a"]
     assert list(response.missing_node_ids) == ["b", "c"]
@@ -116,7 +116,7 @@ async def test_get_results_without_run_id_is_invalid(stub):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetResults(result_store_pb2.GetResultsRequest(node_ids=["a"]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "run_id is required" in info.value.details()
+    assert "run_id: run_id is empty" in info.value.details()
 
 
 def spec(name: str = "w") -> workflow_pb2.WorkflowSpec:
@@ -160,36 +160,36 @@ def entry(key: str, value: bytes) -> result_store_pb2.ChannelEntry:
     )
 
 
-async def channel_values(stub, *keys: str, run: str = "r1") -> dict[str, bytes]:
+async def channel_values(stub, *keys: str, run: str = RUN_1) -> dict[str, bytes]:
     response = await stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=run, keys=list(keys)))
     return {e.key: e.value.data for e in response.entries}
 
 
-async def channel_keys(stub, run: str = "r1") -> list[str]:
+async def channel_keys(stub, run: str = RUN_1) -> list[str]:
     return list((await stub.ChannelKeys(result_store_pb2.ChannelKeysRequest(run_id=run))).keys)
 
 
 async def test_channel_set_get_keys_and_delete(stub):
     await stub.ChannelSet(
-        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("x", b"1"), entry("y", b"2")])
+        result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("x", b"1"), entry("y", b"2")])
     )
     response = await stub.ChannelGet(
-        result_store_pb2.ChannelGetRequest(run_id="r1", keys=["y", "missing", "x"])
+        result_store_pb2.ChannelGetRequest(run_id=RUN_1, keys=["y", "missing", "x"])
     )
     assert [(e.key, e.value.data) for e in response.entries] == [("y", b"2"), ("x", b"1")]
     assert await channel_keys(stub) == ["x", "y"]
-    assert await channel_keys(stub, run="other") == []
+    assert await channel_keys(stub, run=RUN_3) == []
     deleted = await stub.ChannelDelete(
-        result_store_pb2.ChannelDeleteRequest(run_id="r1", keys=["x", "missing"])
+        result_store_pb2.ChannelDeleteRequest(run_id=RUN_1, keys=["x", "missing"])
     )
     assert deleted.deleted == 1
     assert await channel_keys(stub) == ["y"]
 
 
 async def test_channel_entries_with_a_ttl_expire_and_others_stay(stub):
-    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("keep", b"1")]))
+    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("keep", b"1")]))
     await stub.ChannelSet(
-        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("brief", b"2")], ttl_ms=150)
+        result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("brief", b"2")], ttl_ms=150)
     )
     assert await channel_values(stub, "brief") == {"brief": b"2"}
     loop = asyncio.get_running_loop()
@@ -198,25 +198,25 @@ async def test_channel_entries_with_a_ttl_expire_and_others_stay(stub):
         await asyncio.sleep(0.05)
     assert await channel_values(stub, "brief", "keep") == {"keep": b"1"}
     assert await channel_keys(stub) == ["keep"]
-    deleted = await stub.ChannelDelete(result_store_pb2.ChannelDeleteRequest(run_id="r1", keys=["brief"]))
+    deleted = await stub.ChannelDelete(result_store_pb2.ChannelDeleteRequest(run_id=RUN_1, keys=["brief"]))
     assert deleted.deleted == 0
 
 
 async def test_setting_a_key_again_without_ttl_makes_it_permanent(stub, redis):
     await stub.ChannelSet(
-        result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("k", b"1")], ttl_ms=60_000)
+        result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("k", b"1")], ttl_ms=60_000)
     )
-    assert await redis.hexists("gf:chan:{r1}:exp", "k")
-    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("k", b"2")]))
-    assert not await redis.hexists("gf:chan:{r1}:exp", "k")
+    assert await redis.hexists(f"gf:chan:{{{RUN_1}}}:exp", "k")
+    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("k", b"2")]))
+    assert not await redis.hexists(f"gf:chan:{{{RUN_1}}}:exp", "k")
     assert await channel_values(stub, "k") == {"k": b"2"}
-    assert 0 < await redis.ttl("gf:chan:{r1}") <= 3600
+    assert 0 < await redis.ttl(f"gf:chan:{{{RUN_1}}}") <= 3600
 
 
 async def test_oversized_channel_value_is_rejected_naming_the_key(stub):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.ChannelSet(
-            result_store_pb2.ChannelSetRequest(run_id="r1", entries=[entry("big", b"x" * 5000)])
+            result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[entry("big", b"x" * 5000)])
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'big'" in info.value.details()
@@ -244,7 +244,7 @@ async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_u
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = result_store_pb2_grpc.ResultStoreStub(channel)
-            request = result_store_pb2.ChannelKeysRequest(run_id="r1")
+            request = result_store_pb2.ChannelKeysRequest(run_id=RUN_1)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ChannelKeys(request)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -255,25 +255,25 @@ async def test_calls_need_the_bearer_token_when_one_is_configured(redis, redis_u
 
 
 async def test_keep_runs_alive_restarts_the_retention_of_every_key_of_the_run(stub, redis):
-    await put(stub, result("a", 1, 1, run="r1"), result("a", 1, 1, run="r2"))
+    await put(stub, result("a", 1, 1, run=RUN_1), result("a", 1, 1, run=RUN_2))
     json_one = common_pb2.Payload(content_type="application/json", data=b"1")
     await stub.ChannelSet(
         result_store_pb2.ChannelSetRequest(
-            run_id="r1", entries=[result_store_pb2.ChannelEntry(key="k", value=json_one)], ttl_ms=60_000
+            run_id=RUN_1, entries=[result_store_pb2.ChannelEntry(key="k", value=json_one)], ttl_ms=60_000
         )
     )
-    await stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(run_id="r1", node_id="a", value=json_one))
-    present = [key for key in run_keys("r1") if await redis.exists(key)]
+    await stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(run_id=RUN_1, node_id="a", value=json_one))
+    present = [key for key in run_keys(RUN_1) if await redis.exists(key)]
     assert len(present) == 5  # results, their attempts, channel, channel expiries, checkpoints
-    for key in [*present, *run_keys("r2")]:
+    for key in [*present, *run_keys(RUN_2)]:
         await redis.expire(key, 5)  # as if written a retention period ago
 
-    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=["r1", "never-written"]))
+    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[RUN_1, RUN_4]))
 
     assert [3590 <= await redis.ttl(key) <= 3600 for key in present] == [True] * 5
-    other_run = [await redis.ttl(key) for key in run_keys("r2")[:2]]  # results and their attempts
+    other_run = [await redis.ttl(key) for key in run_keys(RUN_2)[:2]]  # results and their attempts
     assert all(0 < ttl <= 5 for ttl in other_run), other_run  # not kept alive: untouched
-    assert not await redis.exists(*run_keys("never-written"))
+    assert not await redis.exists(*run_keys(RUN_4))
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[""]))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -283,13 +283,61 @@ async def test_a_result_the_scheduler_stored_inline_is_served_fenced_and_kept_al
     """The scheduler's apply_outcome.lua writes small results into this service's hashes (names from
     graflow_runtime.keys, NodeResult bytes, the attempt beside them, the scheduler's retention)."""
     inline = result("a", 2, '"inline"')
-    await redis.hset(keys.results("r1"), "a", inline.SerializeToString())
-    await redis.hset(keys.result_attempts("r1"), "a", 2)
-    for key in (keys.results("r1"), keys.result_attempts("r1")):
+    await redis.hset(keys.results(RUN_1), "a", inline.SerializeToString())
+    await redis.hset(keys.result_attempts(RUN_1), "a", 2)
+    for key in (keys.results(RUN_1), keys.result_attempts(RUN_1)):
         await redis.expire(key, 5)
 
     assert await put(stub, result("a", 1, '"late"'), result("a", 2, '"again"')) == [STALE, DUPLICATE]
-    assert await values(stub, "r1", "a") == {"a": b'"inline"'}
-    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=["r1"]))
-    hashes = (keys.results("r1"), keys.result_attempts("r1"))
+    assert await values(stub, RUN_1, "a") == {"a": b'"inline"'}
+    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[RUN_1]))
+    hashes = (keys.results(RUN_1), keys.result_attempts(RUN_1))
     assert [3590 <= await redis.ttl(key) <= 3600 for key in hashes] == [True, True]
+
+
+async def all_invalid(calls, problem: str, rule: str) -> None:
+    """Each of ``(field, call)`` fails with INVALID_ARGUMENT naming its field, the problem and the rule."""
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, info.value.details())
+        assert info.value.details().startswith(f"{field}: {problem}")
+        assert rule in info.value.details()
+
+
+@pytest.mark.parametrize("run_id", ["r1", "0" * 25 + "\n", "0" * 25 + "I", "0" * 27, "{" + "0" * 24 + "}"])
+async def test_a_malformed_run_id_is_invalid_argument_in_every_call_and_stores_nothing(stub, redis, run_id):
+    value = common_pb2.Payload(content_type="application/json", data=b"1")
+    calls = [
+        ("results[0]", stub.PutResults(result_store_pb2.PutResultsRequest(results=[
+            result_store_pb2.NodeResult(run_id=run_id, node_id="a", attempt=1, value=value)]))),
+        ("run_id", stub.GetResults(result_store_pb2.GetResultsRequest(run_id=run_id, node_ids=["a"]))),
+        ("run_id", stub.ChannelSet(result_store_pb2.ChannelSetRequest(
+            run_id=run_id, entries=[result_store_pb2.ChannelEntry(key="k", value=value)]))),
+        ("run_id", stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=run_id, keys=["k"]))),
+        ("run_id", stub.ChannelUpdate(result_store_pb2.ChannelUpdateRequest(
+            run_id=run_id, key="k", operation=result_store_pb2.ChannelUpdateRequest.OPERATION_ADD,
+            value=value))),
+        ("run_id", stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(
+            run_id=run_id, node_id="a", value=value))),
+        ("run_ids[1]", stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[RUN_1, run_id]))),
+    ]
+    await all_invalid(calls, "run_id ", "26 characters of Crockford base32")
+    assert await redis.keys("*") == []
+
+
+@pytest.mark.parametrize("key", ["", "a b", "k\n", "\x00", "k" * 257])
+async def test_a_malformed_channel_key_is_invalid_argument_and_stores_nothing(stub, redis, key):
+    value = common_pb2.Payload(content_type="application/json", data=b"1")
+    calls = [
+        ("entries[1].key", stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=[
+            result_store_pb2.ChannelEntry(key="ok", value=value),
+            result_store_pb2.ChannelEntry(key=key, value=value)]))),
+        ("keys[0]", stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=RUN_1, keys=[key]))),
+        ("keys[0]", stub.ChannelDelete(result_store_pb2.ChannelDeleteRequest(run_id=RUN_1, keys=[key]))),
+        ("key", stub.ChannelUpdate(result_store_pb2.ChannelUpdateRequest(
+            run_id=RUN_1, key=key, operation=result_store_pb2.ChannelUpdateRequest.OPERATION_APPEND,
+            value=value))),
+    ]
+    await all_invalid(calls, "channel key ", "1-256 characters without whitespace or control characters")
+    assert await redis.keys("*") == []

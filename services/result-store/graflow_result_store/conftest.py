@@ -14,6 +14,9 @@ from graflow_runtime.redis_client import connect
 from graflow_result_store.app import ResultStoreApp, create_app
 from graflow_result_store.settings import ResultStoreSettings
 
+# Run ids of the tests (the result-store takes only run ids the scheduler could have made).
+RUN_1, RUN_2, RUN_3, RUN_4 = (f"{n:026d}" for n in range(1, 5))
+
 
 async def start_app(redis_url: str, **overrides: object) -> ResultStoreApp:
     settings = ResultStoreSettings(listen_address="127.0.0.1:0", redis_url=redis_url, **overrides)

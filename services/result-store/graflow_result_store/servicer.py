@@ -9,8 +9,11 @@ import time
 import structlog
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime import user_json
 from graflow_runtime.errors import InvalidRequest, NotFound
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.names import channel_key_problem
+from graflow_runtime.runids import run_id_problem
 
 from graflow_result_store.store import Disposition, ResultStore
 
@@ -25,9 +28,16 @@ _DISPOSITIONS = {
 }
 
 
-def _require_run_id(run_id: str) -> None:
-    if not run_id:
-        raise InvalidRequest("run_id is required")
+def _require_run_id(run_id: str, field: str = "run_id") -> None:
+    problem = run_id_problem(run_id)
+    if problem:
+        raise InvalidRequest(f"{field}: {problem}")
+
+
+def _check_key(key: str, field: str) -> None:
+    problem = channel_key_problem(key)
+    if problem:
+        raise InvalidRequest(f"{field}: {problem}")
 
 
 class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
@@ -47,8 +57,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         now_ms = int(time.time() * 1000)
         batch: list[result_store_pb2.NodeResult] = []
         for index, result in enumerate(request.results):
-            if not result.run_id:
-                raise InvalidRequest(f"results[{index}]: run_id is required")
+            _require_run_id(result.run_id, f"results[{index}]")
             if not result.node_id:
                 raise InvalidRequest(f"results[{index}] (run {result.run_id!r}): node_id is required")
             if result.attempt < 1 or len(result.value.data) > self._max_value_bytes:
@@ -94,8 +103,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     # ---- channels ----
     def _check_keys(self, keys: list[str]) -> None:
         for index, key in enumerate(keys):
-            if not key:
-                raise InvalidRequest(f"keys[{index}]: a channel key must not be empty")
+            _check_key(key, f"keys[{index}]")
 
     async def ChannelGet(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
@@ -113,8 +121,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
         _require_run_id(request.run_id)
         entries: list[tuple[str, bytes]] = []
         for index, entry in enumerate(request.entries):
-            if not entry.key:
-                raise InvalidRequest(f"entries[{index}]: a channel key must not be empty")
+            _check_key(entry.key, f"entries[{index}].key")
             self._check_size(f"entries[{index}] (key {entry.key!r}): value", len(entry.value.data))
             entries.append((entry.key, entry.value.SerializeToString()))
         await self._store.channel_set(request.run_id, entries, request.ttl_ms)
@@ -133,8 +140,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
 
     async def ChannelUpdate(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
-        if not request.key:
-            raise InvalidRequest("key: a channel key must not be empty")
+        _check_key(request.key, "key")
         operation = request.operation
         if operation not in _UPDATE_OPERATIONS:
             raise InvalidRequest(f"operation must be APPEND, PREPEND or ADD, got {operation}")
@@ -142,9 +148,9 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             raise InvalidRequest(f"value must be JSON, got content type {request.value.content_type!r}")
         self._check_size(f"key {request.key!r}: value", len(request.value.data))
         try:
-            value = json.loads(request.value.data)
-        except ValueError as exc:
-            raise InvalidRequest(f"value is not valid JSON: {exc}") from None
+            value = user_json.loads(request.value.data)
+        except user_json.UserJsonError as exc:
+            raise InvalidRequest(f"value of key {request.key!r}: {exc}") from None
         if operation == _ADD and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequest(f"ADD takes a JSON number, got {request.value.data[:64]!r}")
         text = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
@@ -168,8 +174,8 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def KeepRunsAlive(self, request, context):  # noqa: N802
         if len(request.run_ids) > KEEP_ALIVE_MAX_RUNS:
             raise InvalidRequest(f"{len(request.run_ids)} run ids; at most {KEEP_ALIVE_MAX_RUNS} per call")
-        for run_id in request.run_ids:
-            _require_run_id(run_id)
+        for index, run_id in enumerate(request.run_ids):
+            _require_run_id(run_id, f"run_ids[{index}]")
         await self._store.keep_alive(list(request.run_ids))
         return result_store_pb2.KeepRunsAliveResponse()
 

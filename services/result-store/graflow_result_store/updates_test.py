@@ -8,8 +8,10 @@ import json
 import grpc
 import pytest
 
-from graflow_api.v1 import common_pb2, result_store_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc
 from graflow_runtime import keys
+
+from graflow_result_store.conftest import RUN_1, start_app
 
 Op = result_store_pb2.ChannelUpdateRequest
 APPEND, PREPEND, ADD = Op.OPERATION_APPEND, Op.OPERATION_PREPEND, Op.OPERATION_ADD
@@ -20,7 +22,7 @@ def js(value: object) -> common_pb2.Payload:
     return common_pb2.Payload(content_type="application/json", data=json.dumps(value).encode())
 
 
-async def update(stub, key: str, op: int, value: object, run: str = "r1", ttl_ms: int = 0):
+async def update(stub, key: str, op: int, value: object, run: str = RUN_1, ttl_ms: int = 0):
     return await stub.ChannelUpdate(
         result_store_pb2.ChannelUpdateRequest(
             run_id=run, key=key, operation=op, value=js(value), ttl_ms=ttl_ms
@@ -28,7 +30,7 @@ async def update(stub, key: str, op: int, value: object, run: str = "r1", ttl_ms
     )
 
 
-async def get(stub, key: str, run: str = "r1") -> object:
+async def get(stub, key: str, run: str = RUN_1) -> object:
     response = await stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=run, keys=[key]))
     return json.loads(response.entries[0].value.data) if response.entries else "<absent>"
 
@@ -42,7 +44,7 @@ async def test_append_and_prepend_build_a_list_keeping_values_as_sent(stub):
 
 async def test_append_extends_a_list_written_with_set(stub):
     await stub.ChannelSet(result_store_pb2.ChannelSetRequest(
-        run_id="r1", entries=[result_store_pb2.ChannelEntry(key="xs", value=js([]))]))
+        run_id=RUN_1, entries=[result_store_pb2.ChannelEntry(key="xs", value=js([]))]))
     await update(stub, "xs", APPEND, 1)
     await update(stub, "xs", APPEND, 2)
     assert await get(stub, "xs") == [1, 2]
@@ -72,7 +74,7 @@ async def test_concurrent_adds_and_appends_lose_nothing(stub):
 ])
 async def test_update_of_a_value_of_another_shape_is_refused_and_keeps_it(stub, stored, op, message):
     await stub.ChannelSet(result_store_pb2.ChannelSetRequest(
-        run_id="r1", entries=[result_store_pb2.ChannelEntry(key="k", value=js(stored))]))
+        run_id=RUN_1, entries=[result_store_pb2.ChannelEntry(key="k", value=js(stored))]))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await update(stub, "k", op, 1)
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
@@ -98,25 +100,60 @@ async def test_an_expired_key_starts_over(stub, redis):
 
 
 async def test_checkpoints_per_node_last_put_wins_and_expire_with_the_run(stub, redis):
-    missing = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id="r1", node_id="a"))
+    missing = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id=RUN_1, node_id="a"))
     assert not missing.found
     for step in (1, 2):
         await stub.PutCheckpoint(
-            result_store_pb2.PutCheckpointRequest(run_id="r1", node_id="a", value=js({"step": step}))
+            result_store_pb2.PutCheckpointRequest(run_id=RUN_1, node_id="a", value=js({"step": step}))
         )
-    got = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id="r1", node_id="a"))
+    got = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id=RUN_1, node_id="a"))
     assert got.found and json.loads(got.value.data) == {"step": 2}
-    other = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id="r1", node_id="b"))
+    other = await stub.GetCheckpoint(result_store_pb2.GetCheckpointRequest(run_id=RUN_1, node_id="b"))
     assert not other.found
-    assert 0 < await redis.ttl(keys.checkpoints("r1")) <= 3600
+    assert 0 < await redis.ttl(keys.checkpoints(RUN_1)) <= 3600
 
 
 async def test_checkpoint_needs_a_node_and_fits_the_size_limit(stub):
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(run_id="r1", value=js(1)))
+        await stub.PutCheckpoint(result_store_pb2.PutCheckpointRequest(run_id=RUN_1, value=js(1)))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.PutCheckpoint(
-            result_store_pb2.PutCheckpointRequest(run_id="r1", node_id="a", value=js("x" * 2000))
+            result_store_pb2.PutCheckpointRequest(run_id=RUN_1, node_id="a", value=js("x" * 2000))
         )
     assert "over the limit" in info.value.details()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"1e400", "not a finite number"),
+    (b"NaN", "not valid JSON"),
+    (b"[-Infinity]", "not valid JSON"),
+    (b"[" * 65 + b"]" * 65, "nested deeper than"),
+])
+async def test_update_with_a_non_finite_or_too_deep_value_is_invalid_and_stores_nothing(
+    stub, redis, data, message
+):
+    for op in (APPEND, ADD):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ChannelUpdate(result_store_pb2.ChannelUpdateRequest(
+                run_id=RUN_1, key="k", operation=op,
+                value=common_pb2.Payload(content_type="application/json", data=data)))
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert message in info.value.details()
+    assert await redis.keys("*") == []
+
+
+async def test_update_with_json_nested_100_000_deep_is_invalid_and_stores_nothing(redis, redis_url):
+    app = await start_app(redis_url, max_value_bytes=1024 * 1024)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await result_store_pb2_grpc.ResultStoreStub(channel).ChannelUpdate(
+                    result_store_pb2.ChannelUpdateRequest(
+                        run_id=RUN_1, key="k", operation=APPEND,
+                        value=common_pb2.Payload(data=b"[" * 100_000 + b"]" * 100_000)))
+    finally:
+        await app.stop(0)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "nested deeper than 64 levels" in info.value.details()
+    assert await redis.keys("*") == []

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from graflow_runtime.local_redis import free_port
 from graflow_runtime.settings import SettingsError, load_settings
 from graflow_runtime.version import __version__
 
@@ -84,3 +85,33 @@ def _records(lines):
             yield json.loads(line)
         except json.JSONDecodeError:
             continue
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+@pytest.mark.parametrize("url", [
+    "redis://user:s3cret-pw@127.0.0.1:{port}/0",
+    "redis://:s3cret-pw@127.0.0.1:{port}/0",
+    "redis://user:s3cret-pw@127.0.0.1:x{port}/0",
+    "redis://user:s3cret-pw@127.0.0.1:{port}/zero",
+    "redis://127.0.0.1:{port}/0?password=s3cret-pw",
+    "redis://user:s3cret-pw@127.0.0.1:{port}/0?socket_timeout=abc",
+    "http://user:s3cret-pw@127.0.0.1:{port}/0",
+])
+def test_unreachable_redis_is_reported_without_its_password(log_format, url):
+    closed_port = free_port()
+    process = subprocess.run(
+        [sys.executable, "-m", "graflow_scheduler"],
+        env=_env(
+            redis_url=url.format(port=closed_port),
+            listen_address="127.0.0.1:0",
+            log_format=log_format,
+            result_store_address="127.0.0.1:1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode != 0
+    assert "s3cret-pw" not in output, output
+    assert "***" in output and "GRAFLOW_SCHEDULER_REDIS_URL" in output, output

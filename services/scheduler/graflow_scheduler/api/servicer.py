@@ -21,6 +21,7 @@ from graflow_runtime.dispatch import Dispatcher, InvalidDelivery, QueueStreamsVa
 from graflow_runtime.errors import InvalidRequest, ServiceError, Unavailable
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.runids import new_run_id, run_id_problem
 from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.api.run_results import RunResults
@@ -30,7 +31,6 @@ from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.reader import RunReader
-from graflow_scheduler.state.runids import new_run_id, run_id_problem
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
     ENDED_STATUSES,

@@ -10,9 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.app import RUN_ENDS_CLIENT
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import report
 from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.specs import group, node, outcome, spec

@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from graflow_api.v1 import common_pb2, scheduler_pb2
+from graflow_runtime.runids import new_run_id
 
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import app_client, report
 from graflow_scheduler.testing.enqueued import wait_enqueued
 from graflow_scheduler.testing.specs import outcome, spec

@@ -3,7 +3,9 @@ terminate, cancel; idempotency, cycle limits, invalid directives."""
 
 import json
 
-from graflow_api.v1 import workflow_pb2
+import pytest
+
+from graflow_api.v1 import messages_pb2, workflow_pb2
 from graflow_runtime import keys
 
 from graflow_scheduler.testing.flows import FlowRun, cancel, goto, iterate, next_task, ready, terminate
@@ -168,3 +170,17 @@ async def test_a_strict_group_member_running_again_is_not_counted_twice(store):
     assert ready(await run.finish("a")) == []
     assert (await run.states())["g"] == "PENDING"
     assert ready(await run.finish("b")) == ["d"]
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64 levels"),
+    (b'{"x": 1e400}', "1e400 is not a finite number"),
+    (b"NaN", "NaN is not valid JSON"),
+])
+async def test_next_iteration_data_too_deep_or_not_finite_fails_the_node_only(store, data, problem):
+    run = await FlowRun.create(store, spec(["a", "b"], ["a>b"]))
+    iteration = messages_pb2.Directive(next_iteration=messages_pb2.NextIteration(data_json=data))
+    result = await run.finish("a", iteration)
+    assert result.run_status == "FAILED"
+    error = await run.error()
+    assert error.type == "InvalidDirective" and f"next_iteration data is {problem}" in error.message

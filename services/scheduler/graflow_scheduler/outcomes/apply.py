@@ -50,6 +50,7 @@ from graflow_runtime.dispatch import Dispatcher, InvalidDelivery
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+from graflow_runtime.runids import is_run_id
 
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
@@ -60,7 +61,6 @@ from graflow_scheduler.outcomes.retry import retry_delay_ms
 from graflow_scheduler.outcomes.stream import DeadOutcome, Entry, OutcomeStream
 from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
-from graflow_scheduler.state.runids import is_run_id
 from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, RunStore, WaitToApply
 from graflow_scheduler.state.views import LIVE_STATUSES
 from graflow_scheduler.waits.children import ChildRuns

@@ -9,9 +9,9 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.graph.compiler import compile_spec
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.app import report, run_end, submit
 from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.runs import runs_ended

@@ -4,9 +4,9 @@ import time
 
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.graph.compiler import compile_spec
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.runs import RunHarness
 from graflow_scheduler.testing.specs import spec

@@ -12,12 +12,12 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import common_pb2, result_store_pb2, scheduler_pb2
 from graflow_runtime import keys
+from graflow_runtime.runids import is_run_id
 
 from graflow_scheduler.errors import BadPageToken, RunNotFound
 from graflow_scheduler.graph.dynamic import summaries as dynamic_summaries
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state import scripts
-from graflow_scheduler.state.runids import is_run_id
 from graflow_scheduler.state.store import NodeCycle
 from graflow_scheduler.state.views import add_nodes, run_from_meta
 

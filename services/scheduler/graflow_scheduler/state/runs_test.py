@@ -4,10 +4,10 @@ import pytest
 
 from graflow_api.v1 import common_pb2, scheduler_pb2
 from graflow_runtime import keys
+from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.errors import BadPageToken, RunNotFound
 from graflow_scheduler.graph.compiler import compile_spec
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.state.views import event_from_entry
 from graflow_scheduler.testing.runs import RunHarness
 from graflow_scheduler.testing.specs import group, spec

@@ -8,10 +8,10 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import common_pb2, workflow_pb2
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.graph.plan import Plan
-from graflow_scheduler.state.runids import new_run_id
 from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, RunStore
 
 

@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.runids import is_run_id
 
-from graflow_scheduler.state.runids import is_run_id
 from graflow_scheduler.state.store import WaitToApply
 from graflow_scheduler.waits.validation import CHILD_PREFIX, request_problem
 

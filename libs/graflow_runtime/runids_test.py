@@ -1,4 +1,4 @@
-from graflow_scheduler.state.runids import is_run_id, new_run_id, run_id_problem
+from graflow_runtime.runids import is_run_id, new_run_id, run_id_problem
 
 
 def test_run_ids_are_26_characters_unique_and_sort_by_creation_time():
