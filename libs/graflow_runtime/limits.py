@@ -17,3 +17,6 @@ DEAD_LETTERS_PAGE_MAX = 1000
 # of GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES; the scheduler dead-letters an outcome carrying more.
 # Every outcome stays in the outcome stream until it is applied and trimmed, so this is kept small.
 MAX_INLINE_RESULT_BYTES = 1024 * 1024
+# Nesting of JSON that users send (task arguments, channel values, feedback answers): deeper lists
+# and objects are refused with INVALID_ARGUMENT, as are numbers that are not finite (1e400, NaN).
+MAX_JSON_DEPTH = 64

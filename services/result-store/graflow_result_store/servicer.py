@@ -9,6 +9,7 @@ import time
 import structlog
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
+from graflow_runtime import user_json
 from graflow_runtime.errors import InvalidRequest, NotFound
 from graflow_runtime.graphs import graph_hash
 
@@ -142,9 +143,9 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             raise InvalidRequest(f"value must be JSON, got content type {request.value.content_type!r}")
         self._check_size(f"key {request.key!r}: value", len(request.value.data))
         try:
-            value = json.loads(request.value.data)
-        except ValueError as exc:
-            raise InvalidRequest(f"value is not valid JSON: {exc}") from None
+            value = user_json.loads(request.value.data)
+        except user_json.UserJsonError as exc:
+            raise InvalidRequest(f"value of key {request.key!r}: {exc}") from None
         if operation == _ADD and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequest(f"ADD takes a JSON number, got {request.value.data[:64]!r}")
         text = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()

@@ -8,8 +8,10 @@ import json
 import grpc
 import pytest
 
-from graflow_api.v1 import common_pb2, result_store_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc
 from graflow_runtime import keys
+
+from graflow_result_store.conftest import start_app
 
 Op = result_store_pb2.ChannelUpdateRequest
 APPEND, PREPEND, ADD = Op.OPERATION_APPEND, Op.OPERATION_PREPEND, Op.OPERATION_ADD
@@ -120,3 +122,38 @@ async def test_checkpoint_needs_a_node_and_fits_the_size_limit(stub):
             result_store_pb2.PutCheckpointRequest(run_id="r1", node_id="a", value=js("x" * 2000))
         )
     assert "over the limit" in info.value.details()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"1e400", "not a finite number"),
+    (b"NaN", "not valid JSON"),
+    (b"[-Infinity]", "not valid JSON"),
+    (b"[" * 65 + b"]" * 65, "nested deeper than"),
+])
+async def test_update_with_a_non_finite_or_too_deep_value_is_invalid_and_stores_nothing(
+    stub, redis, data, message
+):
+    for op in (APPEND, ADD):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ChannelUpdate(result_store_pb2.ChannelUpdateRequest(
+                run_id="r1", key="k", operation=op,
+                value=common_pb2.Payload(content_type="application/json", data=data)))
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert message in info.value.details()
+    assert await redis.keys("*") == []
+
+
+async def test_update_with_json_nested_100_000_deep_is_invalid_and_stores_nothing(redis, redis_url):
+    app = await start_app(redis_url, max_value_bytes=1024 * 1024)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await result_store_pb2_grpc.ResultStoreStub(channel).ChannelUpdate(
+                    result_store_pb2.ChannelUpdateRequest(
+                        run_id="r1", key="k", operation=APPEND,
+                        value=common_pb2.Payload(data=b"[" * 100_000 + b"]" * 100_000)))
+    finally:
+        await app.stop(0)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "nested deeper than 64 levels" in info.value.details()
+    assert await redis.keys("*") == []

@@ -7,11 +7,11 @@ INVALID_ARGUMENT detail of ``SubmitRun``). Pure Python, no I/O.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 
 from graflow_api.v1 import common_pb2, workflow_pb2
+from graflow_runtime import user_json
 from graflow_runtime.limits import DEFAULT_BACKOFF_FACTOR
 from graflow_runtime.names import (
     DEFAULT_QUEUE,
@@ -184,10 +184,6 @@ def _retry(policy: common_pb2.RetryPolicy, where: str) -> RetryConfig:
     )
 
 
-def _reject_constant(value: str) -> object:
-    raise ValueError(f"{value} is not valid JSON")
-
-
 def _check_args(node: workflow_pb2.NodeSpec, limits: Limits | None) -> None:
     raw = node.args_json
     if limits is not None and len(raw) > limits.max_args_bytes:
@@ -197,13 +193,13 @@ def _check_args(node: workflow_pb2.NodeSpec, limits: Limits | None) -> None:
     if not raw:
         return
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = user_json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SpecError(
             f"node {node.id!r}: args_json is not valid UTF-8 ({exc.reason} at byte {exc.start})"
         ) from exc
-    except ValueError as exc:
-        raise SpecError(f"node {node.id!r}: args_json is not valid JSON ({exc})") from exc
+    except user_json.UserJsonError as exc:
+        raise SpecError(f"node {node.id!r}: args_json is {exc}") from exc
     if not isinstance(value, dict):
         raise SpecError(f"node {node.id!r}: args_json must be a JSON object, got {type(value).__name__}")
 

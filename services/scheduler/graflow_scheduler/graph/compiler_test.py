@@ -230,6 +230,8 @@ def test_missing_task_type_is_rejected():
         (b"[1, 2]", "must be a JSON object"),
         (b"{nope", "not valid JSON"),
         (b'{"x": NaN}', "not valid JSON"),
+        (b'{"x": 1e400}', "1e400 is not a finite number"),
+        (b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper than 64 levels"),
         (b'{"x": "\xff"}', "not valid UTF-8"),
     ],
 )

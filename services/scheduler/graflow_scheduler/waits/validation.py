@@ -3,10 +3,10 @@ WAITING outcome) and of an answer (``RespondFeedback``), with their limits. Pure
 
 from __future__ import annotations
 
-import json
 import re
 
 from graflow_api.v1 import feedback_pb2
+from graflow_runtime import user_json
 
 Kind = feedback_pb2.FeedbackKind
 # Wait ids: a feedback request's id, or CHILD_PREFIX + the child run's id. No ":" in request ids
@@ -27,9 +27,9 @@ def _json_problem(raw: bytes, what: str, limit: int, *, object_only: bool = Fals
     if len(raw) > limit:
         return f"{what} is {len(raw)} bytes; the limit is {limit}"
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        return f"{what} is not JSON: {exc}"
+        value = user_json.loads(raw)
+    except user_json.UserJsonError as exc:
+        return f"{what} is {exc}"
     if object_only and not isinstance(value, dict):
         return f"{what} must be a JSON object"
     return None

@@ -309,7 +309,11 @@ def test_request_and_response_checks() -> None:
         selection, feedback_pb2.FeedbackResponse(selected_multiple=["a", "a"])
     )
     custom = question(kind=Kind.FEEDBACK_KIND_CUSTOM)
-    assert "not JSON" in response_problem(custom, feedback_pb2.FeedbackResponse(custom_json=b"{"))
+    assert "not valid JSON" in response_problem(custom, feedback_pb2.FeedbackResponse(custom_json=b"{"))
+    for raw, problem in ((b"[1e400]", "1e400 is not a finite number"), (b"NaN", "NaN is not valid JSON"),
+                         (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64 levels")):
+        assert f"custom_json is {problem}" in response_problem(
+            custom, feedback_pb2.FeedbackResponse(custom_json=raw))
     assert "set response.custom_json" in response_problem(custom, feedback_pb2.FeedbackResponse())
     assert "is not the request's id" in response_problem(
         question(), feedback_pb2.FeedbackResponse(request_id="b")
