@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 
 from graflow_api.v1 import common_pb2, messages_pb2, workflow_pb2
+from graflow_runtime import user_json
 from graflow_runtime.limits import MAX_DIRECTIVES
 from graflow_runtime.names import NODE_ID_RULE, is_node_id
 
@@ -176,7 +177,10 @@ def _data(raw: bytes, limits: Limits) -> str:
         )
     try:
         text = raw.decode("utf-8")
-        json.loads(text)
-    except ValueError as exc:
-        raise InvalidDirective(f"next_iteration data is not UTF-8 JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidDirective(f"next_iteration data is not UTF-8: {exc}") from exc
+    try:
+        user_json.loads(text)
+    except user_json.UserJsonError as exc:
+        raise InvalidDirective(f"next_iteration data is {exc}") from exc
     return text
