@@ -4,6 +4,8 @@ built on it."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -11,6 +13,7 @@ from graflow import RunCanceledError, RunFailedError, workflow
 from graflow.devstack import LocalStack
 from graflow.payload import decode_results
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.limits import MAX_RESULT_BYTES
 from tests.e2e.tasks import add_one, blob, double, explode, left, right, slow, source
 
 MIB = 1024 * 1024
@@ -53,6 +56,22 @@ def test_results_over_the_inline_bound_are_read_with_get_results(client, schedul
     assert (answer.results_inline, list(answer.results)) == (False, [])
     assert client.submit_and_wait(wf, timeout=30) == "x" * (MIB + 10)
     assert run.result(timeout=30) == "x" * (MIB + 10)
+
+
+def test_a_result_over_the_limit_fails_its_run_at_once_naming_the_limit_and_the_worker_goes_on(client):
+    """Issue 14: an 80 MiB result (over the 64 MiB gRPC message limit) made the worker pause its
+    intake and retry forever; now it is refused before any call, without a retry."""
+    with workflow("huge") as wf:
+        wf.add(blob(task_id="huge", size=80 * MIB))
+    started = time.monotonic()
+    with pytest.raises(RunFailedError) as failure:
+        client.submit_and_wait(wf, timeout=30)
+    assert time.monotonic() - started < 20
+    assert failure.value.error.type == "ResultTooLarge"
+    assert f"over the limit of {MAX_RESULT_BYTES} bytes (MAX_RESULT_BYTES)" in str(failure.value)
+    with workflow("after") as after:
+        source(task_id="source", value=4) >> add_one >> double
+    assert client.submit_and_wait(after, timeout=30) == 10
 
 
 def test_submit_and_wait_raises_the_failure_of_the_run(client):
