@@ -62,3 +62,19 @@ async def test_deeply_nested_json_in_one_outcome_fails_its_node_alone(app, clien
     await consumed(redis)
     assert await dead_letters(redis) == []
     assert app.consumer.stats.dead_lettered == 0
+
+
+async def test_an_outcome_that_breaks_its_processing_is_dead_lettered_alone_with_the_error(
+    app, client, redis
+):
+    """Any error an outcome raises (here: a dynamic node stored as JSON nested too deep for Python's
+    parser, as anyone who can write to Redis could leave it) dead-letters that outcome alone."""
+    good, broken = await submit(client, spec(["a"])), await submit(client, spec(["a"]))
+    await redis.hset(keys.run_dynamic(broken), "a.next.1", DEEP)
+    await report_as_one_batch(redis, outcome(broken, "a.next.1"), outcome(good, "a"))
+    assert await run_end(client, good) == "TYPE_RUN_SUCCEEDED"
+    await consumed(redis)
+    (letter,) = await dead_letters(redis)
+    assert (letter.run_id, letter.node_id) == (broken, "a.next.1")
+    assert letter.reason.startswith(f"{keys.OUTCOMES_STREAM}: outcome could not be processed: RecursionError")
+    assert app.consumer.stats.dead_lettered == 1
