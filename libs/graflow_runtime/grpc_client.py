@@ -2,8 +2,10 @@
 
 Every cross-service call goes through :class:`Downstream`: it applies the deadline, sends the auth
 token, and runs inside that downstream's circuit breaker. Only infrastructure failures
-(UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) count against the breaker; business errors
-(INVALID_ARGUMENT, NOT_FOUND, ...) pass through untouched. pybreaker's decorator does not support
+(UNAVAILABLE, DEADLINE_EXCEEDED) count against the breaker; business errors (INVALID_ARGUMENT,
+NOT_FOUND, RESOURCE_EXHAUSTED, ...) pass through untouched. RESOURCE_EXHAUSTED is the answer to one
+request (a message over the 64 MiB limit, a limit of the service): retrying it or pausing for it
+would wedge the caller, so it is the caller's to fail that request. pybreaker's decorator does not support
 ``async def``, so the awaited call is wrapped in ``with breaker.calling():``.
 """
 
@@ -25,7 +27,7 @@ log = structlog.get_logger(__name__)
 ResponseT = TypeVar("ResponseT")
 
 INFRASTRUCTURE_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
 
 

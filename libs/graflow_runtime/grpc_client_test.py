@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable, open_channel
+from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.local_redis import free_port
 
@@ -48,6 +49,28 @@ async def test_business_errors_pass_through_and_never_open_the_breaker() -> None
                 await downstream.call(call, b"")
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert not downstream.is_open
+    finally:
+        await channel.close()
+        await handle.stop(0)
+
+
+async def test_a_message_over_the_limit_is_resource_exhausted_for_that_call_only() -> None:
+    """RESOURCE_EXHAUSTED answers one request (here: over the 64 MiB message limit): the caller gets
+    it, the breaker stays closed and the next call goes through (issue 14)."""
+    handle = create_server("127.0.0.1:0", [ServicerBinding(_add_probe, None, "graflow.test.Probe")])
+    await handle.server.start()
+    channel = open_channel(f"127.0.0.1:{handle.port}")
+    try:
+        downstream = _downstream()
+        call = channel.unary_unary(METHOD)
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await downstream.call(call, b"x" * (MAX_MESSAGE_BYTES + 1))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not downstream.is_open
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await downstream.call(call, b"")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await channel.close()
         await handle.stop(0)

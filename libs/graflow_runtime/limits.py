@@ -21,3 +21,7 @@ MAX_INLINE_RESULT_BYTES = 1024 * 1024
 # Nesting of JSON that users send (task arguments, channel values, feedback answers): deeper lists
 # and objects are refused with INVALID_ARGUMENT, as are numbers that are not finite (1e400, NaN).
 MAX_JSON_DEPTH = 64
+# Largest task result (its encoded value) the result-store accepts: the default and the upper bound
+# of GRAFLOW_RESULT_STORE_MAX_VALUE_BYTES. A worker fails a task whose result is larger
+# (``ResultTooLarge``, not retried) without sending it; well below the gRPC message limit (64 MiB).
+MAX_RESULT_BYTES = 16 * 1024 * 1024

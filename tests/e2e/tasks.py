@@ -100,6 +100,13 @@ def pair(ctx: TaskContext, small: str, large: str) -> dict[str, str]:
 
 
 @task(inject_context=True)
+def lengths(ctx: TaskContext, b1: str, b2: str, b3: str, b4: str, b5: str) -> list[int]:
+    """The lengths of five upstream results (tests/e2e/wait_test.py: inputs over the message limit)."""
+    record(ctx)
+    return [len(b1), len(b2), len(b3), len(b4), len(b5)]
+
+
+@task(inject_context=True)
 def explode(ctx: TaskContext, message: str = "boom") -> None:
     record(ctx)
     raise ValueError(message)

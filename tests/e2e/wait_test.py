@@ -4,6 +4,8 @@ built on it."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -11,7 +13,9 @@ from graflow import RunCanceledError, RunFailedError, workflow
 from graflow.devstack import LocalStack
 from graflow.payload import decode_results
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.e2e.tasks import add_one, blob, double, explode, left, right, slow, source
+from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
+from graflow_runtime.limits import MAX_RESULT_BYTES
+from tests.e2e.tasks import add_one, blob, double, explode, left, lengths, right, slow, source
 
 MIB = 1024 * 1024
 
@@ -53,6 +57,39 @@ def test_results_over_the_inline_bound_are_read_with_get_results(client, schedul
     assert (answer.results_inline, list(answer.results)) == (False, [])
     assert client.submit_and_wait(wf, timeout=30) == "x" * (MIB + 10)
     assert run.result(timeout=30) == "x" * (MIB + 10)
+
+
+def test_a_result_over_the_limit_fails_its_run_at_once_naming_the_limit_and_the_worker_goes_on(client):
+    """Issue 14: an 80 MiB result (over the 64 MiB gRPC message limit) made the worker pause its
+    intake and retry forever; now it is refused before any call, without a retry."""
+    with workflow("huge") as wf:
+        wf.add(blob(task_id="huge", size=80 * MIB))
+    started = time.monotonic()
+    with pytest.raises(RunFailedError) as failure:
+        client.submit_and_wait(wf, timeout=30)
+    assert time.monotonic() - started < 20
+    assert failure.value.error.type == "ResultTooLarge"
+    assert f"over the limit of {MAX_RESULT_BYTES} bytes (MAX_RESULT_BYTES)" in str(failure.value)
+    with workflow("after") as after:
+        source(task_id="source", value=4) >> add_one >> double
+    assert client.submit_and_wait(after, timeout=30) == 10
+
+
+def test_upstream_results_over_the_message_limit_fail_the_task_at_once_naming_the_limit(client):
+    """Issue 14: upstream results together over the 64 MiB gRPC message limit (five of 15 MiB)
+    made the worker pause its intake and retry forever; now the task fails, without a retry."""
+    with workflow("wide") as wf:
+        sources = [blob(task_id=f"b{i}", size=15 * MIB) for i in range(1, 6)]
+        (sources[0] | sources[1] | sources[2] | sources[3] | sources[4]) >> lengths(task_id="sink")
+    started = time.monotonic()
+    with pytest.raises(RunFailedError) as failure:
+        client.submit_and_wait(wf, timeout=60)
+    assert time.monotonic() - started < 45
+    assert (failure.value.error.node_id, failure.value.error.type) == ("sink", "UpstreamTooLarge")
+    assert f"message limit of {MAX_MESSAGE_BYTES} bytes (MAX_MESSAGE_BYTES)" in str(failure.value)
+    with workflow("after_wide") as after:
+        source(task_id="source", value=4) >> add_one >> double
+    assert client.submit_and_wait(after, timeout=30) == 10
 
 
 def test_submit_and_wait_raises_the_failure_of_the_run(client):

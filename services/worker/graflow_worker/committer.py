@@ -31,12 +31,13 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from graflow_api.v1 import messages_pb2
+from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+from graflow_runtime.limits import MAX_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.scripts import LuaScript
 
@@ -117,7 +118,18 @@ class Committer:
             result = item.execution.result
             if result is None:
                 continue
-            if result.ByteSize() <= self._inline_max_bytes:
+            if len(result.value.data) > MAX_RESULT_BYTES:
+                outcome = item.execution.outcome
+                log.error("result over the limit not stored; the attempt fails", run_id=outcome.run_id,
+                          node_id=outcome.node_id, size=len(result.value.data), limit=MAX_RESULT_BYTES)
+                _fail(item, failure(
+                    "ResultTooLarge",
+                    f"the result of node {outcome.node_id!r} is {len(result.value.data)} bytes, over the "
+                    f"limit of {MAX_RESULT_BYTES} bytes (MAX_RESULT_BYTES); store large data elsewhere "
+                    "and return a reference to it",
+                    retryable=False,
+                ))
+            elif result.ByteSize() <= self._inline_max_bytes:
                 item.execution.outcome.result.CopyFrom(result)
             else:
                 large.append(item)
@@ -192,12 +204,18 @@ class Committer:
 
 def _fail_unstored(item: Finished, exc: grpc.aio.AioRpcError) -> None:
     """The result-store refused the result (a business error): the attempt fails instead. An invalid
-    result (INVALID_ARGUMENT, e.g. over the size limit) fails the same way again: not retryable."""
+    or too large result (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) fails the same way again: not
+    retryable."""
+    _fail(item, failure(
+        "ResultRejected", f"the result-store rejected the result: {exc.code().name}: {exc.details()}",
+        retryable=exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ))
+
+
+def _fail(item: Finished, error: common_pb2.ErrorInfo) -> None:
+    """The attempt fails with ``error`` instead of succeeding; its result is dropped."""
     outcome: messages_pb2.TaskOutcome = item.execution.outcome
     outcome.status = messages_pb2.TaskOutcome.STATUS_FAILED
     outcome.has_result = False
-    outcome.error.CopyFrom(failure(
-        "ResultRejected", f"the result-store rejected the result: {exc.code().name}: {exc.details()}",
-        retryable=exc.code() != grpc.StatusCode.INVALID_ARGUMENT,
-    ))
+    outcome.error.CopyFrom(error)
     item.execution.result = None

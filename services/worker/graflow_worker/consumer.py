@@ -59,6 +59,7 @@ from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
+from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
 from graflow_runtime.scripts import LuaScript
 
 from graflow_worker.committer import Committer, Finished
@@ -377,10 +378,8 @@ class Consumer:
             for delivery in deliveries:
                 self._finish(delivery.stream, delivery.entry_id)
             raise
-        wanted = {id(d) for d in fetching}
         for delivery in deliveries:
-            runs = upstream.get(delivery.envelope.run_id, {}) if id(delivery) in wanted else {}
-            self._spawn(self._execute(delivery, runs))
+            self._spawn(self._execute(delivery, upstream.get(id(delivery), {})))
 
     async def _check_ended(self, deliveries: Iterable[Delivery]) -> set[str]:
         """The runs of ``deliveries`` that have ended; they are added to the registry, so that the
@@ -432,41 +431,65 @@ class Consumer:
         self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, done))
 
     def _fetch_failed(self, envelope: messages_pb2.TaskEnvelope, exc: BaseException) -> Execution:
+        if _too_large(exc):
+            return self._failed(
+                envelope, "UpstreamTooLarge",
+                f"the upstream results of node {envelope.node_id!r} (nodes "
+                f"{', '.join(map(repr, envelope.input_node_ids))}) together exceed the message limit of "
+                f"{MAX_MESSAGE_BYTES} bytes (MAX_MESSAGE_BYTES): pass large data by reference",
+                retryable=False)
         detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         return self._failed(envelope, "UpstreamFetchFailed",
                             f"could not read the upstream results of node {envelope.node_id!r}: {detail}")
 
-    def _failed(self, envelope: messages_pb2.TaskEnvelope, error_type: str, message: str) -> Execution:
+    def _failed(self, envelope: messages_pb2.TaskEnvelope, error_type: str, message: str, *,
+                retryable: bool = True) -> Execution:
         started = now_ms()
         outcome = messages_pb2.TaskOutcome(
             run_id=envelope.run_id, node_id=envelope.node_id, attempt=envelope.attempt,
             status=messages_pb2.TaskOutcome.STATUS_FAILED, worker_id=self.worker_id,
             started_at_ms=started, finished_at_ms=started, trace_context=envelope.trace_context,
-            error=failure(error_type, message, retryable=True),
+            error=failure(error_type, message, retryable=retryable),
         )
         return Execution(outcome=outcome)
 
-    async def _fetch_upstream(self, deliveries: Iterable[Delivery]) -> dict[str, Any]:
-        """run id -> {node id: NodeResult} of the upstream nodes of ``deliveries``, or the error of
-        that run's GetResults (a business error; unavailability is retried until the worker stops)."""
-        wanted: dict[str, set[str]] = {}
+    async def _fetch_upstream(self, deliveries: Iterable[Delivery]) -> dict[int, Any]:
+        """id(delivery) -> {node id: NodeResult} of its upstream nodes, or the error of its GetResults
+        (a business error; unavailability is retried until the worker stops). One GetResults per
+        run; a run whose results together exceed the message limit (RESOURCE_EXHAUSTED) is fetched
+        again delivery by delivery, so that only a delivery whose own inputs are too large fails."""
+        by_run: dict[str, list[Delivery]] = {}
         for delivery in deliveries:
-            wanted.setdefault(delivery.envelope.run_id, set()).update(delivery.envelope.input_node_ids)
-        runs = list(wanted)
+            by_run.setdefault(delivery.envelope.run_id, []).append(delivery)
+        groups = list(by_run.values())
+        fetched = await self._fetch_groups(groups)
+        split = [[d] for group, got in zip(groups, fetched, strict=True) if len(group) > 1 and _too_large(got)
+                 for d in group]
+        if split:
+            groups += split
+            fetched += await self._fetch_groups(split)
+        return {id(d): got for group, got in zip(groups, fetched, strict=True) for d in group}
+
+    async def _fetch_groups(self, groups: list[list[Delivery]]) -> list[Any]:
+        """One GetResults per group (deliveries of one run): its results by node id, or its error."""
         responses = await asyncio.gather(
-            *(self._get_results(run, sorted(wanted[run])) for run in runs), return_exceptions=True
+            *(self._get_results(group[0].envelope.run_id,
+                                sorted({n for d in group for n in d.envelope.input_node_ids}))
+              for group in groups),
+            return_exceptions=True,
         )
-        out: dict[str, Any] = {}
-        for run, response in zip(runs, responses, strict=True):
+        out: list[Any] = []
+        for group, response in zip(groups, responses, strict=True):
             if isinstance(response, _GaveUp) or (
                 isinstance(response, BaseException) and not isinstance(response, Exception)
             ):
                 raise response
             if isinstance(response, Exception):
-                log.error("fetching upstream results failed", run_id=run, error=repr(response))
-                out[run] = response
+                log.error("fetching upstream results failed", run_id=group[0].envelope.run_id,
+                          error=repr(response))
+                out.append(response)
             else:
-                out[run] = {result.node_id: result for result in response.results}
+                out.append({result.node_id: result for result in response.results})
         return out
 
     async def _get_results(self, run_id: str, node_ids: list[str]) -> rs_pb2.GetResultsResponse:
@@ -514,3 +537,8 @@ class Consumer:
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
+
+def _too_large(response: object) -> bool:
+    """A GetResults answered RESOURCE_EXHAUSTED: the results exceed the gRPC message limit."""
+    return (isinstance(response, grpc.aio.AioRpcError)
+            and response.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -43,6 +43,7 @@ from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
+from redis.exceptions import RedisError
 
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
 from graflow_runtime import keys
@@ -81,6 +82,8 @@ RUN_ENDED = "RunEnded"
 # A live run's node refused (STATUS_CANCELED) after this many lost attempts fails instead of being
 # redelivered again (the coordinator's default MAX_DELIVERIES for poison messages).
 MAX_REFUSALS = 5
+# Errors that fail a whole batch, which is kept and retried: Redis or a downstream, not an outcome.
+_BATCH_ERRORS = (DownstreamUnavailable, RedisError, *REDIS_UNAVAILABLE)
 _MISSING_ERROR = common_pb2.ErrorInfo(
     type="TaskFailed", message="the worker reported a failure without error details", retryable=True
 )
@@ -181,7 +184,12 @@ class OutcomeBatches:
         for entry_id, fields in entries:
             if entry_id in skip:
                 continue
-            result = decode_outcome(entry_id, fields)
+            try:
+                result = decode_outcome(entry_id, fields)
+            except _BATCH_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one outcome must not fail its batch
+                result = _unprocessable(entry_id, exc, fields.get(keys.OUTCOME_FIELD, b""))
             if isinstance(result, DeadOutcome):
                 log.error("outcome dead-lettered", entry_id=entry_id.decode(), reason=result.reason)
                 dead.append(result)
@@ -189,18 +197,37 @@ class OutcomeBatches:
                 decoded.append((entry_id, result))
         decoded = await self._count_run_ended(decoded)
         hashes = await self.graphs.hashes({o.run_id for _, o in decoded})
-        work: list[tuple[messages_pb2.TaskOutcome, Plan]] = []
+        work: list[tuple[bytes, messages_pb2.TaskOutcome, Plan]] = []
         for entry_id, outcome in decoded:
-            plan_or_dead = await self._plan_for(entry_id, outcome, hashes.get(outcome.run_id))
+            try:
+                plan_or_dead = await self._plan_for(entry_id, outcome, hashes.get(outcome.run_id))
+            except _BATCH_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one outcome must not fail its batch
+                plan_or_dead = _unprocessable(entry_id, exc, outcome.SerializeToString(), outcome)
             if isinstance(plan_or_dead, DeadOutcome):
                 dead.append(plan_or_dead)
             elif plan_or_dead is not None:
-                work.append((outcome, plan_or_dead))
-        deliveries = await self._apply(work)
+                work.append((entry_id, outcome, plan_or_dead))
+        deliveries = await self._apply(work, dead)
         if deliveries:
             await self._dispatch(deliveries)
         await self.stream.ack([entry_id for entry_id, _ in entries], dead)
         self.stats.dead_lettered += len(dead)
+
+    async def _prepare(
+        self, entry_id: bytes, outcome: messages_pb2.TaskOutcome, plan: Plan, lost_attempts: int
+    ) -> tuple[OutcomeToApply, PreparedFlow] | DeadOutcome:
+        """What the script needs to apply one outcome, or the outcome as a dead letter when
+        something in it breaks the preparation (a bug it found, never a reason to fail the batch)."""
+        try:
+            flow = prepare(outcome, plan, self.dynamic.cached(outcome.run_id, outcome.node_id), self.limits)
+            wait = await self._wait_of(outcome) if outcome.status == _WAITING else None
+            return self._to_apply(outcome, plan, lost_attempts, flow, wait), flow
+        except _BATCH_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one outcome must not fail its batch
+            return _unprocessable(entry_id, exc, outcome.SerializeToString(), outcome)
 
     async def _count_run_ended(
         self, decoded: list[tuple[bytes, messages_pb2.TaskOutcome]]
@@ -330,21 +357,25 @@ class OutcomeBatches:
         )
 
     async def _apply(
-        self, work: Sequence[tuple[messages_pb2.TaskOutcome, Plan]]
+        self, batch: Sequence[tuple[bytes, messages_pb2.TaskOutcome, Plan]], dead: list[DeadOutcome]
     ) -> list[coordinator_pb2.Delivery]:
+        """Apply the outcomes of ``batch``; those that cannot be prepared go to ``dead``."""
         failed = messages_pb2.TaskOutcome.STATUS_FAILED
         lost = await self.store.lost_attempts(
-            [(o.run_id, o.node_id) for o, _ in work if o.status == failed and not o.worker_lost]
+            [(o.run_id, o.node_id) for _, o, _ in batch if o.status == failed and not o.worker_lost]
         )
-        flows = [prepare(o, plan, self.dynamic.cached(o.run_id, o.node_id), self.limits) for o, plan in work]
-        waits = [await self._wait_of(o) if o.status == _WAITING else None for o, _ in work]
-        results = await self.store.apply_outcomes(
-            [
-                self._to_apply(o, plan, lost.get((o.run_id, o.node_id), 0), flow, wait)
-                for (o, plan), flow, wait in zip(work, flows, waits, strict=True)
-            ],
-            now_ms=int(time.time() * 1000),
-        )
+        work: list[tuple[messages_pb2.TaskOutcome, Plan]] = []
+        flows: list[PreparedFlow] = []
+        to_apply: list[OutcomeToApply] = []
+        for entry_id, o, plan in batch:
+            prepared = await self._prepare(entry_id, o, plan, lost.get((o.run_id, o.node_id), 0))
+            if isinstance(prepared, DeadOutcome):
+                dead.append(prepared)
+                continue
+            work.append((o, plan))
+            to_apply.append(prepared[0])
+            flows.append(prepared[1])
+        results = await self.store.apply_outcomes(to_apply, now_ms=int(time.time() * 1000))
         await self._find_dynamic(work, flows, results)
         deliveries: dict[tuple[str, str, int], coordinator_pb2.Delivery | None] = {}
         canceled: list[str] = []
@@ -462,6 +493,16 @@ class OutcomeBatches:
             return
         self.stats.dispatched += len(deliveries)
         self.stats.dispatch_duplicates += counts.duplicates
+
+
+def _unprocessable(
+    entry_id: bytes, exc: Exception, raw: bytes, outcome: messages_pb2.TaskOutcome | None = None
+) -> DeadOutcome:
+    """One outcome that broke its processing, as a dead letter naming the error (logged with its
+    traceback: it is a bug or an input no check refused yet)."""
+    log.exception("outcome could not be processed; it is dead-lettered alone", entry_id=entry_id.decode())
+    return DeadOutcome(entry_id, f"outcome could not be processed: {type(exc).__name__}: {str(exc)[:512]}",
+                       raw, outcome)
 
 
 def _skipped(outcome: messages_pb2.TaskOutcome) -> bool:
