@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from graflow import Client, workflow
+from graflow.cli.testing.capture import Captured
 from graflow.devstack import MODULES, PREFIXES, LocalStack, StackTls, child_pythonpath
 from graflow.errors import ServiceUnavailableError
 from graflow.operators import Operators
@@ -136,6 +137,52 @@ def test_the_sdk_reads_its_tls_files_from_the_environment(
         monkeypatch.setenv(name, value)
     with Client(timeout=30) as client:
         assert client.list_runs() is not None
+
+
+# ---- the CLI ----
+@pytest.fixture
+def no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("GRAFLOW_CLIENT_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_client_env")
+def test_the_cli_talks_mtls_with_its_tls_options_and_says_so_in_one_line_without_them(
+    mtls_stack: LocalStack, ca: CertificateAuthority
+) -> None:
+    client = ca.issue("cli")
+    addresses = ["--scheduler", mtls_stack.scheduler_address, "--coordinator", mtls_stack.coordinator_address]
+    tls = ["--tls-ca-file", str(ca.cert), "--tls-cert-file", str(client.cert), "--tls-key-file", str(client.key)]
+    cli = Captured()
+    assert cli(*addresses, *tls, "workers") == 0, cli.err
+    assert "dev-worker-0" in cli.out
+    without_certificate = Captured()
+    assert without_certificate(*addresses, "--tls-ca-file", str(ca.cert), "runs") == 2
+    assert mtls_stack.scheduler_address in without_certificate.err
+    missing = Captured()
+    assert missing(*addresses, "--tls-ca-file", "/nonexistent/ca.crt", "runs") == 2
+    assert missing.err.strip().splitlines() == [
+        "graflow: error: tls_ca_file=/nonexistent/ca.crt cannot be read: No such file or directory"
+    ]
+
+
+@pytest.mark.usefixtures("no_client_env")
+def test_graflow_dev_runs_its_example_over_mtls_on_the_certificates_of_a_directory(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    stack = ca.issue("graflow-dev")
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    for source_file, name in ((ca.cert, "ca.crt"), (stack.cert, "tls.crt"), (stack.key, "tls.key")):
+        (tls_dir / name).write_bytes(source_file.read_bytes())
+    cli = Captured()
+    assert cli("dev", "--workers", "1", "--any-ports", "--tls-dir", str(tls_dir), "--mtls") == 0, cli.err
+    assert "SUCCEEDED" in cli.out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused_dir = Captured()
+    assert refused_dir("dev", "--any-ports", "--tls-dir", str(empty)) == 2
+    assert f"TLS directory {empty} lacks {empty / 'ca.crt'}" in refused_dir.err
 
 
 # ---- refusing to expose an unprotected API server ----
