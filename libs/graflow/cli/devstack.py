@@ -56,6 +56,8 @@ PREFIXES = {
     "scheduler": "GRAFLOW_SCHEDULER_",
     "worker": "GRAFLOW_WORKER_",
 }
+# The SDK's and CLI's variables (graflow.Client, graflow.operators.Operators).
+CLIENT_PREFIX = "GRAFLOW_CLIENT_"
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,6 @@ class StackTls:
             "tls_cert_file": str(self.cert_file),
             "tls_key_file": str(self.key_file),
         }
-
-
-CLIENT_PREFIX = "GRAFLOW_CLIENT_"
 
 
 def child_pythonpath() -> str:
