@@ -41,6 +41,16 @@ _SERVICES: dict[str, tuple[str, Callable[[grpc.Channel], Any]]] = {
 ErrorMap = Mapping[grpc.StatusCode, Callable[[str], Exception]]
 
 
+def _file(value: str | None, parameter: str, variable: str) -> tuple[str, str]:
+    """A TLS file and how to name it in an error: the parameter, else the variable that gave it,
+    else both (it is unset: either sets it)."""
+    if value is not None:
+        return value, parameter
+    if os.environ.get(variable):
+        return os.environ[variable], variable
+    return "", f"{parameter} (or {variable})"
+
+
 def client_credentials(
     ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> grpc.ChannelCredentials | None:
@@ -49,11 +59,11 @@ def client_credentials(
     signed; a certificate and key, when given, are the client certificate (mTLS). Bad files raise
     :class:`graflow_runtime.tls.TlsFileError` naming the parameter or variable."""
     chosen = [
-        (value, parameter) if value is not None else (os.environ.get(variable, ""), variable)
-        for value, parameter, variable in (
-            (ca_file, "tls_ca_file", "GRAFLOW_CLIENT_TLS_CA_FILE"),
-            (cert_file, "tls_cert_file", "GRAFLOW_CLIENT_TLS_CERT_FILE"),
-            (key_file, "tls_key_file", "GRAFLOW_CLIENT_TLS_KEY_FILE"),
+        _file(value, parameter, f"GRAFLOW_CLIENT_TLS_{kind}_FILE")
+        for value, parameter, kind in (
+            (ca_file, "tls_ca_file", "CA"),
+            (cert_file, "tls_cert_file", "CERT"),
+            (key_file, "tls_key_file", "KEY"),
         )
     ]
     (ca, ca_name), (cert, cert_name), (key, key_name) = chosen
