@@ -119,6 +119,8 @@ def _read(path: str, name: str, kind: str) -> bytes:
     except OSError as exc:
         raise TlsFileError(f"{name}={path} cannot be read: {exc.strerror or exc}") from None
     marks = (_CERTIFICATE_MARK,) if kind == "certificate" else _KEY_MARKS
+    if kind == "private key" and b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data:
+        raise TlsFileError(f"{name}={path} is encrypted: gRPC takes no passphrase, give the key unencrypted")
     if not any(mark in data for mark in marks):
         raise TlsFileError(f"{name}={path} holds no PEM {kind} (expected a '{marks[0].decode()}' block)")
     return data

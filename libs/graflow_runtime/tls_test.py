@@ -72,6 +72,15 @@ def test_a_file_without_pem_content_says_what_it_should_hold(tmp_path: Path, ser
         files_of(s).server_credentials()
 
 
+def test_an_encrypted_key_is_refused_saying_why(tmp_path: Path, server_cert: CertFiles) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIH\n")
+    s = settings(tls_cert_file=str(server_cert.cert), tls_key_file=str(encrypted))
+    reason = "GRAFLOW_EXAMPLE_TLS_KEY_FILE=.* is encrypted: gRPC takes no passphrase"
+    with pytest.raises(TlsFileError, match=reason):
+        files_of(s).server_credentials()
+
+
 @pytest.mark.parametrize("given", ["cert", "key"])
 def test_a_certificate_without_its_key_or_the_reverse_is_refused(
     given: str, server_cert: CertFiles, ca: CertificateAuthority
