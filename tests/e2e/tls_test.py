@@ -152,7 +152,8 @@ def test_the_cli_talks_mtls_with_its_tls_options_and_says_so_in_one_line_without
 ) -> None:
     client = ca.issue("cli")
     addresses = ["--scheduler", mtls_stack.scheduler_address, "--coordinator", mtls_stack.coordinator_address]
-    tls = ["--tls-ca-file", str(ca.cert), "--tls-cert-file", str(client.cert), "--tls-key-file", str(client.key)]
+    tls = ["--tls-ca-file", str(ca.cert), "--tls-cert-file", str(client.cert),
+           "--tls-key-file", str(client.key)]
     cli = Captured()
     assert cli(*addresses, *tls, "workers") == 0, cli.err
     assert "dev-worker-0" in cli.out
