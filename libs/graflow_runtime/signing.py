@@ -98,7 +98,9 @@ class BusKeys:
             key_id, sep, text = entry.partition(":")
             where = f"SIGNING_KEYS[{index}]"
             if not sep or not _KEY_ID.fullmatch(key_id):
-                raise SigningKeysError(f"{where}: expected '<key id>:<secret>' with a key id of {KEY_ID_RULE}")
+                raise SigningKeysError(
+                    f"{where}: expected '<key id>:<secret>' with a key id of {KEY_ID_RULE}"
+                )
             if key_id in keys:
                 raise SigningKeysError(f"{where}: key id {key_id!r} is listed twice")
             secret = _secret(text.strip())
@@ -113,7 +115,9 @@ class BusKeys:
         if not signing_key_id and len(keys) == 1:
             signing_key_id = next(iter(keys))
         if keys and not signing_key_id:
-            raise SigningKeysError("SIGNING_KEY_ID is empty: with several SIGNING_KEYS, name the one that signs")
+            raise SigningKeysError(
+                "SIGNING_KEY_ID is empty: with several SIGNING_KEYS, name the one that signs"
+            )
         if signing_key_id and not keys:
             raise SigningKeysError("SIGNING_KEY_ID is set but SIGNING_KEYS is empty")
         return cls(keys, signing_key_id)

@@ -44,7 +44,8 @@ def test_one_kinds_signature_does_not_pass_for_another_kind():
 def test_the_key_id_is_part_of_the_mac():
     bus = keys(("a", OLD), ("b", OLD), signing="a")
     fields = bus.sign_fields(Kind.OUTCOME, b"data")
-    assert bus.fields_problem(Kind.OUTCOME, b"data", {**fields, KEY_ID_FIELD: b"b"}).startswith("BadSignature")
+    relabeled = {**fields, KEY_ID_FIELD: b"b"}
+    assert bus.fields_problem(Kind.OUTCOME, b"data", relabeled).startswith("BadSignature")
 
 
 def test_rotation_old_key_messages_verify_while_both_keys_are_listed():
@@ -98,7 +99,9 @@ def test_settings_take_hex_and_base64_secrets_and_default_to_the_only_key():
         ([], "a", "SIGNING_KEY_ID is set but SIGNING_KEYS is empty"),
     ],
 )
-def test_unusable_signing_settings_are_refused_naming_the_setting_and_never_the_secret(entries, key_id, message):
+def test_unusable_signing_settings_are_refused_naming_the_setting_and_never_the_secret(
+    entries, key_id, message
+):
     with pytest.raises(SigningKeysError) as raised:
         BusKeys.from_settings(entries, key_id)
     assert message in str(raised.value)
