@@ -18,6 +18,8 @@ from graflow_runtime import keys
 from tests.e2e.conftest import log_records, module_stack, wait_for
 from tests.e2e.tasks import gated, source
 
+DEAD_LETTER_FIELD = b"d"
+
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
@@ -91,3 +93,23 @@ def test_a_forged_outcome_changes_nothing_in_its_run_and_is_dead_lettered(stack,
     fx.set(f"gate:{run.id}:g:1", 1)
     assert run.result(timeout=60) == 1  # the real outcome still applies
     assert effects(run.id) == {"g": 1}
+
+
+def test_a_replayed_dead_letter_keeps_its_valid_signature_and_runs(stack, client, fx, effects):
+    with workflow("replayed") as wf:
+        gated(task_id="g")  # keeps the run live
+        source(task_id="s")
+    run = client.submit(wf)
+    wait_for(lambda: effects(run.id).get("s") == 1, what="s to run")
+    signed = queue_entry_of(fx, run.id, "s")
+    # A dead letter of that delivery as a worker writes one: the message, its signature beside it.
+    letter = messages_pb2.DeadLetter(queue="default", original_id="1-0", reason="test", raw=signed[b"e"])
+    letter_id = fx.xadd(keys.DEAD_LETTERS_STREAM, {
+        DEAD_LETTER_FIELD: letter.SerializeToString(), b"k": signed[b"k"], b"s": signed[b"s"]}).decode()
+
+    with Operators(stack.coordinator_address) as ops:
+        assert ops.replay_dead_letters([letter_id]) == 1
+
+    wait_for(lambda: effects(run.id).get("s") == 2, what="the replayed delivery to run")
+    fx.set(f"gate:{run.id}:g:1", 1)
+    assert run.result(timeout=60) == {"g": 1, "s": 1}
