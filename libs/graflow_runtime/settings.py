@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.signing import BusKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -63,6 +64,13 @@ class BusSettings(ServiceSettings):
     @classmethod
     def _parse_signing_keys(cls, value: Any) -> Any:
         return split_list(value)
+
+    def bus_keys(self) -> BusKeys:
+        """The keys these settings name; raises :class:`SigningKeysError` (a ConfigurationError:
+        exit 2) naming the variable."""
+        return BusKeys.from_settings(
+            self.signing_keys, self.signing_key_id, prefix=self.model_config.get("env_prefix", "")
+        )
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -79,24 +79,28 @@ class BusKeys:
     """The HMAC keys of one process: ``keys`` (key id -> secret) all verify, ``signing_key_id``
     signs. Without keys it is disabled: it signs nothing and :meth:`problem` accepts anything."""
 
-    def __init__(self, keys: Mapping[str, bytes] | None = None, signing_key_id: str = "") -> None:
+    def __init__(
+        self, keys: Mapping[str, bytes] | None = None, signing_key_id: str = "", *, prefix: str = ""
+    ) -> None:
         self._keys = {key_id.encode(): secret for key_id, secret in (keys or {}).items()}
         if self._keys and signing_key_id.encode() not in self._keys:
             raise SigningKeysError(
-                f"SIGNING_KEY_ID {signing_key_id!r} names none of the keys of SIGNING_KEYS "
+                f"{prefix}SIGNING_KEY_ID {signing_key_id!r} names none of the keys of {prefix}SIGNING_KEYS "
                 f"({', '.join(sorted(k.decode() for k in self._keys))})"
             )
         self._signing_id = signing_key_id.encode()
         self.refused = BadSignatureCounter()
 
     @classmethod
-    def from_settings(cls, entries: Sequence[str], signing_key_id: str) -> BusKeys:
+    def from_settings(cls, entries: Sequence[str], signing_key_id: str, *, prefix: str = "") -> BusKeys:
         """From ``SIGNING_KEYS`` items (``<key id>:<secret>``, the secret in hex or base64, at
-        least 32 bytes) and ``SIGNING_KEY_ID`` (may be empty when exactly one key is listed)."""
+        least 32 bytes) and ``SIGNING_KEY_ID`` (may be empty when exactly one key is listed).
+        Errors name the variables with ``prefix`` (``GRAFLOW_WORKER_``...), never a secret."""
+        keys_var, id_var = f"{prefix}SIGNING_KEYS", f"{prefix}SIGNING_KEY_ID"
         keys: dict[str, bytes] = {}
         for index, entry in enumerate(entries):
             key_id, sep, text = entry.partition(":")
-            where = f"SIGNING_KEYS[{index}]"
+            where = f"{keys_var}[{index}]"
             if not sep or not _KEY_ID.fullmatch(key_id):
                 raise SigningKeysError(
                     f"{where}: expected '<key id>:<secret>' with a key id of {KEY_ID_RULE}"
@@ -115,12 +119,10 @@ class BusKeys:
         if not signing_key_id and len(keys) == 1:
             signing_key_id = next(iter(keys))
         if keys and not signing_key_id:
-            raise SigningKeysError(
-                "SIGNING_KEY_ID is empty: with several SIGNING_KEYS, name the one that signs"
-            )
+            raise SigningKeysError(f"{id_var} is empty: with several {keys_var}, name the one that signs")
         if signing_key_id and not keys:
-            raise SigningKeysError("SIGNING_KEY_ID is set but SIGNING_KEYS is empty")
-        return cls(keys, signing_key_id)
+            raise SigningKeysError(f"{id_var} is set but {keys_var} is empty")
+        return cls(keys, signing_key_id, prefix=prefix)
 
     @property
     def enabled(self) -> bool:

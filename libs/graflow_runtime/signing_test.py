@@ -77,6 +77,12 @@ def test_a_refusal_is_logged_at_warning_with_the_count():
     assert [e["refused_total"] for e in refused] == [1, 2]
 
 
+def test_settings_errors_name_the_variables_of_the_process():
+    with pytest.raises(SigningKeysError, match=r"^GRAFLOW_WORKER_SIGNING_KEY_ID 'x' names none of the keys "
+                                               r"of GRAFLOW_WORKER_SIGNING_KEYS \(a\)$"):
+        BusKeys.from_settings([f"a:{OLD.hex()}"], "x", prefix="GRAFLOW_WORKER_")
+
+
 def test_settings_take_hex_and_base64_secrets_and_default_to_the_only_key():
     from_hex = BusKeys.from_settings([f"k1:{OLD.hex()}"], "")
     from_b64 = BusKeys.from_settings([f"k1:{base64.b64encode(OLD).decode()}"], "k1")
@@ -106,3 +112,15 @@ def test_unusable_signing_settings_are_refused_naming_the_setting_and_never_the_
         BusKeys.from_settings(entries, key_id)
     assert message in str(raised.value)
     assert OLD.hex() not in str(raised.value) and NEW.hex() not in str(raised.value)
+
+
+def test_the_start_up_line_says_whether_the_bus_is_signed():
+    with capture_logs() as logs:
+        UNSIGNED.log_mode("worker")
+        keys(("k1", OLD), ("k2", NEW), signing="k2").log_mode("scheduler")
+    unsigned, signed = logs
+    assert (unsigned["log_level"], unsigned["service"]) == ("warning", "worker")
+    assert unsigned["event"].startswith("bus messages are NOT signed")
+    assert (signed["log_level"], signed["event"]) == ("info", "bus messages are signed and verified")
+    assert (signed["signing_key_id"], signed["key_ids"]) == ("k2", ["k1", "k2"])
+    assert OLD.hex() not in str(signed) and NEW.hex() not in str(signed)

@@ -18,7 +18,6 @@ from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
-from graflow_runtime.signing import BusKeys
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
@@ -45,7 +44,7 @@ class CoordinatorApp:
         s = self.settings = settings
         # Signs envelopes (Dispatch) and lost attempts' outcomes, verifies envelopes it reclaims and
         # dead letters it replays (docs/security.md, "Integrity on the bus").
-        bus_keys = BusKeys.from_settings(s.signing_keys, s.signing_key_id)
+        bus_keys = s.bus_keys()
         bus_keys.log_mode("coordinator")
         self.redis = redis
         self.groups = QueueGroups(redis)

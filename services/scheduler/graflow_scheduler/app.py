@@ -21,7 +21,6 @@ from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
-from graflow_runtime.signing import BusKeys
 from graflow_runtime.version import __version__
 
 from graflow_scheduler.api.ends import RunEnds
@@ -69,7 +68,7 @@ class SchedulerApp:
     def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis) -> None:
         s = self.settings = settings
         # Signs envelopes (and a wait's timeout outcome), verifies outcomes (docs/security.md).
-        bus_keys = BusKeys.from_settings(s.signing_keys, s.signing_key_id)
+        bus_keys = s.bus_keys()
         bus_keys.log_mode("scheduler")
         self.redis = redis
         self.watch_redis = connect(s.redis_url, max_connections=s.watch_max_connections)

@@ -31,7 +31,6 @@ from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import create_server
 from graflow_runtime.redis_client import connect
-from graflow_runtime.signing import BusKeys
 from graflow_runtime.version import __version__
 
 from graflow_worker.channel import ResultStoreChannel
@@ -64,7 +63,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, registry: Registry, redis: aioredis.Redis) -> None:
         s = self.settings = settings
         # Verifies envelopes, signs outcomes (docs/security.md, "Integrity on the bus").
-        self.bus_keys = BusKeys.from_settings(s.signing_keys, s.signing_key_id)
+        self.bus_keys = s.bus_keys()
         self.bus_keys.log_mode("worker")
         self.registry = registry
         self.worker_id = settings.worker_id
