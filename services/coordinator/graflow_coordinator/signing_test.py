@@ -65,6 +65,20 @@ async def test_dispatch_and_the_retry_timer_append_signed_envelopes(
     assert nodes == ["now", "later"]
 
 
+async def test_a_delayed_high_lane_delivery_keeps_its_lane_and_its_signature(
+    signing_stub, redis: aioredis.Redis
+) -> None:
+    await signing_stub.Dispatch(coordinator_pb2.DispatchRequest(
+        deliveries=[delivery("lost", delay_ms=50, replaces_lost_attempt=True)]))
+    [(member, _)] = await redis.zrange(keys.RETRY_TIMER, 0, -1, withscores=True)
+    assert member.split(b"\n", 1)[0].split()[:2] == [b"default", b"high"]
+
+    high = keys.queue_high_stream("default")
+    [(_, fields)] = await eventually(lambda: redis.xrange(high), what="the delayed delivery in the high lane")
+    assert BOTH_KEYS.fields_problem(Kind.ENVELOPE, fields[keys.ENVELOPE_FIELD], fields) is None
+    assert await redis.xlen(STREAM) == 0
+
+
 async def _two(entries):  # eventually() wants an awaitable that is truthy when done
     found = await entries
     return found if len(found) == 2 else None
