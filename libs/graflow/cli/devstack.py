@@ -15,6 +15,10 @@ With ``tls=StackTls(...)`` (certificates given, none made here) every server ser
 ``client_auth``), every process and the stack's clients verify the servers against the CA and
 present the same certificate as client certificate; the settings reach each process by
 environment (``GRAFLOW_<SVC>_TLS_*``), and :meth:`LocalStack.client_env` carries the client's.
+
+``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
+``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
+(docs/security.md, "Integrity on the bus").
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +55,8 @@ MODULES = {
     "scheduler": "graflow_scheduler",
     "worker": "graflow_worker",
 }
+# The processes that sign and verify bus messages (graflow_runtime.settings.BusSettings).
+SIGNING_SERVICES = ("coordinator", "scheduler", "worker")
 PREFIXES = {
     "result-store": "GRAFLOW_RESULT_STORE_",
     "coordinator": "GRAFLOW_COORDINATOR_",
@@ -232,6 +239,7 @@ class LocalStack:
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
         tls: StackTls | None = None,
+        signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
     ) -> None:
@@ -241,6 +249,9 @@ class LocalStack:
         self.task_modules = list(task_modules)
         self.auth_token = auth_token
         self.tls = tls
+        # "<key id>:<hex secret>", generated per stack (never written anywhere but the children's
+        # environment); empty: the stack's bus is unsigned.
+        self.signing_key = f"stack-{secrets.token_hex(2)}:{secrets.token_hex(32)}" if signing else ""
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
@@ -308,10 +319,18 @@ class LocalStack:
             env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
         if self.tls:
             env.update(self.tls.env(PREFIXES["worker"]))
+        env.update(self._signing_env("worker"))
         return env
 
     def _client_tls(self) -> dict[str, str]:
         return self.tls.client_files() if self.tls else {}
+
+    def _signing_env(self, service: str) -> dict[str, str]:
+        if not self.signing_key or service not in SIGNING_SERVICES:
+            return {}
+        prefix = PREFIXES[service]
+        return {f"{prefix}SIGNING_KEYS": self.signing_key,
+                f"{prefix}SIGNING_KEY_ID": self.signing_key.partition(":")[0]}
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
@@ -349,6 +368,7 @@ class LocalStack:
             env[f"{prefix}AUTH_TOKEN"] = self.auth_token
         if self.tls:
             env.update(self.tls.env(prefix))
+        env.update(self._signing_env(service))
         return {**env, **self._extra_env}
 
     def _server(self, name: str) -> ServiceProcess:
