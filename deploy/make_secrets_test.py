@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow_runtime.grpc_client import open_channel
 from graflow_runtime.grpc_server import create_server
+from graflow_runtime.signing import BusKeys
 from graflow_runtime.tls import TlsFiles
 
 SCRIPT = Path(__file__).with_name("make-secrets.sh")
@@ -31,13 +32,22 @@ def test_env_files_hold_every_roles_hash_and_the_token_each_process_sends(tmp_pa
     tokens = {role: (tmp_path / "tokens" / role).read_text() for role in ROLES}
     assert len(set(tokens.values())) == len(ROLES) and all(len(t) == 64 for t in tokens.values())
     hashes = ",".join(f"{role}:{hashlib.sha256(tokens[role].encode()).hexdigest()}" for role in ROLES)
+    bus_key = (tmp_path / "bus.key").read_text()
+    key_id, _, secret = bus_key.partition(":")
+    assert key_id.startswith("bus-") and len(bytes.fromhex(secret)) == 32
+    assert BusKeys.from_settings([bus_key], "").enabled  # what the services accept
     for service, prefix in (("scheduler", "GRAFLOW_SCHEDULER_"), ("coordinator", "GRAFLOW_COORDINATOR_"),
                             ("result-store", "GRAFLOW_RESULT_STORE_")):
+        signing = {} if service == "result-store" else {f"{prefix}SIGNING_KEYS": bus_key}
         assert env_file(tmp_path / f"{service}.env") == {
             f"{prefix}AUTH_TOKENS": hashes,
             f"{prefix}AUTH_TOKEN": tokens["service"],
+            **signing,
         }
-    assert env_file(tmp_path / "worker.env") == {"GRAFLOW_WORKER_AUTH_TOKEN": tokens["worker"]}
+    assert env_file(tmp_path / "worker.env") == {
+        "GRAFLOW_WORKER_AUTH_TOKEN": tokens["worker"],
+        "GRAFLOW_WORKER_SIGNING_KEYS": bus_key,
+    }
     assert env_file(tmp_path / "client.env") == {"GRAFLOW_CLIENT_AUTH_TOKEN": tokens["admin"]}
 
 
