@@ -40,6 +40,17 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str = "127.0.0.1:4317"
     # Shared bearer token. When set, servers reject calls without it and clients send it.
     auth_token: str = ""
+    # Transport security (graflow_runtime.tls): PEM files read at start-up. A server with a certificate
+    # and key serves TLS; channels to other services use TLS when a CA is set, verify the server
+    # against it and send the certificate and key as client certificate when set.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    # mTLS: the API server accepts only clients whose certificate the CA signed.
+    tls_client_auth: bool = False
+    # Lets an API server listen on a non-loopback address with neither TLS nor credentials (a
+    # warning is logged at every start); without it such a start is refused (exit code 2).
+    insecure: bool = False
     # Seconds a service waits for in-flight work on SIGTERM before it stops anyway.
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     # Deadline of every call to another service, in seconds.

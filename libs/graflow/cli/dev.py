@@ -1,17 +1,21 @@
 """Running Graflow on this machine:
 
     graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
+                [--tls-dir DIR [--mtls]]
     graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
                    [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
 
 ``dev`` starts a private redis-server and the four services (:class:`~graflow.cli.devstack.LocalStack`),
 runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks`` loads your modules
-in its workers too, on the default queue.
+in its workers too, on the default queue. ``--tls-dir`` runs the whole stack with TLS on the
+certificates in DIR (``ca.crt``, ``tls.crt``, ``tls.key``; made by you, none is generated), ``--mtls``
+with client certificates required.
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
 flags, else from the environment, and the current directory first on ``PYTHONPATH`` so that
-``-A mytasks`` finds ``mytasks.py`` here.
+``-A mytasks`` finds ``mytasks.py`` here. The global ``--token`` and ``--tls-*-file`` options become
+the worker's token and TLS files.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from graflow.cli.base import OK, RUN_FAILED, App, pass_app
-from graflow.cli.devstack import LocalStack, child_pythonpath
+from graflow.cli.devstack import LocalStack, StackTls, child_pythonpath
 from graflow.cli.output import Output
 from graflow.cli.runs import follow
 from graflow.cli.workflows import load_workflow, require_modules
@@ -55,6 +60,9 @@ WORKER_FLAGS = {
     "result_store": "GRAFLOW_WORKER_RESULT_STORE_ADDRESS",
     "worker_id": "GRAFLOW_WORKER_WORKER_ID",
     "token": "GRAFLOW_WORKER_AUTH_TOKEN",
+    "tls_ca_file": "GRAFLOW_WORKER_TLS_CA_FILE",
+    "tls_cert_file": "GRAFLOW_WORKER_TLS_CERT_FILE",
+    "tls_key_file": "GRAFLOW_WORKER_TLS_KEY_FILE",
 }
 
 
@@ -80,19 +88,38 @@ WORKER_FLAGS = {
     help="run your module's tasks in the stack's workers instead of the examples (repeatable; queue "
     "'default'); runs no example and keeps the stack up until Ctrl-C",
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="run the stack with TLS on DIR/ca.crt, DIR/tls.crt and DIR/tls.key (valid for 127.0.0.1)",
+)
+@click.option("--mtls", is_flag=True, help="with --tls-dir: the servers require client certificates")
 @pass_app
-def dev(app: App, workers: int, keep: bool, any_ports: bool, example: str, tasks: tuple[str, ...]) -> int:
+def dev(
+    app: App,
+    workers: int,
+    keep: bool,
+    any_ports: bool,
+    example: str,
+    tasks: tuple[str, ...],
+    tls_dir: Path | None,
+    mtls: bool,
+) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
     With ``--tasks``, the workers run your modules' tasks (and not the examples', whose names could
     clash with yours) and the stack stays up for your workflows until Ctrl-C."""
     out = app.out
     require_modules(tasks, "--tasks")
+    if mtls and tls_dir is None:
+        raise UsageError("--mtls needs --tls-dir DIR (the CA and the certificate of the stack)")
+    tls = StackTls.from_dir(tls_dir, client_auth=mtls) if tls_dir else None
     out.line(f"starting redis, result-store, coordinator, scheduler and {workers} worker(s)...")
     stack = LocalStack(
         workers=workers,
         task_modules=list(tasks) or TASK_MODULES,
         ports={} if any_ports else _default_ports_if_free(),
+        tls=tls,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
@@ -200,6 +227,7 @@ def worker(app: App, app_modules: tuple[str, ...], **flags: Any) -> NoReturn:
         "coordinator": app.coordinator,
         "result_store": app.result_store,
         "token": app.token,
+        **app.tls,
         **{name: value for name, value in flags.items() if value is not None},
         "app": app_modules,
     }

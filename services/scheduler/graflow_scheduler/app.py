@@ -21,6 +21,7 @@ from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
+from graflow_runtime.tls import api_server_credentials, channel_credentials
 from graflow_runtime.version import __version__
 
 from graflow_scheduler.api.ends import RunEnds
@@ -72,7 +73,7 @@ class SchedulerApp:
         bus_keys.log_mode("scheduler")
         self.redis = redis
         self.watch_redis = connect(s.redis_url, max_connections=s.watch_max_connections)
-        self.result_store_channel = open_channel(s.result_store_address, s.auth_token)
+        self.result_store_channel = open_channel(s.result_store_address, s.auth_token, channel_credentials(s))
         # A run's dispatch record expires with its other keys, a retention period after the last
         # dispatch.
         dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s, bus_keys=bus_keys)
@@ -139,7 +140,13 @@ class SchedulerApp:
         binding = ServicerBinding(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server, self.servicer, SERVICE_NAME
         )
-        self.server = create_server(s.listen_address, [binding], name="scheduler", auth_token=s.auth_token)
+        self.server = create_server(
+            s.listen_address,
+            [binding],
+            name="scheduler",
+            auth_token=s.auth_token,
+            server_credentials=api_server_credentials(s, s.listen_address),
+        )
 
     @property
     def port(self) -> int:

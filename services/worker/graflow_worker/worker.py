@@ -31,6 +31,7 @@ from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import create_server
 from graflow_runtime.redis_client import connect
+from graflow_runtime.tls import channel_credentials
 from graflow_runtime.version import __version__
 
 from graflow_worker.channel import ResultStoreChannel
@@ -83,9 +84,10 @@ class Worker:
                                  fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
         scheduler = Downstream("scheduler", timeout_s=s.rpc_timeout_s,
                                fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
-        rs_channel = open_channel(s.result_store_address, s.auth_token)
-        co_channel = open_channel(s.coordinator_address, s.auth_token)
-        sc_channel = open_channel(s.scheduler_address, s.auth_token)
+        credentials = channel_credentials(s)  # TLS when a CA is set; the health server stays plaintext
+        rs_channel = open_channel(s.result_store_address, s.auth_token, credentials)
+        co_channel = open_channel(s.coordinator_address, s.auth_token, credentials)
+        sc_channel = open_channel(s.scheduler_address, s.auth_token, credentials)
         self._channels = [rs_channel, co_channel, sc_channel]
         rs_stub = rs_grpc.ResultStoreStub(rs_channel)
         co_stub = co_grpc.CoordinatorStub(co_channel)
