@@ -21,6 +21,7 @@ from graflow_runtime.dispatch import Dispatcher, InvalidDelivery, QueueStreamsVa
 from graflow_runtime.errors import InvalidRequest, ServiceError, Unavailable
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.names import NODE_ID_RULE, is_node_id
 from graflow_runtime.runids import new_run_id, run_id_problem
 from graflow_runtime.telemetry import ensure_trace
 
@@ -91,8 +92,8 @@ def _parent(request: scheduler_pb2.SubmitRunRequest) -> ParentLink | None:
         return None
     parent = request.parent
     _check_run_id(parent.run_id)
-    if not parent.node_id:
-        raise InvalidRequest("parent.node_id is empty")
+    if not is_node_id(parent.node_id):
+        raise InvalidRequest(f"parent.node_id {parent.node_id[:64]!r} is invalid: {NODE_ID_RULE}")
     return ParentLink(parent.run_id, parent.node_id)
 
 
