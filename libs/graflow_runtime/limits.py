@@ -50,3 +50,6 @@ MAX_CYCLES = 100_000
 MAX_STEPS = 10_000_000
 # ``NodeSpec.priority``: only its sign matters (above 0: the high lane); kept within +-1000.
 MAX_PRIORITY = 1000
+# How long one WaitRun (or SubmitRun with wait_ms) may wait for a run's end: 10 minutes (the SDK
+# waits 60 s per call). Longer is INVALID_ARGUMENT; each waiting call holds a slot of the server.
+MAX_WAIT_MS = 10 * 60 * 1000

@@ -18,6 +18,7 @@ from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
+from graflow_runtime.server_limits import ServerLimits
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
@@ -79,7 +80,11 @@ class CoordinatorApp:
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
         )
         self.server = create_server(
-            s.listen_address, [binding], name="coordinator", auth_token=s.auth_token
+            s.listen_address,
+            [binding],
+            name="coordinator",
+            auth_token=s.auth_token,
+            limits=ServerLimits.from_settings(s),
         )
 
     @property

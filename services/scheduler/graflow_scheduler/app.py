@@ -21,6 +21,7 @@ from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
+from graflow_runtime.server_limits import ServerLimits
 from graflow_runtime.version import __version__
 
 from graflow_scheduler.api.ends import RunEnds
@@ -135,7 +136,13 @@ class SchedulerApp:
         binding = ServicerBinding(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server, self.servicer, SERVICE_NAME
         )
-        self.server = create_server(s.listen_address, [binding], name="scheduler", auth_token=s.auth_token)
+        self.server = create_server(
+            s.listen_address,
+            [binding],
+            name="scheduler",
+            auth_token=s.auth_token,
+            limits=ServerLimits.from_settings(s),
+        )
 
     @property
     def port(self) -> int:

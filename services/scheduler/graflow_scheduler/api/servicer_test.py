@@ -13,7 +13,7 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.app import RUN_ENDS_CLIENT
-from graflow_scheduler.testing.app import report
+from graflow_scheduler.testing.app import app_client, report
 from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.specs import group, node, outcome, spec
 
@@ -238,3 +238,30 @@ async def test_calls_while_redis_is_down_fail_with_unavailable(make_app, local_r
             local_redis.start()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Redis" in info.value.details() and "retry" in info.value.details()
+
+
+async def test_the_watcher_over_max_streams_is_resource_exhausted_and_the_others_go_on(make_app, redis):
+    app = await make_app(max_streams=2)
+    async with app_client(app) as client:
+        run_id = (await submit(client, spec(["a", "b"], ["a>b"]))).run_id
+        watchers = [client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id)) for _ in range(2)]
+        for call in watchers:
+            assert (await call.read()).type == EVENT.TYPE_RUN_CREATED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await watch(client, run_id)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 streams" in refused.value.details() and "MAX_STREAMS" in refused.value.details()
+        # The open watchers see the run to its end; then their slots are free again.
+        await report(redis, outcome(run_id, "a"))
+        await report(redis, outcome(run_id, "b"))
+        for call in watchers:
+            rest = await asyncio.wait_for(_rest(call), 10)
+            assert rest[-1].type == EVENT.TYPE_RUN_SUCCEEDED
+        assert (await watch(client, run_id))[-1].type == EVENT.TYPE_RUN_SUCCEEDED
+
+
+async def _rest(call):
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
