@@ -53,3 +53,7 @@ MAX_PRIORITY = 1000
 # How long one WaitRun (or SubmitRun with wait_ms) may wait for a run's end: 10 minutes (the SDK
 # waits 60 s per call). Longer is INVALID_ARGUMENT; each waiting call holds a slot of the server.
 MAX_WAIT_MS = 10 * 60 * 1000
+# Dead letters kept (``gf:deadletters``, trimmed with ``XADD MAXLEN ~`` by every writer: the
+# coordinator, the scheduler and the workers, through ``graflow_runtime.streams.add_dead_letter``).
+# The coordinator's GRAFLOW_COORDINATOR_DEAD_LETTER_MAXLEN defaults to it.
+DEAD_LETTERS_MAXLEN = 100_000
