@@ -302,7 +302,8 @@ async def test_the_workers_dead_letters_are_capped_like_the_coordinators(stack):
     await stack.redis.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"\xff\xfenot protobuf"})
     await enqueue(stack.redis, envelope("r1", "good", "add", args={"a": 1}))
     await wait_outcomes(stack.redis, 1)
-    newest = messages_pb2.DeadLetter.FromString((await stack.redis.xrevrange(keys.DEAD_LETTERS_STREAM, count=1))[0][1][b"d"])
-    assert newest.reason.startswith("undecodable envelope: ")
+    ((_, newest),) = await stack.redis.xrevrange(keys.DEAD_LETTERS_STREAM, count=1)
+    assert messages_pb2.DeadLetter.FromString(newest[b"d"]).reason.startswith("undecodable envelope: ")
     # Trimmed by whole stream nodes (MAXLEN ~): at most one node (100 entries) above the cap.
-    assert DEAD_LETTERS_MAXLEN <= await stack.redis.xlen(keys.DEAD_LETTERS_STREAM) <= DEAD_LETTERS_MAXLEN + 100
+    length = await stack.redis.xlen(keys.DEAD_LETTERS_STREAM)
+    assert DEAD_LETTERS_MAXLEN <= length <= DEAD_LETTERS_MAXLEN + 100
