@@ -11,7 +11,7 @@ import structlog
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
 from graflow_runtime import user_json
 from graflow_runtime.errors import InvalidRequest, NotFound
-from graflow_runtime.graphs import graph_hash
+from graflow_runtime.graphs import GRAPH_HASH_RULE, graph_hash, is_graph_hash
 from graflow_runtime.names import channel_key_problem
 from graflow_runtime.runids import run_id_problem
 
@@ -174,9 +174,18 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def KeepRunsAlive(self, request, context):  # noqa: N802
         if len(request.run_ids) > KEEP_ALIVE_MAX_RUNS:
             raise InvalidRequest(f"{len(request.run_ids)} run ids; at most {KEEP_ALIVE_MAX_RUNS} per call")
+        if len(request.graph_hashes) > KEEP_ALIVE_MAX_RUNS:
+            raise InvalidRequest(
+                f"graph_hashes: {len(request.graph_hashes)} hashes; at most {KEEP_ALIVE_MAX_RUNS} per call"
+            )
         for index, run_id in enumerate(request.run_ids):
             _require_run_id(run_id, f"run_ids[{index}]")
-        await self._store.keep_alive(list(request.run_ids))
+        for index, digest in enumerate(request.graph_hashes):
+            if not is_graph_hash(digest):
+                raise InvalidRequest(
+                    f"graph_hashes[{index}] {digest[:80]!r} is invalid: use {GRAPH_HASH_RULE}"
+                )
+        await self._store.keep_alive(list(request.run_ids), list(request.graph_hashes))
         return result_store_pb2.KeepRunsAliveResponse()
 
     async def GetCheckpoint(self, request, context):  # noqa: N802

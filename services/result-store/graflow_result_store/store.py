@@ -80,9 +80,17 @@ class ResultStore:
 
     # ---- graphs ----
     async def put_graph(self, graph_hash: str, spec_bytes: bytes) -> bool:
-        """Store a graph under its hash unless present. Graphs are shared by every run with the same
-        structure, so they do not expire with a run."""
-        return bool(await self._redis.set(keys.graph(graph_hash), spec_bytes, nx=True))
+        """Store a graph under its hash unless present; either way it expires a retention period
+        from now. Graphs are shared by every run with the same structure: each PutGraph (a new
+        run's) and each keep-alive of a live run restarts the period, so a graph outlives its
+        last run by about the retention, like that run's results (without an expiry, one graph
+        per workflow shape ever submitted stayed for ever)."""
+        key = keys.graph(graph_hash)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, spec_bytes, nx=True, ex=self._retention_s)
+            pipe.expire(key, self._retention_s)
+            created, _ = await pipe.execute()
+        return bool(created)
 
     async def get_graph(self, graph_hash: str) -> bytes | None:
         return await self._redis.get(keys.graph(graph_hash))
@@ -143,10 +151,13 @@ class ResultStore:
         return await self._redis.hget(keys.checkpoints(run_id), node_id)
 
     # ---- retention ----
-    async def keep_alive(self, run_ids: Sequence[str]) -> None:
-        """Every key of ``run_ids`` expires a retention period from now (absent keys stay absent)."""
+    async def keep_alive(self, run_ids: Sequence[str], graph_hashes: Sequence[str] = ()) -> None:
+        """Every key of ``run_ids`` and the graphs of ``graph_hashes`` expire a retention period
+        from now (absent keys stay absent)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 for key in run_keys(run_id):
                     pipe.expire(key, self._retention_s)
+            for digest in graph_hashes:
+                pipe.expire(keys.graph(digest), self._retention_s)
             await pipe.execute()

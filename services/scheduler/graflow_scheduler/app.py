@@ -76,7 +76,9 @@ class SchedulerApp:
         dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s)
         result_store_stub = result_store_pb2_grpc.ResultStoreStub(self.result_store_channel)
         result_store = _downstream("result-store", s)  # one breaker for every call to it
-        plans = PlanCache(result_store_stub, result_store, capacity=s.plan_cache_size)
+        plans = PlanCache(
+            result_store_stub, result_store, capacity=s.plan_cache_size, refresh_s=s.results_keepalive_s
+        )
         self.store = RunStore(redis, retention_s=s.retention_s)
         reader = RunReader(redis)
         graphs = RunGraphs(reader)

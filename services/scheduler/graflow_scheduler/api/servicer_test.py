@@ -60,6 +60,18 @@ async def test_submitting_the_same_graph_again_stores_it_once(client, downstream
     assert downstreams.result_store.put_calls == 1
 
 
+async def test_the_same_graph_is_stored_again_once_its_last_store_is_a_keep_alive_old(make_app, downstreams):
+    # Stored graphs expire: a process holding the plan must still restart the stored copy's period.
+    app = await make_app(results_keepalive_s=0.2)
+    async with app_client(app) as client:
+        await submit(client)
+        await submit(client)
+        assert downstreams.result_store.put_calls == 1
+        await asyncio.sleep(0.3)
+        await submit(client)
+        assert downstreams.result_store.put_calls == 2
+
+
 async def test_invalid_spec_is_rejected_with_the_problem_and_nothing_is_stored(client, downstreams, redis):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await submit(client, spec(["a", "b"], ["a>b", "b>a"]))
