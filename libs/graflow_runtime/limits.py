@@ -57,3 +57,6 @@ MAX_WAIT_MS = 10 * 60 * 1000
 # coordinator, the scheduler and the workers, through ``graflow_runtime.streams.add_dead_letter``).
 # The coordinator's GRAFLOW_COORDINATOR_DEAD_LETTER_MAXLEN defaults to it.
 DEAD_LETTERS_MAXLEN = 100_000
+# Queue names in use (each one is two streams with a consumer group, which nothing deletes): a
+# queue beyond them is refused with RESOURCE_EXHAUSTED (the registry is the set ``gf:queues``).
+MAX_QUEUES = 1000

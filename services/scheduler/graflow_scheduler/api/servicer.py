@@ -178,6 +178,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except SpecError as exc:
             raise SpecError(f"invalid workflow: {exc}") from exc
         parent = _parent(request)
+        # Queues beyond MAX_QUEUES refuse the submit (RESOURCE_EXHAUSTED) before anything is stored.
+        try:
+            await self.dispatcher.ensure_queues(plan.queues)
+        except RedisError as exc:
+            log.warning("queues not made yet; the dispatch will try again", error=str(exc))
         digest = graph_hash(request.spec)
         try:
             await self.plans.store(digest, request.spec, plan)

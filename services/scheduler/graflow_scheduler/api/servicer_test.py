@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.limits import MAX_QUEUES
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.app import RUN_ENDS_CLIENT
@@ -277,3 +278,18 @@ async def _rest(call):
     while (event := await call.read()) is not grpc.aio.EOF:
         events.append(event)
     return events
+
+
+async def test_a_new_queue_beyond_max_queues_is_resource_exhausted_and_nothing_is_stored(client, redis):
+    # Every queue name ever used was a pair of streams for ever: their number is capped.
+    await submit(client, spec(["a"]))  # the default queue, registered
+    await redis.sadd(keys.QUEUES, *[f"q{i}" for i in range(MAX_QUEUES - 1)])
+    runs = await redis.zcard(keys.RUNS_INDEX)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await submit(client, spec([node("a", queue="one-too-many")]))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "'one-too-many'" in info.value.details() and f"MAX_QUEUES is {MAX_QUEUES:,}" in info.value.details()
+    assert await redis.zcard(keys.RUNS_INDEX) == runs
+    assert not await redis.exists(keys.queue_stream("one-too-many"))
+    # Queues already in use go on.
+    assert (await submit(client, spec([node("b", queue="q7")]))).created
