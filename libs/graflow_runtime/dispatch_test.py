@@ -122,7 +122,8 @@ async def test_queue_names_are_capped_and_a_refused_queue_holds_back_only_its_de
 ) -> None:
     dispatcher = Dispatcher(redis, QueueGroups(redis, max_queues=2), record_ttl_s=60)
     await dispatcher.dispatch([delivery("a"), delivery("b", queue="second")])
-    result = await dispatcher.dispatch([delivery("c"), delivery("d", queue="third"), delivery("e", queue="second")])
+    batch = [delivery("c"), delivery("d", queue="third"), delivery("e", queue="second")]
+    result = await dispatcher.dispatch(batch)
     assert result.accepted == 2
     assert await queued(redis) == [("a", 1), ("c", 1)]
     assert await queued(redis, "second") == [("b", 1), ("e", 1)]

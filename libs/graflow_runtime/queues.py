@@ -66,7 +66,8 @@ class QueueGroups:
         new = [queue for queue in dict.fromkeys(queues) if queue not in self._ready]
         if not new:
             return
-        refused = [_text(q) for q in await _REGISTER.run(self._redis, [keys.QUEUES], [self._max_queues, *new])]
+        replies = await _REGISTER.run(self._redis, [keys.QUEUES], [self._max_queues, *new])
+        refused = [_text(queue) for queue in replies]
         for queue in new:
             if queue not in refused:
                 await self._create(queue)

@@ -288,7 +288,8 @@ async def test_a_new_queue_beyond_max_queues_is_resource_exhausted_and_nothing_i
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await submit(client, spec([node("a", queue="one-too-many")]))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "'one-too-many'" in info.value.details() and f"MAX_QUEUES is {MAX_QUEUES:,}" in info.value.details()
+    details = info.value.details()
+    assert "'one-too-many'" in details and f"MAX_QUEUES is {MAX_QUEUES:,}" in details
     assert await redis.zcard(keys.RUNS_INDEX) == runs
     assert not await redis.exists(keys.queue_stream("one-too-many"))
     # Queues already in use go on.
