@@ -1,8 +1,9 @@
 -- KEYS: channel hash, expiry hash. ARGV: key, operation (1 append, 2 prepend, 3 add), JSON text of
--- the value, ttl ms (0 = keep the key's expiry), retention s.
--- Returns {0, new Payload bytes} or {code, ''}: 1 = the stored value is not a list, 2 = not a number.
+-- the value, ttl ms (0 = keep the key's expiry), retention s, largest value in bytes.
+-- Returns {0, new Payload bytes} or {code, ''}: 1 = the stored value is not a list, 2 = not a number,
+-- or {3, size}: the new value would be larger than the limit (nothing is changed).
 local key, op, value = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local ttl_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl_ms, retention, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local raw = redis.call('HGET', KEYS[1], key)
 local current = nil
 if raw and not expired(key) then
@@ -38,6 +39,7 @@ else
     end
   end
 end
+if #updated > max_bytes then return {3, tostring(#updated)} end
 local stored = payload_of(updated)
 redis.call('HSET', KEYS[1], key, stored)
 if ttl_ms > 0 then

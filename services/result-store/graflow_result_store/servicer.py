@@ -155,7 +155,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             raise InvalidRequest(f"ADD takes a JSON number, got {request.value.data[:64]!r}")
         text = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         stored = await self._store.channel_update(
-            request.run_id, request.key, operation, text, request.ttl_ms
+            request.run_id, request.key, operation, text, request.ttl_ms, max_bytes=self._max_value_bytes
         )
         response = result_store_pb2.ChannelUpdateResponse()
         if operation == _ADD:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2
 from graflow_runtime import keys
-from graflow_runtime.errors import FailedPrecondition
+from graflow_runtime.errors import FailedPrecondition, ResourceExhausted
 
 from graflow_result_store import scripts
 
@@ -40,6 +40,10 @@ def run_keys(run_id: str) -> list[str]:
 
 class UpdateRejected(FailedPrecondition):
     """The stored value does not fit the operation (not a list, not a number)."""
+
+
+class ValueTooLarge(ResourceExhausted):
+    """An update would make a channel value larger than the largest value the store takes."""
 
 
 class ResultStore:
@@ -126,13 +130,21 @@ class ResultStore:
         return sorted(key.decode() for key in reply)
 
     async def channel_update(self, run_id: str, key: str, operation: int, value_json: bytes,
-                             ttl_ms: int) -> bytes:
-        """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes."""
+                             ttl_ms: int, *, max_bytes: int) -> bytes:
+        """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes.
+        A list (or number) that would be longer than ``max_bytes`` raises :class:`ValueTooLarge`
+        and is left as it was: a list otherwise grew for ever (each append copies it whole)."""
         code, stored = await scripts.CHANNEL_UPDATE.run(
             self._redis,
             self._channel_keys_of(run_id),
-            [key, operation, value_json, ttl_ms, self._retention_s],
+            [key, operation, value_json, ttl_ms, self._retention_s, max_bytes],
         )
+        if int(code) == 3:
+            raise ValueTooLarge(
+                f"channel key {key!r}: the update would make its value {int(stored)} bytes, over the limit "
+                f"of {max_bytes} bytes (GRAFLOW_RESULT_STORE_MAX_VALUE_BYTES); nothing was changed: "
+                "start another key, or keep large data elsewhere"
+            )
         if int(code) == 1:
             raise UpdateRejected(f"channel key {key!r} does not hold a JSON list")
         if int(code) == 2:

@@ -157,3 +157,20 @@ async def test_update_with_json_nested_100_000_deep_is_invalid_and_stores_nothin
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "nested deeper than 64 levels" in info.value.details()
     assert await redis.keys("*") == []
+
+
+async def test_a_list_that_an_append_would_take_over_the_value_limit_is_refused_and_kept(stub):
+    # The stub's MAX_VALUE_BYTES is 1 KiB. Appends used to grow a list without a bound, each
+    # copying it whole.
+    item = "x" * 250
+    for _ in range(4):
+        await update(stub, "xs", APPEND, item)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await update(stub, "xs", APPEND, item)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "key 'xs'" in info.value.details() and "1024 bytes" in info.value.details()
+    assert "MAX_VALUE_BYTES" in info.value.details()
+    assert await get(stub, "xs") == [item] * 4
+    with pytest.raises(grpc.aio.AioRpcError):
+        await update(stub, "xs", PREPEND, item)
+    assert await get(stub, "xs") == [item] * 4
