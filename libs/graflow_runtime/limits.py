@@ -60,3 +60,6 @@ DEAD_LETTERS_MAXLEN = 100_000
 # Queue names in use (each one is two streams with a consumer group, which nothing deletes): a
 # queue beyond them is refused with RESOURCE_EXHAUSTED (the registry is the set ``gf:queues``).
 MAX_QUEUES = 1000
+# Channel keys of one run (the result-store refuses a new key beyond them with RESOURCE_EXHAUSTED),
+# and keys named by one ChannelGet, ChannelSet or ChannelDelete (more is INVALID_ARGUMENT).
+MAX_CHANNEL_KEYS = 10_000

@@ -12,6 +12,7 @@ from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, 
 from graflow_runtime import user_json
 from graflow_runtime.errors import InvalidRequest, NotFound
 from graflow_runtime.graphs import GRAPH_HASH_RULE, graph_hash, is_graph_hash
+from graflow_runtime.limits import MAX_CHANNEL_KEYS
 from graflow_runtime.names import channel_key_problem
 from graflow_runtime.runids import run_id_problem
 
@@ -26,6 +27,11 @@ _DISPOSITIONS = {
     Disposition.DUPLICATE: result_store_pb2.PutResultsResponse.DISPOSITION_DUPLICATE,
     Disposition.STALE: result_store_pb2.PutResultsResponse.DISPOSITION_STALE,
 }
+
+
+def _check_key_count(count: int, field: str) -> None:
+    if count > MAX_CHANNEL_KEYS:
+        raise InvalidRequest(f"{field}: {count:,} keys; the limit MAX_CHANNEL_KEYS is {MAX_CHANNEL_KEYS:,}")
 
 
 def _require_run_id(run_id: str, field: str = "run_id") -> None:
@@ -102,6 +108,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
 
     # ---- channels ----
     def _check_keys(self, keys: list[str]) -> None:
+        _check_key_count(len(keys), "keys")
         for index, key in enumerate(keys):
             _check_key(key, f"keys[{index}]")
 
@@ -120,6 +127,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def ChannelSet(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         entries: list[tuple[str, bytes]] = []
+        _check_key_count(len(request.entries), "entries")
         for index, entry in enumerate(request.entries):
             _check_key(entry.key, f"entries[{index}].key")
             self._check_size(f"entries[{index}] (key {entry.key!r}): value", len(entry.value.data))

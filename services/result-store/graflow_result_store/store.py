@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import result_store_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import FailedPrecondition, ResourceExhausted
+from graflow_runtime.limits import MAX_CHANNEL_KEYS
 
 from graflow_result_store import scripts
 
@@ -44,6 +45,16 @@ class UpdateRejected(FailedPrecondition):
 
 class ValueTooLarge(ResourceExhausted):
     """An update would make a channel value larger than the largest value the store takes."""
+
+
+class TooManyChannelKeys(ResourceExhausted):
+    """A write would give a run more channel keys than MAX_CHANNEL_KEYS."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}; the limit MAX_CHANNEL_KEYS is {MAX_CHANNEL_KEYS:,} keys per run: "
+            "delete keys the run no longer needs, or keep many values under one key"
+        )
 
 
 class ResultStore:
@@ -113,10 +124,12 @@ class ResultStore:
     async def channel_set(self, run_id: str, entries: Sequence[tuple[str, bytes]], ttl_ms: int) -> None:
         if not entries:
             return
-        args: list[bytes | str | int] = [ttl_ms, self._retention_s]
+        args: list[bytes | str | int] = [ttl_ms, self._retention_s, MAX_CHANNEL_KEYS]
         for key, value in entries:
             args += [key, value]
-        await scripts.CHANNEL_SET.run(self._redis, self._channel_keys_of(run_id), args)
+        reply = await scripts.CHANNEL_SET.run(self._redis, self._channel_keys_of(run_id), args)
+        if isinstance(reply, list):
+            raise TooManyChannelKeys(f"the run would hold {int(reply[1]):,} channel keys")
 
     async def channel_delete(self, run_id: str, channel_keys: Sequence[str]) -> int:
         if not channel_keys:
@@ -137,8 +150,10 @@ class ResultStore:
         code, stored = await scripts.CHANNEL_UPDATE.run(
             self._redis,
             self._channel_keys_of(run_id),
-            [key, operation, value_json, ttl_ms, self._retention_s, max_bytes],
+            [key, operation, value_json, ttl_ms, self._retention_s, max_bytes, MAX_CHANNEL_KEYS],
         )
+        if int(code) == 4:
+            raise TooManyChannelKeys(f"channel key {key!r} would be a new key")
         if int(code) == 3:
             raise ValueTooLarge(
                 f"channel key {key!r}: the update would make its value {int(stored)} bytes, over the limit "
