@@ -63,3 +63,5 @@ MAX_QUEUES = 1000
 # Channel keys of one run (the result-store refuses a new key beyond them with RESOURCE_EXHAUSTED),
 # and keys named by one ChannelGet, ChannelSet or ChannelDelete (more is INVALID_ARGUMENT).
 MAX_CHANNEL_KEYS = 10_000
+# Task types one worker registers (``RegisterWorkerRequest.task_types``, kept in its worker record).
+MAX_WORKER_TASK_TYPES = 10_000

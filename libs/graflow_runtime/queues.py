@@ -61,8 +61,9 @@ class QueueGroups:
         return frozenset(self._ready)
 
     async def ensure(self, queues: Iterable[str]) -> None:
-        """Register and create the queues this process has not yet; raises
-        :class:`QueueLimitReached` naming those refused (the others are created)."""
+        """Register and create the queues this process has not yet. The names not yet in use are
+        registered all together or not at all: when they do not fit below the limit, raises
+        :class:`QueueLimitReached` naming them (the queues already in use are still created)."""
         new = [queue for queue in dict.fromkeys(queues) if queue not in self._ready]
         if not new:
             return
