@@ -65,3 +65,7 @@ MAX_QUEUES = 1000
 MAX_CHANNEL_KEYS = 10_000
 # Task types one worker registers (``RegisterWorkerRequest.task_types``, kept in its worker record).
 MAX_WORKER_TASK_TYPES = 10_000
+# Distinct loop edges times the graph's size (task nodes, groups and the edges between them after
+# group expansion): each loop edge is walked through the graph, and its body and cleared join
+# fields ride in every outcome of its tail.
+MAX_LOOP_WALK = 5_000_000

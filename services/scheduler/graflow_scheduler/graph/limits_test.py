@@ -132,3 +132,13 @@ def test_more_distinct_loop_edges_than_the_limit_are_refused():
     loops = [(f"n{i + 1}", f"n{i}") for i in range(lim.MAX_LOOP_EDGES + 1)]
     rejects(_chain_with_loops(lim.MAX_LOOP_EDGES + 2, loops), f"{lim.MAX_LOOP_EDGES + 1} distinct loop edges",
             "MAX_LOOP_EDGES")
+
+
+def test_loop_edges_times_the_graph_size_over_the_limit_are_refused_before_any_walk(monkeypatch):
+    # Each loop edge walks the whole graph and carries its body and cleared fields into every
+    # outcome of its tail: 100 loops over a 30,000-node chain would be 6,000,000 steps.
+    walks = []
+    monkeypatch.setattr(edges_module, "reachable", lambda adjacent, start: walks.append(start) or set())
+    loops = [(f"n{29_999 - i}", f"n{i}") for i in range(100)]
+    rejects(_chain_with_loops(30_000, loops), "MAX_LOOP_WALK", f"{lim.MAX_LOOP_WALK:,}")
+    assert walks == []
