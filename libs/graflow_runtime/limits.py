@@ -54,7 +54,8 @@ MAX_PRIORITY = 1000
 # waits 60 s per call). Longer is INVALID_ARGUMENT; each waiting call holds a slot of the server.
 MAX_WAIT_MS = 10 * 60 * 1000
 # Dead letters kept (``gf:deadletters``, trimmed with ``XADD MAXLEN ~`` by every writer: the
-# coordinator, the scheduler and the workers, through ``graflow_runtime.streams.add_dead_letter``).
+# scheduler and the workers through ``graflow_runtime.streams.add_dead_letter``, the coordinator in
+# its reclaim script).
 # The coordinator's GRAFLOW_COORDINATOR_DEAD_LETTER_MAXLEN defaults to it.
 DEAD_LETTERS_MAXLEN = 100_000
 # Queue names in use (each one is two streams with a consumer group, which nothing deletes): a

@@ -4,6 +4,7 @@ trimming below a floor in bounded calls, and the one way to write a dead letter.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -40,11 +41,19 @@ def stream_id(value: bytes | str) -> tuple[int, int]:
 DEAD_LETTER_FIELD = b"d"
 
 
-def add_dead_letter(pipe: Pipeline, letter: bytes, *, maxlen: int = DEAD_LETTERS_MAXLEN) -> None:
-    """Queue on ``pipe`` the append of ``letter`` (``DeadLetter`` bytes) to the dead-letter stream,
-    which keeps about ``maxlen`` entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to
-    one node, 100 entries, more). Every writer uses it: without a cap the stream only grew."""
-    pipe.xadd(keys.DEAD_LETTERS_STREAM, {DEAD_LETTER_FIELD: letter}, maxlen=maxlen, approximate=True)
+def add_dead_letter(
+    pipe: Pipeline,
+    letter: bytes,
+    extra: Mapping[bytes, bytes] | None = None,
+    *,
+    maxlen: int = DEAD_LETTERS_MAXLEN,
+) -> None:
+    """Queue on ``pipe`` the append of ``letter`` (``DeadLetter`` bytes, with the ``extra`` fields:
+    the signature of the entry it holds) to the dead-letter stream, which keeps about ``maxlen``
+    entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to one node, 100 entries, more).
+    Every writer uses it: without a cap the stream only grew."""
+    fields = {DEAD_LETTER_FIELD: letter, **(extra or {})}
+    pipe.xadd(keys.DEAD_LETTERS_STREAM, fields, maxlen=maxlen, approximate=True)
 
 
 async def tail_id(redis: aioredis.Redis, stream: str) -> bytes:
