@@ -24,7 +24,7 @@ head names it). Within a lane, the deliveries of one Dispatch are appended highe
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -34,7 +34,7 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
-from graflow_runtime.queues import QueueGroups
+from graflow_runtime.queues import QueueGroups, QueueLimitReached
 from graflow_runtime.scripts import LuaScript, ScriptCall
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
@@ -98,6 +98,11 @@ class Dispatcher:
         self._record_ttl_s = record_ttl_s
         self._keys = bus_keys
 
+    async def ensure_queues(self, queues: Iterable[str]) -> None:
+        """Make the queues usable now (registered, streams and group made); raises
+        :class:`~graflow_runtime.queues.QueueLimitReached` for queues beyond the limit."""
+        await self._groups.ensure(queues)
+
     async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
         """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it. Redis errors
         propagate: part of the batch may have been written, and dispatching it again is safe."""
@@ -106,7 +111,16 @@ class Dispatcher:
         if not deliveries:
             return DispatchResult(0, 0)
         ordered = sorted(deliveries, key=lambda d: -d.envelope.priority)
-        await self._groups.ensure({d.envelope.queue for d in ordered if d.delay_ms == 0})
+        try:
+            await self._groups.ensure({d.envelope.queue for d in ordered})
+        except QueueLimitReached as exc:
+            # Only the deliveries on refused queues stay behind (not enqueued: their nodes stay
+            # READY, and the recovery sweep tries again); the rest of the batch goes on.
+            refused = set(exc.queues)
+            log.error("deliveries not enqueued: their queues are over the limit", error=str(exc))
+            ordered = [d for d in ordered if d.envelope.queue not in refused]
+            if not ordered:
+                return DispatchResult(0, 0)
         now_ms = int(time.time() * 1000)
         chunks = [
             self._chunk_call(ordered[start : start + CHUNK], now_ms)

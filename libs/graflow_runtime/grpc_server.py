@@ -23,6 +23,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from graflow_runtime.errors import ServiceError
 from graflow_runtime.grpc_options import SERVER_OPTIONS
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+from graflow_runtime.server_limits import LimitsInterceptor, ServerLimits
 from graflow_runtime.telemetry import tracing_enabled
 
 log = structlog.get_logger(__name__)
@@ -182,16 +183,24 @@ def create_server(
     auth_token: str = "",
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     server_credentials: grpc.ServerCredentials | None = None,
+    limits: ServerLimits | None = None,
 ) -> ServerHandle:
     """Build (not start) a server on ``address`` ("host:port", port 0 = any free port) for the
     service ``name`` (as its error messages call it, e.g. "coordinator"); TLS when
-    ``server_credentials`` are given (:func:`graflow_runtime.tls.api_server_credentials`)."""
+    ``server_credentials`` are given (:func:`graflow_runtime.tls.api_server_credentials`), with
+    ``limits`` (``ServerLimits.from_settings``; the settings' defaults when None)."""
+    limits = limits or ServerLimits()
     interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
     if auth_token:
         interceptors.append(AuthInterceptor(auth_token))
+    interceptors.append(LimitsInterceptor(name, limits))
     interceptors.append(ErrorStatusInterceptor(name))
     interceptors.extend(extra_interceptors)
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[*SERVER_OPTIONS, *limits.options()],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     bindings = list(bindings)
     names = [b.service_name for b in bindings]
     for binding in bindings:

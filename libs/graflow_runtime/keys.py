@@ -34,6 +34,11 @@ ENDED_CURSOR_FIELD = b"c"
 OUTCOME_FIELD = b"o"
 
 
+# The queue names in use (a set): graflow_runtime.queues registers each one before its streams are
+# made, at most graflow_runtime.limits.MAX_QUEUES of them.
+QUEUES = f"{PREFIX}:queues"
+
+
 # Priority lanes (docs/architecture.md, "Priority lanes"): every queue is two streams, each with
 # the group WORKER_GROUP. Workers read the high lane first. Attempts that replace one lost with its
 # worker, and envelopes with priority > 0, are appended to the high lane; everything else to the

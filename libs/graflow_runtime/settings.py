@@ -60,6 +60,13 @@ class ServiceSettings(BaseSettings):
     breaker_reset_s: float = Field(default=2.0, gt=0)
     # graflow_runtime.lifecycle.event_loop.
     event_loop: EventLoopChoice = "auto"
+    # Server-side limits of the service's gRPC server (graflow_runtime.server_limits): calls in
+    # progress at once, HTTP/2 streams per connection, streamed calls open at once (WatchRun,
+    # HeartbeatStream), and seconds a single-response handler may work.
+    max_concurrent_rpcs: int = Field(default=10_000, ge=1)
+    max_streams_per_connection: int = Field(default=1000, ge=1)
+    max_streams: int = Field(default=1000, ge=1)
+    handler_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class BusSettings(ServiceSettings):

@@ -18,6 +18,7 @@ from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
+from graflow_runtime.server_limits import ServerLimits
 from graflow_runtime.tls import api_server_credentials
 from graflow_runtime.version import __version__
 
@@ -90,6 +91,7 @@ class CoordinatorApp:
             name="coordinator",
             auth_token=s.auth_token,
             server_credentials=api_server_credentials(s, s.listen_address),
+            limits=ServerLimits.from_settings(s),
         )
 
     @property

@@ -36,11 +36,10 @@ from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
-from graflow_runtime.streams import STREAM_ID_RULE, is_stream_id
+from graflow_runtime.streams import DEAD_LETTER_FIELD, STREAM_ID_RULE, is_stream_id
 
 log = structlog.get_logger(__name__)
 
-DEAD_LETTER_FIELD = b"d"
 DEFAULT_PAGE = 100
 _REPLAY = LuaScript.load(__package__, "replay_dead_letters.lua")
 

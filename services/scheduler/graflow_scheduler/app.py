@@ -21,6 +21,7 @@ from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
+from graflow_runtime.server_limits import ServerLimits
 from graflow_runtime.tls import api_server_credentials, channel_credentials
 from graflow_runtime.version import __version__
 
@@ -79,7 +80,9 @@ class SchedulerApp:
         dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s, bus_keys=bus_keys)
         result_store_stub = result_store_pb2_grpc.ResultStoreStub(self.result_store_channel)
         result_store = _downstream("result-store", s)  # one breaker for every call to it
-        plans = PlanCache(result_store_stub, result_store, capacity=s.plan_cache_size)
+        plans = PlanCache(
+            result_store_stub, result_store, capacity=s.plan_cache_size, refresh_s=s.results_keepalive_s
+        )
         self.store = RunStore(redis, retention_s=s.retention_s, bus_keys=bus_keys)
         reader = RunReader(redis)
         graphs = RunGraphs(reader)
@@ -146,6 +149,7 @@ class SchedulerApp:
             name="scheduler",
             auth_token=s.auth_token,
             server_credentials=api_server_credentials(s, s.listen_address),
+            limits=ServerLimits.from_settings(s),
         )
 
     @property

@@ -65,6 +65,7 @@ from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
 from graflow_runtime.scripts import LuaScript
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
+from graflow_runtime.streams import add_dead_letter
 
 from graflow_worker.committer import Committer, Finished
 from graflow_worker.intake import Intake, sleep_unless
@@ -73,7 +74,6 @@ from graflow_worker.runner import Execution, Runner, failure, now_ms
 
 log = structlog.get_logger(__name__)
 
-DEAD_LETTER_FIELD = b"d"
 PAUSE_FETCH = "result-store unavailable for upstream results"
 # How often the pending list is checked for deliveries whose read reply was lost.
 RESYNC_INTERVAL_S = 5.0
@@ -536,7 +536,7 @@ class Consumer:
         try:
             pipe = self._redis.pipeline(transaction=True)
             signature = {f: fields[f] for f in (KEY_ID_FIELD, SIGNATURE_FIELD) if f in fields}
-            pipe.xadd(keys.DEAD_LETTERS_STREAM, {DEAD_LETTER_FIELD: letter.SerializeToString(), **signature})
+            add_dead_letter(pipe, letter.SerializeToString(), signature)
             pipe.xack(stream, keys.WORKER_GROUP, entry_id)
             await pipe.execute()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)

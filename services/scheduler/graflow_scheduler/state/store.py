@@ -17,7 +17,7 @@ from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import keys
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
-from graflow_scheduler.errors import ParentEnded, ParentNotFound, RunNotFound
+from graflow_scheduler.errors import ParentEnded, ParentNodeUnknown, ParentNotFound, RunNotFound
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state import scripts
 
@@ -233,11 +233,15 @@ class RunStore:
     ) -> CreatedRun:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
-        run has ended, :class:`ParentNotFound` when it does not exist (atomically: nothing is
-        created)."""
+        run has ended, :class:`ParentNotFound` when it does not exist, :class:`ParentNodeUnknown`
+        when it has no such node (atomically: nothing is created)."""
         run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
         if parent:
-            run_keys += [keys.run_meta(parent.run_id), keys.run_children(parent.run_id)]
+            run_keys += [
+                keys.run_meta(parent.run_id),
+                keys.run_children(parent.run_id),
+                keys.run_state(parent.run_id),
+            ]
         roots = set(plan.roots)
         others = [node_id for node_id in plan.nodes if node_id not in roots]
         args: list[str | int] = [
@@ -255,6 +259,8 @@ class RunStore:
             *others,
         ]
         created, existing_id = await scripts.CREATE_RUN.run(self.redis, run_keys, args)
+        if int(created) == -2 and parent:
+            raise ParentNodeUnknown(parent.run_id, parent.node_id)
         if int(created) < 0:
             parent_run, parent_status = parent.run_id if parent else "", _text(existing_id)
             if parent_status == "unknown":

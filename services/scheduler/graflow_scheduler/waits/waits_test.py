@@ -309,6 +309,31 @@ async def test_a_child_of_a_run_that_does_not_exist_is_not_found_and_not_created
     assert await redis.zcard(keys.RUNS_INDEX) == 0
 
 
+@pytest.mark.parametrize("node_id", ["has space", "x" * 129, "a\n"])
+async def test_a_child_whose_parent_node_id_breaks_the_node_id_rule_is_invalid_and_not_created(
+    client, redis, node_id
+):
+    parent = await submit(client, spec(["a"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.SubmitRun(child_of(parent, node_id))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parent.node_id" in info.value.details() and "1-128 letters" in info.value.details()
+    assert await redis.zcard(keys.RUNS_INDEX) == 1
+    assert await redis.scard(keys.run_children(parent)) == 0
+
+
+async def test_a_child_whose_parent_node_is_not_a_node_of_the_parent_run_is_invalid_and_not_created(
+    client, redis
+):
+    parent = await submit(client, spec(["a"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.SubmitRun(child_of(parent, "ghost"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == f"parent.node_id 'ghost' names no node of run {parent}"
+    assert await redis.zcard(keys.RUNS_INDEX) == 1
+    assert await redis.scard(keys.run_children(parent)) == 0
+
+
 def test_request_and_response_checks() -> None:
     assert request_problem(question()) is None
     selection = question(kind=Kind.FEEDBACK_KIND_MULTI_SELECTION, options=["a", "b"])
