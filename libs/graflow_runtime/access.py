@@ -89,3 +89,19 @@ AUDITED: Mapping[str, tuple[str, ...]] = {
     _COORDINATOR + "DeregisterWorker": ("worker_id",),
     _COORDINATOR + "ReplayDeadLetters": ("ids", "all"),
 }
+
+
+def role_table() -> str:
+    """``METHOD_ROLES`` (and ``AUDITED``) as the Markdown table of docs/security.md, which a test
+    checks against this. Regenerate it with
+    ``python -c 'from graflow_runtime.access import role_table; print(role_table())'``."""
+    columns = (Role.CLIENT, Role.WORKER, Role.SERVICE, Role.VIEWER, Role.ADMIN)
+    lines = [
+        "| RPC | " + " | ".join(role.value for role in columns) + " | audited |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for method, roles in METHOD_ROLES.items():
+        marks = " | ".join("✓" if role in roles else "" for role in columns)
+        audited = "✓" if method in AUDITED else ""
+        lines.append(f"| `{method.removeprefix('/graflow_api.v1.')}` | {marks} | {audited} |")
+    return "\n".join(lines)

@@ -10,6 +10,12 @@ ports. The children import exactly what this process can (``PYTHONPATH`` = this 
 also holds under Pants sandboxes and PEX), log JSON to one file per process in ``log_dir``, and are waited for
 until their gRPC health check reports SERVING. Chaos helpers (kill, pause, restart) act on them by
 name: ``redis``, ``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
+
+Auth is off by default. ``auth_token`` gives every process one shared token (admin at the servers,
+docs/security.md); ``role_tokens=True`` generates a token per role instead: the servers accept all
+of them (``AUTH_TOKENS``), the scheduler sends the ``service`` token, workers the ``worker`` token,
+:meth:`LocalStack.client` the ``client`` token and :meth:`LocalStack.client_env` (the operator at the
+terminal: CLI, :class:`graflow.operators.Operators`) the ``admin`` token.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +39,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow.client import Client
 from graflow.errors import LocalStackError
+from graflow_runtime.access import Role
+from graflow_runtime.auth import token_digest
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.processes import dies_with_parent
 
@@ -164,6 +173,7 @@ class LocalStack:
         log_dir: Path | None = None,
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
+        role_tokens: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
     ) -> None:
@@ -171,7 +181,13 @@ class LocalStack:
             raise ValueError("workers must be >= 0")
         self.worker_count = workers
         self.task_modules = list(task_modules)
+        if auth_token and role_tokens:
+            raise ValueError("auth_token (one shared token) and role_tokens (one per role) are exclusive")
         self.auth_token = auth_token
+        # role -> its token, generated for this stack (empty unless role_tokens).
+        self.role_tokens: dict[Role, str] = (
+            {role: secrets.token_urlsafe(24) for role in Role} if role_tokens else {}
+        )
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
@@ -221,8 +237,9 @@ class LocalStack:
             "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS": self.result_store_address,
             "GRAFLOW_CLIENT_COORDINATOR_ADDRESS": self.coordinator_address,
         }
-        if self.auth_token:
-            env["GRAFLOW_CLIENT_AUTH_TOKEN"] = self.auth_token
+        token = self.token_of(Role.ADMIN)
+        if token:
+            env["GRAFLOW_CLIENT_AUTH_TOKEN"] = token
         return env
 
     def worker_env(self) -> dict[str, str]:
@@ -233,14 +250,22 @@ class LocalStack:
             "GRAFLOW_WORKER_COORDINATOR_ADDRESS": self.coordinator_address,
             "GRAFLOW_WORKER_RESULT_STORE_ADDRESS": self.result_store_address,
         }
-        if self.auth_token:
-            env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
+        token = self.token_of(Role.WORKER)
+        if token:
+            env["GRAFLOW_WORKER_AUTH_TOKEN"] = token
         return env
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
-            self.scheduler_address, self.result_store_address, auth_token=self.auth_token, timeout=timeout
+            self.scheduler_address,
+            self.result_store_address,
+            auth_token=self.token_of(Role.CLIENT),
+            timeout=timeout,
         )
+
+    def token_of(self, role: Role) -> str:
+        """The token a caller of ``role`` sends to this stack ("" when auth is off)."""
+        return self.role_tokens.get(role, "") if self.role_tokens else self.auth_token
 
     # ---- processes ----
     def _env(self, service: str) -> dict[str, str]:
@@ -260,8 +285,13 @@ class LocalStack:
         if service == "worker":
             env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
-        if self.auth_token:
-            env[f"{prefix}AUTH_TOKEN"] = self.auth_token
+        sent = self.token_of(Role.WORKER if service == "worker" else Role.SERVICE)
+        if sent:
+            env[f"{prefix}AUTH_TOKEN"] = sent
+        if self.role_tokens and service != "worker":
+            env[f"{prefix}AUTH_TOKENS"] = ",".join(
+                f"{role.value}:{token_digest(token)}" for role, token in self.role_tokens.items()
+            )
         return {**env, **self._extra_env}
 
     def _server(self, name: str) -> ServiceProcess:
