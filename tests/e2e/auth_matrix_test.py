@@ -194,6 +194,11 @@ def test_mutating_actions_are_audited_with_their_role_and_listed_by_graflow_audi
     listed = json.loads(cli.out)
     expected = {"method": cancel.method, "role": "client", "details": {"run_id": run.id, "reason": ""}}
     assert expected.items() <= next(e for e in listed if e["id"] == cancel.id).items()
+    table = Captured()
+    assert table("audit", "--limit", "5") == 0, table.err
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["ID", "AT", "SERVICE", "METHOD", "ROLE", "WHO", "FROM", "OUTCOME", "DETAILS"]
+    assert len(lines) == 1 + min(5, len(listed))
 
 
 def test_a_worker_token_cannot_cancel_a_run_and_the_attempt_is_audited(stack: LocalStack) -> None:
@@ -206,6 +211,7 @@ def test_a_worker_token_cannot_cancel_a_run_and_the_attempt_is_audited(stack: Lo
                 as_worker.cancel("01HZZZZZZZZZZZZZZZZZZZZZZZ")
         events = [e for e in ops.audit_events(limit=1000) if e.id not in before]
     assert "/graflow_api.v1.Scheduler/CancelRun" in str(caught.value)
+    assert "docs/security.md lists who may call what" in str(caught.value)
     refused = [e for e in events if e.method.endswith("/CancelRun") and e.role == "worker"]
     assert [e.outcome for e in refused] == ["PERMISSION_DENIED"]
     assert json.loads(refused[0].details_json) == {}  # the refused body was never parsed
