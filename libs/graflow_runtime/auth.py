@@ -211,8 +211,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         identity = self._credentials.identify(context.invocation_metadata() or (), context.auth_context())
         if identity is None:
             log.warning("call refused: no valid credential", method=method, peer=context.peer())
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-        assert identity is not None
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)  # raises
         if identity.role not in rule:
             log.warning(
                 "call refused: role not allowed",

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from graflow_runtime.auth import (
     parse_token_entry,
     token_digest,
 )
+from graflow_runtime.errors import InvalidRequest, NotFound
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
 from graflow_runtime.settings import ServiceSettings, SettingsError, load_settings
 from graflow_runtime.testing.certs import make_ca
@@ -59,6 +61,8 @@ class Calls:
         return decode
 
     async def cancel(self, request: scheduler_pb2.CancelRunRequest, _context: Any) -> scheduler_pb2.Run:
+        if request.run_id == "missing":
+            raise NotFound("no run 'missing'")
         return scheduler_pb2.Run(run_id=request.run_id)
 
     async def dispatch(self, request: Any, _context: Any) -> coordinator_pb2.DispatchResponse:
@@ -333,6 +337,9 @@ async def test_mutating_calls_are_audited_with_who_what_and_where_never_the_toke
         assert denied == grpc.StatusCode.PERMISSION_DENIED
         assert await call(handle.port, DISPATCH, b"", bearer(TOKENS[Role.SERVICE])) == grpc.StatusCode.OK
         assert await call(handle.port, CANCEL, CANCEL_BODY) == grpc.StatusCode.UNAUTHENTICATED
+        missing = scheduler_pb2.CancelRunRequest(run_id="missing").SerializeToString()
+        admin = bearer(TOKENS[Role.ADMIN])
+        assert await call(handle.port, CANCEL, missing, admin) == grpc.StatusCode.NOT_FOUND
     finally:
         await handle.stop(None)
     events = await audit.list()
@@ -344,12 +351,18 @@ async def test_mutating_calls_are_audited_with_who_what_and_where_never_the_toke
     ]
     worker = f"token:{token_digest(TOKENS[Role.WORKER])[:12]}"
     client = f"token:{token_digest(TOKENS[Role.CLIENT])[:12]}"
+    admin = f"token:{token_digest(TOKENS[Role.ADMIN])[:12]}"
     assert summary == [  # newest first; Dispatch is not a mutating action people take: not audited
+        ("probe", CANCEL, "admin", admin, "NOT_FOUND", {"run_id": "missing", "reason": ""}),
         ("probe", CANCEL, "worker", worker, "PERMISSION_DENIED", {}),
         ("probe", CANCEL, "client", client, "OK", {"run_id": "r1", "reason": ""}),
     ]
     assert all(e.peer.startswith("ipv4:127.0.0.1:") and e.at_ms > 0 for e in events)
     assert [e.id for e in await audit.list(limit=1, before_id=events[0].id)] == [events[1].id]
+    with pytest.raises(InvalidRequest, match=re.escape("before_id: '1-0\\n' is not an audit event id")):
+        await audit.list(before_id="1-0\n")
+    with pytest.raises(InvalidRequest, match="limit: 1001 is over the maximum of 1000"):
+        await audit.list(limit=1001)
 
 
 async def test_without_credentials_mutating_calls_are_still_audited_as_anonymous(
