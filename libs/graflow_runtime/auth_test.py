@@ -301,16 +301,18 @@ async def test_a_client_certificate_s_common_name_maps_to_its_role(tmp_path: Pat
         root_certificates=ca.cert.read_bytes(),
         require_client_auth=True,
     )
-    credentials = Credentials(cert_roles=dict([parse_cert_role("scheduler-1=service")]))
+    credentials = Credentials(
+        entries({Role.CLIENT: TOKENS[Role.CLIENT]}), dict([parse_cert_role("scheduler-1=service")])
+    )
     handle = await serve(Calls(), credentials, server_credentials=server_credentials)
 
-    async def call_as(files: Any, method: str, body: bytes) -> grpc.StatusCode | str:
+    async def call_as(files: Any, method: str, body: bytes, metadata: Metadata = ()) -> grpc.StatusCode | str:
         channel_credentials = grpc.ssl_channel_credentials(
             ca.cert.read_bytes(), files.key.read_bytes(), files.cert.read_bytes()
         )
         async with grpc.aio.secure_channel(f"localhost:{handle.port}", channel_credentials) as channel:
             try:
-                await channel.unary_unary(method)(body, timeout=10)
+                await channel.unary_unary(method)(body, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 return f"{exc.code().name}: {exc.details()}"
         return grpc.StatusCode.OK
@@ -321,6 +323,10 @@ async def test_a_client_certificate_s_common_name_maps_to_its_role(tmp_path: Pat
             f"PERMISSION_DENIED: role service may not call {CANCEL}; it is for: admin, client"
         )
         assert str(await call_as(unmapped, DISPATCH, b"")).startswith("UNAUTHENTICATED")
+        # A presented token decides alone: a wrong one is refused over a good certificate, a valid
+        # one's role is the caller's.
+        assert str(await call_as(mapped, DISPATCH, b"", bearer("wrong"))).startswith("UNAUTHENTICATED")
+        assert await call_as(mapped, CANCEL, CANCEL_BODY, bearer(TOKENS[Role.CLIENT])) == grpc.StatusCode.OK
     finally:
         await handle.stop(None)
 
