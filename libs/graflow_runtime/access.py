@@ -78,11 +78,11 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
 }
 
 # The mutating actions written to the audit log (graflow_runtime.audit), with the fields of the
-# request (dotted paths) that say what was acted on. Frequent internal writes (results, channels,
-# dispatches, heartbeats) are not audited: their callers are services and workers, and their
-# volume would push the actions people take out of the capped stream.
+# request (dotted paths) that say what was acted on. Frequent writes are not audited: results,
+# channels, dispatches and heartbeats (services and workers), and submits (up to 1,000 runs/s:
+# they would push the rare actions people take out of the capped stream within minutes, and add a
+# Redis round trip to SubmitRun's 1 ms budget of issue 13).
 AUDITED: Mapping[str, tuple[str, ...]] = {
-    _SCHEDULER + "SubmitRun": ("spec.name", "idempotency_key", "parent.run_id", "parent.node_id"),
     _SCHEDULER + "CancelRun": ("run_id", "reason"),
     _SCHEDULER + "RespondFeedback": ("run_id", "request_id"),
     _COORDINATOR + "RegisterWorker": ("worker_id", "queues", "hostname", "pid"),

@@ -181,9 +181,9 @@ def test_mutating_actions_are_audited_with_their_role_and_listed_by_graflow_audi
         [cancel] = cancels()
         events = ops.audit_events(limit=1000)
     actions = {(e.service, e.method.rsplit("/", 1)[1], e.role, e.principal, e.outcome) for e in events}
-    assert ("scheduler", "SubmitRun", "client", client_principal, "OK") in actions
     assert ("scheduler", "CancelRun", "client", client_principal, "OK") in actions
     assert ("coordinator", "RegisterWorker", "worker", worker_principal, "OK") in actions
+    assert not [action for action in actions if action[1] == "SubmitRun"]  # too frequent: not audited
     assert json.loads(cancel.details_json) == {"run_id": run.id, "reason": ""}
     assert cancel.peer.startswith("ipv4:127.0.0.1:") and cancel.at_ms > 0
 
