@@ -3,7 +3,7 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--idle-seconds 5] [--set NAME=VALUE ...] [--json PATH]
+        [--idle-seconds 5] [--set NAME=VALUE ...] [--role-tokens] [--json PATH]
         [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
@@ -114,11 +114,12 @@ def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
 
 
 def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
-                    profiler: profiling.Profiler | None) -> dict[str, dict[str, object]]:
+                    profiler: profiling.Profiler | None,
+                    role_tokens: bool = False) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     if not selected & set(MEASURES):
         return out
-    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env)
+    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env, role_tokens=role_tokens)
     try:
         stack.start()
         pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                         help="extra environment of the stack's processes, e.g. "
                              "GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS=1000 (repeatable)")
+    parser.add_argument("--role-tokens", action="store_true",
+                        help="servers accept a token per role and every process sends its own "
+                             "(LocalStack(role_tokens=True), docs/security.md \"Roles\"): the cost of auth")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record every stack process with py-spy during each timed measure, into DIR")
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
 
     base = measure_baselines(selected, sizes)
-    graflow = measure_graflow(selected, sizes, args.workers, env, profiler)
+    graflow = measure_graflow(selected, sizes, args.workers, env, profiler, args.role_tokens)
     hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
