@@ -32,7 +32,15 @@ from graflow_api.v1 import scheduler_pb2
 from graflow_runtime.access import METHOD_ROLES, Role
 from graflow_runtime.auth import token_digest
 from tests.e2e.conftest import module_stack, wait_for
-from tests.e2e.tasks import chan_params, chan_reader, chan_writer, cooperative_wait, spawn_child
+from tests.e2e.tasks import (
+    add_one,
+    chan_params,
+    chan_reader,
+    chan_writer,
+    cooperative_wait,
+    source,
+    spawn_child,
+)
 
 # The process of the stack that serves each service of the contracts.
 SERVERS = {
@@ -221,3 +229,19 @@ def workflow_of_one_gated_task():  # type: ignore[no-untyped-def]
     with workflow("roles-cancel") as wf:
         cooperative_wait(task_id="wait", seconds=60)
     return wf
+
+
+def test_one_shared_legacy_token_still_runs_everything_and_refuses_calls_without_it(
+    request: pytest.FixtureRequest,
+) -> None:
+    with module_stack(request, workers=1, auth_token="one-shared-token") as shared:
+        with shared.client(timeout=30) as client:
+            with workflow("legacy-token") as wf:
+                source(task_id="s", value=2) >> add_one(task_id="a")
+            assert client.submit(wf).result(timeout=60) == 3
+        with Operators(shared.coordinator_address, auth_token="one-shared-token") as ops:
+            assert [w.worker_id for w in ops.workers()] == ["dev-worker-0"]  # admin: operators' calls too
+        [(_, list_runs)] = [(s, m) for s, m in METHODS if m.name == "ListRuns"]
+        with grpc.insecure_channel(shared.scheduler_address) as channel:
+            assert call(channel, list_runs, b"", None) == grpc.StatusCode.UNAUTHENTICATED
+            assert call(channel, list_runs, b"", "one-shared-token") == grpc.StatusCode.OK
