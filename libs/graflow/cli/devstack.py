@@ -16,6 +16,10 @@ docs/security.md); ``role_tokens=True`` generates a token per role instead: the 
 of them (``AUTH_TOKENS``), the scheduler sends the ``service`` token, workers the ``worker`` token,
 :meth:`LocalStack.client` the ``client`` token and :meth:`LocalStack.client_env` (the operator at the
 terminal: CLI, :class:`graflow.operators.Operators`) the ``admin`` token.
+
+``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
+``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
+(docs/security.md, "Integrity on the bus").
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ MODULES = {
     "scheduler": "graflow_scheduler",
     "worker": "graflow_worker",
 }
+# The processes that sign and verify bus messages (graflow_runtime.settings.BusSettings).
+SIGNING_SERVICES = ("coordinator", "scheduler", "worker")
 PREFIXES = {
     "result-store": "GRAFLOW_RESULT_STORE_",
     "coordinator": "GRAFLOW_COORDINATOR_",
@@ -174,6 +180,7 @@ class LocalStack:
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
         role_tokens: bool = False,
+        signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
     ) -> None:
@@ -188,6 +195,9 @@ class LocalStack:
         self.role_tokens: dict[Role, str] = (
             {role: secrets.token_urlsafe(24) for role in Role} if role_tokens else {}
         )
+        # "<key id>:<hex secret>", generated per stack (never written anywhere but the children's
+        # environment); empty: the stack's bus is unsigned.
+        self.signing_key = f"stack-{secrets.token_hex(2)}:{secrets.token_hex(32)}" if signing else ""
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
@@ -253,7 +263,15 @@ class LocalStack:
         token = self.token_of(Role.WORKER)
         if token:
             env["GRAFLOW_WORKER_AUTH_TOKEN"] = token
+        env.update(self._signing_env("worker"))
         return env
+
+    def _signing_env(self, service: str) -> dict[str, str]:
+        if not self.signing_key or service not in SIGNING_SERVICES:
+            return {}
+        prefix = PREFIXES[service]
+        return {f"{prefix}SIGNING_KEYS": self.signing_key,
+                f"{prefix}SIGNING_KEY_ID": self.signing_key.partition(":")[0]}
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
@@ -292,6 +310,7 @@ class LocalStack:
             env[f"{prefix}AUTH_TOKENS"] = ",".join(
                 f"{role.value}:{token_digest(token)}" for role, token in self.role_tokens.items()
             )
+        env.update(self._signing_env(service))
         return {**env, **self._extra_env}
 
     def _server(self, name: str) -> ServiceProcess:
