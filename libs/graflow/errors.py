@@ -119,6 +119,8 @@ class ServiceCallError(GraflowError):
         hint = ""
         if code == grpc.StatusCode.UNAUTHENTICATED:
             hint = " (pass auth_token=... to Client or set GRAFLOW_CLIENT_AUTH_TOKEN)"
+        elif code == grpc.StatusCode.PERMISSION_DENIED:
+            hint = " (use a token of a role it is for; docs/security.md lists who may call what)"
         super().__init__(f"the {service} at {address} refused {method}: {code.name}: {details}{hint}")
         self.code = code
         self.details = details

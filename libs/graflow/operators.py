@@ -1,9 +1,10 @@
-"""The operators' client of the coordinator: live workers and dead letters.
+"""The operators' client of the coordinator: live workers, dead letters and the audit log.
 
     with Operators() as ops:                       # GRAFLOW_CLIENT_COORDINATOR_ADDRESS or 127.0.0.1:50052
         for worker in ops.workers(): ...
         for letter in ops.dead_letters(limit=20): ...
         ops.replay_dead_letters(["1700000000000-0"])
+        for event in ops.audit_events(limit=50): ...
 
 Like :class:`graflow.Client`: every call has a deadline, sends the bearer token when one is set
 (``GRAFLOW_CLIENT_AUTH_TOKEN``), uses TLS when given a CA, and raises
@@ -24,6 +25,7 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 
 WorkerInfo = coordinator_pb2.WorkerInfo
+AuditEvent = coordinator_pb2.AuditEvent
 DeadLetter = messages_pb2.DeadLetter
 
 
@@ -93,6 +95,12 @@ class Operators:
             "ReplayDeadLetters", request, {grpc.StatusCode.NOT_FOUND: DeadLetterNotFoundError}
         )
         return int(response.replayed)
+
+    def audit_events(self, *, limit: int = 100, before_id: str = "") -> list[AuditEvent]:
+        """Mutating actions of every service, newest first, at most ``limit`` (at most 1,000 a
+        call), older than ``before_id`` (exclusive); docs/security.md, "Audit log"."""
+        request = coordinator_pb2.ListAuditEventsRequest(limit=limit, before_id=before_id)
+        return list(self._coordinator.call("ListAuditEvents", request).events)
 
     def close(self) -> None:
         self._coordinator.close()

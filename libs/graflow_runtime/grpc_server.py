@@ -20,58 +20,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from graflow_runtime.audit import AuditLog
+from graflow_runtime.auth import AccessInterceptor, Credentials
 from graflow_runtime.errors import ServiceError
 from graflow_runtime.grpc_options import SERVER_OPTIONS
+from graflow_runtime.handlers import behaviour, same_shape
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.server_limits import LimitsInterceptor, ServerLimits
 from graflow_runtime.telemetry import tracing_enabled
 
 log = structlog.get_logger(__name__)
-
-_UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-_SHAPES = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler),
-)
-
-
-def _same_shape(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
-    """A handler of the same shape and serialization as ``handler`` that runs ``behaviour``."""
-    shape = next(factory for name, factory in _SHAPES if getattr(handler, name))
-    return shape(
-        behaviour,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return next(getattr(handler, name) for name, _ in _SHAPES if getattr(handler, name))
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without ``authorization: Bearer <token>`` (health and reflection stay open)."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_UNAUTHENTICATED_METHODS):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
-            return handler
-        return _same_shape(handler, _deny)
-
-
-_DENIED = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
-
-
-async def _deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
 
 
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
@@ -103,7 +61,7 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        inner = _behaviour(handler)
+        inner = behaviour(handler)
         if inspect.isasyncgenfunction(inner):
 
             async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -115,7 +73,7 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
                 except REDIS_UNAVAILABLE as exc:
                     await self._redis_unavailable(context, method, exc)
 
-            return _same_shape(handler, streamed)
+            return same_shape(handler, streamed)
         if inspect.iscoroutinefunction(inner):
 
             async def answered(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -126,7 +84,7 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
                 except REDIS_UNAVAILABLE as exc:
                     await self._redis_unavailable(context, method, exc)
 
-            return _same_shape(handler, answered)
+            return same_shape(handler, answered)
         return handler
 
     async def _redis_unavailable(
@@ -180,19 +138,24 @@ def create_server(
     bindings: Iterable[ServicerBinding],
     *,
     name: str = "service",
-    auth_token: str = "",
+    credentials: Credentials | None = None,
+    audit: AuditLog | None = None,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     server_credentials: grpc.ServerCredentials | None = None,
     limits: ServerLimits | None = None,
 ) -> ServerHandle:
     """Build (not start) a server on ``address`` ("host:port", port 0 = any free port) for the
-    service ``name`` (as its error messages call it, e.g. "coordinator"); TLS when
-    ``server_credentials`` are given (:func:`graflow_runtime.tls.api_server_credentials`), with
-    ``limits`` (``ServerLimits.from_settings``; the settings' defaults when None)."""
+    service ``name`` (as its error messages call it, e.g. "coordinator").
+
+    ``credentials``: who may call (:mod:`graflow_runtime.auth`; None = anybody, auth off);
+    ``audit``: where mutating calls are recorded; ``server_credentials``: TLS (a secure port,
+    :func:`graflow_runtime.tls.api_server_credentials`); ``limits``: ``ServerLimits.from_settings``
+    (the settings' defaults when None).
+    """
     limits = limits or ServerLimits()
     interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
-    if auth_token:
-        interceptors.append(AuthInterceptor(auth_token))
+    if credentials is not None or audit is not None:
+        interceptors.append(AccessInterceptor(credentials, audit))
     interceptors.append(LimitsInterceptor(name, limits))
     interceptors.append(ErrorStatusInterceptor(name))
     interceptors.extend(extra_interceptors)
@@ -218,4 +181,3 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
     return ServerHandle(server=server, port=port, health=health_servicer, service_names=names)
-

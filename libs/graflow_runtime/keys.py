@@ -5,6 +5,8 @@ Each service owns its keys: the scheduler ``run:*`` and the outcome stream, the 
 workers, dead letters and the queues' administration (trimming, reclaims, replays), the
 result-store ``res``/``chan``/``graph``. Nobody writes another service's keys, with two exceptions
 (issue 13):
+- the audit stream (:data:`AUDIT_STREAM`) is appended to by every API server's auth layer
+  (graflow_runtime.audit) and read by the coordinator;
 - the dispatch keys (queue streams, dispatch records, the retry timer and its wake-up stream) are
   written by graflow_runtime.dispatch, which the scheduler runs for its own deliveries and the
   coordinator for its ``Dispatch`` RPC; the coordinator's retry timer moves ``gf:retry`` to the
@@ -174,6 +176,11 @@ RETRY_WAKE = f"{PREFIX}:retry:wake"
 def dispatch_record(run_id: str) -> str:
     """hash node_id -> highest attempt dispatched (makes dispatch idempotent)."""
     return f"{PREFIX}:dispatch:{{{run_id}}}"
+
+
+# ---- audit (graflow_runtime.audit: every API server appends, the coordinator lists) ----
+# Capped stream (XADD MAXLEN ~ AUDIT_MAXLEN) of mutating actions: who, what, when, from where.
+AUDIT_STREAM = f"{PREFIX}:audit"
 
 
 # ---- coordinator ----

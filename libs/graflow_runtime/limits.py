@@ -14,6 +14,8 @@ DEFAULT_BACKOFF_FACTOR = 2.0
 # Dead letters in one ListDeadLetters page, and ids in one request by id (ListDeadLetters.ids,
 # ReplayDeadLetters.ids): more is INVALID_ARGUMENT.
 DEAD_LETTERS_PAGE_MAX = 1000
+# Audit events in one ListAuditEvents page: more is INVALID_ARGUMENT.
+AUDIT_PAGE_MAX = 1000
 # Largest result a worker may carry inline in its outcome (``TaskOutcome.result``): the upper bound
 # of GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES; the scheduler dead-letters an outcome carrying more.
 # Every outcome stays in the outcome stream until it is applied and trimmed, so this is kept small.

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from graflow_runtime.audit import DEFAULT_AUDIT_MAXLEN
+from graflow_runtime.auth import Credentials, parse_cert_role, parse_token_entry
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.signing import BusKeys
 
@@ -38,7 +40,9 @@ class ServiceSettings(BaseSettings):
     # "none", "console" (spans to stderr), or "otlp" (OTLP/gRPC to otel_endpoint).
     traces_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = "127.0.0.1:4317"
-    # Shared bearer token. When set, servers reject calls without it and clients send it.
+    # The bearer token this process sends on its calls to other services (a worker's, a
+    # scheduler's to the result-store). A server with neither AUTH_TOKENS nor AUTH_CERT_ROLES also
+    # accepts it, as role admin (the single shared token of before roles; docs/security.md).
     auth_token: str = ""
     # Transport security (graflow_runtime.tls): PEM files read at start-up. A server with a certificate
     # and key serves TLS; channels to other services use TLS when a CA is set, verify the server
@@ -51,6 +55,13 @@ class ServiceSettings(BaseSettings):
     # Lets an API server listen on a non-loopback address with neither TLS nor credentials (a
     # warning is logged at every start); without it such a start is refused (exit code 2).
     insecure: bool = False
+    # Tokens a server accepts: entries "<role>:<sha256 hex of the token>" (JSON list or
+    # comma-separated); two of one role are valid at once while tokens rotate.
+    auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # mTLS identities a server accepts: entries "<certificate common name>=<role>".
+    auth_cert_roles: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Approximate cap of the audit stream gf:audit (XADD MAXLEN ~).
+    audit_maxlen: int = Field(default=DEFAULT_AUDIT_MAXLEN, gt=0)
     # Seconds a service waits for in-flight work on SIGTERM before it stops anyway.
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     # Deadline of every call to another service, in seconds.
@@ -67,6 +78,29 @@ class ServiceSettings(BaseSettings):
     max_streams_per_connection: int = Field(default=1000, ge=1)
     max_streams: int = Field(default=1000, ge=1)
     handler_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("auth_tokens", "auth_cert_roles", mode="before")
+    @classmethod
+    def _parse_lists(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _check_tokens(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_token_entry(entry)
+        return value
+
+    @field_validator("auth_cert_roles")
+    @classmethod
+    def _check_cert_roles(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_cert_role(entry)
+        return value
+
+    def accepted_credentials(self) -> Credentials | None:
+        """What this service's gRPC server accepts (None: auth off)."""
+        return Credentials.from_settings(self.auth_tokens, self.auth_cert_roles, self.auth_token)
 
 
 class BusSettings(ServiceSettings):

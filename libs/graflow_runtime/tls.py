@@ -41,6 +41,7 @@ class TlsSettings(Protocol):
     tls_client_auth: bool
     insecure: bool
     auth_token: str
+    auth_tokens: list[str]
 
 
 class TlsFileError(ConfigurationError, ValueError):
@@ -212,10 +213,10 @@ def api_server_credentials(settings: TlsSettings, address: str) -> grpc.ServerCr
         Exposure(
             address=address,
             tls=credentials is not None,
-            credentials=bool(settings.auth_token),
+            credentials=bool(settings.auth_token or settings.auth_tokens),
             insecure=settings.insecure,
             tls_variables=f"{_variable(settings, 'TLS_CERT_FILE')} and {_variable(settings, 'TLS_KEY_FILE')}",
-            credentials_variable=_variable(settings, "AUTH_TOKEN"),
+            credentials_variable=_variable(settings, "AUTH_TOKENS"),
             insecure_variable=_variable(settings, "INSECURE"),
         )
     )

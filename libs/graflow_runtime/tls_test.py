@@ -136,7 +136,7 @@ def test_an_unprotected_api_server_on_a_public_address_is_refused_naming_what_to
     message = str(refused.value)
     assert "refusing to serve on 0.0.0.0:50051 without TLS or credentials" in message
     for variable in ("GRAFLOW_EXAMPLE_TLS_CERT_FILE", "GRAFLOW_EXAMPLE_TLS_KEY_FILE",
-                     "GRAFLOW_EXAMPLE_AUTH_TOKEN", "GRAFLOW_EXAMPLE_INSECURE=true"):
+                     "GRAFLOW_EXAMPLE_AUTH_TOKENS", "GRAFLOW_EXAMPLE_INSECURE=true"):
         assert variable in message
 
 
@@ -144,6 +144,8 @@ def test_tls_or_a_token_or_loopback_is_enough(server_cert: CertFiles) -> None:
     tls = settings(tls_cert_file=str(server_cert.cert), tls_key_file=str(server_cert.key))
     assert api_server_credentials(tls, "0.0.0.0:50051") is not None
     assert api_server_credentials(settings(auth_token="t"), "0.0.0.0:50051") is None
+    role_tokens = settings(auth_tokens=[f"client:{'0' * 64}"])
+    assert api_server_credentials(role_tokens, "0.0.0.0:50051") is None
     assert api_server_credentials(settings(), "127.0.0.1:50051") is None
 
 

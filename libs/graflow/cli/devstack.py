@@ -15,6 +15,11 @@ With ``tls=StackTls(...)`` (certificates given, none made here) every server ser
 ``client_auth``), every process and the stack's clients verify the servers against the CA and
 present the same certificate as client certificate; the settings reach each process by
 environment (``GRAFLOW_<SVC>_TLS_*``), and :meth:`LocalStack.client_env` carries the client's.
+Auth is off by default. ``auth_token`` gives every process one shared token (admin at the servers,
+docs/security.md); ``role_tokens=True`` generates a token per role instead: the servers accept all
+of them (``AUTH_TOKENS``), the scheduler sends the ``service`` token, workers the ``worker`` token,
+:meth:`LocalStack.client` the ``client`` token and :meth:`LocalStack.client_env` (the operator at the
+terminal: CLI, :class:`graflow.operators.Operators`) the ``admin`` token.
 
 ``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
 ``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
@@ -44,6 +49,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow.client import Client
 from graflow.errors import LocalStackError
 from graflow.operators import Operators
+from graflow_runtime.access import Role
+from graflow_runtime.auth import token_digest
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.processes import dies_with_parent
 from graflow_runtime.tls import TlsFiles
@@ -239,6 +246,7 @@ class LocalStack:
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
         tls: StackTls | None = None,
+        role_tokens: bool = False,
         signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
@@ -247,8 +255,14 @@ class LocalStack:
             raise ValueError("workers must be >= 0")
         self.worker_count = workers
         self.task_modules = list(task_modules)
+        if auth_token and role_tokens:
+            raise ValueError("auth_token (one shared token) and role_tokens (one per role) are exclusive")
         self.auth_token = auth_token
         self.tls = tls
+        # role -> its token, generated for this stack (empty unless role_tokens).
+        self.role_tokens: dict[Role, str] = (
+            {role: secrets.token_urlsafe(24) for role in Role} if role_tokens else {}
+        )
         # "<key id>:<hex secret>", generated per stack (never written anywhere but the children's
         # environment); empty: the stack's bus is unsigned.
         self.signing_key = f"stack-{secrets.token_hex(2)}:{secrets.token_hex(32)}" if signing else ""
@@ -301,8 +315,9 @@ class LocalStack:
             "GRAFLOW_CLIENT_RESULT_STORE_ADDRESS": self.result_store_address,
             "GRAFLOW_CLIENT_COORDINATOR_ADDRESS": self.coordinator_address,
         }
-        if self.auth_token:
-            env["GRAFLOW_CLIENT_AUTH_TOKEN"] = self.auth_token
+        token = self.token_of(Role.ADMIN)
+        if token:
+            env["GRAFLOW_CLIENT_AUTH_TOKEN"] = token
         if self.tls:
             env.update(self.tls.env(CLIENT_PREFIX))
         return env
@@ -315,8 +330,9 @@ class LocalStack:
             "GRAFLOW_WORKER_COORDINATOR_ADDRESS": self.coordinator_address,
             "GRAFLOW_WORKER_RESULT_STORE_ADDRESS": self.result_store_address,
         }
-        if self.auth_token:
-            env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
+        token = self.token_of(Role.WORKER)
+        if token:
+            env["GRAFLOW_WORKER_AUTH_TOKEN"] = token
         if self.tls:
             env.update(self.tls.env(PREFIXES["worker"]))
         env.update(self._signing_env("worker"))
@@ -336,15 +352,23 @@ class LocalStack:
         return Client(
             self.scheduler_address,
             self.result_store_address,
-            auth_token=self.auth_token,
+            auth_token=self.token_of(Role.CLIENT),
             timeout=timeout,
             **self._client_tls(),
         )
 
     def operators(self, timeout: float = 10.0) -> Operators:
+        """The operator's API (admin token when tokens are on, as :meth:`client_env`)."""
         return Operators(
-            self.coordinator_address, auth_token=self.auth_token, timeout=timeout, **self._client_tls()
+            self.coordinator_address,
+            auth_token=self.token_of(Role.ADMIN),
+            timeout=timeout,
+            **self._client_tls(),
         )
+
+    def token_of(self, role: Role) -> str:
+        """The token a caller of ``role`` sends to this stack ("" when auth is off)."""
+        return self.role_tokens.get(role, "") if self.role_tokens else self.auth_token
 
     # ---- processes ----
     def _env(self, service: str) -> dict[str, str]:
@@ -364,8 +388,13 @@ class LocalStack:
         if service == "worker":
             env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
-        if self.auth_token:
-            env[f"{prefix}AUTH_TOKEN"] = self.auth_token
+        sent = self.token_of(Role.WORKER if service == "worker" else Role.SERVICE)
+        if sent:
+            env[f"{prefix}AUTH_TOKEN"] = sent
+        if self.role_tokens and service != "worker":
+            env[f"{prefix}AUTH_TOKENS"] = ",".join(
+                f"{role.value}:{token_digest(token)}" for role, token in self.role_tokens.items()
+            )
         if self.tls:
             env.update(self.tls.env(prefix))
         env.update(self._signing_env(service))

@@ -4,6 +4,7 @@
     graflow dead-letters list [--limit N] [--after ID] [-o json]
     graflow dead-letters show ID [-o json]
     graflow dead-letters replay ID... | --all
+    graflow audit [--limit N] [--before ID] [-o json]
 
 The coordinator's address comes from ``--coordinator``, else ``GRAFLOW_CLIENT_COORDINATOR_ADDRESS``,
 else 127.0.0.1:50052. Exit code 2 for an unknown dead letter id.
@@ -21,8 +22,9 @@ from google.protobuf.message import DecodeError
 from graflow.cli.base import OK, App, output_option, pass_app
 from graflow.cli.output import datetime_text, message_data
 from graflow.errors import UsageError
-from graflow.operators import DeadLetter
+from graflow.operators import AuditEvent, DeadLetter
 from graflow_api.v1 import messages_pb2
+from graflow_runtime.limits import AUDIT_PAGE_MAX
 
 _REASON_WIDTH = 80
 
@@ -170,4 +172,44 @@ def replay(app: App, ids: tuple[str, ...], replay_all: bool) -> int:
     return OK
 
 
-COMMANDS = (workers, dead_letters)
+@click.command()
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=AUDIT_PAGE_MAX), default=20, show_default=True, help="how many"
+)
+@click.option("--before", default="", metavar="ID", help="only events older than this event id")
+@output_option
+@pass_app
+def audit(app: App, limit: int, before: str, output: str) -> int:
+    """The audit log: mutating actions of every service, newest first (who, what, when, from where)."""
+    with app.operators() as ops:
+        events = ops.audit_events(limit=limit, before_id=before)
+    if output == "json":
+        app.out.json([_event_data(e) for e in events])
+        return OK
+    app.out.table(
+        ("ID", "AT", "SERVICE", "METHOD", "ROLE", "WHO", "FROM", "OUTCOME", "DETAILS"),
+        (
+            (
+                e.id,
+                datetime_text(e.at_ms),
+                e.service,
+                e.method.rsplit("/", 1)[-1],
+                e.role or "-",
+                e.principal,
+                e.peer,
+                e.outcome,
+                _shortened(e.details_json),
+            )
+            for e in events
+        ),
+    )
+    return OK
+
+
+def _event_data(event: AuditEvent) -> dict[str, Any]:
+    data = message_data(event)
+    data["details"] = json.loads(data.pop("details_json") or "{}")
+    return data
+
+
+COMMANDS = (workers, dead_letters, audit)

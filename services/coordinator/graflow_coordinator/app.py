@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.queues import QueueGroups
@@ -74,11 +75,13 @@ class CoordinatorApp:
         # Renewals of streamed heartbeats are written together, within a fraction of the interval.
         renew_window_ms = min(RENEW_WINDOW_MS, s.heartbeat_interval_ms // 4)
         self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
+        audit = AuditLog(redis, service="coordinator", maxlen=s.audit_maxlen)
         servicer = CoordinatorServicer(
             dispatcher,
             registry,
             DeadLetters(redis, self.groups, bus_keys=bus_keys),
             self.heartbeat_streams,
+            audit,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,
         )
@@ -89,9 +92,10 @@ class CoordinatorApp:
             s.listen_address,
             [binding],
             name="coordinator",
-            auth_token=s.auth_token,
             server_credentials=api_server_credentials(s, s.listen_address),
             limits=ServerLimits.from_settings(s),
+            credentials=s.accepted_credentials(),
+            audit=audit,
         )
 
     @property

@@ -10,6 +10,7 @@ from structlog.contextvars import bound_contextvars
 
 from graflow_api.v1 import coordinator_pb2 as pb
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 
 from graflow_coordinator.deadletters import DeadLetters
@@ -28,6 +29,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         registry: WorkerRegistry,
         dead_letters: DeadLetters,
         heartbeat_streams: HeartbeatStreams,
+        audit: AuditLog,
         *,
         heartbeat_interval_ms: int,
         lease_timeout_ms: int,
@@ -36,6 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._registry = registry
         self._dead_letters = dead_letters
         self._heartbeat_streams = heartbeat_streams
+        self._audit = audit
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._lease_timeout_ms = lease_timeout_ms
 
@@ -94,3 +97,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """Deprecated, accepted and ignored (contracts v1): workers learn of every run's end from
         the scheduler's gf:ended stream (docs/architecture.md, "Cancellation reaching tasks")."""
         return pb.NotifyCanceledResponse()
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Ctx
+    ) -> pb.ListAuditEventsResponse:
+        events = await self._audit.list(limit=request.limit, before_id=request.before_id)
+        return pb.ListAuditEventsResponse(events=events)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import result_store_pb2, result_store_pb2_grpc
+from graflow_runtime.audit import AuditLog
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
 from graflow_runtime.server_limits import ServerLimits
 from graflow_runtime.tls import api_server_credentials
@@ -41,9 +42,10 @@ class ResultStoreApp:
                 )
             ],
             name="result-store",
-            auth_token=settings.auth_token,
             server_credentials=api_server_credentials(settings, settings.listen_address),
             limits=ServerLimits.from_settings(settings),
+            credentials=settings.accepted_credentials(),
+            audit=AuditLog(redis, service="result-store", maxlen=settings.audit_maxlen),
         )
 
     @property

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_server
@@ -147,9 +148,10 @@ class SchedulerApp:
             s.listen_address,
             [binding],
             name="scheduler",
-            auth_token=s.auth_token,
             server_credentials=api_server_credentials(s, s.listen_address),
             limits=ServerLimits.from_settings(s),
+            credentials=s.accepted_credentials(),
+            audit=AuditLog(redis, service="scheduler", maxlen=s.audit_maxlen),
         )
 
     @property

@@ -114,7 +114,8 @@ class Worker:
             result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
             endings=self.endings, bus_keys=self.bus_keys,
         )
-        self.health = create_server(s.health_listen_address, [], name="worker", auth_token=s.auth_token)
+        # Health only (and its reflection): open, like every server's health service.
+        self.health = create_server(s.health_listen_address, [], name="worker")
         self.health_address = _advertised(s.health_listen_address, self.health.port)
         self.membership = Membership(
             downstream=coordinator, stub=co_stub, intake=self.intake,
