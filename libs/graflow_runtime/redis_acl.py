@@ -47,9 +47,9 @@ WORKER_HASHES = keys.worker_info("*")
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
 # LOAD after NOSCRIPT), the durability check at start-up (graflow_runtime.redis_client's
 # check_durability reads INFO when CONFIG is refused, and every service user is refused CONFIG:
-# it can change the server).
+# it can change the server), transactions (MULTI/EXEC pipelines; each command in one is checked).
 # (redis-py also sends CLIENT SETINFO, which Redis 7.0 does not know; it ignores the refusal.)
-CONNECTION_COMMANDS = ("ping", "client|setname", "info", "evalsha", "script|load")
+CONNECTION_COMMANDS = ("ping", "client|setname", "info", "evalsha", "script|load", "multi", "exec", "discard")
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,11 @@ RESULT_STORE = RedisUser(
         Grant(
             "results, channels, checkpoints (put_results.lua, channel_*.lua) and graph blobs",
             ("get", "set", "hget", "hmget", "hset", "hdel", "hexists", "hkeys", "expire"),
-            keys=(*RESULTS, keys.channel("*"), keys.checkpoints("*"), keys.graph("*")),
+            # (gf:chan:{R}:exp: the channel's per-key expiry, graflow_result_store.store)
+            keys=(
+                *RESULTS, keys.channel("*"), f"{keys.channel('*')}:exp", keys.checkpoints("*"),
+                keys.graph("*"),
+            ),
         ),
     ),
     can_still="read, overwrite and delete any run's results, channels, checkpoints and graph blobs "

@@ -1,0 +1,106 @@
+"""End to end over a closed Redis (issue 14): redis-server serves TLS only and has the services' ACL
+users loaded; every process connects as its own service's user. A workflow with a retry, channel
+updates and a child run completes, and Redis refused nothing on the way: the ACLs are sufficient
+(graflow_runtime/redis_acl_test.py proves them tight)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from graflow import Client, parallel, workflow
+from graflow.devstack import LocalStack
+from graflow.errors import GraflowError
+from graflow_runtime import redis_acl
+from graflow_runtime.local_redis import LocalRedis, RedisTls
+from tests.e2e.conftest import module_stack
+from tests.e2e.tasks import chan_count, flaky, source, spawn_child
+
+# Which user runs each service's Lua scripts (dispatch.lua: the scheduler and the coordinator).
+SCRIPT_USERS = {
+    "services/scheduler": [redis_acl.SCHEDULER],
+    "services/coordinator": [redis_acl.COORDINATOR],
+    "services/result-store": [redis_acl.RESULT_STORE],
+    "services/worker": [redis_acl.WORKER],
+    "libs/graflow_runtime/dispatch.lua": [redis_acl.SCHEDULER, redis_acl.COORDINATOR],
+}
+_CALL = re.compile(r"""redis\.p?call\(\s*(?:redis\.call\s*,\s*)?'(\w+)'(?:\s*,\s*'([A-Z]+)')?""")
+_WITH_SUBCOMMAND = {"xgroup", "xinfo", "client", "script", "config", "object"}
+
+
+@pytest.fixture(scope="module")
+def effects_redis() -> Iterator[LocalRedis]:
+    """Where the test tasks record their effects: a Redis of their own (task code is no service)."""
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest, redis_tls: RedisTls, effects_redis: LocalRedis
+) -> Iterator[LocalStack]:
+    server = LocalRedis(tls=redis_tls, users=redis_acl.generate_passwords()).start()
+    env = {"GRAFLOW_TEST_EFFECTS_URL": effects_redis.url}
+    with module_stack(request, workers=2, server=server, env=env) as stack:
+        yield stack
+
+
+@pytest.fixture
+def admin(stack: LocalStack) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(stack.redis_url)  # the operators' user
+    yield conn
+    conn.close()
+
+
+def test_every_process_connects_over_tls_as_its_own_service_user(
+    stack: LocalStack, admin: redis.Redis
+) -> None:
+    for service in ("scheduler", "coordinator", "result-store", "worker"):
+        url = stack.redis_url_for(service)
+        assert url.startswith(f"rediss://{service}:"), service
+    users = {client["user"] for client in admin.client_list()}
+    assert users == {"scheduler", "coordinator", "result-store", "worker", "admin"}
+    for name in ("scheduler", "coordinator", "result-store", "worker-0"):
+        log = stack.log_path(name).read_text()
+        assert "could not check Redis durability" not in log, name  # checked through INFO
+
+
+def test_a_workflow_with_a_retry_channels_and_a_child_run_completes_and_redis_refused_nothing(
+    client: Client, admin: redis.Redis
+) -> None:
+    admin.acl_log_reset()
+    with workflow("closed-redis") as wf:
+        source(task_id="src", value=2) >> parallel(
+            flaky(task_id="retried", fail_times=1),
+            chan_count(task_id="counter", i=3, times=2),
+            spawn_child(task_id="parent", n=4),
+        )
+    run = client.submit(wf)
+    try:
+        run.result(timeout=120)
+    except (TimeoutError, GraflowError) as exc:  # a refused command fails a task or stalls the run
+        raise AssertionError(f"{exc}; Redis refused: {admin.acl_log()}") from exc
+    results = run.results(["retried", "counter", "parent"])
+    assert results == {"retried": 2, "counter": 3, "parent": 50}  # attempt 2; (4 + 1) * 10
+    assert run.channel().get("total") == 6
+    assert admin.acl_log() == []  # no command of any service was refused, in any path it took
+
+
+@pytest.mark.parametrize("root", sorted(SCRIPT_USERS))
+def test_every_command_of_a_lua_script_is_granted_to_the_user_that_runs_it(root: str) -> None:
+    """A static guard beside the end-to-end proof: a script that starts calling a command its
+    service's user lacks fails here, naming it, before it fails in production."""
+    path = Path(root)
+    scripts = [path] if path.suffix == ".lua" else sorted(path.rglob("*.lua"))
+    assert scripts, f"no Lua script under {root}"
+    for script in scripts:
+        for command, subcommand in _CALL.findall(script.read_text()):
+            name = command.lower()
+            if name in _WITH_SUBCOMMAND:
+                name = f"{name}|{subcommand.lower()}"
+            for user in SCRIPT_USERS[root]:
+                assert name in user.commands, f"{script} calls {name}, not granted to Redis user {user.name}"
