@@ -1,6 +1,8 @@
 """End to end over a closed Redis (issue 14): redis-server serves TLS only and has the services' ACL
 users loaded; every process connects as its own service's user. A workflow with a retry, channel
-updates and a child run completes, and Redis refused nothing on the way: the ACLs are sufficient
+updates and a child run completes; a task that kills its workers is reclaimed and dead-lettered; an
+undecodable delivery is dead-lettered and replayed; and Redis refused nothing on the way (its ACL
+LOG stays empty, background loops included: trimming, liveness, sweeps): the ACLs are sufficient
 (graflow_runtime/redis_acl_test.py proves them tight)."""
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import redis
 
 from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
-from graflow.errors import GraflowError
-from graflow_runtime import redis_acl
+from graflow.errors import GraflowError, RunFailedError
+from graflow.operators import Operators
+from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, RedisTls
-from tests.e2e.conftest import module_stack
-from tests.e2e.tasks import chan_count, flaky, source, spawn_child
+from tests.e2e.conftest import module_stack, wait_for
+from tests.e2e.delivery_test import FAST_LEASE
+from tests.e2e.tasks import chan_count, crash_worker, flaky, source, spawn_child
 
 # Which user runs each service's Lua scripts (dispatch.lua: the scheduler and the coordinator).
 SCRIPT_USERS = {
@@ -28,7 +32,7 @@ SCRIPT_USERS = {
     "services/worker": [redis_acl.WORKER],
     "libs/graflow_runtime/dispatch.lua": [redis_acl.SCHEDULER, redis_acl.COORDINATOR],
 }
-_CALL = re.compile(r"""redis\.p?call\(\s*(?:redis\.call\s*,\s*)?'(\w+)'(?:\s*,\s*'([A-Z]+)')?""")
+_CALL = re.compile(r"""(?:redis\.p?call\(|pcall\(\s*redis\.call\s*,)\s*'(\w+)'(?:\s*,\s*'([A-Z]+)')?""")
 _WITH_SUBCOMMAND = {"xgroup", "xinfo", "client", "script", "config", "object"}
 
 
@@ -44,8 +48,9 @@ def stack(
     request: pytest.FixtureRequest, redis_tls: RedisTls, effects_redis: LocalRedis
 ) -> Iterator[LocalStack]:
     server = LocalRedis(tls=redis_tls, users=redis_acl.generate_passwords()).start()
-    env = {"GRAFLOW_TEST_EFFECTS_URL": effects_redis.url}
-    with module_stack(request, workers=2, server=server, env=env) as stack:
+    # Short leases and trimming intervals: reclaims and trimming run within the tests.
+    env = {**FAST_LEASE, "GRAFLOW_TEST_EFFECTS_URL": effects_redis.url}
+    with module_stack(request, workers=4, server=server, env=env) as stack:
         yield stack
 
 
@@ -88,6 +93,39 @@ def test_a_workflow_with_a_retry_channels_and_a_child_run_completes_and_redis_re
     assert results == {"retried": 2, "counter": 3, "parent": 50}  # attempt 2; (4 + 1) * 10
     assert run.channel().get("total") == 6
     assert admin.acl_log() == []  # no command of any service was refused, in any path it took
+
+
+def test_a_task_that_kills_its_workers_is_reclaimed_and_dead_lettered(
+    stack: LocalStack, client: Client, admin: redis.Redis
+) -> None:
+    admin.acl_log_reset()
+    with workflow("closed-redis-poison") as wf:
+        crash_worker(task_id="p")
+    run = client.submit(wf)
+    with pytest.raises(RunFailedError) as failed:
+        run.result(timeout=90)
+    assert failed.value.error.type == "PoisonMessage", admin.acl_log()
+    with Operators(stack.coordinator_address) as ops:
+        letters = [letter for letter in ops.dead_letters() if letter.run_id == run.id]
+    assert [(letter.node_id, letter.attempt) for letter in letters] == [("p", 3)]
+    assert admin.acl_log() == []
+
+
+def test_an_undecodable_delivery_is_dead_lettered_by_a_worker_and_replayed_by_the_coordinator(
+    stack: LocalStack, admin: redis.Redis
+) -> None:
+    admin.acl_log_reset()
+    admin.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"not an envelope"})
+
+    def undecodable(ops: Operators) -> list[str]:
+        return [letter.id for letter in ops.dead_letters(limit=0) if letter.raw == b"not an envelope"]
+
+    with Operators(stack.coordinator_address) as ops:
+        wait_for(lambda: len(undecodable(ops)) == 1, what="the worker's dead letter")
+        first = undecodable(ops)
+        assert ops.replay_dead_letters(first) == 1
+        wait_for(lambda: undecodable(ops) not in ([], first), what="the replayed entry dead-lettered again")
+    assert admin.acl_log() == []
 
 
 @pytest.mark.parametrize("root", sorted(SCRIPT_USERS))
