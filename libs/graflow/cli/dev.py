@@ -1,12 +1,14 @@
 """Running Graflow on this machine:
 
     graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
+                [--redis-acl] [--redis-tls CA CERT KEY]
     graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
                    [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
 
 ``dev`` starts a private redis-server and the four services (:class:`~graflow.cli.devstack.LocalStack`),
 runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks`` loads your modules
-in its workers too, on the default queue.
+in its workers too, on the default queue. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
+production (docs/security.md, "Redis"): one ACL user per service, TLS only.
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
@@ -23,6 +25,7 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -39,6 +42,8 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.local_redis import RedisTls
+from graflow_runtime.redis_client import redacted
 
 DEFAULT_ADDRESSES = {
     "scheduler": DEFAULT_SCHEDULER_ADDRESS,
@@ -80,8 +85,29 @@ WORKER_FLAGS = {
     help="run your module's tasks in the stack's workers instead of the examples (repeatable; queue "
     "'default'); runs no example and keeps the stack up until Ctrl-C",
 )
+@click.option(
+    "--redis-acl",
+    is_flag=True,
+    help="load the services' Redis ACL users (random passwords): each service connects as its own",
+)
+@click.option(
+    "--redis-tls",
+    nargs=3,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="CA CERT KEY",
+    help="serve Redis over TLS only, with this certificate and key; the services verify it with the CA",
+)
 @pass_app
-def dev(app: App, workers: int, keep: bool, any_ports: bool, example: str, tasks: tuple[str, ...]) -> int:
+def dev(
+    app: App,
+    workers: int,
+    keep: bool,
+    any_ports: bool,
+    example: str,
+    tasks: tuple[str, ...],
+    redis_acl: bool,
+    redis_tls: tuple[Path, Path, Path] | None,
+) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
     With ``--tasks``, the workers run your modules' tasks (and not the examples', whose names could
@@ -93,6 +119,8 @@ def dev(app: App, workers: int, keep: bool, any_ports: bool, example: str, tasks
         workers=workers,
         task_modules=list(tasks) or TASK_MODULES,
         ports={} if any_ports else _default_ports_if_free(),
+        redis_tls=RedisTls(*redis_tls) if redis_tls else None,
+        redis_acl=redis_acl,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
@@ -143,7 +171,7 @@ def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
     out.line("the stack keeps running; point clients and workers of your own at it with:")
     for name, value in {**stack.client_env(), **stack.worker_env()}.items():
         out.line(f"  export {name}={value}")
-    out.line("addresses: " + ", ".join(f"{k} {v}" for k, v in stack.addresses.items()))
+    out.line("addresses: " + ", ".join(f"{k} {redacted(v)}" for k, v in stack.addresses.items()))
     out.line(f"logs: {stack.log_dir}")
     out.line("press Ctrl-C to stop")
     try:
