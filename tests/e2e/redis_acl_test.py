@@ -1,9 +1,9 @@
 """End to end over a closed Redis (issue 14): redis-server serves TLS only and has the services' ACL
 users loaded; every process connects as its own service's user. A workflow with a retry, channel
-updates and a child run completes; a task that kills its workers is reclaimed and dead-lettered; an
-undecodable delivery is dead-lettered and replayed; and Redis refused nothing on the way (its ACL
-LOG stays empty, background loops included: trimming, liveness, sweeps): the ACLs are sufficient
-(graflow_runtime/redis_acl_test.py proves them tight)."""
+updates, a child run and a question answered by a person completes; a task that kills its workers
+is reclaimed and dead-lettered; an undecodable delivery is dead-lettered and replayed; and Redis
+refused nothing on the way (its ACL LOG stays empty, background loops included: trimming,
+liveness, sweeps): the ACLs are sufficient (graflow_runtime/redis_acl_test.py proves them tight)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, RedisTls
 from tests.e2e.conftest import module_stack, wait_for
 from tests.e2e.delivery_test import FAST_LEASE
-from tests.e2e.tasks import chan_count, crash_worker, flaky, source, spawn_child
+from tests.e2e.tasks import ask, chan_count, crash_worker, flaky, source, spawn_child
 
 # Which user runs each service's Lua scripts (dispatch.lua: the scheduler and the coordinator).
 SCRIPT_USERS = {
@@ -74,7 +74,7 @@ def test_every_process_connects_over_tls_as_its_own_service_user(
         assert "could not check Redis durability" not in log, name  # checked through INFO
 
 
-def test_a_workflow_with_a_retry_channels_and_a_child_run_completes_and_redis_refused_nothing(
+def test_a_workflow_with_a_retry_channels_a_child_run_and_a_wait_completes_and_redis_refused_nothing(
     client: Client, admin: redis.Redis
 ) -> None:
     admin.acl_log_reset()
@@ -83,14 +83,20 @@ def test_a_workflow_with_a_retry_channels_and_a_child_run_completes_and_redis_re
             flaky(task_id="retried", fail_times=1),
             chan_count(task_id="counter", i=3, times=2),
             spawn_child(task_id="parent", n=4),
+            ask(task_id="approve", prompt="ship it?"),
         )
     run = client.submit(wf)
     try:
+        wait_for(lambda: len(client.list_feedback(run.id)) == 1, timeout_s=60, what="the question")
+        (request,) = client.list_feedback(run.id)
+        client.respond_feedback(run.id, request.request_id, approved=True, responded_by="alice")
         run.result(timeout=120)
-    except (TimeoutError, GraflowError) as exc:  # a refused command fails a task or stalls the run
+    except (TimeoutError, GraflowError, AssertionError) as exc:  # a refusal fails a task or stalls the run
         raise AssertionError(f"{exc}; Redis refused: {admin.acl_log()}") from exc
-    results = run.results(["retried", "counter", "parent"])
-    assert results == {"retried": 2, "counter": 3, "parent": 50}  # attempt 2; (4 + 1) * 10
+    results = run.results(["retried", "counter", "parent", "approve"])
+    # retried: its attempt 2 succeeded; parent: the child's (4 + 1) * 10
+    assert (results["retried"], results["counter"], results["parent"]) == (2, 3, 50)
+    assert (results["approve"]["approved"], results["approve"]["by"]) == (True, "alice")
     assert run.channel().get("total") == 6
     assert admin.acl_log() == []  # no command of any service was refused, in any path it took
 
