@@ -48,7 +48,7 @@ WORKER_HASHES = keys.worker_info("*")
 # LOAD after NOSCRIPT), the durability check at start-up (graflow_runtime.redis_client's
 # check_durability reads INFO when CONFIG is refused, and every service user is refused CONFIG:
 # it can change the server), transactions (MULTI/EXEC pipelines; each command in one is checked).
-# (redis-py also sends CLIENT SETINFO, which Redis 7.0 does not know; it ignores the refusal.)
+# (graflow_runtime.redis_client.connect turns redis-py's CLIENT SETINFO off.)
 CONNECTION_COMMANDS = ("ping", "client|setname", "info", "evalsha", "script|load", "multi", "exec", "discard")
 
 
