@@ -11,7 +11,8 @@ may ``XADD`` to ``gf:outcomes`` but not to a queue it reads). The user's root pe
 the commands without keys (``EVALSHA``, ``SCRIPT LOAD``, ``PING``...) and, for ``EVALSHA``'s declared
 keys, the union of its grants' patterns. A script runs with its caller's permissions: every
 command it calls is checked against the grants again, so loading a script of one's own gains
-nothing. The default user is off: a connection without credentials can do nothing.
+nothing. The default user is the operators' (every command, every key) and has a password: a
+connection without credentials can do nothing.
 
 Passwords never appear in the rules: the rendered file carries ``#<sha256 hex>`` of each password,
 or, without passwords, a placeholder ``#<sha256:USER>`` that Redis refuses to load
@@ -251,7 +252,12 @@ RESULT_STORE = RedisUser(
 
 SERVICE_USERS = (SCHEDULER, COORDINATOR, RESULT_STORE, WORKER)
 # Operators' user: every command on every key (ACL LOAD, CONFIG, inspecting keys). No service uses it.
-ADMIN = "admin"
+# It is Redis' default user, not a user of its own with the default user off: Redis replays its AOF
+# as the default user and checks the commands of each MULTI/EXEC against that user's permissions
+# (redis/redis#14541, fixed by redis/redis#14545; valkey-io/valkey#3983), so with the default user
+# off every transaction and every Lua script's writes (replicated as MULTI/EXEC) were dropped
+# silently at the next start (redis_acl_test.py's restart test).
+ADMIN = "default"
 
 
 def password_hash(password: str) -> str:
@@ -260,7 +266,7 @@ def password_hash(password: str) -> str:
 
 
 def render(passwords: Mapping[str, str] | None = None) -> str:
-    """The ACL file: the default user off, the operators' user, one user per service. With
+    """The ACL file: the operators' user (Redis' default user), one user per service. With
     ``passwords`` (user name -> password, every user of the file) it is loadable as it is; without,
     each password is a placeholder ``<sha256:USER>`` that Redis refuses."""
     def hashed(user: str) -> str:
@@ -271,7 +277,6 @@ def render(passwords: Mapping[str, str] | None = None) -> str:
         return password_hash(passwords[user])
 
     lines = [
-        "user default off resetchannels -@all",
         f"user {ADMIN} on #{hashed(ADMIN)} ~* &* +@all",
         *(f"user {user.name} {user.rules(hashed(user.name))}" for user in SERVICE_USERS),
     ]
@@ -304,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--passwords-dir", type=Path,
-        help="a directory holding one file per user (admin, scheduler, coordinator, result-store, worker) "
+        help="a directory holding one file per user (default, scheduler, coordinator, result-store, worker) "
         "with its password: prints a file redis-server loads (--aclfile)",
     )
     options = parser.parse_args(argv)

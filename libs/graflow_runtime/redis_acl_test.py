@@ -97,7 +97,7 @@ async def test_a_service_user_is_refused_what_its_service_does_not_need(
 
 
 async def test_the_worker_may_do_what_it_needs(acl_redis: LocalRedis) -> None:
-    async with _as(acl_redis, "admin") as admin:
+    async with _as(acl_redis, redis_acl.ADMIN) as admin:
         await admin.hset(keys.run_meta(RUN), mapping={"ended": "0", "status": "RUN_STATUS_RUNNING"})
     async with _as(acl_redis, "worker") as worker:
         stream = keys.queue_stream("acl-test")
@@ -118,14 +118,14 @@ async def test_a_script_of_the_worker_s_own_runs_with_its_permissions(acl_redis:
             await worker.evalsha(sha, 1, keys.queue_stream("default"))
         with pytest.raises(NoPermissionError):  # a run's state may not even be declared
             await worker.evalsha(sha, 1, keys.run_state(RUN))
-    async with _as(acl_redis, "admin") as admin:
+    async with _as(acl_redis, redis_acl.ADMIN) as admin:
         assert await admin.exists(keys.queue_stream("default")) == 0
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        lambda s: s.url_for(None),  # the default user: off
+        lambda s: s.url_for(None),  # no credentials (the default user has a password)
         lambda s: s.url_for("worker").replace(":" + s.users["worker"] + "@", "@"),  # no password
         lambda s: s.url_for("worker").replace(s.users["worker"], "not-" + s.users["worker"]),
         lambda s: s.url_for("worker").replace("worker:", "nobody:"),
@@ -160,3 +160,26 @@ def test_the_deploy_script_renders_what_the_table_renders_with_the_passwords(tmp
     )
     assert (tmp_path / "users.acl").read_text() == redis_acl.render(passwords)
     assert redis_acl.read_passwords(tmp_path) == passwords
+
+
+async def test_what_the_services_wrote_in_transactions_and_scripts_survives_a_redis_restart(
+    tmp_path: Path,
+) -> None:
+    """Redis replays its AOF as its default user and checks EXEC's commands against that user's
+    permissions (redis/redis#14541, valkey-io/valkey#3983): with the default user off, every
+    MULTI/EXEC and every Lua script's writes (replicated as MULTI/EXEC) would be dropped silently
+    at the next start."""
+    with LocalRedis(tmp_path, users=redis_acl.generate_passwords(), fsync="always") as server:
+        async with _as(server, "coordinator") as coordinator:
+            async with coordinator.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.worker_info("w1"), mapping={"queues": "[]"})
+                pipe.zadd(keys.WORKERS_INDEX, {"w1": 1})
+                await pipe.execute()
+        async with _as(server, "result-store") as result_store:
+            sha = await result_store.script_load("return redis.call('HSET', KEYS[1], 'a', 'scripted')")
+            await result_store.evalsha(sha, 1, keys.results(RUN))
+        server.restart()
+        async with _as(server, redis_acl.ADMIN) as admin:
+            assert await admin.zscore(keys.WORKERS_INDEX, "w1") == 1
+            assert await admin.hget(keys.worker_info("w1"), "queues") == b"[]"
+            assert await admin.hget(keys.results(RUN), "a") == b"scripted"

@@ -68,7 +68,7 @@ def test_every_process_connects_over_tls_as_its_own_service_user(
         url = stack.redis_url_for(service)
         assert url.startswith(f"rediss://{service}:"), service
     users = {client["user"] for client in admin.client_list()}
-    assert users == {"scheduler", "coordinator", "result-store", "worker", "admin"}
+    assert users == {"scheduler", "coordinator", "result-store", "worker", "default"}
     for name in ("scheduler", "coordinator", "result-store", "worker-0"):
         log = stack.log_path(name).read_text()
         assert "could not check Redis durability" not in log, name  # checked through INFO
@@ -132,6 +132,19 @@ def test_an_undecodable_delivery_is_dead_lettered_by_a_worker_and_replayed_by_th
         assert ops.replay_dead_letters(first) == 1
         wait_for(lambda: undecodable(ops) not in ([], first), what="the replayed entry dead-lettered again")
     assert admin.acl_log() == []
+
+
+def test_after_a_redis_restart_every_service_logs_in_again_and_runs_work(
+    stack: LocalStack, client: Client, admin: redis.Redis
+) -> None:
+    stack.restart("redis")  # the same port, certificate and users; every connection is new
+    with workflow("closed-redis-after-restart") as wf:
+        source(task_id="src", value=5)
+    run = client.submit(wf)
+    assert run.result(timeout=90) == 5
+    users = {c["user"] for c in admin.client_list()}
+    assert users == {"scheduler", "coordinator", "result-store", "worker", "default"}
+    assert [(e["username"], e["context"], e["object"], e["reason"]) for e in admin.acl_log()] == []
 
 
 @pytest.mark.parametrize("root", sorted(SCRIPT_USERS))
