@@ -6,8 +6,8 @@ setting: a Redis crash may lose the last second of writes; pass ``fsync="always"
 and can be stopped, killed and restarted on the same port and data directory (chaos tests do).
 
 With ``tls`` it serves TLS only (no plain port); with ``users`` (passwords of the users of
-:mod:`graflow_runtime.redis_acl`) it loads their ACL file: the default user is off, ``url`` is the
-operators' user's and :meth:`LocalRedis.url_for` gives each service its own (issue 14).
+:mod:`graflow_runtime.redis_acl`) it loads their ACL file: ``url`` is then the operators' (Redis'
+default user, with its password) and :meth:`LocalRedis.url_for` gives each service its own (issue 14).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class LocalRedis:
         return self.url_for(redis_acl.ADMIN if self.users is not None else None)
 
     def url_for(self, user: str | None) -> str:
-        """The URL a client connects with as ``user`` (None: the default user) with its password,
+        """The URL a client connects with as ``user`` (None: without credentials) with its password,
         over TLS when the server has it (with the CA and, if any, the client certificate)."""
         credentials = ""
         if user is not None:

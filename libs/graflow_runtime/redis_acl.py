@@ -1,6 +1,6 @@
 """One Redis ACL user per service, with the keys and commands it needs and no more (issue 14).
 
-The table :data:`USERS` is the one source of the rules: ``deploy/redis/users.acl`` is rendered from
+The table :data:`SERVICE_USERS` is the one source of the rules: ``deploy/redis/users.acl`` is rendered from
 it (a test keeps the two equal), and so are the ACL files of the test fixtures and of
 ``LocalStack``. docs/security.md ("Redis") explains each user and what a holder of its password can
 still do.
