@@ -6,7 +6,7 @@ existing server), a testcontainers Redis when a Docker engine is reachable, or a
 ``redis`` gives each test an asyncio client on a flushed database.
 
 ``tls_redis`` is a private redis-server that serves TLS only, ``acl_redis`` one that also has the
-services' ACL users loaded (:mod:`graflow_runtime.redis_acl`; the default user is off): tests
+services' ACL users loaded (:mod:`graflow_runtime.redis_acl`; only with a password): tests
 connect with ``server.url_for(user)``. Their certificates are made at test time.
 """
 
