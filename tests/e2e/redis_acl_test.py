@@ -48,8 +48,16 @@ def stack(
     request: pytest.FixtureRequest, redis_tls: RedisTls, effects_redis: LocalRedis
 ) -> Iterator[LocalStack]:
     server = LocalRedis(tls=redis_tls, users=redis_acl.generate_passwords()).start()
-    # Short leases and trimming intervals: reclaims and trimming run within the tests.
-    env = {**FAST_LEASE, "GRAFLOW_TEST_EFFECTS_URL": effects_redis.url}
+    # Short leases and intervals: reclaims, trimming, the scheduler's recovery sweep, its keep-alive
+    # of live runs' results (through the result-store) and its claims of idle outcomes run within
+    # the tests, so the empty ACL LOG covers them.
+    env = {
+        **FAST_LEASE,
+        "GRAFLOW_SCHEDULER_SWEEP_INTERVAL_S": "0.5",
+        "GRAFLOW_SCHEDULER_RESULTS_KEEPALIVE_S": "0.5",
+        "GRAFLOW_SCHEDULER_CLAIM_IDLE_MS": "1000",
+        "GRAFLOW_TEST_EFFECTS_URL": effects_redis.url,
+    }
     with module_stack(request, workers=4, server=server, env=env) as stack:
         yield stack
 
