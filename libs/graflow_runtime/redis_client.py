@@ -12,7 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -85,7 +85,7 @@ def connect(
     Blocking reads (XREADGROUP BLOCK) need a socket timeout above their block time; callers block
     for at most a few seconds, so the socket timeout is generous.
 
-    TLS and the ACL user come with the URL (docs/configuration.md, "Redis"):
+    TLS and the ACL user come with the URL (docs/security.md, "Redis"):
     ``rediss://<user>:<password>@host:port/0?ssl_ca_certs=<CA file>`` (plus ``ssl_certfile`` and
     ``ssl_keyfile`` for a client certificate), redis-py's own parameters; the server's certificate
     and host name are verified. They are checked here, so a wrong file or an option the scheme
@@ -145,7 +145,9 @@ async def check_durability(client: aioredis.Redis) -> list[str]:
     """
     try:
         policy, aof = await _durability_settings(client)
-    except ResponseError as exc:
+    except ResponseError as exc:  # INFO refused too (a user without it, a renamed command)
+        if not isinstance(exc, NoPermissionError) and "INFO" not in str(exc).upper():
+            raise
         log.warning("could not check Redis durability settings", error=str(exc))
         return []
     problems: list[str] = []

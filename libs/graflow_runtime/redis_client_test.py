@@ -143,3 +143,22 @@ async def test_the_durability_check_reads_info_when_config_is_refused(acl_redis:
             await client.config_get("appendonly")
     finally:
         await client.aclose()
+
+
+async def test_the_durability_check_is_skipped_with_a_warning_when_info_is_refused_too(
+    acl_redis: LocalRedis,
+) -> None:
+    admin = connect(acl_redis.url)
+    await admin.acl_setuser("blind", enabled=True, passwords=["+blind-pw"], commands=["+ping"])
+    url = acl_redis.url.replace(f"default:{acl_redis.users['default']}@", "blind:blind-pw@")  # type: ignore[index]
+    client = connect(url)
+    try:
+        with capture_logs() as logs:
+            assert await check_durability(client) == []
+        assert [(e["log_level"], e["event"]) for e in logs] == [
+            ("warning", "could not check Redis durability settings")
+        ]
+    finally:
+        await client.aclose()
+        await admin.acl_deluser("blind")
+        await admin.aclose()
