@@ -1,9 +1,10 @@
 """End to end over a closed Redis (issue 14): redis-server serves TLS only and has the services' ACL
 users loaded; every process connects as its own service's user. A workflow with a retry, channel
-updates, a child run and a question answered by a person completes; a task that kills its workers
-is reclaimed and dead-lettered; an undecodable delivery is dead-lettered and replayed; and Redis
-refused nothing on the way (its ACL LOG stays empty, background loops included: trimming,
-liveness, sweeps): the ACLs are sufficient (graflow_runtime/redis_acl_test.py proves them tight)."""
+updates, a child run and a question answered by a person completes; a canceled run reaches its
+running task and its child run; a task that kills its workers is reclaimed and dead-lettered; an
+undecodable delivery is dead-lettered and replayed; Redis restarts; and Redis refused nothing on
+the way (its ACL LOG stays empty, background loops included: trimming, liveness, sweeps): the
+ACLs are sufficient (graflow_runtime/redis_acl_test.py proves them tight)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,22 @@ import redis
 
 from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
-from graflow.errors import GraflowError, RunFailedError
+from graflow.errors import GraflowError, RunCanceledError, RunFailedError
 from graflow.operators import Operators
 from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, RedisTls
 from tests.e2e.conftest import module_stack, wait_for
 from tests.e2e.delivery_test import FAST_LEASE
-from tests.e2e.tasks import ask, chan_count, crash_worker, flaky, source, spawn_child
+from tests.e2e.tasks import (
+    ask,
+    chan_count,
+    cooperative_wait,
+    crash_worker,
+    flaky,
+    source,
+    spawn_child,
+    spawn_waiting_child,
+)
 
 # Which user runs each service's Lua scripts (dispatch.lua: the scheduler and the coordinator).
 SCRIPT_USERS = {
@@ -107,6 +117,29 @@ def test_a_workflow_with_a_retry_channels_a_child_run_and_a_wait_completes_and_r
     assert (results["approve"]["approved"], results["approve"]["by"]) == (True, "alice")
     assert run.channel().get("total") == 6
     assert admin.acl_log() == []  # no command of any service was refused, in any path it took
+
+
+def test_a_canceled_run_reaches_its_running_task_and_its_child_run(
+    client: Client, admin: redis.Redis, effects_redis: LocalRedis
+) -> None:
+    admin.acl_log_reset()
+    with workflow("closed-redis-cancel") as wf:
+        parallel(cooperative_wait(task_id="work", seconds=120), spawn_waiting_child(task_id="parent"))
+    run = client.submit(wf)
+    fx = redis.Redis.from_url(effects_redis.url)
+    try:
+        wait_for(lambda: bool(client.get_run(run.id).child_run_ids), 60, "the child run")
+        (child,) = client.get_run(run.id).child_run_ids
+        for run_id, node in ((run.id, "work"), (child, "long")):
+            wait_for(lambda r=run_id, n=node: fx.exists(f"running:{r}:{n}"), 60, f"{node} to start")
+        run.cancel("stopped by the test")
+        for run_id, node in ((run.id, "work"), (child, "long")):  # the child is canceled with its parent
+            wait_for(lambda r=run_id, n=node: fx.exists(f"observed:{r}:{n}"), 60, f"{node} to see the cancel")
+    finally:
+        fx.close()
+    with pytest.raises(RunCanceledError, match="stopped by the test"):
+        run.result(timeout=30)
+    assert admin.acl_log() == []
 
 
 def test_a_task_that_kills_its_workers_is_reclaimed_and_dead_lettered(
