@@ -22,5 +22,5 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 USER 10001:10001
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["/opt/graflow/bin/python", "/opt/graflow/grpc_health_check.py", "127.0.0.1:50052"]
+  CMD ["/opt/graflow/bin/python", "/opt/graflow/grpc_health_check.py", "--tls-env", "GRAFLOW_COORDINATOR_", "127.0.0.1:50052"]
 ENTRYPOINT ["/opt/graflow/pex"]

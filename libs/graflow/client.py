@@ -6,10 +6,13 @@
         value = run.result(timeout=60)
 
 Every call has a deadline (``timeout``) and sends ``authorization: Bearer <token>`` when a token is
-set. Unreachable services raise :class:`ServiceUnavailableError` naming the address. Status and
-run information are the contract's messages: :meth:`Client.get_run` returns a
-``graflow_api.v1.scheduler_pb2.Run`` (alias :data:`RunInfo`); :attr:`Run.status` is its status name
-("RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "PAUSED").
+set. With a CA (``tls_ca_file`` or ``GRAFLOW_CLIENT_TLS_CA_FILE``) the channels use TLS and verify the
+servers against it; ``tls_cert_file``/``tls_key_file`` (or ``GRAFLOW_CLIENT_TLS_CERT_FILE``/
+``..._KEY_FILE``) add a client certificate for servers that require one (mTLS). Unreachable
+services raise :class:`ServiceUnavailableError` naming the address. Status and run information
+are the contract's messages: :meth:`Client.get_run` returns a ``graflow_api.v1.scheduler_pb2.Run``
+(alias :data:`RunInfo`); :attr:`Run.status` is its status name ("RUNNING", "SUCCEEDED", "FAILED",
+"CANCELED", "PAUSED").
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import grpc
 
 from graflow import payload
-from graflow._transport import Endpoint, ErrorMap
+from graflow._transport import Endpoint, ErrorMap, client_credentials
 from graflow.dsl import Workflow
 from graflow.errors import FeedbackError, RunNotFoundError, ServiceUnavailableError, WorkflowDefinitionError
 from graflow.errors import ServiceCallError as ServiceCallError  # re-exported: its import path before 0.10
@@ -56,10 +59,18 @@ class Client:
         *,
         auth_token: str | None = None,
         timeout: float = 10.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.timeout = timeout
-        self._scheduler = Endpoint("scheduler", scheduler, auth_token=auth_token, timeout=timeout)
-        self._result_store = Endpoint("result-store", result_store, auth_token=auth_token, timeout=timeout)
+        tls = client_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        self._scheduler = Endpoint(
+            "scheduler", scheduler, auth_token=auth_token, timeout=timeout, credentials=tls
+        )
+        self._result_store = Endpoint(
+            "result-store", result_store, auth_token=auth_token, timeout=timeout, credentials=tls
+        )
 
     @property
     def scheduler_address(self) -> str:

@@ -8,6 +8,7 @@ from graflow.cli.devstack import (
     LocalStack,
     LocalStackError,
     ServiceProcess,
+    StackTls,
     child_pythonpath,
     read_tail,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "LocalStack",
     "LocalStackError",
     "ServiceProcess",
+    "StackTls",
     "child_pythonpath",
     "read_tail",
 ]

@@ -6,8 +6,9 @@
         ops.replay_dead_letters(["1700000000000-0"])
 
 Like :class:`graflow.Client`: every call has a deadline, sends the bearer token when one is set
-(``GRAFLOW_CLIENT_AUTH_TOKEN``), and raises :class:`ServiceUnavailableError` when the coordinator does not
-answer, :class:`ServiceCallError` when it refuses a call. Workers and dead letters are the
+(``GRAFLOW_CLIENT_AUTH_TOKEN``), uses TLS when given a CA, and raises
+:class:`ServiceUnavailableError` when the coordinator does not answer, :class:`ServiceCallError`
+when it refuses a call. Workers and dead letters are the
 contract's messages (``graflow_api.v1.coordinator_pb2.WorkerInfo``, ``messages_pb2.DeadLetter``).
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from graflow._transport import Endpoint
+from graflow._transport import Endpoint, client_credentials
 from graflow.errors import DeadLetterNotFoundError
 from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
@@ -30,9 +31,23 @@ class Operators:
     """Talks to the coordinator on behalf of an operator."""
 
     def __init__(
-        self, coordinator: str | None = None, *, auth_token: str | None = None, timeout: float = 10.0
+        self,
+        coordinator: str | None = None,
+        *,
+        auth_token: str | None = None,
+        timeout: float = 10.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
-        self._coordinator = Endpoint("coordinator", coordinator, auth_token=auth_token, timeout=timeout)
+        """TLS as for :class:`graflow.Client` (``GRAFLOW_CLIENT_TLS_*_FILE`` for files left None)."""
+        self._coordinator = Endpoint(
+            "coordinator",
+            coordinator,
+            auth_token=auth_token,
+            timeout=timeout,
+            credentials=client_credentials(tls_ca_file, tls_cert_file, tls_key_file),
+        )
 
     @property
     def coordinator_address(self) -> str:

@@ -5,7 +5,8 @@ its own round trip to Redis (no call to the coordinator on a run's path), and th
 ``Dispatch`` RPC (v1, for other callers) runs the same code.
 
 Each delivery is skipped as a duplicate when ``gf:dispatch:{run}[node] >= attempt``; otherwise the
-attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``) or, with a
+attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``, with ``k`` and
+``s``, its key id and HMAC, when the process has signing keys: graflow_runtime.signing) or, with a
 delay, scheduled on the coordinator's retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``;
 a delivery due before everything the timer held also appends to ``gf:retry:wake``, which wakes the
 timers at once wherever they run). The check, the record and the append of a delivery happen in
@@ -23,7 +24,7 @@ head names it). Within a lane, the deliveries of one Dispatch are appended highe
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -33,8 +34,9 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
-from graflow_runtime.queues import QueueGroups
+from graflow_runtime.queues import QueueGroups, QueueLimitReached
 from graflow_runtime.scripts import LuaScript, ScriptCall
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 log = structlog.get_logger(__name__)
 
@@ -89,10 +91,17 @@ class Dispatcher:
         groups: QueueGroups,
         *,
         record_ttl_s: int,
+        bus_keys: BusKeys = UNSIGNED,
     ) -> None:
         self._redis = redis
         self._groups = groups
         self._record_ttl_s = record_ttl_s
+        self._keys = bus_keys
+
+    async def ensure_queues(self, queues: Iterable[str]) -> None:
+        """Make the queues usable now (registered, streams and group made); raises
+        :class:`~graflow_runtime.queues.QueueLimitReached` for queues beyond the limit."""
+        await self._groups.ensure(queues)
 
     async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
         """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it. Redis errors
@@ -102,7 +111,16 @@ class Dispatcher:
         if not deliveries:
             return DispatchResult(0, 0)
         ordered = sorted(deliveries, key=lambda d: -d.envelope.priority)
-        await self._groups.ensure({d.envelope.queue for d in ordered if d.delay_ms == 0})
+        try:
+            await self._groups.ensure({d.envelope.queue for d in ordered})
+        except QueueLimitReached as exc:
+            # Only the deliveries on refused queues stay behind (not enqueued: their nodes stay
+            # READY, and the recovery sweep tries again); the rest of the batch goes on.
+            refused = set(exc.queues)
+            log.error("deliveries not enqueued: their queues are over the limit", error=str(exc))
+            ordered = [d for d in ordered if d.envelope.queue not in refused]
+            if not ordered:
+                return DispatchResult(0, 0)
         now_ms = int(time.time() * 1000)
         chunks = [
             self._chunk_call(ordered[start : start + CHUNK], now_ms)
@@ -145,9 +163,13 @@ class Dispatcher:
             env.enqueued_at_ms = due_ms or now_ms
             high = high_lane(delivery)
             stream = keys.queue_high_stream(env.queue) if high else keys.queue_stream(env.queue)
-            # A delayed delivery's queue is the retry timer member's head, which names its lane.
-            head = f"{env.queue} {keys.HIGH_LANE}" if due_ms and high else env.queue
+            data = env.SerializeToString()
+            signature = self._keys.sign(Kind.ENVELOPE, data)
+            key_id, mac = (signature.key_id, signature.mac) if signature else (b"", b"")
+            # A delayed delivery's queue is the retry timer member's head, which names its lane and
+            # carries its signature to the entry the timer appends.
+            head = keys.retry_head(env.queue, high=high, key_id=key_id, mac=mac) if due_ms else env.queue
             call_keys += [keys.dispatch_record(env.run_id), stream, keys.run_meta(env.run_id)]
-            args += [env.node_id, env.attempt, due_ms, head, env.SerializeToString()]
+            args += [env.node_id, env.attempt, due_ms, head, data, key_id, mac]
         call_keys.append(keys.RETRY_WAKE)
         return call_keys, args

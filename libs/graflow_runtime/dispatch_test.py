@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.dispatch import CHUNK, Dispatcher, InvalidDelivery
-from graflow_runtime.queues import QueueGroups
+from graflow_runtime.queues import QueueGroups, QueueLimitReached
 
 
 def delivery(node_id: str, *, run_id: str = "run-1", attempt: int = 1, delay_ms: int = 0,
@@ -115,3 +115,19 @@ async def test_the_consumer_group_is_recreated_when_a_queue_stream_vanished(
     assert result.accepted == 1
     read = await redis.xreadgroup(keys.WORKER_GROUP, "w1", {keys.queue_stream("default"): ">"}, count=10)
     assert [e for _, entries in read for e in entries] != []
+
+
+async def test_queue_names_are_capped_and_a_refused_queue_holds_back_only_its_deliveries(
+    redis: aioredis.Redis,
+) -> None:
+    dispatcher = Dispatcher(redis, QueueGroups(redis, max_queues=2), record_ttl_s=60)
+    await dispatcher.dispatch([delivery("a"), delivery("b", queue="second")])
+    batch = [delivery("c"), delivery("d", queue="third"), delivery("e", queue="second")]
+    result = await dispatcher.dispatch(batch)
+    assert result.accepted == 2
+    assert await queued(redis) == [("a", 1), ("c", 1)]
+    assert await queued(redis, "second") == [("b", 1), ("e", 1)]
+    assert not await redis.exists(keys.queue_stream("third"), keys.queue_high_stream("third"))
+    assert {q.decode() for q in await redis.smembers(keys.QUEUES)} == {"default", "second"}
+    with pytest.raises(QueueLimitReached, match=r"'third'.*MAX_QUEUES is 2"):
+        await QueueGroups(redis, max_queues=2).ensure(["default", "third"])

@@ -46,5 +46,12 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(ServiceError):
+    """A limit of the service is reached (the message names it); retrying the same call will not
+    help until something is freed or the limit is raised."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ConfigurationError(RuntimeError):
     """The process is configured wrongly (settings, task modules); it cannot start."""

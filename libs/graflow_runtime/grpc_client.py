@@ -73,13 +73,20 @@ class _StreamStreamToken(_Token, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._with_token(client_call_details), request_iterator)
 
 
-def open_channel(target: str, auth_token: str = "") -> grpc.aio.Channel:
-    """An insecure aio channel with Graflow's options, tracing (when an exporter is configured) and
-    (optionally) the auth token."""
+def open_channel(
+    target: str, auth_token: str = "", credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """An aio channel with Graflow's options, tracing (when an exporter is configured),
+    (optionally) the auth token, and TLS when ``credentials`` are given
+    (:func:`graflow_runtime.tls.channel_credentials`; None: plaintext)."""
     interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
     if auth_token:
         shapes = (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)
         interceptors.extend(shape(auth_token) for shape in shapes)
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors or None
+        )
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 

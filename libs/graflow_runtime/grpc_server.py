@@ -1,8 +1,9 @@
 """gRPC servers: one factory that every service uses.
 
-``create_server`` binds the address (port 0 picks a free port), installs the interceptors every
-server has (tracing, auth, the error-to-status mapping, per-call log context), the stock health
-service and server reflection, and returns the server with its bound port. Start-up and shutdown
+``create_server`` binds the address (port 0 picks a free port; TLS when given credentials), installs
+the interceptors every server has (tracing, auth, the error-to-status mapping, per-call log
+context), the stock health service and server reflection, and returns the server with its bound
+port. Start-up and shutdown
 order live in :mod:`graflow_runtime.service`.
 """
 
@@ -22,6 +23,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from graflow_runtime.errors import ServiceError
 from graflow_runtime.grpc_options import SERVER_OPTIONS
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+from graflow_runtime.server_limits import LimitsInterceptor, ServerLimits
 from graflow_runtime.telemetry import tracing_enabled
 
 log = structlog.get_logger(__name__)
@@ -180,15 +182,25 @@ def create_server(
     name: str = "service",
     auth_token: str = "",
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    server_credentials: grpc.ServerCredentials | None = None,
+    limits: ServerLimits | None = None,
 ) -> ServerHandle:
     """Build (not start) a server on ``address`` ("host:port", port 0 = any free port) for the
-    service ``name`` (as its error messages call it, e.g. "coordinator")."""
+    service ``name`` (as its error messages call it, e.g. "coordinator"); TLS when
+    ``server_credentials`` are given (:func:`graflow_runtime.tls.api_server_credentials`), with
+    ``limits`` (``ServerLimits.from_settings``; the settings' defaults when None)."""
+    limits = limits or ServerLimits()
     interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
     if auth_token:
         interceptors.append(AuthInterceptor(auth_token))
+    interceptors.append(LimitsInterceptor(name, limits))
     interceptors.append(ErrorStatusInterceptor(name))
     interceptors.extend(extra_interceptors)
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[*SERVER_OPTIONS, *limits.options()],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     bindings = list(bindings)
     names = [b.service_name for b in bindings]
     for binding in bindings:
@@ -199,7 +211,10 @@ def create_server(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(address)
+    if server_credentials is not None:
+        port = server.add_secure_port(address, server_credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
     return ServerHandle(server=server, port=port, health=health_servicer, service_names=names)

@@ -34,6 +34,11 @@ ENDED_CURSOR_FIELD = b"c"
 OUTCOME_FIELD = b"o"
 
 
+# The queue names in use (a set): graflow_runtime.queues registers each one before its streams are
+# made, at most graflow_runtime.limits.MAX_QUEUES of them.
+QUEUES = f"{PREFIX}:queues"
+
+
 # Priority lanes (docs/architecture.md, "Priority lanes"): every queue is two streams, each with
 # the group WORKER_GROUP. Workers read the high lane first. Attempts that replace one lost with its
 # worker, and envelopes with priority > 0, are appended to the high lane; everything else to the
@@ -147,8 +152,20 @@ def run_flow_keys(run_id: str) -> list[str]:
 
 # ---- dispatch (graflow_runtime.dispatch: the scheduler and the coordinator's Dispatch) ----
 # zset, score = due ms, member = "<queue>\n<envelope bytes>" (normal lane) or
-# "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace).
+# "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace); a signed envelope's
+# head also names its signature, "<queue>[ high] sig=<key id>:<hmac hex>" (retry_head).
 RETRY_TIMER = f"{PREFIX}:retry"
+RETRY_SIGNATURE_TOKEN = "sig="
+
+
+def retry_head(queue: str, *, high: bool, key_id: bytes = b"", mac: bytes = b"") -> str:
+    """The head of a retry timer member (before its first newline): queue, lane, signature."""
+    head = f"{queue} {HIGH_LANE}" if high else queue
+    if key_id:
+        head += f" {RETRY_SIGNATURE_TOKEN}{key_id.decode()}:{mac.decode()}"
+    return head
+
+
 # stream (one entry kept): appended by dispatch when a delayed delivery is due earlier than every
 # delivery the retry timer held, so that the timers (XREAD BLOCK on it) wake at once.
 RETRY_WAKE = f"{PREFIX}:retry:wake"

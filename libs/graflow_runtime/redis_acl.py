@@ -112,6 +112,12 @@ class RedisUser:
 
 
 _STREAM_CONSUMER = ("xreadgroup", "xack", "xgroup|create", "xpending")
+# graflow_runtime.queues.QueueGroups registers a queue name before it makes its streams.
+_QUEUE_REGISTRY = Grant(
+    "register queue names in use, up to MAX_QUEUES (register_queues.lua)",
+    ("sismember", "scard", "sadd"),
+    keys=(keys.QUEUES,),
+)
 
 WORKER = RedisUser(
     name="worker",
@@ -169,6 +175,7 @@ SCHEDULER = RedisUser(
             keys=(keys.OUTCOMES_STREAM,),
         ),
         Grant("dead-letter an outcome it cannot apply", ("xadd",), write_keys=(keys.DEAD_LETTERS_STREAM,)),
+        _QUEUE_REGISTRY,
         Grant(
             "enqueue deliveries (dispatch.lua): the queues' consumer groups, appends",
             ("exists", "xgroup|create", "xadd"),
@@ -204,6 +211,7 @@ COORDINATOR = RedisUser(
             ),
             keys=QUEUE_LANES,
         ),
+        _QUEUE_REGISTRY,
         Grant(
             "dead letters: list, replay (replay_dead_letters.lua), poison messages",
             ("xadd", "xrange", "xrevrange", "xdel"),
@@ -237,7 +245,7 @@ RESULT_STORE = RedisUser(
     grants=(
         Grant(
             "results, channels, checkpoints (put_results.lua, channel_*.lua) and graph blobs",
-            ("get", "set", "hget", "hmget", "hset", "hdel", "hexists", "hkeys", "expire"),
+            ("get", "set", "hget", "hmget", "hset", "hdel", "hexists", "hkeys", "hlen", "expire"),
             # (gf:chan:{R}:exp: the channel's per-key expiry, graflow_result_store.store)
             keys=(
                 *RESULTS, keys.channel("*"), f"{keys.channel('*')}:exp", keys.checkpoints("*"),

@@ -8,12 +8,13 @@ the variable; every default works on one machine.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.signing import BusKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -39,6 +40,17 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str = "127.0.0.1:4317"
     # Shared bearer token. When set, servers reject calls without it and clients send it.
     auth_token: str = ""
+    # Transport security (graflow_runtime.tls): PEM files read at start-up. A server with a certificate
+    # and key serves TLS; channels to other services use TLS when a CA is set, verify the server
+    # against it and send the certificate and key as client certificate when set.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    # mTLS: the API server accepts only clients whose certificate the CA signed.
+    tls_client_auth: bool = False
+    # Lets an API server listen on a non-loopback address with neither TLS nor credentials (a
+    # warning is logged at every start); without it such a start is refused (exit code 2).
+    insecure: bool = False
     # Seconds a service waits for in-flight work on SIGTERM before it stops anyway.
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     # Deadline of every call to another service, in seconds.
@@ -48,6 +60,35 @@ class ServiceSettings(BaseSettings):
     breaker_reset_s: float = Field(default=2.0, gt=0)
     # graflow_runtime.lifecycle.event_loop.
     event_loop: EventLoopChoice = "auto"
+    # Server-side limits of the service's gRPC server (graflow_runtime.server_limits): calls in
+    # progress at once, HTTP/2 streams per connection, streamed calls open at once (WatchRun,
+    # HeartbeatStream), and seconds a single-response handler may work.
+    max_concurrent_rpcs: int = Field(default=10_000, ge=1)
+    max_streams_per_connection: int = Field(default=1000, ge=1)
+    max_streams: int = Field(default=1000, ge=1)
+    handler_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class BusSettings(ServiceSettings):
+    """Settings of the processes that write or read the bus's streams (scheduler, coordinator,
+    worker): the HMAC keys of its messages (graflow_runtime.signing; docs/security.md)."""
+
+    # "<key id>:<secret>" items (secret: hex or base64, >= 32 bytes); every one verifies.
+    signing_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    # The key that signs; may stay empty when exactly one key is listed. No keys: unsigned (dev).
+    signing_key_id: str = ""
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_signing_keys(cls, value: Any) -> Any:
+        return split_list(value)
+
+    def bus_keys(self) -> BusKeys:
+        """The keys these settings name; raises :class:`SigningKeysError` (a ConfigurationError:
+        exit 2) naming the variable."""
+        return BusKeys.from_settings(
+            self.signing_keys, self.signing_key_id, prefix=self.model_config.get("env_prefix", "")
+        )
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -1,11 +1,16 @@
 """Redis Streams helpers shared by the services: entry ids as comparable pairs, a stream's tail,
-and trimming below a floor in bounded calls."""
+trimming below a floor in bounded calls, and the one way to write a dead letter."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from graflow_runtime import keys
+from graflow_runtime.limits import DEAD_LETTERS_MAXLEN
 
 # Entries one `XTRIM MINID ~` call may evict (Redis' default LIMIT), and calls per trim (so at most
 # 1,000,000 entries per trim).
@@ -30,6 +35,25 @@ def stream_id(value: bytes | str) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+# The field of a dead-letter entry (``DeadLetter`` bytes).
+DEAD_LETTER_FIELD = b"d"
+
+
+def add_dead_letter(
+    pipe: Pipeline,
+    letter: bytes,
+    extra: Mapping[bytes, bytes] | None = None,
+    *,
+    maxlen: int = DEAD_LETTERS_MAXLEN,
+) -> None:
+    """Queue on ``pipe`` the append of ``letter`` (``DeadLetter`` bytes, with the ``extra`` fields:
+    the signature of the entry it holds) to the dead-letter stream, which keeps about ``maxlen``
+    entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to one node, 100 entries, more).
+    Every writer uses it: without a cap the stream only grew."""
+    fields = {DEAD_LETTER_FIELD: letter, **(extra or {})}
+    pipe.xadd(keys.DEAD_LETTERS_STREAM, fields, maxlen=maxlen, approximate=True)
 
 
 async def tail_id(redis: aioredis.Redis, stream: str) -> bytes:

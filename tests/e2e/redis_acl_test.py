@@ -21,6 +21,7 @@ from graflow.errors import GraflowError, RunCanceledError, RunFailedError
 from graflow.operators import Operators
 from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, RedisTls
+from graflow_runtime.signing import BusKeys, Kind
 from tests.e2e.conftest import module_stack, wait_for
 from tests.e2e.delivery_test import FAST_LEASE
 from tests.e2e.tasks import (
@@ -34,13 +35,15 @@ from tests.e2e.tasks import (
     spawn_waiting_child,
 )
 
-# Which user runs each service's Lua scripts (dispatch.lua: the scheduler and the coordinator).
+# Which user runs each service's Lua scripts (the shared ones of graflow_runtime: the scheduler and
+# the coordinator).
 SCRIPT_USERS = {
     "services/scheduler": [redis_acl.SCHEDULER],
     "services/coordinator": [redis_acl.COORDINATOR],
     "services/result-store": [redis_acl.RESULT_STORE],
     "services/worker": [redis_acl.WORKER],
     "libs/graflow_runtime/dispatch.lua": [redis_acl.SCHEDULER, redis_acl.COORDINATOR],
+    "libs/graflow_runtime/register_queues.lua": [redis_acl.SCHEDULER, redis_acl.COORDINATOR],
 }
 _CALL = re.compile(r"""(?:redis\.p?call\(|pcall\(\s*redis\.call\s*,)\s*'(\w+)'(?:\s*,\s*'([A-Z]+)')?""")
 _WITH_SUBCOMMAND = {"xgroup", "xinfo", "client", "script", "config", "object"}
@@ -162,7 +165,11 @@ def test_an_undecodable_delivery_is_dead_lettered_by_a_worker_and_replayed_by_th
     stack: LocalStack, admin: redis.Redis
 ) -> None:
     admin.acl_log_reset()
-    admin.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"not an envelope"})
+    # Signed when the stack signs (GRAFLOW_TEST_SIGNING=1), so that only its decoding fails.
+    bus = BusKeys.from_settings([stack.signing_key], "") if stack.signing_key else BusKeys()
+    raw = b"not an envelope"
+    signature = bus.sign_fields(Kind.ENVELOPE, raw)
+    admin.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: raw, **signature})
 
     def undecodable(ops: Operators) -> list[str]:
         return [letter.id for letter in ops.dead_letters(limit=0) if letter.raw == b"not an envelope"]

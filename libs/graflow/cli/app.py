@@ -26,6 +26,7 @@ from graflow.errors import (
     UsageError,
     WorkflowDefinitionError,
 )
+from graflow_runtime.tls import TlsFileError
 from graflow_runtime.version import __version__
 
 PROG = "graflow"
@@ -41,6 +42,7 @@ USER_ERRORS = (
     DeadLetterNotFoundError,
     UsageError,
     LocalStackError,
+    TlsFileError,
 )
 
 
@@ -74,6 +76,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="deadline of each call in seconds"
 )
+@click.option(
+    "--tls-ca-file",
+    metavar="PEM",
+    help="use TLS, trusting servers signed by this CA [env GRAFLOW_CLIENT_TLS_CA_FILE]",
+)
+@click.option(
+    "--tls-cert-file", metavar="PEM", help="client certificate, for mTLS [env GRAFLOW_CLIENT_TLS_CERT_FILE]"
+)
+@click.option("--tls-key-file", metavar="PEM", help="its private key [env GRAFLOW_CLIENT_TLS_KEY_FILE]")
 @click.pass_context
 def graflow(
     ctx: click.Context,
@@ -82,11 +93,15 @@ def graflow(
     coordinator: str | None,
     token: str | None,
     timeout: float,
+    tls_ca_file: str | None,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
 ) -> None:
     """Run and inspect Graflow workflows. Addresses default to a local stack (graflow dev)."""
     app = ctx.find_object(App)
     app.scheduler, app.result_store, app.coordinator = scheduler, result_store, coordinator
     app.token, app.timeout = token, timeout
+    app.tls_ca_file, app.tls_cert_file, app.tls_key_file = tls_ca_file, tls_cert_file, tls_key_file
 
 
 @graflow.command()

@@ -21,7 +21,7 @@ OK, RUN_FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 class App:
     """The command group's options and the output; ``ctx.obj`` of every command.
 
-    An address or token left None is resolved by :class:`~graflow.Client` /
+    An address, token or TLS file left None is resolved by :class:`~graflow.Client` /
     :class:`~graflow.operators.Operators` (``GRAFLOW_CLIENT_*`` variables, then the defaults)."""
 
     out: Output
@@ -30,12 +30,23 @@ class App:
     coordinator: str | None = None
     token: str | None = None
     timeout: float = 10.0
+    # TLS files (``GRAFLOW_CLIENT_TLS_*_FILE`` when None).
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @property
+    def tls(self) -> dict[str, str | None]:
+        return {"tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file,
+                "tls_key_file": self.tls_key_file}
 
     def client(self) -> Client:
-        return Client(self.scheduler, self.result_store, auth_token=self.token, timeout=self.timeout)
+        return Client(
+            self.scheduler, self.result_store, auth_token=self.token, timeout=self.timeout, **self.tls
+        )
 
     def operators(self) -> Operators:
-        return Operators(self.coordinator, auth_token=self.token, timeout=self.timeout)
+        return Operators(self.coordinator, auth_token=self.token, timeout=self.timeout, **self.tls)
 
 
 pass_app = click.make_pass_decorator(App)

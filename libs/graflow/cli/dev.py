@@ -1,19 +1,22 @@
 """Running Graflow on this machine:
 
     graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
-                [--redis-acl] [--redis-tls CA CERT KEY]
+                [--tls-dir DIR [--mtls]] [--redis-acl] [--redis-tls CA CERT KEY]
     graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
                    [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
 
 ``dev`` starts a private redis-server and the four services (:class:`~graflow.cli.devstack.LocalStack`),
 runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks`` loads your modules
-in its workers too, on the default queue. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
+in its workers too, on the default queue. ``--tls-dir`` runs the whole stack with TLS on the
+certificates in DIR (``ca.crt``, ``tls.crt``, ``tls.key``; made by you, none is generated), ``--mtls``
+with client certificates required. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
 production (docs/security.md, "Redis"): one ACL user per service, TLS only.
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
 flags, else from the environment, and the current directory first on ``PYTHONPATH`` so that
-``-A mytasks`` finds ``mytasks.py`` here.
+``-A mytasks`` finds ``mytasks.py`` here. The global ``--token`` and ``--tls-*-file`` options become
+the worker's token and TLS files.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, NoReturn
 import click
 
 from graflow.cli.base import OK, RUN_FAILED, App, pass_app
-from graflow.cli.devstack import LocalStack, child_pythonpath
+from graflow.cli.devstack import LocalStack, StackTls, child_pythonpath
 from graflow.cli.output import Output
 from graflow.cli.runs import follow
 from graflow.cli.workflows import load_workflow, require_modules
@@ -60,6 +63,9 @@ WORKER_FLAGS = {
     "result_store": "GRAFLOW_WORKER_RESULT_STORE_ADDRESS",
     "worker_id": "GRAFLOW_WORKER_WORKER_ID",
     "token": "GRAFLOW_WORKER_AUTH_TOKEN",
+    "tls_ca_file": "GRAFLOW_WORKER_TLS_CA_FILE",
+    "tls_cert_file": "GRAFLOW_WORKER_TLS_CERT_FILE",
+    "tls_key_file": "GRAFLOW_WORKER_TLS_KEY_FILE",
 }
 
 
@@ -86,6 +92,12 @@ WORKER_FLAGS = {
     "'default'); runs no example and keeps the stack up until Ctrl-C",
 )
 @click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="run the stack with TLS on DIR/ca.crt, DIR/tls.crt and DIR/tls.key (valid for 127.0.0.1)",
+)
+@click.option("--mtls", is_flag=True, help="with --tls-dir: the servers require client certificates")
+@click.option(
     "--redis-acl",
     is_flag=True,
     help="load the services' Redis ACL users (random passwords): each service connects as its own",
@@ -105,6 +117,8 @@ def dev(
     any_ports: bool,
     example: str,
     tasks: tuple[str, ...],
+    tls_dir: Path | None,
+    mtls: bool,
     redis_acl: bool,
     redis_tls: tuple[Path, Path, Path] | None,
 ) -> int:
@@ -114,11 +128,15 @@ def dev(
     clash with yours) and the stack stays up for your workflows until Ctrl-C."""
     out = app.out
     require_modules(tasks, "--tasks")
+    if mtls and tls_dir is None:
+        raise UsageError("--mtls needs --tls-dir DIR (the CA and the certificate of the stack)")
+    tls = StackTls.from_dir(tls_dir, client_auth=mtls) if tls_dir else None
     out.line(f"starting redis, result-store, coordinator, scheduler and {workers} worker(s)...")
     stack = LocalStack(
         workers=workers,
         task_modules=list(tasks) or TASK_MODULES,
         ports={} if any_ports else _default_ports_if_free(),
+        tls=tls,
         redis_tls=RedisTls(*redis_tls) if redis_tls else None,
         redis_acl=redis_acl,
     )
@@ -228,6 +246,7 @@ def worker(app: App, app_modules: tuple[str, ...], **flags: Any) -> NoReturn:
         "coordinator": app.coordinator,
         "result_store": app.result_store,
         "token": app.token,
+        **app.tls,
         **{name: value for name, value in flags.items() if value is not None},
         "app": app_modules,
     }

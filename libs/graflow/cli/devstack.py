@@ -13,6 +13,15 @@ on free loopback ports. The children import exactly what this process can (``PYT
 redis-server has the ACL users (started here with ``redis_acl``, or given), each process connects
 as its service's own user. Chaos helpers (kill, pause, restart) act on them by name: ``redis``,
 ``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
+
+With ``tls=StackTls(...)`` (certificates given, none made here) every server serves TLS (mTLS with
+``client_auth``), every process and the stack's clients verify the servers against the CA and
+present the same certificate as client certificate; the settings reach each process by
+environment (``GRAFLOW_<SVC>_TLS_*``), and :meth:`LocalStack.client_env` carries the client's.
+
+``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
+``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
+(docs/security.md, "Integrity on the bus").
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +38,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,9 +46,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graflow.client import Client
 from graflow.errors import LocalStackError
+from graflow.operators import Operators
 from graflow_runtime.local_redis import LocalRedis, RedisTls, free_port
 from graflow_runtime.processes import dies_with_parent
 from graflow_runtime.redis_acl import generate_passwords
+from graflow_runtime.tls import TlsFiles
 
 SERVERS = ("result-store", "coordinator", "scheduler")
 MODULES = {
@@ -46,12 +59,61 @@ MODULES = {
     "scheduler": "graflow_scheduler",
     "worker": "graflow_worker",
 }
+# The processes that sign and verify bus messages (graflow_runtime.settings.BusSettings).
+SIGNING_SERVICES = ("coordinator", "scheduler", "worker")
 PREFIXES = {
     "result-store": "GRAFLOW_RESULT_STORE_",
     "coordinator": "GRAFLOW_COORDINATOR_",
     "scheduler": "GRAFLOW_SCHEDULER_",
     "worker": "GRAFLOW_WORKER_",
 }
+# The SDK's and CLI's variables (graflow.Client, graflow.operators.Operators).
+CLIENT_PREFIX = "GRAFLOW_CLIENT_"
+
+
+@dataclass(frozen=True)
+class StackTls:
+    """TLS of a local stack: the CA, and the certificate and key that every server presents and every
+    process (services, workers, the stack's clients) shows as client certificate. The certificate
+    must be valid for 127.0.0.1 and for TLS servers and clients (``graflow_runtime.testing.certs``
+    makes such ones). ``client_auth``: the servers require a client certificate the CA signed."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_auth: bool = False
+
+    @classmethod
+    def from_dir(cls, directory: Path, *, client_auth: bool = False) -> StackTls:
+        """``ca.crt``, ``tls.crt`` and ``tls.key`` of ``directory`` (the names of a Kubernetes TLS
+        secret); missing ones are refused here, naming the file."""
+        files = [Path(directory) / name for name in ("ca.crt", "tls.crt", "tls.key")]
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise LocalStackError(f"TLS directory {directory} lacks {', '.join(missing)}")
+        return cls(*files, client_auth=client_auth)
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """The TLS settings of a process whose variables start with ``prefix``."""
+        env = {
+            f"{prefix}TLS_CA_FILE": str(self.ca_file),
+            f"{prefix}TLS_CERT_FILE": str(self.cert_file),
+            f"{prefix}TLS_KEY_FILE": str(self.key_file),
+        }
+        if prefix != CLIENT_PREFIX:
+            env[f"{prefix}TLS_CLIENT_AUTH"] = str(self.client_auth).lower()
+        return env
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        return TlsFiles(str(self.ca_file), str(self.cert_file), str(self.key_file)).channel_credentials()
+
+    def client_files(self) -> dict[str, str]:
+        """Keyword arguments of :class:`graflow.Client` and :class:`graflow.operators.Operators`."""
+        return {
+            "tls_ca_file": str(self.ca_file),
+            "tls_cert_file": str(self.cert_file),
+            "tls_key_file": str(self.key_file),
+        }
 
 
 def child_pythonpath() -> str:
@@ -74,9 +136,17 @@ class ServiceProcess:
     """One child process: how to start it, its log file and its health endpoint."""
 
     def __init__(
-        self, name: str, module: str, env: Mapping[str, str], log_path: Path, health_address: str
+        self,
+        name: str,
+        module: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        health_address: str,
+        health_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.name = name
+        # TLS of the health check: a server's health service shares its API port (and its TLS).
+        self.health_credentials = health_credentials
         self.argv = [sys.executable, "-m", module]
         self.env = dict(env)
         self.log_path = log_path
@@ -107,7 +177,11 @@ class ServiceProcess:
     def wait_serving(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last_error = "no answer yet"
-        with grpc.insecure_channel(self.health_address) as channel:
+        if self.health_credentials is not None:
+            opened = grpc.secure_channel(self.health_address, self.health_credentials)
+        else:
+            opened = grpc.insecure_channel(self.health_address)
+        with opened as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if not self.running:
@@ -170,6 +244,8 @@ class LocalStack:
         log_dir: Path | None = None,
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
+        tls: StackTls | None = None,
+        signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
     ) -> None:
@@ -178,6 +254,10 @@ class LocalStack:
         self.worker_count = workers
         self.task_modules = list(task_modules)
         self.auth_token = auth_token
+        self.tls = tls
+        # "<key id>:<hex secret>", generated per stack (never written anywhere but the children's
+        # environment); empty: the stack's bus is unsigned.
+        self.signing_key = f"stack-{secrets.token_hex(2)}:{secrets.token_hex(32)}" if signing else ""
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
@@ -237,6 +317,8 @@ class LocalStack:
         }
         if self.auth_token:
             env["GRAFLOW_CLIENT_AUTH_TOKEN"] = self.auth_token
+        if self.tls:
+            env.update(self.tls.env(CLIENT_PREFIX))
         return env
 
     def worker_env(self) -> dict[str, str]:
@@ -249,11 +331,33 @@ class LocalStack:
         }
         if self.auth_token:
             env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
+        if self.tls:
+            env.update(self.tls.env(PREFIXES["worker"]))
+        env.update(self._signing_env("worker"))
         return env
+
+    def _client_tls(self) -> dict[str, str]:
+        return self.tls.client_files() if self.tls else {}
+
+    def _signing_env(self, service: str) -> dict[str, str]:
+        if not self.signing_key or service not in SIGNING_SERVICES:
+            return {}
+        prefix = PREFIXES[service]
+        return {f"{prefix}SIGNING_KEYS": self.signing_key,
+                f"{prefix}SIGNING_KEY_ID": self.signing_key.partition(":")[0]}
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
-            self.scheduler_address, self.result_store_address, auth_token=self.auth_token, timeout=timeout
+            self.scheduler_address,
+            self.result_store_address,
+            auth_token=self.auth_token,
+            timeout=timeout,
+            **self._client_tls(),
+        )
+
+    def operators(self, timeout: float = 10.0) -> Operators:
+        return Operators(
+            self.coordinator_address, auth_token=self.auth_token, timeout=timeout, **self._client_tls()
         )
 
     # ---- processes ----
@@ -276,11 +380,19 @@ class LocalStack:
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
         if self.auth_token:
             env[f"{prefix}AUTH_TOKEN"] = self.auth_token
+        if self.tls:
+            env.update(self.tls.env(prefix))
+        env.update(self._signing_env(service))
         return {**env, **self._extra_env}
 
     def _server(self, name: str) -> ServiceProcess:
         return ServiceProcess(
-            name, MODULES[name], self._env(name), self.log_dir / f"{name}.log", self.address(name)
+            name,
+            MODULES[name],
+            self._env(name),
+            self.log_dir / f"{name}.log",
+            self.address(name),
+            self.tls.channel_credentials() if self.tls else None,
         )
 
     def _worker(self, index: int) -> ServiceProcess:

@@ -75,6 +75,16 @@ def test_worker_flags_set_the_worker_settings_and_override_the_environment(monke
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)  # `-A mytasks` from its directory
 
 
+def test_the_global_token_and_tls_options_become_the_workers_settings():
+    given = {"token": "t", "tls_ca_file": "/c/ca.crt", "tls_cert_file": "/c/w.crt",
+             "tls_key_file": "/c/w.key"}
+    env = worker_env(given, {"GRAFLOW_WORKER_TLS_CA_FILE": "/old/ca.crt"})
+    assert env["GRAFLOW_WORKER_AUTH_TOKEN"] == "t"
+    assert env["GRAFLOW_WORKER_TLS_CA_FILE"] == "/c/ca.crt"  # the option wins over the environment
+    assert env["GRAFLOW_WORKER_TLS_CERT_FILE"] == "/c/w.crt"
+    assert env["GRAFLOW_WORKER_TLS_KEY_FILE"] == "/c/w.key"
+
+
 def test_worker_names_a_module_it_cannot_find_and_exits_2(project):
     done = _graflow("worker", "-A", "no_such_tasks_xyz", cwd=project, stderr=subprocess.PIPE)
     _, err = done.communicate(timeout=60)

@@ -8,11 +8,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from graflow_runtime.addresses import DEFAULT_COORDINATOR_ADDRESS
+from graflow_runtime.limits import DEAD_LETTERS_MAXLEN
 from graflow_runtime.names import queue_name_problem
-from graflow_runtime.settings import ServiceSettings, settings_config, split_list
+from graflow_runtime.settings import BusSettings, settings_config, split_list
 
 
-class CoordinatorSettings(ServiceSettings):
+class CoordinatorSettings(BusSettings):
     model_config = settings_config("GRAFLOW_COORDINATOR_")
 
     listen_address: str = DEFAULT_COORDINATOR_ADDRESS
@@ -43,8 +44,9 @@ class CoordinatorSettings(ServiceSettings):
     max_deliveries: int = Field(default=5, ge=1)
     # Queues whose consumer group is created at start-up (JSON list or comma-separated).
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
-    # Approximate cap of the dead-letter stream (XADD MAXLEN ~).
-    dead_letter_maxlen: int = Field(default=100_000, gt=0)
+    # Approximate cap of the dead-letter stream (XADD MAXLEN ~) when the coordinator writes; the
+    # scheduler and the workers trim at graflow_runtime.limits.DEAD_LETTERS_MAXLEN, its default.
+    dead_letter_maxlen: int = Field(default=DEAD_LETTERS_MAXLEN, gt=0)
     # How often queue streams are trimmed below their oldest pending entry (MINID).
     queue_trim_interval_ms: int = Field(default=5_000, gt=0)
 

@@ -22,7 +22,8 @@ import structlog
 from graflow_api.v1 import coordinator_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import AlreadyExists, InvalidRequest, NotFound
-from graflow_runtime.names import queue_name_problem
+from graflow_runtime.limits import MAX_QUEUES, MAX_WORKER_TASK_TYPES
+from graflow_runtime.names import TASK_TYPE_RULE, is_task_type, queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
 
@@ -31,6 +32,8 @@ from graflow_coordinator.reclaim import Reclaimer, ReclaimStats
 log = structlog.get_logger(__name__)
 
 MAX_WORKER_ID = 200
+# Longest hostname and health address a worker registers with.
+MAX_WORKER_TEXT = 256
 _HEARTBEAT = LuaScript.load(__package__, "heartbeat.lua")
 _MARK_DEAD = LuaScript.load(__package__, "mark_dead.lua")
 _REMOVE = LuaScript.load(__package__, "remove_worker.lua")
@@ -68,10 +71,26 @@ def validate_registration(request: coordinator_pb2.RegisterWorkerRequest) -> Non
         )
     if not request.queues:
         raise InvalidRequest(f"worker {worker_id} names no queues; list the queues it reads")
+    if len(request.queues) > MAX_QUEUES:
+        raise InvalidRequest(
+            f"queues: {len(request.queues):,} queues; the limit MAX_QUEUES is {MAX_QUEUES:,}"
+        )
     for queue in request.queues:
         problem = queue_name_problem(queue)
         if problem:
             raise InvalidRequest(f"worker {worker_id}: {problem}")
+    if len(request.task_types) > MAX_WORKER_TASK_TYPES:
+        raise InvalidRequest(
+            f"task_types: {len(request.task_types):,} task types; "
+            f"the limit MAX_WORKER_TASK_TYPES is {MAX_WORKER_TASK_TYPES:,}"
+        )
+    for index, task_type in enumerate(request.task_types):
+        if not is_task_type(task_type):
+            raise InvalidRequest(f"task_types[{index}] {task_type[:60]!r} is invalid: {TASK_TYPE_RULE}")
+    for field in ("hostname", "health_address"):
+        value = getattr(request, field)
+        if len(value) > MAX_WORKER_TEXT:
+            raise InvalidRequest(f"{field} is {len(value)} characters; the limit is {MAX_WORKER_TEXT}")
 
 
 class WorkerRegistry:

@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.limits import MAX_QUEUES, MAX_WORKER_TASK_TYPES
 
 from graflow_coordinator.conftest import delivery, read_outcomes
 
@@ -125,6 +126,17 @@ async def test_deregister_reports_attempts_the_worker_still_held_as_lost(
         (registration("has space"), "whitespace"),
         (registration("w1", queues=[]), "names no queues"),
         (registration("w1", queues=["bad queue"]), "whitespace"),
+        (
+            registration("w1", queues=[f"q{i}" for i in range(MAX_QUEUES + 1)]),
+            f"limit MAX_QUEUES is {MAX_QUEUES:,}",
+        ),
+        (
+            registration("w1", task_types=[f"t{i}" for i in range(MAX_WORKER_TASK_TYPES + 1)]),
+            f"limit MAX_WORKER_TASK_TYPES is {MAX_WORKER_TASK_TYPES:,}",
+        ),
+        (registration("w1", task_types=["has space"]), "task_types[0]"),
+        (registration("w1", hostname="h" * 257), "hostname is 257 characters; the limit is 256"),
+        (registration("w1", health_address="a" * 257), "health_address is 257 characters"),
     ],
 )
 async def test_an_invalid_registration_is_rejected_and_stores_nothing(

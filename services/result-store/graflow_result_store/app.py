@@ -12,6 +12,8 @@ import structlog
 
 from graflow_api.v1 import result_store_pb2, result_store_pb2_grpc
 from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
+from graflow_runtime.server_limits import ServerLimits
+from graflow_runtime.tls import api_server_credentials
 from graflow_runtime.version import __version__
 
 from graflow_result_store.servicer import ResultStoreServicer
@@ -40,6 +42,8 @@ class ResultStoreApp:
             ],
             name="result-store",
             auth_token=settings.auth_token,
+            server_credentials=api_server_credentials(settings, settings.listen_address),
+            limits=ServerLimits.from_settings(settings),
         )
 
     @property

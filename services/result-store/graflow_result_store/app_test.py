@@ -341,3 +341,20 @@ async def test_a_malformed_channel_key_is_invalid_argument_and_stores_nothing(st
     ]
     await all_invalid(calls, "channel key ", "1-256 characters without whitespace or control characters")
     assert await redis.keys("*") == []
+
+
+async def test_a_stored_graph_expires_with_the_retention_and_each_put_or_keep_alive_restarts_it(stub, redis):
+    digest = graph_hash(spec())
+    key = f"gf:graph:{digest}"
+    await stub.PutGraph(result_store_pb2.PutGraphRequest(graph_hash=digest, spec=spec()))
+    assert 3590 <= await redis.ttl(key) <= 3600  # graphs used to stay for ever, one per shape
+    await redis.expire(key, 5)
+    await stub.PutGraph(result_store_pb2.PutGraphRequest(graph_hash=digest, spec=spec()))
+    assert 3590 <= await redis.ttl(key) <= 3600
+    await redis.expire(key, 5)
+    await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(run_ids=[RUN_1], graph_hashes=[digest]))
+    assert 3590 <= await redis.ttl(key) <= 3600
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.KeepRunsAlive(result_store_pb2.KeepRunsAliveRequest(graph_hashes=["not-a-hash\n"]))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "graph_hashes[0]" in bad.value.details() and "64 lowercase hex" in bad.value.details()

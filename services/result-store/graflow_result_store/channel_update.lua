@@ -1,9 +1,13 @@
 -- KEYS: channel hash, expiry hash. ARGV: key, operation (1 append, 2 prepend, 3 add), JSON text of
--- the value, ttl ms (0 = keep the key's expiry), retention s.
--- Returns {0, new Payload bytes} or {code, ''}: 1 = the stored value is not a list, 2 = not a number.
+-- the value, ttl ms (0 = keep the key's expiry), retention s, largest value in bytes, most keys of a
+-- run.
+-- Returns {0, new Payload bytes} or {code, ''}: 1 = the stored value is not a list, 2 = not a number,
+-- or {3, size}: the new value would be larger than the limit, {4, ''}: the key is new and the run
+-- holds the most keys allowed (nothing is changed).
 local key, op, value = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local ttl_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl_ms, retention, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local raw = redis.call('HGET', KEYS[1], key)
+if not raw and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[7]) then return {4, ''} end
 local current = nil
 if raw and not expired(key) then
   current = payload_json(raw)
@@ -38,6 +42,7 @@ else
     end
   end
 end
+if #updated > max_bytes then return {3, tostring(#updated)} end
 local stored = payload_of(updated)
 redis.call('HSET', KEYS[1], key, stored)
 if ttl_ms > 0 then

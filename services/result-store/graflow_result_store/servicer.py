@@ -11,7 +11,8 @@ import structlog
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc, workflow_pb2
 from graflow_runtime import user_json
 from graflow_runtime.errors import InvalidRequest, NotFound
-from graflow_runtime.graphs import graph_hash
+from graflow_runtime.graphs import GRAPH_HASH_RULE, graph_hash, is_graph_hash
+from graflow_runtime.limits import MAX_CHANNEL_KEYS
 from graflow_runtime.names import channel_key_problem
 from graflow_runtime.runids import run_id_problem
 
@@ -26,6 +27,11 @@ _DISPOSITIONS = {
     Disposition.DUPLICATE: result_store_pb2.PutResultsResponse.DISPOSITION_DUPLICATE,
     Disposition.STALE: result_store_pb2.PutResultsResponse.DISPOSITION_STALE,
 }
+
+
+def _check_key_count(count: int, field: str) -> None:
+    if count > MAX_CHANNEL_KEYS:
+        raise InvalidRequest(f"{field}: {count:,} keys; the limit MAX_CHANNEL_KEYS is {MAX_CHANNEL_KEYS:,}")
 
 
 def _require_run_id(run_id: str, field: str = "run_id") -> None:
@@ -102,6 +108,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
 
     # ---- channels ----
     def _check_keys(self, keys: list[str]) -> None:
+        _check_key_count(len(keys), "keys")
         for index, key in enumerate(keys):
             _check_key(key, f"keys[{index}]")
 
@@ -120,6 +127,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def ChannelSet(self, request, context):  # noqa: N802
         _require_run_id(request.run_id)
         entries: list[tuple[str, bytes]] = []
+        _check_key_count(len(request.entries), "entries")
         for index, entry in enumerate(request.entries):
             _check_key(entry.key, f"entries[{index}].key")
             self._check_size(f"entries[{index}] (key {entry.key!r}): value", len(entry.value.data))
@@ -155,7 +163,7 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
             raise InvalidRequest(f"ADD takes a JSON number, got {request.value.data[:64]!r}")
         text = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         stored = await self._store.channel_update(
-            request.run_id, request.key, operation, text, request.ttl_ms
+            request.run_id, request.key, operation, text, request.ttl_ms, max_bytes=self._max_value_bytes
         )
         response = result_store_pb2.ChannelUpdateResponse()
         if operation == _ADD:
@@ -174,9 +182,18 @@ class ResultStoreServicer(result_store_pb2_grpc.ResultStoreServicer):
     async def KeepRunsAlive(self, request, context):  # noqa: N802
         if len(request.run_ids) > KEEP_ALIVE_MAX_RUNS:
             raise InvalidRequest(f"{len(request.run_ids)} run ids; at most {KEEP_ALIVE_MAX_RUNS} per call")
+        if len(request.graph_hashes) > KEEP_ALIVE_MAX_RUNS:
+            raise InvalidRequest(
+                f"graph_hashes: {len(request.graph_hashes)} hashes; at most {KEEP_ALIVE_MAX_RUNS} per call"
+            )
         for index, run_id in enumerate(request.run_ids):
             _require_run_id(run_id, f"run_ids[{index}]")
-        await self._store.keep_alive(list(request.run_ids))
+        for index, digest in enumerate(request.graph_hashes):
+            if not is_graph_hash(digest):
+                raise InvalidRequest(
+                    f"graph_hashes[{index}] {digest[:80]!r} is invalid: use {GRAPH_HASH_RULE}"
+                )
+        await self._store.keep_alive(list(request.run_ids), list(request.graph_hashes))
         return result_store_pb2.KeepRunsAliveResponse()
 
     async def GetCheckpoint(self, request, context):  # noqa: N802

@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2
 from graflow_runtime import keys
-from graflow_runtime.errors import FailedPrecondition
+from graflow_runtime.errors import FailedPrecondition, ResourceExhausted
+from graflow_runtime.limits import MAX_CHANNEL_KEYS
 
 from graflow_result_store import scripts
 
@@ -40,6 +41,20 @@ def run_keys(run_id: str) -> list[str]:
 
 class UpdateRejected(FailedPrecondition):
     """The stored value does not fit the operation (not a list, not a number)."""
+
+
+class ValueTooLarge(ResourceExhausted):
+    """An update would make a channel value larger than the largest value the store takes."""
+
+
+class TooManyChannelKeys(ResourceExhausted):
+    """A write would give a run more channel keys than MAX_CHANNEL_KEYS."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}; the limit MAX_CHANNEL_KEYS is {MAX_CHANNEL_KEYS:,} keys per run: "
+            "delete keys the run no longer needs, or keep many values under one key"
+        )
 
 
 class ResultStore:
@@ -80,9 +95,17 @@ class ResultStore:
 
     # ---- graphs ----
     async def put_graph(self, graph_hash: str, spec_bytes: bytes) -> bool:
-        """Store a graph under its hash unless present. Graphs are shared by every run with the same
-        structure, so they do not expire with a run."""
-        return bool(await self._redis.set(keys.graph(graph_hash), spec_bytes, nx=True))
+        """Store a graph under its hash unless present; either way it expires a retention period
+        from now. Graphs are shared by every run with the same structure: each PutGraph (a new
+        run's) and each keep-alive of a live run restarts the period, so a graph outlives its
+        last run by about the retention, like that run's results (without an expiry, one graph
+        per workflow shape ever submitted stayed for ever)."""
+        key = keys.graph(graph_hash)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, spec_bytes, nx=True, ex=self._retention_s)
+            pipe.expire(key, self._retention_s)
+            created, _ = await pipe.execute()
+        return bool(created)
 
     async def get_graph(self, graph_hash: str) -> bytes | None:
         return await self._redis.get(keys.graph(graph_hash))
@@ -101,10 +124,12 @@ class ResultStore:
     async def channel_set(self, run_id: str, entries: Sequence[tuple[str, bytes]], ttl_ms: int) -> None:
         if not entries:
             return
-        args: list[bytes | str | int] = [ttl_ms, self._retention_s]
+        args: list[bytes | str | int] = [ttl_ms, self._retention_s, MAX_CHANNEL_KEYS]
         for key, value in entries:
             args += [key, value]
-        await scripts.CHANNEL_SET.run(self._redis, self._channel_keys_of(run_id), args)
+        reply = await scripts.CHANNEL_SET.run(self._redis, self._channel_keys_of(run_id), args)
+        if isinstance(reply, list):
+            raise TooManyChannelKeys(f"the run would hold {int(reply[1]):,} channel keys")
 
     async def channel_delete(self, run_id: str, channel_keys: Sequence[str]) -> int:
         if not channel_keys:
@@ -118,13 +143,23 @@ class ResultStore:
         return sorted(key.decode() for key in reply)
 
     async def channel_update(self, run_id: str, key: str, operation: int, value_json: bytes,
-                             ttl_ms: int) -> bytes:
-        """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes."""
+                             ttl_ms: int, *, max_bytes: int) -> bytes:
+        """Append/prepend (operation 1/2) or add (3) ``value_json`` atomically; the new Payload bytes.
+        A list (or number) that would be longer than ``max_bytes`` raises :class:`ValueTooLarge`
+        and is left as it was: a list otherwise grew for ever (each append copies it whole)."""
         code, stored = await scripts.CHANNEL_UPDATE.run(
             self._redis,
             self._channel_keys_of(run_id),
-            [key, operation, value_json, ttl_ms, self._retention_s],
+            [key, operation, value_json, ttl_ms, self._retention_s, max_bytes, MAX_CHANNEL_KEYS],
         )
+        if int(code) == 4:
+            raise TooManyChannelKeys(f"channel key {key!r} would be a new key")
+        if int(code) == 3:
+            raise ValueTooLarge(
+                f"channel key {key!r}: the update would make its value {int(stored)} bytes, over the limit "
+                f"of {max_bytes} bytes (GRAFLOW_RESULT_STORE_MAX_VALUE_BYTES); nothing was changed: "
+                "start another key, or keep large data elsewhere"
+            )
         if int(code) == 1:
             raise UpdateRejected(f"channel key {key!r} does not hold a JSON list")
         if int(code) == 2:
@@ -143,10 +178,13 @@ class ResultStore:
         return await self._redis.hget(keys.checkpoints(run_id), node_id)
 
     # ---- retention ----
-    async def keep_alive(self, run_ids: Sequence[str]) -> None:
-        """Every key of ``run_ids`` expires a retention period from now (absent keys stay absent)."""
+    async def keep_alive(self, run_ids: Sequence[str], graph_hashes: Sequence[str] = ()) -> None:
+        """Every key of ``run_ids`` and the graphs of ``graph_hashes`` expire a retention period
+        from now (absent keys stay absent)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 for key in run_keys(run_id):
                     pipe.expire(key, self._retention_s)
+            for digest in graph_hashes:
+                pipe.expire(keys.graph(digest), self._retention_s)
             await pipe.execute()

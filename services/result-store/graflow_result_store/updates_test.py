@@ -10,6 +10,7 @@ import pytest
 
 from graflow_api.v1 import common_pb2, result_store_pb2, result_store_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.limits import MAX_CHANNEL_KEYS
 
 from graflow_result_store.conftest import RUN_1, start_app
 
@@ -157,3 +158,57 @@ async def test_update_with_json_nested_100_000_deep_is_invalid_and_stores_nothin
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "nested deeper than 64 levels" in info.value.details()
     assert await redis.keys("*") == []
+
+
+async def test_a_list_that_an_append_would_take_over_the_value_limit_is_refused_and_kept(stub):
+    # The stub's MAX_VALUE_BYTES is 1 KiB. Appends used to grow a list without a bound, each
+    # copying it whole.
+    item = "x" * 250
+    for _ in range(4):
+        await update(stub, "xs", APPEND, item)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await update(stub, "xs", APPEND, item)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "key 'xs'" in info.value.details() and "1024 bytes" in info.value.details()
+    assert "MAX_VALUE_BYTES" in info.value.details()
+    assert await get(stub, "xs") == [item] * 4
+    with pytest.raises(grpc.aio.AioRpcError):
+        await update(stub, "xs", PREPEND, item)
+    assert await get(stub, "xs") == [item] * 4
+
+
+def entries(*names: str) -> list[result_store_pb2.ChannelEntry]:
+    return [result_store_pb2.ChannelEntry(key=name, value=js(1)) for name in names]
+
+
+async def channel_set(stub, *names: str) -> None:
+    await stub.ChannelSet(result_store_pb2.ChannelSetRequest(run_id=RUN_1, entries=entries(*names)))
+
+
+async def test_a_runs_channel_keys_are_capped_and_a_request_naming_too_many_is_invalid(stub, redis):
+    # A run's channel hash grew with every new key, and ChannelKeys answered them all.
+    filler = [f"k{i}" for i in range(MAX_CHANNEL_KEYS - 1)]
+    for start in range(0, len(filler), 1000):
+        await channel_set(stub, *filler[start : start + 1000])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel_set(stub, "new1", "new2")
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"MAX_CHANNEL_KEYS is {MAX_CHANNEL_KEYS:,}" in info.value.details()
+    assert not await redis.hexists(keys.channel(RUN_1), "new1")
+    await channel_set(stub, "k1", "last")
+    with pytest.raises(grpc.aio.AioRpcError) as update_info:
+        await update(stub, "one-more", APPEND, 1)
+    assert update_info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await update(stub, "last", ADD, 1)  # existing keys still change
+    listed = await stub.ChannelKeys(result_store_pb2.ChannelKeysRequest(run_id=RUN_1))
+    assert len(listed.keys) == MAX_CHANNEL_KEYS
+    too_many = [f"x{i}" for i in range(MAX_CHANNEL_KEYS + 1)]
+    calls = (
+        stub.ChannelGet(result_store_pb2.ChannelGetRequest(run_id=RUN_1, keys=too_many)),
+        stub.ChannelDelete(result_store_pb2.ChannelDeleteRequest(run_id=RUN_1, keys=too_many)),
+    )
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as many:
+            await call
+        assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{MAX_CHANNEL_KEYS + 1:,} keys" in many.value.details()

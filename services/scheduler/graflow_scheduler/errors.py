@@ -53,6 +53,13 @@ class ParentNotFound(NotFound):
         super().__init__(f"parent run {run_id} does not exist")
 
 
+class ParentNodeUnknown(InvalidRequest):
+    """A child run was submitted for a node that its parent run does not have."""
+
+    def __init__(self, run_id: str, node_id: str) -> None:
+        super().__init__(f"parent.node_id {node_id!r} names no node of run {run_id}")
+
+
 class ParentEnded(FailedPrecondition):
     """A child run was submitted for a parent run that has ended."""
 

@@ -31,6 +31,7 @@ from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import create_server
 from graflow_runtime.redis_client import connect
+from graflow_runtime.tls import channel_credentials
 from graflow_runtime.version import __version__
 
 from graflow_worker.channel import ResultStoreChannel
@@ -62,6 +63,9 @@ class Worker:
 
     def __init__(self, settings: WorkerSettings, registry: Registry, redis: aioredis.Redis) -> None:
         s = self.settings = settings
+        # Verifies envelopes, signs outcomes (docs/security.md, "Integrity on the bus").
+        self.bus_keys = s.bus_keys()
+        self.bus_keys.log_mode("worker")
         self.registry = registry
         self.worker_id = settings.worker_id
         self._stop_requested = asyncio.Event()
@@ -80,9 +84,10 @@ class Worker:
                                  fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
         scheduler = Downstream("scheduler", timeout_s=s.rpc_timeout_s,
                                fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s)
-        rs_channel = open_channel(s.result_store_address, s.auth_token)
-        co_channel = open_channel(s.coordinator_address, s.auth_token)
-        sc_channel = open_channel(s.scheduler_address, s.auth_token)
+        credentials = channel_credentials(s)  # TLS when a CA is set; the health server stays plaintext
+        rs_channel = open_channel(s.result_store_address, s.auth_token, credentials)
+        co_channel = open_channel(s.coordinator_address, s.auth_token, credentials)
+        sc_channel = open_channel(s.scheduler_address, s.auth_token, credentials)
         self._channels = [rs_channel, co_channel, sc_channel]
         rs_stub = rs_grpc.ResultStoreStub(rs_channel)
         co_stub = co_grpc.CoordinatorStub(co_channel)
@@ -101,12 +106,13 @@ class Worker:
         )
         self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
         self.committer = Committer(redis, result_store=result_store, stub=rs_stub, intake=self.intake,
-                                   batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes)
+                                   batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes,
+                                   bus_keys=self.bus_keys)
         self.consumer = Consumer(
             redis=redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
             intake=self.intake, runner=self.runner, committer=self.committer,
             result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
-            endings=self.endings,
+            endings=self.endings, bus_keys=self.bus_keys,
         )
         self.health = create_server(s.health_listen_address, [], name="worker", auth_token=s.auth_token)
         self.health_address = _advertised(s.health_listen_address, self.health.port)

@@ -9,6 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow import payload
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.limits import DEAD_LETTERS_MAXLEN
+from graflow_runtime.testing.streams import fill
 
 from graflow_worker import consumer
 from graflow_worker.testing.services import (
@@ -292,3 +294,16 @@ async def test_a_read_takes_no_more_entries_than_free_slots_over_both_lanes(stac
     assert taken == {keys.queue_high_stream("default"): 2, keys.queue_stream("default"): 1}
     PROBE.release("held")
     assert len(await wait_outcomes(stack.redis, 5)) == 5
+
+
+async def test_the_workers_dead_letters_are_capped_like_the_coordinators(stack):
+    await fill(stack.redis, keys.DEAD_LETTERS_STREAM, DEAD_LETTERS_MAXLEN + 1000)
+    await stack.start_worker()
+    await stack.redis.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"\xff\xfenot protobuf"})
+    await enqueue(stack.redis, envelope("r1", "good", "add", args={"a": 1}))
+    await wait_outcomes(stack.redis, 1)
+    ((_, newest),) = await stack.redis.xrevrange(keys.DEAD_LETTERS_STREAM, count=1)
+    assert messages_pb2.DeadLetter.FromString(newest[b"d"]).reason.startswith("undecodable envelope: ")
+    # Trimmed by whole stream nodes (MAXLEN ~): at most one node (100 entries) above the cap.
+    length = await stack.redis.xlen(keys.DEAD_LETTERS_STREAM)
+    assert DEAD_LETTERS_MAXLEN <= length <= DEAD_LETTERS_MAXLEN + 100

@@ -3,10 +3,15 @@
 //
 //   node submit.js <proto-dir> <scheduler-address> <result-store-address>
 //
+// TLS, with the Python SDK's variables: GRAFLOW_CLIENT_TLS_CA_FILE (use TLS, trusting servers that
+// CA signed), GRAFLOW_CLIENT_TLS_CERT_FILE and GRAFLOW_CLIENT_TLS_KEY_FILE (a client certificate,
+// for servers that require one). Without a CA: plaintext.
+//
 // Uses only the contracts in proto/graflow_api/v1 (loaded at run time, no generated code).
 // Prints one JSON line per event, one per answered request, then {"status": ..., "result": ...}.
 "use strict";
 
+const fs = require("fs");
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -17,8 +22,17 @@ const definition = protoLoader.loadSync(
   { includeDirs: [protoDir], keepCase: true, longs: String, enums: String, defaults: true },
 );
 const api = grpc.loadPackageDefinition(definition).graflow_api.v1;
-const scheduler = new api.Scheduler(schedulerAddress, grpc.credentials.createInsecure());
-const resultStore = new api.ResultStore(resultStoreAddress, grpc.credentials.createInsecure());
+
+function channelCredentials() {
+  const read = (name) => (process.env[name] ? fs.readFileSync(process.env[name]) : null);
+  const ca = read("GRAFLOW_CLIENT_TLS_CA_FILE");
+  if (!ca) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(ca, read("GRAFLOW_CLIENT_TLS_KEY_FILE"), read("GRAFLOW_CLIENT_TLS_CERT_FILE"));
+}
+
+const credentials = channelCredentials();
+const scheduler = new api.Scheduler(schedulerAddress, credentials);
+const resultStore = new api.ResultStore(resultStoreAddress, credentials);
 const deadline = () => new Date(Date.now() + 30000);
 
 const spec = {

@@ -21,6 +21,8 @@ from graflow_runtime.dispatch import Dispatcher, InvalidDelivery, QueueStreamsVa
 from graflow_runtime.errors import InvalidRequest, ServiceError, Unavailable
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
+from graflow_runtime.limits import MAX_WAIT_MS
+from graflow_runtime.names import NODE_ID_RULE, is_node_id
 from graflow_runtime.runids import new_run_id, run_id_problem
 from graflow_runtime.telemetry import ensure_trace
 
@@ -61,9 +63,18 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _wait_problem(wait_ms: int) -> str | None:
+    if wait_ms > MAX_WAIT_MS:
+        return f"wait_ms is {wait_ms}; the limit is {MAX_WAIT_MS} (MAX_WAIT_MS): wait again with WaitRun"
+    return None
+
+
 def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
     if not request.HasField("spec"):
         return "spec is missing"
+    wait_problem = _wait_problem(request.wait_ms)
+    if wait_problem:
+        return wait_problem
     if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
         return (
             f"idempotency_key is {len(request.idempotency_key)} characters long; "
@@ -91,8 +102,8 @@ def _parent(request: scheduler_pb2.SubmitRunRequest) -> ParentLink | None:
         return None
     parent = request.parent
     _check_run_id(parent.run_id)
-    if not parent.node_id:
-        raise InvalidRequest("parent.node_id is empty")
+    if not is_node_id(parent.node_id):
+        raise InvalidRequest(f"parent.node_id {parent.node_id[:64]!r} is invalid: {NODE_ID_RULE}")
     return ParentLink(parent.run_id, parent.node_id)
 
 
@@ -151,6 +162,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.WaitRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RunResult:
         _check_run_id(request.run_id)
+        problem = _wait_problem(request.wait_ms)
+        if problem:
+            raise InvalidRequest(problem)
         return await self.results.wait(request.run_id, request.wait_ms)
 
     async def _submit(
@@ -164,6 +178,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except SpecError as exc:
             raise SpecError(f"invalid workflow: {exc}") from exc
         parent = _parent(request)
+        # Queues beyond MAX_QUEUES refuse the submit (RESOURCE_EXHAUSTED) before anything is stored.
+        try:
+            await self.dispatcher.ensure_queues(plan.queues)
+        except RedisError as exc:
+            log.warning("queues not made yet; the dispatch will try again", error=str(exc))
         digest = graph_hash(request.spec)
         try:
             await self.plans.store(digest, request.spec, plan)

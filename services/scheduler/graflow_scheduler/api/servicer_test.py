@@ -10,10 +10,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graflow_api.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.limits import MAX_QUEUES
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.app import RUN_ENDS_CLIENT
-from graflow_scheduler.testing.app import report
+from graflow_scheduler.testing.app import app_client, report
 from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.specs import group, node, outcome, spec
 
@@ -58,6 +59,18 @@ async def test_submitting_the_same_graph_again_stores_it_once(client, downstream
     first, second = await submit(client), await submit(client)
     assert first.run_id != second.run_id and first.graph_hash == second.graph_hash
     assert downstreams.result_store.put_calls == 1
+
+
+async def test_the_same_graph_is_stored_again_once_its_last_store_is_a_keep_alive_old(make_app, downstreams):
+    # Stored graphs expire: a process holding the plan must still restart the stored copy's period.
+    app = await make_app(results_keepalive_s=0.2)
+    async with app_client(app) as client:
+        await submit(client)
+        await submit(client)
+        assert downstreams.result_store.put_calls == 1
+        await asyncio.sleep(0.3)
+        await submit(client)
+        assert downstreams.result_store.put_calls == 2
 
 
 async def test_invalid_spec_is_rejected_with_the_problem_and_nothing_is_stored(client, downstreams, redis):
@@ -238,3 +251,46 @@ async def test_calls_while_redis_is_down_fail_with_unavailable(make_app, local_r
             local_redis.start()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Redis" in info.value.details() and "retry" in info.value.details()
+
+
+async def test_the_watcher_over_max_streams_is_resource_exhausted_and_the_others_go_on(make_app, redis):
+    app = await make_app(max_streams=2)
+    async with app_client(app) as client:
+        run_id = (await submit(client, spec(["a", "b"], ["a>b"]))).run_id
+        watchers = [client.WatchRun(scheduler_pb2.WatchRunRequest(run_id=run_id)) for _ in range(2)]
+        for call in watchers:
+            assert (await call.read()).type == EVENT.TYPE_RUN_CREATED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await watch(client, run_id)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 streams" in refused.value.details() and "MAX_STREAMS" in refused.value.details()
+        # The open watchers see the run to its end; then their slots are free again.
+        await report(redis, outcome(run_id, "a"))
+        await report(redis, outcome(run_id, "b"))
+        for call in watchers:
+            rest = await asyncio.wait_for(_rest(call), 10)
+            assert rest[-1].type == EVENT.TYPE_RUN_SUCCEEDED
+        assert (await watch(client, run_id))[-1].type == EVENT.TYPE_RUN_SUCCEEDED
+
+
+async def _rest(call):
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+async def test_a_new_queue_beyond_max_queues_is_resource_exhausted_and_nothing_is_stored(client, redis):
+    # Every queue name ever used was a pair of streams for ever: their number is capped.
+    await submit(client, spec(["a"]))  # the default queue, registered
+    await redis.sadd(keys.QUEUES, *[f"q{i}" for i in range(MAX_QUEUES - 1)])
+    runs = await redis.zcard(keys.RUNS_INDEX)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await submit(client, spec([node("a", queue="one-too-many")]))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = info.value.details()
+    assert "'one-too-many'" in details and f"MAX_QUEUES is {MAX_QUEUES:,}" in details
+    assert await redis.zcard(keys.RUNS_INDEX) == runs
+    assert not await redis.exists(keys.queue_stream("one-too-many"))
+    # Queues already in use go on.
+    assert (await submit(client, spec([node("b", queue="q7")]))).created

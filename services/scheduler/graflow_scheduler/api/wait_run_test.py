@@ -7,6 +7,8 @@ import grpc
 import pytest
 
 from graflow_api.v1 import common_pb2, scheduler_pb2
+from graflow_runtime import keys
+from graflow_runtime.limits import MAX_WAIT_MS
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.testing.app import app_client, report
@@ -109,3 +111,13 @@ async def test_submit_with_wait_ms_and_a_known_idempotency_key_answers_with_that
     again = await asyncio.wait_for(submit(client, idempotency_key="once", wait_ms=600_000), 10)
     assert (again.run_id, again.created) == (first.run_id, False)
     assert (again.result.run.status, again.result.run.message) == (common_pb2.RUN_STATUS_CANCELED, "done")
+
+
+async def test_a_wait_longer_than_max_wait_ms_is_invalid_naming_the_limit_and_creates_nothing(client, redis):
+    run_id = (await submit(client)).run_id
+    for call in (wait(client, run_id, MAX_WAIT_MS + 1), submit(client, wait_ms=MAX_WAIT_MS + 1)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"wait_ms is {MAX_WAIT_MS + 1}; the limit is {MAX_WAIT_MS}" in info.value.details()
+    assert await redis.zcard(keys.RUNS_INDEX) == 1

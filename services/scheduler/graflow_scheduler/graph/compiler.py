@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from graflow_api.v1 import common_pb2, workflow_pb2
+from graflow_runtime import limits as lim
 from graflow_runtime import user_json
 from graflow_runtime.limits import DEFAULT_BACKOFF_FACTOR
 from graflow_runtime.names import (
@@ -39,7 +40,6 @@ from graflow_scheduler.graph.plan import (
 )
 
 NAME_MAX = 256
-MAX_ATTEMPTS_LIMIT = 100
 
 __all__ = ["Limits", "SpecError", "compile_spec", "task_data"]
 
@@ -54,8 +54,12 @@ _GROUP_POLICIES = {
 
 @dataclass(frozen=True)
 class Limits:
+    """The size limits of a submitted workflow (the scheduler's settings set the first two)."""
+
     max_nodes: int = 100_000
     max_args_bytes: int = 1024 * 1024
+    max_edges: int = lim.MAX_EDGES
+    max_group_members: int = lim.MAX_GROUP_MEMBERS
 
 
 def _short(ids: list[str] | tuple[str, ...], limit: int = 10) -> str:
@@ -75,13 +79,23 @@ def compile_spec(spec: workflow_pb2.WorkflowSpec, limits: Limits | None = None) 
         )
     if len(spec.name) > NAME_MAX:
         raise SpecError(f"workflow name is {len(spec.name)} characters long; the limit is {NAME_MAX}")
+    if limits is not None:
+        _check_sizes(spec, limits)
     _check_ids(spec)
     default_queue = _check_queue(spec.defaults.queue, "defaults.queue") or DEFAULT_QUEUE
     default_retry = (
         _retry(spec.defaults.retry, "defaults.retry") if spec.defaults.HasField("retry") else RetryConfig()
     )
+    if limits is not None:
+        _check_values(
+            "defaults.",
+            timeout_ms=spec.defaults.timeout_ms,
+            max_cycles=spec.defaults.max_cycles,
+            max_steps=spec.defaults.max_steps,
+        )
     task_ids = [node.id for node in spec.nodes]
     members = _check_groups(spec, set(task_ids))
+    _check_expansion(spec, members)
     edges = build_edges(spec, task_ids, members)
     cycle = find_cycle(edges)
     if cycle:
@@ -97,6 +111,50 @@ def compile_spec(spec: workflow_pb2.WorkflowSpec, limits: Limits | None = None) 
         max_cycles=spec.defaults.max_cycles or DEFAULT_MAX_CYCLES,
     )
     return _assemble(spec, limits, edges, members, defaults, loops)
+
+
+def _check_sizes(spec: workflow_pb2.WorkflowSpec, limits: Limits) -> None:
+    """Counts that bound what the rest of the compiler walks, checked before any of it."""
+    if len(spec.edges) > limits.max_edges:
+        raise SpecError(f"workflow has {len(spec.edges):,} edges; the limit is {limits.max_edges:,}")
+    member_count = sum(len(group.member_ids) for group in spec.groups)
+    if member_count > limits.max_group_members:
+        raise SpecError(
+            f"workflow has {member_count:,} group members (all groups together); "
+            f"the limit is {limits.max_group_members:,}"
+        )
+
+
+def _check_expansion(spec: workflow_pb2.WorkflowSpec, members: dict[str, tuple[str, ...]]) -> None:
+    """Refuse a workflow whose group edges would expand into more than MAX_EXPANDED_EDGES, counted
+    before anything is built: an edge into a group becomes one edge per member, each carrying the
+    source's results (one input per member of a source group), and every member has its edge to
+    its group. Always applied: it bounds the memory and time of compiling any graph."""
+    expanded = sum(len(group_members) for group_members in members.values())
+    for edge in spec.edges:
+        if not edge.loop:
+            expanded += len(members.get(edge.from_id, "x")) * len(members.get(edge.to_id, "x"))
+    if expanded > lim.MAX_EXPANDED_EDGES:
+        raise SpecError(
+            f"workflow's edges expand to {expanded:,} edges between task nodes and groups (an edge into "
+            "a group counts once per member, times the members of a source group); the limit "
+            f"MAX_EXPANDED_EDGES is {lim.MAX_EXPANDED_EDGES:,}: put a task between large groups, or "
+            "join many sources in a task before the group"
+        )
+
+
+def _check_values(where: str, **values: int) -> None:
+    """Each of ``values`` (timeout_ms, max_cycles, max_steps, priority) within its limit."""
+    bounds = {
+        "timeout_ms": lim.MAX_TIMEOUT_MS,
+        "max_cycles": lim.MAX_CYCLES,
+        "max_steps": lim.MAX_STEPS,
+        "priority": lim.MAX_PRIORITY,
+    }
+    for name, value in values.items():
+        if abs(value) > bounds[name]:
+            span = f"within +-{bounds[name]:,}" if name == "priority" else f"{bounds[name]:,}"
+            raise SpecError(f"{where}{name} is {value}; the limit is {span}")
 
 
 def _check_ids(spec: workflow_pb2.WorkflowSpec) -> None:
@@ -165,8 +223,14 @@ def _check_queue(queue: str, where: str) -> str:
 
 
 def _retry(policy: common_pb2.RetryPolicy, where: str) -> RetryConfig:
-    if policy.max_attempts > MAX_ATTEMPTS_LIMIT:
-        raise SpecError(f"{where}.max_attempts is {policy.max_attempts}; the limit is {MAX_ATTEMPTS_LIMIT}")
+    if policy.max_attempts > lim.MAX_ATTEMPTS:
+        raise SpecError(f"{where}.max_attempts is {policy.max_attempts}; the limit is {lim.MAX_ATTEMPTS}")
+    for field_name in ("initial_interval_ms", "max_interval_ms"):
+        interval = getattr(policy, field_name)
+        if interval > lim.MAX_RETRY_INTERVAL_MS:
+            raise SpecError(
+                f"{where}.{field_name} is {interval}; the limit is {lim.MAX_RETRY_INTERVAL_MS:,} (1 day)"
+            )
     factor = policy.backoff_factor
     if factor != 0 and not (math.isfinite(factor) and factor >= 1.0):
         raise SpecError(
@@ -213,6 +277,9 @@ def task_data(
     if not is_task_type(node.task_type):
         raise SpecError(f"node {node.id!r}: task_type {node.task_type!r} is invalid ({TASK_TYPE_RULE})")
     _check_args(node, limits)
+    if limits is not None:
+        where = f"node {node.id!r}: "
+        _check_values(where, timeout_ms=node.timeout_ms, priority=node.priority, max_cycles=node.max_cycles)
     queue = _check_queue(node.queue, f"node {node.id!r}: queue") or defaults.queue
     retry = _retry(node.retry, f"node {node.id!r}: retry") if node.HasField("retry") else defaults.retry
     return TaskData(

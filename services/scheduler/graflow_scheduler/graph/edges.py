@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graflow_api.v1 import workflow_pb2
+from graflow_runtime.limits import MAX_LOOP_EDGES, MAX_LOOP_WALK
 
 from graflow_scheduler.errors import SpecError
 
@@ -93,12 +94,25 @@ def reachable(adjacent: dict[str, dict[str, None]], start: str) -> set[str]:
 
 def loop_edges(spec: workflow_pb2.WorkflowSpec, edges: Edges, task_ids: set[str]) -> list[tuple[str, str]]:
     """The spec's loop edges as (tail, head), repeated ones once. Each goes from a task to a task
-    that leads back to it through plan edges (it closes a cycle)."""
-    loops: dict[tuple[str, str], None] = {}
-    for edge in spec.edges:
-        if not edge.loop:
-            continue
-        tail, head = edge.from_id, edge.to_id
+    that leads back to it through plan edges (it closes a cycle).
+
+    Repeated edges are merged before any is walked, and there may be at most MAX_LOOP_EDGES
+    distinct ones, and MAX_LOOP_WALK for their number times the graph's size: each is walked
+    through the graph here and twice more for its body, and its body rides in every outcome of
+    its tail."""
+    loops = dict.fromkeys((edge.from_id, edge.to_id) for edge in spec.edges if edge.loop)
+    if len(loops) > MAX_LOOP_EDGES:
+        raise SpecError(
+            f"workflow has {len(loops):,} distinct loop edges; the limit MAX_LOOP_EDGES is {MAX_LOOP_EDGES}"
+        )
+    size = len(edges.succs) + sum(len(succs) for succs in edges.succs.values())
+    if len(loops) * size > MAX_LOOP_WALK:
+        raise SpecError(
+            f"workflow has {len(loops):,} distinct loop edges in a graph of {size:,} nodes and edges: "
+            f"{len(loops) * size:,} steps; the limit MAX_LOOP_WALK is {MAX_LOOP_WALK:,}: use fewer "
+            "loop edges, or loop over a smaller workflow (a child run)"
+        )
+    for tail, head in loops:
         if tail not in task_ids or head not in task_ids:
             raise SpecError(
                 f"loop edge {tail!r} -> {head!r}: a loop edge goes from a task node to a task node, "
@@ -109,7 +123,6 @@ def loop_edges(spec: workflow_pb2.WorkflowSpec, edges: Edges, task_ids: set[str]
                 f"loop edge {tail!r} -> {head!r} closes no cycle: {head!r} does not lead to {tail!r} "
                 "through normal edges; make it a normal edge (loop=false) or point it at an upstream task"
             )
-        loops[(tail, head)] = None
     return list(loops)
 
 

@@ -207,5 +207,10 @@ class Plan:
         return cached
 
     @property
+    def queues(self) -> set[str]:
+        """The queues of the plan's task nodes."""
+        return {node.task.queue for node in self.nodes.values() if node.task is not None}
+
+    @property
     def has_loops(self) -> bool:
         return any(node.loops for node in self.nodes.values())

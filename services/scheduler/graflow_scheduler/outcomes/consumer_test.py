@@ -9,7 +9,9 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import common_pb2, messages_pb2, scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
+from graflow_runtime.limits import DEAD_LETTERS_MAXLEN
 from graflow_runtime.runids import new_run_id
+from graflow_runtime.testing.streams import fill
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.testing.app import report, run_end, submit
@@ -350,3 +352,15 @@ async def test_the_graphs_of_ended_runs_are_not_remembered(app, redis, store):
     await report(redis, outcome(ended, "b"))  # b was running when its run failed
     await app.consumer.process(await app.consumer.stream.read_new(100, 10))
     assert ended not in graphs
+
+
+async def test_the_schedulers_dead_letters_are_capped_like_the_coordinators(client, redis):
+    await fill(redis, keys.DEAD_LETTERS_STREAM, DEAD_LETTERS_MAXLEN + 1000)
+    run_id = await submit(client, spec(["a"]))
+    await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: b"\xff\xfe not protobuf"})
+    await report(redis, outcome(run_id, "a"))
+    assert await run_end(client, run_id) == "TYPE_RUN_SUCCEEDED"
+    (_, newest), = await redis.xrevrange(keys.DEAD_LETTERS_STREAM, count=1)
+    assert "undecodable outcome" in messages_pb2.DeadLetter.FromString(newest[b"d"]).reason
+    # Trimmed by whole stream nodes (MAXLEN ~): at most one node (100 entries) above the cap.
+    assert DEAD_LETTERS_MAXLEN <= await redis.xlen(keys.DEAD_LETTERS_STREAM) <= DEAD_LETTERS_MAXLEN + 100

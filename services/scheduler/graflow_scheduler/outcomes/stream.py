@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
-from graflow_runtime.streams import stream_id, trim_below
+from graflow_runtime.streams import add_dead_letter, stream_id, trim_below
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +121,7 @@ class OutcomeStream:
         now_ms = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
             for letter in dead:
-                pipe.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.to_proto(now_ms).SerializeToString()})
+                add_dead_letter(pipe, letter.to_proto(now_ms).SerializeToString())
             pipe.xack(self.stream, self.group, *entry_ids)
             await pipe.execute()
 

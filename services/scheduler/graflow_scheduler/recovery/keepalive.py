@@ -2,7 +2,8 @@
 retention period after their last write, whether the run ended or not. The recovery sweep asks it
 (``KeepRunsAlive``) to restart that period for every run that has not ended and was not kept alive
 for ``interval_s``, so a run that waits for days (human feedback, child runs) keeps what its tasks
-wrote. The run's meta field ``kept`` records when (its creation counts as the first time)."""
+wrote, and the graph it runs (stored graphs expire like results). The run's meta field ``kept``
+records when (its creation counts as the first time)."""
 
 from __future__ import annotations
 
@@ -42,18 +43,18 @@ class ResultsKeepAlive:
         now = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hmget(keys.run_meta(run_id), ["kept", "created"])
+                pipe.hmget(keys.run_meta(run_id), ["kept", "created", "graph"])
             marks = await pipe.execute()
-        due = [
-            run_id
-            for run_id, (kept, created) in zip(run_ids, marks, strict=True)
-            if created is not None and now - int(kept or created) >= self.interval_ms
-        ]
+        graphs: dict[str, str] = {}
+        for run_id, (kept, created, graph) in zip(run_ids, marks, strict=True):
+            if created is not None and now - int(kept or created) >= self.interval_ms:
+                graphs[run_id] = graph.decode() if graph else ""
+        due = list(graphs)
         for start in range(0, len(due), PER_CALL):
             chunk = due[start : start + PER_CALL]
-            await self._downstream.call(
-                self._stub.KeepRunsAlive, result_store_pb2.KeepRunsAliveRequest(run_ids=chunk)
-            )
+            hashes = sorted({graphs[run_id] for run_id in chunk if graphs[run_id]})
+            request = result_store_pb2.KeepRunsAliveRequest(run_ids=chunk, graph_hashes=hashes)
+            await self._downstream.call(self._stub.KeepRunsAlive, request)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for run_id in chunk:
                     pipe.hset(keys.run_meta(run_id), "kept", now)

@@ -81,6 +81,8 @@ async def test_sweep_keeps_the_results_of_live_runs_from_expiring(app, store, do
 
     await app.sweep.sweep_once()
     assert downstreams.result_store.kept_alive == [[old.run_id]]  # not the ended one, not the fresh one
+    # The graph of a live run is kept as long as its results (stored graphs expire too).
+    assert downstreams.result_store.kept_graphs == [[graph_hash(WORKFLOW)]]
     assert int(await redis.hget(keys.run_meta(old.run_id), "kept")) > time.time() * 1000 - 60_000
 
     await app.sweep.sweep_once()  # kept a moment ago: not due again

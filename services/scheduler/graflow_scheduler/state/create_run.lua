@@ -1,11 +1,13 @@
 -- Create a run: meta, node states (roots READY at attempt 1, others PENDING), indexes, events.
 -- KEYS: 1-7 run keys (see common.lua), 8 runs index zset, 9 idempotency key (unused without one),
---       and for a child run 10 the parent's meta, 11 the parent's child runs set.
+--       and for a child run 10 the parent's meta, 11 the parent's child runs set, 12 the parent's
+--       node states.
 -- ARGV: run_id, name, graph_hash, now_ms, labels_json, sinks_json, idem_key ('' = none),
 --       parent run id, parent node id ('' x2 unless a child run), n_roots, then the root ids, then
 --       every other node id (groups included).
 -- Returns {created (1/0), run_id}: with an idempotency key that is taken, the existing run id;
--- {-1, parent status} when the parent run has ended (a child is refused, nothing is written). The
+-- {-1, parent status} when the parent run has ended, {-2, ''} when it has no node of that id
+-- (a child is refused, nothing is written). The
 -- idempotency key lives as long as the run: finish_run sets it to expire with the run.
 local run_id, now, idem = ARGV[1], ARGV[4], ARGV[7]
 if idem ~= '' then
@@ -17,6 +19,7 @@ local parent, parent_node = ARGV[8], ARGV[9]
 if parent ~= '' then
   local parent_status = redis.call('HGET', KEYS[10], 'status') or 'unknown'
   if not is_live(parent_status) then return {-1, parent_status} end
+  if redis.call('HEXISTS', KEYS[12], parent_node) == 0 then return {-2, ''} end
   redis.call('SADD', KEYS[11], run_id)
 end
 if idem ~= '' then redis.call('SET', KEYS[9], run_id) end

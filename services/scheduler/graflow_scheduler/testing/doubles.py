@@ -18,9 +18,12 @@ class RecordingResultStore(result_store_pb2_grpc.ResultStoreServicer):
         self.get_calls = 0
         # Run ids of every KeepRunsAlive call, in order.
         self.kept_alive: list[list[str]] = []
+        # Graph hashes of every KeepRunsAlive call, in order.
+        self.kept_graphs: list[list[str]] = []
 
     async def KeepRunsAlive(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         self.kept_alive.append(list(request.run_ids))
+        self.kept_graphs.append(list(request.graph_hashes))
         return result_store_pb2.KeepRunsAliveResponse()
 
     async def PutGraph(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
