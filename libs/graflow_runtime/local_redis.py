@@ -4,6 +4,10 @@ Used by ``graflow dev`` and by the test fixtures. It runs with AOF and ``maxmemo
 noeviction``, as production Redis must (``appendfsync everysec`` by default, Redis' recommended
 setting: a Redis crash may lose the last second of writes; pass ``fsync="always"`` to lose nothing),
 and can be stopped, killed and restarted on the same port and data directory (chaos tests do).
+
+With ``tls`` it serves TLS only (no plain port); with ``users`` (passwords of the users of
+:mod:`graflow_runtime.redis_acl`) it loads their ACL file: ``url`` is then the operators' (Redis'
+default user, with its password) and :meth:`LocalRedis.url_for` gives each service its own (issue 14).
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlencode
 
+from graflow_runtime import redis_acl
 from graflow_runtime.processes import dies_with_parent
 
 
@@ -55,12 +66,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS of a :class:`LocalRedis`: the server's certificate and key, the CA that signed it (which
+    its clients trust, and which it checks client certificates with), whether clients must show
+    one (redis-server's ``--tls-auth-clients``), and the certificate its URLs' clients show."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_auth: Literal["no", "optional", "yes"] = "optional"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
 class LocalRedis:
     def __init__(self, directory: Path | None = None, port: int | None = None,
-                 executable: str | None = None, fsync: str = "everysec") -> None:
+                 executable: str | None = None, fsync: str = "everysec", *,
+                 tls: RedisTls | None = None, users: Mapping[str, str] | None = None) -> None:
         if fsync not in ("always", "everysec", "no"):
             raise ValueError(f"fsync must be always, everysec or no, not {fsync!r}")
         self.fsync = fsync
+        self.tls = tls
+        self.users = dict(users) if users is not None else None
         self.executable = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(self.executable).exists():
             raise RedisServerError(
@@ -73,17 +101,48 @@ class LocalRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL of the operators' user when the ACL users are loaded (every command, every key)."""
+        return self.url_for(redis_acl.ADMIN if self.users is not None else None)
+
+    def url_for(self, user: str | None) -> str:
+        """The URL a client connects with as ``user`` (None: without credentials) with its password,
+        over TLS when the server has it (with the CA and, if any, the client certificate)."""
+        credentials = ""
+        if user is not None:
+            password = (self.users or {}).get(user)
+            if password is None:
+                raise ValueError(f"this redis-server has no user {user!r}")
+            credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+        if self.tls is None:
+            return f"redis://{credentials}127.0.0.1:{self.port}/0"
+        options = {"ssl_ca_certs": self.tls.ca}
+        if self.tls.client_cert and self.tls.client_key:
+            options.update(ssl_certfile=self.tls.client_cert, ssl_keyfile=self.tls.client_key)
+        return f"rediss://{credentials}127.0.0.1:{self.port}/0?{urlencode(options)}"
+
+    def _arguments(self) -> list[str]:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = [
+                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", self.tls.client_auth,
+            ]
+        if self.users is not None:
+            aclfile = self.directory / "users.acl"
+            aclfile.write_text(redis_acl.render(self.users))
+            aclfile.chmod(0o600)
+            listen += ["--aclfile", str(aclfile)]
+        return [
+            self.executable, *listen, "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
+            "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
+        ]
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
         log_file = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            dies_with_parent([
-                self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
-                "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-            ]),
-            stdout=log_file, stderr=subprocess.STDOUT,
+            dies_with_parent(self._arguments()), stdout=log_file, stderr=subprocess.STDOUT,
         )
         log_file.close()
         deadline = time.monotonic() + timeout_s
@@ -106,7 +165,7 @@ class LocalRedis:
         a forked child right after start; a kill during that leaves files the next start aborts on,
         so tests that kill Redis must not do it before this is done."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with self._admin_socket() as sock:
                 sock.sendall(b"INFO persistence\r\n")
                 reply = b""
                 while not reply.startswith(b"-") and (
@@ -124,6 +183,35 @@ class LocalRedis:
         lines = set(reply.split(b"\r\n"))
         settled = (b"loading:0", b"aof_rewrite_in_progress:0", b"aof_rewrite_scheduled:0")
         return all(flag in lines for flag in settled)
+
+    @contextmanager
+    def _admin_socket(self) -> Iterator[socket.socket]:
+        """A raw connection (TLS when the server has it), authenticated as the operators' user when
+        the ACL users are loaded."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            sock = raw
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=str(self.tls.ca))
+                if self.tls.client_cert and self.tls.client_key:
+                    context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            with sock:
+                if self.users is not None:
+                    self._authenticate(sock)
+                yield sock
+
+    def _authenticate(self, sock: socket.socket) -> None:
+        assert self.users is not None
+        words = [b"AUTH", redis_acl.ADMIN.encode(), self.users[redis_acl.ADMIN].encode()]
+        sock.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words))
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise OSError("redis-server closed the connection")
+            reply += chunk
+        if reply != b"+OK\r\n":
+            raise OSError(f"AUTH as {redis_acl.ADMIN} failed: {reply!r}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

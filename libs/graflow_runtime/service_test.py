@@ -146,6 +146,17 @@ def test_an_unreachable_redis_exits_1_naming_the_url_without_its_password() -> N
     assert "probe starting" not in [e["event"] for e in events(stderr)]
 
 
+def test_a_redis_tls_file_that_cannot_be_used_exits_2_naming_it_without_the_password(tmp_path: Path) -> None:
+    missing = tmp_path / "no-ca.pem"
+    code, stderr = finish(
+        start_probe(redis_url=f"rediss://probe:s3cret-pw@127.0.0.1:{free_port()}/0?ssl_ca_certs={missing}")
+    )
+    assert code == 2
+    assert "s3cret-pw" not in stderr
+    assert "GRAFLOW_PROBE_REDIS_URL=rediss://probe:***@" in stderr
+    assert f"its TLS files cannot be used (ssl_ca_certs={missing})" in stderr
+
+
 def test_parts_that_ask_to_stop_end_the_process_with_0(redis_url: str) -> None:
     code, stderr = finish(start_probe(redis_url=redis_url, stop_after_s="0.2"))
     assert code == 0, stderr

@@ -4,6 +4,10 @@
 existing server), a testcontainers Redis when a Docker engine is reachable, or a private
 ``redis-server`` process on a free port in a temp dir (these machines have no Docker engine).
 ``redis`` gives each test an asyncio client on a flushed database.
+
+``tls_redis`` is a private redis-server that serves TLS only, ``acl_redis`` one that also has the
+services' ACL users loaded (:mod:`graflow_runtime.redis_acl`; only with a password): tests
+connect with ``server.url_for(user)``. Their certificates are made at test time.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from graflow_runtime.local_redis import LocalRedis
+from graflow_runtime import redis_acl
+from graflow_runtime.local_redis import LocalRedis, RedisTls
+from graflow_runtime.testing.certs import make_ca
 
 
 def _docker_engine_reachable() -> bool:
@@ -63,3 +69,34 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> RedisTls:
+    """Certificates of a TLS redis-server (clients may show theirs: ``--tls-auth-clients optional``)
+    and of its clients, from a CA made for the session."""
+    ca = make_ca(tmp_path_factory.mktemp("redis-tls"))
+    server, client = ca.issue("redis"), ca.issue("graflow-client")
+    return RedisTls(ca=ca.cert, cert=server.cert, key=server.key,
+                    client_cert=client.cert, client_key=client.key)
+
+
+@pytest.fixture(scope="session")
+def tls_redis(redis_tls: RedisTls) -> Iterator[LocalRedis]:
+    """A private redis-server that serves TLS only (no ACL users: its default user is open)."""
+    server = LocalRedis(tls=redis_tls).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def acl_redis(redis_tls: RedisTls) -> Iterator[LocalRedis]:
+    """A private redis-server over TLS with the services' ACL users loaded (random passwords):
+    ``url_for("worker")`` and the other services' users; ``url`` is the operators' user."""
+    server = LocalRedis(tls=redis_tls, users=redis_acl.generate_passwords()).start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -20,6 +20,7 @@ from graflow.devstack import LocalStack
 from graflow.run import RunEvent
 from graflow_examples import TASK_MODULES, etl
 from graflow_runtime.local_redis import free_port
+from graflow_runtime.testing.certs import make_ca
 
 
 @pytest.fixture
@@ -206,6 +207,22 @@ def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
     assert "SUCCEEDED, result:" in done.stdout
     assert '"orders": 3' in done.stdout
     assert done.stdout.rstrip().endswith("stopping the stack...")  # logs of a good run are removed
+
+
+def test_dev_with_redis_acl_and_tls_runs_the_example_on_a_closed_redis(tmp_path):
+    ca = make_ca(tmp_path)
+    server = ca.issue("redis")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports", "--redis-acl",
+         "--redis-tls", str(ca.cert), str(server.cert), str(server.key)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCEEDED, result:" in done.stdout
 
 
 def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():

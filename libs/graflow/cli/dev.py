@@ -1,7 +1,7 @@
 """Running Graflow on this machine:
 
     graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
-                [--tls-dir DIR [--mtls]]
+                [--tls-dir DIR [--mtls]] [--redis-acl] [--redis-tls CA CERT KEY]
     graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
                    [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
 
@@ -9,7 +9,8 @@
 runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks`` loads your modules
 in its workers too, on the default queue. ``--tls-dir`` runs the whole stack with TLS on the
 certificates in DIR (``ca.crt``, ``tls.crt``, ``tls.key``; made by you, none is generated), ``--mtls``
-with client certificates required.
+with client certificates required. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
+production (docs/security.md, "Redis"): one ACL user per service, TLS only.
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
@@ -44,6 +45,8 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.local_redis import RedisTls
+from graflow_runtime.redis_client import redacted
 
 DEFAULT_ADDRESSES = {
     "scheduler": DEFAULT_SCHEDULER_ADDRESS,
@@ -94,6 +97,18 @@ WORKER_FLAGS = {
     help="run the stack with TLS on DIR/ca.crt, DIR/tls.crt and DIR/tls.key (valid for 127.0.0.1)",
 )
 @click.option("--mtls", is_flag=True, help="with --tls-dir: the servers require client certificates")
+@click.option(
+    "--redis-acl",
+    is_flag=True,
+    help="load the services' Redis ACL users (random passwords): each service connects as its own",
+)
+@click.option(
+    "--redis-tls",
+    nargs=3,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="CA CERT KEY",
+    help="serve Redis over TLS only, with this certificate and key; the services verify it with the CA",
+)
 @pass_app
 def dev(
     app: App,
@@ -104,6 +119,8 @@ def dev(
     tasks: tuple[str, ...],
     tls_dir: Path | None,
     mtls: bool,
+    redis_acl: bool,
+    redis_tls: tuple[Path, Path, Path] | None,
 ) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
@@ -120,6 +137,8 @@ def dev(
         task_modules=list(tasks) or TASK_MODULES,
         ports={} if any_ports else _default_ports_if_free(),
         tls=tls,
+        redis_tls=RedisTls(*redis_tls) if redis_tls else None,
+        redis_acl=redis_acl,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
@@ -170,7 +189,7 @@ def _serve_until_interrupted(stack: LocalStack, out: Output) -> None:
     out.line("the stack keeps running; point clients and workers of your own at it with:")
     for name, value in {**stack.client_env(), **stack.worker_env()}.items():
         out.line(f"  export {name}={value}")
-    out.line("addresses: " + ", ".join(f"{k} {v}" for k, v in stack.addresses.items()))
+    out.line("addresses: " + ", ".join(f"{k} {redacted(v)}" for k, v in stack.addresses.items()))
     out.line(f"logs: {stack.log_dir}")
     out.line("press Ctrl-C to stop")
     try:

@@ -4,12 +4,15 @@
         run = stack.client().submit(etl)
         run.result()
 
-It starts a private redis-server (unless one is given), then the result-store, the coordinator and
-the scheduler together, then N workers, each as ``python -m graflow_<service>`` on free loopback
-ports. The children import exactly what this process can (``PYTHONPATH`` = this ``sys.path``, which
-also holds under Pants sandboxes and PEX), log JSON to one file per process in ``log_dir``, and are waited for
-until their gRPC health check reports SERVING. Chaos helpers (kill, pause, restart) act on them by
-name: ``redis``, ``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
+It starts a private redis-server (unless one is given; ``redis_tls`` serves it over TLS only,
+``redis_acl`` loads the services' ACL users with random passwords), then the result-store, the
+coordinator and the scheduler together, then N workers, each as ``python -m graflow_<service>``
+on free loopback ports. The children import exactly what this process can (``PYTHONPATH`` = this
+``sys.path``, which also holds under Pants sandboxes and PEX), log JSON to one file per process in
+``log_dir``, and are waited for until their gRPC health check reports SERVING. When the
+redis-server has the ACL users (started here with ``redis_acl``, or given), each process connects
+as its service's own user. Chaos helpers (kill, pause, restart) act on them by name: ``redis``,
+``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
 
 With ``tls=StackTls(...)`` (certificates given, none made here) every server serves TLS (mTLS with
 ``client_auth``), every process and the stack's clients verify the servers against the CA and
@@ -51,8 +54,9 @@ from graflow.errors import LocalStackError
 from graflow.operators import Operators
 from graflow_runtime.access import Role
 from graflow_runtime.auth import token_digest
-from graflow_runtime.local_redis import LocalRedis, free_port
+from graflow_runtime.local_redis import LocalRedis, RedisTls, free_port
 from graflow_runtime.processes import dies_with_parent
+from graflow_runtime.redis_acl import generate_passwords
 from graflow_runtime.tls import TlsFiles
 
 SERVERS = ("result-store", "coordinator", "scheduler")
@@ -241,6 +245,8 @@ class LocalStack:
         task_modules: Sequence[str] = ("graflow_examples.etl",),
         *,
         redis: LocalRedis | None = None,
+        redis_tls: RedisTls | None = None,
+        redis_acl: bool = False,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         ports: Mapping[str, int] | None = None,
@@ -271,6 +277,8 @@ class LocalStack:
         self._extra_env = dict(env or {})
         self._own_redis = redis is None
         self.redis = redis
+        self._redis_tls = redis_tls
+        self._redis_acl = redis_acl
         self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="graflow-dev-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +311,12 @@ class LocalStack:
             raise LocalStackError("the stack is not started: call start() first")
         return self.redis.url
 
+    def redis_url_for(self, service: str) -> str:
+        """The Redis URL of ``service``'s processes: its own ACL user when the server has them
+        (``redis_url`` is then the operators' user's)."""
+        redis = self._require_redis()
+        return redis.url_for(service) if redis.users is not None else redis.url
+
     @property
     def addresses(self) -> dict[str, str]:
         return {**{name: self.address(name) for name in SERVERS}, "redis": self.redis_url}
@@ -325,7 +339,7 @@ class LocalStack:
     def worker_env(self) -> dict[str, str]:
         """The variables that point a worker of one's own (``graflow worker -A ...``) at this stack."""
         env = {
-            "GRAFLOW_WORKER_REDIS_URL": self.redis_url,
+            "GRAFLOW_WORKER_REDIS_URL": self.redis_url_for("worker"),
             "GRAFLOW_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
             "GRAFLOW_WORKER_COORDINATOR_ADDRESS": self.coordinator_address,
             "GRAFLOW_WORKER_RESULT_STORE_ADDRESS": self.result_store_address,
@@ -377,7 +391,7 @@ class LocalStack:
             **os.environ,
             "PYTHONPATH": child_pythonpath(),
             "PYTHONUNBUFFERED": "1",
-            f"{prefix}REDIS_URL": self.redis_url,
+            f"{prefix}REDIS_URL": self.redis_url_for(service),
             f"{prefix}LOG_FORMAT": "json",
             f"{prefix}SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }
@@ -436,7 +450,8 @@ class LocalStack:
         self._started = True
         try:
             if self.redis is None:
-                self.redis = LocalRedis().start()
+                passwords = generate_passwords() if self._redis_acl else None
+                self.redis = LocalRedis(tls=self._redis_tls, users=passwords).start()
             self.servers = {name: self._server(name) for name in SERVERS}
             # Servers only need Redis to come up (they reach each other lazily, behind breakers);
             # workers register with the coordinator, so they start once it serves.
