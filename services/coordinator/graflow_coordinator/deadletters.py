@@ -29,12 +29,14 @@ from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
-from graflow_runtime.streams import STREAM_ID_RULE, is_stream_id
+from graflow_runtime.streams import STREAM_ID_RULE, is_stream_id, stream_id
 
 log = structlog.get_logger(__name__)
 
 DEAD_LETTER_FIELD = b"d"
 DEFAULT_PAGE = 100
+# The largest entry id there can be.
+_LAST_ID = (2**64 - 1, 2**64 - 1)
 _REPLAY = LuaScript.load(__package__, "replay_dead_letters.lua")
 
 
@@ -97,6 +99,8 @@ class DeadLetters:
         """Oldest first, starting after ``after_id`` (exclusive)."""
         if after_id:
             _check_stream_id(after_id, "after_id")
+            if stream_id(after_id) == _LAST_ID:
+                return []  # nothing comes after it, and Redis refuses an exclusive start there
         count = min(limit or DEFAULT_PAGE, DEAD_LETTERS_PAGE_MAX)
         start = f"({after_id}" if after_id else "-"
         entries = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max="+", count=count)

@@ -49,6 +49,19 @@ async def test_dead_letters_are_paged_with_an_exclusive_after_id(
     assert [x.id for x in second] == ids[2:4]
 
 
+@pytest.mark.parametrize("after_id", ["18446744073709551615-18446744073709551615", "18446744073709551615"])
+async def test_listing_after_the_last_possible_id_is_an_empty_page(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis, after_id: str
+) -> None:
+    """Found by fuzzing: Redis refuses an exclusive start after the last possible id, which answered
+    UNKNOWN; nothing can come after it, so the page is empty."""
+    await dead_letter(redis, "a")
+
+    listed = await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id=after_id))
+
+    assert list(listed.dead_letters) == []
+
+
 async def test_dead_letters_are_shown_by_id_leaving_out_unknown_ids(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:
