@@ -1,0 +1,158 @@
+"""The surfaces the fuzzing reaches, the verdict on one answer, and the health of the stack: shared
+by the fuzz script (``fuzz.py``) and the property tests (``properties_test.py``).
+
+An input reaches a service over gRPC (``submit``: SubmitRun; ``channel``: the result-store's
+Channel* calls; ``feedback``: RespondFeedback; ``deadletters``: ListDeadLetters and
+ReplayDeadLetters) or the bus (``envelope``: an entry of the default queue's stream, read by the
+workers; ``outcome``: an entry of ``gf:outcomes``, read by the scheduler). An RPC's answer is well
+formed when it is OK or one of :data:`REFUSALS` with a message; UNKNOWN, INTERNAL, UNAVAILABLE (a
+service that died or stalled) or any other code is a crash, no answer within :data:`TIMEOUT_S` a
+hang. A bus input has no answer: the stack must consume it (``bus_backlog``), keep every process
+alive and log no exception (``stack_problems``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from graflow.devstack import LocalStack
+from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
+from graflow_runtime import keys
+from graflow_runtime.names import DEFAULT_QUEUE
+from graflow_runtime.testing import hostile
+from tests.e2e.conftest import log_records
+
+TIMEOUT_S = 10.0
+TASK_TYPES = ("echo", "ask")
+SURFACES = ("submit", "channel", "feedback", "deadletters", "envelope", "outcome")
+# The codes a refusal may carry (docs/security.md): each with a message naming the problem.
+REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+})
+# Stream and consumer group of each bus surface.
+BUS = {
+    "envelope": (keys.queue_stream(DEFAULT_QUEUE), "workers", keys.ENVELOPE_FIELD),
+    "outcome": (keys.OUTCOMES_STREAM, "scheduler", keys.OUTCOME_FIELD),
+}
+STUBS = {
+    "scheduler": scheduler_pb2_grpc.SchedulerStub,
+    "result-store": result_store_pb2_grpc.ResultStoreStub,
+    "coordinator": coordinator_pb2_grpc.CoordinatorStub,
+}
+
+
+@dataclass
+class Pools:
+    """What exists in the stack, so that a share of the inputs reaches stored state: run ids,
+    open feedback requests (run id, request id), dead-letter ids."""
+
+    runs: list[str] = field(default_factory=list)
+    waits: list[tuple[str, str]] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Input:
+    surface: str
+    service: str  # a key of STUBS, or "bus"
+    method: str  # the RPC, or the stream the entry is appended to
+    request: Any  # a request message, or the entry's bytes
+
+    def describe(self, limit: int = 300) -> str:
+        """The input on one line, cut at ``limit`` characters."""
+        if isinstance(self.request, Message):
+            body = text_format.MessageToString(self.request, as_one_line=True, as_utf8=True)
+        else:
+            body = repr(self.request)
+        text = f"{self.method} {body}"
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def draw(surface: str, rng: random.Random, pools: Pools) -> Input:
+    """One input of ``surface``."""
+    if surface == "submit":
+        return Input(surface, "scheduler", "SubmitRun", hostile.submit_request(rng, TASK_TYPES, pools.runs))
+    if surface == "channel":
+        method, request = hostile.channel_call(rng, pools.runs)
+        return Input(surface, "result-store", method, request)
+    if surface == "feedback":
+        answer = hostile.feedback_answer(rng, pools.waits, pools.runs)
+        return Input(surface, "scheduler", "RespondFeedback", answer)
+    if surface == "deadletters":
+        method, request = hostile.dead_letter_call(rng, pools.dead_letters)
+        return Input(surface, "coordinator", method, request)
+    make = hostile.envelope if surface == "envelope" else hostile.outcome
+    message = make(rng, TASK_TYPES, pools.runs).SerializeToString()
+    return Input(surface, "bus", BUS[surface][0], hostile.bus_bytes(rng, message))
+
+
+def bus_fields(item: Input) -> dict[bytes, bytes]:
+    """The stream entry of a bus input."""
+    return {BUS[item.surface][2]: item.request}
+
+
+def verdict(code: grpc.StatusCode, details: str | None) -> str | None:
+    """None when an RPC's answer is well formed; else ``"hang"`` or ``"crash"``."""
+    if code == grpc.StatusCode.OK or (code in REFUSALS and details):
+        return None
+    return "hang" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "crash"
+
+
+def addresses(stack: LocalStack) -> Mapping[str, str]:
+    return {service: stack.address(service) for service in STUBS}
+
+
+def processes(stack: LocalStack) -> dict[str, Any]:
+    """Every service process of the stack by name (``scheduler``, ``worker-0``...)."""
+    return {**stack.servers, **{worker.name: worker for worker in stack.workers}}
+
+
+def stack_problems(stack: LocalStack) -> list[str]:
+    """Processes that died and exceptions in the services' logs, one line each."""
+    problems = []
+    for name, process in processes(stack).items():
+        if not process.running:
+            problems.append(f"{name} died (exit code {process.popen.returncode})")
+        for record in log_records(stack, name):
+            if "exception" in record or record.get("level") == "critical":
+                problems.append(f"{name} logged {record.get('level')} {record.get('event')!r}: "
+                                f"{_exception_line(record.get('exception'))}")
+    return problems
+
+
+def _exception_line(exception: Any) -> str:
+    """The last frame and message of a structlog ``dict_tracebacks`` exception."""
+    if not isinstance(exception, list) or not exception:
+        return str(exception)[:300]
+    last = exception[-1]
+    frames = last.get("frames") or [{}]
+    frame = frames[-1]
+    return (f"{last.get('exc_type')}: {str(last.get('exc_value'))[:200]} "
+            f"at {Path(str(frame.get('filename', '?'))).name}:{frame.get('lineno')}")
+
+
+def peak_rss(stack: LocalStack) -> dict[str, int]:
+    """Peak resident memory (bytes, the kernel's VmHWM) of every live service process."""
+    peaks = {}
+    for name, process in processes(stack).items():
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except (OSError, TypeError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[name] = int(line.split()[1]) * 1024
+    return peaks
