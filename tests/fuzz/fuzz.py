@@ -34,16 +34,17 @@ from graflow.devstack import LocalStack
 from graflow_api.v1 import coordinator_pb2, scheduler_pb2, workflow_pb2
 from tests.fuzz.surfaces import (
     BUS,
-    STUBS,
     SURFACES,
     TIMEOUT_S,
     Input,
     Pools,
     bus_fields,
     draw,
+    open_channels,
     peak_rss,
     processes,
     stack_problems,
+    stubs_of,
     verdict,
 )
 
@@ -57,12 +58,14 @@ FINDINGS_SHOWN = 20
 @dataclass
 class Tally:
     tried: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)  # answer times added up, per surface
     codes: dict[str, Counter[str]] = field(default_factory=dict)
     findings: list[tuple[str, str, str, Input]] = field(default_factory=list)  # kind, code, details, input
     slowest: tuple[float, Input | None] = (0.0, None)
 
     def record(self, item: Input, code: str, seconds: float, problem: str | None, details: str) -> None:
         self.tried[item.surface] += 1
+        self.seconds[item.surface] += seconds
         self.codes.setdefault(item.surface, Counter())[code] += 1
         if problem:
             self.findings.append((problem, code, details, item))
@@ -100,9 +103,9 @@ async def open_waits(stubs: dict[str, object], pools: Pools) -> None:
 async def stack_pools(stack: LocalStack) -> Pools:
     """Pools of a stack where runs wait for feedback (``open_waits``)."""
     pools = Pools()
-    channels = {service: grpc.aio.insecure_channel(stack.address(service)) for service in STUBS}
+    channels = open_channels(stack, grpc.aio.insecure_channel)
     try:
-        await open_waits({service: stub(channels[service]) for service, stub in STUBS.items()}, pools)
+        await open_waits(stubs_of(channels), pools)
     finally:
         for channel in channels.values():
             await channel.close()
@@ -162,8 +165,8 @@ async def fuzz(stack: LocalStack, args: argparse.Namespace) -> tuple[Tally, floa
     surfaces = list(SURFACES)
     weights = [WEIGHTS[s] for s in surfaces]
     redis = aioredis.Redis.from_url(stack.redis_url)
-    channels = {service: grpc.aio.insecure_channel(stack.address(service)) for service in STUBS}
-    stubs = {service: stub(channels[service]) for service, stub in STUBS.items()}
+    channels = open_channels(stack, grpc.aio.insecure_channel)
+    stubs = stubs_of(channels)
     try:
         await open_waits(stubs, pools)
         next_index = iter(range(args.inputs))
@@ -208,10 +211,11 @@ def report(stack: LocalStack, args: argparse.Namespace, tally: Tally, elapsed: f
     crashes = tally.count("crash") + len(problems)
     print(f"\nfuzzed {total:,} inputs in {elapsed:,.1f} s: {total / elapsed:,.0f} inputs/s "
           f"(concurrency {args.concurrency}, seed {args.seed!r}, {args.workers} worker(s))")
-    print(f"{'surface':<12} {'tried':>10}  answers")
+    print(f"{'surface':<12} {'tried':>10} {'mean ms':>8}  answers")
     for surface in SURFACES:
         answers = ", ".join(f"{code} {n:,}" for code, n in tally.codes.get(surface, Counter()).most_common())
-        print(f"{surface:<12} {tally.tried[surface]:>10,}  {answers}")
+        mean_ms = 1000 * tally.seconds[surface] / max(tally.tried[surface], 1)
+        print(f"{surface:<12} {tally.tried[surface]:>10,} {mean_ms:>8.1f}  {answers}")
     seconds, slowest = tally.slowest
     if slowest is not None:
         print(f"slowest answer: {seconds:.3f} s, {slowest.surface}: {slowest.describe()}")
@@ -237,19 +241,23 @@ def report(stack: LocalStack, args: argparse.Namespace, tally: Tally, elapsed: f
     return 1 if crashes or hangs else 0
 
 
+def run(stack: LocalStack, args: argparse.Namespace) -> int:
+    """Fuzz a started stack and print the report; the exit code (1 on a crash or a hang)."""
+    print(f"stack up, logs in {stack.log_dir}; sending {args.inputs:,} inputs", flush=True)
+    tally, elapsed, backlog = asyncio.run(fuzz(stack, args))
+    peaks = peak_rss(stack)
+    with sync_redis.Redis.from_url(stack.redis_url) as conn:
+        redis_peak = int(conn.info("memory")["used_memory_peak"])
+    return report(stack, args, tally, elapsed, backlog, stack_problems(stack), peaks, redis_peak)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stack = LocalStack(workers=args.workers, task_modules=["tests.fuzz.tasks"]).start()
     failed = True
     try:
-        print(f"stack up, logs in {stack.log_dir}; sending {args.inputs:,} inputs", flush=True)
-        tally, elapsed, backlog = asyncio.run(fuzz(stack, args))
-        peaks = peak_rss(stack)
-        with sync_redis.Redis.from_url(stack.redis_url) as conn:
-            redis_peak = int(conn.info("memory")["used_memory_peak"])
-        code = report(stack, args, tally, elapsed, backlog, stack_problems(stack), peaks, redis_peak)
-        failed = code != 0
-        return code
+        failed = run(stack, args) != 0
+        return int(failed)
     finally:
         stack.stop(keep_logs=failed)
         if failed:

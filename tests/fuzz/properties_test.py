@@ -1,4 +1,5 @@
-"""Properties over gRPC and the bus against a live stack (real processes, one per module).
+"""Properties over gRPC and the bus against a live stack (real processes, one per module), and
+the fuzz script's short run on the same stack, as CI runs them.
 
 Every input of SubmitRun, the result-store's Channel* calls, RespondFeedback and the dead-letter
 calls gets a well-formed answer within 10 s: OK, or a documented refusal (INVALID_ARGUMENT,
@@ -18,13 +19,26 @@ import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
-from hypothesis import given
+from hypothesis import given, settings
 
 from graflow.devstack import LocalStack
 from graflow_runtime.testing.properties import PROPERTY_SETTINGS, RANDOMS
 from tests.e2e.conftest import module_stack
-from tests.fuzz.fuzz import bus_backlog, stack_pools
-from tests.fuzz.surfaces import STUBS, TIMEOUT_S, Pools, bus_fields, draw, stack_problems, verdict
+from tests.fuzz.fuzz import bus_backlog, parse_args, run, stack_pools
+from tests.fuzz.surfaces import (
+    TIMEOUT_S,
+    Pools,
+    bus_fields,
+    draw,
+    open_channels,
+    stack_problems,
+    stubs_of,
+    verdict,
+)
+
+# Fewer examples than the in-process properties: each is a call to a real process, and CI runs the
+# fuzz script's 2,000 inputs beside them.
+STACK_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=100)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +54,8 @@ def pools(stack: LocalStack) -> Pools:
 
 @pytest.fixture(scope="module")
 def stubs(stack: LocalStack) -> Iterator[dict[str, object]]:
-    channels = {service: grpc.insecure_channel(stack.address(service)) for service in STUBS}
-    yield {service: stub(channels[service]) for service, stub in STUBS.items()}
+    channels = open_channels(stack, grpc.insecure_channel)
+    yield stubs_of(channels)
     for channel in channels.values():
         channel.close()
 
@@ -50,7 +64,7 @@ def stubs(stack: LocalStack) -> Iterator[dict[str, object]]:
 def test_every_call_gets_a_well_formed_answer_within_10_s(
     stack: LocalStack, stubs: dict[str, object], pools: Pools, surface: str
 ) -> None:
-    @PROPERTY_SETTINGS
+    @STACK_SETTINGS
     @given(RANDOMS)
     def answered(rng: random.Random) -> None:
         item = draw(surface, rng, pools)
@@ -71,7 +85,7 @@ def test_every_bus_entry_is_consumed_and_breaks_nothing(
 ) -> None:
     conn = redis.Redis.from_url(stack.redis_url)
 
-    @PROPERTY_SETTINGS
+    @STACK_SETTINGS
     @given(RANDOMS)
     def appended(rng: random.Random) -> None:
         item = draw(surface, rng, pools)
@@ -86,3 +100,17 @@ def test_every_bus_entry_is_consumed_and_breaks_nothing(
 
     assert asyncio.run(backlog()) == {"envelope": 0, "outcome": 0}
     assert stack_problems(stack) == []
+
+
+def test_the_fuzz_script_finds_no_crash_or_hang_in_2000_inputs(
+    stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run(stack, parse_args(["--inputs", "2000", "--seed", "ci"]))
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "fuzzed 2,000 inputs in" in out and "inputs/s" in out
+    for surface in ("submit", "channel", "feedback", "deadletters", "envelope", "outcome"):
+        assert f"\n{surface} " in out
+    assert "slowest answer: " in out and "peak RSS: coordinator " in out
+    assert "crashes: 0, hangs: 0" in out

@@ -14,7 +14,7 @@ alive and log no exception (``stack_problems``).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from graflow.devstack import LocalStack
 from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
 from graflow_runtime import keys
+from graflow_runtime.grpc_options import CHANNEL_OPTIONS
 from graflow_runtime.names import DEFAULT_QUEUE
 from graflow_runtime.testing import hostile
 from tests.e2e.conftest import log_records
@@ -111,8 +112,14 @@ def verdict(code: grpc.StatusCode, details: str | None) -> str | None:
     return "hang" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "crash"
 
 
-def addresses(stack: LocalStack) -> Mapping[str, str]:
-    return {service: stack.address(service) for service in STUBS}
+def open_channels(stack: LocalStack, insecure_channel: Callable[..., Any]) -> dict[str, Any]:
+    """A channel to each server of the stack (``grpc.insecure_channel`` or its aio twin), with the
+    options every Graflow client uses (64 MiB messages)."""
+    return {service: insecure_channel(stack.address(service), options=CHANNEL_OPTIONS) for service in STUBS}
+
+
+def stubs_of(channels: Mapping[str, Any]) -> dict[str, Any]:
+    return {service: STUBS[service](channel) for service, channel in channels.items()}
 
 
 def processes(stack: LocalStack) -> dict[str, Any]:
