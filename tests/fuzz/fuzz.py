@@ -181,7 +181,10 @@ async def fuzz(stack: LocalStack, args: argparse.Namespace) -> tuple[Tally, floa
         async def progress() -> None:
             while True:
                 await asyncio.sleep(10)
-                await refresh(stubs, pools)
+                try:
+                    await refresh(stubs, pools)
+                except grpc.aio.AioRpcError as exc:  # the pools stay as they were
+                    print(f"  could not refresh the pools: {exc.code().name} {exc.details()}", flush=True)
                 done = sum(tally.tried.values())
                 dead = [name for name, p in processes(stack).items() if not p.running]
                 print(f"  {done:,} inputs, {done / (time.monotonic() - started):,.0f}/s, "
