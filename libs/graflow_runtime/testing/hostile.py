@@ -43,12 +43,10 @@ def identifier(rng: Rng) -> str:
     return rng.choice(["a", "b", "node", "x.y", "n-1", "_", "A9"]) + str(rng.randrange(50))
 
 
-def text(rng: Rng, pool: Sequence[str] = ()) -> str:
-    """A string: one of ``pool``, a valid identifier, an odd or overlong one, or random characters
-    (never lone surrogates: protobuf strings are UTF-8)."""
+def text(rng: Rng) -> str:
+    """A string: a valid identifier, an odd or overlong one, or random characters (never lone
+    surrogates: protobuf strings are UTF-8)."""
     roll = rng.random()
-    if pool and roll < 0.35:
-        return rng.choice(pool)
     if roll < 0.55:
         return identifier(rng)
     if roll < 0.75:
