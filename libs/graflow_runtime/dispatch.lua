@@ -4,9 +4,10 @@
 -- KEYS[3n+3] = the retry timer's wake-up stream, appended to (one entry kept) when a delayed
 -- delivery is due before everything the retry zset held, so that the timers blocked on it move it
 -- on time.
--- ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*5: node, attempt, due ms (0 = now),
--- queue (for a delayed delivery: the head of its retry timer member, "<queue>" or
--- "<queue> high", see keys.RETRY_TIMER), envelope bytes.
+-- ARGV[1] = record ttl; for delivery i from b = 1 + (i-1)*7: node, attempt, due ms (0 = now),
+-- queue (for a delayed delivery: the head of its retry timer member, "<queue>[ high][ sig=...]",
+-- see keys.RETRY_TIMER), envelope bytes, signing key id and HMAC ('' when unsigned: the entry
+-- then has no fields 'k' and 's').
 -- A delivery of a run that has ended (its meta's 'ended' > 0) is not enqueued (counted as ended).
 -- One enqueued at once carries, beside the envelope, the last id of the ended runs stream: the run
 -- was live when that was the last end (keys.ENDED_CURSOR_FIELD).
@@ -19,7 +20,7 @@ local n = (#KEYS - 3) / 3
 local ttl = tonumber(ARGV[1])
 local missing, exists = {}, {}
 for i = 1, n do
-  local b = 1 + (i - 1) * 5
+  local b = 1 + (i - 1) * 7
   local queue = KEYS[3 * i + 1]
   if tonumber(ARGV[b + 3]) == 0 then
     if exists[queue] == nil then exists[queue] = redis.call('EXISTS', queue) == 1 end
@@ -41,7 +42,7 @@ for i = 1, n do
     records[#records + 1] = record
   end
   local nodes = nodes_of[record]
-  nodes[#nodes + 1] = ARGV[1 + (i - 1) * 5 + 1]
+  nodes[#nodes + 1] = ARGV[1 + (i - 1) * 7 + 1]
 end
 local dispatched = {} -- record -> node -> highest attempt dispatched (updated as deliveries are accepted)
 for _, record in ipairs(records) do
@@ -55,7 +56,7 @@ local accepted, duplicates, ended = 0, 0, 0
 local ended_at, writes = {}, {}
 local first_due, wake -- the retry zset's earliest due time (read at the first delay); wake the timers
 for i = 1, n do
-  local b = 1 + (i - 1) * 5
+  local b = 1 + (i - 1) * 7
   local node = ARGV[b + 1]
   local attempt = tonumber(ARGV[b + 2])
   local record, meta = KEYS[3 * i], KEYS[3 * i + 2]
@@ -84,7 +85,11 @@ for i = 1, n do
         first_due, wake = due, true
       end
     else
-      redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor)
+      if ARGV[b + 6] == '' then
+        redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor)
+      else
+        redis.call('XADD', KEYS[3 * i + 1], '*', 'e', ARGV[b + 5], 'c', cursor, 'k', ARGV[b + 6], 's', ARGV[b + 7])
+      end
     end
     accepted = accepted + 1
   end

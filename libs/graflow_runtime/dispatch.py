@@ -5,7 +5,8 @@ its own round trip to Redis (no call to the coordinator on a run's path), and th
 ``Dispatch`` RPC (v1, for other callers) runs the same code.
 
 Each delivery is skipped as a duplicate when ``gf:dispatch:{run}[node] >= attempt``; otherwise the
-attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``) or, with a
+attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``, with ``k`` and
+``s``, its key id and HMAC, when the process has signing keys: graflow_runtime.signing) or, with a
 delay, scheduled on the coordinator's retry timer (``ZADD gf:retry <due> "<queue>\\n<bytes>"``;
 a delivery due before everything the timer held also appends to ``gf:retry:wake``, which wakes the
 timers at once wherever they run). The check, the record and the append of a delivery happen in
@@ -35,6 +36,7 @@ from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript, ScriptCall
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 log = structlog.get_logger(__name__)
 
@@ -89,10 +91,12 @@ class Dispatcher:
         groups: QueueGroups,
         *,
         record_ttl_s: int,
+        bus_keys: BusKeys = UNSIGNED,
     ) -> None:
         self._redis = redis
         self._groups = groups
         self._record_ttl_s = record_ttl_s
+        self._keys = bus_keys
 
     async def dispatch(self, deliveries: Sequence[coordinator_pb2.Delivery]) -> DispatchResult:
         """Validate the whole batch (raises :class:`InvalidDelivery`), then dispatch it. Redis errors
@@ -145,9 +149,13 @@ class Dispatcher:
             env.enqueued_at_ms = due_ms or now_ms
             high = high_lane(delivery)
             stream = keys.queue_high_stream(env.queue) if high else keys.queue_stream(env.queue)
-            # A delayed delivery's queue is the retry timer member's head, which names its lane.
-            head = f"{env.queue} {keys.HIGH_LANE}" if due_ms and high else env.queue
+            data = env.SerializeToString()
+            signature = self._keys.sign(Kind.ENVELOPE, data)
+            key_id, mac = (signature.key_id, signature.mac) if signature else (b"", b"")
+            # A delayed delivery's queue is the retry timer member's head, which names its lane and
+            # carries its signature to the entry the timer appends.
+            head = keys.retry_head(env.queue, high=high, key_id=key_id, mac=mac) if due_ms else env.queue
             call_keys += [keys.dispatch_record(env.run_id), stream, keys.run_meta(env.run_id)]
-            args += [env.node_id, env.attempt, due_ms, head, env.SerializeToString()]
+            args += [env.node_id, env.attempt, due_ms, head, data, key_id, mac]
         call_keys.append(keys.RETRY_WAKE)
         return call_keys, args

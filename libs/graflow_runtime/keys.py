@@ -147,8 +147,20 @@ def run_flow_keys(run_id: str) -> list[str]:
 
 # ---- dispatch (graflow_runtime.dispatch: the scheduler and the coordinator's Dispatch) ----
 # zset, score = due ms, member = "<queue>\n<envelope bytes>" (normal lane) or
-# "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace).
+# "<queue> high\n<envelope bytes>" (HIGH_LANE; queue names hold no whitespace); a signed envelope's
+# head also names its signature, "<queue>[ high] sig=<key id>:<hmac hex>" (retry_head).
 RETRY_TIMER = f"{PREFIX}:retry"
+RETRY_SIGNATURE_TOKEN = "sig="
+
+
+def retry_head(queue: str, *, high: bool, key_id: bytes = b"", mac: bytes = b"") -> str:
+    """The head of a retry timer member (before its first newline): queue, lane, signature."""
+    head = f"{queue} {HIGH_LANE}" if high else queue
+    if key_id:
+        head += f" {RETRY_SIGNATURE_TOKEN}{key_id.decode()}:{mac.decode()}"
+    return head
+
+
 # stream (one entry kept): appended by dispatch when a delayed delivery is due earlier than every
 # delivery the retry timer held, so that the timers (XREAD BLOCK on it) wake at once.
 RETRY_WAKE = f"{PREFIX}:retry:wake"

@@ -8,12 +8,13 @@ the variable; every default works on one machine.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.signing import BusKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,6 +49,28 @@ class ServiceSettings(BaseSettings):
     breaker_reset_s: float = Field(default=2.0, gt=0)
     # graflow_runtime.lifecycle.event_loop.
     event_loop: EventLoopChoice = "auto"
+
+
+class BusSettings(ServiceSettings):
+    """Settings of the processes that write or read the bus's streams (scheduler, coordinator,
+    worker): the HMAC keys of its messages (graflow_runtime.signing; docs/security.md)."""
+
+    # "<key id>:<secret>" items (secret: hex or base64, >= 32 bytes); every one verifies.
+    signing_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    # The key that signs; may stay empty when exactly one key is listed. No keys: unsigned (dev).
+    signing_key_id: str = ""
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_signing_keys(cls, value: Any) -> Any:
+        return split_list(value)
+
+    def bus_keys(self) -> BusKeys:
+        """The keys these settings name; raises :class:`SigningKeysError` (a ConfigurationError:
+        exit 2) naming the variable."""
+        return BusKeys.from_settings(
+            self.signing_keys, self.signing_key_id, prefix=self.model_config.get("env_prefix", "")
+        )
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

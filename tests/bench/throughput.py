@@ -3,7 +3,7 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--idle-seconds 5] [--set NAME=VALUE ...] [--json PATH]
+        [--idle-seconds 5] [--set NAME=VALUE ...] [--signing] [--json PATH]
         [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
@@ -39,6 +39,9 @@ Each measure (its ``--only`` name), its raw baseline, and its target (issue 13, 
 The other targets of issue 13 are measured elsewhere: memory under a long soak by ``soak.py``
 (flat RSS, Redis ``used_memory`` back to its baseline), and a SIGKILLed worker's task running
 elsewhere by ``recovery.py`` (<= 1.0 s median, <= 1.5 s p99).
+
+``--signing`` runs the stack with an HMAC key for its bus messages (``LocalStack(signing=True)``):
+run it with and without, in the same window, to see what signing costs (docs/security.md).
 
 CPU and command counts barely move with the machine's noise, unlike wall-clock figures: they show
 where a change's cost goes (per process: ``cpu_us_by_process`` in the JSON and the second table).
@@ -114,11 +117,12 @@ def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
 
 
 def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
-                    profiler: profiling.Profiler | None) -> dict[str, dict[str, object]]:
+                    profiler: profiling.Profiler | None, *,
+                    signing: bool = False) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     if not selected & set(MEASURES):
         return out
-    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env)
+    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env, signing=signing)
     try:
         stack.start()
         pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
@@ -263,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                         help="extra environment of the stack's processes, e.g. "
                              "GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS=1000 (repeatable)")
+    parser.add_argument("--signing", action="store_true", help="sign and verify the bus's messages")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record every stack process with py-spy during each timed measure, into DIR")
@@ -289,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
 
     base = measure_baselines(selected, sizes)
-    graflow = measure_graflow(selected, sizes, args.workers, env, profiler)
+    graflow = measure_graflow(selected, sizes, args.workers, env, profiler, signing=args.signing)
     hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
-    out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}; "
+    out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}, "
+        f"bus {'signed' if args.signing else 'unsigned'}; "
         f"{'PROFILED: timings perturbed; ' if profiler else ''}commit {commit() or '?'})\n")
     out(table(rows(base, graflow, hops, sizes)))
     out("x worse: Graflow / baseline (times, CPU, counts) or baseline / Graflow (rates).\n\n")
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         out(f"profiles and their summary: {args.profile}/ (summary.txt)\n")
     if args.json:
         figures = {
-            "commit": commit(), "workers": args.workers, "concurrency": concurrency,
+            "commit": commit(), "workers": args.workers, "concurrency": concurrency, "signing": args.signing,
             "profiled": profiler is not None, "sizes": sizes.__dict__,
             "baseline": base, "graflow": graflow, "hops": hops,
         }

@@ -19,6 +19,10 @@ from graflow_runtime.local_redis import LocalRedis
 
 TASKS = "tests.e2e.tasks"
 KEEP_LOGS = bool(os.environ.get("GRAFLOW_TEST_KEEP_LOGS"))
+# GRAFLOW_TEST_SIGNING=1 runs every stack with a bus signing key (LocalStack(signing=True)), so that
+# any e2e module can be run signed: ./pants test --test-extra-env-vars="+['GRAFLOW_TEST_SIGNING']"
+# tests/e2e/delivery_test.py. forgery_test.py always signs.
+SIGNING = bool(os.environ.get("GRAFLOW_TEST_SIGNING"))
 
 
 def start_stack(
@@ -36,6 +40,7 @@ def start_stack(
     """
     server = server or LocalRedis(fsync=fsync).start()
     env = {"GRAFLOW_TEST_EFFECTS_URL": server.url, **kwargs.pop("env", {})}  # type: ignore[dict-item]
+    kwargs.setdefault("signing", SIGNING)
     stack = LocalStack(workers=workers, task_modules=list(task_modules), redis=server, env=env, **kwargs)  # type: ignore[arg-type]
     try:
         stack.start()

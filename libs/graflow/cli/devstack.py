@@ -10,6 +10,10 @@ ports. The children import exactly what this process can (``PYTHONPATH`` = this 
 also holds under Pants sandboxes and PEX), log JSON to one file per process in ``log_dir``, and are waited for
 until their gRPC health check reports SERVING. Chaos helpers (kill, pause, restart) act on them by
 name: ``redis``, ``result-store``, ``coordinator``, ``scheduler``, ``worker-<i>``.
+
+``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
+``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
+(docs/security.md, "Integrity on the bus").
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,6 +47,8 @@ MODULES = {
     "scheduler": "graflow_scheduler",
     "worker": "graflow_worker",
 }
+# The processes that sign and verify bus messages (graflow_runtime.settings.BusSettings).
+SIGNING_SERVICES = ("coordinator", "scheduler", "worker")
 PREFIXES = {
     "result-store": "GRAFLOW_RESULT_STORE_",
     "coordinator": "GRAFLOW_COORDINATOR_",
@@ -164,6 +171,7 @@ class LocalStack:
         log_dir: Path | None = None,
         ports: Mapping[str, int] | None = None,
         auth_token: str = "",
+        signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
     ) -> None:
@@ -172,6 +180,9 @@ class LocalStack:
         self.worker_count = workers
         self.task_modules = list(task_modules)
         self.auth_token = auth_token
+        # "<key id>:<hex secret>", generated per stack (never written anywhere but the children's
+        # environment); empty: the stack's bus is unsigned.
+        self.signing_key = f"stack-{secrets.token_hex(2)}:{secrets.token_hex(32)}" if signing else ""
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
@@ -235,7 +246,15 @@ class LocalStack:
         }
         if self.auth_token:
             env["GRAFLOW_WORKER_AUTH_TOKEN"] = self.auth_token
+        env.update(self._signing_env("worker"))
         return env
+
+    def _signing_env(self, service: str) -> dict[str, str]:
+        if not self.signing_key or service not in SIGNING_SERVICES:
+            return {}
+        prefix = PREFIXES[service]
+        return {f"{prefix}SIGNING_KEYS": self.signing_key,
+                f"{prefix}SIGNING_KEY_ID": self.signing_key.partition(":")[0]}
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(
@@ -262,6 +281,7 @@ class LocalStack:
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address
         if self.auth_token:
             env[f"{prefix}AUTH_TOKEN"] = self.auth_token
+        env.update(self._signing_env(service))
         return {**env, **self._extra_env}
 
     def _server(self, name: str) -> ServiceProcess:

@@ -42,9 +42,14 @@ class CoordinatorApp:
 
     def __init__(self, settings: CoordinatorSettings, redis: aioredis.Redis) -> None:
         s = self.settings = settings
+        # Signs envelopes (Dispatch) and lost attempts' outcomes, verifies envelopes it reclaims and
+        # dead letters it replays (docs/security.md, "Integrity on the bus").
+        bus_keys = s.bus_keys()
+        bus_keys.log_mode("coordinator")
         self.redis = redis
         self.groups = QueueGroups(redis)
-        reclaimer = Reclaimer(redis, max_deliveries=s.max_deliveries, dead_letter_maxlen=s.dead_letter_maxlen)
+        reclaimer = Reclaimer(redis, max_deliveries=s.max_deliveries, dead_letter_maxlen=s.dead_letter_maxlen,
+                              bus_keys=bus_keys)
         registry = WorkerRegistry(
             redis, self.groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
         )
@@ -63,14 +68,14 @@ class CoordinatorApp:
             maintenance_interval_ms=s.queue_trim_interval_ms,
             queues=s.queues,
         )
-        dispatcher = Dispatcher(redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s)
+        dispatcher = Dispatcher(redis, self.groups, record_ttl_s=s.dispatch_record_ttl_s, bus_keys=bus_keys)
         # Renewals of streamed heartbeats are written together, within a fraction of the interval.
         renew_window_ms = min(RENEW_WINDOW_MS, s.heartbeat_interval_ms // 4)
         self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
         servicer = CoordinatorServicer(
             dispatcher,
             registry,
-            DeadLetters(redis, self.groups),
+            DeadLetters(redis, self.groups, bus_keys=bus_keys),
             self.heartbeat_streams,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             lease_timeout_ms=s.lease_timeout_ms,

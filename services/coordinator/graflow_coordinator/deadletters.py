@@ -11,6 +11,12 @@ A replayed delivery is the original message, attempt number included: its outcom
 that attempt is still the node's current one. A poison message's node already failed
 (``PoisonMessage``), so replaying it runs the task again (e.g. to check a fixed worker) but does
 not reopen its run.
+
+A replay keeps the signature the message had (the dead letter entry carries the original entry's
+``k`` and ``s`` beside ``d``). With signing keys, a dead letter whose message does not verify with
+them (forged, tampered, unsigned, or signed with a key since removed) is never replayed, so a
+replay cannot turn a forged message, or a forged dead letter, into a signed one
+(FAILED_PRECONDITION naming ``BadSignature``; ``all`` leaves it in place with a warning).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
+from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 from graflow_runtime.streams import STREAM_ID_RULE, is_stream_id, stream_id
 
 log = structlog.get_logger(__name__)
@@ -84,10 +91,15 @@ def _check_stream_id(value: str, field: str) -> None:
         raise InvalidRequest(f"{field}: {value[:64]!r} is not a dead letter id ({STREAM_ID_RULE})")
 
 
+# A dead letter as read, with its entry's fields (the signature of its message, when it had one).
+Letter = tuple[messages_pb2.DeadLetter, dict[bytes, bytes]]
+
+
 class DeadLetters:
-    def __init__(self, redis: aioredis.Redis, groups: QueueGroups) -> None:
+    def __init__(self, redis: aioredis.Redis, groups: QueueGroups, *, bus_keys: BusKeys = UNSIGNED) -> None:
         self._redis = redis
         self._groups = groups
+        self._keys = bus_keys
 
     async def get(self, ids: Sequence[str]) -> list[messages_pb2.DeadLetter]:
         """The dead letters with these ids, in the order asked (unknown ids are left out)."""
@@ -138,9 +150,11 @@ class DeadLetters:
                 f"no dead letters with ids {', '.join(missing)} (already replayed or never existed); "
                 "nothing was replayed. List them with ListDeadLetters"
             )
-        letters = [decode_entry(*entries[0]) for entries in found]
+        letters = [(decode_entry(*entries[0]), entries[0][1]) for entries in found]
         unreplayable = [
-            f"{letter.id} ({problem})" for letter in letters if (problem := _replay_problem(letter))
+            f"{letter.id} ({problem})"
+            for letter, fields in letters
+            if (problem := self._problem(letter, fields))
         ]
         if unreplayable:
             raise FailedPrecondition(
@@ -158,33 +172,40 @@ class DeadLetters:
             page = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max=last_id, count=500)
             if not page:
                 return replayed
-            letters = [decode_entry(entry_id, fields) for entry_id, fields in page]
-            for letter in letters:
-                problem = _replay_problem(letter)
+            letters = [(decode_entry(entry_id, fields), fields) for entry_id, fields in page]
+            replayable: list[Letter] = []
+            for letter, fields in letters:
+                problem = self._problem(letter, fields)
                 if problem:
                     log.warning(
                         "dead letter left in place: cannot replay it",
                         dead_letter_id=letter.id,
                         problem=problem,
                     )
-            replayed += await self._replay_letters([x for x in letters if not _replay_problem(x)])
-            start = f"({letters[-1].id}"
+                else:
+                    replayable.append((letter, fields))
+            replayed += await self._replay_letters(replayable)
+            start = f"({letters[-1][0].id}"
 
-    async def _replay_letters(self, letters: list[messages_pb2.DeadLetter]) -> int:
+    def _problem(self, letter: messages_pb2.DeadLetter, fields: dict[bytes, bytes]) -> str | None:
+        """Why ``letter`` cannot be replayed, if it cannot: its own shape, then its signature."""
+        return _replay_problem(letter) or self._keys.fields_problem(Kind.ENVELOPE, letter.raw, fields)
+
+    async def _replay_letters(self, letters: list[Letter]) -> int:
         if not letters:
             return 0
-        await self._groups.ensure({letter.queue for letter in letters})
+        await self._groups.ensure({letter.queue for letter, _ in letters})
         streams: list[str] = []
         args: list[bytes | str] = []
-        for letter in letters:
+        for letter, fields in letters:
             streams.append(_replay_stream(letter))
-            args += [letter.id, letter.raw]
+            args += [letter.id, letter.raw, fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
         replayed = int(await _REPLAY.run(self._redis, [keys.DEAD_LETTERS_STREAM, *streams], args))
         log.info(
             "dead letters replayed",
             replayed=replayed,
             requested=len(letters),
-            dead_letter_ids=[letter.id for letter in letters[:100]],
+            dead_letter_ids=[letter.id for letter, _ in letters[:100]],
         )
         return replayed
 

@@ -1,7 +1,8 @@
 -- Move due deliveries from the retry timer to their queues (graflow_coordinator.retry_timer).
 -- KEYS[1] = retry zset. ARGV: now ms, max members, normal lane key prefix, high lane key prefix.
 -- Streams are derived from the members (single-Redis deployment; see docs/architecture.md): a
--- member is "<queue>\n<envelope>" (normal lane) or "<queue> high\n<envelope>" (high lane).
+-- member is "<queue>\n<envelope>" (normal lane) or "<queue> high\n<envelope>" (high lane); a
+-- signed envelope's head ends with " sig=<key id>:<hmac>", appended as the entry's 'k' and 's'.
 -- Returns {moved, malformed, next due ms or -1, queue whose stream is missing...}. Members of a
 -- queue whose stream is missing stay put (the caller recreates the consumer group first).
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -13,16 +14,26 @@ for _, member in ipairs(due) do
     redis.call('ZREM', KEYS[1], member)
     malformed = malformed + 1
   else
-    local queue = string.sub(member, 1, nl - 1)
+    local head = string.sub(member, 1, nl - 1)
     local prefix = ARGV[3]
-    local space = string.find(queue, ' ', 1, true)
-    if space then
-      queue = string.sub(queue, 1, space - 1)
-      prefix = ARGV[4]
+    local queue, key_id, mac
+    for token in string.gmatch(head, '%S+') do
+      if not queue then
+        queue = token
+      elseif token == 'high' then
+        prefix = ARGV[4]
+      elseif string.sub(token, 1, 4) == 'sig=' then
+        key_id, mac = string.match(token, '^sig=([^:]+):(%x+)$')
+      end
     end
+    queue = queue or ''
     local stream = prefix .. queue
     if redis.call('EXISTS', stream) == 1 then
-      redis.call('XADD', stream, '*', 'e', string.sub(member, nl + 1))
+      if key_id then
+        redis.call('XADD', stream, '*', 'e', string.sub(member, nl + 1), 'k', key_id, 's', mac)
+      else
+        redis.call('XADD', stream, '*', 'e', string.sub(member, nl + 1))
+      end
       redis.call('ZREM', KEYS[1], member)
       moved = moved + 1
     else

@@ -15,7 +15,9 @@ attempts lost with their worker, counted by the scheduler) plus XPENDING's times
 entry. When they reach ``max_deliveries`` the script appends the envelope to the dead letters and a
 non-retryable ``PoisonMessage`` outcome instead, so the node fails with the reason and the message
 can be listed and replayed. An undecodable entry goes to the dead letters only (no outcome can name
-its node).
+its node), and so does, with signing keys, an entry whose signature does not verify
+(``BadSignature``: a forged envelope never becomes an outcome signed by the coordinator). The
+outcomes the coordinator appends are signed with its key (graflow_runtime.signing).
 
 Making the appends conditional on the XACK (which a MULTI cannot do) means that replicas reclaiming
 the same worker at once, or a worker that commits its outcome in the middle of the reclaim, never
@@ -35,6 +37,7 @@ from redis.exceptions import ResponseError
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.scripts import LuaScript
+from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 
 from graflow_coordinator.deadletters import make_dead_letter
 
@@ -54,7 +57,7 @@ class ReclaimStats:
     lost: int = 0
     # Deliveries past max_deliveries: dead-lettered, their node failed with PoisonMessage.
     poisoned: int = 0
-    # Entries whose envelope cannot be decoded: dead-lettered.
+    # Entries whose envelope cannot be decoded, or is badly signed: dead-lettered.
     undecodable: int = 0
     # Acknowledged by somebody else between XCLAIM and the settle script (worker commit, replica).
     already_settled: int = 0
@@ -104,8 +107,16 @@ def _text(value: bytes | str) -> str:
 
 
 class Reclaimer:
-    def __init__(self, redis: aioredis.Redis, *, max_deliveries: int, dead_letter_maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        max_deliveries: int,
+        dead_letter_maxlen: int,
+        bus_keys: BusKeys = UNSIGNED,
+    ) -> None:
         self._redis = redis
+        self._keys = bus_keys
         self._max_deliveries = max_deliveries
         self._dead_letter_maxlen = dead_letter_maxlen
 
@@ -196,16 +207,20 @@ class Reclaimer:
     def _settlement(
         self, batch: ClaimedBatch, entry_id: str, fields: dict[bytes, bytes], delivered: int
     ) -> list[bytes | str]:
-        """[entry id, outcome bytes or '', dead letter bytes or ''] for the settle script."""
+        """The settle script's 7 values of one entry (settle_reclaim.lua)."""
         queue, consumer = batch.queue, batch.consumer
         raw = fields.get(keys.ENVELOPE_FIELD, b"")
-        try:
-            env = messages_pb2.TaskEnvelope.FromString(raw)
-            problem = None if raw else f"stream entry has no {keys.ENVELOPE_FIELD.decode()!r} field"
-            if problem is None and not (env.run_id and env.node_id and env.attempt):
-                problem = "undecodable envelope: run_id, node_id or attempt missing"
-        except DecodeError as exc:
-            env, problem = messages_pb2.TaskEnvelope(), f"undecodable envelope: {exc}"
+        envelope_signature = [fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
+        problem = self._keys.fields_problem(Kind.ENVELOPE, raw, fields) if raw else None
+        env = messages_pb2.TaskEnvelope()
+        if problem is None:
+            try:
+                env = messages_pb2.TaskEnvelope.FromString(raw)
+                problem = None if raw else f"stream entry has no {keys.ENVELOPE_FIELD.decode()!r} field"
+                if problem is None and not (env.run_id and env.node_id and env.attempt):
+                    problem = "undecodable envelope: run_id, node_id or attempt missing"
+            except DecodeError as exc:
+                env, problem = messages_pb2.TaskEnvelope(), f"undecodable envelope: {exc}"
         deliveries = env.lost_attempts + max(delivered, 1)
         bound = log.bind(
             queue=queue,
@@ -218,14 +233,14 @@ class Reclaimer:
             deliveries=deliveries,
         )
         if problem is not None:
-            bound.error("undecodable delivery of a lost worker dead-lettered", reason=problem)
+            bound.error("undecodable or badly signed delivery of a lost worker dead-lettered", reason=problem)
             letter = make_dead_letter(queue=queue, original_id=entry_id, raw=raw, reason=problem)
-            return [entry_id, "", letter.SerializeToString()]
+            return [entry_id, "", "", "", letter.SerializeToString(), *envelope_signature]
         lost = f"worker {consumer} {batch.why}; attempt {env.attempt} is lost"
         if deliveries < self._max_deliveries:
             bound.info("attempt lost with its worker; reported to the scheduler for redelivery")
             outcome = lost_outcome(env, consumer, WORKER_LOST, lost, retryable=True)
-            return [entry_id, outcome.SerializeToString(), ""]
+            return [entry_id, *self._signed(outcome), "", b"", b""]
         reason = (
             f"poison message: the worker running it died {deliveries} times "
             f"(max_deliveries {self._max_deliveries}); last: {lost}"
@@ -237,7 +252,13 @@ class Reclaimer:
             "dead letters (graflow dead-letters list)"
         )
         outcome = lost_outcome(env, consumer, POISON_MESSAGE, message, retryable=False)
-        return [entry_id, outcome.SerializeToString(), letter.SerializeToString()]
+        return [entry_id, *self._signed(outcome), letter.SerializeToString(), *envelope_signature]
+
+    def _signed(self, outcome: messages_pb2.TaskOutcome) -> list[bytes]:
+        """[outcome bytes, key id, HMAC] (empty key id and HMAC when unsigned)."""
+        data = outcome.SerializeToString()
+        signature = self._keys.sign(Kind.OUTCOME, data)
+        return [data, signature.key_id, signature.mac] if signature else [data, b"", b""]
 
     async def _classify_gone(self, queue: str, stream: str, consumer: str, ids: list[str]) -> tuple[int, int]:
         """Pending ids XCLAIM did not return: deleted from the stream (Redis dropped them from the

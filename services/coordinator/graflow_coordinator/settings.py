@@ -9,10 +9,10 @@ from pydantic_settings import NoDecode
 
 from graflow_runtime.addresses import DEFAULT_COORDINATOR_ADDRESS
 from graflow_runtime.names import queue_name_problem
-from graflow_runtime.settings import ServiceSettings, settings_config, split_list
+from graflow_runtime.settings import BusSettings, settings_config, split_list
 
 
-class CoordinatorSettings(ServiceSettings):
+class CoordinatorSettings(BusSettings):
     model_config = settings_config("GRAFLOW_COORDINATOR_")
 
     listen_address: str = DEFAULT_COORDINATOR_ADDRESS

@@ -67,16 +67,19 @@ class SchedulerApp:
 
     def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis) -> None:
         s = self.settings = settings
+        # Signs envelopes (and a wait's timeout outcome), verifies outcomes (docs/security.md).
+        bus_keys = s.bus_keys()
+        bus_keys.log_mode("scheduler")
         self.redis = redis
         self.watch_redis = connect(s.redis_url, max_connections=s.watch_max_connections)
         self.result_store_channel = open_channel(s.result_store_address, s.auth_token)
         # A run's dispatch record expires with its other keys, a retention period after the last
         # dispatch.
-        dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s)
+        dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=s.retention_s, bus_keys=bus_keys)
         result_store_stub = result_store_pb2_grpc.ResultStoreStub(self.result_store_channel)
         result_store = _downstream("result-store", s)  # one breaker for every call to it
         plans = PlanCache(result_store_stub, result_store, capacity=s.plan_cache_size)
-        self.store = RunStore(redis, retention_s=s.retention_s)
+        self.store = RunStore(redis, retention_s=s.retention_s, bus_keys=bus_keys)
         reader = RunReader(redis)
         graphs = RunGraphs(reader)
         limits = Limits(max_nodes=s.max_nodes, max_args_bytes=s.max_args_bytes)
@@ -112,6 +115,7 @@ class SchedulerApp:
                 limits=limits,
                 parking=Parking(redis),
                 children=children,
+                bus_keys=bus_keys,
             ),
             ConsumerConfig(
                 batch=s.outcome_batch,

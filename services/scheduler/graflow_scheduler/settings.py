@@ -8,7 +8,7 @@ import socket
 from pydantic import Field
 
 from graflow_runtime.addresses import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
-from graflow_runtime.settings import ServiceSettings, settings_config
+from graflow_runtime.settings import BusSettings, settings_config
 
 
 def default_consumer_name() -> str:
@@ -16,7 +16,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SchedulerSettings(ServiceSettings):
+class SchedulerSettings(BusSettings):
     model_config = settings_config("GRAFLOW_SCHEDULER_")
 
     # gRPC listen address ("host:port"; port 0 picks a free port).

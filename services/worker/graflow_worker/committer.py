@@ -9,8 +9,9 @@ queued (up to ``commit_batch_max``) and commits it in two steps:
    ``PutResults`` (split only when their values together exceed 8 MiB), made only when there are
    any;
 2. one Lua script (atomic like ``MULTI``/``EXEC``, without its per-command replies: about a
-   quarter of the client CPU): ``XADD gf:outcomes`` (field ``o`` = TaskOutcome bytes) per attempt
-   and the ``XACK`` of every delivery on its queue stream.
+   quarter of the client CPU): ``XADD gf:outcomes`` (field ``o`` = TaskOutcome bytes, and ``k``/``s``
+   = its key id and HMAC when the worker has signing keys) per attempt and the ``XACK`` of every
+   delivery on its queue stream.
 
 A delivery is acknowledged only together with its outcome, after its result is stored or inside
 it. Only after the script ran are the slots released. When the result-store (for a batch with a
@@ -40,6 +41,7 @@ from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.limits import MAX_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.scripts import LuaScript
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_worker.intake import Intake
 from graflow_worker.runner import Execution, failure
@@ -67,8 +69,9 @@ class Finished:
 
 class Committer:
     def __init__(self, redis: aioredis.Redis, *, result_store: Downstream, stub: rs_grpc.ResultStoreStub,
-                 intake: Intake, batch_max: int, inline_max_bytes: int) -> None:
+                 intake: Intake, batch_max: int, inline_max_bytes: int, bus_keys: BusKeys = UNSIGNED) -> None:
         self._redis = redis
+        self._keys = bus_keys
         self._downstream = result_store
         self._stub = stub
         self._intake = intake
@@ -184,7 +187,10 @@ class Committer:
             acks.setdefault(item.stream, []).append(item.entry_id)
         script_keys = [keys.OUTCOMES_STREAM, *acks]
         args: list[bytes | str | int] = [keys.OUTCOME_FIELD, keys.WORKER_GROUP, len(batch)]
-        args += [item.execution.outcome.SerializeToString() for item in batch]
+        for item in batch:
+            data = item.execution.outcome.SerializeToString()
+            signature = self._keys.sign(Kind.OUTCOME, data)
+            args += [data, signature.key_id, signature.mac] if signature else [data, "", ""]
         for ids in acks.values():
             args += [len(ids), *ids]
         backoff = Backoff()

@@ -24,11 +24,14 @@ run those entries (the coordinator reclaims only from dead workers), so after a 
 every ``RESYNC_INTERVAL_S`` the loop compares the consumer's pending list with the deliveries it
 holds and takes up the ones it does not hold (:meth:`Consumer._resync`).
 
-For each read batch: undecodable entries go to dead letters (``XADD gf:deadletters`` + ``XACK`` in one
-``MULTI``), the upstream results are fetched with one ``GetResults`` per run in the batch, for the
-deliveries whose parameters can bind one (:meth:`Runner.needs_upstream`: a task whose parameters
-are all bound arguments, or that has none, gets no upstream results and needs no call), and each
-envelope runs in its own asyncio task; finished attempts go to the committer.
+For each read batch: every entry's signature is checked before its envelope is decoded (with signing
+keys, an unsigned or badly signed entry is never run: it goes to dead letters with the reason
+``BadSignature``, acknowledged, and is counted; graflow_runtime.signing); undecodable entries go to
+dead letters (``XADD gf:deadletters`` + ``XACK`` in one ``MULTI``), the upstream results are
+fetched with one ``GetResults`` per run in the batch, for the deliveries whose parameters can bind
+one (:meth:`Runner.needs_upstream`: a task whose parameters are all bound arguments, or that has
+none, gets no upstream results and needs no call), and each envelope runs in its own asyncio task;
+finished attempts go to the committer.
 
 Invariant 11 (a run that has ended starts no more work): concurrently with the upstream fetch, one
 pipelined ``HGET gf:run:{R} ended`` per run of the batch that the registry of ended runs
@@ -61,6 +64,7 @@ from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
 from graflow_runtime.scripts import LuaScript
+from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 
 from graflow_worker.committer import Committer, Finished
 from graflow_worker.intake import Intake, sleep_unless
@@ -108,13 +112,19 @@ def _script_entries(reply: Any) -> list[tuple[str, bytes, Any]]:
     return entries
 
 
-def decode_entry(fields: dict[bytes, bytes] | None) -> tuple[messages_pb2.TaskEnvelope | None, bytes, str]:
-    """(envelope, raw bytes, reason it is unusable or "")."""
+def decode_entry(
+    fields: dict[bytes, bytes] | None, bus_keys: BusKeys = UNSIGNED
+) -> tuple[messages_pb2.TaskEnvelope | None, bytes, str]:
+    """(envelope, raw bytes, reason it is unusable or ""). The signature is checked first: nothing
+    of a badly signed entry is decoded."""
     if not fields or keys.ENVELOPE_FIELD not in fields:
         return None, b"", (
             "undecodable envelope: the entry has no field 'e' (deleted, or not written by the coordinator)"
         )
     raw = fields[keys.ENVELOPE_FIELD]
+    bad_signature = bus_keys.fields_problem(Kind.ENVELOPE, raw, fields)
+    if bad_signature:
+        return None, raw, bad_signature
     try:
         envelope = messages_pb2.TaskEnvelope.FromString(raw)
     except DecodeError as exc:
@@ -130,8 +140,10 @@ def decode_entry(fields: dict[bytes, bytes] | None) -> tuple[messages_pb2.TaskEn
 class Consumer:
     def __init__(self, *, redis: aioredis.Redis, reader: aioredis.Redis, worker_id: str, queues: list[str],
                  intake: Intake, runner: Runner, committer: Committer, result_store: Downstream,
-                 stub: rs_grpc.ResultStoreStub, read_block_ms: int, endings: RunEndings) -> None:
+                 stub: rs_grpc.ResultStoreStub, read_block_ms: int, endings: RunEndings,
+                 bus_keys: BusKeys = UNSIGNED) -> None:
         self._redis = redis
+        self._keys = bus_keys
         self._endings = endings
         self._reader = reader
         self.worker_id = worker_id
@@ -346,9 +358,9 @@ class Consumer:
     async def _handle_batch(self, entries: list[tuple[str, bytes, Any]], fresh: bool) -> None:
         deliveries: list[Delivery] = []
         for stream, entry_id, fields in entries:
-            envelope, raw, reason = decode_entry(fields)
+            envelope, raw, reason = decode_entry(fields, self._keys)
             if reason:
-                await self._dead_letter(stream, entry_id, raw, reason, envelope)
+                await self._dead_letter(stream, entry_id, raw, reason, envelope, fields or {})
             else:
                 assert envelope is not None
                 deliveries.append(Delivery(stream, entry_id, envelope,
@@ -511,7 +523,9 @@ class Consumer:
             return response
 
     async def _dead_letter(self, stream: str, entry_id: bytes, raw: bytes, reason: str,
-                           envelope: messages_pb2.TaskEnvelope | None) -> None:
+                           envelope: messages_pb2.TaskEnvelope | None, fields: dict[bytes, bytes]) -> None:
+        """Dead-letter the entry (with its signature fields, so that a replay can check them) and
+        acknowledge it, in one MULTI."""
         letter = messages_pb2.DeadLetter(
             queue=self._queue_of.get(stream, stream), original_id=_text(entry_id), reason=reason,
             raw=raw, dead_at_ms=now_ms(),
@@ -521,7 +535,8 @@ class Consumer:
             letter.attempt = envelope.attempt
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.xadd(keys.DEAD_LETTERS_STREAM, {DEAD_LETTER_FIELD: letter.SerializeToString()})
+            signature = {f: fields[f] for f in (KEY_ID_FIELD, SIGNATURE_FIELD) if f in fields}
+            pipe.xadd(keys.DEAD_LETTERS_STREAM, {DEAD_LETTER_FIELD: letter.SerializeToString(), **signature})
             pipe.xack(stream, keys.WORKER_GROUP, entry_id)
             await pipe.execute()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)

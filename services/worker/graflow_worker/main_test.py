@@ -104,3 +104,10 @@ async def test_worker_process_exits_after_the_grace_period_leaving_stuck_work_pe
     assert await pending_count(stack.redis) == 1
     assert stack.coordinator.deregistrations == ["proc-stuck"]
     assert "task threads still running at exit" in (tmp_path / "worker.log").read_text()
+
+
+def test_worker_with_an_unusable_signing_key_exits_naming_the_variable_and_not_the_secret():
+    done = run_worker(task_modules=TASKS_MODULE, signing_keys="k1:abcdef")
+    assert done.returncode == 2
+    assert "GRAFLOW_WORKER_SIGNING_KEYS[0] (k1): the secret is 3 bytes; at least 32" in done.stderr
+    assert "abcdef" not in done.stderr

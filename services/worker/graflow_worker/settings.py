@@ -16,7 +16,7 @@ from graflow_runtime.addresses import (
     DEFAULT_SCHEDULER_ADDRESS,
 )
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
-from graflow_runtime.settings import ServiceSettings, settings_config, split_list
+from graflow_runtime.settings import BusSettings, settings_config, split_list
 
 _TASK_MODULES_HINT = (
     "set GRAFLOW_WORKER_TASK_MODULES to a comma-separated list of modules that define @task "
@@ -29,7 +29,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-class WorkerSettings(ServiceSettings):
+class WorkerSettings(BusSettings):
     model_config = settings_config("GRAFLOW_WORKER_")
 
     # Consumer name in the queue groups and identity towards the coordinator. Keep it stable across

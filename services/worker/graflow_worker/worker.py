@@ -62,6 +62,9 @@ class Worker:
 
     def __init__(self, settings: WorkerSettings, registry: Registry, redis: aioredis.Redis) -> None:
         s = self.settings = settings
+        # Verifies envelopes, signs outcomes (docs/security.md, "Integrity on the bus").
+        self.bus_keys = s.bus_keys()
+        self.bus_keys.log_mode("worker")
         self.registry = registry
         self.worker_id = settings.worker_id
         self._stop_requested = asyncio.Event()
@@ -101,12 +104,13 @@ class Worker:
         )
         self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
         self.committer = Committer(redis, result_store=result_store, stub=rs_stub, intake=self.intake,
-                                   batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes)
+                                   batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes,
+                                   bus_keys=self.bus_keys)
         self.consumer = Consumer(
             redis=redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
             intake=self.intake, runner=self.runner, committer=self.committer,
             result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
-            endings=self.endings,
+            endings=self.endings, bus_keys=self.bus_keys,
         )
         self.health = create_server(s.health_listen_address, [], name="worker", auth_token=s.auth_token)
         self.health_address = _advertised(s.health_listen_address, self.health.port)

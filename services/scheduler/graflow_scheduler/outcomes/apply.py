@@ -52,6 +52,7 @@ from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.runids import is_run_id
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
@@ -105,10 +106,17 @@ class ConsumerStats:
     redis_errors: int = 0
 
 
-def decode_outcome(entry_id: bytes, fields: dict[bytes, bytes]) -> messages_pb2.TaskOutcome | DeadOutcome:
+def decode_outcome(
+    entry_id: bytes, fields: dict[bytes, bytes], bus_keys: BusKeys = UNSIGNED
+) -> messages_pb2.TaskOutcome | DeadOutcome:
+    """The outcome of a stream entry, or why it is dead-lettered. Its signature is checked before
+    anything is decoded: a badly signed outcome is never applied (``BadSignature``)."""
     raw = fields.get(keys.OUTCOME_FIELD)
     if raw is None:
         return DeadOutcome(entry_id, f"undecodable outcome: no field {keys.OUTCOME_FIELD.decode()!r}", b"")
+    bad_signature = bus_keys.fields_problem(Kind.OUTCOME, raw, fields)
+    if bad_signature:
+        return DeadOutcome(entry_id, bad_signature, raw)
     outcome = messages_pb2.TaskOutcome()
     try:
         outcome.ParseFromString(raw)
@@ -158,7 +166,9 @@ class OutcomeBatches:
         rng: random.Random | None = None,
         dynamic: DynamicNodes | None = None,
         limits: Limits | None = None,
+        bus_keys: BusKeys = UNSIGNED,
     ) -> None:
+        self.bus_keys = bus_keys
         self.stream = stream
         self.store = store
         self.graphs = graphs
@@ -185,7 +195,7 @@ class OutcomeBatches:
             if entry_id in skip:
                 continue
             try:
-                result = decode_outcome(entry_id, fields)
+                result = decode_outcome(entry_id, fields, self.bus_keys)
             except _BATCH_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - one outcome must not fail its batch

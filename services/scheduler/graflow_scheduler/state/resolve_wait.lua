@@ -1,6 +1,7 @@
 -- Resolve the wait of a WAITING node (waits.lua), atomically and idempotently.
 -- KEYS: 1-16 run, flow and wait keys and the ended-runs stream (see common.lua), 17 the outcome stream.
--- ARGV: mode, run_id, node, wait id, now_ms, payload, message.
+-- ARGV: mode, run_id, node, wait id, now_ms, payload, message, the payload's signing key id and
+-- HMAC (deadline; '' when unsigned: no fields 'k' and 's').
 --   answer:   payload = FeedbackResponse bytes; the node runs again with it.
 --   child:    the child run the node waits for ended; the node runs again.
 --   deadline: the wait's timeout passed. payload = TaskOutcome bytes (FeedbackTimeout) to append
@@ -24,7 +25,11 @@ end
 if mode == 'deadline' then
   redis.call('ZREM', KEYS[K_DEADLINES], run_id .. '/' .. wait_id)
   if payload ~= '' then
-    redis.call('XADD', KEYS[17], '*', 'o', payload)
+    if ARGV[8] == '' then
+      redis.call('XADD', KEYS[17], '*', 'o', payload)
+    else
+      redis.call('XADD', KEYS[17], '*', 'o', payload, 'k', ARGV[8], 's', ARGV[9])
+    end
     return {'failing', '', {}, status}
   end
   add_event(now, 'NODE_WAITING', node, redis.call('HGET', KEYS[K_ATTEMPT], node), message, '', '')

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import keys
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_scheduler.errors import ParentEnded, ParentNotFound, RunNotFound
 from graflow_scheduler.graph.plan import Plan
@@ -206,11 +207,13 @@ class ParentLink:
 
 
 class RunStore:
-    """Writes of run state. ``retention_s``: how long ended runs are kept."""
+    """Writes of run state. ``retention_s``: how long ended runs are kept; ``bus_keys`` sign the
+    outcomes it appends itself (a wait's timeout)."""
 
-    def __init__(self, redis: aioredis.Redis, *, retention_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, retention_s: int, bus_keys: BusKeys = UNSIGNED) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        self.bus_keys = bus_keys
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD the run scripts, so that the first calls find them."""
@@ -352,11 +355,13 @@ class RunStore:
     ) -> ResolvedWait:
         """Resolve the wait ``wait_id`` of WAITING ``node_id`` (resolve_wait.lua): ``mode``
         "answer" (``payload`` = FeedbackResponse bytes), "child" (the child run ended) or
-        "deadline" (``payload`` = the FeedbackTimeout outcome, or b"" to keep waiting)."""
+        "deadline" (``payload`` = the FeedbackTimeout outcome, or b"" to keep waiting; signed here)."""
+        signature = self.bus_keys.sign(Kind.OUTCOME, payload) if mode == "deadline" and payload else None
         raw = await scripts.RESOLVE_WAIT.run(
             self.redis,
             [*flow_script_keys(run_id), keys.OUTCOMES_STREAM],
-            [mode, run_id, node_id, wait_id, now_ms, payload, message],
+            [mode, run_id, node_id, wait_id, now_ms, payload, message,
+             *((signature.key_id, signature.mac) if signature else ("", ""))],
         )
         code, slot, cycles_flat, run_status = raw
         code = _text(code)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import messages_pb2, scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
 from graflow_runtime import keys
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_scheduler.app import SchedulerApp
 from graflow_scheduler.settings import SchedulerSettings
@@ -51,10 +52,14 @@ async def submit(client: scheduler_pb2_grpc.SchedulerStub, workflow: workflow_pb
     return (await client.SubmitRun(scheduler_pb2.SubmitRunRequest(spec=workflow))).run_id
 
 
-async def report(redis: aioredis.Redis, *outcomes: messages_pb2.TaskOutcome) -> None:
-    """Append ``outcomes`` to the outcome stream, as workers do."""
+async def report(
+    redis: aioredis.Redis, *outcomes: messages_pb2.TaskOutcome, bus_keys: BusKeys = UNSIGNED
+) -> None:
+    """Append ``outcomes`` to the outcome stream, as workers do (signed with ``bus_keys``)."""
     for item in outcomes:
-        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: item.SerializeToString()})
+        data = item.SerializeToString()
+        signature = bus_keys.sign_fields(Kind.OUTCOME, data)
+        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: data, **signature})
 
 
 async def run_end(client: scheduler_pb2_grpc.SchedulerStub, run_id: str) -> str:

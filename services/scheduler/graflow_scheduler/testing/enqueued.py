@@ -55,7 +55,7 @@ async def enqueued(redis: aioredis.Redis) -> Enqueued:
     delayed = []
     for member, score in await redis.zrange(keys.RETRY_TIMER, 0, -1, withscores=True):
         head, envelope = member.split(b"\n", 1)
-        high = head.endswith(b" " + keys.HIGH_LANE.encode())
+        high = keys.HIGH_LANE.encode() in head.split()[1:]  # "<queue>[ high][ sig=...]"
         delayed.append(Queued(messages_pb2.TaskEnvelope.FromString(envelope), int(score), high))
     return Enqueued([queued for _, queued in appended] + delayed)
 

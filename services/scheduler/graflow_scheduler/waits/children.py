@@ -11,6 +11,7 @@ from graflow_runtime import keys
 
 from graflow_scheduler.errors import RunNotFound
 from graflow_scheduler.state.store import RunStore
+from graflow_scheduler.state.views import LIVE_STATUSES
 from graflow_scheduler.waits.resume import ResumedNodes
 from graflow_scheduler.waits.validation import CHILD_PREFIX
 
@@ -42,11 +43,15 @@ class ChildRuns:
 
     async def resume_parent(self, child: str) -> None:
         """Resume the parent node of ended run ``child`` if it waits for it (``finish_run`` listed
-        the child in ``gf:children:ended`` with its end), then drop that entry."""
+        the child in ``gf:children:ended`` with its end), then drop that entry. The index is not
+        signed: the child's own meta decides, and an entry naming a live child resumes nothing."""
         parent, node, status = await self.redis.hmget(
             keys.run_meta(child), ["parent", "parent_node", "status"]
         )
-        if parent and node:
+        if status and status.decode() in LIVE_STATUSES:
+            log.warning("a live child run was listed as ended (not by its end); entry dropped, its "
+                        "parent keeps waiting", child_run_id=child, status=status.decode())
+        elif parent and node:
             resolved = await self.store.resolve_wait(
                 "child",
                 parent.decode(),

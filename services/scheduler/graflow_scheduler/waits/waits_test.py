@@ -254,6 +254,25 @@ async def test_a_child_runs_end_resumes_the_parent_node_that_waits_for_it(make_a
         await wait_enqueued(redis, lambda c: ("a", 3) in c.delivered(parent))
 
 
+async def test_a_live_child_listed_as_ended_does_not_resume_its_parent(make_app, redis):
+    """gf:children:ended is an index, not signed (docs/security.md, "Integrity on the bus"): an entry
+    naming a live child (written by somebody else than finish_run) is dropped, and the parent waits."""
+    app = await make_app(wait_timer_interval_s=0.02)
+    async with app_client(app) as client:
+        parent = await submit(client, spec(["a"]))
+        child = (await client.SubmitRun(child_of(parent))).run_id
+        await parked(client, redis, parent, child_run_id=child)
+        await redis.zadd(keys.CHILDREN_ENDED, {child: 1})
+
+        await until(lambda: _none_ended(redis))
+        await asyncio.sleep(0.2)  # ten timer passes
+        assert await node_state(client, parent, "a") == "NODE_STATE_WAITING"
+        assert (await enqueued(redis)).delivered(parent) == [("a", 1)]
+
+        await report(redis, outcome(child, "c"))  # the child's real end still resumes it
+        await wait_enqueued(redis, lambda c: ("a", 2) in c.delivered(parent))
+
+
 async def _none_ended(redis):
     return await redis.zcard(keys.CHILDREN_ENDED) == 0
 

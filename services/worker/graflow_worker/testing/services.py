@@ -20,6 +20,7 @@ from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_worker.settings import WorkerSettings
 from graflow_worker.testing.tasks import PROBE
@@ -181,14 +182,16 @@ def envelope(run_id: str, node_id: str, task_type: str, *, attempt: int = 1, arg
 
 
 async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
-                  ended_cursor: bytes | None = None, high: bool = False) -> list[bytes]:
+                  ended_cursor: bytes | None = None, high: bool = False,
+                  bus_keys: BusKeys = UNSIGNED) -> list[bytes]:
     """Append envelopes as the coordinator does; ``ended_cursor``: the ended-runs stream's last id it
     would record beside them (keys.ENDED_CURSOR_FIELD), none by default (as the retry timer);
-    ``high``: to the queue's high lane instead of its normal lane."""
+    ``high``: to the queue's high lane instead of its normal lane; signed with ``bus_keys``."""
     lane = keys.queue_high_stream if high else keys.queue_stream
     ids = []
     for env in envelopes:
-        fields = {keys.ENVELOPE_FIELD: env.SerializeToString()}
+        data = env.SerializeToString()
+        fields = {keys.ENVELOPE_FIELD: data, **bus_keys.sign_fields(Kind.ENVELOPE, data)}
         if ended_cursor is not None:
             fields[keys.ENDED_CURSOR_FIELD] = ended_cursor
         ids.append(await redis.xadd(lane(env.queue or "default"), fields))
