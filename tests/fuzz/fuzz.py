@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from graflow.devstack import LocalStack
 from graflow_api.v1 import coordinator_pb2, scheduler_pb2, workflow_pb2
+from graflow_runtime.signing import BusKeys
 from tests.fuzz.surfaces import (
     BUS,
     SURFACES,
@@ -39,6 +40,7 @@ from tests.fuzz.surfaces import (
     Input,
     Pools,
     bus_fields,
+    bus_signer,
     draw,
     open_channels,
     peak_rss,
@@ -82,6 +84,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="inputs in flight at once")
     parser.add_argument("--seed", default="1", help="seed of the generated inputs")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the stack")
+    parser.add_argument("--signing", action="store_true",
+                        help="the stack signs its bus (LocalStack(signing=True)); 80%% of the bus inputs "
+                        "are signed with its key")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds the stack may take to consume the bus entries at the end")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -130,10 +135,11 @@ async def refresh(stubs: dict[str, object], pools: Pools, want_waits: int = 0) -
         pools.dead_letters = [letter.id for letter in letters.dead_letters]
 
 
-async def send(item: Input, stubs: dict[str, object], redis: aioredis.Redis, tally: Tally) -> None:
+async def send(item: Input, stubs: dict[str, object], redis: aioredis.Redis, signer: BusKeys,
+               tally: Tally) -> None:
     started = time.perf_counter()
     if item.service == "bus":
-        await redis.xadd(item.method, bus_fields(item))
+        await redis.xadd(item.method, bus_fields(item, signer))
         tally.record(item, "appended", time.perf_counter() - started, None, "")
         return
     try:
@@ -150,7 +156,7 @@ async def bus_backlog(redis: aioredis.Redis, timeout_s: float) -> dict[str, int]
     deadline = time.monotonic() + timeout_s
     while True:
         backlog = {}
-        for surface, (stream, group, _field) in BUS.items():
+        for surface, (stream, group, _field, _kind) in BUS.items():
             groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)} if await redis.exists(
                 stream) else {}
             info = groups.get(group, {})
@@ -167,6 +173,7 @@ async def fuzz(stack: LocalStack, args: argparse.Namespace) -> tuple[Tally, floa
     redis = aioredis.Redis.from_url(stack.redis_url)
     channels = open_channels(stack, grpc.aio.insecure_channel)
     stubs = stubs_of(channels)
+    signer = bus_signer(stack)
     try:
         await open_waits(stubs, pools)
         next_index = iter(range(args.inputs))
@@ -176,7 +183,7 @@ async def fuzz(stack: LocalStack, args: argparse.Namespace) -> tuple[Tally, floa
             for index in next_index:
                 rng = random.Random(f"{args.seed}:{index}")
                 item = draw(rng.choices(surfaces, weights)[0], rng, pools)
-                await send(item, stubs, redis, tally)
+                await send(item, stubs, redis, signer, tally)
 
         async def progress() -> None:
             while True:
@@ -213,7 +220,8 @@ def report(stack: LocalStack, args: argparse.Namespace, tally: Tally, elapsed: f
     hangs = tally.count("hang") + sum(1 for v in backlog.values() if v)
     crashes = tally.count("crash") + len(problems)
     print(f"\nfuzzed {total:,} inputs in {elapsed:,.1f} s: {total / elapsed:,.0f} inputs/s "
-          f"(concurrency {args.concurrency}, seed {args.seed!r}, {args.workers} worker(s))")
+          f"(concurrency {args.concurrency}, seed {args.seed!r}, {args.workers} worker(s), "
+          f"bus {'signed' if stack.signing_key else 'unsigned'})")
     print(f"{'surface':<12} {'tried':>10} {'mean ms':>8}  answers")
     for surface in SURFACES:
         answers = ", ".join(f"{code} {n:,}" for code, n in tally.codes.get(surface, Counter()).most_common())
@@ -256,7 +264,7 @@ def run(stack: LocalStack, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    stack = LocalStack(workers=args.workers, task_modules=["tests.fuzz.tasks"]).start()
+    stack = LocalStack(workers=args.workers, task_modules=["tests.fuzz.tasks"], signing=args.signing).start()
     failed = True
     try:
         failed = run(stack, args) != 0

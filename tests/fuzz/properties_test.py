@@ -29,6 +29,7 @@ from tests.fuzz.surfaces import (
     TIMEOUT_S,
     Pools,
     bus_fields,
+    bus_signer,
     draw,
     open_channels,
     stack_problems,
@@ -84,12 +85,13 @@ def test_every_bus_entry_is_consumed_and_breaks_nothing(
     stack: LocalStack, pools: Pools, surface: str
 ) -> None:
     conn = redis.Redis.from_url(stack.redis_url)
+    signer = bus_signer(stack)
 
     @STACK_SETTINGS
     @given(RANDOMS)
     def appended(rng: random.Random) -> None:
         item = draw(surface, rng, pools)
-        conn.xadd(item.method, bus_fields(item))
+        conn.xadd(item.method, bus_fields(item, signer))
 
     appended()
     conn.close()

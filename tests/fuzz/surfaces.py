@@ -8,7 +8,8 @@ workers; ``outcome``: an entry of ``gf:outcomes``, read by the scheduler). An RP
 formed when it is OK or one of :data:`REFUSALS` with a message; UNKNOWN, INTERNAL, UNAVAILABLE (a
 service that died or stalled) or any other code is a crash, no answer within :data:`TIMEOUT_S` a
 hang. A bus input has no answer: the stack must consume it (``bus_backlog``), keep every process
-alive and log no exception (``stack_problems``).
+alive and log no exception (``stack_problems``). On a stack that signs its bus, most bus inputs are
+signed with its key (so that they reach the decoding), the rest are not (BadSignature).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, schedule
 from graflow_runtime import keys
 from graflow_runtime.grpc_options import CHANNEL_OPTIONS
 from graflow_runtime.names import DEFAULT_QUEUE
+from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 from graflow_runtime.testing import hostile
 from tests.e2e.conftest import log_records
 
@@ -43,11 +45,13 @@ REFUSALS = frozenset({
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.OUT_OF_RANGE,
 })
-# Stream and consumer group of each bus surface.
+# Stream, consumer group, message field and signed kind of each bus surface.
 BUS = {
-    "envelope": (keys.queue_stream(DEFAULT_QUEUE), "workers", keys.ENVELOPE_FIELD),
-    "outcome": (keys.OUTCOMES_STREAM, "scheduler", keys.OUTCOME_FIELD),
+    "envelope": (keys.queue_stream(DEFAULT_QUEUE), "workers", keys.ENVELOPE_FIELD, Kind.ENVELOPE),
+    "outcome": (keys.OUTCOMES_STREAM, "scheduler", keys.OUTCOME_FIELD, Kind.OUTCOME),
 }
+# Share of the bus inputs signed with the stack's key when it signs: the rest tests the check.
+SIGNED_SHARE = 0.8
 STUBS = {
     "scheduler": scheduler_pb2_grpc.SchedulerStub,
     "result-store": result_store_pb2_grpc.ResultStoreStub,
@@ -71,6 +75,7 @@ class Input:
     service: str  # a key of STUBS, or "bus"
     method: str  # the RPC, or the stream the entry is appended to
     request: Any  # a request message, or the entry's bytes
+    signed: bool = False  # a bus entry signed with the stack's key (when it has one)
 
     def describe(self, limit: int = 300) -> str:
         """The input on one line, cut at ``limit`` characters."""
@@ -97,12 +102,21 @@ def draw(surface: str, rng: random.Random, pools: Pools) -> Input:
         return Input(surface, "coordinator", method, request)
     make = hostile.envelope if surface == "envelope" else hostile.outcome
     message = make(rng, TASK_TYPES, pools.runs).SerializeToString()
-    return Input(surface, "bus", BUS[surface][0], hostile.bus_bytes(rng, message))
+    signed = rng.random() < SIGNED_SHARE
+    return Input(surface, "bus", BUS[surface][0], hostile.bus_bytes(rng, message), signed)
 
 
-def bus_fields(item: Input) -> dict[bytes, bytes]:
-    """The stream entry of a bus input."""
-    return {BUS[item.surface][2]: item.request}
+def bus_signer(stack: LocalStack) -> BusKeys:
+    """The keys that sign the stack's bus messages (``LocalStack(signing=True)``), or none."""
+    if not stack.signing_key:
+        return UNSIGNED
+    return BusKeys.from_settings([stack.signing_key], stack.signing_key.partition(":")[0])
+
+
+def bus_fields(item: Input, signer: BusKeys) -> dict[bytes, bytes]:
+    """The stream entry of a bus input: its bytes, and their signature when it is signed."""
+    _stream, _group, field, kind = BUS[item.surface]
+    return {field: item.request, **(signer.sign_fields(kind, item.request) if item.signed else {})}
 
 
 def verdict(code: grpc.StatusCode, details: str | None) -> str | None:
