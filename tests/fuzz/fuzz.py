@@ -52,7 +52,8 @@ from tests.fuzz.surfaces import (
 
 # Share of the inputs per surface. The bus surfaces are fewer: every envelope that decodes is run
 # by a worker, which is slower than answering a call.
-WEIGHTS = {"submit": 3, "channel": 4, "feedback": 2, "deadletters": 2, "envelope": 1, "outcome": 2}
+WEIGHTS = {"submit": 3, "channel": 4, "feedback": 2, "deadletters": 2, "envelope": 1, "outcome": 2,
+           "other": 2}
 FEEDBACK_KINDS = ("approval", "text", "selection", "multi_selection", "custom")
 FINDINGS_SHOWN = 20
 

@@ -1,12 +1,13 @@
 """Properties over gRPC and the bus against a live stack (real processes, one per module), and
 the fuzz script's short run on the same stack, as CI runs them.
 
-Every input of SubmitRun, the result-store's Channel* calls, RespondFeedback and the dead-letter
-calls gets a well-formed answer within 10 s: OK, or a documented refusal (INVALID_ARGUMENT,
-NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED...) with a message; never UNKNOWN, INTERNAL,
-UNAVAILABLE or a hang. Every envelope and outcome put on the bus is consumed. After each property
-every process is alive and no service logged an exception. The inputs are
-``graflow_runtime.testing.hostile``'s, the same generators as the fuzz script's.
+Every input of SubmitRun, the result-store's Channel* calls, RespondFeedback, the dead-letter
+calls and every other unary RPC (its request filled from its descriptor) gets a well-formed answer
+within 10 s: OK, or a documented refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
+RESOURCE_EXHAUSTED...) with a message; never UNKNOWN, INTERNAL, UNAVAILABLE or a hang. Every
+envelope and outcome put on the bus is consumed. After each property every process is alive and
+no service logged an exception. The inputs are ``graflow_runtime.testing.hostile``'s, the same
+generators as the fuzz script's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from graflow_runtime.testing.properties import PROPERTY_SETTINGS, RANDOMS
 from tests.e2e.conftest import module_stack
 from tests.fuzz.fuzz import bus_backlog, parse_args, run, stack_pools
 from tests.fuzz.surfaces import (
+    SURFACES,
     TIMEOUT_S,
     Pools,
     bus_fields,
@@ -61,7 +63,7 @@ def stubs(stack: LocalStack) -> Iterator[dict[str, object]]:
         channel.close()
 
 
-@pytest.mark.parametrize("surface", ["submit", "channel", "feedback", "deadletters"])
+@pytest.mark.parametrize("surface", ["submit", "channel", "feedback", "deadletters", "other"])
 def test_every_call_gets_a_well_formed_answer_within_10_s(
     stack: LocalStack, stubs: dict[str, object], pools: Pools, surface: str
 ) -> None:
@@ -112,7 +114,7 @@ def test_the_fuzz_script_finds_no_crash_or_hang_in_2000_inputs(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "fuzzed 2,000 inputs in" in out and "inputs/s" in out
-    for surface in ("submit", "channel", "feedback", "deadletters", "envelope", "outcome"):
+    for surface in SURFACES:
         assert f"\n{surface} " in out
     assert "slowest answer: " in out and "peak RSS: coordinator " in out
     assert "crashes: 0, hangs: 0" in out

@@ -3,13 +3,14 @@ by the fuzz script (``fuzz.py``) and the property tests (``properties_test.py``)
 
 An input reaches a service over gRPC (``submit``: SubmitRun; ``channel``: the result-store's
 Channel* calls; ``feedback``: RespondFeedback; ``deadletters``: ListDeadLetters and
-ReplayDeadLetters) or the bus (``envelope``: an entry of the default queue's stream, read by the
-workers; ``outcome``: an entry of ``gf:outcomes``, read by the scheduler). An RPC's answer is well
-formed when it is OK or one of :data:`REFUSALS` with a message; UNKNOWN, INTERNAL, UNAVAILABLE (a
-service that died or stalled) or any other code is a crash, no answer within :data:`TIMEOUT_S` a
-hang. A bus input has no answer: the stack must consume it (``bus_backlog``), keep every process
-alive and log no exception (``stack_problems``). On a stack that signs its bus, most bus inputs are
-signed with its key (so that they reach the decoding), the rest are not (BadSignature).
+ReplayDeadLetters; ``other``: every other unary RPC, its request filled from its descriptor) or
+the bus (``envelope``: an entry of the default queue's stream, read by the workers; ``outcome``: an
+entry of ``gf:outcomes``, read by the scheduler). An RPC's answer is well formed when it is OK or
+one of :data:`REFUSALS` with a message; UNKNOWN, INTERNAL, UNAVAILABLE (a service that died or
+stalled) or any other code is a crash, no answer within :data:`TIMEOUT_S` a hang. A bus input has
+no answer: the stack must consume it (``bus_backlog``), keep every process alive and log no
+exception (``stack_problems``). On a stack that signs its bus, most bus inputs are signed with its
+key (so that they reach the decoding), the rest are not (BadSignature).
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import text_format
+from google.protobuf import message_factory, text_format
 from google.protobuf.message import Message
 
 from graflow.devstack import LocalStack
-from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
+from graflow_api.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    result_store_pb2,
+    result_store_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 from graflow_runtime import keys
 from graflow_runtime.grpc_options import CHANNEL_OPTIONS
 from graflow_runtime.names import DEFAULT_QUEUE
@@ -35,7 +43,7 @@ from tests.e2e.conftest import log_records
 
 TIMEOUT_S = 10.0
 TASK_TYPES = ("echo", "ask")
-SURFACES = ("submit", "channel", "feedback", "deadletters", "envelope", "outcome")
+SURFACES = ("submit", "channel", "feedback", "deadletters", "envelope", "outcome", "other")
 # The codes a refusal may carry (docs/security.md): each with a message naming the problem.
 REFUSALS = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,6 +53,18 @@ REFUSALS = frozenset({
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.OUT_OF_RANGE,
 })
+# The ``other`` surface: every other unary RPC (WaitRun waits by design), its request filled from its
+# descriptor (graflow_runtime.testing.hostile.message): (service, method, request class).
+_OWN_SURFACE = {"SubmitRun", "RespondFeedback", "ListDeadLetters", "ReplayDeadLetters", "WaitRun",
+                "ChannelGet", "ChannelSet", "ChannelDelete", "ChannelKeys", "ChannelUpdate"}
+OTHER_RPCS = [
+    (service, method.name, message_factory.GetMessageClass(method.input_type))
+    for service, module in (("scheduler", scheduler_pb2), ("result-store", result_store_pb2),
+                            ("coordinator", coordinator_pb2))
+    for definition in module.DESCRIPTOR.services_by_name.values()
+    for method in definition.methods
+    if method.name not in _OWN_SURFACE and not (method.client_streaming or method.server_streaming)
+]
 # Stream, consumer group, message field and signed kind of each bus surface.
 BUS = {
     "envelope": (keys.queue_stream(DEFAULT_QUEUE), "workers", keys.ENVELOPE_FIELD, Kind.ENVELOPE),
@@ -100,6 +120,9 @@ def draw(surface: str, rng: random.Random, pools: Pools) -> Input:
     if surface == "deadletters":
         method, request = hostile.dead_letter_call(rng, pools.dead_letters)
         return Input(surface, "coordinator", method, request)
+    if surface == "other":
+        service, method, request_class = rng.choice(OTHER_RPCS)
+        return Input(surface, service, method, hostile.message(rng, request_class, pools.runs))
     make = hostile.envelope if surface == "envelope" else hostile.outcome
     message = make(rng, TASK_TYPES, pools.runs).SerializeToString()
     signed = rng.random() < SIGNED_SHARE

@@ -15,6 +15,9 @@ import json
 import random
 from collections.abc import Sequence
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from graflow_api.v1 import (
     common_pb2,
     coordinator_pb2,
@@ -353,3 +356,57 @@ def dead_letter_call(rng: Rng, ids: Sequence[str] = ()) -> tuple[str, object]:
         return "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(
             limit=uint32(rng), after_id=stream_id(rng, ids) if rng.random() < 0.5 else "", ids=chosen)
     return "ReplayDeadLetters", coordinator_pb2.ReplayDeadLettersRequest(ids=chosen, all=rng.random() < 0.002)
+
+
+def message(rng: Rng, cls: type[Message], runs: Sequence[str] = (), depth: int = 0) -> Message:
+    """A message of any type with its fields filled from its descriptor, each set or not: hostile
+    strings (run ids in fields named ``*run_id*``), JSON or random bytes, numbers at their edges,
+    enum values that exist and one that does not, nested messages, repeated fields and maps."""
+    item = cls()
+    for field in item.DESCRIPTOR.fields:
+        if rng.random() < 0.4:
+            continue
+        target = getattr(item, field.name)
+        count = rng.choice([1, 1, 2, 3]) if field.is_repeated else 1
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for _ in range(count):
+                key = text(rng)
+                if value_field.message_type is not None:
+                    target[key].CopyFrom(message(rng, type(target[key]), runs, depth + 1))
+                else:
+                    target[key] = _scalar(rng, value_field, runs)
+        elif field.message_type is not None:
+            if depth < 4:
+                for _ in range(count):
+                    value = message(rng, type(target.add() if field.is_repeated else target), runs, depth + 1)
+                    if field.is_repeated:
+                        target[-1].CopyFrom(value)
+                    else:
+                        target.CopyFrom(value)
+        elif field.is_repeated:
+            target.extend(_scalar(rng, field, runs) for _ in range(count))
+        else:
+            setattr(item, field.name, _scalar(rng, field, runs))
+    return item
+
+
+def _scalar(rng: Rng, field: FieldDescriptor, runs: Sequence[str]) -> object:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_STRING:
+        return run_id(rng, runs) if "run_id" in field.name else text(rng)
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return json_bytes(rng) if rng.random() < 0.7 else random_bytes(rng)
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind == FieldDescriptor.TYPE_ENUM:
+        return rng.choice([*(value.number for value in field.enum_type.values), 99])
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return rng.choice(_DOUBLES)
+    if kind in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32):
+        return rng.choice(_INT32)
+    if kind in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64):
+        return rng.choice([-(2**63), -1, 0, 1, 2**63 - 1])
+    if kind in (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64):
+        return rng.choice([0, 1, 2**64 - 1])
+    return uint32(rng)
