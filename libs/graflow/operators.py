@@ -70,10 +70,10 @@ class Operators:
             page_size = DEAD_LETTERS_PAGE_MAX if limit <= 0 else min(DEAD_LETTERS_PAGE_MAX, limit - yielded)
             request = coordinator_pb2.ListDeadLettersRequest(limit=page_size, after_id=after_id)
             page = self._coordinator.call("ListDeadLetters", request).dead_letters
+            if not page:  # a short page is not the end: the coordinator bounds a page's bytes too
+                return
             yield from page
             yielded += len(page)
-            if len(page) < page_size:
-                return
             after_id = page[-1].id
 
     def dead_letter(self, letter_id: str) -> DeadLetter:

@@ -9,6 +9,7 @@ from typing import Any
 
 from graflow.errors import PayloadError
 from graflow_api.v1 import common_pb2, result_store_pb2
+from graflow_runtime import user_json
 
 JSON = "application/json"
 BYTES = "application/octet-stream"
@@ -51,10 +52,13 @@ def decode_results(results: Iterable[result_store_pb2.NodeResult]) -> dict[str, 
 
 
 def decode_args(args_json: bytes) -> dict[str, Any]:
-    """Bound arguments of a node: a JSON object (empty bytes mean ``{}``)."""
+    """Bound arguments of a node: a JSON object (empty bytes mean ``{}``). Parsed as user JSON
+    (``graflow_runtime.user_json``: the scheduler's rules at submit, so bytes that reach a worker
+    some other way cannot nest deep enough to raise RecursionError); a ValueError says what is
+    wrong."""
     if not args_json:
         return {}
-    args = json.loads(args_json)
+    args = user_json.loads(args_json)
     if not isinstance(args, dict):
         raise PayloadError(f"arguments must be a JSON object, got {type(args).__name__}")
     return args

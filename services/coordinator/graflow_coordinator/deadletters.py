@@ -36,11 +36,17 @@ from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.scripts import LuaScript
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
-from graflow_runtime.streams import DEAD_LETTER_FIELD, STREAM_ID_RULE, is_stream_id
+from graflow_runtime.streams import DEAD_LETTER_FIELD, STREAM_ID_RULE, is_stream_id, stream_id
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE = 100
+# Bytes of dead letters in one ListDeadLetters page (a quarter of the 64 MiB message limit): a page
+# ends before the letter that would take it past this, so that large letters (a node's arguments
+# may be 1 MiB) cannot make every page too large to send. The first letter is always sent.
+PAGE_BYTES = 16 * 1024 * 1024
+# The largest entry id there can be.
+_LAST_ID = (2**64 - 1, 2**64 - 1)
 _REPLAY = LuaScript.load(__package__, "replay_dead_letters.lua")
 
 
@@ -105,13 +111,24 @@ class DeadLetters:
         return [decode_entry(*entries[0]) for entries in found if entries]
 
     async def list(self, *, limit: int = 0, after_id: str = "") -> list[messages_pb2.DeadLetter]:
-        """Oldest first, starting after ``after_id`` (exclusive)."""
+        """Oldest first, starting after ``after_id`` (exclusive): ``limit`` letters, fewer when
+        they would pass :data:`PAGE_BYTES` (a short page is not the end: the end is an empty one)."""
         if after_id:
             _check_stream_id(after_id, "after_id")
+            if stream_id(after_id) == _LAST_ID:
+                return []  # nothing comes after it, and Redis refuses an exclusive start there
         count = min(limit or DEFAULT_PAGE, DEAD_LETTERS_PAGE_MAX)
         start = f"({after_id}" if after_id else "-"
         entries = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max="+", count=count)
-        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+        page: list[messages_pb2.DeadLetter] = []
+        size = 0
+        for entry_id, fields in entries:
+            letter = decode_entry(entry_id, fields)
+            size += letter.ByteSize() + 6  # and its tag and length in the response
+            if page and size > PAGE_BYTES:
+                break
+            page.append(letter)
+        return page
 
     async def replay(self, *, ids: Sequence[str] = (), replay_all: bool = False) -> int:
         if ids:

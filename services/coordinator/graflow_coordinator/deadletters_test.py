@@ -6,10 +6,12 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.grpc_options import CHANNEL_OPTIONS
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 
+from graflow_coordinator.app import CoordinatorApp
 from graflow_coordinator.conftest import envelope, stream_envelopes
-from graflow_coordinator.deadletters import make_dead_letter
+from graflow_coordinator.deadletters import PAGE_BYTES, make_dead_letter
 
 
 async def dead_letter(
@@ -47,6 +49,45 @@ async def test_dead_letters_are_paged_with_an_exclusive_after_id(
 
     assert [x.id for x in first] == ids[:2]
     assert [x.id for x in second] == ids[2:4]
+
+
+@pytest.mark.parametrize("after_id", ["18446744073709551615-18446744073709551615", "18446744073709551615"])
+async def test_listing_after_the_last_possible_id_is_an_empty_page(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis, after_id: str
+) -> None:
+    """Found by fuzzing: Redis refuses an exclusive start after the last possible id, which answered
+    UNKNOWN; nothing can come after it, so the page is empty."""
+    await dead_letter(redis, "a")
+
+    listed = await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id=after_id))
+
+    assert list(listed.dead_letters) == []
+
+
+async def test_a_page_of_large_dead_letters_stays_under_the_message_limit_and_paging_reaches_all(
+    coordinator: CoordinatorApp, redis: aioredis.Redis
+) -> None:
+    """A page was bounded by its count only: 70 dead letters of 1 MiB (a node's arguments may be
+    1 MiB) made the default page of 100 larger than the 64 MiB message limit, and every listing
+    from there answered RESOURCE_EXHAUSTED (the fuzzing saw it with a client's 4 MiB limit)."""
+    big = envelope("big")
+    big.args_json = b'{"blob": "' + b"x" * (1024 * 1024) + b'"}'
+    letter = make_dead_letter(queue="default", original_id="1-0", raw=big.SerializeToString(), reason="r")
+    ids = [(await redis.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.SerializeToString()})).decode()
+           for _ in range(70)]
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.port}", options=CHANNEL_OPTIONS) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        listed: list[str] = []
+        after = ""
+        while page := (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id=after))):
+            if not page.dead_letters:
+                break
+            assert page.ByteSize() <= PAGE_BYTES
+            listed += [x.id for x in page.dead_letters]
+            after = listed[-1]
+
+    assert listed == ids
 
 
 async def test_dead_letters_are_shown_by_id_leaving_out_unknown_ids(

@@ -29,7 +29,6 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import json
 import os
 import time
 import traceback
@@ -48,7 +47,7 @@ from graflow.errors import NonRetryableError, PayloadError, TaskCanceledError
 from graflow.feedback import WaitRequested
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
-from graflow_runtime import telemetry
+from graflow_runtime import telemetry, user_json
 from graflow_runtime.limits import DEFAULT_MAX_CYCLES
 
 from graflow_worker.binding import BindingError, bind, binds_upstream, channel_candidates
@@ -432,7 +431,7 @@ def _with_iteration_data(task: TaskFunc, envelope: messages_pb2.TaskEnvelope,
             f"but task {task.name!r} has no parameter `data`: add one (`data=None` for its first run)",
             retryable=False,
         )
-    return {**bound_args, "data": json.loads(envelope.iteration_data_json)}
+    return {**bound_args, "data": user_json.loads(envelope.iteration_data_json)}
 
 
 class _NoTimeout:

@@ -139,6 +139,25 @@ async def test_args_that_are_not_a_json_object_fail_as_invalid_arguments(runner)
     assert execution.outcome.error.type == "InvalidArguments"
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("where", ["args_json", "iteration_data_json"])
+async def test_json_nested_too_deep_in_an_envelope_fails_as_invalid_arguments_naming_the_limit(runner, where):
+    """Found by fuzzing: envelope JSON nested 100,000 deep raised RecursionError in the worker,
+    which left its read batch's deliveries pending (needs_upstream) or failed the attempt as a
+    WorkerError with a traceback (run)."""
+    env = envelope("run-1", "n1", "collect", inputs=["a"])
+    setattr(env, where, b'{"k": ' + DEEP + b"}" if where == "args_json" else DEEP)
+
+    assert not runner.needs_upstream(env)
+    execution = await runner.run(env, {})
+
+    assert execution.outcome.error.type == "InvalidArguments"
+    assert not execution.outcome.error.retryable
+    assert "deeper than 64 levels" in execution.outcome.error.message
+
+
 async def test_async_task_runs_on_the_event_loop(runner):
     assert value(await run(runner, "async_double", args={"x": 21})) == 42
 

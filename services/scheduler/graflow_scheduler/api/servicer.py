@@ -237,6 +237,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.ListRunsResponse:
         limit = min(request.limit or LIST_DEFAULT, LIST_MAX)
         status = None
+        if request.status not in common_pb2.RunStatus.values():
+            known = ", ".join(name for name, number in common_pb2.RunStatus.items() if number)
+            raise InvalidRequest(f"status {request.status} is not a RunStatus: use one of {known}, or none")
         if request.status != common_pb2.RUN_STATUS_UNSPECIFIED:
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_")
         runs, token = await self.reader.list_runs(limit=limit, status=status, page_token=request.page_token)

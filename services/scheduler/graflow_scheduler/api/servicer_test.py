@@ -153,6 +153,14 @@ async def test_list_runs_with_a_bad_page_token_is_invalid(client):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_list_runs_with_an_unknown_status_is_invalid_naming_the_field(client):
+    """Found by fuzzing: a status that is no RunStatus answered UNKNOWN (a ValueError naming it)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.ListRuns(scheduler_pb2.ListRunsRequest(status=99))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "status 99" in info.value.details() and "RUN_STATUS_RUNNING" in info.value.details()
+
+
 async def test_cancel_returns_the_canceled_run_and_ended_runs_stay_unchanged(client):
     run_id = (await submit(client)).run_id
     run = await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=run_id, reason="wrong input"))
