@@ -3,7 +3,7 @@
     ./pants run tests/bench/throughput.py -- [--only latency,chain,fanout,group,many,hops]
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
-        [--idle-seconds 5] [--set NAME=VALUE ...] [--signing] [--role-tokens] [--json PATH]
+        [--idle-seconds 5] [--set NAME=VALUE ...] [--tls] [--signing] [--role-tokens] [--json PATH]
         [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
@@ -40,9 +40,10 @@ The other targets of issue 13 are measured elsewhere: memory under a long soak b
 (flat RSS, Redis ``used_memory`` back to its baseline), and a SIGKILLed worker's task running
 elsewhere by ``recovery.py`` (<= 1.0 s median, <= 1.5 s p99).
 
-``--signing`` runs the stack with an HMAC key for its bus messages (``LocalStack(signing=True)``),
-``--role-tokens`` with a token per role (``LocalStack(role_tokens=True)``): run it with and
-without, in the same window, to see what signing and roles cost (docs/security.md).
+``--tls`` runs the stack with mTLS on every gRPC hop (certificates made at start), ``--signing``
+with an HMAC key for its bus messages (``LocalStack(signing=True)``), ``--role-tokens`` with a token
+per role (``LocalStack(role_tokens=True)``). ``security_cost.py`` runs the measures with all of them
+and with none, alternately, and compares (docs/security.md, "Cost").
 
 CPU and command counts barely move with the machine's noise, unlike wall-clock figures: they show
 where a change's cost goes (per process: ``cpu_us_by_process`` in the JSON and the second table).
@@ -57,6 +58,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,7 @@ from tests.bench import baselines, profiling
 from tests.bench.cost import CLIENT, Cost, median, percentile
 from tests.bench.hops import measure_hops
 from tests.bench.measures import MEASURES, Sizes
+from tests.bench.security import NO_SECURITY, Security, mtls
 
 ALL = (*MEASURES, "hops")
 
@@ -119,12 +122,12 @@ def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
 
 def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
                     profiler: profiling.Profiler | None, *,
-                    signing: bool = False, role_tokens: bool = False) -> dict[str, dict[str, object]]:
+                    security: Security = NO_SECURITY) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     if not selected & set(MEASURES):
         return out
-    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env, signing=signing,
-                       role_tokens=role_tokens)
+    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env,
+                       **security.stack_options())
     try:
         stack.start()
         pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                         help="extra environment of the stack's processes, e.g. "
                              "GRAFLOW_COORDINATOR_HEARTBEAT_INTERVAL_MS=1000 (repeatable)")
+    parser.add_argument("--tls", action="store_true", help="mTLS on every gRPC hop")
     parser.add_argument("--signing", action="store_true", help="sign and verify the bus's messages")
     parser.add_argument("--role-tokens", action="store_true",
                         help="servers accept a token per role and every process sends its own "
@@ -299,14 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
 
     base = measure_baselines(selected, sizes)
-    graflow = measure_graflow(selected, sizes, args.workers, env, profiler, signing=args.signing,
-                              role_tokens=args.role_tokens)
+    with tempfile.TemporaryDirectory(prefix="graflow-bench-certs-") as certificates:
+        security = Security(tls=mtls(Path(certificates)) if args.tls else None, signing=args.signing,
+                            role_tokens=args.role_tokens)
+        graflow = measure_graflow(selected, sizes, args.workers, env, profiler, security=security)
     hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
     out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}, "
-        f"bus {'signed' if args.signing else 'unsigned'}, "
-        f"{'a token per role' if args.role_tokens else 'no auth'}; "
+        f"security: {security.label()}; "
         f"{'PROFILED: timings perturbed; ' if profiler else ''}commit {commit() or '?'})\n")
     out(table(rows(base, graflow, hops, sizes)))
     out("x worse: Graflow / baseline (times, CPU, counts) or baseline / Graflow (rates).\n\n")
@@ -321,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         out(f"profiles and their summary: {args.profile}/ (summary.txt)\n")
     if args.json:
         figures = {
-            "commit": commit(), "workers": args.workers, "concurrency": concurrency, "signing": args.signing,
-            "role_tokens": args.role_tokens,
+            "commit": commit(), "workers": args.workers, "concurrency": concurrency,
+            "security": security.label(),
             "profiled": profiler is not None, "sizes": sizes.__dict__,
             "baseline": base, "graflow": graflow, "hops": hops,
         }
