@@ -36,12 +36,10 @@ from google.protobuf.message import DecodeError
 
 from graflow_runtime.access import AUDITED, METHOD_ROLES, Role
 from graflow_runtime.audit import AuditLog
-from graflow_runtime.handlers import shape_of
+from graflow_runtime.handlers import HEALTH_PREFIX, REFLECTION_PREFIX, WrappingInterceptor, shape_of
 
 log = structlog.get_logger(__name__)
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
-REFLECTION_PREFIX = "/grpc.reflection."
 # What the x509 common name of a verified client certificate is filed under in the auth context.
 CERT_COMMON_NAME = "x509_common_name"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -173,7 +171,7 @@ def _bearer(metadata: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
+class AccessInterceptor(WrappingInterceptor):
     """Admits callers by role before their request is parsed, and audits mutating methods.
 
     Without credentials (auth off) only the audited methods are wrapped, to record them as
@@ -181,24 +179,14 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, credentials: Credentials | None, audit: AuditLog | None = None) -> None:
+        super().__init__()
         self._credentials = credentials
         self._audit = audit
-        # method -> (handler, its guarded form): the servicer's handler is the same on every call.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(HEALTH_PREFIX):
-            return handler
-        if self._credentials is None and (self._audit is None or method not in AUDITED):
-            return handler
-        cached = self._guarded.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        guarded = self._guard(handler, method)
-        self._guarded[method] = (handler, guarded)
-        return guarded
+    def passes(self, method: str) -> bool:
+        if method.startswith(HEALTH_PREFIX):
+            return True
+        return self._credentials is None and (self._audit is None or method not in AUDITED)
 
     def _rule(self, method: str) -> frozenset[Role]:
         if method.startswith(REFLECTION_PREFIX):
@@ -244,7 +232,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             details=details,
         )
 
-    def _guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         shape_name, shape = shape_of(handler)
         inner = getattr(handler, shape_name)
         decode: Callable[[bytes], Any] = handler.request_deserializer or (lambda raw: raw)

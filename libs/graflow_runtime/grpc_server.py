@@ -24,7 +24,7 @@ from graflow_runtime.audit import AuditLog
 from graflow_runtime.auth import AccessInterceptor, Credentials
 from graflow_runtime.errors import ServiceError
 from graflow_runtime.grpc_options import SERVER_OPTIONS
-from graflow_runtime.handlers import behaviour, same_shape
+from graflow_runtime.handlers import WrappingInterceptor, behaviour, same_shape
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.server_limits import LimitsInterceptor, ServerLimits
 from graflow_runtime.telemetry import tracing_enabled
@@ -32,7 +32,7 @@ from graflow_runtime.telemetry import tracing_enabled
 log = structlog.get_logger(__name__)
 
 
-class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
+class ErrorStatusInterceptor(WrappingInterceptor):
     """The one mapping of what handlers raise to the status their callers receive.
 
     A :class:`~graflow_runtime.errors.ServiceError` becomes ``context.abort(error.code, message)``;
@@ -44,23 +44,10 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, service: str) -> None:
+        super().__init__()
         self._service = service
-        # method -> (handler, its wrapped form): the servicer's handler is the same on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = behaviour(handler)
         if inspect.isasyncgenfunction(inner):
 

@@ -192,8 +192,9 @@ SCHEDULER = RedisUser(
     ),
     can_still="create, change, end and delete any run and its events, store and overwrite any run's "
     "results, enqueue any delivery on any queue (a forged envelope needs the signing key), append "
-    "outcomes and dead letters, append (not read) audit events. It cannot read or acknowledge the queues' deliveries, move or drop "
-    "the retry timer's entries, touch the worker registry, channels, checkpoints or graphs.",
+    "outcomes and dead letters, append (not read) audit events. It cannot read or acknowledge the "
+    "queues' deliveries, move or drop the retry timer's entries, touch the worker registry, channels, "
+    "checkpoints or graphs.",
 )
 
 COORDINATOR = RedisUser(
@@ -243,8 +244,8 @@ COORDINATOR = RedisUser(
     can_still="register, renew and declare dead any worker, claim, acknowledge, trim and append any "
     "queue's deliveries (so drop or repeat any task; a forged envelope needs the signing key), append "
     "outcomes of lost attempts (a forged one is refused by its signature), list, delete and replay dead "
-    "letters, read whether a run ended, append and read audit events. It cannot write run state or results, read results, channels, "
-    "checkpoints or graphs.",
+    "letters, read whether a run ended, append and read audit events. It cannot write run state or "
+    "results, read results, channels, checkpoints or graphs.",
 )
 
 RESULT_STORE = RedisUser(
@@ -263,8 +264,8 @@ RESULT_STORE = RedisUser(
         ),
     ),
     can_still="read, overwrite and delete any run's results, channels, checkpoints and graph blobs "
-    "(a changed graph blob changes what a run's later nodes are), append (not read) audit events. It cannot touch run state, the "
-    "queues, outcomes, dead letters or the worker registry.",
+    "(a changed graph blob changes what a run's later nodes are), append (not read) audit events. "
+    "It cannot touch run state, the queues, outcomes, dead letters or the worker registry.",
 )
 
 SERVICE_USERS = (SCHEDULER, COORDINATOR, RESULT_STORE, WORKER)

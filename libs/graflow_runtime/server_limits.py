@@ -26,12 +26,11 @@ from typing import Any
 import grpc
 import structlog
 
+from graflow_runtime.handlers import HEALTH_PREFIX, REFLECTION_PREFIX, WrappingInterceptor, shape_of
 from graflow_runtime.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
-EXEMPT_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-_SHAPES = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
 @dataclass(frozen=True)
@@ -57,34 +56,25 @@ class ServerLimits:
         return [("grpc.max_concurrent_streams", self.max_streams_per_connection)]
 
 
-class LimitsInterceptor(grpc.aio.ServerInterceptor):
+class LimitsInterceptor(WrappingInterceptor):
     """Counts the open streamed calls (refusing the one over ``max_streams``) and bounds the work of
     every single-response handler by ``handler_timeout_s``."""
 
     def __init__(self, service: str, limits: ServerLimits) -> None:
+        super().__init__()
         self._service = service
         self._limits = limits
         self._open_streams = 0
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def open_streams(self) -> int:
         return self._open_streams
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(EXEMPT_METHODS):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def passes(self, method: str) -> bool:
+        return method.startswith((HEALTH_PREFIX, REFLECTION_PREFIX))
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        shape = next(name for name in _SHAPES if getattr(handler, name))
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        shape, _ = shape_of(handler)
         inner: Callable[..., Any] = getattr(handler, shape)
         if handler.response_streaming:
             behaviour = self._streamed(inner) if inspect.isasyncgenfunction(inner) else self._written(inner)
