@@ -27,7 +27,9 @@ from graflow_runtime.grpc_options import SERVER_OPTIONS
 from graflow_runtime.handlers import WrappingInterceptor, behaviour, same_shape
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.server_limits import LimitsInterceptor, ServerLimits
+from graflow_runtime.settings import ServiceSettings
 from graflow_runtime.telemetry import tracing_enabled
+from graflow_runtime.tls import api_server_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -168,3 +170,25 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
     return ServerHandle(server=server, port=port, health=health_servicer, service_names=names)
+
+
+def create_api_server(
+    address: str,
+    bindings: Iterable[ServicerBinding],
+    *,
+    name: str,
+    settings: ServiceSettings,
+    audit: AuditLog,
+) -> ServerHandle:
+    """A service's API server as its settings say: TLS (and the refusal to serve a non-loopback
+    address unprotected, :func:`graflow_runtime.tls.api_server_credentials`), who may call, the
+    server-side limits; mutating calls recorded in ``audit``."""
+    return create_server(
+        address,
+        bindings,
+        name=name,
+        server_credentials=api_server_credentials(settings, address),
+        limits=ServerLimits.from_settings(settings),
+        credentials=settings.accepted_credentials(),
+        audit=audit,
+    )

@@ -16,11 +16,9 @@ import structlog
 from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
-from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.grpc_server import ServicerBinding, create_api_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
-from graflow_runtime.server_limits import ServerLimits
-from graflow_runtime.tls import api_server_credentials
 from graflow_runtime.version import __version__
 
 from graflow_coordinator.deadletters import DeadLetters
@@ -88,13 +86,11 @@ class CoordinatorApp:
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
         )
-        self.server = create_server(
+        self.server = create_api_server(
             s.listen_address,
             [binding],
             name="coordinator",
-            server_credentials=api_server_credentials(s, s.listen_address),
-            limits=ServerLimits.from_settings(s),
-            credentials=s.accepted_credentials(),
+            settings=s,
             audit=audit,
         )
 

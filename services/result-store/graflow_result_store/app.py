@@ -12,9 +12,7 @@ import structlog
 
 from graflow_api.v1 import result_store_pb2, result_store_pb2_grpc
 from graflow_runtime.audit import AuditLog
-from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_server
-from graflow_runtime.server_limits import ServerLimits
-from graflow_runtime.tls import api_server_credentials
+from graflow_runtime.grpc_server import ServerHandle, ServicerBinding, create_api_server
 from graflow_runtime.version import __version__
 
 from graflow_result_store.servicer import ResultStoreServicer
@@ -34,7 +32,7 @@ class ResultStoreApp:
         self.redis = redis
         self.store = ResultStore(redis, retention_s=settings.retention_s)
         servicer = ResultStoreServicer(self.store, max_value_bytes=settings.max_value_bytes)
-        self.handle: ServerHandle = create_server(
+        self.handle: ServerHandle = create_api_server(
             settings.listen_address,
             [
                 ServicerBinding(
@@ -42,9 +40,7 @@ class ResultStoreApp:
                 )
             ],
             name="result-store",
-            server_credentials=api_server_credentials(settings, settings.listen_address),
-            limits=ServerLimits.from_settings(settings),
-            credentials=settings.accepted_credentials(),
+            settings=settings,
             audit=AuditLog(redis, service="result-store", maxlen=settings.audit_maxlen),
         )
 

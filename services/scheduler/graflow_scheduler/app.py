@@ -19,11 +19,10 @@ from graflow_api.v1 import result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_g
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_client import Downstream, open_channel
-from graflow_runtime.grpc_server import ServicerBinding, create_server
+from graflow_runtime.grpc_server import ServicerBinding, create_api_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
-from graflow_runtime.server_limits import ServerLimits
-from graflow_runtime.tls import api_server_credentials, channel_credentials
+from graflow_runtime.tls import channel_credentials
 from graflow_runtime.version import __version__
 
 from graflow_scheduler.api.ends import RunEnds
@@ -144,13 +143,11 @@ class SchedulerApp:
         binding = ServicerBinding(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server, self.servicer, SERVICE_NAME
         )
-        self.server = create_server(
+        self.server = create_api_server(
             s.listen_address,
             [binding],
             name="scheduler",
-            server_credentials=api_server_credentials(s, s.listen_address),
-            limits=ServerLimits.from_settings(s),
-            credentials=s.accepted_credentials(),
+            settings=s,
             audit=AuditLog(redis, service="scheduler", maxlen=s.audit_maxlen),
         )
 
