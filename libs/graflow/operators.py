@@ -89,12 +89,19 @@ class Operators:
 
     def replay_dead_letters(self, ids: Iterable[str] = (), *, replay_all: bool = False) -> int:
         """Put dead letters back on their queues; returns how many were replayed. Naming an id that
-        does not exist replays nothing and raises :class:`DeadLetterNotFoundError`."""
+        does not exist replays nothing and raises :class:`DeadLetterNotFoundError`. With
+        ``replay_all``, every dead letter: the coordinator replays a page per call and answers where
+        the next one starts, so this calls it until the end (letters it cannot replay stay in place)."""
         request = coordinator_pb2.ReplayDeadLettersRequest(ids=list(ids), all=replay_all)
-        response = self._coordinator.call(
-            "ReplayDeadLetters", request, {grpc.StatusCode.NOT_FOUND: DeadLetterNotFoundError}
-        )
-        return int(response.replayed)
+        replayed = 0
+        while True:
+            response = self._coordinator.call(
+                "ReplayDeadLetters", request, {grpc.StatusCode.NOT_FOUND: DeadLetterNotFoundError}
+            )
+            replayed += response.replayed
+            if not response.next_after_id:
+                return replayed
+            request.after_id = response.next_after_id
 
     def audit_events(self, *, limit: int = 100, before_id: str = "") -> list[AuditEvent]:
         """Mutating actions of every service, newest first, at most ``limit`` (at most 1,000 a

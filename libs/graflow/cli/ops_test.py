@@ -14,6 +14,7 @@ from graflow.operators import Operators
 from graflow_api.v1 import messages_pb2
 from graflow_examples import TASK_MODULES
 from graflow_runtime import keys
+from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.local_redis import free_port
 
 
@@ -116,6 +117,28 @@ def test_replay_all_empties_the_dead_letters(cli, letters, stack):
     assert "replayed 3 dead letter(s)" in cli.out
     with Operators(stack.coordinator_address) as ops:
         assert ops.dead_letters() == []
+
+
+def test_replay_all_replays_every_page_of_dead_letters(cli, letters, stack):
+    """A ReplayDeadLetters call with `all` replays at most a page (DEAD_LETTERS_PAGE_MAX); the
+    command follows the cursor until the end, so one command still replays them all."""
+    conn = redis.Redis.from_url(stack.redis_url)
+    try:
+        _, fields = conn.xrange(keys.DEAD_LETTERS_STREAM, count=1)[0]
+        with conn.pipeline(transaction=False) as pipe:
+            for _ in range(DEAD_LETTERS_PAGE_MAX + 2):
+                pipe.xadd(keys.DEAD_LETTERS_STREAM, fields)
+            pipe.execute()
+        total = conn.xlen(keys.DEAD_LETTERS_STREAM)
+        assert total == DEAD_LETTERS_PAGE_MAX + 5
+
+        assert cli("dead-letters", "replay", "--all") == 0
+
+        assert f"replayed {total} dead letter(s)" in cli.out
+        assert conn.xlen(keys.DEAD_LETTERS_STREAM) == 0
+        assert conn.xlen(keys.queue_stream("parked")) == total
+    finally:
+        conn.close()
 
 
 def test_replaying_an_unknown_id_replays_nothing_and_exits_2(cli, letters, stack):

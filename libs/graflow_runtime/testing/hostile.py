@@ -355,7 +355,8 @@ def dead_letter_call(rng: Rng, ids: Sequence[str] = ()) -> tuple[str, object]:
     if rng.random() < 0.5:
         return "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(
             limit=uint32(rng), after_id=stream_id(rng, ids) if rng.random() < 0.5 else "", ids=chosen)
-    return "ReplayDeadLetters", coordinator_pb2.ReplayDeadLettersRequest(ids=chosen, all=rng.random() < 0.002)
+    return "ReplayDeadLetters", coordinator_pb2.ReplayDeadLettersRequest(
+        ids=chosen, all=rng.random() < 0.002, after_id=stream_id(rng, ids) if rng.random() < 0.3 else "")
 
 
 def message(rng: Rng, cls: type[Message], runs: Sequence[str] = (), depth: int = 0) -> Message:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
@@ -152,6 +153,82 @@ async def test_replaying_all_empties_the_dead_letters(
     assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
 
 
+async def many_dead_letters(redis: aioredis.Redis, count: int, *, queue: str = "default") -> list[str]:
+    """``count`` dead letters of nodes ``n0``... (in one round trip); their ids, oldest first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            raw = envelope(f"n{i}").SerializeToString()
+            letter = make_dead_letter(queue=queue, original_id="1-0", raw=raw, reason="test reason")
+            pipe.xadd(keys.DEAD_LETTERS_STREAM, {b"d": letter.SerializeToString()})
+        return [entry_id.decode() for entry_id in await pipe.execute()]
+
+
+async def test_replaying_all_answers_a_page_at_a_time_and_the_cursor_reaches_every_letter(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    """Found by fuzzing: one call with `all` replayed every dead letter there was (tens of thousands
+    took over 10 s). A call examines at most a page and answers where to continue."""
+    ids = await many_dead_letters(redis, DEAD_LETTERS_PAGE_MAX + 5)
+
+    first = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(all=True))
+
+    assert (first.replayed, first.left_in_place) == (DEAD_LETTERS_PAGE_MAX, 0)
+    assert first.next_after_id == ids[DEAD_LETTERS_PAGE_MAX - 1]
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 5
+
+    rest = await stub.ReplayDeadLetters(
+        coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=first.next_after_id)
+    )
+
+    assert (rest.replayed, rest.left_in_place, rest.next_after_id) == (5, 0, "")
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 0
+    assert [e.node_id for e in await stream_envelopes(redis)] == [f"n{i}" for i in range(len(ids))]
+
+
+async def test_replaying_all_leaves_unreplayable_letters_in_place_counts_them_and_passes_them(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    """A page of letters that cannot be replayed (no queue) is examined, counted and passed by the
+    cursor, so the replayable letter after them is reached; one warning per call names them."""
+    stuck = messages_pb2.DeadLetter(reason="no queue", raw=b"x").SerializeToString()
+    async with redis.pipeline(transaction=False) as pipe:
+        for _ in range(DEAD_LETTERS_PAGE_MAX):
+            pipe.xadd(keys.DEAD_LETTERS_STREAM, {b"d": stuck})
+        stuck_ids = [entry_id.decode() for entry_id in await pipe.execute()]
+    await dead_letter(redis, "after")
+
+    with capture_logs() as logs:
+        first = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(all=True))
+
+    assert (first.replayed, first.left_in_place) == (0, DEAD_LETTERS_PAGE_MAX)
+    assert first.next_after_id == stuck_ids[-1]
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["left_in_place"] == DEAD_LETTERS_PAGE_MAX
+    assert warnings[0]["dead_letter_ids"][0] == stuck_ids[0]
+
+    rest = await stub.ReplayDeadLetters(
+        coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=first.next_after_id)
+    )
+
+    assert (rest.replayed, rest.left_in_place, rest.next_after_id) == (1, 0, "")
+    assert [e.node_id for e in await stream_envelopes(redis)] == ["after"]
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == DEAD_LETTERS_PAGE_MAX
+
+
+async def test_replaying_all_after_the_last_possible_id_replays_nothing_and_ends(
+    stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
+) -> None:
+    await dead_letter(redis, "a")
+
+    reply = await stub.ReplayDeadLetters(
+        coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=f"{2**64 - 1}-{2**64 - 1}")
+    )
+
+    assert (reply.replayed, reply.left_in_place, reply.next_after_id) == (0, 0, "")
+    assert await redis.xlen(keys.DEAD_LETTERS_STREAM) == 1
+
+
 async def test_replaying_unknown_ids_is_not_found_naming_them_and_replays_nothing(
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis
 ) -> None:
@@ -197,10 +274,12 @@ async def test_a_malformed_dead_letter_id_is_invalid_argument_and_changes_nothin
     stub: coordinator_pb2_grpc.CoordinatorStub, redis: aioredis.Redis, bad: str
 ) -> None:
     real = await dead_letter(redis, "a")
+    replay_after = coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=bad)
     calls = (
         ("ids", stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(ids=[real, bad]))),
         ("ids", stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(ids=[bad]))),
         ("after_id", stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest(after_id=bad))),
+        ("after_id", stub.ReplayDeadLetters(replay_after)),
     )
     for field, call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -88,8 +88,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: Ctx
     ) -> pb.ReplayDeadLettersResponse:
-        replayed = await self._dead_letters.replay(ids=list(request.ids), replay_all=request.all)
-        return pb.ReplayDeadLettersResponse(replayed=replayed)
+        done = await self._dead_letters.replay(
+            ids=list(request.ids), replay_all=request.all, after_id=request.after_id
+        )
+        return pb.ReplayDeadLettersResponse(
+            replayed=done.replayed, next_after_id=done.next_after_id, left_in_place=done.left_in_place
+        )
 
     async def NotifyCanceled(
         self, request: pb.NotifyCanceledRequest, context: Ctx

@@ -4,8 +4,8 @@ their deadlines (the node fails with FeedbackTimeout, or keeps waiting)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
+from collections.abc import Sequence
 
 import grpc
 import structlog
@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2
 from graflow_runtime import keys
+from graflow_runtime.errors import NotFound
 
 from graflow_scheduler.errors import FeedbackNotFound, FeedbackRejected, RunNotFound
 from graflow_scheduler.state.store import RunStore
@@ -31,6 +32,22 @@ def parse_member(member: bytes) -> tuple[str, str]:
     return run_id, wait_id
 
 
+def _decoded(
+    run_id: str, request_id: str, status: bytes | None, raw: bytes | None
+) -> feedback_pb2.FeedbackRequest:
+    """The stored request ``raw``; raises RunNotFound (no ``status``: no run), FeedbackNotFound."""
+    if status is None:
+        raise RunNotFound(run_id)
+    if raw is None:
+        raise FeedbackNotFound(f"run {run_id} has no feedback request {request_id!r}")
+    try:
+        return feedback_pb2.FeedbackRequest.FromString(raw)
+    except DecodeError as exc:
+        raise FeedbackNotFound(
+            f"feedback request {request_id!r} of run {run_id} is unreadable: {exc}"
+        ) from exc
+
+
 class FeedbackRequests:
     def __init__(self, store: RunStore, resumed: ResumedNodes) -> None:
         self.store = store
@@ -41,35 +58,50 @@ class FeedbackRequests:
         """The request with its state and answer, and its run's status."""
         if not REQUEST_ID.fullmatch(request_id):
             raise FeedbackNotFound(f"{request_id[:64]!r} is not a feedback request id")
+        (record,) = await self._records([(run_id, request_id)])
+        if isinstance(record, NotFound):
+            raise record
+        return record
+
+    async def _records(
+        self, members: Sequence[tuple[str, str]]
+    ) -> list[tuple[feedback_pb2.FeedbackRequest, str] | NotFound]:
+        """:meth:`_record` of each (run id, request id), or why it cannot be read, in two round
+        trips however many there are (one per request made ListFeedback take seconds)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.run_meta(run_id), "status")
-            pipe.hmget(keys.run_waits(run_id), [request_id, f"{request_id}:r"])
-            status, (raw, answer) = await pipe.execute()
-        if status is None:
-            raise RunNotFound(run_id)
-        if raw is None:
-            raise FeedbackNotFound(f"run {run_id} has no feedback request {request_id!r}")
-        try:
-            request = feedback_pb2.FeedbackRequest.FromString(raw)
-        except DecodeError as exc:
-            raise FeedbackNotFound(
-                f"feedback request {request_id!r} of run {run_id} is unreadable: {exc}"
-            ) from exc
-        if answer is not None:
-            request.state = feedback_pb2.FEEDBACK_STATE_ANSWERED
-            request.response.ParseFromString(answer)
-        else:
+            for run_id, request_id in members:
+                pipe.hget(keys.run_meta(run_id), "status")
+                pipe.hmget(keys.run_waits(run_id), [request_id, f"{request_id}:r"])
+            stored = await pipe.execute()
+        records: list[tuple[feedback_pb2.FeedbackRequest, str] | NotFound] = []
+        unanswered: list[tuple[str, str, feedback_pb2.FeedbackRequest, str]] = []
+        replies = zip(members, stored[::2], stored[1::2], strict=True)
+        for (run_id, request_id), status, (raw, answer) in replies:
+            try:
+                request = _decoded(run_id, request_id, status, raw)
+            except NotFound as exc:
+                records.append(exc)
+                continue
+            records.append((request, status.decode()))
+            if answer is not None:
+                request.state = feedback_pb2.FEEDBACK_STATE_ANSWERED
+                request.response.ParseFromString(answer)
+            else:
+                unanswered.append((run_id, request_id, request, status.decode()))
+        if unanswered:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hget(keys.run_state(run_id), request.node_id)
-                pipe.hget(keys.run_waits(run_id), f"@{request.node_id}")
-                state, current = await pipe.execute()
-            waiting = (
-                status.decode() in LIVE_STATUSES and state == b"WAITING" and current == request_id.encode()
-            )
-            request.state = (
-                feedback_pb2.FEEDBACK_STATE_PENDING if waiting else feedback_pb2.FEEDBACK_STATE_CLOSED
-            )
-        return request, status.decode()
+                for run_id, _, request, _ in unanswered:
+                    pipe.hget(keys.run_state(run_id), request.node_id)
+                    pipe.hget(keys.run_waits(run_id), f"@{request.node_id}")
+                nodes = await pipe.execute()
+            for (_, request_id, request, status), state, current in zip(
+                unanswered, nodes[::2], nodes[1::2], strict=True
+            ):
+                waiting = status in LIVE_STATUSES and state == b"WAITING" and current == request_id.encode()
+                request.state = (
+                    feedback_pb2.FEEDBACK_STATE_PENDING if waiting else feedback_pb2.FEEDBACK_STATE_CLOSED
+                )
+        return records
 
     async def get(self, run_id: str, request_id: str) -> feedback_pb2.FeedbackRequest:
         """Raises RunNotFound, FeedbackNotFound."""
@@ -86,12 +118,12 @@ class FeedbackRequests:
             members = [(run_id, v.decode()) for k, v in waits.items() if k.startswith(b"@")]
         else:
             members = [parse_member(m) for m in await self.redis.zrange(keys.FEEDBACK_PENDING, 0, limit - 1)]
-        found: list[feedback_pb2.FeedbackRequest] = []
-        for member_run, request_id in members:
-            with contextlib.suppress(RunNotFound, FeedbackNotFound):
-                request, _ = await self._record(member_run, request_id)
-                if request.state == feedback_pb2.FEEDBACK_STATE_PENDING:
-                    found.append(request)
+        records = await self._records([member for member in members if REQUEST_ID.fullmatch(member[1])])
+        found = [
+            record[0]
+            for record in records
+            if not isinstance(record, NotFound) and record[0].state == feedback_pb2.FEEDBACK_STATE_PENDING
+        ]
         found.sort(key=lambda r: r.created_at_ms)
         return found[:limit]
 
