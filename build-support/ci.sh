@@ -79,6 +79,8 @@ apt_install() {
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
   command -v git >/dev/null || missing+=(git)
+  # The README's TLS block (run by tests/readme) makes its certificates with the openssl CLI.
+  command -v openssl >/dev/null || missing+=(openssl)
   [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
   if ! command -v python3.11 >/dev/null && ! ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11*/bin/python3.11 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
