@@ -6,6 +6,7 @@ every layer, making its TLS certificates in ``directory`` (``graflow_runtime.tes
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 from graflow.devstack import StackTls
 from graflow_runtime.local_redis import RedisTls
 from graflow_runtime.testing.certs import make_ca
+
+# What Security.everything can turn on, each alone or together.
+LAYERS = ("tls", "signing", "role_tokens", "redis_tls", "redis_acl")
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,23 @@ class Security:
     redis_acl: bool = False
 
     @classmethod
-    def everything(cls, directory: Path) -> Security:
+    def everything(cls, directory: Path, layers: Iterable[str] = LAYERS) -> Security:
+        """Every layer of ``layers`` (default: all of :data:`LAYERS`) on, certificates made in
+        ``directory``."""
+        chosen = set(layers)
+        unknown = chosen - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown layers {', '.join(sorted(unknown))}: choose among {', '.join(LAYERS)}")
         tls = mtls(directory)
         return cls(
-            tls=tls, signing=True, role_tokens=True,
-            redis_tls=RedisTls(tls.ca_file, tls.cert_file, tls.key_file, client_auth="no"), redis_acl=True,
+            tls=tls if "tls" in chosen else None,
+            signing="signing" in chosen,
+            role_tokens="role_tokens" in chosen,
+            redis_tls=(
+                RedisTls(tls.ca_file, tls.cert_file, tls.key_file, client_auth="no")
+                if "redis_tls" in chosen else None
+            ),
+            redis_acl="redis_acl" in chosen,
         )
 
     def stack_options(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Benchmark: what security costs (issue 14: at most 10% of the speed issue's figures).
 
     ./pants run tests/bench/security_cost.py -- [--pairs 3] [--only latency,chain,fanout,group,many]
-        [--workers 2] [--latency-runs 200] [--fanout 10000] [--many-runs 1000] [--json PATH]
+        [--workers 2] [--latency-runs 200] [--fanout 10000] [--many-runs 1000]
+        [--on tls,signing,role_tokens,redis_tls,redis_acl] [--json PATH]
 
 Runs the measures of ``throughput.py`` (``measures.py``) on two stacks, alternately, in the same
 window, ``--pairs`` times each, so that the machine's noise hits both alike:
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from tests.bench.cost import median
 from tests.bench.measures import MEASURES, Sizes
-from tests.bench.security import Security
+from tests.bench.security import LAYERS, Security
 from tests.bench.throughput import commit, measure_graflow
 
 BUDGET = 0.10
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs)
     parser.add_argument("--fanout", type=int, default=defaults.fanout)
     parser.add_argument("--many-runs", type=int, default=defaults.many_runs)
+    parser.add_argument("--on", default=",".join(LAYERS),
+                        help=f"the layers of the 'on' side (default all: {','.join(LAYERS)}); one alone "
+                             "shows what it costs")
     parser.add_argument("--json", metavar="PATH", help="also write every run's figures to PATH")
     args = parser.parse_args(argv)
     selected = set(args.only.split(","))
@@ -105,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="graflow-bench-certs-") as directory:
-        sides = {"off": Security(), "on": Security.everything(Path(directory))}
+        try:
+            on = Security.everything(Path(directory), args.on.split(","))
+        except ValueError as exc:
+            parser.error(f"--on: {exc}")
+        sides = {"off": Security(), "on": on}
         for pair in range(args.pairs):
             for side, security in sides.items():
                 out(f"pair {pair + 1}/{args.pairs}: security {side} ({security.label()})\n")
