@@ -4,19 +4,11 @@ import pytest
 
 from graflow_api.v1 import common_pb2, workflow_pb2
 
-from graflow_scheduler.graph.compiler import Limits, SpecError, compile_spec
+from graflow_scheduler.graph.compiler import Limits, compile_spec
 from graflow_scheduler.graph.plan import JoinPolicy, NodeKind, RetryConfig
-from graflow_scheduler.testing.specs import group, node, spec
+from graflow_scheduler.testing.specs import group, node, rejects, spec
 
 KIND = workflow_pb2.GroupPolicy
-
-
-def rejects(workflow, *fragments, limits=None):
-    with pytest.raises(SpecError) as info:
-        compile_spec(workflow, limits or Limits())
-    for fragment in fragments:
-        assert fragment in str(info.value)
-    return str(info.value)
 
 
 # ---- accepted shapes -------------------------------------------------------------------------

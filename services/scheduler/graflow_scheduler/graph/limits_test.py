@@ -8,17 +8,9 @@ from graflow_api.v1 import common_pb2, workflow_pb2
 from graflow_runtime import limits as lim
 
 from graflow_scheduler.graph import edges as edges_module
-from graflow_scheduler.graph.compiler import Limits, SpecError, compile_spec
+from graflow_scheduler.graph.compiler import Limits, compile_spec
 from graflow_scheduler.testing.flows import loop_edge
-from graflow_scheduler.testing.specs import group, node, spec
-
-
-def rejects(workflow, *fragments, limits=None):
-    with pytest.raises(SpecError) as info:
-        compile_spec(workflow, limits or Limits())
-    for fragment in fragments:
-        assert fragment in str(info.value)
-    return str(info.value)
+from graflow_scheduler.testing.specs import group, node, rejects, spec
 
 
 def test_a_group_fan_in_over_the_expanded_edge_limit_is_refused_naming_it():

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import pytest
+
 from graflow_api.v1 import common_pb2, messages_pb2, result_store_pb2, workflow_pb2
+
+from graflow_scheduler.graph.compiler import Limits, SpecError, compile_spec
+
+
+def rejects(workflow: workflow_pb2.WorkflowSpec, *fragments: str, limits: Limits | None = None) -> str:
+    """The message of the :class:`SpecError` that compiling ``workflow`` raises, after asserting
+    that it holds every one of ``fragments``."""
+    with pytest.raises(SpecError) as info:
+        compile_spec(workflow, limits or Limits())
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    return str(info.value)
 
 
 def node(node_id: str, task_type: str = "", **fields: object) -> workflow_pb2.NodeSpec:
