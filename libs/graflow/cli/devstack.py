@@ -24,6 +24,11 @@ of them (``AUTH_TOKENS``), the scheduler sends the ``service`` token, workers th
 :meth:`LocalStack.client` the ``client`` token and :meth:`LocalStack.client_env` (the operator at the
 terminal: CLI, :class:`graflow.operators.Operators`) the ``admin`` token.
 
+``commands={"scheduler": ["python3.11", "dist/.../scheduler.pex"], ...}`` starts those services
+from the given command instead, the way a container runs them: no ``PYTHONPATH``, no virtualenv or
+PEX variables of this process, the log directory as working directory (so nothing of a checkout is
+importable); the end-to-end test of the PEXes ``./pants package ::`` writes uses it.
+
 ``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
 ``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
 (docs/security.md, "Integrity on the bus").
@@ -129,6 +134,11 @@ def child_pythonpath() -> str:
     return os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
 
 
+def _is_python_path_variable(name: str) -> bool:
+    """Variables that would make a child import this process' code (its path, virtualenv or PEX)."""
+    return name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") or name.startswith("PEX")
+
+
 def read_tail(path: Path, lines: int = 40) -> str:
     try:
         with path.open("rb") as log:
@@ -150,11 +160,14 @@ class ServiceProcess:
         log_path: Path,
         health_address: str,
         health_credentials: grpc.ChannelCredentials | None = None,
+        command: Sequence[str] = (),
     ) -> None:
         self.name = name
         # TLS of the health check: a server's health service shares its API port (and its TLS).
         self.health_credentials = health_credentials
-        self.argv = [sys.executable, "-m", module]
+        self.argv = list(command) or [sys.executable, "-m", module]
+        # A given command runs as in a container: from the log directory, with nothing on its path.
+        self.cwd = log_path.parent if command else None
         self.env = dict(env)
         self.log_path = log_path
         self.health_address = health_address
@@ -175,6 +188,7 @@ class ServiceProcess:
             self.popen = subprocess.Popen(
                 dies_with_parent(self.argv),
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -256,6 +270,7 @@ class LocalStack:
         signing: bool = False,
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
+        commands: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
@@ -275,6 +290,7 @@ class LocalStack:
         self.shutdown_grace_s = shutdown_grace_s
         self.start_timeout_s = start_timeout_s
         self._extra_env = dict(env or {})
+        self.commands = {service: list(argv) for service, argv in (commands or {}).items()}
         self._own_redis = redis is None
         self.redis = redis
         self._redis_tls = redis_tls
@@ -387,9 +403,14 @@ class LocalStack:
     # ---- processes ----
     def _env(self, service: str) -> dict[str, str]:
         prefix = PREFIXES[service]
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if service not in self.commands or not _is_python_path_variable(name)
+        }
         env = {
-            **os.environ,
-            "PYTHONPATH": child_pythonpath(),
+            **inherited,
+            **({} if service in self.commands else {"PYTHONPATH": child_pythonpath()}),
             "PYTHONUNBUFFERED": "1",
             f"{prefix}REDIS_URL": self.redis_url_for(service),
             f"{prefix}LOG_FORMAT": "json",
@@ -422,6 +443,7 @@ class LocalStack:
             self.log_dir / f"{name}.log",
             self.address(name),
             self.tls.channel_credentials() if self.tls else None,
+            self.commands.get(name, ()),
         )
 
     def _worker(self, index: int) -> ServiceProcess:
@@ -434,7 +456,12 @@ class LocalStack:
         }
         env.update({k: v for k, v in self._extra_env.items() if k.startswith("GRAFLOW_WORKER_")})
         return ServiceProcess(
-            f"worker-{index}", MODULES["worker"], env, self.log_dir / f"worker-{index}.log", health
+            f"worker-{index}",
+            MODULES["worker"],
+            env,
+            self.log_dir / f"worker-{index}.log",
+            health,
+            command=self.commands.get("worker", ()),
         )
 
     def _launch(self, processes: Sequence[ServiceProcess]) -> None:
