@@ -1,6 +1,23 @@
 """The Redis key layout, in one place (docs/architecture.md explains each key).
 
-Keys of one run share the hash tag ``{run_id}`` so that Redis Cluster keeps a run on one shard.
+Cells (docs/architecture.md, "Redis Cluster: cells"). The keyspace is split into ``cells``: each
+cell is a complete copy of the run-scoped layout (the run keys, the queue lanes, the outcome
+stream, the dispatch records, the retry timer, the dead letters, the ended-runs stream and the run
+indexes), and every key of a cell carries the cell's hash tag, so a cell lives in one Redis
+Cluster slot and every Lua script or ``MULTI`` of the engine touches one cell only. A run belongs
+to one cell for its whole life (:func:`cell_of`: a hash of its id); a child run is created in its
+parent's cell and a run submitted with an idempotency key in that key's cell
+(graflow_runtime.runids.new_run_id). Cells spread over a cluster's primaries by slot: cell ``i``
+of ``n`` has a tag whose slot lies in the ``i``-th of ``n`` equal slot ranges.
+
+The layout is process-wide and set once at start-up, before any key is named, by
+:func:`configure` (``graflow_runtime.service`` from the ``REDIS_CELLS`` and ``REDIS_CLUSTER``
+settings); every process of a deployment must use the same one (``gf:layout`` records it, and a
+process with another one refuses to start). The default, one untagged cell, names every key as
+the single-Redis layout always did (``gf:outcomes``, ``gf:run:{R}``...). The module constants
+below are that default layout's names, for tools and tests that run with it; code that may run
+with several cells names its keys through the functions.
+
 Each service owns its keys: the scheduler ``run:*`` and the outcome stream, the coordinator the
 workers, dead letters and the queues' administration (trimming, reclaims, replays), the
 result-store ``res``/``chan``/``graph``. Nobody writes another service's keys, with two exceptions
@@ -19,7 +36,106 @@ result-store ``res``/``chan``/``graph``. Nobody writes another service's keys, w
 
 from __future__ import annotations
 
+import binascii
+import functools
+from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 PREFIX = "gf"
+# At most this many cells (a cell is a slot: more than a cluster has primaries many times over).
+MAX_CELLS = 1024
+# The layout the deployment uses, written by the first process that starts and checked by the
+# others (graflow_runtime.service): "cells=<n> tagged=<0|1>".
+LAYOUT_KEY = f"{PREFIX}:layout"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the keyspace is cut: ``cells`` cells, tagged with Redis Cluster hash tags when the
+    Redis is a cluster or there is more than one cell (so a test of several cells on one Redis
+    names exactly the keys a cluster would)."""
+
+    cells: int = 1
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cells <= MAX_CELLS:
+            raise ValueError(f"cells must be between 1 and {MAX_CELLS}, not {self.cells}")
+
+    @property
+    def tagged(self) -> bool:
+        return self.cluster or self.cells > 1
+
+    def describe(self) -> str:
+        """What :data:`LAYOUT_KEY` holds for this layout (the cluster flag is not part of it: the
+        same keys serve a cluster and a single Redis)."""
+        return f"cells={self.cells} tagged={int(self.tagged)}"
+
+    @functools.cached_property
+    def prefixes(self) -> tuple[str, ...]:
+        """The key prefix of each cell: ``gf`` untagged, else ``gf:{<tag>}``."""
+        if not self.tagged:
+            return (PREFIX,)
+        return tuple(f"{PREFIX}:{{{cell_tag(cell, self.cells)}}}" for cell in range(self.cells))
+
+    @property
+    def global_prefix(self) -> str:
+        """The prefix of structures outside the cells that a script touches several keys of (the
+        worker registry): one fixed tag when tagged, so they share a slot."""
+        return f"{PREFIX}:{{{PREFIX}}}" if self.tagged else PREFIX
+
+
+def cell_tag(cell: int, cells: int) -> str:
+    """The shortest ``c<cell>.<n>`` whose Redis Cluster slot lies in the ``cell``-th of ``cells``
+    equal slot ranges (a cluster assigns primaries contiguous ranges, so cells spread evenly)."""
+    low = cell * REDIS_CLUSTER_HASH_SLOTS // cells
+    high = (cell + 1) * REDIS_CLUSTER_HASH_SLOTS // cells
+    n = 0
+    while not low <= key_slot(f"c{cell}.{n}".encode()) < high:
+        n += 1
+    return f"c{cell}.{n}"
+
+
+_layout = Layout()
+
+
+def configure(layout: Layout) -> None:
+    """Set the process's layout (at start-up, before any key is named)."""
+    global _layout  # noqa: PLW0603 - one layout per process, like its logging configuration
+    _layout = layout
+
+
+def layout() -> Layout:
+    return _layout
+
+
+def cells() -> range:
+    """Every cell, for the loops and readers that cover them all."""
+    return range(_layout.cells)
+
+
+def _hash(text: str) -> int:
+    return binascii.crc32(text.encode("utf-8"))
+
+
+def cell_of(run_id: str) -> int:
+    """The cell of a run (of its id)."""
+    return _hash(run_id) % _layout.cells if _layout.cells > 1 else 0
+
+
+def cell_of_idempotency_key(key: str) -> int:
+    """The cell a run submitted with idempotency key ``key`` (and no parent) is created in."""
+    return _hash(key) % _layout.cells if _layout.cells > 1 else 0
+
+
+def _cell(cell: int) -> str:
+    return _layout.prefixes[cell]
+
+
+def _run(run_id: str) -> str:
+    return _layout.prefixes[cell_of(run_id)]
+
 
 # ---- streams shared through the bus ----
 OUTCOMES_STREAM = f"{PREFIX}:outcomes"
@@ -48,19 +164,24 @@ QUEUES = f"{PREFIX}:queues"
 HIGH_LANE = "high"
 
 
-def queue_stream(queue: str) -> str:
-    """The queue's normal lane."""
-    return f"{PREFIX}:q:{queue}"
+def queue_stream(queue: str, cell: int = 0) -> str:
+    """The queue's normal lane in ``cell``."""
+    return f"{_cell(cell)}:q:{queue}"
 
 
-def queue_high_stream(queue: str) -> str:
-    """The queue's high lane."""
-    return f"{PREFIX}:qh:{queue}"
+def queue_high_stream(queue: str, cell: int = 0) -> str:
+    """The queue's high lane in ``cell``."""
+    return f"{_cell(cell)}:qh:{queue}"
 
 
-def queue_lanes(queue: str) -> tuple[str, str]:
-    """Both streams of ``queue`` in the order workers read them: high lane, normal lane."""
-    return queue_high_stream(queue), queue_stream(queue)
+def queue_lanes(queue: str, cell: int = 0) -> tuple[str, str]:
+    """Both streams of ``queue`` in ``cell``, in the order workers read them: high lane, normal lane."""
+    return queue_high_stream(queue, cell), queue_stream(queue, cell)
+
+
+def queue_lane_prefixes(cell: int) -> tuple[str, str]:
+    """The key prefixes of the high and the normal lanes of ``cell`` (+ queue name = the key)."""
+    return f"{_cell(cell)}:qh:", f"{_cell(cell)}:q:"
 
 
 # ---- scheduler ----
@@ -84,38 +205,85 @@ RUN_ENDED_STATUS_FIELD = b"s"
 RUN_ENDED_AT_FIELD = "ended"
 
 
-def idempotency(key: str) -> str:
-    return f"{PREFIX}:idem:{key}"
+def idempotency(key: str, cell: int = 0) -> str:
+    """The run id submitted with idempotency ``key``, in the run's cell."""
+    return f"{_cell(cell)}:idem:{key}"
+
+
+# ---- the cells' own indexes and streams (the constants above and below name cell 0 of the
+# default layout) ----
+def outcomes_stream(cell: int) -> str:
+    return f"{_cell(cell)}:outcomes"
+
+
+def dead_letters_stream(cell: int) -> str:
+    return f"{_cell(cell)}:deadletters"
+
+
+def runs_index(cell: int) -> str:
+    return f"{_cell(cell)}:runs"
+
+
+def active_runs(cell: int) -> str:
+    return f"{_cell(cell)}:runs:active"
+
+
+def feedback_pending(cell: int) -> str:
+    return f"{_cell(cell)}:feedback:pending"
+
+
+def wait_deadlines(cell: int) -> str:
+    return f"{_cell(cell)}:waits:deadlines"
+
+
+def children_ended(cell: int) -> str:
+    return f"{_cell(cell)}:children:ended"
+
+
+def children_to_cancel(cell: int) -> str:
+    return f"{_cell(cell)}:children:cancel"
+
+
+def runs_ended(cell: int) -> str:
+    return f"{_cell(cell)}:ended"
+
+
+def retry_timer(cell: int) -> str:
+    return f"{_cell(cell)}:retry"
+
+
+def retry_wake(cell: int) -> str:
+    return f"{_cell(cell)}:retry:wake"
 
 
 def run_meta(run_id: str) -> str:
-    return f"{PREFIX}:run:{{{run_id}}}"
+    return f"{_run(run_id)}:run:{{{run_id}}}"
 
 
 def run_state(run_id: str) -> str:
     """hash node_id -> state name."""
-    return f"{PREFIX}:run:{{{run_id}}}:state"
+    return f"{run_meta(run_id)}:state"
 
 
 def run_attempts(run_id: str) -> str:
     """hash node_id -> current attempt."""
-    return f"{PREFIX}:run:{{{run_id}}}:attempt"
+    return f"{run_meta(run_id)}:attempt"
 
 
 def run_joins(run_id: str) -> str:
     """hash "<node>:ok" / "<node>:fail" -> counts of finished upstream nodes; "<node>:lost" ->
     attempts of the node lost with their worker (redelivered without using the retry budget)."""
-    return f"{PREFIX}:run:{{{run_id}}}:join"
+    return f"{run_meta(run_id)}:join"
 
 
 def run_errors(run_id: str) -> str:
     """hash node_id -> ErrorInfo bytes of the last failure."""
-    return f"{PREFIX}:run:{{{run_id}}}:errors"
+    return f"{run_meta(run_id)}:errors"
 
 
 def run_events(run_id: str) -> str:
     """stream of the run's event history (watch cursor = entry id)."""
-    return f"{PREFIX}:run:{{{run_id}}}:events"
+    return f"{run_meta(run_id)}:events"
 
 
 def run_keys(run_id: str) -> list[str]:
@@ -126,25 +294,25 @@ def run_keys(run_id: str) -> list[str]:
 def run_dynamic(run_id: str) -> str:
     """hash node_id -> spec JSON of a node added at run time (ctx.next_task), plus '#'-prefixed
     bookkeeping fields (id counters, max cycles, nodes released per applied outcome)."""
-    return f"{PREFIX}:run:{{{run_id}}}:dyn"
+    return f"{run_meta(run_id)}:dyn"
 
 
 def run_cycles(run_id: str) -> str:
     """hash node_id -> current cycle (re-runs); "<node>:data" -> JSON data of next_iteration;
     "<node>:fb" -> FeedbackResponses bytes: the answers to the node's requests in this cycle."""
-    return f"{PREFIX}:run:{{{run_id}}}:cycle"
+    return f"{run_meta(run_id)}:cycle"
 
 
 def run_waits(run_id: str) -> str:
     """hash wait id -> what a WAITING node waits for (FeedbackRequest bytes, or a child run id);
     "<wait id>:r" -> FeedbackResponse bytes of an answered request; "@<node>" -> the wait id the
     node waits on now."""
-    return f"{PREFIX}:run:{{{run_id}}}:waits"
+    return f"{run_meta(run_id)}:waits"
 
 
 def run_children(run_id: str) -> str:
     """set of the child run ids started by the run's tasks."""
-    return f"{PREFIX}:run:{{{run_id}}}:children"
+    return f"{run_meta(run_id)}:children"
 
 
 def run_flow_keys(run_id: str) -> list[str]:
@@ -175,7 +343,7 @@ RETRY_WAKE = f"{PREFIX}:retry:wake"
 
 def dispatch_record(run_id: str) -> str:
     """hash node_id -> highest attempt dispatched (makes dispatch idempotent)."""
-    return f"{PREFIX}:dispatch:{{{run_id}}}"
+    return f"{_run(run_id)}:dispatch:{{{run_id}}}"
 
 
 # ---- audit (graflow_runtime.audit: every API server appends, the coordinator lists) ----
@@ -187,8 +355,13 @@ AUDIT_STREAM = f"{PREFIX}:audit"
 WORKERS_INDEX = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat ms
 
 
+def workers_index() -> str:
+    """zset worker_id -> last heartbeat ms (:data:`WORKERS_INDEX` in the default layout)."""
+    return f"{_layout.global_prefix}:workers"
+
+
 def worker_info(worker_id: str) -> str:
-    return f"{PREFIX}:worker:{worker_id}"
+    return f"{_layout.global_prefix}:worker:{worker_id}"
 
 
 # ---- result-store ----
@@ -197,7 +370,7 @@ def results(run_id: str) -> str:
     Written by the result-store (PutResults) and, for results carried inline in an outcome, by the
     scheduler's apply_outcome.lua; the scheduler reads a run's sinks from it to answer WaitRun
     (run_result.lua)."""
-    return f"{PREFIX}:res:{{{run_id}}}"
+    return f"{_run(run_id)}:res:{{{run_id}}}"
 
 
 def result_attempts(run_id: str) -> str:
@@ -208,12 +381,12 @@ def result_attempts(run_id: str) -> str:
 
 def channel(run_id: str) -> str:
     """hash key -> Payload bytes."""
-    return f"{PREFIX}:chan:{{{run_id}}}"
+    return f"{_run(run_id)}:chan:{{{run_id}}}"
 
 
 def checkpoints(run_id: str) -> str:
     """hash node_id -> Payload bytes of the node's last ``ctx.checkpoint(state)``."""
-    return f"{PREFIX}:ckpt:{{{run_id}}}"
+    return f"{_run(run_id)}:ckpt:{{{run_id}}}"
 
 
 def graph(graph_hash: str) -> str:

@@ -120,11 +120,15 @@ _QUEUE_REGISTRY = Grant(
 )
 # graflow_runtime.audit: the API servers record the mutating calls they answer.
 _AUDIT = Grant("record audited calls (graflow_runtime.audit)", ("xadd",), write_keys=(keys.AUDIT_STREAM,))
+# graflow_runtime.redis_client.check_layout: every process records or compares the key layout.
+_LAYOUT = Grant("record and check the key layout at start-up (check_layout)", ("get", "set"),
+                keys=(keys.LAYOUT_KEY,))
 
 WORKER = RedisUser(
     name="worker",
     keyless=("client|id", "client|unblock"),
     grants=(
+        _LAYOUT,
         Grant(
             "take deliveries from the queues' lanes and acknowledge them (read_lanes.lua, "
             "append_and_ack.lua), look at its own pending entries",
@@ -152,6 +156,7 @@ WORKER = RedisUser(
 SCHEDULER = RedisUser(
     name="scheduler",
     grants=(
+        _LAYOUT,
         Grant(
             "run state and its indexes (the state/*.lua scripts, reads of runs, waits, children), "
             "the ended-runs stream, results carried inline in outcomes (apply_outcome.lua, "
@@ -200,6 +205,7 @@ SCHEDULER = RedisUser(
 COORDINATOR = RedisUser(
     name="coordinator",
     grants=(
+        _LAYOUT,
         Grant(
             "record audited calls and list them (graflow_runtime.audit, ListAuditEvents)",
             ("xadd", "xrevrange"),
@@ -252,6 +258,7 @@ RESULT_STORE = RedisUser(
     name="result-store",
     keyless=("time",),
     grants=(
+        _LAYOUT,
         _AUDIT,
         Grant(
             "results, channels, checkpoints (put_results.lua, channel_*.lua) and graph blobs",

@@ -16,6 +16,10 @@ from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
+from graflow_runtime import keys
+from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.keys import Layout
+
 log = structlog.get_logger(__name__)
 
 # Errors that mean "Redis is not reachable right now"; loops back off and carry on.
@@ -172,6 +176,22 @@ async def _durability_settings(client: aioredis.Redis) -> tuple[str, bool]:
             raise
     memory, persistence = await client.info("memory"), await client.info("persistence")
     return str(memory.get("maxmemory_policy", "")), str(persistence.get("aof_enabled", "0")) == "1"
+
+
+async def check_layout(client: aioredis.Redis, layout: Layout) -> None:
+    """Record the key layout in Redis (the first process of a deployment) or check that it is the
+    one recorded: processes with different layouts would read and write different keys, so one
+    that differs refuses to start (:class:`ConfigurationError`, exit 2), naming both."""
+    wanted = layout.describe()
+    await client.set(keys.LAYOUT_KEY, wanted, nx=True)
+    recorded = await client.get(keys.LAYOUT_KEY)
+    found = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    if found != wanted:
+        raise ConfigurationError(
+            f"this Redis holds data of the key layout {found!r} (in {keys.LAYOUT_KEY}), and this "
+            f"process is set to {wanted!r}: set REDIS_CELLS (and REDIS_CLUSTER) as every other "
+            "process of the deployment has them; the cell count is fixed for the life of the data"
+        )
 
 
 def _text(config: dict[Any, Any], name: str) -> str:

@@ -7,6 +7,8 @@ import re
 import secrets
 import time
 
+from graflow_runtime import keys
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 RUN_ID_PATTERN = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
@@ -19,10 +21,16 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
-def new_run_id(now_ms: int | None = None) -> str:
-    """A new run id; ids of later milliseconds sort after earlier ones."""
+def new_run_id(now_ms: int | None = None, *, cell: int | None = None) -> str:
+    """A new run id; ids of later milliseconds sort after earlier ones. With ``cell``, an id of a
+    run of that cell (graflow_runtime.keys.cell_of): random bits are drawn again until the id falls
+    in it, ``cells`` draws on average."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return _encode(ms & (2**48 - 1), 10) + _encode(secrets.randbits(80), 16)
+    head = _encode(ms & (2**48 - 1), 10)
+    while True:
+        run_id = head + _encode(secrets.randbits(80), 16)
+        if cell is None or keys.cell_of(run_id) == cell:
+            return run_id
 
 
 def is_run_id(value: str) -> bool:

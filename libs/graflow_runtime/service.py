@@ -38,8 +38,9 @@ from graflow_runtime.lifecycle import (
     run_service,
 )
 from graflow_runtime.logs import configure_logging
-from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, connect, redacted
-from graflow_runtime.settings import SettingsError, SettingsT, load_settings
+from graflow_runtime import keys
+from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, check_layout, connect, redacted
+from graflow_runtime.settings import SettingsError, SettingsT, layout_of, load_settings
 from graflow_runtime.telemetry import configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,7 @@ def _exit_misconfigured(service: Service[SettingsT], exc: ConfigurationError) ->
 async def _serve(
     service: Service[SettingsT], settings: SettingsT, loop: EventLoop, shutdown: ShutdownSignal
 ) -> None:
+    keys.configure(layout_of(settings))
     try:
         redis = connect(settings.redis_url)
     except (ValueError, RedisError) as exc:  # what redis-py raises for a URL it cannot use
@@ -148,6 +150,7 @@ async def _started(
     """Check Redis and start the parts; False when a signal came first (start-up cancelled)."""
     try:
         await check_durability(redis)
+        await check_layout(redis, keys.layout())
     except REDIS_UNAVAILABLE as exc:
         log.error(
             "could not start",

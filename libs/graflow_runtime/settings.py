@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from graflow_runtime.audit import DEFAULT_AUDIT_MAXLEN
 from graflow_runtime.auth import Credentials, parse_cert_role, parse_token_entry
 from graflow_runtime.errors import ConfigurationError
+from graflow_runtime.keys import MAX_CELLS, Layout
 from graflow_runtime.signing import BusKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -34,6 +35,11 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     redis_url: str = DEFAULT_REDIS_URL
+    # The Redis is a Redis Cluster: the URL names any of its nodes (graflow_runtime.redis_client).
+    redis_cluster: bool = False
+    # Cells of the keyspace (graflow_runtime.keys, docs/architecture.md "Redis Cluster: cells"): the
+    # same in every process of a deployment, fixed for the life of its data.
+    redis_cells: int = Field(default=1, ge=1, le=MAX_CELLS)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # "auto": JSON when stderr is not a terminal, human-readable when it is.
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -154,3 +160,8 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
             for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from exc
+
+
+def layout_of(settings: ServiceSettings) -> Layout:
+    """The key layout the settings name (graflow_runtime.keys.configure)."""
+    return Layout(cells=settings.redis_cells, cluster=settings.redis_cluster)
