@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,8 +32,16 @@ from graflow_runtime.keys import Layout
 
 log = structlog.get_logger(__name__)
 
-# Errors that mean "Redis is not reachable right now"; loops back off and carry on.
-REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Errors that mean "Redis is not reachable right now"; loops back off and carry on. On a cluster
+# also: a slot without a primary for a moment (CLUSTERDOWN, TRYAGAIN during a failover) and no
+# node reachable (RedisClusterUnreachableError, SlotNotCoveredError: RedisClusterException).
+REDIS_UNAVAILABLE = (
+    RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
+    ClusterDownError, TryAgainError, RedisClusterUnreachableError, SlotNotCoveredError,
+)
+
+# A Redis client of either kind: a single Redis, or a Redis Cluster (``connect(..., cluster=True)``).
+RedisClient = aioredis.Redis | RedisCluster
 
 
 class _HiredisPacking:
@@ -76,9 +94,15 @@ _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixCon
 
 
 def connect(
-    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None
-) -> aioredis.Redis:
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None,
+    cluster: bool | None = None,
+) -> RedisClient:
     """An asyncio client that retries connection errors with backoff (reconnects after restarts).
+
+    With ``cluster`` (the setting ``REDIS_CLUSTER``) a Redis Cluster client (:func:`connect_cluster`):
+    the URL names any node of the cluster, the options are the same. ``None``: as the process's key
+    layout says (``keys.configure``, set at start-up from the same setting), so that every client a
+    service makes follows its configuration.
 
     At most ``max_connections`` connections; a command issued while all of them are in use waits
     for one to be free (at most ``pool_timeout_s``, then ``ConnectionError``: Redis is too slow
@@ -96,6 +120,10 @@ def connect(
     does not take is a ``ValueError`` naming it at start-up (redis-py would raise at every command,
     which would look like an unreachable Redis).
     """
+    if cluster if cluster is not None else keys.layout().cluster:
+        return connect_cluster(
+            url, max_connections=max_connections, pool_timeout_s=pool_timeout_s, client_name=client_name
+        )
     connection_class = _CONNECTIONS.get(url.split("://", 1)[0]) if HIREDIS_AVAILABLE else None
     extra: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -120,10 +148,167 @@ def connect(
     return client
 
 
+# A cluster client retries a command for longer than the single one: a slot has no primary from
+# the moment its primary fails until its replica is elected, cluster-node-timeout plus about a
+# second (0.05 s doubling up to 1 s between attempts: ~6.5 s in all).
+_CLUSTER_RETRIES = 10
+
+
+class _BoundedCluster(RedisCluster):
+    """redis-py's asyncio cluster client, whose commands wait for a free connection as the single
+    client's ``BlockingConnectionPool`` does. redis-py's cluster pool has no such wait: a command
+    issued while a node's ``max_connections`` are all in use fails at once with
+    ``MaxConnectionsError``. Here at most ``max_connections`` commands and pipelines are in flight
+    at a time (each holds at most one connection per node, so no node's pool runs out), a further
+    one waits up to ``pool_timeout_s`` and then raises ``ConnectionError``."""
+
+    def __init__(self, *args: Any, pool_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_flight = asyncio.Semaphore(kwargs["max_connections"])
+        self._pool_timeout_s = pool_timeout_s
+
+    async def _acquire(self) -> None:
+        try:
+            await asyncio.wait_for(self._in_flight.acquire(), self._pool_timeout_s)
+        except TimeoutError:
+            raise RedisConnectionError(
+                f"no free Redis connection within {self._pool_timeout_s}s (Redis is too slow for the load)"
+            ) from None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self._acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._in_flight.release()
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _BoundedPipeline(self, transaction)
+
+
+class _BoundedPipeline(ClusterPipeline):
+    """A pipeline of :class:`_BoundedCluster`: its ``execute`` counts as one command in flight.
+    With ``transaction=True`` (MULTI/EXEC) every key must be in one slot (``CrossSlotTransactionError``
+    otherwise): the services' transactions touch keys of one cell."""
+
+    cluster_client: _BoundedCluster
+
+    async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        client = self.cluster_client
+        await client._acquire()
+        try:
+            return await super().execute(*args, **kwargs)
+        finally:
+            client._in_flight.release()
+
+
+def connect_cluster(
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None
+) -> RedisCluster:
+    """A Redis Cluster client (redis-py's, which follows MOVED/ASK redirections and failovers by
+    refreshing its slot map) with the guarantees of :func:`connect`: commands packed by hiredis,
+    TLS options checked at once, at most ``max_connections`` commands in flight (each to its
+    node; a further one waits up to ``pool_timeout_s``), connection errors and a slot without a
+    primary retried with backoff for about as long as a failover takes. ``url`` names any node; a
+    Redis URL's ``/<db>`` must be ``/0`` (a cluster has one database) and ``unix://`` is refused
+    (cluster nodes announce TCP addresses)."""
+    scheme = url.split("://", 1)[0]
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"a Redis Cluster is reached over redis:// or rediss://, not {scheme}://")
+    if scheme == "redis" and "ssl_" in urlsplit(url).query:
+        raise ValueError("TLS options, ssl_*, need the rediss:// scheme")
+    try:
+        client = _BoundedCluster.from_url(
+            url,
+            pool_timeout_s=pool_timeout_s,
+            max_connections=max_connections,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=_CLUSTER_RETRIES),
+            decode_responses=False,
+            client_name=client_name,
+            driver_info=None,  # no CLIENT SETINFO (see connect)
+        )
+    except RedisClusterException as exc:  # a database other than 0, say
+        raise ValueError(str(exc)) from None
+    if HIREDIS_AVAILABLE:
+        packed = _SSLConnection if scheme == "rediss" else _Connection
+        client.connection_kwargs["connection_class"] = packed  # the nodes found from now on
+        for node in client.startup_nodes:
+            node.connection_class = packed
+    _check_connection(client.startup_nodes[0].connection_class, client.startup_nodes[0].connection_kwargs)
+    return client
+
+
+class SlotPrimary:
+    """Plain single-node clients to the primary that owns one hash slot of a Redis Cluster (the
+    slot of ``key``), made with the cluster client's options (user, TLS, hiredis packing), that
+    follow failovers. For what must happen on one connection of that node, which a cluster client
+    cannot promise: the worker's blocking read of a cell's lanes, whose ``CLIENT ID`` another
+    connection to the same node (a second ``SlotPrimary``) passes to ``CLIENT UNBLOCK``.
+
+    ``client()`` is the client to the slot's primary as the cluster client's slot map names it;
+    after a command on it failed with one of :data:`REDIS_UNAVAILABLE` or a ``MOVED`` reply (the
+    node died or was demoted), ``await failed()`` refreshes that map from the cluster, and the next
+    ``client()`` is a new client to the new primary (the old one is closed). Until the replica is
+    elected the map still names the dead node: the caller backs off and tries again, as its loop
+    does for any unreachable Redis."""
+
+    def __init__(self, cluster: RedisCluster, key: str, *, max_connections: int = 1,
+                 client_name: str | None = None) -> None:
+        self._cluster = cluster
+        self._key = key
+        self._max_connections = max_connections
+        self._client_name = client_name
+        self._node: ClusterNode | None = None
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def slot(self) -> int:
+        return key_slot(self._key.encode())
+
+    async def client(self) -> aioredis.Redis:
+        await self._cluster.initialize()
+        node = self._cluster.get_node_from_key(self._key)
+        if self._client is None or self._node is None or node.name != self._node.name:
+            await self.aclose()
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in _NOT_FOR_A_POOL}
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=node.connection_class, max_connections=self._max_connections,
+                timeout=10.0, **{**kwargs, "client_name": self._client_name},
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
+            self._client = aioredis.Redis(connection_pool=pool)
+            self._client.auto_close_connection_pool = True
+            self._node = node
+        return self._client
+
+    async def failed(self) -> None:
+        """Ask the cluster again which node owns the slot (after a command on ``client()`` failed)."""
+        await self._cluster.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+# Connection options of a cluster node that are the cluster client's own, not a connection's.
+_NOT_FOR_A_POOL = frozenset({"himport_registry", "retry", "event_dispatcher", "client_name"})
+
+
 def _check_options(pool: aioredis.ConnectionPool) -> None:
     """Build what a connection of ``pool`` is made of (no I/O): its options and TLS files."""
+    _check_connection(pool.connection_class, pool.connection_kwargs)
+
+
+def _check_connection(connection_class: type[aioredis.Connection], kwargs: dict[str, Any]) -> None:
     try:
-        connection = pool.connection_class(**pool.connection_kwargs)
+        connection = connection_class(**kwargs)
     except TypeError as exc:  # an option the scheme does not take
         raise ValueError(f"{exc} (TLS options, ssl_*, need the rediss:// scheme)") from None
     if isinstance(connection, aioredis.SSLConnection):
@@ -131,15 +316,16 @@ def _check_options(pool: aioredis.ConnectionPool) -> None:
             connection.ssl_context.get()
         except (OSError, ssl.SSLError) as exc:  # a missing or unreadable file, a bad PEM, a wrong key
             named = ", ".join(
-                f"{name}={pool.connection_kwargs[name]}"
+                f"{name}={kwargs[name]}"
                 for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-                if pool.connection_kwargs.get(name)
+                if kwargs.get(name)
             )
             raise ValueError(f"its TLS files cannot be used ({named or 'none given'}): {exc}") from None
 
 
-async def check_durability(client: aioredis.Redis) -> list[str]:
-    """Warn loudly unless Redis keeps data (AOF) and never evicts keys (noeviction).
+async def check_durability(client: RedisClient) -> list[str]:
+    """Warn loudly unless Redis keeps data (AOF) and never evicts keys (noeviction); on a cluster,
+    on every primary (those that the client's slot map names; replicas are not checked).
 
     Run state lives in Redis: an evicted key is a lost run, a restart without AOF loses accepted
     work. Returns the problems found (also logged at error level). The settings are read with
@@ -147,38 +333,50 @@ async def check_durability(client: aioredis.Redis) -> list[str]:
     Redis services disable it) from ``INFO``, and where that is refused too the check is skipped
     with a warning. An unreachable Redis raises one of :data:`REDIS_UNAVAILABLE`.
     """
-    try:
-        policy, aof = await _durability_settings(client)
-    except ResponseError as exc:  # INFO refused too (a user without it, a renamed command)
-        if not isinstance(exc, NoPermissionError) and "INFO" not in str(exc).upper():
-            raise
-        log.warning("could not check Redis durability settings", error=str(exc))
-        return []
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        targets: list[ClusterNode | None] = list(client.get_nodes())
+    else:
+        targets = [None]
     problems: list[str] = []
-    if policy != "noeviction":
-        problems.append(f"maxmemory-policy is {policy!r}; must be 'noeviction' or Redis may drop run state")
-    if not aof:
-        problems.append(
-            "appendonly is off; a Redis restart loses accepted runs (start it with --appendonly yes)"
-        )
+    for target in targets:
+        try:
+            policy, aof = await _durability_settings(client, target)
+        except ResponseError as exc:  # INFO refused too (a user without it, a renamed command)
+            if not isinstance(exc, NoPermissionError) and "INFO" not in str(exc).upper():
+                raise
+            log.warning("could not check Redis durability settings", error=str(exc))
+            return []
+        where = f" (node {target.name})" if target is not None else ""
+        if policy != "noeviction":
+            problems.append(
+                f"maxmemory-policy is {policy!r}{where}; must be 'noeviction' or Redis may drop run state"
+            )
+        if not aof:
+            problems.append(
+                f"appendonly is off{where}; a Redis restart loses accepted runs (start it with --appendonly yes)"
+            )
     for problem in problems:
         log.error("redis is not durable", problem=problem)
     return problems
 
 
-async def _durability_settings(client: aioredis.Redis) -> tuple[str, bool]:
-    """(maxmemory-policy, AOF on) from CONFIG GET, or from INFO where CONFIG is refused."""
+async def _durability_settings(client: RedisClient, node: ClusterNode | None) -> tuple[str, bool]:
+    """(maxmemory-policy, AOF on) from CONFIG GET, or from INFO where CONFIG is refused; of
+    ``node`` of a cluster."""
+    target: dict[str, Any] = {"target_nodes": node} if node is not None else {}
     try:
-        policy = _text(await client.config_get("maxmemory-policy"), "maxmemory-policy")
-        return policy, _text(await client.config_get("appendonly"), "appendonly") == "yes"
+        policy = _text(await client.config_get("maxmemory-policy", **target), "maxmemory-policy")
+        return policy, _text(await client.config_get("appendonly", **target), "appendonly") == "yes"
     except ResponseError as exc:
         if "CONFIG" not in str(exc).upper():
             raise
-    memory, persistence = await client.info("memory"), await client.info("persistence")
+    memory = await client.info("memory", **target)
+    persistence = await client.info("persistence", **target)
     return str(memory.get("maxmemory_policy", "")), str(persistence.get("aof_enabled", "0")) == "1"
 
 
-async def check_layout(client: aioredis.Redis, layout: Layout) -> None:
+async def check_layout(client: RedisClient, layout: Layout) -> None:
     """Record the key layout in Redis (the first process of a deployment) or check that it is the
     one recorded: processes with different layouts would read and write different keys, so one
     that differs refuses to start (:class:`ConfigurationError`, exit 2), naming both."""
