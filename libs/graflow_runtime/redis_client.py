@@ -16,13 +16,14 @@ from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
+    NoPermissionError,
     RedisClusterException,
     RedisClusterUnreachableError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -354,7 +355,8 @@ async def check_durability(client: RedisClient) -> list[str]:
             )
         if not aof:
             problems.append(
-                f"appendonly is off{where}; a Redis restart loses accepted runs (start it with --appendonly yes)"
+                f"appendonly is off{where}; a Redis restart loses accepted runs "
+                "(start it with --appendonly yes)"
             )
     for problem in problems:
         log.error("redis is not durable", problem=problem)

@@ -26,7 +26,8 @@ async def test_a_killed_primary_is_replaced_by_its_replica_within_seconds(
     replicas = redis_cluster.replicas_of(old)
     assert len(replicas) == 1
     # Replication is asynchronous: wait until the replica has the write before killing.
-    assert await redis_on_cluster.execute_command("WAIT", 1, 2000, target_nodes=redis_on_cluster.get_node_from_key(key)) == 1
+    node = redis_on_cluster.get_node_from_key(key)
+    assert await redis_on_cluster.execute_command("WAIT", 1, 2000, target_nodes=node) == 1
 
     started = time.monotonic()
     redis_cluster.kill(old)

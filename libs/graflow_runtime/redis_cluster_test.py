@@ -9,8 +9,14 @@ import time
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    CrossSlotTransactionError,
+    RedisClusterUnreachableError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import CrossSlotTransactionError, ResponseError
 
 from graflow_runtime import keys
 from graflow_runtime.errors import ConfigurationError
@@ -208,8 +214,7 @@ def test_unusable_cluster_urls_are_refused_at_once(url: str, message: str) -> No
 
 
 def test_the_errors_of_a_failover_count_as_redis_unavailable() -> None:
-    from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, TryAgainError
-
-    for error in (ClusterDownError("CLUSTERDOWN"), TryAgainError("TRYAGAIN"), RedisClusterUnreachableError("x")):
+    failover = (ClusterDownError("CLUSTERDOWN"), TryAgainError("TRYAGAIN"), RedisClusterUnreachableError("x"))
+    for error in failover:
         assert isinstance(error, REDIS_UNAVAILABLE)
     assert not isinstance(ResponseError("WRONGTYPE"), REDIS_UNAVAILABLE)

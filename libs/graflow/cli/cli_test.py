@@ -55,6 +55,18 @@ def test_unreachable_scheduler_exits_2_with_a_hint(cli):
     assert "graflow dev --keep" in cli.err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--redis-cluster", "--redis-cluster-url", "redis://127.0.0.1:7000/0"], "give one of them"),
+        (["--redis-cluster", "--redis-acl"], "apply to the single redis-server, not to a cluster"),
+    ],
+)
+def test_dev_cluster_flags_that_do_not_go_together_are_usage_errors(cli, flags, message):
+    assert cli("dev", "--any-ports", *flags) == 2
+    assert message in cli.err
+
+
 def test_unknown_status_filter_is_a_usage_error(cli):
     assert cli("--scheduler", "127.0.0.1:1", "runs", "--status", "exploded") == 2
     assert "unknown run status 'exploded'" in cli.err
