@@ -292,7 +292,9 @@ class LocalRedisCluster:
     election, well under a second here). No TLS or ACL users (the single :class:`LocalRedis` has
     them; the deploy manifests set them up for a cluster).
 
-    ``url`` names one node: a cluster client finds the others from it."""
+    ``url`` names every node (comma-separated: a cluster client asks the first it reaches for the
+    slot map, so a process started while a node is down still finds the cluster); ``urls`` are the
+    nodes' own URLs."""
 
     def __init__(self, directory: Path | None = None, *, primaries: int = 3, replicas: int = 1,
                  node_timeout_ms: int = 1500, fsync: str = "everysec") -> None:
@@ -311,7 +313,7 @@ class LocalRedisCluster:
 
     @property
     def url(self) -> str:
-        return self.nodes[0].url
+        return f"redis://{','.join(f'127.0.0.1:{node.port}' for node in self.nodes)}/0"
 
     @property
     def urls(self) -> list[str]:

@@ -212,17 +212,26 @@ def connect_cluster(
     refreshing its slot map) with the guarantees of :func:`connect`: commands packed by hiredis,
     TLS options checked at once, at most ``max_connections`` commands in flight (each to its
     node; a further one waits up to ``pool_timeout_s``), connection errors and a slot without a
-    primary retried with backoff for about as long as a failover takes. ``url`` names any node; a
-    Redis URL's ``/<db>`` must be ``/0`` (a cluster has one database) and ``unix://`` is refused
-    (cluster nodes announce TCP addresses)."""
+    primary retried with backoff for about as long as a failover takes.
+
+    ``url`` names any node, or several, comma-separated (``redis://u:p@h1:7000,h2:7000/0``): the
+    client asks the first it reaches for the others, so a process that starts while one node is
+    down needs another one named (or one DNS name resolving to several nodes). Its ``/<db>`` must be
+    ``/0`` (a cluster has one database) and ``unix://`` is refused (cluster nodes announce TCP
+    addresses)."""
     scheme = url.split("://", 1)[0]
     if scheme not in ("redis", "rediss"):
         raise ValueError(f"a Redis Cluster is reached over redis:// or rediss://, not {scheme}://")
-    if scheme == "redis" and "ssl_" in urlsplit(url).query:
+    parts = urlsplit(url)
+    if scheme == "redis" and "ssl_" in parts.query:
         raise ValueError("TLS options, ssl_*, need the rediss:// scheme")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    seeds = [_seed(address) for address in others]
     try:
         client = _BoundedCluster.from_url(
-            url,
+            urlunsplit(parts._replace(netloc=f"{userinfo}{at}{first}")),
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
             pool_timeout_s=pool_timeout_s,
             max_connections=max_connections,
             socket_timeout=30,
@@ -242,6 +251,14 @@ def connect_cluster(
             node.connection_class = packed
     _check_connection(client.startup_nodes[0].connection_class, client.startup_nodes[0].connection_kwargs)
     return client
+
+
+def _seed(address: str) -> tuple[str, int]:
+    """``host:port`` of a node named in a cluster URL."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        raise ValueError(f"a node of a Redis Cluster URL must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
 
 
 class SlotPrimary:

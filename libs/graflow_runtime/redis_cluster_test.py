@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from graflow_runtime import keys
 from graflow_runtime.errors import ConfigurationError
-from graflow_runtime.local_redis import LocalRedisCluster
+from graflow_runtime.local_redis import LocalRedisCluster, free_port
 from graflow_runtime.redis_client import (
     REDIS_UNAVAILABLE,
     SlotPrimary,
@@ -59,6 +59,19 @@ async def test_the_setting_chooses_the_cluster_client_and_commands_reach_each_sl
                 assert await direct.get(key) == b"v"  # on the primary that owns its slot
             finally:
                 await direct.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_a_url_naming_several_nodes_reaches_the_cluster_through_any_of_them(
+    redis_cluster: LocalRedisCluster, redis_on_cluster: RedisCluster
+) -> None:
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there: the next node named is asked
+    live = ",".join(url.split("//")[1].split("/")[0] for url in redis_cluster.urls[:2])
+    client = connect(f"redis://{down},{live}/0", cluster=True)
+    try:
+        await client.set("seeded", "1")
+        assert await redis_on_cluster.get("seeded") == b"1"
     finally:
         await client.aclose()
 
@@ -206,6 +219,7 @@ async def test_commands_beyond_the_pool_wait_for_a_connection_then_fail_as_unava
         ("redis://127.0.0.1:7000/0?ssl_ca_certs=/tmp/ca.pem", "need the rediss:// scheme"),
         ("rediss://127.0.0.1:7000/0?ssl_ca_certs=/nonexistent/ca.pem", "its TLS files cannot be used"),
         ("redis://127.0.0.1:7000/1", "'db' must be 0"),
+        ("redis://127.0.0.1:7000,127.0.0.1/0", "must be host:port, not '127.0.0.1'"),
     ],
 )
 def test_unusable_cluster_urls_are_refused_at_once(url: str, message: str) -> None:
