@@ -13,7 +13,6 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
-from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     NoPermissionError,
@@ -96,12 +95,13 @@ _CONNECTIONS = {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixCon
 
 def connect(
     url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None,
-    cluster: bool | None = None,
+    cluster: bool | None = None, home_key: str | None = None,
 ) -> RedisClient:
     """An asyncio client that retries connection errors with backoff (reconnects after restarts).
 
     With ``cluster`` (the setting ``REDIS_CLUSTER``) a Redis Cluster client (:func:`connect_cluster`):
-    the URL names any node of the cluster, the options are the same. ``None``: as the process's key
+    the URL names any node of the cluster, the options are the same (``home_key`` only matters on
+    a cluster). ``None``: as the process's key
     layout says (``keys.configure``, set at start-up from the same setting), so that every client a
     service makes follows its configuration.
 
@@ -123,7 +123,8 @@ def connect(
     """
     if cluster if cluster is not None else keys.layout().cluster:
         return connect_cluster(
-            url, max_connections=max_connections, pool_timeout_s=pool_timeout_s, client_name=client_name
+            url, max_connections=max_connections, pool_timeout_s=pool_timeout_s, client_name=client_name,
+            home_key=home_key,
         )
     connection_class = _CONNECTIONS.get(url.split("://", 1)[0]) if HIREDIS_AVAILABLE else None
     extra: dict[str, Any] = {"connection_class": connection_class} if connection_class else {}
@@ -155,6 +156,10 @@ def connect(
 _CLUSTER_RETRIES = 10
 
 
+# Commands whose keys follow a STREAMS word: the first half of what follows it.
+_STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+
+
 class _BoundedCluster(RedisCluster):
     """redis-py's asyncio cluster client, whose commands wait for a free connection as the single
     client's ``BlockingConnectionPool`` does. redis-py's cluster pool has no such wait: a command
@@ -163,10 +168,18 @@ class _BoundedCluster(RedisCluster):
     at a time (each holds at most one connection per node, so no node's pool runs out), a further
     one waits up to ``pool_timeout_s`` and then raises ``ConnectionError``."""
 
-    def __init__(self, *args: Any, pool_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pool_timeout_s: float, home_key: str | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_flight = asyncio.Semaphore(kwargs["max_connections"])
         self._pool_timeout_s = pool_timeout_s
+        self._home_key = home_key
+
+    def get_default_node(self) -> ClusterNode:
+        """With a ``home_key``, the primary that owns its slot now (keyless commands go there, and
+        the slot map follows failovers), else redis-py's default node."""
+        if self._home_key is not None and self.nodes_manager.slots_cache:
+            return self.get_node_from_key(self._home_key)
+        return super().get_default_node()
 
     async def _acquire(self) -> None:
         try:
@@ -175,6 +188,21 @@ class _BoundedCluster(RedisCluster):
             raise RedisConnectionError(
                 f"no free Redis connection within {self._pool_timeout_s}s (Redis is too slow for the load)"
             ) from None
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """The slot of a command; XREAD's and XREADGROUP's from their keys here. redis-py asks one
+        fixed node for the keys of such commands (``COMMAND GETKEYS``): a round trip before every
+        read, and, once that node has died, a ``ConnectionError`` raised before redis-py's retries,
+        so a reader whose parser node was the failed primary never read again."""
+        if command.upper() in _STREAM_READS:
+            words = [a.upper() if isinstance(a, str) else a for a in args]
+            marker = words.index("STREAMS") if "STREAMS" in words else words.index(b"STREAMS")
+            rest = args[marker + 1 :]
+            slots = {self.keyslot(key) for key in rest[: len(rest) // 2]}
+            if len(slots) != 1:
+                raise RedisClusterException(f"{command} - all keys must map to the same key slot")
+            return slots.pop()
+        return await super()._determine_slot(command, *args)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         await self._acquire()
@@ -206,13 +234,20 @@ class _BoundedPipeline(ClusterPipeline):
 
 
 def connect_cluster(
-    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 10.0, client_name: str | None = None,
+    home_key: str | None = None,
 ) -> RedisCluster:
     """A Redis Cluster client (redis-py's, which follows MOVED/ASK redirections and failovers by
     refreshing its slot map) with the guarantees of :func:`connect`: commands packed by hiredis,
     TLS options checked at once, at most ``max_connections`` commands in flight (each to its
     node; a further one waits up to ``pool_timeout_s``), connection errors and a slot without a
     primary retried with backoff for about as long as a failover takes.
+
+    ``home_key``: the client's keyless commands (``CLIENT ID``, ``CLIENT UNBLOCK``, ``WAIT``...) go
+    to the primary that owns that key's slot, whichever it is after a failover. With
+    ``max_connections=1`` the client has one connection to that node, so a blocking read of the
+    slot's keys and its ``CLIENT ID`` share it: the worker's reader of a cell's lanes, and a second
+    such client (same ``home_key``) unblocks it with ``CLIENT UNBLOCK``.
 
     ``url`` names any node, or several, comma-separated (``redis://u:p@h1:7000,h2:7000/0``): the
     client asks the first it reaches for the others, so a process that starts while one node is
@@ -233,6 +268,7 @@ def connect_cluster(
             urlunsplit(parts._replace(netloc=f"{userinfo}{at}{first}")),
             startup_nodes=[ClusterNode(host, port) for host, port in seeds],
             pool_timeout_s=pool_timeout_s,
+            home_key=home_key,
             max_connections=max_connections,
             socket_timeout=30,
             socket_connect_timeout=5,
@@ -259,64 +295,6 @@ def _seed(address: str) -> tuple[str, int]:
     if not colon or not port.isdigit() or not host:
         raise ValueError(f"a node of a Redis Cluster URL must be host:port, not {address!r}")
     return host.strip("[]"), int(port)
-
-
-class SlotPrimary:
-    """Plain single-node clients to the primary that owns one hash slot of a Redis Cluster (the
-    slot of ``key``), made with the cluster client's options (user, TLS, hiredis packing), that
-    follow failovers. For what must happen on one connection of that node, which a cluster client
-    cannot promise: the worker's blocking read of a cell's lanes, whose ``CLIENT ID`` another
-    connection to the same node (a second ``SlotPrimary``) passes to ``CLIENT UNBLOCK``.
-
-    ``client()`` is the client to the slot's primary as the cluster client's slot map names it;
-    after a command on it failed with one of :data:`REDIS_UNAVAILABLE` or a ``MOVED`` reply (the
-    node died or was demoted), ``await failed()`` refreshes that map from the cluster, and the next
-    ``client()`` is a new client to the new primary (the old one is closed). Until the replica is
-    elected the map still names the dead node: the caller backs off and tries again, as its loop
-    does for any unreachable Redis."""
-
-    def __init__(self, cluster: RedisCluster, key: str, *, max_connections: int = 1,
-                 client_name: str | None = None) -> None:
-        self._cluster = cluster
-        self._key = key
-        self._max_connections = max_connections
-        self._client_name = client_name
-        self._node: ClusterNode | None = None
-        self._client: aioredis.Redis | None = None
-
-    @property
-    def slot(self) -> int:
-        return key_slot(self._key.encode())
-
-    async def client(self) -> aioredis.Redis:
-        await self._cluster.initialize()
-        node = self._cluster.get_node_from_key(self._key)
-        if self._client is None or self._node is None or node.name != self._node.name:
-            await self.aclose()
-            kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in _NOT_FOR_A_POOL}
-            pool = aioredis.BlockingConnectionPool(
-                connection_class=node.connection_class, max_connections=self._max_connections,
-                timeout=10.0, **{**kwargs, "client_name": self._client_name},
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            )
-            self._client = aioredis.Redis(connection_pool=pool)
-            self._client.auto_close_connection_pool = True
-            self._node = node
-        return self._client
-
-    async def failed(self) -> None:
-        """Ask the cluster again which node owns the slot (after a command on ``client()`` failed)."""
-        await self._cluster.nodes_manager.initialize()
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-
-# Connection options of a cluster node that are the cluster client's own, not a connection's.
-_NOT_FOR_A_POOL = frozenset({"himport_registry", "retry", "event_dispatcher", "client_name"})
 
 
 def _check_options(pool: aioredis.ConnectionPool) -> None:

@@ -7,11 +7,12 @@ import asyncio
 import time
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
     CrossSlotTransactionError,
+    RedisClusterException,
     RedisClusterUnreachableError,
     ResponseError,
     TryAgainError,
@@ -23,7 +24,6 @@ from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.local_redis import LocalRedisCluster, free_port
 from graflow_runtime.redis_client import (
     REDIS_UNAVAILABLE,
-    SlotPrimary,
     check_durability,
     check_layout,
     connect,
@@ -146,23 +146,39 @@ async def test_blocking_group_reads_on_several_streams_of_one_slot_and_plain_rea
     assert [name.decode() for name, _ in plain] == [streams[1]]
 
 
+async def test_stream_reads_find_their_slot_without_asking_a_node(redis_on_cluster: RedisCluster) -> None:
+    """redis-py asks one fixed node for the keys of XREAD and XREADGROUP (COMMAND GETKEYS); when
+    that node had died, every read failed before redis-py's retries."""
+    stream, other = f"{CELL}:q:keys", f"{CELL}:q:other"
+    for name in (stream, other):
+        await redis_on_cluster.xgroup_create(name, "g", id="0", mkstream=True)
+    await redis_on_cluster.xadd(stream, {"n": "1"})
+    redis_on_cluster.commands_parser.node = ClusterNode("127.0.0.1", free_port())  # nothing there
+    assert [name for name, _ in await redis_on_cluster.xread({stream: "0"})] == [stream.encode()]
+    reply = await redis_on_cluster.xreadgroup("g", "c", {stream: ">", other: ">"}, block=10)
+    assert [name for name, _ in reply] == [stream.encode()]
+    with pytest.raises(RedisClusterException, match="same key slot"):
+        await redis_on_cluster.xread({stream: "0", "gf:{c1.4}:q:keys": "0"})
+
+
 async def test_a_blocking_read_on_a_slots_primary_is_unblocked_by_its_client_id(
-    redis_on_cluster: RedisCluster,
+    redis_cluster: LocalRedisCluster, redis_on_cluster: RedisCluster
 ) -> None:
     stream = f"{CELL}:q:lane"
     await redis_on_cluster.xgroup_create(stream, "g", id="0", mkstream=True)
-    reader, control = SlotPrimary(redis_on_cluster, stream), SlotPrimary(redis_on_cluster, stream)
+    reader = connect(redis_cluster.url, cluster=True, max_connections=1, home_key=stream)
+    control = connect(redis_cluster.url, cluster=True, max_connections=1, home_key=stream)
     try:
-        client = await reader.client()
-        client_id = await client.client_id()
+        client_id = await reader.client_id()  # keyless: on the stream's primary, the one connection
+        assert redis_cluster.primary_of(stream) is not redis_cluster.primary_of("gf:{c2.4}:x")
 
         async def unblock() -> bool:
             await asyncio.sleep(0.2)
-            return bool(await (await control.client()).client_unblock(client_id))
+            return bool(await control.client_unblock(client_id))
 
         unblocking = asyncio.create_task(unblock())
         started = time.monotonic()
-        assert await client.xreadgroup("g", "c", {stream: ">"}, block=10_000) == []
+        assert await reader.xreadgroup("g", "c", {stream: ">"}, block=10_000) == []
         assert time.monotonic() - started < 5
         assert await unblocking
     finally:

@@ -5,7 +5,8 @@ numreplicas timeout`` after a write blocks until that many replicas acknowledged
 write of the connection, which closes that window for the writes it follows (short of both the
 primary and the replica dying together, or the timeout passing). Redis runs no ``WAIT`` inside a Lua
 script or a ``MULTI``, so it would follow the commit script on the same connection to the same
-primary: here on a :class:`graflow_runtime.redis_client.SlotPrimary` client.
+primary: here on a client with one connection to it (``connect_cluster(url, max_connections=1,
+home_key=...)``).
 
 The commit measured is the shape of the worker's (``append_and_ack.lua``): an ``XADD`` of an outcome
 of ``--payload`` bytes and an ``XACK``, in one cell's slot. Printed: latency (p50, p99) of one
@@ -23,8 +24,10 @@ import asyncio
 import statistics
 import time
 
+from redis.asyncio.cluster import RedisCluster
+
 from graflow_runtime.local_redis import LocalRedisCluster
-from graflow_runtime.redis_client import SlotPrimary, connect_cluster
+from graflow_runtime.redis_client import connect_cluster
 from graflow_runtime.scripts import LuaScript
 
 COMMIT = LuaScript(
@@ -35,8 +38,7 @@ COMMIT = LuaScript(
 STREAM, LANE = "gf:{c0.4}:outcomes", "gf:{c0.4}:q:default"
 
 
-async def commits(primary: SlotPrimary, count: int, payload: bytes, wait_ms: int | None) -> list[float]:
-    client = await primary.client()
+async def commits(client: RedisCluster, count: int, payload: bytes, wait_ms: int | None) -> list[float]:
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
@@ -51,7 +53,8 @@ async def commits(primary: SlotPrimary, count: int, payload: bytes, wait_ms: int
 
 async def measure(url: str, args: argparse.Namespace, wait_ms: int | None) -> dict[str, float]:
     cluster = connect_cluster(url)
-    primaries = [SlotPrimary(cluster, STREAM) for _ in range(args.concurrency)]
+    # One connection each to the stream's primary: a WAIT follows its commit on that connection.
+    primaries = [connect_cluster(url, max_connections=1, home_key=STREAM) for _ in range(args.concurrency)]
     payload = b"x" * args.payload
     try:
         await COMMIT.load_into(cluster)
@@ -61,8 +64,8 @@ async def measure(url: str, args: argparse.Namespace, wait_ms: int | None) -> di
         await asyncio.gather(*(commits(p, per, payload, wait_ms) for p in primaries))
         elapsed = time.perf_counter() - started
     finally:
-        for primary in primaries:
-            await primary.aclose()
+        for client in primaries:
+            await client.aclose()
         await cluster.aclose()
     ordered = sorted(sequential)
     return {
