@@ -171,6 +171,8 @@ class LocalRedis:
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
             ]
+            if self.users is not None:  # a replica logs in to its primary as the operators' user
+                listen += ["--masteruser", redis_acl.ADMIN, "--masterauth", self.users[redis_acl.ADMIN]]
         return [
             self.executable, *listen, "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
@@ -289,15 +291,17 @@ class LocalRedisCluster:
     processes), created with ``redis-cli --cluster create``. Every node runs with AOF and
     ``noeviction`` as :class:`LocalRedis` does, and ``cluster-node-timeout`` ``node_timeout_ms``:
     a primary that stops answering is replaced by its replica about that long after (plus the
-    election, well under a second here). No TLS or ACL users (the single :class:`LocalRedis` has
-    them; the deploy manifests set them up for a cluster).
+    election, well under a second here). With ``users`` (passwords of the users of
+    :mod:`graflow_runtime.redis_acl`) every node loads their ACL file, and replicas authenticate to
+    their primaries as the operators' user; no TLS (the deploy manifests have both).
 
     ``url`` names every node (comma-separated: a cluster client asks the first it reaches for the
-    slot map, so a process started while a node is down still finds the cluster); ``urls`` are the
-    nodes' own URLs."""
+    slot map, so a process started while a node is down still finds the cluster), as the operators'
+    user when there are users; ``url_for(user)`` as another; ``urls`` are the nodes' own URLs."""
 
     def __init__(self, directory: Path | None = None, *, primaries: int = 3, replicas: int = 1,
-                 node_timeout_ms: int = 1500, fsync: str = "everysec") -> None:
+                 node_timeout_ms: int = 1500, fsync: str = "everysec",
+                 users: Mapping[str, str] | None = None) -> None:
         if primaries < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 primaries, not {primaries}")
         self._own_dir = directory is None
@@ -307,13 +311,25 @@ class LocalRedisCluster:
         for index in range(primaries * (1 + replicas)):
             node_dir = self.directory / f"node-{index}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(LocalRedis(node_dir, port=free_cluster_port(), fsync=fsync,
+            self.nodes.append(LocalRedis(node_dir, port=free_cluster_port(), fsync=fsync, users=users,
                                          cluster_node_timeout_ms=node_timeout_ms))
+        self.users = dict(users) if users is not None else None
         self._cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
     @property
     def url(self) -> str:
-        return f"redis://{','.join(f'127.0.0.1:{node.port}' for node in self.nodes)}/0"
+        return self.url_for(redis_acl.ADMIN if self.users is not None else None)
+
+    def url_for(self, user: str | None) -> str:
+        """The cluster's URL as ``user`` (None: without credentials), every node named."""
+        first = self.nodes[0].url_for(user)  # redis://<credentials>127.0.0.1:<port>/0
+        head, _, tail = first.partition(f"127.0.0.1:{self.nodes[0].port}")
+        return head + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + tail
+
+    def _credentials(self) -> list[str]:
+        if self.users is None:
+            return []
+        return ["--user", redis_acl.ADMIN, "--pass", self.users[redis_acl.ADMIN], "--no-auth-warning"]
 
     @property
     def urls(self) -> list[str]:
@@ -327,7 +343,7 @@ class LocalRedisCluster:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             created = subprocess.run(
-                [self._cli, "--cluster", "create", *addresses,
+                [self._cli, *self._credentials(), "--cluster", "create", *addresses,
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 capture_output=True, text=True, timeout=timeout_s, check=False,
             )
@@ -343,7 +359,7 @@ class LocalRedisCluster:
         return self
 
     def _admin(self, node: LocalRedis) -> sync_redis.Redis:
-        return sync_redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2, socket_connect_timeout=1)
+        return sync_redis.Redis.from_url(node.url, socket_timeout=2, socket_connect_timeout=1)
 
     def _call(self, node: LocalRedis, *command: str) -> Any:
         """The reply of ``node`` (as redis-py parses it), or None when it does not answer."""

@@ -49,10 +49,12 @@ WORKER_HASHES = keys.worker_info("*")
 # LOAD after NOSCRIPT), the durability check at start-up (graflow_runtime.redis_client's
 # check_durability reads INFO when CONFIG is refused, and every service user is refused CONFIG:
 # it can change the server), transactions (MULTI/EXEC pipelines; each command in one is checked),
-# and a Redis Cluster client's discovery of which node owns which slots (CLUSTER SLOTS).
+# and a Redis Cluster client's start-up: which node owns which slots (CLUSTER SLOTS) and the command
+# table it routes by (COMMAND: read-only facts about commands).
 # (graflow_runtime.redis_client.connect turns redis-py's CLIENT SETINFO off.)
 CONNECTION_COMMANDS = (
     "ping", "client|setname", "info", "evalsha", "script|load", "multi", "exec", "discard", "cluster|slots",
+    "command",
 )
 
 

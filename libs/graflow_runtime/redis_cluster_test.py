@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -19,7 +20,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from graflow_runtime import keys
+from graflow_runtime import keys, redis_acl
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.local_redis import LocalRedisCluster, free_port
 from graflow_runtime.redis_client import (
@@ -248,3 +249,47 @@ def test_the_errors_of_a_failover_count_as_redis_unavailable() -> None:
     for error in failover:
         assert isinstance(error, REDIS_UNAVAILABLE)
     assert not isinstance(ResponseError("WRONGTYPE"), REDIS_UNAVAILABLE)
+
+
+@pytest.fixture(scope="module")
+def acl_cluster() -> Iterator[LocalRedisCluster]:
+    """A cluster whose nodes have the services' ACL users loaded (replicas log in as ``default``)."""
+    with LocalRedisCluster(users=redis_acl.generate_passwords()) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("user", ["scheduler", "coordinator", "result-store", "worker"])
+async def test_each_service_user_starts_a_cluster_client_and_passes_the_start_up_checks(
+    acl_cluster: LocalRedisCluster, user: str
+) -> None:
+    """A cluster client's start-up reads the slot map (CLUSTER SLOTS) and the command table
+    (COMMAND): both granted to every service user (redis_acl.CONNECTION_COMMANDS)."""
+    client = connect(acl_cluster.url_for(user), cluster=True)
+    try:
+        assert await check_durability(client) == []  # through INFO: CONFIG is refused to them
+        await check_layout(client, keys.Layout(cells=4, cluster=True))
+    finally:
+        await client.aclose()
+
+
+async def test_the_workers_user_blocks_on_its_lane_and_unblocks_itself_on_a_cluster(
+    acl_cluster: LocalRedisCluster,
+) -> None:
+    lane = keys.queue_stream("default")
+    admin = connect(acl_cluster.url, cluster=True)
+    reader = connect(acl_cluster.url_for("worker"), cluster=True, max_connections=1, home_key=lane)
+    control = connect(acl_cluster.url_for("worker"), cluster=True, max_connections=1, home_key=lane)
+    try:
+        await admin.xgroup_create(lane, keys.WORKER_GROUP, id="0", mkstream=True)
+        client_id = await reader.client_id()
+        unblocking = asyncio.create_task(_unblock_later(control, client_id))
+        assert await reader.xreadgroup(keys.WORKER_GROUP, "w", {lane: ">"}, block=10_000) == []
+        assert await unblocking
+    finally:
+        for client in (admin, reader, control):
+            await client.aclose()
+
+
+async def _unblock_later(control: RedisCluster, client_id: int) -> bool:
+    await asyncio.sleep(0.2)
+    return bool(await control.client_unblock(client_id))
