@@ -59,7 +59,8 @@ def test_unreachable_scheduler_exits_2_with_a_hint(cli):
     ("flags", "message"),
     [
         (["--redis-cluster", "--redis-cluster-url", "redis://127.0.0.1:7000/0"], "give one of them"),
-        (["--redis-cluster", "--redis-acl"], "apply to the single redis-server, not to a cluster"),
+        (["--redis-cluster", "--redis-tls", *[__file__] * 3], "applies to the single redis-server"),
+        (["--redis-cluster-url", "redis://127.0.0.1:7000/0", "--redis-acl"], "not into --redis-cluster-url"),
     ],
 )
 def test_dev_cluster_flags_that_do_not_go_together_are_usage_errors(cli, flags, message):

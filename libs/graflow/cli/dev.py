@@ -12,7 +12,8 @@ in its workers too, on the default queue. ``--tls-dir`` runs the whole stack wit
 certificates in DIR (``ca.crt``, ``tls.crt``, ``tls.key``; made by you, none is generated), ``--mtls``
 with client certificates required. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
 production (docs/security.md, "Redis"): one ACL user per service, TLS only. ``--redis-cluster``
-starts a local Redis Cluster instead (6 redis-server processes: 3 primaries, 3 replicas),
+starts a local Redis Cluster instead (6 redis-server processes: 3 primaries, 3 replicas; with
+``--redis-acl`` they load the ACL users),
 ``--redis-cluster-url`` uses an existing one; ``--redis-cells N`` cuts the keyspace in N cells
 (docs/architecture.md, "Redis Cluster: cells"; on a cluster, enough cells to spread over its
 primaries).
@@ -158,8 +159,12 @@ def dev(
     cluster: bool | str = redis_cluster_url or redis_cluster
     if redis_cluster and redis_cluster_url:
         raise UsageError("--redis-cluster starts a cluster, --redis-cluster-url uses one: give one of them")
-    if cluster and (redis_acl or redis_tls):
-        raise UsageError("--redis-acl and --redis-tls apply to the single redis-server, not to a cluster")
+    if cluster and redis_tls:
+        raise UsageError("--redis-tls applies to the single redis-server, not to a cluster")
+    if redis_cluster_url and redis_acl:
+        raise UsageError(
+            "--redis-acl loads users into a Redis the stack starts, not into --redis-cluster-url"
+        )
     cells = redis_cells or (CLUSTER_CELLS if cluster else 1)
     redis = "a Redis Cluster" if cluster else "redis"
     out.line(f"starting {redis}, result-store, coordinator, scheduler and {workers} worker(s)...")

@@ -30,8 +30,9 @@ PEX variables of this process, the log directory as working directory (so nothin
 importable); the end-to-end test of the PEXes ``./pants package ::`` writes uses it.
 
 ``redis_cluster=True`` starts a local Redis Cluster instead (:class:`LocalRedisCluster`: 3 primaries,
-3 replicas; ``stack.redis_cluster`` reaches its nodes, to kill one), a :class:`LocalRedisCluster`
-uses that one, a URL an existing cluster (no TLS or ACL users of the stack's own then). Every
+3 replicas; ``stack.redis_cluster`` reaches its nodes, to kill one; with ``redis_acl`` its nodes load
+the services' ACL users), a :class:`LocalRedisCluster` uses that one (each process as its own user
+when it has them), a URL an existing cluster. No TLS on a local cluster. Every
 process gets ``REDIS_CLUSTER=true``; ``cells=N`` gives every process ``REDIS_CELLS=N`` (a cluster
 or a single Redis: docs/architecture.md, "Redis Cluster: cells").
 
@@ -282,10 +283,10 @@ class LocalStack:
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
-        if redis_cluster is not False and (redis is not None or redis_tls is not None or redis_acl):
-            raise ValueError(
-                "redis_cluster runs without redis, redis_tls or redis_acl (a local cluster has none)"
-            )
+        if redis_cluster is not False and (redis is not None or redis_tls is not None):
+            raise ValueError("redis_cluster runs without redis or redis_tls (a local cluster has no TLS)")
+        if redis_acl and isinstance(redis_cluster, (str, LocalRedisCluster)):
+            raise ValueError("redis_acl applies to a cluster the stack starts (redis_cluster=True)")
         self.worker_count = workers
         self.task_modules = list(task_modules)
         if auth_token and role_tokens:
@@ -357,6 +358,9 @@ class LocalStack:
         """The Redis URL of ``service``'s processes: its own ACL user when the server has them
         (``redis_url`` is then the operators' user's)."""
         if self._cluster_wanted:
+            cluster = self.redis_cluster
+            if cluster is not None and cluster.users is not None:
+                return cluster.url_for(service)
             return self._require_cluster_url()
         redis = self._require_redis()
         return redis.url_for(service) if redis.users is not None else redis.url
@@ -514,7 +518,8 @@ class LocalStack:
         self._started = True
         try:
             if self._own_cluster and self.redis_cluster is None:
-                self.redis_cluster = LocalRedisCluster().start()
+                passwords = generate_passwords() if self._redis_acl else None
+                self.redis_cluster = LocalRedisCluster(users=passwords).start()
             elif not self._cluster_wanted and self.redis is None:
                 passwords = generate_passwords() if self._redis_acl else None
                 self.redis = LocalRedis(tls=self._redis_tls, users=passwords).start()

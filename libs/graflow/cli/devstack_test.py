@@ -200,8 +200,10 @@ def test_a_cluster_stack_gives_every_process_the_cluster_and_its_cells(tmp_path)
     single = LocalStack(workers=1, redis_cluster=False, log_dir=tmp_path, redis=LocalRedis(tmp_path))
     assert "GRAFLOW_SCHEDULER_REDIS_CLUSTER" not in single._env("scheduler")
     assert "GRAFLOW_SCHEDULER_REDIS_CELLS" not in single._env("scheduler")
-    with pytest.raises(ValueError, match="redis_cluster runs without redis, redis_tls or redis_acl"):
-        LocalStack(redis_cluster=True, redis_acl=True, log_dir=tmp_path)
+    with pytest.raises(ValueError, match="redis_cluster runs without redis or redis_tls"):
+        LocalStack(redis_cluster=True, redis=LocalRedis(tmp_path), log_dir=tmp_path)
+    with pytest.raises(ValueError, match="redis_acl applies to a cluster the stack starts"):
+        LocalStack(redis_cluster=url, redis_acl=True, log_dir=tmp_path)
 
 
 def test_a_service_that_cannot_start_is_reported_with_its_log_tail(tmp_path):
