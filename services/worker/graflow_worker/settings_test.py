@@ -78,5 +78,6 @@ def test_addresses_of_replicas_are_accepted_and_a_bad_entry_names_the_variable(m
     assert settings.scheduler_address == "127.0.0.1:50051,127.0.0.1:50061"
     assert settings.coordinator_address == "dns:///coordinator:50052"
     monkeypatch.setenv("GRAFLOW_WORKER_RESULT_STORE_ADDRESS", "127.0.0.1:50053,127.0.0.1")
-    with pytest.raises(SettingsError, match="GRAFLOW_WORKER_RESULT_STORE_ADDRESS.*'127.0.0.1' is not host:port"):
+    problem = "GRAFLOW_WORKER_RESULT_STORE_ADDRESS.*'127.0.0.1' is not host:port"
+    with pytest.raises(SettingsError, match=problem):
         load_settings(WorkerSettings)
