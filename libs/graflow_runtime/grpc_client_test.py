@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable, open_
 from graflow_runtime.grpc_options import IDEMPOTENT_METHODS, MAX_MESSAGE_BYTES
 from graflow_runtime.grpc_server import ServicerBinding, create_server
 from graflow_runtime.local_redis import free_port
+from graflow_runtime.testing.certs import make_ca
 
 METHOD = "/graflow.test.Probe/Call"
 RESULT_STORE = "graflow_api.v1.ResultStore"
@@ -170,3 +172,32 @@ async def test_idempotent_calls_are_retried_on_unavailable_and_the_others_are_no
     finally:
         await channel.close()
         await handle.stop(0)
+
+
+async def test_tls_replicas_of_a_list_are_checked_against_its_first_name(tmp_path: Path) -> None:
+    """The names of a list are resolved to addresses, but TLS checks each replica's certificate
+    against the first entry's name (``localhost`` here, which the certificates hold)."""
+    ca = make_ca(tmp_path)
+    files = ca.issue("replica")
+    server_credentials = grpc.ssl_server_credentials([(files.key.read_bytes(), files.cert.read_bytes())])
+    handles = [
+        create_server(
+            "127.0.0.1:0",
+            [ServicerBinding(_add_named(name), None, "graflow.test.Probe")],
+            server_credentials=server_credentials,
+        )
+        for name in ("a", "b")
+    ]
+    for handle in handles:
+        await handle.start()
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes())
+    address = ",".join(f"localhost:{handle.port}" for handle in handles)
+    channel = open_channel(address, credentials=credentials)
+    try:
+        call = channel.unary_unary("/graflow.test.Probe/Name")
+        served = Counter([await _downstream().call(call, b"") for _ in range(20)])
+        assert set(served) == {b"a", b"b"}, served
+    finally:
+        await channel.close()
+        for handle in handles:
+            await handle.stop(0)
