@@ -261,7 +261,7 @@ REPLICA_FIGURES = (
 
 
 def replicas_table(by_count: dict[int, dict]) -> str:
-    """Each figure with 1, 2... replicas of each server, and the last count's over the first's."""
+    """Each figure with 1, 2... replicas of each server, and the highest count's over the lowest's."""
     counts = sorted(by_count)
     head = "".join(f"{f'{n} replica' + ('s' if n > 1 else ''):>14}" for n in counts)
     lines = [f"{'replicas of each server':<44}{head}{'ratio':>8}"]
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if graflow:
         out(cpu_table(graflow) + "\n")
     if len(counts) > 1:
-        out(replicas_table(by_count) + "ratio: the last count's figure over the first's.\n\n")
+        out(replicas_table(by_count) + "ratio: the highest count's figure over the lowest's.\n\n")
     if hops:
         out(hops_table(hops) + "\n")
     if profiler:
