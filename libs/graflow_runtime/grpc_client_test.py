@@ -6,6 +6,7 @@ Uses a real in-process grpc.aio server (port 0) built by ``create_server``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +114,7 @@ def _add_named(name: str) -> Callable[[object, grpc.aio.Server], None]:
     return add
 
 
-async def test_calls_to_a_list_of_replicas_go_to_each_and_avoid_one_that_stopped() -> None:
+async def test_calls_to_a_list_of_replicas_go_to_each_and_avoid_one_draining_or_stopped() -> None:
     handles = [
         create_server("127.0.0.1:0", [ServicerBinding(_add_named(name), None, "graflow.test.Probe")])
         for name in ("a", "b")
@@ -125,6 +126,15 @@ async def test_calls_to_a_list_of_replicas_go_to_each_and_avoid_one_that_stopped
         downstream, call = _downstream(), channel.unary_unary("/graflow.test.Probe/Name")
         served = Counter([await downstream.call(call, b"") for _ in range(40)])
         assert set(served) == {b"a", b"b"} and min(served.values()) >= 10, served
+        # A replica that reports NOT_SERVING (it got SIGTERM and drains) gets no new calls.
+        await handles[0].set_serving(False)
+        await asyncio.sleep(0.5)  # the health service pushes the change on its Watch stream
+        served = Counter([await downstream.call(call, b"") for _ in range(20)])
+        assert served == {b"b": 20}
+        await handles[0].set_serving(True)
+        await asyncio.sleep(0.5)
+        served = Counter([await downstream.call(call, b"") for _ in range(20)])
+        assert set(served) == {b"a", b"b"}, served
         await handles[0].stop(0)
         served = Counter([await downstream.call(call, b"") for _ in range(20)])
         assert served == {b"b": 20}
