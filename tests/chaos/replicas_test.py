@@ -62,8 +62,8 @@ def test_runs_waits_and_child_runs_complete_over_two_replicas_of_each_service():
     with chaos_stack(replicas=REPLICAS) as chaos:
         assert "," in chaos.stack.scheduler_address  # the clients are given both replicas
         client = chaos.client
-        fan_ins = [(fan_in(f"fan-in-{i}", 20, 0.0), None) for i in range(6)]
-        runs = [(client.submit(wf), wf) for wf, _ in fan_ins]
+        fan_ins = [fan_in(f"fan-in-{i}", 20, 0.0) for i in range(6)]
+        runs = [(client.submit(wf), wf) for wf in fan_ins]
         with workflow("approval") as asking:
             ask(task_id="approve") >> source(task_id="after", value=7)
         with workflow("parent") as parent:
