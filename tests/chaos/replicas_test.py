@@ -20,8 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
+
 from graflow import Client, parallel, workflow
 from graflow.run import RunEvent
+from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime import keys
+from graflow_runtime.grpc_options import client_channel_args
 from tests.chaos.conftest import Chaos, chaos_stack, wait_until
 from tests.chaos.tasks import chaos_hold, chaos_spawn_held, chaos_step
 from tests.e2e.tasks import add_one, ask, collect, source, spawn_child
@@ -82,6 +87,19 @@ def test_runs_waits_and_child_runs_complete_over_two_replicas_of_each_service():
         # Both schedulers created runs: the client's submits were balanced over the replicas.
         counts = [created_runs(chaos, name) for name in ("scheduler", "scheduler-1")]
         assert sum(counts) == len(runs) + 3 and min(counts) >= 1, counts  # + approval, parent, child
+        # Each SDK submit carried a key of its own, and the same request again (what gRPC's retry
+        # sends to the other replica) returns the run the first attempt created.
+        first, wf = runs[0]
+        key = chaos.bus.hget(keys.run_meta(first.id), "idem").decode()
+        assert key.startswith("sdk-")
+        assert len({chaos.bus.hget(keys.run_meta(run.id), "idem") for run, _ in runs}) == len(runs)
+        target, options = client_channel_args(chaos.stack.scheduler_address)
+        with grpc.insecure_channel(target, options=options) as channel:
+            request = scheduler_pb2.SubmitRunRequest(spec=wf.spec(), idempotency_key=key)
+            for _ in range(2):  # round robin: one call per replica
+                again = scheduler_pb2_grpc.SchedulerStub(channel).SubmitRun(request, timeout=10)
+                assert (again.run_id, again.created) == (first.id, False)
+        assert sum(created_runs(chaos, name) for name in ("scheduler", "scheduler-1")) == sum(counts)
 
 
 class Prober:
