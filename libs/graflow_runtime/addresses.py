@@ -7,8 +7,8 @@ imports: the SDK's client path imports it without pulling in the services' setti
 An address setting (``GRAFLOW_WORKER_SCHEDULER_ADDRESS``, ``GRAFLOW_CLIENT_SCHEDULER_ADDRESS``,
 ``graflow --scheduler``...) is one of:
 
-- ``host:port``: one server (or a name that resolves to several: gRPC connects to the first that
-  answers), passed to gRPC as it is;
+- ``host:port``: passed to gRPC as it is, which reads it as ``dns:///host:port``: one server, or
+  every address a name resolves to;
 - ``host:port,host:port,...``: replicas of one service; every entry is resolved once, when the
   channel opens, and the channel balances calls over them (docs/architecture.md, "Replicas");
 - a gRPC target with a scheme, passed as it is: ``dns:///name:port`` (gRPC's own resolver, which
