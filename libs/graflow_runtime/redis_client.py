@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -156,6 +159,11 @@ def connect(
 _CLUSTER_RETRIES = 10
 
 
+# The cluster client whose place in flight the current task holds (see _BoundedCluster._permit).
+_HOLDER: contextvars.ContextVar[RedisCluster | None] = contextvars.ContextVar(
+    "graflow_redis_holder", default=None
+)
+
 # Commands whose keys follow a STREAMS word: the first half of what follows it.
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
 
@@ -181,13 +189,26 @@ class _BoundedCluster(RedisCluster):
             return self.get_node_from_key(self._home_key)
         return super().get_default_node()
 
-    async def _acquire(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _permit(self) -> AsyncIterator[None]:
+        """One of the ``max_connections`` places in flight, for a command or a pipeline. What
+        redis-py runs within one (a pipeline's command redirected by MOVED or ASK, run again as a
+        command) uses it: waiting for a second place could wait on itself."""
+        if _HOLDER.get() is self:
+            yield
+            return
         try:
             await asyncio.wait_for(self._in_flight.acquire(), self._pool_timeout_s)
         except TimeoutError:
             raise RedisConnectionError(
                 f"no free Redis connection within {self._pool_timeout_s}s (Redis is too slow for the load)"
             ) from None
+        holding = _HOLDER.set(self)
+        try:
+            yield
+        finally:
+            _HOLDER.reset(holding)
+            self._in_flight.release()
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         """The slot of a command; XREAD's and XREADGROUP's from their keys here. redis-py asks one
@@ -205,11 +226,8 @@ class _BoundedCluster(RedisCluster):
         return await super()._determine_slot(command, *args)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        await self._acquire()
-        try:
+        async with self._permit():
             return await super().execute_command(*args, **kwargs)
-        finally:
-            self._in_flight.release()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
@@ -225,12 +243,8 @@ class _BoundedPipeline(ClusterPipeline):
     cluster_client: _BoundedCluster
 
     async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
-        client = self.cluster_client
-        await client._acquire()
-        try:
+        async with self.cluster_client._permit():
             return await super().execute(*args, **kwargs)
-        finally:
-            client._in_flight.release()
 
 
 def connect_cluster(

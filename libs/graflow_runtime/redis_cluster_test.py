@@ -229,6 +229,28 @@ async def test_commands_beyond_the_pool_wait_for_a_connection_then_fail_as_unava
         await client.aclose()
 
 
+async def test_a_pipeline_redirected_by_moved_runs_on_a_client_of_one_connection(
+    redis_cluster: LocalRedisCluster, redis_on_cluster: RedisCluster
+) -> None:
+    """redis-py runs a pipeline's command that met MOVED again as a command, inside the pipeline's
+    place in flight: it must not wait for a second place (with one, it would wait on itself)."""
+    key = f"{CELL}:moved"
+    client = connect(redis_cluster.url, cluster=True, max_connections=1, pool_timeout_s=2)
+    try:
+        await client.set(key, "1")
+        slot = key_slot(key.encode())
+        owner = client.get_node_from_key(key)
+        wrong = next(node for node in client.get_primaries() if node.name != owner.name)
+        client.nodes_manager.slots_cache[slot] = [wrong]  # a stale slot map: the next call meets MOVED
+        started = time.monotonic()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            assert await pipe.execute() == [2]
+        assert time.monotonic() - started < 1.5
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
