@@ -40,7 +40,8 @@ class QueueLimitReached(ResourceExhausted):
 
 
 class QueueGroups:
-    """Creates the ``workers`` group of both lanes of each queue once per process, before any append.
+    """Creates the ``workers`` group of both lanes of each queue, in every cell, once per process,
+    before any append.
 
     Each queue name is registered first in ``gf:queues``, at most ``max_queues`` of them: its
     streams are never deleted, so a name beyond the limit is refused (:class:`QueueLimitReached`)
@@ -82,7 +83,7 @@ class QueueGroups:
         self._ready.discard(queue)
 
     async def _create(self, queue: str) -> None:
-        for stream in keys.queue_lanes(queue):
+        for stream in (lane for cell in keys.cells() for lane in keys.queue_lanes(queue, cell)):
             start = "$" if await self._redis.exists(stream) else "0"
             try:
                 await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id=start, mkstream=True)

@@ -47,13 +47,15 @@ def add_dead_letter(
     extra: Mapping[bytes, bytes] | None = None,
     *,
     maxlen: int = DEAD_LETTERS_MAXLEN,
+    cell: int = 0,
 ) -> None:
     """Queue on ``pipe`` the append of ``letter`` (``DeadLetter`` bytes, with the ``extra`` fields:
     the signature of the entry it holds) to the dead-letter stream, which keeps about ``maxlen``
     entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to one node, 100 entries, more).
-    Every writer uses it: without a cap the stream only grew."""
+    Every writer uses it: without a cap the stream only grew. ``cell``: the cell of the dead-letter
+    stream (the cell of what it holds, so a ``MULTI`` with its other writes stays in one slot)."""
     fields = {DEAD_LETTER_FIELD: letter, **(extra or {})}
-    pipe.xadd(keys.DEAD_LETTERS_STREAM, fields, maxlen=maxlen, approximate=True)
+    pipe.xadd(keys.dead_letters_stream(cell), fields, maxlen=maxlen, approximate=True)
 
 
 async def tail_id(redis: aioredis.Redis, stream: str) -> bytes:
