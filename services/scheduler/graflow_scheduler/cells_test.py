@@ -110,6 +110,9 @@ async def test_an_idempotency_key_finds_its_run_in_the_keys_cell(four_cells, one
         assert (first.created, again.created) == (True, False)
         assert again.run_id == first.run_id and keys.cell_of(first.run_id) == cell
         assert await redis.get(keys.idempotency(key, cell)) == first.run_id.encode()
+        # The run's end sets its idempotency key (in its cell) to expire with it.
+        await client.CancelRun(scheduler_pb2.CancelRunRequest(run_id=first.run_id))
+        assert 0 < await redis.ttl(keys.idempotency(key, cell)) <= 7 * 24 * 3600
 
 
 async def test_list_runs_pages_over_every_cell_once_newest_first(four_cells, one_slot_scripts, store, reader):
