@@ -152,7 +152,12 @@ async def test_feedback_listing_and_deadlines_cover_every_cell(four_cells, one_s
                     worker_id="w1", wait=messages_pb2.Wait(feedback=request),
                 ),
             )
-            await asyncio.sleep(0.005)  # distinct creation times: the listing is oldest first
+            # Parked before the next is reported: the listing is oldest first (created when parked).
+            for _ in range(500):
+                if await redis.hexists(keys.run_waits(run_id), "a.0.1"):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002)
         listed = []
         for _ in range(500):
             listed = (await client.ListFeedback(scheduler_pb2.ListFeedbackRequest())).requests

@@ -1,7 +1,8 @@
 """The outcome consumer (a :class:`BackgroundLoop`), one per cell (docs/architecture.md, "Redis
-Cluster: cells"): reads task outcomes from its cell's outcome stream (``gf:outcomes`` in the default
-layout) in batches (its own pending entries first, then new ones; entries that dead replicas left idle are
-claimed; the stream is trimmed periodically) and hands each batch to :class:`OutcomeBatches`.
+Cluster: cells"): reads task outcomes from its cell's outcome stream (``gf:outcomes`` in the
+default layout) in batches (its own pending entries first, then new ones; entries that dead
+replicas left idle are claimed; the stream is trimmed periodically) and hands each batch to
+:class:`OutcomeBatches`.
 
 Redis or the result-store unavailable: the batch is kept in memory and applied again after a backoff.
 An outcome redelivered too often (a process crashed on it each time) is dead-lettered; the loop
