@@ -10,6 +10,8 @@ server within the grace period (in-flight calls finish), close Redis.
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 import structlog
 
@@ -125,8 +127,9 @@ class CoordinatorApp:
         grace_s = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
         await self.heartbeat_streams.close(timeout_s=grace_s)
-        for loop in (*self.retry_wakes, *self.retry_timers, self.liveness):
-            await loop.stop(timeout_s=grace_s)
+        # Together: a cell's listener must not start a blocking read while another cell's stops.
+        await asyncio.gather(*(loop.stop(timeout_s=grace_s) for loop in (*self.retry_wakes, *self.retry_timers)))
+        await self.liveness.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)
         for client in self.wake_redis:
             await client.aclose()

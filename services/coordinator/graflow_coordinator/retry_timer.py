@@ -109,10 +109,16 @@ class RetryWakeListener(BackgroundLoop):
         self._last: bytes | None = None
 
     async def step(self) -> float:
-        if self._last is None:
-            self._last = await tail_id(self._redis, self._stream)
-            self._timer.wake()  # what was scheduled before this read is found by the next move
+        # All of it may be cut short by a stop: it only reads, and a start reads the tail again (a
+        # stop arriving while the tail was read had to wait for the blocking read after it).
         with self.interruptible():
+            if self._last is None:
+                self._last = await tail_id(self._redis, self._stream)
+                self._timer.wake()  # what was scheduled before this read is found by the next move
+            if self._stopping.is_set():
+                # Stopped during the first read, whose cancellation redis-py can lose (seen with
+                # 8.2 on a new connection): the blocking read would hold the stop for its length.
+                return 0.0
             reply = await self._redis.xread({self._stream: self._last}, block=self._block_ms)
         for _stream, entries in reply or ():
             self._last = entries[-1][0]
