@@ -111,7 +111,7 @@ async def test_the_worker_may_do_what_it_needs(acl_redis: LocalRedis) -> None:
 
 
 async def test_with_cells_each_service_may_use_the_tagged_keys_its_grants_name(
-    acl_redis: LocalRedis, four_cells: keys.Layout
+    acl_redis: LocalRedis, four_cells: keys.Layout  # noqa: F811 - fixture
 ) -> None:
     """One ACL file serves every layout: the keys of a cell carry its hash tag (gf:{c<i>.<n>}:...),
     the worker registry its shared tag (gf:{gf}:...), and the grants name both forms."""

@@ -66,7 +66,8 @@ class CoordinatorApp:
             connect(s.redis_url, max_connections=1, client_name=RETRY_WAKE_CLIENT) for _ in self.retry_timers
         ]
         self.retry_wakes = [
-            RetryWakeListener(client, timer) for client, timer in zip(self.wake_redis, self.retry_timers, strict=True)
+            RetryWakeListener(client, timer)
+            for client, timer in zip(self.wake_redis, self.retry_timers, strict=True)
         ]
         self.liveness = LivenessLoop(
             redis,
@@ -128,7 +129,8 @@ class CoordinatorApp:
         await self.server.set_serving(False)
         await self.heartbeat_streams.close(timeout_s=grace_s)
         # Together: a cell's listener must not start a blocking read while another cell's stops.
-        await asyncio.gather(*(loop.stop(timeout_s=grace_s) for loop in (*self.retry_wakes, *self.retry_timers)))
+        retry_loops = (*self.retry_wakes, *self.retry_timers)
+        await asyncio.gather(*(loop.stop(timeout_s=grace_s) for loop in retry_loops))
         await self.liveness.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)
         for client in self.wake_redis:

@@ -13,7 +13,6 @@ from redis.exceptions import ResponseError
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.runids import new_run_id
-from graflow_runtime.testing.slots import four_cells, one_slot_scripts  # noqa: F401 - fixtures
 
 from graflow_coordinator.conftest import StartCoordinator, envelope, eventually
 from graflow_coordinator.deadletters import make_dead_letter
@@ -47,7 +46,8 @@ async def pending_for(redis: aioredis.Redis, consumer: str) -> int:
     count = 0
     for cell in keys.cells():
         for lane in keys.queue_lanes(QUEUE, cell):
-            count += len(await redis.xpending_range(lane, keys.WORKER_GROUP, "-", "+", 100, consumername=consumer))
+            rows = await redis.xpending_range(lane, keys.WORKER_GROUP, "-", "+", 100, consumername=consumer)
+            count += len(rows)
     return count
 
 
@@ -57,7 +57,8 @@ async def consumers(redis: aioredis.Redis) -> set[str]:
     for cell in keys.cells():
         for lane in keys.queue_lanes(QUEUE, cell):
             try:
-                names |= {row["name"].decode() for row in await redis.xinfo_consumers(lane, keys.WORKER_GROUP)}
+                rows = await redis.xinfo_consumers(lane, keys.WORKER_GROUP)
+                names |= {row["name"].decode() for row in rows}
             except ResponseError:
                 continue
     return names
@@ -201,7 +202,8 @@ async def test_dead_letters_of_every_cell_are_paged_each_once_and_replayed_to_th
     # All, page after page: every other letter once.
     replayed, after = 0, ""
     while True:
-        reply = await stub.ReplayDeadLetters(coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=after))
+        request = coordinator_pb2.ReplayDeadLettersRequest(all=True, after_id=after)
+        reply = await stub.ReplayDeadLetters(request)
         replayed += reply.replayed
         after = reply.next_after_id
         if not after:

@@ -48,9 +48,8 @@ from graflow_runtime.errors import FailedPrecondition, InvalidRequest, NotFound
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
-from graflow_runtime.scripts import LuaScript
+from graflow_runtime.scripts import LuaScript, ScriptCall
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
-from graflow_runtime.scripts import ScriptCall
 from graflow_runtime.streams import DEAD_LETTER_FIELD, STREAM_ID_RULE, is_stream_id, stream_id
 
 log = structlog.get_logger(__name__)
@@ -95,7 +94,8 @@ def parse_letter_id(value: str, field: str) -> tuple[int, str]:
     else:
         cell_text, _, entry_id = value.partition("-")
         rule = f"expected '<cell>-<entry id>' with a cell below {cells}, e.g. '1-1700000000000-0'"
-    if not (cell_text.isascii() and cell_text.isdigit() and int(cell_text) < cells and is_stream_id(entry_id)):
+    valid_cell = cell_text.isascii() and cell_text.isdigit() and int(cell_text) < cells
+    if not (valid_cell and is_stream_id(entry_id)):
         raise InvalidRequest(f"{field}: {value[:64]!r} is not a dead letter id ({rule})")
     return int(cell_text), entry_id
 
@@ -144,7 +144,11 @@ class DeadLetters:
         """The dead letters with these ids, in the order asked (unknown ids are left out)."""
         located = _parse_ids(ids)
         found = await self._read(located)
-        return [decode_entry(*entries[0], cell) for (cell, _), entries in zip(located, found, strict=True) if entries]
+        return [
+            decode_entry(*entries[0], cell)
+            for (cell, _), entries in zip(located, found, strict=True)
+            if entries
+        ]
 
     async def _read(self, located: list[tuple[int, str]]) -> list[list[tuple[bytes, dict[bytes, bytes]]]]:
         """The entry (a list of at most one) at each (cell, entry id), in one pipeline."""
@@ -259,7 +263,8 @@ class DeadLetters:
             for letter, fields in cell_letters:
                 streams.append(_replay_stream(letter, cell))
                 entry_id = parse_letter_id(letter.id, "id")[1]
-                args += [entry_id, letter.raw, fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
+                signature = [fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
+                args += [entry_id, letter.raw, *signature]
             calls.append(([keys.dead_letters_stream(cell), *streams], args))
         replayed = sum(int(reply) for reply in await _REPLAY.run_many(self._redis, calls))
         log.info(

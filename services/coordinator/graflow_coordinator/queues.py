@@ -1,4 +1,5 @@
-"""Queue streams: trimming, both lanes in every cell. Their layout and consumer group: graflow_runtime.queues."""
+"""Queue streams: trimming, both lanes in every cell. Their layout and consumer group:
+graflow_runtime.queues."""
 
 from __future__ import annotations
 

@@ -48,7 +48,13 @@ class RetryTimer(BackgroundLoop):
     name = "retry-timer"
 
     def __init__(
-        self, redis: aioredis.Redis, groups: QueueGroups, *, max_sleep_ms: int, batch: int = 500, cell: int = 0
+        self,
+        redis: aioredis.Redis,
+        groups: QueueGroups,
+        *,
+        max_sleep_ms: int,
+        batch: int = 500,
+        cell: int = 0,
     ) -> None:
         super().__init__()
         self.cell = cell

@@ -261,8 +261,9 @@ class WorkerRegistry:
         the consumer is deleted from every cell (False: entries are pending for it somewhere)."""
         if not queues:
             return True
+        args = [consumer, keys.WORKER_GROUP]
         calls = [
-            ([lane for queue in queues for lane in keys.queue_lanes(queue, cell)], [consumer, keys.WORKER_GROUP])
+            ([lane for queue in queues for lane in keys.queue_lanes(queue, cell)], args)
             for cell in keys.cells()
         ]
         replies = await _DELETE_CONSUMER.run_many(self._redis, calls)

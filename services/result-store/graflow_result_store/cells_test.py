@@ -5,33 +5,22 @@ fixture fails a test at a call that spans slots), and every answer is as with on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2, result_store_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.runids import new_run_id
-from graflow_runtime.testing.slots import four_cells, one_slot_scripts  # noqa: F401 - fixtures
 
 from graflow_result_store.app_test import DUPLICATE, STALE, STORED, put, result, values
-from graflow_result_store.conftest import start_app
 
 
 @pytest.fixture
-async def cells_stub(
-    four_cells: keys.Layout, redis: aioredis.Redis, redis_url: str
-) -> AsyncIterator[result_store_pb2_grpc.ResultStoreStub]:
-    """A served result-store with four cells, and a stub of it."""
-    app = await start_app(redis_url, retention_s=3600, max_value_bytes=1024)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield result_store_pb2_grpc.ResultStoreStub(channel)
-    finally:
-        await channel.close()
-        await app.stop(0)
+def cells_stub(
+    four_cells: keys.Layout, stub: result_store_pb2_grpc.ResultStoreStub
+) -> result_store_pb2_grpc.ResultStoreStub:
+    """The served result-store (``stub``), started after the layout is set to four cells."""
+    return stub
 
 
 async def test_a_batch_spanning_cells_is_one_call_per_cell_and_answers_in_request_order(

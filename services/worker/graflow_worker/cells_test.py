@@ -16,7 +16,7 @@ from graflow_api.v1 import messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.runids import new_run_id
-from graflow_runtime.testing.slots import check_one_slot, four_cells, one_slot_scripts  # noqa: F401 - fixtures
+from graflow_runtime.testing.slots import check_one_slot
 
 from graflow_worker.committer import Finished
 from graflow_worker.runner import Execution
