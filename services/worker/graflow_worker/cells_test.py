@@ -114,6 +114,27 @@ async def test_a_commit_batch_spanning_cells_is_one_call_per_cell(
     assert await pending_count(redis) == 0
 
 
+async def test_the_deliveries_held_across_cells_stay_within_the_documented_bound(cells_stack: Stack) -> None:
+    """Each cell's loop reads up to the free slots: with every lane full, a worker of concurrency
+    2 holds at most cells x free slots x 2 lanes (README, "Cells"), runs 2 at a time, and runs
+    everything in the end."""
+    for cell in keys.cells():
+        run_id = new_run_id(cell=cell)
+        await enqueue(cells_stack.redis, *(envelope(run_id, f"n{i}", "hold", args={"key": "gate"})
+                                           for i in range(10)))
+    worker = await cells_stack.start_worker(concurrency=2)
+    await eventually(lambda: PROBE.running == 2, what="two deliveries to run")
+    await asyncio.sleep(0.3)  # time for every cell's loop to read what it would
+
+    held = await pending_count(cells_stack.redis)
+    assert worker.held == held
+    assert 2 <= held <= 4 * 2 * 2
+    assert PROBE.max_running == 2
+    PROBE.release("gate")
+    await wait_outcomes(cells_stack.redis, 40, timeout=30)
+    assert PROBE.max_running == 2
+
+
 async def test_the_end_of_a_run_reaches_the_worker_through_its_cell_s_ended_runs_stream(
     cells_stack: Stack,
 ) -> None:
