@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from graflow_runtime.runids import new_run_id
 from graflow_runtime.testing.slots import check_one_slot
 
 from graflow_worker.committer import Finished
-from graflow_worker.main_test import spawn
+from graflow_worker.main_test import drain, worker_process
 from graflow_worker.runner import Execution
 from graflow_worker.testing.services import (
     Stack,
@@ -178,18 +177,12 @@ async def test_a_worker_process_set_to_four_cells_by_its_environment_reads_every
 ) -> None:
     """``GRAFLOW_WORKER_REDIS_CELLS=4``: the process records the layout in gf:layout, reads the
     lanes of every cell and commits each outcome to its run's cell."""
-    process = await spawn(cells_stack, tmp_path, worker_id="cells-proc", redis_cells="4")
-    try:
+    async with worker_process(cells_stack, tmp_path, worker_id="cells-proc", redis_cells="4") as process:
         runs = [new_run_id(cell=cell) for cell in keys.cells()]
         for cell, run_id in enumerate(runs):
             await enqueue(cells_stack.redis, envelope(run_id, "n", "add", args={"a": cell, "b": 0}))
         await wait_outcomes(cells_stack.redis, 4)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await drain(process) == 0
     by_cell = await outcomes_by_cell(cells_stack.redis)
     assert {cell: [(o.run_id, o.worker_id) for o in found] for cell, found in by_cell.items()} == {
         cell: [(runs[cell], "cells-proc")] for cell in keys.cells()
