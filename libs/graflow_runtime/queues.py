@@ -4,7 +4,8 @@
 A queue ``q`` is two streams, its lanes, each read by the consumer group ``workers``: the high
 lane ``gf:qh:q``, which workers read first, and the normal lane ``gf:q:q`` (``keys.queue_lanes``;
 docs/architecture.md, "Priority lanes"), in every cell of the key layout (a delivery goes to its
-run's cell; docs/architecture.md, "Redis Cluster: cells"). Entries carry the ``TaskEnvelope`` bytes in field ``e``.
+run's cell; docs/architecture.md, "Redis Cluster: cells"). Entries carry the ``TaskEnvelope`` bytes
+in field ``e``.
 An entry is appended once per attempt (by dispatch, the retry timer or a replay) and never again:
 the attempt of a dead worker is reported lost and the scheduler dispatches the next attempt as a
 new entry.
