@@ -243,6 +243,21 @@ def test_dev_with_redis_acl_and_tls_runs_the_example_on_a_closed_redis(tmp_path)
     assert "SUCCEEDED, result:" in done.stdout
 
 
+def test_dev_on_a_local_redis_cluster_with_acl_users_runs_the_example():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports", "--redis-cluster",
+         "--redis-acl", "--redis-cells", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "starting a Redis Cluster," in done.stdout
+    assert "SUCCEEDED, result:" in done.stdout
+
+
 def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     dev = subprocess.Popen(
