@@ -12,11 +12,11 @@ ran at least once. Measured and printed, not asserted (they depend on timing and
 replica had): task bodies that ran twice, nodes retried, the replica's lag just before the kill,
 how long the failover took, the run's duration. Twice: with the chaos suite's lease (1.5 s, shorter
 than the failover: workers whose heartbeats fail meanwhile are declared dead and their deliveries
-run again) and with a lease longer than the failover (6 s; the default is 40 s)."""
+run again) and with a lease longer than the failover (6 s; the default is 40 s). The figures:
+``./pants test tests/chaos/cluster_test.py --test-output=all -- -s`` (``[cluster-failover] ...``)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 
@@ -90,10 +90,9 @@ def test_a_primary_killed_during_a_10000_task_fanout_fails_over_and_the_run_fini
         assert missing == []
         twice = Counter(count for count in effects.values() if count > 1)
         retried = sum(1 for e in events if e.type == RunEvent.TYPE_NODE_RETRYING)
-        sys.__stderr__.write(
-            f"\ncluster failover, lease {lease_s:g}s: {TASKS} tasks, primary killed after {before_kill} ran, "
-            f"its replica "
-            f"{lag} bytes behind just before; replica "
-            f"promoted in {failover_s:.1f}s; run ended in {duration_s:.1f}s; task bodies run more than "
-            f"once: {sum(twice.values())} ({dict(twice)}); retries in the history: {retried}\n"
+        print(
+            f"\n[cluster-failover] lease {lease_s:g}s: {TASKS} tasks, primary killed after "
+            f"{before_kill} ran, its replica {lag} bytes behind just before; replica promoted in "
+            f"{failover_s:.1f}s; run ended in {duration_s:.1f}s; task bodies run more than "
+            f"once: {sum(twice.values())} ({dict(twice)}); retries in the history: {retried}"
         )
