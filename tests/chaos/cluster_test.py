@@ -2,7 +2,8 @@
 while the run is in progress; its replica takes over; the run finishes. The stack runs on a local
 cluster (3 primaries, 3 replicas, cluster-node-timeout 1.5 s) with four cells; the run lives in one
 cell, so one primary holds all of its keys: its state, its queue lanes, outcome stream and
-dispatch records.
+dispatch records. The run is put in a cell of the primary that also holds the worker registry (by
+its idempotency key), the worst case: the workers' heartbeats fail too until the failover.
 
 Redis replicates asynchronously: the writes the killed primary acknowledged in the last moments
 before it died may not have reached the replica. What the engine does about each lost write is the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from itertools import count
 
 import pytest
 import redis
@@ -61,15 +63,20 @@ def test_a_primary_killed_during_a_10000_task_fanout_fails_over_and_the_run_fini
     with chaos_stack(2, cluster_cells=CELLS, env=lease) as chaos:
         cluster = chaos.cluster
         assert cluster is not None
-        wf = fanout()
-        started = time.monotonic()
-        run = chaos.client.submit(wf)
+        # The worst case: the run's cell on the primary that also holds the worker registry, which
+        # the coordinator needs for every heartbeat. The run goes to that cell by its idempotency key.
         keys.configure(keys.Layout(cells=CELLS, cluster=True))
         try:
+            victim = cluster.primary_of(keys.workers_index())
+            cell = next(c for c in keys.cells() if cluster.primary_of(keys.runs_index(c)) is victim)
+            key = next(k for k in (f"fanout-{i}" for i in count()) if keys.cell_of_idempotency_key(k) == cell)
+            wf = fanout()
+            started = time.monotonic()
+            run = chaos.client.submit(wf, idempotency_key=key)
             meta = keys.run_meta(run.id)
         finally:
             keys.configure(keys.Layout())
-        victim = cluster.primary_of(meta)
+        assert cluster.primary_of(meta) is victim
         (replica,) = cluster.replicas_of(victim)
         wait_until(lambda: ran(chaos, run.id) >= KILL_AFTER, 90, f"{KILL_AFTER} tasks to run")
         before_kill = ran(chaos, run.id)
