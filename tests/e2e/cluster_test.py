@@ -11,7 +11,9 @@ in a side redis-server (``effects``)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable, Iterator
+from itertools import count
 
 import grpc
 import pytest
@@ -62,12 +64,21 @@ def cell_of() -> Iterator[Callable[[str], int]]:
 def test_runs_in_every_cell_complete_once_each_and_list_runs_pages_over_all_of_them(
     stack: LocalStack, client: Client, effects: Callable[[str], dict[str, int]], cell_of: Callable[[str], int]
 ) -> None:
+    # Four runs per cell: a run submitted with an idempotency key lives in the key's cell.
+    prefix, idempotency_keys = secrets.token_hex(4), []
+    for i in count():
+        key = f"{prefix}-{i}"
+        if sum(keys.cell_of_idempotency_key(k) == keys.cell_of_idempotency_key(key) for k in idempotency_keys) < 4:
+            idempotency_keys.append(key)
+        if len(idempotency_keys) == 4 * CELLS:
+            break
     runs = []
-    for i in range(16):
+    for i, key in enumerate(idempotency_keys):
         with workflow(f"spread-{i}") as wf:
             source(task_id="a", value=i) >> add_one(task_id="b")
-        runs.append(client.submit(wf))
-    assert {cell_of(run.id) for run in runs} == set(range(CELLS))  # 16 random ids: every cell
+        runs.append(client.submit(wf, idempotency_key=key))
+    assert [cell_of(run.id) for run in runs] == [keys.cell_of_idempotency_key(k) for k in idempotency_keys]
+    assert sorted(cell_of(run.id) for run in runs) == sorted(list(range(CELLS)) * 4)
     assert [run.result(timeout=60) for run in runs] == [i + 1 for i in range(16)]
     for run in runs:
         assert effects(run.id) == {"a": 1, "b": 1}
