@@ -68,7 +68,8 @@ def test_runs_in_every_cell_complete_once_each_and_list_runs_pages_over_all_of_t
     prefix, idempotency_keys = secrets.token_hex(4), []
     for i in count():
         key = f"{prefix}-{i}"
-        if sum(keys.cell_of_idempotency_key(k) == keys.cell_of_idempotency_key(key) for k in idempotency_keys) < 4:
+        cell = keys.cell_of_idempotency_key(key)
+        if sum(keys.cell_of_idempotency_key(k) == cell for k in idempotency_keys) < 4:
             idempotency_keys.append(key)
         if len(idempotency_keys) == 4 * CELLS:
             break

@@ -46,7 +46,7 @@ async def test_each_cells_read_is_unblocked_on_its_primary_also_after_a_failover
     four_cells_on_a_cluster: None, redis_cluster: LocalRedisCluster, redis_on_cluster: RedisCluster
 ) -> None:
     settings = WorkerSettings(
-        redis_url=redis_cluster.url, redis_cluster=True, redis_cells=CELLS, task_modules=["graflow_examples.etl"]
+        redis_url=redis_cluster.url, redis_cluster=True, redis_cells=CELLS, task_modules=["any.module"]
     )
     readers = [cell_reader(settings, redis_on_cluster, cell) for cell in keys.cells()]
     lanes = [keys.queue_stream("default", cell) for cell in keys.cells()]
