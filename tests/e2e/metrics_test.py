@@ -1,0 +1,118 @@
+"""End to end: every process of a live stack serves /metrics, and after a known workload the
+counters hold exactly its numbers (docs/operations.md lists the metrics)."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from graflow import RunFailedError, workflow
+from graflow.errors import RunNotFoundError
+from graflow.devstack import LocalStack
+from graflow_runtime.runids import new_run_id
+from tests.e2e.conftest import module_stack
+from tests.e2e.tasks import flaky, overrun, refuse, source
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    with module_stack(request, workers=WORKERS, metrics=True) as stack:
+        yield stack
+
+
+def scrape(stack: LocalStack, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One process' samples: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(stack.metrics_url(name), timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: list[dict], name: str, **labels: str) -> float:
+    """The sum over processes of the samples ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(
+        value
+        for process in samples
+        for (sample, sample_labels), value in process.items()
+        if sample == name and wanted <= set(sample_labels)
+    )
+
+
+def workers(stack: LocalStack) -> list[dict]:
+    return [scrape(stack, f"worker-{i}") for i in range(WORKERS)]
+
+
+def test_every_process_serves_its_metrics(stack):
+    for name in ("scheduler", "coordinator", "result-store", "worker-0", "worker-1"):
+        samples = scrape(stack, name)
+        # prometheus-client's process collector: the endpoint is this process' own registry.
+        assert ("process_cpu_seconds_total", ()) in samples, name
+
+
+def test_task_counters_and_histograms_count_a_known_workload(stack, client):
+    for value in (1, 2, 3):
+        with workflow(f"metrics-source-{value}") as wf:
+            source(task_id="s", value=value)
+        assert client.submit(wf).result(timeout=30) == value
+    with workflow("metrics-flaky") as wf:
+        flaky(task_id="f", fail_times=1)  # attempt 1 fails and is retried, attempt 2 succeeds
+    assert client.submit(wf).result(timeout=30) == 2
+    with workflow("metrics-refuse") as wf:
+        refuse(task_id="r")  # NonRetryableError: one failed attempt, no retry
+    with pytest.raises(RunFailedError):
+        client.submit(wf).result(timeout=30)
+    with workflow("metrics-overrun") as wf:
+        overrun(task_id="o", seconds=1.0)  # timeout 0.5 s, 2 attempts: both time out, one retry
+    with pytest.raises(RunFailedError):
+        client.submit(wf).result(timeout=30)
+
+    on_workers = workers(stack)
+    q = {"queue": "default"}
+    assert total(on_workers, "graflow_tasks_started_total", task_type=source.name, **q) == 3
+    assert total(on_workers, "graflow_tasks_succeeded_total", task_type=source.name, **q) == 3
+    assert total(on_workers, "graflow_tasks_failed_total", task_type=source.name, **q) == 0
+    assert total(on_workers, "graflow_task_duration_seconds_count", task_type=source.name, **q) == 3
+    assert total(on_workers, "graflow_task_queue_wait_seconds_count", task_type=source.name, **q) == 3
+
+    assert total(on_workers, "graflow_tasks_started_total", task_type=flaky.name, **q) == 2
+    assert total(on_workers, "graflow_tasks_failed_total", task_type=flaky.name, **q) == 1
+    assert total(on_workers, "graflow_tasks_succeeded_total", task_type=flaky.name, **q) == 1
+
+    assert total(on_workers, "graflow_tasks_started_total", task_type=refuse.name, **q) == 1
+    assert total(on_workers, "graflow_tasks_failed_total", task_type=refuse.name, **q) == 1
+
+    assert total(on_workers, "graflow_tasks_failed_total", task_type=overrun.name, **q) == 2
+    assert total(on_workers, "graflow_tasks_timed_out_total", task_type=overrun.name, **q) == 2
+    assert total(on_workers, "graflow_tasks_timed_out_total", task_type=flaky.name, **q) == 0
+    # Each timed-out attempt ran for its 0.5 s timeout: both in the 0.5..1 s buckets, none below.
+    assert total(on_workers, "graflow_task_duration_seconds_bucket", task_type=overrun.name, le="0.25") == 0
+    assert total(on_workers, "graflow_task_duration_seconds_bucket", task_type=overrun.name, le="2.5") == 2
+
+    scheduler = [scrape(stack, "scheduler")]
+    assert total(scheduler, "graflow_tasks_retried_total", task_type=flaky.name, **q) == 1
+    assert total(scheduler, "graflow_tasks_retried_total", task_type=overrun.name, **q) == 1
+    assert total(scheduler, "graflow_tasks_retried_total", task_type=refuse.name, **q) == 0
+    # 6 runs: every attempt (3 + 2 + 1 + 2 = 8) was dispatched and its outcome applied by the scheduler.
+    assert total(scheduler, "graflow_dispatch_batch_size_sum") == 8
+    assert total(scheduler, "graflow_scheduler_outcome_batch_size_sum") == 8
+    assert total(scheduler, "graflow_scheduler_outcome_apply_seconds_count") == total(
+        scheduler, "graflow_scheduler_outcome_batch_size_count"
+    )
+
+    # The six SubmitRun calls, each answered OK (the server's histogram counts calls per code);
+    # an unknown run is NOT_FOUND.
+    submit = "/graflow_api.v1.Scheduler/SubmitRun"
+    assert total(scheduler, "graflow_grpc_server_handled_seconds_count", method=submit, code="OK") == 6
+    with pytest.raises(RunNotFoundError):
+        client.get_run(new_run_id())
+    scheduler = [scrape(stack, "scheduler")]
+    assert total(scheduler, "graflow_grpc_server_handled_seconds_count", code="NOT_FOUND") == 1
