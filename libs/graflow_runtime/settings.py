@@ -100,6 +100,9 @@ class ServiceSettings(BaseSettings):
     # manifests set one), and the address it listens on (0.0.0.0 to be scraped from elsewhere).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
+    # Seconds between two measurements of the fleet-wide gauges by the replica holding the lease
+    # (graflow_runtime.fleet; the scheduler and the coordinator); the lease lives 3 times as long.
+    fleet_metrics_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("auth_tokens", "auth_cert_roles", mode="before")
     @classmethod

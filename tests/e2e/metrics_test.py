@@ -10,18 +10,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from graflow import RunFailedError, workflow
-from graflow.errors import RunNotFoundError
 from graflow.devstack import LocalStack
+from graflow.errors import RunNotFoundError
 from graflow_runtime.runids import new_run_id
-from tests.e2e.conftest import module_stack
+from tests.e2e.conftest import module_stack, start_stack, wait_for
 from tests.e2e.tasks import flaky, overrun, refuse, source
 
 WORKERS = 2
+# The fleet-wide gauges are measured every 0.2 s (default 5 s).
+FAST_FLEET = {
+    "GRAFLOW_SCHEDULER_FLEET_METRICS_INTERVAL_S": "0.2",
+    "GRAFLOW_COORDINATOR_FLEET_METRICS_INTERVAL_S": "0.2",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    with module_stack(request, workers=WORKERS, metrics=True) as stack:
+    with module_stack(request, workers=WORKERS, metrics=True, env=FAST_FLEET) as stack:
         yield stack
 
 
@@ -116,3 +121,47 @@ def test_task_counters_and_histograms_count_a_known_workload(stack, client):
         client.get_run(new_run_id())
     scheduler = [scrape(stack, "scheduler")]
     assert total(scheduler, "graflow_grpc_server_handled_seconds_count", code="NOT_FOUND") == 1
+
+
+def test_the_fleet_gauges_count_the_live_workers(stack):
+    wait_for(
+        lambda: total([scrape(stack, "coordinator")], "graflow_workers_live") == WORKERS,
+        timeout_s=10,
+        what="the live workers gauge",
+    )
+    coordinator = [scrape(stack, "coordinator")]
+    assert total(coordinator, "graflow_fleet_leader", service="coordinator") == 1
+    assert 0 <= total(coordinator, "graflow_workers_oldest_heartbeat_age_seconds") < 10
+
+
+def test_queue_lag_and_runs_with_no_worker_are_what_was_enqueued():
+    """A stack without workers, its keys in 4 cells (the gauges sum them) on a Redis with the
+    services' ACL users (so the gauges' commands are granted): N runs submitted wait in the queue,
+    undelivered."""
+    stack, server = start_stack(workers=0, metrics=True, redis_acl=True, cells=4, env=FAST_FLEET)
+    try:
+        with stack.client(timeout=30) as client:
+            for i in range(5):
+                with workflow(f"metrics-lag-{i}") as wf:
+                    source(task_id="s", value=i)
+                client.submit(wf)
+
+        def fleet(name: str, process: str, **labels: str) -> float:
+            return total([scrape(stack, process)], name, **labels)
+
+        wait_for(
+            lambda: fleet("graflow_queue_lag", "coordinator", queue="default") == 5
+            and fleet("graflow_runs", "scheduler", status="active") == 5,
+            timeout_s=10,
+            what="the fleet gauges to count the 5 runs",
+        )
+        assert fleet("graflow_queue_length", "coordinator", queue="default") == 5
+        assert fleet("graflow_queue_pending", "coordinator", queue="default") == 0
+        assert fleet("graflow_queue_oldest_pending_age_seconds", "coordinator", queue="default") == 0
+        assert fleet("graflow_workers_live", "coordinator") == 0
+        assert fleet("graflow_runs", "scheduler", status="retained") == 5
+        assert fleet("graflow_feedback_waiting", "scheduler") == 0
+        assert fleet("graflow_fleet_leader", "scheduler", service="scheduler") == 1
+    finally:
+        stack.stop()
+        server.close()
