@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from graflow_runtime import keys, metrics
@@ -47,9 +47,14 @@ class Lease:
 
 @dataclass(frozen=True)
 class FleetGauge:
+    """A fleet-wide metric: a gauge, or with ``counter`` a counter (its name without ``_total``)
+    that counts from when the holder took the lease (a new holder starts again from 0, which
+    ``rate()`` takes as a counter reset)."""
+
     name: str
     help: str
     labels: tuple[str, ...] = ()
+    counter: bool = False
 
 
 # A measurement: gauge name -> {label values -> value}.
@@ -59,9 +64,9 @@ LEADER = "graflow_fleet_leader"
 
 
 class FleetMetrics(BackgroundLoop, Collector):
-    """The fleet-wide ``gauges`` of ``service``, measured by ``measure`` while this replica holds
-    the lease, exported through ``registry`` (a collector: the HTTP server's thread reads the last
-    measurement, which the loop replaces whole)."""
+    """The fleet-wide ``gauges`` of ``service``, measured by ``measure(taken)`` while this replica
+    holds the lease (``taken``: it has just taken it), exported through ``registry`` (a collector:
+    the HTTP server's thread reads the last measurement, which the loop replaces whole)."""
 
     name = "fleet-metrics"
 
@@ -70,7 +75,7 @@ class FleetMetrics(BackgroundLoop, Collector):
         redis: aioredis.Redis,
         service: str,
         gauges: Sequence[FleetGauge],
-        measure: Callable[[], Awaitable[Measurement]],
+        measure: Callable[[bool], Awaitable[Measurement]],
         *,
         interval_s: float = 5.0,
         registry: CollectorRegistry = metrics.REGISTRY,
@@ -107,8 +112,10 @@ class FleetMetrics(BackgroundLoop, Collector):
             raise
         if leader != self.leader:
             log.info("fleet metrics lease", service=self.service, held=leader)
+        taken = leader and not self.leader
         self.leader = leader
-        self._last = await self._measure() if leader else {}
+        # ``taken``: the lease was just taken (counters start again from 0).
+        self._last = await self._measure(taken) if leader else {}
 
     def collect(self) -> Iterator[Metric]:
         leader = GaugeMetricFamily(
@@ -122,7 +129,8 @@ class FleetMetrics(BackgroundLoop, Collector):
             samples = last.get(gauge.name)
             if samples is None:
                 continue
-            family = GaugeMetricFamily(gauge.name, gauge.help, labels=list(gauge.labels))
+            kind = CounterMetricFamily if gauge.counter else GaugeMetricFamily
+            family = kind(gauge.name, gauge.help, labels=list(gauge.labels))
             for label_values, value in samples.items():
                 family.add_metric(list(label_values), value)
             yield family

@@ -19,7 +19,7 @@ def replica(
 ) -> tuple[FleetMetrics, CollectorRegistry]:
     registry = CollectorRegistry()
 
-    async def measure() -> Measurement:
+    async def measure(taken: bool) -> Measurement:
         measured.append(holder)
         return {"graflow_test_queue_lag": {("default",): 7.0}}
 

@@ -71,10 +71,11 @@ TASKS_RETRIED = Counter(
     TASK_LABELS,
     registry=REGISTRY,
 )
-# Recorded by the coordinator, which moves deliveries to the dead letters.
+# Recorded where deliveries are moved to the dead letters: the coordinator (poison messages,
+# undecodable entries of dead workers) and the worker (entries it cannot decode or verify).
 TASKS_DEAD_LETTERED = Counter(
     "graflow_tasks_dead_lettered_total",
-    "Deliveries moved to the dead letters (poison messages, undecodable entries).",
+    "Deliveries moved to the dead letters (poison messages, undecodable or badly signed entries).",
     ("queue",),
     registry=REGISTRY,
 )

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from graflow import RunFailedError, workflow
 from graflow.devstack import LocalStack
 from graflow.errors import RunNotFoundError
+from graflow_runtime import keys
 from graflow_runtime.runids import new_run_id
 from tests.e2e.conftest import module_stack, start_stack, wait_for
 from tests.e2e.tasks import flaky, overrun, refuse, source
@@ -113,6 +114,14 @@ def test_task_counters_and_histograms_count_a_known_workload(stack, client):
         scheduler, "graflow_scheduler_outcome_batch_size_count"
     )
 
+    # 4 runs succeeded, 2 failed: the scheduler holding the lease counts their ends.
+    wait_for(
+        lambda: total([scrape(stack, "scheduler")], "graflow_runs_ended_total", status="SUCCEEDED") == 4
+        and total([scrape(stack, "scheduler")], "graflow_runs_ended_total", status="FAILED") == 2,
+        timeout_s=10,
+        what="the runs ended by status",
+    )
+
     # The six SubmitRun calls, each answered OK (the server's histogram counts calls per code);
     # an unknown run is NOT_FOUND.
     submit = "/graflow_api.v1.Scheduler/SubmitRun"
@@ -165,3 +174,13 @@ def test_queue_lag_and_runs_with_no_worker_are_what_was_enqueued():
     finally:
         stack.stop()
         server.close()
+
+
+def test_an_undecodable_delivery_counts_as_dead_lettered_on_its_queue(stack, fx):
+    """An entry no worker can decode is dead-lettered by the worker that read it."""
+    def dead_lettered() -> float:
+        return total(workers(stack), "graflow_tasks_dead_lettered_total", queue="default")
+
+    before = dead_lettered()
+    fx.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"\xff not an envelope"})
+    wait_for(lambda: dead_lettered() == before + 1, timeout_s=10, what="the dead-lettered counter")

@@ -35,7 +35,8 @@ GAUGES = (
 )
 
 
-async def measure(redis: aioredis.Redis, lease_timeout_ms: int) -> Measurement:
+async def measure(redis: aioredis.Redis, lease_timeout_ms: int, taken: bool = False) -> Measurement:
+    """The gauges now (``taken``: unused, they hold no state)."""
     now_ms = int(time.time() * 1000)
     queues = sorted(q.decode() if isinstance(q, bytes) else q for q in await redis.smembers(keys.QUEUES))
     length: dict[tuple[str, ...], float] = defaultdict(float)

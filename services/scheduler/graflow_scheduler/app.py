@@ -13,8 +13,6 @@ on its own Redis client): it calls no coordinator.
 
 from __future__ import annotations
 
-import functools
-
 import redis.asyncio as aioredis
 import structlog
 
@@ -162,7 +160,7 @@ class SchedulerApp:
                 redis,
                 "scheduler",
                 fleet_metrics.GAUGES,
-                functools.partial(fleet_metrics.measure, redis),
+                fleet_metrics.FleetMeasure(redis),
                 interval_s=s.fleet_metrics_interval_s,
             )
             if s.metrics_port
