@@ -81,32 +81,37 @@ def test_task_counters_and_histograms_count_a_known_workload(stack, client):
     with pytest.raises(RunFailedError):
         client.submit(wf).result(timeout=30)
 
-    on_workers = workers(stack)
-    q = {"queue": "default"}
-    assert total(on_workers, "graflow_tasks_started_total", task_type=source.name, **q) == 3
-    assert total(on_workers, "graflow_tasks_succeeded_total", task_type=source.name, **q) == 3
-    assert total(on_workers, "graflow_tasks_failed_total", task_type=source.name, **q) == 0
-    assert total(on_workers, "graflow_task_duration_seconds_count", task_type=source.name, **q) == 3
-    assert total(on_workers, "graflow_task_queue_wait_seconds_count", task_type=source.name, **q) == 3
-
-    assert total(on_workers, "graflow_tasks_started_total", task_type=flaky.name, **q) == 2
-    assert total(on_workers, "graflow_tasks_failed_total", task_type=flaky.name, **q) == 1
-    assert total(on_workers, "graflow_tasks_succeeded_total", task_type=flaky.name, **q) == 1
-
-    assert total(on_workers, "graflow_tasks_started_total", task_type=refuse.name, **q) == 1
-    assert total(on_workers, "graflow_tasks_failed_total", task_type=refuse.name, **q) == 1
-
-    assert total(on_workers, "graflow_tasks_failed_total", task_type=overrun.name, **q) == 2
-    assert total(on_workers, "graflow_tasks_timed_out_total", task_type=overrun.name, **q) == 2
-    assert total(on_workers, "graflow_tasks_timed_out_total", task_type=flaky.name, **q) == 0
+    # (process, sample, task type) -> its value on queue "default", summed over that process' replicas.
+    expected = {
+        ("workers", "graflow_tasks_started_total", source.name): 3,
+        ("workers", "graflow_tasks_succeeded_total", source.name): 3,
+        ("workers", "graflow_tasks_failed_total", source.name): 0,
+        ("workers", "graflow_task_duration_seconds_count", source.name): 3,
+        ("workers", "graflow_task_queue_wait_seconds_count", source.name): 3,
+        ("workers", "graflow_tasks_started_total", flaky.name): 2,
+        ("workers", "graflow_tasks_failed_total", flaky.name): 1,
+        ("workers", "graflow_tasks_succeeded_total", flaky.name): 1,
+        ("workers", "graflow_tasks_timed_out_total", flaky.name): 0,
+        ("workers", "graflow_tasks_started_total", refuse.name): 1,
+        ("workers", "graflow_tasks_failed_total", refuse.name): 1,
+        ("workers", "graflow_tasks_failed_total", overrun.name): 2,
+        ("workers", "graflow_tasks_timed_out_total", overrun.name): 2,
+        ("scheduler", "graflow_tasks_retried_total", flaky.name): 1,
+        ("scheduler", "graflow_tasks_retried_total", overrun.name): 1,
+        ("scheduler", "graflow_tasks_retried_total", refuse.name): 0,
+    }
+    scraped = {"workers": workers(stack), "scheduler": [scrape(stack, "scheduler")]}
+    measured = {
+        (process, name, task_type): total(scraped[process], name, task_type=task_type, queue="default")
+        for process, name, task_type in expected
+    }
+    assert measured == expected
     # Each timed-out attempt ran for its 0.5 s timeout: both in the 0.5..1 s buckets, none below.
+    on_workers = scraped["workers"]
     assert total(on_workers, "graflow_task_duration_seconds_bucket", task_type=overrun.name, le="0.25") == 0
     assert total(on_workers, "graflow_task_duration_seconds_bucket", task_type=overrun.name, le="2.5") == 2
 
-    scheduler = [scrape(stack, "scheduler")]
-    assert total(scheduler, "graflow_tasks_retried_total", task_type=flaky.name, **q) == 1
-    assert total(scheduler, "graflow_tasks_retried_total", task_type=overrun.name, **q) == 1
-    assert total(scheduler, "graflow_tasks_retried_total", task_type=refuse.name, **q) == 0
+    scheduler = scraped["scheduler"]
     # 6 runs: every attempt (3 + 2 + 1 + 2 = 8) was dispatched and its outcome applied by the scheduler.
     assert total(scheduler, "graflow_dispatch_batch_size_sum") == 8
     assert total(scheduler, "graflow_scheduler_outcome_batch_size_sum") == 8
