@@ -1,0 +1,192 @@
+"""One trace per run, across every hop (docs/operations.md, "Traces"): every process of the stack
+exports its spans with its real OTLP/gRPC exporter to a small collector run by this test (a
+TraceService server), the test process too (the SDK client's interceptor), and the test asserts the
+span tree of a three-node run whose first node fails once and is retried:
+
+    client SubmitRun > scheduler SubmitRun > compile, PutGraph (> result-store PutGraph), dispatch
+    dispatch > task (attempt 1, error) > commit > apply > dispatch > task (attempt 2) > commit
+      > apply > dispatch > task add_one (and its GetResults) > commit > apply > dispatch
+      > task double > commit > apply
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from graflow import workflow
+from graflow.cli.devstack import LocalStack
+from tests.e2e.conftest import module_stack, wait_for
+from tests.e2e.tasks import add_one, double, flaky
+
+CLIENT_SERVICE = "e2e-client"
+SERVER = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
+CLIENT = 3
+STATUS_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Span:
+    service: str
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, object]
+    status: int
+
+    @property
+    def attempt(self) -> object:
+        return self.attributes.get("graflow.attempt")
+
+    @property
+    def node(self) -> object:
+        return self.attributes.get("graflow.node_id")
+
+
+def _value(any_value: object) -> object:
+    field = any_value.WhichOneof("value")  # type: ignore[attr-defined]
+    return getattr(any_value, field) if field else None
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver keeping every span it is sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: list[Span] = []
+
+    def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(Span(
+                        service=str(resource.get("service.name")), name=span.name, kind=span.kind,
+                        trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(),
+                        attributes={a.key: _value(a.value) for a in span.attributes},
+                        status=span.status.code,
+                    ))
+        with self._lock:
+            self._spans += received
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[Span]:
+        with self._lock:
+            return list(self._spans)
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[tuple[Collector, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    receiver = Collector()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver, port
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, collector: tuple[Collector, int]) -> Iterator[LocalStack]:
+    port = collector[1]
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}  # export every 0.1 s, not every 5 s
+    for role in ("SCHEDULER", "COORDINATOR", "RESULT_STORE", "WORKER"):
+        env[f"GRAFLOW_{role}_TRACES_EXPORTER"] = "otlp"
+        env[f"GRAFLOW_{role}_OTEL_ENDPOINT"] = f"127.0.0.1:{port}"
+        env[f"GRAFLOW_{role}_OTEL_INSECURE"] = "true"
+    # The test process is the SDK client: its provider is set before the client's first call.
+    provider = TracerProvider(resource=Resource.create({"service.name": CLIENT_SERVICE}))
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    with module_stack(request, env=env) as stack:
+        yield stack
+    provider.shutdown()
+
+
+class Tree:
+    def __init__(self, spans: list[Span]) -> None:
+        self.spans = spans
+        self.by_id = {s.span_id: s for s in spans}
+
+    def children(self, parent: Span, name: str | None = None) -> list[Span]:
+        return [s for s in self.spans if s.parent_id == parent.span_id and name in (None, s.name)]
+
+    def child(self, parent: Span, name: str, **attributes: object) -> Span:
+        found = [s for s in self.children(parent, name)
+                 if all(s.attributes.get(f"graflow.{k}") == v for k, v in attributes.items())]
+        assert len(found) == 1, (
+            f"expected one span {name!r} {attributes} under {parent.service}:{parent.name}, found "
+            f"{[(s.service, s.name, s.attributes) for s in self.children(parent)]}")
+        return found[0]
+
+
+def test_a_runs_spans_form_one_tree_across_every_hop(client, stack: LocalStack, collector) -> None:
+    receiver, _ = collector
+    with workflow("traced-tree") as wf:
+        flaky(task_id="source", fail_times=1) >> add_one >> double
+    run = client.submit(wf)
+    assert run.result(timeout=30) == 6  # attempt 2 of source returned 2: (2 + 1) * 2
+
+    def last_apply() -> bool:
+        return any(s.name == "apply" and s.node == "double" and s.attributes.get("graflow.run_id") == run.id
+                   for s in receiver.spans())
+    wait_for(last_apply, 30, "the scheduler's span of the last outcome")
+    wait_for(lambda: any(s.service == "graflow-result-store" and s.name.endswith("/GetResults")
+                         for s in receiver.spans()), 10, "the result-store's GetResults span")
+
+    spans = receiver.spans()
+    of_run = [s for s in spans if s.attributes.get("graflow.run_id") == run.id]
+    trace_ids = {s.trace_id for s in of_run}
+    assert len(trace_ids) == 1, f"the run's spans are in {len(trace_ids)} traces"
+    tree = Tree([s for s in spans if s.trace_id in trace_ids])
+
+    # The client's SubmitRun is the trace's root.
+    roots = [s for s in tree.spans if not s.parent_id]
+    assert [(r.service, r.name, r.kind) for r in roots] == [
+        (CLIENT_SERVICE, "/graflow_api.v1.Scheduler/SubmitRun", CLIENT)]
+    submit = tree.child(roots[0], "/graflow_api.v1.Scheduler/SubmitRun")
+    assert (submit.service, submit.kind) == ("graflow-scheduler", SERVER)
+    assert tree.child(submit, "compile").service == "graflow-scheduler"
+    put_graph = tree.child(submit, "/graflow_api.v1.ResultStore/PutGraph")
+    assert (put_graph.service, put_graph.kind) == ("graflow-scheduler", CLIENT)
+    stored = tree.child(put_graph, "/graflow_api.v1.ResultStore/PutGraph")
+    assert (stored.service, stored.kind) == ("graflow-result-store", SERVER)
+    dispatch = tree.child(submit, "dispatch")
+
+    # Each attempt: task > commit > apply > dispatch > the next attempt or node.
+    steps = [("source", 1, "task flaky"), ("source", 2, "task flaky"), ("add_one", 1, "task add_one"),
+             ("double", 1, "task double")]
+    for index, (node, attempt, name) in enumerate(steps):
+        task = tree.child(dispatch, name, node_id=node, attempt=attempt)
+        assert task.service == "graflow-worker"
+        assert (task.status == STATUS_ERROR) == ((node, attempt) == ("source", 1)), task
+        if node == "add_one":  # its upstream result, fetched in the run's trace
+            fetch = tree.child(dispatch, "/graflow_api.v1.ResultStore/GetResults")
+            assert fetch.service == "graflow-worker"
+            fetched = tree.child(fetch, "/graflow_api.v1.ResultStore/GetResults")
+            assert (fetched.service, fetched.kind) == ("graflow-result-store", SERVER)
+        commit = tree.child(task, "commit", node_id=node, attempt=attempt)
+        assert commit.service == "graflow-worker"
+        apply = tree.child(commit, "apply", node_id=node, attempt=attempt)
+        assert apply.service == "graflow-scheduler"
+        if index + 1 < len(steps):
+            dispatch = tree.child(apply, "dispatch")
+            assert dispatch.service == "graflow-scheduler"
+        else:
+            assert tree.children(apply) == []  # the run's last outcome releases nothing
