@@ -4,7 +4,12 @@ trace context carried inside task envelopes so a run is one trace across all ser
 The gRPC interceptors (a span per call on both sides, ~0.2 ms each) are installed only when an
 exporter is configured (:func:`tracing_enabled`): without one the spans would go nowhere. The trace
 context inside envelopes does not depend on them: the scheduler starts each run's trace itself
-(:func:`ensure_trace`), so logs of all services carry a run's trace id either way."""
+(:func:`ensure_trace`), so logs of all services carry a run's trace id either way.
+
+Across the Redis hops the context travels in envelopes (``TaskEnvelope.trace_context``: the span
+that dispatched the attempt) and outcomes (``TaskOutcome.trace_context``: the worker's commit
+span); batched work gives each item its own span in its own trace (:class:`SpanBatch`). The span
+tree of a run is described in docs/operations.md, "Traces"."""
 
 from __future__ import annotations
 
