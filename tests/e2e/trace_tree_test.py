@@ -11,6 +11,7 @@ span tree of a three-node run whose first node fails once and is retried:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -119,6 +120,13 @@ def stack(request: pytest.FixtureRequest, collector: tuple[Collector, int]) -> I
     provider.shutdown()
 
 
+def log_lines(stack: LocalStack, names: tuple[str, ...], event: str, run_id: str) -> list[dict[str, object]]:
+    """The JSON log lines ``event`` of run ``run_id`` in the logs of processes ``names``."""
+    lines = (line for name in names for line in stack.log_path(name).read_text().splitlines())
+    events = (json.loads(line) for line in lines if line.startswith("{"))
+    return [e for e in events if e.get("event") == event and e.get("run_id") == run_id]
+
+
 class Tree:
     def __init__(self, spans: list[Span]) -> None:
         self.spans = spans
@@ -170,11 +178,13 @@ def test_a_runs_spans_form_one_tree_across_every_hop(client, stack: LocalStack, 
     dispatch = tree.child(submit, "dispatch")
 
     # Each attempt: task > commit > apply > dispatch > the next attempt or node.
+    tasks: dict[tuple[str, int], Span] = {}
     steps = [("source", 1, "task flaky"), ("source", 2, "task flaky"), ("add_one", 1, "task add_one"),
              ("double", 1, "task double")]
     for index, (node, attempt, name) in enumerate(steps):
         task = tree.child(dispatch, name, node_id=node, attempt=attempt)
         assert task.service == "graflow-worker"
+        tasks[(node, attempt)] = task
         assert (task.status == STATUS_ERROR) == ((node, attempt) == ("source", 1)), task
         if node == "add_one":  # its upstream result, fetched in the run's trace
             fetch = tree.child(dispatch, "/graflow_api.v1.ResultStore/GetResults")
@@ -190,3 +200,11 @@ def test_a_runs_spans_form_one_tree_across_every_hop(client, stack: LocalStack, 
             assert dispatch.service == "graflow-scheduler"
         else:
             assert tree.children(apply) == []  # the run's last outcome releases nothing
+
+    # Log lines carry the ids of the span they were made in: the worker's in the failed attempt's
+    # task span, the scheduler's "run ended" in the last outcome's apply span.
+    [failed] = log_lines(stack, ("worker-0", "worker-1"), "task failed", run.id)
+    assert (failed["trace_id"], failed["span_id"]) == (tasks[("source", 1)].trace_id,
+                                                       tasks[("source", 1)].span_id)
+    [ended] = log_lines(stack, ("scheduler",), "run ended", run.id)
+    assert (ended["trace_id"], ended["span_id"]) == (apply.trace_id, apply.span_id)
