@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from graflow import workflow
 from graflow.cli.devstack import LocalStack
 from tests.e2e.conftest import module_stack, wait_for
-from tests.e2e.tasks import add_one, double, flaky
+from tests.e2e.tasks import add_one, blob, double, flaky
 
 CLIENT_SERVICE = "e2e-client"
 SERVER = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
@@ -208,3 +208,27 @@ def test_a_runs_spans_form_one_tree_across_every_hop(client, stack: LocalStack, 
                                                        tasks[("source", 1)].span_id)
     [ended] = log_lines(stack, ("scheduler",), "run ended", run.id)
     assert (ended["trace_id"], ended["span_id"]) == (apply.trace_id, apply.span_id)
+
+
+def test_a_large_results_put_results_is_a_span_of_its_attempts_commit(
+    client, stack: LocalStack, collector
+) -> None:
+    receiver, _ = collector
+    with workflow("traced-large-result") as wf:
+        blob(task_id="large", size=100_000)  # over the worker's INLINE_RESULT_MAX_BYTES: PutResults
+    run = client.submit(wf)
+    assert len(run.result(timeout=30)) == 100_000
+
+    def commit_of_run() -> list[Span]:
+        return [s for s in receiver.spans()
+                if s.name == "commit" and s.attributes.get("graflow.run_id") == run.id]
+    wait_for(lambda: len(commit_of_run()) == 1, 30, "the worker's commit span")
+    [commit] = commit_of_run()
+    wait_for(lambda: any(s.service == "graflow-result-store" and s.trace_id == commit.trace_id
+                         and s.name.endswith("/PutResults") for s in receiver.spans()),
+             10, "the result-store's PutResults span")
+    tree = Tree([s for s in receiver.spans() if s.trace_id == commit.trace_id])
+    put = tree.child(commit, "/graflow_api.v1.ResultStore/PutResults")
+    assert (put.service, put.kind) == ("graflow-worker", CLIENT)
+    stored = tree.child(put, "/graflow_api.v1.ResultStore/PutResults")
+    assert (stored.service, stored.kind) == ("graflow-result-store", SERVER)
