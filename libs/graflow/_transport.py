@@ -24,8 +24,6 @@ from typing import Any
 import grpc
 import grpc.experimental
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import client_interceptor
-from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
 from graflow.errors import ServiceCallError, ServiceUnavailableError
 from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
@@ -129,6 +127,10 @@ class Endpoint:
                 self._channel = grpc.insecure_channel(self._target, options=self._options)
             channel = self._channel
             if tracing_configured():
+                # Imported only then: the instrumentation costs the SDK's import ~60 ms.
+                from opentelemetry.instrumentation.grpc import client_interceptor
+                from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
                 channel = intercept_channel(channel, client_interceptor())
             self._stub = self._stub_class(channel)
         return self._stub
