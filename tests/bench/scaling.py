@@ -88,11 +88,8 @@ def measure_costs(workers: int, sizes: Sizes, profiler: profiling.Profiler | Non
             owners = port_owners(pids)
             before = socket_bytes(stack.redis.port, owners)
             cost.start()
-            if profiler is None:
+            with profiling.recording(profiler, name, pids):
                 outcome = measure(stack, sizes)
-            else:
-                with profiler.record(name, pids):
-                    outcome = measure(stack, sizes)
             units = outcome.tasks
             figures = cost.stop(units)
             moved = socket_bytes(stack.redis.port, port_owners(pids) | owners)

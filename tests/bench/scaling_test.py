@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,16 +15,6 @@ from tests.bench.scaling import capacity, main, needs, predict
 # CPU us per task: Redis 100, scheduler 200, two workers 150 in all, the client 50.
 FIGURES = {"cpu_us_by_process": {"redis": 100.0, "scheduler": 200.0, "worker-0": 75.0, "worker-1": 75.0,
                                  "client": 50.0}}
-
-
-@pytest.fixture
-def bus(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def test_capacity_is_one_core_over_the_cpu_a_task_costs_each_process() -> None:
