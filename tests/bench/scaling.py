@@ -70,7 +70,7 @@ SINGLE_KEYS = {
 }
 # Share of a resource's capacity at which the model calls it the bottleneck's neighbourhood.
 BUSY = 0.5
-# Cells per Redis primary the model assumes (deploy/: REDIS_CELLS 12 for 3 primaries).
+# Cells per Redis primary the model assumes (architecture.md: REDIS_CELLS 12 for 3 primaries).
 CELLS_PER_SHARD = 4
 
 
