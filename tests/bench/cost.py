@@ -14,6 +14,9 @@ where latency cannot, and they say which process pays it.
   Redis CPU outside ``usec`` is reading, parsing and writing the network traffic).
 - CPU: user + system time of each process (``/proc/<pid>/stat``, all threads), Redis's from
   ``INFO cpu``, this process's (the benchmark's client) from :func:`time.process_time`.
+
+Given several Redis nodes (a cluster's), every Redis figure is their sum: a replica's CPU (its
+replication included) counts, and so do the writes it re-runs from its primary (commands).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -66,27 +69,32 @@ class Cost:
     over ``pids`` and Redis, without the client, unless ``client_counts`` (a baseline, whose client
     is the whole system under test)."""
 
-    def __init__(self, url: str, pids: Mapping[str, int], *, client_counts: bool = False) -> None:
-        self.redis = redis.Redis.from_url(url)
+    def __init__(self, url: str | Sequence[str], pids: Mapping[str, int], *,
+                 client_counts: bool = False) -> None:
+        self.nodes = [redis.Redis.from_url(u) for u in ([url] if isinstance(url, str) else url)]
         self.pids = dict(pids)
         self.client_counts = client_counts
         self._begin = Sample()
 
     def _sample(self) -> Sample:
-        commands = self.redis.info("commandstats")
-        stats = self.redis.info("stats")
-        cpu = self.redis.info("cpu")
-        seconds = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
-        seconds[REDIS] = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        seconds[CLIENT] = time.process_time()
-        return Sample(
-            reads=int(stats["total_reads_processed"]),
-            bytes_in=int(stats["total_net_input_bytes"]),
-            bytes_out=int(stats["total_net_output_bytes"]),
-            by_command={key.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-                        for key, v in commands.items() if key != "cmdstat_info"},
-            seconds=seconds,
-        )
+        total = Sample()
+        for node in self.nodes:
+            commands = node.info("commandstats")
+            stats = node.info("stats")
+            cpu = node.info("cpu")
+            total.reads += int(stats["total_reads_processed"])
+            total.bytes_in += int(stats["total_net_input_bytes"])
+            total.bytes_out += int(stats["total_net_output_bytes"])
+            for key, v in commands.items():
+                if key != "cmdstat_info":
+                    calls, usec = total.by_command.get(key.removeprefix("cmdstat_"), (0, 0))
+                    total.by_command[key.removeprefix("cmdstat_")] = (calls + int(v["calls"]),
+                                                                      usec + int(v["usec"]))
+            total.seconds[REDIS] = (total.seconds.get(REDIS, 0.0) + float(cpu["used_cpu_user"])
+                                    + float(cpu["used_cpu_sys"]))
+        total.seconds.update({name: process_cpu_s(pid) for name, pid in self.pids.items()})
+        total.seconds[CLIENT] = time.process_time()
+        return total
 
     def start(self) -> None:
         self._begin = self._sample()
@@ -96,8 +104,8 @@ class Cost:
         ``redis_bytes_in``/``_out``, ``cpu_us`` (see the class), ``cpu_us_by_process``, and by Redis
         command ``redis_calls_by_command`` and ``redis_usec_by_command``."""
         end, begin = self._sample(), self._begin
-        # The three INFO calls of each sample are reads too.
-        round_trips = end.reads - begin.reads - 3
+        # The three INFO calls of each sample, on each node, are reads too.
+        round_trips = end.reads - begin.reads - 3 * len(self.nodes)
         by_process = {name: (end.seconds[name] - begin.seconds[name]) * 1e6 / units for name in end.seconds}
         counted = [name for name in by_process if name != CLIENT or self.client_counts]
         deltas = {name: (calls - begin.by_command.get(name, (0, 0))[0],
@@ -116,4 +124,5 @@ class Cost:
         }
 
     def close(self) -> None:
-        self.redis.close()
+        for node in self.nodes:
+            node.close()

@@ -64,9 +64,13 @@ LINE = re.compile(rb"^(\d+\.\d+) \[\d+ ([^\]]*)\] (.*)$")
 STOP = b"bench:monitor:stop"
 
 
+REPLICA = re.compile(r"-\d+$")
+
+
 def process_of(name: str) -> str:
-    """``worker-1`` -> ``worker``: the workers are counted together."""
-    return "worker" if name.startswith("worker-") else name
+    """``worker-1`` -> ``worker``, ``scheduler-1`` -> ``scheduler``: the processes of a service
+    (its workers, its replicas) are counted together."""
+    return REPLICA.sub("", name)
 
 
 # ---- who owns a connection ----

@@ -45,6 +45,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from graflow.devstack import LocalStack
 from graflow_runtime import keys
@@ -57,6 +58,7 @@ from tests.bench.memory import pattern_of
 
 FACTORS = (10, 100, 1000)
 MEASURES = ("fanout", "runs")
+TASK_MODULES = ["tests.bench.tasks"]
 SERVICES = ("scheduler", "coordinator", "result-store", "worker")
 # Keys outside the cells: one key (one slot) whatever the number of cells. Graphs are one key per
 # workflow graph (hash), so one hot workflow is one hot key.
@@ -75,24 +77,34 @@ CELLS_PER_SHARD = 4
 
 
 # ---- measuring ----
-def measure_costs(workers: int, sizes: Sizes, profiler: profiling.Profiler | None) -> dict[str, dict]:
-    """Per fan-out task and per one-task run (see the module): throughput, costs, bytes by process."""
-    stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"])
+def redis_nodes(stack: LocalStack) -> list[str]:
+    """The URLs of the stack's Redis servers (one)."""
+    return [stack.redis_url]
+
+
+def measure_costs(stack: LocalStack, sizes: Sizes, profiler: profiling.Profiler | None) -> dict[str, dict]:
+    """Per fan-out task and per one-task run (see the module): throughput, costs, bytes by process,
+    on ``stack`` (started here, stopped at the end)."""
     out: dict[str, dict] = {}
     try:
         stack.start()
         pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
-        assert stack.redis is not None
-        cost = Cost(stack.redis_url, pids)
+        nodes = redis_nodes(stack)
+        ports = [urlsplit(url).port for url in nodes]
+        cost = Cost(nodes, pids)
+
+        def traffic(owners: Mapping[int, str]) -> Counter[tuple[str, str]]:
+            return sum((socket_bytes(port, owners) for port in ports if port), Counter())
+
         for name, measure, rate in (("fanout", fanout, "tasks_per_s"), ("runs", many_runs, "runs_per_s")):
             owners = port_owners(pids)
-            before = socket_bytes(stack.redis.port, owners)
+            before = traffic(owners)
             cost.start()
             with profiling.recording(profiler, name, pids):
                 outcome = measure(stack, sizes)
             units = outcome.tasks
             figures = cost.stop(units)
-            moved = socket_bytes(stack.redis.port, port_owners(pids) | owners)
+            moved = traffic(port_owners(pids) | owners)
             moved.subtract(before)
             out[name] = {"per_s": outcome.figures[rate], "units": units, **figures,
                          "redis_bytes_by_process": {f"{p} {d}": n / units
@@ -345,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.profile else None)
     out = sys.stdout.write
 
-    costs = measure_costs(args.workers, sizes, profiler)
+    costs = measure_costs(LocalStack(workers=args.workers, task_modules=TASK_MODULES), sizes, profiler)
     hops = {} if args.no_hops else measure_hops(args.workers, {}, fanout=min(args.fanout, 1_000),
                                                       idle_s=args.idle_seconds)
     bench = redis_benchmark()

@@ -8,8 +8,9 @@ import pytest
 import redis
 
 from graflow_runtime import keys
+from graflow_runtime.local_redis import LocalRedis
 from tests.bench.cost import Cost
-from tests.bench.hops import key_pattern, port_owners, resp_size, socket_bytes
+from tests.bench.hops import key_pattern, port_owners, process_of, resp_size, socket_bytes
 from tests.bench.scaling import capacity, main, needs, predict
 
 # CPU us per task: Redis 100, scheduler 200, two workers 150 in all, the client 50.
@@ -71,3 +72,24 @@ def test_bad_sizes_are_refused() -> None:
     with pytest.raises(SystemExit) as refused:
         main(["--fanout", "0"])
     assert refused.value.code == 2
+
+
+def test_cost_sums_every_node_of_several(bus: redis.Redis, redis_url: str) -> None:
+    with LocalRedis() as other:
+        second = redis.Redis.from_url(other.url)
+        second.ping()  # connected (its handshake) before the measure
+        cost = Cost([redis_url, other.url], {})
+        cost.start()
+        bus.set("a", "1")
+        second.set("b", "2")
+        second.get("b")
+        spent = cost.stop(1)
+        cost.close()
+        second.close()
+    assert spent["redis_calls_by_command"] == {"set": 2.0, "get": 1.0}
+    assert spent["redis_round_trips"] == 3.0
+
+
+def test_a_services_processes_count_together() -> None:
+    assert [process_of(name) for name in ("worker-1", "scheduler-1", "result-store", "result-store-2")] == [
+        "worker", "scheduler", "result-store", "result-store"]
