@@ -25,12 +25,15 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
-from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+from graflow_runtime.grpc_options import CLIENT_CHANNEL_OPTIONS, client_channel_args
 from graflow_runtime.tls import TlsFiles
 
 # Server-streaming calls (WatchRun) are read on the calling thread instead of a helper thread per
 # call: a third less client CPU and ~0.1 ms less per watch (the SDK only iterates and cancels them).
-_SDK_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+_SDK_CHANNEL_OPTIONS = [
+    *CLIENT_CHANNEL_OPTIONS,
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+]
 # Each service's default address and stub.
 _SERVICES: dict[str, tuple[str, Callable[[grpc.Channel], Any]]] = {
     "scheduler": (DEFAULT_SCHEDULER_ADDRESS, scheduler_pb2_grpc.SchedulerStub),
@@ -74,7 +77,10 @@ def client_credentials(
 class Endpoint:
     """One service: a lazily opened channel, the deadline, the token and error translation.
 
-    ``address`` None: ``GRAFLOW_CLIENT_<SERVICE>_ADDRESS``, else the service's default address;
+    ``address`` None: ``GRAFLOW_CLIENT_<SERVICE>_ADDRESS``, else the service's default address (one
+    ``host:port``, replicas as ``host:port,host:port``, or ``dns:///name:port``: the channel
+    balances over them and retries idempotent calls, :mod:`graflow_runtime.grpc_options`; a bad
+    address raises :class:`graflow_runtime.addresses.AddressError` here);
     ``auth_token`` None: ``GRAFLOW_CLIENT_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>`` when
     not empty); ``credentials``: TLS (:func:`client_credentials`), None for plaintext."""
 
@@ -92,6 +98,8 @@ class Endpoint:
         token = auth_token if auth_token is not None else os.environ.get("GRAFLOW_CLIENT_AUTH_TOKEN", "")
         self.service = service
         self.address = address or os.environ.get(env) or default
+        # Checked (and a list's names resolved) now: a bad address fails the construction.
+        self._target, self._options = client_channel_args(self.address, _SDK_CHANNEL_OPTIONS)
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.credentials = credentials
@@ -102,11 +110,9 @@ class Endpoint:
     def stub(self) -> Any:
         if self._stub is None:
             if self.credentials is not None:
-                self._channel = grpc.secure_channel(
-                    self.address, self.credentials, options=_SDK_CHANNEL_OPTIONS
-                )
+                self._channel = grpc.secure_channel(self._target, self.credentials, options=self._options)
             else:
-                self._channel = grpc.insecure_channel(self.address, options=_SDK_CHANNEL_OPTIONS)
+                self._channel = grpc.insecure_channel(self._target, options=self._options)
             self._stub = self._stub_class(self._channel)
         return self._stub
 

@@ -18,6 +18,7 @@ are the contract's messages: :meth:`Client.get_run` returns a ``graflow_api.v1.s
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -89,7 +90,9 @@ class Client:
         labels: Mapping[str, str] | None = None,
     ) -> Run:
         """Start a run. An invalid workflow raises :class:`WorkflowDefinitionError` with the server's
-        reason; with ``idempotency_key`` a repeated submit returns the first run (``created`` False)."""
+        reason; with ``idempotency_key`` a repeated submit returns the first run (``created`` False).
+        Without one the submit gets a key of its own, so that the call retried on another
+        scheduler replica (:mod:`graflow_runtime.grpc_options`) never starts two runs."""
         run, _ = self._submit(workflow_or_spec, idempotency_key, labels, wait_s=0.0)
         return run
 
@@ -126,9 +129,12 @@ class Client:
             raise TypeError(
                 f"submit() takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}"
             )
+        # A key made here names this call only: a run found under it was created by an earlier
+        # attempt of this call (one that a dying replica answered UNAVAILABLE), so it is "created".
+        generated = not idempotency_key
         request = scheduler_pb2.SubmitRunRequest(
             spec=spec,
-            idempotency_key=idempotency_key or "",
+            idempotency_key=idempotency_key or f"sdk-{uuid.uuid4().hex}",
             labels=dict(labels or {}),
             wait_ms=_ms(wait_s),
         )
@@ -141,7 +147,7 @@ class Client:
         run = Run(
             self,
             response.run_id,
-            created=response.created,
+            created=response.created or generated,
             graph_hash=response.graph_hash,
             sink_node_ids=response.sink_node_ids,
         )

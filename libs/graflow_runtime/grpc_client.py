@@ -7,6 +7,10 @@ NOT_FOUND, RESOURCE_EXHAUSTED, ...) pass through untouched. RESOURCE_EXHAUSTED i
 request (a message over the 64 MiB limit, a limit of the service): retrying it or pausing for it
 would wedge the caller, so it is the caller's to fail that request. pybreaker's decorator does not support
 ``async def``, so the awaited call is wrapped in ``with breaker.calling():``.
+
+One breaker per downstream *service*, not per replica: the channel balances calls over the
+service's replicas and gRPC retries an idempotent call that a failing replica dropped on another
+one, so what reaches the breaker is a failure after those retries, i.e. of the service as a whole.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pybreaker
 import structlog
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from graflow_runtime.grpc_options import CHANNEL_OPTIONS
+from graflow_runtime.grpc_options import client_channel_args
 from graflow_runtime.telemetry import tracing_enabled
 
 log = structlog.get_logger(__name__)
@@ -74,20 +78,24 @@ class _StreamStreamToken(_Token, grpc.aio.StreamStreamClientInterceptor):
 
 
 def open_channel(
-    target: str, auth_token: str = "", credentials: grpc.ChannelCredentials | None = None
+    address: str, auth_token: str = "", credentials: grpc.ChannelCredentials | None = None
 ) -> grpc.aio.Channel:
-    """An aio channel with Graflow's options, tracing (when an exporter is configured),
-    (optionally) the auth token, and TLS when ``credentials`` are given
-    (:func:`graflow_runtime.tls.channel_credentials`; None: plaintext)."""
+    """An aio channel to ``address`` (one server, a comma-separated list of replicas or a gRPC
+    target such as ``dns:///name:port``: :func:`graflow_runtime.grpc_options.client_channel_args`,
+    which balances calls over replicas and retries idempotent ones) with Graflow's options, tracing
+    (when an exporter is configured), (optionally) the auth token, and TLS when ``credentials`` are
+    given (:func:`graflow_runtime.tls.channel_credentials`; None: plaintext). Raises
+    :class:`graflow_runtime.addresses.AddressError` for an address that names no server."""
+    target, options = client_channel_args(address)
     interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
     if auth_token:
         shapes = (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)
         interceptors.extend(shape(auth_token) for shape in shapes)
     if credentials is not None:
         return grpc.aio.secure_channel(
-            target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors or None
+            target, credentials, options=options, interceptors=interceptors or None
         )
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors or None)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
 
 
 class _BreakerLogListener(pybreaker.CircuitBreakerListener):

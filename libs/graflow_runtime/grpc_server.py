@@ -18,7 +18,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.auth import AccessInterceptor, Credentials
@@ -142,7 +142,13 @@ def create_server(
     (the settings' defaults when None).
     """
     limits = limits or ServerLimits()
-    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()] if tracing_enabled() else []
+    # Health calls are not traced: the callers' channels hold a health Watch stream per replica
+    # (client-side health checking, graflow_runtime.grpc_options), which the tracing interceptor
+    # failed (it does not support handlers that write their stream with ``context.write``, as the
+    # stock health service's Watch does), so every replica looked unhealthy with tracing on.
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [aio_server_interceptor(filter_=filters.negate(filters.health_check()))] if tracing_enabled() else []
+    )
     if credentials is not None or audit is not None:
         interceptors.append(AccessInterceptor(credentials, audit))
     interceptors.append(LimitsInterceptor(name, limits))

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from graflow_runtime import keys
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.lifecycle import (
     EXIT_CONFIGURATION,
@@ -38,7 +39,6 @@ from graflow_runtime.lifecycle import (
     run_service,
 )
 from graflow_runtime.logs import configure_logging
-from graflow_runtime import keys
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, check_layout, connect, redacted
 from graflow_runtime.settings import SettingsError, SettingsT, layout_of, load_settings
 from graflow_runtime.telemetry import configure_tracing

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from graflow_runtime.addresses import channel_target
 from graflow_runtime.audit import DEFAULT_AUDIT_MAXLEN
 from graflow_runtime.auth import Credentials, parse_cert_role, parse_token_entry
 from graflow_runtime.errors import ConfigurationError
@@ -23,6 +24,16 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # The event loop of a service process; "auto": uvloop when it is installed, asyncio otherwise.
 EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
+
+
+def _service_address(value: str) -> str:
+    channel_target(value)  # AddressError (a ValueError) names the entry; the error names the variable
+    return value
+
+
+# Where a process reaches another service: ``host:port``, its replicas ``host:port,host:port``, or a
+# gRPC target such as ``dns:///name:port`` (graflow_runtime.addresses); checked at start-up.
+ServiceAddress = Annotated[str, AfterValidator(_service_address)]
 
 
 class SettingsError(ConfigurationError):

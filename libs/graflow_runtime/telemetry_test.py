@@ -61,7 +61,7 @@ async def test_tracing_interceptors_are_installed_only_with_an_exporter(monkeypa
     made: list[str] = []
     monkeypatch.setattr(grpc_client, "aio_client_interceptors", lambda: made.append("client") or [])
     monkeypatch.setattr(
-        grpc_server, "aio_server_interceptor", lambda: made.append("server") or _Passthrough()
+        grpc_server, "aio_server_interceptor", lambda **_: made.append("server") or _Passthrough()
     )
     assert not telemetry.tracing_enabled()  # configure_tracing was not called with an exporter
     for exporting, expected in ((False, []), (True, ["client", "server"])):

@@ -4,6 +4,7 @@
         [--workers 2] [--concurrency N] [--latency-runs 200] [--chain-steps 100] [--fanout 10000]
         [--group 1000] [--many-runs 1000] [--many-threads 8] [--repeats 3]
         [--idle-seconds 5] [--set NAME=VALUE ...] [--tls] [--signing] [--role-tokens] [--json PATH]
+        [--replicas 1,2]
         [--profile DIR [--py-spy PATH] [--profile-native]]
 
 Starts a private redis-server and the four services as processes (2 workers by default, each with
@@ -45,6 +46,12 @@ with an HMAC key for its bus messages (``LocalStack(signing=True)``), ``--role-t
 per role (``LocalStack(role_tokens=True)``). ``security_cost.py`` runs the measures with all of them
 and with none, alternately, and compares (docs/security.md, "Cost").
 
+``--replicas 1,2`` measures the stack once per count of replicas of each server (scheduler,
+coordinator, result-store: ``LocalStack(replicas=...)``, the clients and workers given every
+replica's address) and prints the figures side by side after the main table (which is the first
+count's). On 2 cores a second replica of each adds processes and connections, not cores: it shows
+the overhead of replicas, not how they scale (docs/performance.md, "Replicas").
+
 CPU and command counts barely move with the machine's noise, unlike wall-clock figures: they show
 where a change's cost goes (per process: ``cpu_us_by_process`` in the JSON and the second table).
 ``--json PATH`` writes every figure, so runs can be compared. ``--profile DIR`` records every stack
@@ -63,7 +70,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from graflow.devstack import LocalStack
+from graflow.devstack import SERVERS, LocalStack
 from graflow_runtime.local_redis import LocalRedis
 from tests.bench import baselines, profiling
 from tests.bench.cost import CLIENT, Cost, median, percentile
@@ -122,12 +129,12 @@ def measure_baselines(selected: set[str], sizes: Sizes) -> dict[str, object]:
 
 def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[str, str],
                     profiler: profiling.Profiler | None, *,
-                    security: Security = NO_SECURITY) -> dict[str, dict[str, object]]:
+                    security: Security = NO_SECURITY, replicas: int = 1) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     if not selected & set(MEASURES):
         return out
     stack = LocalStack(workers=workers, task_modules=["tests.bench.tasks"], env=env,
-                       **security.stack_options())
+                       replicas=dict.fromkeys(SERVERS, replicas), **security.stack_options())
     try:
         stack.start()
         pids = {p.name: p.pid for p in [*stack.servers.values(), *stack.workers] if p.pid}
@@ -237,6 +244,34 @@ def hops_table(hops: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The figures compared across counts of replicas: (label, measure, key, digits).
+REPLICA_FIGURES = (
+    ("one-task submit -> result p50 (ms)", "latency", "p50_ms", 2),
+    ("one-task submit -> result p99 (ms)", "latency", "p99_ms", 2),
+    ("chain (s)", "chain", "seconds", 3),
+    ("fan-out (tasks/s)", "fanout", "tasks_per_s", 0),
+    ("group + join (s)", "group", "seconds", 3),
+    ("many runs (runs/s)", "many", "runs_per_s", 0),
+    ("  SubmitRun p50 while they run (ms)", "many", "submit_p50_ms", 2),
+    ("CPU per fan-out task, all processes (us)", "fanout", "cpu_us", 0),
+)
+
+
+def replicas_table(by_count: dict[int, dict]) -> str:
+    """Each figure with 1, 2... replicas of each server, and the highest count's over the lowest's."""
+    counts = sorted(by_count)
+    head = "".join(f"{f'{n} replica' + ('s' if n > 1 else ''):>14}" for n in counts)
+    lines = [f"{'replicas of each server':<44}{head}{'ratio':>8}"]
+    for label, measure, key, digits in REPLICA_FIGURES:
+        values = [by_count[n].get(measure, {}).get(key) for n in counts]
+        if all(v is None for v in values):
+            continue
+        ratio = values[-1] / values[0] if values[0] and values[-1] is not None else None
+        lines.append(f"{label:<44}" + "".join(f"{number(v, digits):>14}" for v in values)
+                     + f"{number(ratio, 2):>8}")
+    return "\n".join(lines) + "\n"
+
+
 def commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -275,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="servers accept a token per role and every process sends its own "
                              "(LocalStack(role_tokens=True), docs/security.md \"Roles\"): the cost of auth")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--replicas", default="1",
+                        help="comma-separated counts of replicas of each server, each measured "
+                             "(e.g. 1,2; default 1)")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="record every stack process with py-spy during each timed measure, into DIR")
     parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: on the PATH)")
@@ -285,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = selected - set(ALL)
     if unknown:
         parser.error(f"unknown measure(s) {', '.join(sorted(unknown))}: choose among {', '.join(ALL)}")
+    try:
+        counts = [int(count) for count in args.replicas.split(",")]
+    except ValueError:
+        parser.error(f"--replicas {args.replicas!r}: expected counts such as 1,2")
+    if any(count < 1 for count in counts):
+        parser.error(f"--replicas {args.replicas!r}: each count must be >= 1")
     sizes = Sizes(latency_runs=args.latency_runs, chain_steps=args.chain_steps, fanout=args.fanout,
                   group_members=args.group, many_runs=args.many_runs, many_steps=args.many_steps,
                   many_threads=args.many_threads, repeats=args.repeats, idle_s=args.idle_seconds)
@@ -303,17 +347,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="graflow-bench-certs-") as certificates:
         security = Security(tls=mtls(Path(certificates)) if args.tls else None, signing=args.signing,
                             role_tokens=args.role_tokens)
-        graflow = measure_graflow(selected, sizes, args.workers, env, profiler, security=security)
+        by_count = {
+            count: measure_graflow(selected, sizes, args.workers, env, profiler, security=security,
+                                   replicas=count)
+            for count in counts
+        }
+    graflow = by_count[counts[0]]
     hops = measure_hops(args.workers, env) if "hops" in selected else {}
 
     concurrency = "default" if args.concurrency is None else args.concurrency
     out(f"\nGraflow benchmark ({args.workers} workers, concurrency {concurrency}, "
+        f"{counts[0]} replica(s) of each server, "
         f"security: {security.label()}; "
         f"{'PROFILED: timings perturbed; ' if profiler else ''}commit {commit() or '?'})\n")
     out(table(rows(base, graflow, hops, sizes)))
     out("x worse: Graflow / baseline (times, CPU, counts) or baseline / Graflow (rates).\n\n")
     if graflow:
         out(cpu_table(graflow) + "\n")
+    if len(counts) > 1:
+        out(replicas_table(by_count) + "ratio: the highest count's figure over the lowest's.\n\n")
     if hops:
         out(hops_table(hops) + "\n")
     if profiler:
@@ -327,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "security": security.label(),
             "profiled": profiler is not None, "sizes": sizes.__dict__,
             "baseline": base, "graflow": graflow, "hops": hops,
+            "replicas": {str(count): figures for count, figures in by_count.items()},
         }
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

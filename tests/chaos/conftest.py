@@ -44,6 +44,7 @@ from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2, 
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
+from graflow_runtime.grpc_options import client_channel_args
 from graflow_runtime.local_redis import LocalRedis
 from tests.e2e.conftest import TASKS, start_stack
 
@@ -159,7 +160,8 @@ class Chaos:
 
     def _channel(self, address: str) -> grpc.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.insecure_channel(address)
+            target, options = client_channel_args(address)  # a list when the stack has replicas
+            self._channels[address] = grpc.insecure_channel(target, options=options)
         return self._channels[address]
 
     # ---- the two exactly-once assertions ----
@@ -235,8 +237,9 @@ def wait_until(
 
 @contextlib.contextmanager
 def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str] | None = None,
-                worker_acl: bool = False) -> Iterator[Chaos]:
+                worker_acl: bool = False, replicas: Mapping[str, int] | None = None) -> Iterator[Chaos]:
     """A stack (its own Redis with AOF ``fsync``) plus an observer Redis, stopped at the end.
+    ``replicas``: processes per server (``LocalStack(replicas=...)``).
 
     ``worker_acl``: the workers log in to Redis as a user of their own, so a test can withdraw
     their right to commit (:func:`refuse_worker_commits`) while every other service works on.
@@ -264,7 +267,7 @@ def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str
                 f"redis://{WORKER_USER}:{WORKER_PASSWORD}@127.0.0.1:{server.port}/0"
             )
         stack, _ = start_stack(workers, task_modules=TASK_MODULES, server=server, env=stack_env,
-                               log_dir=base / "logs")
+                               log_dir=base / "logs", replicas=replicas)
     except BaseException:
         server.close()
         observer.close()

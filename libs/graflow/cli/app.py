@@ -26,6 +26,7 @@ from graflow.errors import (
     UsageError,
     WorkflowDefinitionError,
 )
+from graflow_runtime.addresses import AddressError
 from graflow_runtime.tls import TlsFileError
 from graflow_runtime.version import __version__
 
@@ -43,6 +44,7 @@ USER_ERRORS = (
     UsageError,
     LocalStackError,
     TlsFileError,
+    AddressError,
 )
 
 
@@ -62,15 +64,21 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="print the version",
 )
 @click.option(
-    "--scheduler", metavar="ADDR", help="scheduler host:port [env GRAFLOW_CLIENT_SCHEDULER_ADDRESS]"
+    "--scheduler",
+    metavar="ADDR",
+    help="scheduler host:port; replicas: host:port,host:port or dns:///name:port "
+    "[env GRAFLOW_CLIENT_SCHEDULER_ADDRESS]",
 )
 @click.option(
-    "--result-store", metavar="ADDR", help="result-store host:port [env GRAFLOW_CLIENT_RESULT_STORE_ADDRESS]"
+    "--result-store",
+    metavar="ADDR",
+    help="result-store address (as --scheduler) [env GRAFLOW_CLIENT_RESULT_STORE_ADDRESS]",
 )
 @click.option(
     "--coordinator",
     metavar="ADDR",
-    help="coordinator host:port, for workers and dead-letters [env GRAFLOW_CLIENT_COORDINATOR_ADDRESS]",
+    help="coordinator address (as --scheduler), for workers and dead-letters "
+    "[env GRAFLOW_CLIENT_COORDINATOR_ADDRESS]",
 )
 @click.option("--token", help="bearer token sent to the services [env GRAFLOW_CLIENT_AUTH_TOKEN]")
 @click.option(

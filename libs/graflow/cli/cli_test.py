@@ -55,6 +55,11 @@ def test_unreachable_scheduler_exits_2_with_a_hint(cli):
     assert "graflow dev --keep" in cli.err
 
 
+def test_a_bad_entry_in_a_list_of_replicas_exits_2_naming_it(cli):
+    assert cli("--scheduler", "127.0.0.1:50051,scheduler-2", "runs") == 2
+    assert "entry 'scheduler-2' is not host:port" in cli.err
+
+
 def test_unknown_status_filter_is_a_usage_error(cli):
     assert cli("--scheduler", "127.0.0.1:1", "runs", "--status", "exploded") == 2
     assert "unknown run status 'exploded'" in cli.err

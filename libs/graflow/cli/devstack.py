@@ -29,6 +29,12 @@ from the given command instead, the way a container runs them: no ``PYTHONPATH``
 PEX variables of this process, the log directory as working directory (so nothing of a checkout is
 importable); the end-to-end test of the PEXes ``./pants package ::`` writes uses it.
 
+``replicas={"scheduler": 2, "coordinator": 2, "result-store": 2}`` runs that many processes of a
+server (each on a port of its own; the first keeps the service's name, the others are named
+``scheduler-1``, ...). :meth:`LocalStack.address` of a service is then the comma-separated list of
+its replicas, which every process and the stack's clients are given (docs/architecture.md,
+"Replicas"); ``replica_address("scheduler-1")`` is one replica's.
+
 ``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
 ``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
 (docs/security.md, "Integrity on the bus").
@@ -271,9 +277,20 @@ class LocalStack:
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
         commands: Mapping[str, Sequence[str]] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
+        replicas = dict(replicas or {})
+        unknown = sorted(set(replicas) - set(SERVERS))
+        if unknown:
+            raise ValueError(f"replicas of {', '.join(unknown)}: only {', '.join(SERVERS)} have replicas")
+        if any(count < 1 for count in replicas.values()):
+            raise ValueError(f"replicas must be >= 1 each, not {replicas}")
+        # service -> the names of its processes: the service's own name, then "<service>-1", ...
+        self.replica_names = {
+            name: [name, *(f"{name}-{i}" for i in range(1, replicas.get(name, 1)))] for name in SERVERS
+        }
         self.worker_count = workers
         self.task_modules = list(task_modules)
         if auth_token and role_tokens:
@@ -299,7 +316,11 @@ class LocalStack:
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="graflow-dev-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Fixed per stack, so a restarted process comes back on the same address.
-        self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVERS}
+        self.ports = {
+            process: (ports or {}).get(process) or free_port()
+            for names in self.replica_names.values()
+            for process in names
+        }
         self.servers: dict[str, ServiceProcess] = {}
         self.workers: list[ServiceProcess] = []
         self._started = False
@@ -307,7 +328,12 @@ class LocalStack:
 
     # ---- addresses ----
     def address(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
+        """A service's address: its replicas' comma-separated (one replica: its ``host:port``)."""
+        return ",".join(self.replica_address(name) for name in self.replica_names[service])
+
+    def replica_address(self, name: str) -> str:
+        """The address of one server process, by its name (``scheduler``, ``scheduler-1``...)."""
+        return f"127.0.0.1:{self.ports[name]}"
 
     @property
     def scheduler_address(self) -> str:
@@ -401,7 +427,7 @@ class LocalStack:
         return self.role_tokens.get(role, "") if self.role_tokens else self.auth_token
 
     # ---- processes ----
-    def _env(self, service: str) -> dict[str, str]:
+    def _env(self, service: str, listen_address: str = "") -> dict[str, str]:
         prefix = PREFIXES[service]
         inherited = {
             name: value
@@ -417,7 +443,7 @@ class LocalStack:
             f"{prefix}SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }
         if service != "worker":
-            env[f"{prefix}LISTEN_ADDRESS"] = self.address(service)
+            env[f"{prefix}LISTEN_ADDRESS"] = listen_address
         if service in ("scheduler", "worker"):
             env[f"{prefix}RESULT_STORE_ADDRESS"] = self.result_store_address
         if service == "worker":
@@ -435,15 +461,16 @@ class LocalStack:
         env.update(self._signing_env(service))
         return {**env, **self._extra_env}
 
-    def _server(self, name: str) -> ServiceProcess:
+    def _server(self, service: str, name: str) -> ServiceProcess:
+        """Replica ``name`` of ``service`` (the first one is named as the service)."""
         return ServiceProcess(
             name,
-            MODULES[name],
-            self._env(name),
+            MODULES[service],
+            self._env(service, self.replica_address(name)),
             self.log_dir / f"{name}.log",
-            self.address(name),
+            self.replica_address(name),
             self.tls.channel_credentials() if self.tls else None,
-            self.commands.get(name, ()),
+            self.commands.get(service, ()),
         )
 
     def _worker(self, index: int) -> ServiceProcess:
@@ -479,7 +506,11 @@ class LocalStack:
             if self.redis is None:
                 passwords = generate_passwords() if self._redis_acl else None
                 self.redis = LocalRedis(tls=self._redis_tls, users=passwords).start()
-            self.servers = {name: self._server(name) for name in SERVERS}
+            self.servers = {
+                name: self._server(service, name)
+                for service, names in self.replica_names.items()
+                for name in names
+            }
             # Servers only need Redis to come up (they reach each other lazily, behind breakers);
             # workers register with the coordinator, so they start once it serves.
             self._launch(list(self.servers.values()))
@@ -497,9 +528,12 @@ class LocalStack:
             worker.begin_stop()
         for worker in self.workers:
             worker.finish_stop(grace)
-        for name in reversed(SERVERS):
-            if name in self.servers:
-                self.servers[name].stop(grace_s=grace)
+        for service in reversed(SERVERS):
+            replicas = [self.servers[name] for name in self.replica_names[service] if name in self.servers]
+            for replica in replicas:  # a service's replicas stop together
+                replica.begin_stop()
+            for replica in replicas:
+                replica.finish_stop(grace)
         if self._own_redis and self.redis is not None:
             self.redis.close()
             self.redis = None

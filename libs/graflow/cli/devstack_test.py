@@ -195,6 +195,19 @@ def test_a_service_that_cannot_start_is_reported_with_its_log_tail(tmp_path):
     assert broken.redis is None
 
 
+def test_replicas_get_ports_and_names_of_their_own_and_the_service_address_lists_them(tmp_path):
+    stack = LocalStack(workers=0, replicas={"scheduler": 3, "result-store": 1}, log_dir=tmp_path)
+    names = ["scheduler", "scheduler-1", "scheduler-2"]
+    assert stack.replica_names["scheduler"] == names
+    assert stack.scheduler_address == ",".join(stack.replica_address(name) for name in names)
+    assert len({stack.ports[name] for name in names}) == 3
+    assert "," not in stack.coordinator_address and "," not in stack.result_store_address
+    with pytest.raises(ValueError, match="replicas of worker: only result-store, coordinator, scheduler"):
+        LocalStack(replicas={"worker": 2}, log_dir=tmp_path)
+    with pytest.raises(ValueError, match="replicas must be >= 1 each"):
+        LocalStack(replicas={"coordinator": 0}, log_dir=tmp_path)
+
+
 def test_a_paused_service_answers_nothing_until_resumed(stack):
     with stack.client(timeout=1) as client:
         stack.pause("result-store")

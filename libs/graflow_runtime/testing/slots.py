@@ -2,15 +2,15 @@
 "Redis Cluster: cells"), for tests that run on a single Redis: there, a script whose keys span two
 cells works, and would fail with CROSSSLOT on a cluster.
 
-    def test_x(one_slot_scripts: list[str]) -> None:  # fixture from graflow_runtime.testing.slots
+    def test_x(one_slot_scripts: list[str]) -> None:  # a fixture of this module
         ...  # any script call spanning slots fails the test at the call
 
 ``four_cells`` sets this process's key layout to four cells for the test (and back to the default
 after), naming exactly the keys a cluster deployment with four cells would.
 
-The fixture ``one_slot_scripts`` observes :class:`graflow_runtime.scripts.LuaScript`'s calls in this process (services
-run as other processes are checked by the cluster fixture instead) and yields the names of the
-scripts that ran, so a test can also assert that the path it names was taken.
+The fixture ``one_slot_scripts`` observes :class:`graflow_runtime.scripts.LuaScript`'s calls in this
+process (services run as other processes are checked by the cluster fixture instead) and yields the
+names of the scripts that ran, so a test can also assert that the path it names was taken.
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ def one_slot_scripts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     ran: list[str] = []
     run, pipelined = LuaScript.run, LuaScript._pipelined
 
-    async def checked_run(self: LuaScript, client: Any, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        check_one_slot(self.name, keys)
+    async def checked_run(
+        self: LuaScript, client: Any, names: Sequence[str], args: Sequence[ScriptArg]
+    ) -> Any:
+        check_one_slot(self.name, names)
         ran.append(self.name)
-        return await run(self, client, keys, args)
+        return await run(self, client, names, args)
 
     async def checked_pipelined(self: LuaScript, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
-        for keys, _ in calls:
-            check_one_slot(self.name, keys)
+        for names, _ in calls:
+            check_one_slot(self.name, names)
             ran.append(self.name)
         return await pipelined(self, client, calls)
 

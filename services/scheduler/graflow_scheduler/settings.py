@@ -8,7 +8,7 @@ import socket
 from pydantic import Field
 
 from graflow_runtime.addresses import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
-from graflow_runtime.settings import BusSettings, settings_config
+from graflow_runtime.settings import BusSettings, ServiceAddress, settings_config
 
 
 def default_consumer_name() -> str:
@@ -21,7 +21,7 @@ class SchedulerSettings(BusSettings):
 
     # gRPC listen address ("host:port"; port 0 picks a free port).
     listen_address: str = DEFAULT_SCHEDULER_ADDRESS
-    result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
+    result_store_address: ServiceAddress = DEFAULT_RESULT_STORE_ADDRESS
     # Consumer name in the outcome stream's group. Set it to a stable name (e.g. the pod name) so
     # that a restarted replica drains what it held; otherwise other replicas reclaim it when idle.
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)

@@ -16,7 +16,7 @@ from graflow_runtime.addresses import (
     DEFAULT_SCHEDULER_ADDRESS,
 )
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
-from graflow_runtime.settings import BusSettings, settings_config, split_list
+from graflow_runtime.settings import BusSettings, ServiceAddress, settings_config, split_list
 
 _TASK_MODULES_HINT = (
     "set GRAFLOW_WORKER_TASK_MODULES to a comma-separated list of modules that define @task "
@@ -41,10 +41,10 @@ class WorkerSettings(BusSettings):
     # It also bounds the read and commit batches: with 8, tiny tasks spent most of their time in
     # per-batch costs (a GetResults and a PutResults per handful of tasks), so the default is 64.
     concurrency: int = Field(default=64, ge=1)
-    coordinator_address: str = DEFAULT_COORDINATOR_ADDRESS
-    result_store_address: str = DEFAULT_RESULT_STORE_ADDRESS
+    coordinator_address: ServiceAddress = DEFAULT_COORDINATOR_ADDRESS
+    result_store_address: ServiceAddress = DEFAULT_RESULT_STORE_ADDRESS
     # Child runs (ctx.run_child / ctx.start_child) are started through the scheduler.
-    scheduler_address: str = DEFAULT_SCHEDULER_ADDRESS
+    scheduler_address: ServiceAddress = DEFAULT_SCHEDULER_ADDRESS
     # gRPC health endpoint; port 0 picks a free port (reported to the coordinator).
     health_listen_address: str = "127.0.0.1:0"
     # How long one XREADGROUP blocks waiting for new entries. Keep it below the coordinator's lease

@@ -68,3 +68,16 @@ def test_inline_results_are_bounded_and_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES", str(1024 * 1024 + 1))
     with pytest.raises(SettingsError, match="GRAFLOW_WORKER_INLINE_RESULT_MAX_BYTES"):
         load_settings(WorkerSettings)
+
+
+def test_addresses_of_replicas_are_accepted_and_a_bad_entry_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GRAFLOW_WORKER_TASK_MODULES", "app.tasks")
+    monkeypatch.setenv("GRAFLOW_WORKER_SCHEDULER_ADDRESS", "127.0.0.1:50051,127.0.0.1:50061")
+    monkeypatch.setenv("GRAFLOW_WORKER_COORDINATOR_ADDRESS", "dns:///coordinator:50052")
+    settings = load_settings(WorkerSettings)
+    assert settings.scheduler_address == "127.0.0.1:50051,127.0.0.1:50061"
+    assert settings.coordinator_address == "dns:///coordinator:50052"
+    monkeypatch.setenv("GRAFLOW_WORKER_RESULT_STORE_ADDRESS", "127.0.0.1:50053,127.0.0.1")
+    problem = "GRAFLOW_WORKER_RESULT_STORE_ADDRESS.*'127.0.0.1' is not host:port"
+    with pytest.raises(SettingsError, match=problem):
+        load_settings(WorkerSettings)
