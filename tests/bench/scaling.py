@@ -43,11 +43,11 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from graflow.devstack import LocalStack
+from graflow.devstack import SERVERS, LocalStack
 from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis
 from tests.bench import profiling
@@ -290,30 +290,59 @@ def model_lines(costs: Mapping[str, dict], bench: Mapping[str, float], hops: Map
     return "\n".join(lines) + "\n"
 
 
-def check_lines(costs: Mapping[str, dict], cores: float, workers: int) -> str:
-    got = {m: costs[m]["per_s"] * sum(service_cpu(costs[m]).values()) / 1e6 for m in MEASURES}
-    lines = [f"{'deployment on this machine':<44}{'measure':>8}{'predicted':>12}{'measured':>12}"
-             f"{'meas/pred':>11}  binds (model)"]
+def deployment_stacks(workers: int) -> dict[str, tuple[int, int, Callable[[], LocalStack]]]:
+    """The deployments the check measures beside one stack: label -> (Redis shards, replicas of each
+    server, the stack)."""
+    return {
+        "(b) 1 shard, 2 replicas each": (1, 2, lambda: LocalStack(
+            workers=workers, task_modules=TASK_MODULES, replicas=dict.fromkeys(SERVERS, 2))),
+    }
+
+
+PENDING = {"(a) 3-primary cluster, 1 replica each": (3, 1)}
+PENDING_WHY = ("(a) needs LocalStack(redis_cluster=True, cells=N) and services that read every cell"
+               " (the cluster and cells helpers' branches): not on main yet.")
+
+
+def check_lines(costs: Mapping[str, dict], deployments: Mapping[str, dict],
+                shapes: Mapping[str, tuple[int, int]], cores: float, workers: int) -> str:
+    """One stack's throughput beside the model's prediction, and each measured deployment's
+    (``deployments``: label -> its costs; ``shapes``: label -> (shards, replicas)) beside the
+    model's prediction made from the one stack's costs."""
+    measured_all = {"1 shard, 1 replica each (default layout)": costs, **deployments}
+    got = {label: {m: c[m]["per_s"] * sum(service_cpu(c[m]).values()) / 1e6 for m in MEASURES}
+           for label, c in measured_all.items()}
+    lines = [f"{'deployment on this machine':<40}{'measure':>8}{'predicted':>11}{'measured':>10}"
+             f"{'meas/pred':>10}{'ratio to 1 stack: pred':>24}{'meas':>7}{'CPU us/unit':>13}  binds (model)"]
     for measure in MEASURES:
-        figures = costs[measure]
-        predicted, binding = predict(figures, cores, workers=workers)
-        lines.append(f"{'1 shard, 1 replica each (default layout)':<44}{measure:>8}{predicted:>12,.0f}"
-                     f"{figures['per_s']:>12,.0f}{figures['per_s'] / predicted:>11.2f}  {binding}")
-        for label, shards, replicas in (("(a) 3-primary cluster, 1 replica each", 3, 1),
-                                        ("(b) 1 shard, 2 replicas each", 1, 2)):
-            scaled, binding = predict(figures, cores, shards=shards, replicas=replicas, workers=workers)
-            lines.append(f"{label:<44}{measure:>8}{scaled:>12,.0f}{'pending':>12}{'-':>11}  {binding};"
-                         f" predicted ratio to 1 shard/1 replica {scaled / predicted:.2f}")
+        base = costs[measure]
+        base_predicted, binding = predict(base, cores, workers=workers)
+        lines.append(f"{'1 shard, 1 replica each (default layout)':<40}{measure:>8}{base_predicted:>11,.0f}"
+                     f"{base['per_s']:>10,.0f}{base['per_s'] / base_predicted:>10.2f}{'1.00':>24}{'1.00':>7}"
+                     f"{sum(service_cpu(base).values()):>13,.0f}  {binding}")
+        for label, (shards, replicas) in {**shapes, **PENDING}.items():
+            predicted, binding = predict(base, cores, shards=shards, replicas=replicas, workers=workers)
+            ratio = f"{predicted / base_predicted:>24.2f}"
+            if label in deployments:
+                figures = deployments[label][measure]
+                rate = figures["per_s"]
+                lines.append(f"{label:<40}{measure:>8}{predicted:>11,.0f}{rate:>10,.0f}"
+                             f"{rate / predicted:>10.2f}{ratio}{rate / base['per_s']:>7.2f}"
+                             f"{sum(service_cpu(figures).values()):>13,.0f}  {binding}")
+            else:
+                lines.append(f"{label:<40}{measure:>8}{predicted:>11,.0f}{'pending':>10}{'-':>10}{ratio}"
+                             f"{'-':>7}{'-':>13}  {binding}")
+    used = "; ".join((label.split(" ")[0] if label.startswith("(") else "one stack") + " "
+                     + ", ".join(f"{m} {c:.2f}" for m, c in by.items()) for label, by in got.items())
+    lines.append(f"cores the stack's processes (client included) used while measured: {used} of {cores:g}"
+                 " (the rest went to the machine's other work: load average above).")
+    if PENDING:
+        lines.append(f"pending: {PENDING_WHY}")
     lines.append(
-        "cores the stack's processes (client included) used while measured: "
-        + ", ".join(f"{m} {c:.2f}" for m, c in got.items())
-        + f" of {cores:g} (the rest went to the machine's other work: load average above).\n"
-        "pending: (a) needs LocalStack(redis_cluster=True, cells=N) (the cluster helper's branch) and (b)"
-        " LocalStack with 2 replicas per service (the replicas helper's branch); neither is on main yet.\n"
-        f"On {cores:g} cores every deployment is bound by the machine's CPU: the model predicts the same"
-        " throughput whatever the shards and replicas, and a measured ratio under 1 is the overhead of"
-        " more processes (replication, more connections, loops per cell) on the same cores, not a lack"
-        " of scale."
+        f"On {cores:g} cores every deployment is bound by the machine's CPU: the model predicts about the"
+        " same throughput whatever the shards and replicas, and a measured ratio under 1 is the overhead"
+        " of more processes on the same cores (CPU per unit, all processes: the column), not a lack of"
+        " scale."
     )
     return "\n".join(lines) + "\n"
 
@@ -341,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=float, default=float(len(os.sched_getaffinity(0))),
                         help="cores of the machine the check predicts for (default: this process's)")
     parser.add_argument("--no-hops", action="store_true", help="skip the MONITOR pass (hops.py)")
+    parser.add_argument("--no-deployments", action="store_true",
+                        help="measure one stack only, not the deployments of the check (cluster, replicas)")
     parser.add_argument("--idle-seconds", type=float, default=25.0,
                         help="idle window of the MONITOR pass: longer than the workers' heartbeat "
                              "interval (20 s by default), so the worker registry's traffic shows")
@@ -358,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
 
     costs = measure_costs(LocalStack(workers=args.workers, task_modules=TASK_MODULES), sizes, profiler)
+    stacks = {} if args.no_deployments else deployment_stacks(args.workers)
+    deployments = {label: measure_costs(make(), sizes, None) for label, (_s, _r, make) in stacks.items()}
     hops = {} if args.no_hops else measure_hops(args.workers, {}, fanout=min(args.fanout, 1_000),
                                                       idle_s=args.idle_seconds)
     bench = redis_benchmark()
@@ -371,11 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{bench['round_trip_per_s']:,.0f}/s one a round trip,"
         f" {bench['pipelined_per_s']:,.0f}/s pipelined x32\n\n")
     out(model_lines(costs, bench, hops, args.workers) + "\n")
-    out(check_lines(costs, args.cores, args.workers) + "\n")
+    shapes = {label: (shards, replicas) for label, (shards, replicas, _make) in stacks.items()}
+    out(check_lines(costs, deployments, shapes, args.cores, args.workers) + "\n")
     if profiler:
         out(profile_lines(args.profile))
     if args.json:
-        Path(args.json).write_text(json.dumps({"costs": costs, "hops": hops, "redis_benchmark": bench,
+        Path(args.json).write_text(json.dumps({"costs": costs, "deployments": deployments, "hops": hops,
+                                               "redis_benchmark": bench,
                                                "load_average": load, "workers": args.workers}, indent=2))
     return 0
 
