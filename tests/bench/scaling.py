@@ -2,7 +2,8 @@
 and the model's predictions beside what this machine measures (issue 10, section 3).
 
     ./pants run tests/bench/scaling.py -- [--fanout 5000] [--runs 1000] [--threads 8]
-        [--workers 2] [--cores 2] [--no-hops] [--profile DIR [--py-spy PATH]] [--json PATH]
+        [--workers 2] [--cores 2] [--no-hops] [--idle-seconds 25] [--no-deployments]
+        [--profile DIR [--py-spy PATH]] [--json PATH]
 
 1. **Costs**, on a stack of its own (a private redis-server, the default layout, one process per
    service, ``--workers`` workers), each measure saturating it:
@@ -26,11 +27,12 @@ and the model's predictions beside what this machine measures (issue 10, section
    cells at those loads.
 4. **The check**: the model predicts a deployment's throughput as the least of: the machine's cores
    over the CPU a task costs all processes (the benchmark's client included), the shards' capacity
-   and each service's replicas' capacity. On this 2-core machine the first term binds, so the model
-   predicts what the measured figure should be (printed side by side) and that more shards or
-   replicas do not raise it: (a) 1 shard versus the 3-primary local cluster and (b) 1 versus 2
-   replicas of each service are measured when the stack supports them (printed as pending
-   otherwise); their measured ratio shows overhead, not scale.
+   and each service's replicas' capacity. It measures the same two measures on (b) a stack with 2
+   replicas of each server (``LocalStack(replicas=...)``) and prints each deployment's prediction
+   (from the one stack's costs), measurement, and CPU per unit; (a), the 3-primary local cluster
+   with N cells, is printed as pending until the stack runs on a cluster. On this 2-core machine
+   the cores bind, so the model predicts about the same throughput whatever the shards and
+   replicas: the measured ratio shows overhead, not scale. ``--no-deployments`` measures one stack.
 """
 
 from __future__ import annotations
