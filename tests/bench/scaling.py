@@ -338,8 +338,7 @@ def check_lines(costs: Mapping[str, dict], deployments: Mapping[str, dict],
                      + ", ".join(f"{m} {c:.2f}" for m, c in by.items()) for label, by in got.items())
     lines.append(f"cores the stack's processes (client included) used while measured: {used} of {cores:g}"
                  " (the rest went to the machine's other work: load average above).")
-    if PENDING:
-        lines.append(f"pending: {PENDING_WHY}")
+    lines.append(f"pending: {PENDING_WHY}")
     lines.append(
         f"On {cores:g} cores every deployment is bound by the machine's CPU: the model predicts about the"
         " same throughput whatever the shards and replicas, and a measured ratio under 1 is the overhead"
