@@ -1,4 +1,5 @@
--- Dispatch a chunk of deliveries (graflow_runtime.dispatch).
+-- Dispatch a chunk of deliveries (graflow_runtime.dispatch), all of runs of one cell: every key
+-- below is of that cell (one slot on a cluster).
 -- KEYS[1] = retry zset, KEYS[2] = ended runs stream; for delivery i: KEYS[3i] = dispatch record,
 -- KEYS[3i+1] = queue stream (the lane chosen by the caller), KEYS[3i+2] = run meta; last,
 -- KEYS[3n+3] = the retry timer's wake-up stream, appended to (one entry kept) when a delayed

@@ -4,6 +4,11 @@ One mechanism, two callers (issue 13): the scheduler enqueues the nodes it makes
 its own round trip to Redis (no call to the coordinator on a run's path), and the coordinator's
 ``Dispatch`` RPC (v1, for other callers) runs the same code.
 
+Cells (docs/architecture.md, "Redis Cluster: cells"): a delivery goes to the queue lanes, the retry
+timer and its wake-up stream of its run's cell, and is checked against that cell's ended-runs
+stream; a batch is split into one script call per cell (pipelined together). The keys named below
+are the default layout's (one cell).
+
 Each delivery is skipped as a duplicate when ``gf:dispatch:{run}[node] >= attempt``; otherwise the
 attempt is recorded and the envelope is appended (``XADD gf:q:<queue> * e <bytes>``, with ``k`` and
 ``s``, its key id and HMAC, when the process has signing keys: graflow_runtime.signing) or, with a
@@ -122,9 +127,15 @@ class Dispatcher:
             if not ordered:
                 return DispatchResult(0, 0)
         now_ms = int(time.time() * 1000)
+        # A script call touches one cell (one slot on a cluster): the deliveries are grouped by
+        # their run's cell (in order), each group cut in chunks; all calls go in one pipeline.
+        by_cell: dict[int, list[coordinator_pb2.Delivery]] = {}
+        for delivery in ordered:
+            by_cell.setdefault(keys.cell_of(delivery.envelope.run_id), []).append(delivery)
         chunks = [
-            self._chunk_call(ordered[start : start + CHUNK], now_ms)
-            for start in range(0, len(ordered), CHUNK)
+            self._chunk_call(cell, group[start : start + CHUNK], now_ms)
+            for cell, group in by_cell.items()
+            for start in range(0, len(group), CHUNK)
         ]
         accepted = duplicates = ended = 0
         for _ in range(3):
@@ -153,8 +164,11 @@ class Dispatcher:
         log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
         return DispatchResult(accepted, duplicates)
 
-    def _chunk_call(self, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int) -> ScriptCall:
-        call_keys: list[str] = [keys.RETRY_TIMER, keys.RUNS_ENDED]
+    def _chunk_call(
+        self, cell: int, deliveries: Sequence[coordinator_pb2.Delivery], now_ms: int
+    ) -> ScriptCall:
+        """The script call of ``deliveries``, all of runs of ``cell``: the keys of that cell only."""
+        call_keys: list[str] = [keys.retry_timer(cell), keys.runs_ended(cell)]
         args: list[bytes | str | int] = [self._record_ttl_s]
         for delivery in deliveries:
             env = messages_pb2.TaskEnvelope()
@@ -162,7 +176,7 @@ class Dispatcher:
             due_ms = now_ms + delivery.delay_ms if delivery.delay_ms else 0
             env.enqueued_at_ms = due_ms or now_ms
             high = high_lane(delivery)
-            stream = keys.queue_high_stream(env.queue) if high else keys.queue_stream(env.queue)
+            stream = keys.queue_high_stream(env.queue, cell) if high else keys.queue_stream(env.queue, cell)
             data = env.SerializeToString()
             signature = self._keys.sign(Kind.ENVELOPE, data)
             key_id, mac = (signature.key_id, signature.mac) if signature else (b"", b"")
@@ -171,5 +185,5 @@ class Dispatcher:
             head = keys.retry_head(env.queue, high=high, key_id=key_id, mac=mac) if due_ms else env.queue
             call_keys += [keys.dispatch_record(env.run_id), stream, keys.run_meta(env.run_id)]
             args += [env.node_id, env.attempt, due_ms, head, data, key_id, mac]
-        call_keys.append(keys.RETRY_WAKE)
+        call_keys.append(keys.retry_wake(cell))
         return call_keys, args

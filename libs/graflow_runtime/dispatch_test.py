@@ -12,6 +12,8 @@ from graflow_api.v1 import coordinator_pb2, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.dispatch import CHUNK, Dispatcher, InvalidDelivery
 from graflow_runtime.queues import QueueGroups, QueueLimitReached
+from graflow_runtime.runids import new_run_id
+from graflow_runtime.testing.slots import four_cells, one_slot_scripts  # noqa: F401 - fixtures
 
 
 def delivery(node_id: str, *, run_id: str = "run-1", attempt: int = 1, delay_ms: int = 0,
@@ -131,3 +133,33 @@ async def test_queue_names_are_capped_and_a_refused_queue_holds_back_only_its_de
     assert {q.decode() for q in await redis.smembers(keys.QUEUES)} == {"default", "second"}
     with pytest.raises(QueueLimitReached, match=r"'third'.*MAX_QUEUES is 2"):
         await QueueGroups(redis, max_queues=2).ensure(["default", "third"])
+
+
+async def test_a_batch_spanning_cells_is_one_script_call_per_cell_each_in_its_cells_keys(
+    four_cells: keys.Layout, one_slot_scripts: list[str], redis: aioredis.Redis  # noqa: F811 - fixtures
+) -> None:
+    dispatcher = Dispatcher(redis, QueueGroups(redis), record_ttl_s=60)
+    run_ids = [new_run_id(cell=cell) for cell in (0, 1, 2, 3, 1)]
+    batch = [delivery("a", run_id=run_id) for run_id in run_ids]
+    batch += [
+        delivery("b", run_id=run_ids[2], attempt=2, delay_ms=60_000),
+        delivery("c", run_id=run_ids[3], priority=1),
+    ]
+
+    result = await dispatcher.dispatch(batch)
+    again = await dispatcher.dispatch(batch)
+
+    assert (result.accepted, again.duplicates) == (len(batch), len(batch))
+    assert one_slot_scripts.count("dispatch.lua") == 8  # one call per cell, twice (each call checked)
+    for cell in range(4):
+        entries = await redis.xrange(keys.queue_stream("default", cell))
+        runs = [messages_pb2.TaskEnvelope.FromString(f[keys.ENVELOPE_FIELD]).run_id for _, f in entries]
+        assert runs == [r for r in run_ids if keys.cell_of(r) == cell]
+        groups = await redis.xinfo_groups(keys.queue_high_stream("default", cell))
+        assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
+    high = await redis.xrange(keys.queue_high_stream("default", 3))
+    assert [messages_pb2.TaskEnvelope.FromString(f[keys.ENVELOPE_FIELD]).node_id for _, f in high] == ["c"]
+    assert [await redis.zcard(keys.retry_timer(cell)) for cell in range(4)] == [0, 0, 1, 0]
+    assert await redis.xlen(keys.retry_wake(2)) == 1
+    # Nothing in the default layout's (untagged) keys.
+    assert await redis.exists(keys.RETRY_TIMER, keys.RETRY_WAKE, "gf:q:default", "gf:qh:default") == 0

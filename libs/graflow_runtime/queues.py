@@ -3,7 +3,9 @@
 
 A queue ``q`` is two streams, its lanes, each read by the consumer group ``workers``: the high
 lane ``gf:qh:q``, which workers read first, and the normal lane ``gf:q:q`` (``keys.queue_lanes``;
-docs/architecture.md, "Priority lanes"). Entries carry the ``TaskEnvelope`` bytes in field ``e``.
+docs/architecture.md, "Priority lanes"), in every cell of the key layout (a delivery goes to its
+run's cell; docs/architecture.md, "Redis Cluster: cells"). Entries carry the ``TaskEnvelope`` bytes
+in field ``e``.
 An entry is appended once per attempt (by dispatch, the retry timer or a replay) and never again:
 the attempt of a dead worker is reported lost and the scheduler dispatches the next attempt as a
 new entry.
@@ -40,7 +42,8 @@ class QueueLimitReached(ResourceExhausted):
 
 
 class QueueGroups:
-    """Creates the ``workers`` group of both lanes of each queue once per process, before any append.
+    """Creates the ``workers`` group of both lanes of each queue in every cell once per process,
+    before any append.
 
     Each queue name is registered first in ``gf:queues``, at most ``max_queues`` of them: its
     streams are never deleted, so a name beyond the limit is refused (:class:`QueueLimitReached`)
@@ -82,7 +85,7 @@ class QueueGroups:
         self._ready.discard(queue)
 
     async def _create(self, queue: str) -> None:
-        for stream in keys.queue_lanes(queue):
+        for stream in (lane for cell in keys.cells() for lane in keys.queue_lanes(queue, cell)):
             start = "$" if await self._redis.exists(stream) else "0"
             try:
                 await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id=start, mkstream=True)

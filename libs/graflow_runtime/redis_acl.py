@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import secrets
 import sys
 from collections.abc import Mapping
@@ -35,14 +36,43 @@ from pathlib import Path
 from graflow_runtime import keys
 
 _P = keys.PREFIX
+# A key's cell prefix in any layout: "gf:" untagged, "gf:{c<i>.<n>}:" tagged (keys.Layout.prefixes).
+_CELL_PREFIX = re.compile(rf"^{_P}:(?:\{{c[0-9.]+\}}:)?")
+# The shared tag of the structures outside the cells that scripts touch together (the registry).
+_GLOBAL_PREFIX = re.compile(rf"^{_P}:(?:\{{{_P}\}}:)?")
+
+
+def _in_cells(*names: str) -> tuple[str, ...]:
+    """The patterns of keys of the cells (docs/architecture.md, "Redis Cluster: cells"), for every
+    layout: each untagged (``gf:outcomes``, the default one-cell layout) and tagged with any cell
+    (``gf:{c*}:outcomes``), so one ACL file serves any number of cells. ``names`` are the keys as
+    the key functions name them in any layout."""
+    rests = [_CELL_PREFIX.sub("", name, count=1) for name in names]
+    return (*(f"{_P}:{rest}" for rest in rests), *(f"{_P}:{{c*}}:{rest}" for rest in rests))
+
+
+def _shared(*names: str) -> tuple[str, ...]:
+    """The patterns of the worker registry's keys, untagged and with their one shared tag."""
+    rests = [_GLOBAL_PREFIX.sub("", name, count=1) for name in names]
+    return (*(f"{_P}:{rest}" for rest in rests), *(f"{_P}:{{{_P}}}:{rest}" for rest in rests))
+
+
 # Key patterns (Redis globs; "{" and "}" are literal). RUN_META matches a run's meta hash
 # gf:run:{R} only, not gf:run:{R}:state and the other run keys (run ids hold no "}").
-QUEUE_LANES = (keys.queue_stream("*"), keys.queue_high_stream("*"))
-RUN_META = keys.run_meta("*")
-RUN_KEYS = f"{_P}:run:*"
-RESULTS = (keys.results("*"), keys.result_attempts("*"))
-DISPATCH_RECORDS = keys.dispatch_record("*")
-WORKER_HASHES = keys.worker_info("*")
+QUEUE_LANES = _in_cells(keys.queue_stream("*"), keys.queue_high_stream("*"))
+RUN_META = _in_cells(keys.run_meta("*"))
+RUN_KEYS = _in_cells(f"{_P}:run:*")
+RESULTS = _in_cells(keys.results("*"), keys.result_attempts("*"))
+DISPATCH_RECORDS = _in_cells(keys.dispatch_record("*"))
+WORKER_REGISTRY = _shared(keys.workers_index(), keys.worker_info("*"))
+OUTCOMES = _in_cells(keys.outcomes_stream(0))
+DEAD_LETTERS = _in_cells(keys.dead_letters_stream(0))
+RUNS_ENDED = _in_cells(keys.runs_ended(0))
+RETRY = _in_cells(keys.retry_timer(0), keys.retry_wake(0))
+RUN_INDEXES = _in_cells(
+    keys.idempotency("*"), keys.runs_index(0), keys.active_runs(0), keys.feedback_pending(0),
+    keys.wait_deadlines(0), keys.children_ended(0), keys.children_to_cancel(0), keys.runs_ended(0),
+)
 
 # Commands every service's connections make: redis-py's connection set-up (AUTH needs no
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
@@ -138,12 +168,12 @@ WORKER = RedisUser(
         Grant(
             "append outcomes (append_and_ack.lua) and dead letters of undecodable deliveries",
             ("xadd",),
-            write_keys=(keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM),
+            write_keys=(*OUTCOMES, *DEAD_LETTERS),
         ),
         Grant(
             "learn which runs ended (invariant 11): a run meta's 'ended', the ended-runs stream",
             ("hget", "xread", "xrevrange"),
-            read_keys=(RUN_META, keys.RUNS_ENDED),
+            read_keys=(*RUN_META, *RUNS_ENDED),
         ),
     ),
     can_still="take, hold and acknowledge the deliveries of every queue (so run or drop any task), "
@@ -169,19 +199,15 @@ SCHEDULER = RedisUser(
                 "zadd", "zrem", "zrange",
                 "xadd", "xread", "xrevrange",
             ),
-            keys=(
-                RUN_KEYS, keys.idempotency("*"), keys.RUNS_INDEX, keys.ACTIVE_RUNS, keys.FEEDBACK_PENDING,
-                keys.WAIT_DEADLINES, keys.CHILDREN_ENDED, keys.CHILDREN_TO_CANCEL, keys.RUNS_ENDED,
-                *RESULTS, DISPATCH_RECORDS,
-            ),
+            keys=(*RUN_KEYS, *RUN_INDEXES, *RESULTS, *DISPATCH_RECORDS),
         ),
         Grant(
             "consume outcomes: its consumer group, claims of a dead replica's entries, trimming; "
             "synthesized outcomes (resolve_wait.lua, run_ended_outcome.lua)",
             (*_STREAM_CONSUMER, "xautoclaim", "xinfo|groups", "xtrim", "xadd"),
-            keys=(keys.OUTCOMES_STREAM,),
+            keys=OUTCOMES,
         ),
-        Grant("dead-letter an outcome it cannot apply", ("xadd",), write_keys=(keys.DEAD_LETTERS_STREAM,)),
+        Grant("dead-letter an outcome it cannot apply", ("xadd",), write_keys=DEAD_LETTERS),
         _AUDIT,
         _QUEUE_REGISTRY,
         Grant(
@@ -192,7 +218,7 @@ SCHEDULER = RedisUser(
         Grant(
             "delay retries: the retry timer and its wake-up stream (dispatch.lua)",
             ("zadd", "zrange", "xadd"),
-            keys=(keys.RETRY_TIMER, keys.RETRY_WAKE),
+            keys=RETRY,
         ),
     ),
     can_still="create, change, end and delete any run and its events, store and overwrite any run's "
@@ -213,13 +239,14 @@ COORDINATOR = RedisUser(
         ),
         Grant(
             "the worker registry: leases, heartbeats, deaths (heartbeat.lua, mark_dead.lua, "
-            "remove_worker.lua)",
+            "remove_worker.lua; its keys share one tag when tagged)",
             ("zadd", "zrem", "zscore", "zrangebyscore", "hget", "hset", "hgetall", "del"),
-            keys=(keys.WORKERS_INDEX, WORKER_HASHES),
+            keys=WORKER_REGISTRY,
         ),
         Grant(
-            "administer the queues: consumer groups and consumers, reclaims of dead workers' "
-            "entries (settle_reclaim.lua), trimming, appends by Dispatch, the retry timer and replays",
+            "administer the queues: consumer groups and consumers (delete_consumer.lua), reclaims of "
+            "dead workers' entries (settle_reclaim.lua), trimming, appends by Dispatch, the retry "
+            "timer and replays",
             (
                 "exists", "xadd", "xack", "xclaim", "xpending", "xrange", "xrevrange", "xtrim",
                 "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
@@ -230,21 +257,21 @@ COORDINATOR = RedisUser(
         Grant(
             "dead letters: list, replay (replay_dead_letters.lua), poison messages",
             ("xadd", "xrange", "xrevrange", "xdel"),
-            keys=(keys.DEAD_LETTERS_STREAM,),
+            keys=DEAD_LETTERS,
         ),
         Grant("outcomes of lost and poisoned attempts (settle_reclaim.lua)", ("xadd",),
-              write_keys=(keys.OUTCOMES_STREAM,)),
+              write_keys=OUTCOMES),
         Grant(
             "the retry timer (move_due.lua) and its wake-up stream; Dispatch (dispatch.lua)",
             ("zadd", "zrem", "zrange", "zrangebyscore", "xadd", "xread", "xrevrange"),
-            keys=(keys.RETRY_TIMER, keys.RETRY_WAKE),
+            keys=RETRY,
         ),
         Grant("dispatch records of its Dispatch RPC (dispatch.lua)", ("hmget", "hset", "expire"),
-              keys=(DISPATCH_RECORDS,)),
+              keys=DISPATCH_RECORDS),
         Grant(
             "whether a run ended, for Dispatch (dispatch.lua)",
             ("hget", "xrevrange"),
-            read_keys=(RUN_META, keys.RUNS_ENDED),
+            read_keys=(*RUN_META, *RUNS_ENDED),
         ),
     ),
     can_still="register, renew and declare dead any worker, claim, acknowledge, trim and append any "
@@ -265,7 +292,7 @@ RESULT_STORE = RedisUser(
             ("get", "set", "hget", "hmget", "hset", "hdel", "hexists", "hkeys", "hlen", "expire"),
             # (gf:chan:{R}:exp: the channel's per-key expiry, graflow_result_store.store)
             keys=(
-                *RESULTS, keys.channel("*"), f"{keys.channel('*')}:exp", keys.checkpoints("*"),
+                *RESULTS, *_in_cells(keys.channel("*"), f"{keys.channel('*')}:exp", keys.checkpoints("*")),
                 keys.graph("*"),
             ),
         ),

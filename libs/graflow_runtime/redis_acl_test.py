@@ -15,6 +15,8 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, free_port
 from graflow_runtime.redis_client import connect
+from graflow_runtime.runids import new_run_id
+from graflow_runtime.testing.slots import four_cells  # noqa: F401 - fixture
 
 RUN = "01JABCDEFGHJKMNPQRSTVWXYZ0"
 DEPLOYED_ACL = Path("deploy/redis/users.acl")
@@ -106,6 +108,45 @@ async def test_the_worker_may_do_what_it_needs(acl_redis: LocalRedis) -> None:
         assert await worker.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: b"o"})
         assert await worker.xreadgroup(keys.WORKER_GROUP, "w1", {stream: ">"}, count=1) == []
         assert await worker.xrevrange(keys.RUNS_ENDED, count=1) == []
+
+
+async def test_with_cells_each_service_may_use_the_tagged_keys_its_grants_name(
+    acl_redis: LocalRedis, four_cells: keys.Layout  # noqa: F811 - fixture
+) -> None:
+    """One ACL file serves every layout: the keys of a cell carry its hash tag (gf:{c<i>.<n>}:...),
+    the worker registry its shared tag (gf:{gf}:...), and the grants name both forms."""
+    run = new_run_id(cell=3)
+    async with _as(acl_redis, redis_acl.ADMIN) as admin:
+        await admin.hset(keys.run_meta(run), mapping={"ended": "0"})
+    async with _as(acl_redis, "worker") as worker:
+        lane = keys.queue_stream("acl-cells", 3)
+        await worker.xgroup_create(lane, keys.WORKER_GROUP, id="0", mkstream=True)
+        assert await worker.xreadgroup(keys.WORKER_GROUP, "w1", {lane: ">"}, count=1) == []
+        assert await worker.xadd(keys.outcomes_stream(3), {keys.OUTCOME_FIELD: b"o"})
+        assert await worker.xadd(keys.dead_letters_stream(3), {b"d": b"x"})
+        assert await worker.hget(keys.run_meta(run), keys.RUN_ENDED_AT_FIELD) == b"0"
+        assert await worker.xrevrange(keys.runs_ended(3), count=1) == []
+        for refused in (worker.xadd(lane, {keys.ENVELOPE_FIELD: b"x"}), worker.hget(keys.run_state(run), "a"),
+                        worker.zadd(keys.workers_index(), {"w": 1}), worker.xrange(keys.outcomes_stream(3))):
+            with pytest.raises(NoPermissionError):
+                await refused
+    async with _as(acl_redis, "coordinator") as coordinator:
+        await coordinator.zadd(keys.workers_index(), {"w": 1})
+        await coordinator.hset(keys.worker_info("w"), "dead", "0")
+        assert await coordinator.zadd(keys.retry_timer(2), {b"default\nx": 1}) == 1
+        assert await coordinator.xrange(keys.dead_letters_stream(1)) == []
+        with pytest.raises(NoPermissionError):
+            await coordinator.hset(keys.run_meta(run), "status", "RUN_STATUS_FAILED")
+    async with _as(acl_redis, "scheduler") as scheduler:
+        await scheduler.hset(keys.run_state(run), "a", "READY")
+        await scheduler.zadd(keys.runs_index(3), {run: 1})
+        with pytest.raises(NoPermissionError):
+            await scheduler.xack(keys.queue_stream("acl-cells", 3), keys.WORKER_GROUP, "1-0")
+    async with _as(acl_redis, "result-store") as result_store:
+        await result_store.hset(keys.results(run), "a", b"r")
+        await result_store.hset(keys.channel(run), "k", b"v")
+        with pytest.raises(NoPermissionError):
+            await result_store.xadd(keys.outcomes_stream(3), {keys.OUTCOME_FIELD: b"x"})
 
 
 async def test_a_script_of_the_worker_s_own_runs_with_its_permissions(acl_redis: LocalRedis) -> None:

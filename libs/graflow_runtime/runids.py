@@ -33,6 +33,17 @@ def new_run_id(now_ms: int | None = None, *, cell: int | None = None) -> str:
             return run_id
 
 
+def run_cell(*, parent_run_id: str = "", idempotency_key: str = "") -> int | None:
+    """The cell a submitted run is created in (docs/architecture.md, "Redis Cluster: cells"): a
+    child run's in its parent's cell (the scripts that link them touch both runs' keys), a run
+    with an idempotency key in that key's cell (the key is looked up there), else None: any cell."""
+    if parent_run_id:
+        return keys.cell_of(parent_run_id)
+    if idempotency_key:
+        return keys.cell_of_idempotency_key(idempotency_key)
+    return None
+
+
 def is_run_id(value: str) -> bool:
     return bool(RUN_ID_PATTERN.fullmatch(value))
 

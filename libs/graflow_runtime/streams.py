@@ -46,14 +46,16 @@ def add_dead_letter(
     letter: bytes,
     extra: Mapping[bytes, bytes] | None = None,
     *,
+    cell: int = 0,
     maxlen: int = DEAD_LETTERS_MAXLEN,
 ) -> None:
     """Queue on ``pipe`` the append of ``letter`` (``DeadLetter`` bytes, with the ``extra`` fields:
-    the signature of the entry it holds) to the dead-letter stream, which keeps about ``maxlen``
-    entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to one node, 100 entries, more).
-    Every writer uses it: without a cap the stream only grew."""
+    the signature of the entry it holds) to the dead-letter stream of ``cell`` (the cell of the
+    entry or outcome it holds, so that a ``MULTI`` with its acknowledgement stays in one slot),
+    which keeps about ``maxlen`` entries (``MAXLEN ~``: Redis trims whole stream nodes, so up to
+    one node, 100 entries, more). Every writer uses it: without a cap the stream only grew."""
     fields = {DEAD_LETTER_FIELD: letter, **(extra or {})}
-    pipe.xadd(keys.DEAD_LETTERS_STREAM, fields, maxlen=maxlen, approximate=True)
+    pipe.xadd(keys.dead_letters_stream(cell), fields, maxlen=maxlen, approximate=True)
 
 
 async def tail_id(redis: aioredis.Redis, stream: str) -> bytes:

@@ -1,8 +1,8 @@
 """Assembly of the coordinator: ``create_app(settings, redis)`` wires it, ``start``/``stop`` run it
 (as a process: ``graflow_runtime.service``, which checks Redis first).
 
-Start-up: queue groups -> gRPC server -> health SERVING -> the retry timer (with its listener of
-gf:retry:wake) and liveness loops.
+Start-up: queue groups -> gRPC server -> health SERVING -> the retry timers (one per cell of the key
+layout, each with its listener of the cell's gf:retry:wake) and liveness loops.
 Shutdown runs it backwards: NOT_SERVING, end the workers' heartbeat streams (declaring nobody
 dead: they reconnect to another replica or to this one's successor), stop the loops, stop the
 server within the grace period (in-flight calls finish), close Redis.
@@ -10,10 +10,13 @@ server within the grace period (in-flight calls finish), close Redis.
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2_grpc
+from graflow_runtime import keys
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_server import ServicerBinding, create_api_server
@@ -54,10 +57,18 @@ class CoordinatorApp:
         registry = WorkerRegistry(
             redis, self.groups, reclaimer, lease_timeout_ms=s.lease_timeout_ms, default_queues=s.queues
         )
-        self.retry_timer = RetryTimer(redis, self.groups, max_sleep_ms=s.retry_timer_max_sleep_ms)
-        # Blocked on gf:retry:wake most of the time, on a connection of its own.
-        self.wake_redis = connect(s.redis_url, max_connections=1, client_name=RETRY_WAKE_CLIENT)
-        self.retry_wake = RetryWakeListener(self.wake_redis, self.retry_timer)
+        self.retry_timers = [
+            RetryTimer(redis, self.groups, max_sleep_ms=s.retry_timer_max_sleep_ms, cell=cell)
+            for cell in keys.cells()
+        ]
+        # Each blocked on its cell's gf:retry:wake most of the time, on a connection of its own.
+        self.wake_redis = [
+            connect(s.redis_url, max_connections=1, client_name=RETRY_WAKE_CLIENT) for _ in self.retry_timers
+        ]
+        self.retry_wakes = [
+            RetryWakeListener(client, timer)
+            for client, timer in zip(self.wake_redis, self.retry_timers, strict=True)
+        ]
         self.liveness = LivenessLoop(
             redis,
             registry,
@@ -109,18 +120,21 @@ class CoordinatorApp:
             address=s.listen_address,
             queues=s.queues,
         )
-        self.retry_wake.start()
-        self.retry_timer.start()
+        for loop in (*self.retry_wakes, *self.retry_timers):
+            loop.start()
         self.liveness.start()
 
     async def stop(self) -> None:
         grace_s = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
         await self.heartbeat_streams.close(timeout_s=grace_s)
-        for loop in (self.retry_wake, self.retry_timer, self.liveness):
-            await loop.stop(timeout_s=grace_s)
+        # Together: a cell's listener must not start a blocking read while another cell's stops.
+        retry_loops = (*self.retry_wakes, *self.retry_timers)
+        await asyncio.gather(*(loop.stop(timeout_s=grace_s) for loop in retry_loops))
+        await self.liveness.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)
-        await self.wake_redis.aclose()
+        for client in self.wake_redis:
+            await client.aclose()
         await self.redis.aclose()
         log.info("coordinator stopped")
 

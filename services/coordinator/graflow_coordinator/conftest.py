@@ -15,6 +15,10 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import coordinator_pb2, coordinator_pb2_grpc, messages_pb2
 from graflow_runtime import keys
 from graflow_runtime.redis_client import connect
+from graflow_runtime.testing.slots import (  # noqa: F401 - fixtures (cells_test.py)
+    four_cells,
+    one_slot_scripts,
+)
 
 from graflow_coordinator.app import CoordinatorApp, create_app
 from graflow_coordinator.settings import CoordinatorSettings

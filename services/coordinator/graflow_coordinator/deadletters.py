@@ -22,6 +22,14 @@ replay cannot turn a forged message, or a forged dead letter, into a signed one
 :data:`PAGE_BYTES`), after a cursor, answering the cursor to continue with, like a SCAN: one call
 over every letter took over 10 s with tens of thousands of them (found by fuzzing). The SDK and
 ``graflow dead-letters replay --all`` follow the cursor to the end.
+
+Cells (docs/architecture.md, "Redis Cluster: cells"): each cell has its own dead-letter stream
+(``keys.dead_letters_stream(cell)``: a letter goes to the cell of the entry or outcome it holds).
+With one cell a dead letter's id is its entry id, as it always was; with several it is
+``<cell>-<entry id>`` (:func:`letter_id`), and ids, ``after_id`` and ``next_after_id`` are
+these. Listing and replaying with ``all`` walk the cells in order, each oldest first, so following
+the cursor returns every letter once. A replay appends the letter to its queue's lane in the
+letter's cell (one script per cell, with that cell's dead letters and lanes: one slot).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from graflow_runtime.errors import FailedPrecondition, InvalidRequest, NotFound
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups
-from graflow_runtime.scripts import LuaScript
+from graflow_runtime.scripts import LuaScript, ScriptCall
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 from graflow_runtime.streams import DEAD_LETTER_FIELD, STREAM_ID_RULE, is_stream_id, stream_id
 
@@ -70,8 +78,30 @@ def make_dead_letter(*, queue: str, original_id: str, raw: bytes, reason: str) -
     return letter
 
 
-def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> messages_pb2.DeadLetter:
-    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+def letter_id(cell: int, entry_id: str) -> str:
+    """The id of the dead letter at ``entry_id`` in ``cell``'s stream: the entry id itself with one
+    cell, ``<cell>-<entry id>`` with several."""
+    return entry_id if len(keys.cells()) == 1 else f"{cell}-{entry_id}"
+
+
+def parse_letter_id(value: str, field: str) -> tuple[int, str]:
+    """(cell, entry id) of a dead letter id (:func:`letter_id`); InvalidRequest naming ``field``
+    when it is not one."""
+    cells = len(keys.cells())
+    if cells == 1:
+        cell_text, entry_id = "0", value
+        rule = STREAM_ID_RULE
+    else:
+        cell_text, _, entry_id = value.partition("-")
+        rule = f"expected '<cell>-<entry id>' with a cell below {cells}, e.g. '1-1700000000000-0'"
+    valid_cell = cell_text.isascii() and cell_text.isdigit() and int(cell_text) < cells
+    if not (valid_cell and is_stream_id(entry_id)):
+        raise InvalidRequest(f"{field}: {value[:64]!r} is not a dead letter id ({rule})")
+    return int(cell_text), entry_id
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes], cell: int = 0) -> messages_pb2.DeadLetter:
+    entry = letter_id(cell, entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
     data = fields.get(DEAD_LETTER_FIELD, b"")
     try:
         letter = messages_pb2.DeadLetter.FromString(data)
@@ -81,19 +111,14 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> messages_
     return letter
 
 
-def _check_ids(ids: Sequence[str]) -> None:
-    """Every id a stream id, and at most :data:`DEAD_LETTERS_PAGE_MAX` of them."""
+def _parse_ids(ids: Sequence[str]) -> list[tuple[int, str]]:
+    """(cell, entry id) of every id (at most :data:`DEAD_LETTERS_PAGE_MAX` of them), duplicates
+    left out."""
     if len(ids) > DEAD_LETTERS_PAGE_MAX:
         raise InvalidRequest(
             f"ids: {len(ids)} ids; at most {DEAD_LETTERS_PAGE_MAX} dead letters by id in one request"
         )
-    for index, entry_id in enumerate(ids):
-        _check_stream_id(entry_id, f"ids[{index}]")
-
-
-def _check_stream_id(value: str, field: str) -> None:
-    if not is_stream_id(value):
-        raise InvalidRequest(f"{field}: {value[:64]!r} is not a dead letter id ({STREAM_ID_RULE})")
+    return list(dict.fromkeys(parse_letter_id(value, f"ids[{index}]") for index, value in enumerate(ids)))
 
 
 # A dead letter as read, with its entry's fields (the signature of its message, when it had one).
@@ -117,13 +142,20 @@ class DeadLetters:
 
     async def get(self, ids: Sequence[str]) -> list[messages_pb2.DeadLetter]:
         """The dead letters with these ids, in the order asked (unknown ids are left out)."""
-        _check_ids(ids)
-        ids = list(dict.fromkeys(ids))
+        located = _parse_ids(ids)
+        found = await self._read(located)
+        return [
+            decode_entry(*entries[0], cell)
+            for (cell, _), entries in zip(located, found, strict=True)
+            if entries
+        ]
+
+    async def _read(self, located: list[tuple[int, str]]) -> list[list[tuple[bytes, dict[bytes, bytes]]]]:
+        """The entry (a list of at most one) at each (cell, entry id), in one pipeline."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for entry_id in ids:
-                pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
-            found = await pipe.execute()
-        return [decode_entry(*entries[0]) for entries in found if entries]
+            for cell, entry_id in located:
+                pipe.xrange(keys.dead_letters_stream(cell), min=entry_id, max=entry_id, count=1)
+            return list(await pipe.execute())
 
     async def list(self, *, limit: int = 0, after_id: str = "") -> list[messages_pb2.DeadLetter]:
         """Oldest first, starting after ``after_id`` (exclusive): ``limit`` letters, fewer when
@@ -136,43 +168,46 @@ class DeadLetters:
     ) -> Replayed:
         """Replay ``ids`` (all or nothing), or with ``replay_all`` the page after ``after_id``."""
         if ids:
-            _check_ids(ids)
-            return Replayed(replayed=await self._replay_ids(list(dict.fromkeys(ids))))
+            return Replayed(replayed=await self._replay_ids(_parse_ids(ids)))
         if replay_all:
             return await self._replay_page(after_id)
         raise InvalidRequest("name the dead letters to replay in 'ids', or set 'all' to replay every one")
 
     async def _page(self, count: int, after_id: str) -> tuple[list[Letter], bool]:
-        """Up to ``count`` letters after ``after_id`` (checked), fewer when they would pass
-        :data:`PAGE_BYTES`; and whether the end of the dead letters was reached."""
-        if after_id:
-            _check_stream_id(after_id, "after_id")
-            if stream_id(after_id) == _LAST_ID:
-                return [], True  # nothing comes after it, and Redis refuses an exclusive start there
-        start = f"({after_id}" if after_id else "-"
-        entries = await self._redis.xrange(keys.DEAD_LETTERS_STREAM, min=start, max="+", count=count)
+        """Up to ``count`` letters after ``after_id`` (checked), cell after cell, fewer when they
+        would pass :data:`PAGE_BYTES`; and whether the end of the dead letters was reached."""
+        first, after = parse_letter_id(after_id, "after_id") if after_id else (0, "")
         page: list[Letter] = []
         size = 0
-        for entry_id, fields in entries:
-            letter = decode_entry(entry_id, fields)
-            size += letter.ByteSize() + 6  # and its tag and length in the response
-            if page and size > PAGE_BYTES:
+        for cell in range(first, len(keys.cells())):  # the cursor's cell, then the next ones
+            if after and stream_id(after) == _LAST_ID:
+                after = ""  # nothing comes after it, and Redis refuses an exclusive start there
+                continue
+            start = f"({after}" if after else "-"
+            after = ""
+            want = count - len(page)
+            entries = await self._redis.xrange(keys.dead_letters_stream(cell), min=start, max="+", count=want)
+            for entry_id, fields in entries:
+                letter = decode_entry(entry_id, fields, cell)
+                size += letter.ByteSize() + 6  # and its tag and length in the response
+                if page and size > PAGE_BYTES:
+                    return page, False
+                page.append((letter, fields))
+            if len(entries) >= want:
                 return page, False
-            page.append((letter, fields))
-        return page, len(entries) < count
+        return page, True
 
-    async def _replay_ids(self, ids: list[str]) -> int:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry_id in ids:
-                pipe.xrange(keys.DEAD_LETTERS_STREAM, min=entry_id, max=entry_id, count=1)
-            found = await pipe.execute()
-        missing = [entry_id for entry_id, entries in zip(ids, found, strict=True) if not entries]
+    async def _replay_ids(self, located: list[tuple[int, str]]) -> int:
+        found = await self._read(located)
+        missing = [letter_id(cell, entry_id)
+                   for (cell, entry_id), entries in zip(located, found, strict=True) if not entries]
         if missing:
             raise NotFound(
                 f"no dead letters with ids {', '.join(missing)} (already replayed or never existed); "
                 "nothing was replayed. List them with ListDeadLetters"
             )
-        letters = [(decode_entry(*entries[0]), entries[0][1]) for entries in found]
+        letters = [(decode_entry(*entries[0], cell), entries[0][1])
+                   for (cell, _), entries in zip(located, found, strict=True)]
         unreplayable = [
             f"{letter.id} ({problem})"
             for letter, fields in letters
@@ -218,12 +253,20 @@ class DeadLetters:
         if not letters:
             return 0
         await self._groups.ensure({letter.queue for letter, _ in letters})
-        streams: list[str] = []
-        args: list[bytes | str] = []
+        by_cell: dict[int, list[Letter]] = {}
         for letter, fields in letters:
-            streams.append(_replay_stream(letter))
-            args += [letter.id, letter.raw, fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
-        replayed = int(await _REPLAY.run(self._redis, [keys.DEAD_LETTERS_STREAM, *streams], args))
+            by_cell.setdefault(parse_letter_id(letter.id, "id")[0], []).append((letter, fields))
+        calls: list[ScriptCall] = []
+        for cell, cell_letters in by_cell.items():
+            streams: list[str] = []
+            args: list[bytes | str] = []
+            for letter, fields in cell_letters:
+                streams.append(_replay_stream(letter, cell))
+                entry_id = parse_letter_id(letter.id, "id")[1]
+                signature = [fields.get(KEY_ID_FIELD, b""), fields.get(SIGNATURE_FIELD, b"")]
+                args += [entry_id, letter.raw, *signature]
+            calls.append(([keys.dead_letters_stream(cell), *streams], args))
+        replayed = sum(int(reply) for reply in await _REPLAY.run_many(self._redis, calls))
         log.info(
             "dead letters replayed",
             replayed=replayed,
@@ -233,15 +276,15 @@ class DeadLetters:
         return replayed
 
 
-def _replay_stream(letter: messages_pb2.DeadLetter) -> str:
-    """The lane a replay appends to: the high lane for an envelope of priority > 0, else the normal
-    lane (a replayed attempt does not replace one lost with its worker, even if the letter came
-    from the high lane)."""
+def _replay_stream(letter: messages_pb2.DeadLetter, cell: int) -> str:
+    """The lane a replay appends to, in the letter's cell: the high lane for an envelope of
+    priority > 0, else the normal lane (a replayed attempt does not replace one lost with its
+    worker, even if the letter came from the high lane)."""
     try:
         high = messages_pb2.TaskEnvelope.FromString(letter.raw).priority > 0
     except DecodeError:
         high = False
-    return keys.queue_high_stream(letter.queue) if high else keys.queue_stream(letter.queue)
+    return keys.queue_high_stream(letter.queue, cell) if high else keys.queue_stream(letter.queue, cell)
 
 
 def _replay_problem(letter: messages_pb2.DeadLetter) -> str | None:
@@ -252,4 +295,7 @@ def _replay_problem(letter: messages_pb2.DeadLetter) -> str | None:
         return f"its queue is unusable: {problem}"
     if not letter.raw:
         return "it holds no message bytes"
+    cell = parse_letter_id(letter.id, "id")[0]
+    if letter.run_id and keys.cell_of(letter.run_id) != cell:
+        return f"its run belongs to cell {keys.cell_of(letter.run_id)}, not to the letter's cell {cell}"
     return None

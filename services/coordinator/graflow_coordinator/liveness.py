@@ -162,9 +162,10 @@ class LivenessLoop(BackgroundLoop):
         return stats
 
     async def _consumers(self, queue: str) -> dict[str, tuple[int, int]]:
-        """Consumer name -> (idle ms, the least over both lanes; entries pending in both lanes)."""
+        """Consumer name -> (idle ms, the least over both lanes of every cell; entries pending in
+        all of them)."""
         found: dict[str, tuple[int, int]] = {}
-        for stream in keys.queue_lanes(queue):
+        for stream in (lane for cell in keys.cells() for lane in keys.queue_lanes(queue, cell)):
             try:
                 rows = await self._redis.xinfo_consumers(stream, keys.WORKER_GROUP)
             except ResponseError:  # no stream or no group

@@ -1,6 +1,7 @@
 -- Move due deliveries from the retry timer to their queues (graflow_coordinator.retry_timer).
 -- KEYS[1] = retry zset. ARGV: now ms, max members, normal lane key prefix, high lane key prefix.
--- Streams are derived from the members (single-Redis deployment; see docs/architecture.md): a
+-- Streams are derived from the members, in the timer's cell (their keys carry its hash tag, so on
+-- a Redis Cluster they are in the timer's slot; docs/architecture.md, "Redis Cluster: cells"): a
 -- member is "<queue>\n<envelope>" (normal lane) or "<queue> high\n<envelope>" (high lane); a
 -- signed envelope's head ends with " sig=<key id>:<hmac>", appended as the entry's 'k' and 's'.
 -- Returns {moved, malformed, next due ms or -1, queue whose stream is missing...}. Members of a

@@ -1,4 +1,5 @@
-"""Queue streams: trimming, both lanes. Their layout and consumer group: graflow_runtime.queues."""
+"""Queue streams: trimming, both lanes in every cell. Their layout and consumer group:
+graflow_runtime.queues."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from graflow_runtime.streams import stream_id, trim_below
 
 
 async def trim_queue(redis: aioredis.Redis, queue: str) -> int:
-    """Trim both lanes of ``queue`` below the oldest entry any group still needs (MINID ~), each
-    by its own groups. Returns the entries removed."""
+    """Trim both lanes of ``queue`` in every cell below the oldest entry any group still needs
+    (MINID ~), each by its own groups. Returns the entries removed."""
     removed = 0
-    for stream in keys.queue_lanes(queue):
+    for stream in (lane for cell in keys.cells() for lane in keys.queue_lanes(queue, cell)):
         removed += await _trim_stream(redis, stream)
     return removed
 

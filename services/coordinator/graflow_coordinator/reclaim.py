@@ -2,10 +2,12 @@
 
 A reclaimed delivery is never put back on its queue: the attempt it carried is over, and the
 scheduler, which owns attempts, decides what runs next (its next attempt goes to the queue's high
-lane). For one (queue, consumer), in each lane of the queue: list its pending entries (XPENDING),
+lane). For one (queue, consumer), in each lane of the queue in every cell of the key layout (docs/
+architecture.md, "Redis Cluster: cells"): list its pending entries (XPENDING),
 claim them to the consumer ``coordinator-reclaimer`` (XCLAIM), then settle each batch in one Lua
 script: acknowledge the entry and, only if that acknowledgement removed it from
-the pending list, append a ``TaskOutcome`` of its attempt to ``gf:outcomes``: FAILED, ErrorInfo
+the pending list, append a ``TaskOutcome`` of its attempt to the cell's outcome stream (the
+script's keys are the lane, the dead letters and the outcome stream of that cell: one slot): FAILED, ErrorInfo
 ``WorkerLost`` (retryable), ``worker_lost`` set. The scheduler redelivers the node at once as
 attempt+1 without consuming its retry budget; a late outcome of the lost attempt (its worker was
 only paused) is stale by then and changes nothing.
@@ -92,9 +94,11 @@ class ReclaimStats:
 @dataclass
 class ClaimedBatch:
     queue: str
-    # The lane (one of keys.queue_lanes(queue)) the entries are pending in.
+    # The lane (one of keys.queue_lanes(queue, cell)) the entries are pending in.
     stream: str
     consumer: str
+    # The cell of the lane: its dead letters and outcome stream settle the entries.
+    cell: int = 0
     # What happened to the consumer, for the WorkerLost message ("was declared dead: ...").
     why: str = "stopped"
     # (entry id, fields, deliveries counted by XPENDING) of each entry XCLAIM returned.
@@ -133,14 +137,17 @@ class Reclaimer:
         ``queue`` and idle for at least ``min_idle_ms``. ``why`` completes "worker <consumer> ..."
         in the WorkerLost message. Returns what was done; safe to run concurrently and repeatedly."""
         stats = ReclaimStats()
-        for stream in keys.queue_lanes(queue):
-            stats.add(await self._reclaim_lane(
-                queue, stream, consumer, why=why, min_idle_ms=min_idle_ms, max_batches=max_batches
-            ))
+        for cell in keys.cells():
+            for stream in keys.queue_lanes(queue, cell):
+                stats.add(await self._reclaim_lane(
+                    queue, stream, consumer, cell=cell, why=why, min_idle_ms=min_idle_ms,
+                    max_batches=max_batches,
+                ))
         return stats
 
     async def _reclaim_lane(
-        self, queue: str, stream: str, consumer: str, *, why: str, min_idle_ms: int, max_batches: int
+        self, queue: str, stream: str, consumer: str, *, cell: int, why: str, min_idle_ms: int,
+        max_batches: int,
     ) -> ReclaimStats:
         stats = ReclaimStats()
         for _ in range(max_batches):
@@ -160,7 +167,7 @@ class Reclaimer:
                 raise
             if not pending:
                 break
-            batch = await self.claim(queue, stream, consumer, pending, min_idle_ms=min_idle_ms)
+            batch = await self.claim(queue, stream, consumer, pending, min_idle_ms=min_idle_ms, cell=cell)
             batch.why = why
             stats.add(await self.settle(batch))
             if len(pending) < BATCH:
@@ -168,11 +175,12 @@ class Reclaimer:
         return stats
 
     async def claim(
-        self, queue: str, stream: str, consumer: str, pending: list[dict], *, min_idle_ms: int = 0
+        self, queue: str, stream: str, consumer: str, pending: list[dict], *, min_idle_ms: int = 0,
+        cell: int = 0,
     ) -> ClaimedBatch:
-        """Step 1: XCLAIM the ``pending`` entries (XPENDING rows of ``stream``, a lane of ``queue``)
-        to the reclaimer consumer."""
-        batch = ClaimedBatch(queue=queue, stream=stream, consumer=consumer)
+        """Step 1: XCLAIM the ``pending`` entries (XPENDING rows of ``stream``, a lane of ``queue``
+        in ``cell``) to the reclaimer consumer."""
+        batch = ClaimedBatch(queue=queue, stream=stream, consumer=consumer, cell=cell)
         delivered = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         if consumer == RECLAIMER:  # our own XCLAIM counted one delivery that never ran
             delivered = {entry_id: max(count - 1, 1) for entry_id, count in delivered.items()}
@@ -196,7 +204,9 @@ class Reclaimer:
         for entry_id, fields, delivered in batch.entries:
             args += self._settlement(batch, entry_id, fields, delivered)
         lost, poisoned, undecodable, skipped = await _SETTLE.run(
-            self._redis, [batch.stream, keys.DEAD_LETTERS_STREAM, keys.OUTCOMES_STREAM], args
+            self._redis,
+            [batch.stream, keys.dead_letters_stream(batch.cell), keys.outcomes_stream(batch.cell)],
+            args,
         )
         stats.lost += int(lost)
         stats.poisoned += int(poisoned)
@@ -219,6 +229,9 @@ class Reclaimer:
                 problem = None if raw else f"stream entry has no {keys.ENVELOPE_FIELD.decode()!r} field"
                 if problem is None and not (env.run_id and env.node_id and env.attempt):
                     problem = "undecodable envelope: run_id, node_id or attempt missing"
+                if problem is None and keys.cell_of(env.run_id) != batch.cell:
+                    problem = (f"envelope in the wrong cell: run {env.run_id!r} belongs to cell "
+                               f"{keys.cell_of(env.run_id)}, read from cell {batch.cell}")
             except DecodeError as exc:
                 env, problem = messages_pb2.TaskEnvelope(), f"undecodable envelope: {exc}"
         deliveries = env.lost_attempts + max(delivered, 1)

@@ -16,6 +16,11 @@ appended a round trip after its due time (plus the clock difference between the 
 scheduled it and this one), whoever scheduled it. Moving is one Lua script (take due members,
 XADD each, ZREM it), so any number of coordinator replicas can run the timer and each delivery is
 appended exactly once.
+
+Each cell of the key layout (docs/architecture.md, "Redis Cluster: cells") has its own timer
+(``retry_timer(cell)``, whose members go to that cell's lanes: the move script stays in one slot)
+and wake-up stream (``retry_wake(cell)``): the coordinator runs one timer and one listener per
+cell, each listener on a connection of its own.
 """
 
 from __future__ import annotations
@@ -34,8 +39,6 @@ from graflow_runtime.streams import tail_id
 log = structlog.get_logger(__name__)
 
 
-# Key prefixes of the lanes (a member's head names its queue and lane: keys.RETRY_TIMER).
-LANE_PREFIXES = (keys.queue_stream(""), keys.queue_high_stream(""))
 # Longest blocking read of the wake-up listener (it reads again at once; any length works).
 WAKE_BLOCK_MS = 10_000
 _MOVE_DUE = LuaScript.load(__package__, "move_due.lua")
@@ -45,9 +48,21 @@ class RetryTimer(BackgroundLoop):
     name = "retry-timer"
 
     def __init__(
-        self, redis: aioredis.Redis, groups: QueueGroups, *, max_sleep_ms: int, batch: int = 500
+        self,
+        redis: aioredis.Redis,
+        groups: QueueGroups,
+        *,
+        max_sleep_ms: int,
+        batch: int = 500,
+        cell: int = 0,
     ) -> None:
         super().__init__()
+        self.cell = cell
+        # The timer's key; the key prefixes of the cell's normal and high lanes (a member's head
+        # names its queue and lane: keys.retry_head).
+        self._key = keys.retry_timer(cell)
+        high, normal = keys.queue_lane_prefixes(cell)
+        self._lane_prefixes = (normal, high)
         self._groups = groups
         self._max_sleep_s = max_sleep_ms / 1000
         self._batch = batch
@@ -59,7 +74,7 @@ class RetryTimer(BackgroundLoop):
         while True:
             now_ms = int(time.time() * 1000)
             reply = await _MOVE_DUE.run(
-                self._redis, [keys.RETRY_TIMER], [now_ms, self._batch, *LANE_PREFIXES]
+                self._redis, [self._key], [now_ms, self._batch, *self._lane_prefixes]
             )
             moved, malformed, next_due = int(reply[0]), int(reply[1]), int(reply[2])
             missing = {q.decode() if isinstance(q, bytes) else q for q in reply[3:]}
@@ -84,26 +99,33 @@ class RetryTimer(BackgroundLoop):
 
 
 class RetryWakeListener(BackgroundLoop):
-    """Wakes ``timer`` for every entry of ``gf:retry:wake`` (a delivery due earlier than it knew).
-    Its blocking reads hold ``redis``: give it a client of its own."""
+    """Wakes ``timer`` for every entry of its cell's ``gf:retry:wake`` (a delivery due earlier than
+    it knew). Its blocking reads hold ``redis``: give it a client of its own."""
 
     name = "retry-timer-wake"
 
     def __init__(
-        self, redis: aioredis.Redis, timer: BackgroundLoop, *, block_ms: int = WAKE_BLOCK_MS
+        self, redis: aioredis.Redis, timer: RetryTimer, *, block_ms: int = WAKE_BLOCK_MS
     ) -> None:
         super().__init__()
         self._redis = redis
         self._timer = timer
+        self._stream = keys.retry_wake(timer.cell)
         self._block_ms = block_ms
         self._last: bytes | None = None
 
     async def step(self) -> float:
-        if self._last is None:
-            self._last = await tail_id(self._redis, keys.RETRY_WAKE)
-            self._timer.wake()  # what was scheduled before this read is found by the next move
+        # All of it may be cut short by a stop: it only reads, and a start reads the tail again (a
+        # stop arriving while the tail was read had to wait for the blocking read after it).
         with self.interruptible():
-            reply = await self._redis.xread({keys.RETRY_WAKE: self._last}, block=self._block_ms)
+            if self._last is None:
+                self._last = await tail_id(self._redis, self._stream)
+                self._timer.wake()  # what was scheduled before this read is found by the next move
+            if self._stopping.is_set():
+                # Stopped during the first read, whose cancellation redis-py can lose (seen with
+                # 8.2 on a new connection): the blocking read would hold the stop for its length.
+                return 0.0
+            reply = await self._redis.xread({self._stream: self._last}, block=self._block_ms)
         for _stream, entries in reply or ():
             self._last = entries[-1][0]
             self._timer.wake()

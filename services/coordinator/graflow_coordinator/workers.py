@@ -3,6 +3,10 @@
 ``gf:workers`` is a sorted set worker id -> last heartbeat (ms); ``gf:worker:<id>`` a hash with
 the worker's info. A worker whose lease expired is marked ``dead`` in its hash (heartbeats then
 answer NOT_FOUND) until the liveness loop has reclaimed its work; then both keys are removed.
+With a tagged key layout both carry one shared hash tag (``keys.workers_index()``,
+``keys.worker_info()``), so the registry's scripts stay in one Redis Cluster slot; the worker's
+consumers live in the queue lanes of every cell, so deleting them is one script per cell, separate
+from the registry's (docs/architecture.md, "Redis Cluster: cells").
 
 Registration happens before a worker reads anything, so entries pending under its consumer name
 at that moment belong to a previous process with the same id (a restart within the lease): their
@@ -37,7 +41,7 @@ MAX_WORKER_TEXT = 256
 _HEARTBEAT = LuaScript.load(__package__, "heartbeat.lua")
 _MARK_DEAD = LuaScript.load(__package__, "mark_dead.lua")
 _REMOVE = LuaScript.load(__package__, "remove_worker.lua")
-_DELETE_ORPHAN = LuaScript.load(__package__, "delete_orphan_consumer.lua")
+_DELETE_CONSUMER = LuaScript.load(__package__, "delete_consumer.lua")
 
 
 def lease_expired(worker_id: str) -> str:
@@ -114,7 +118,7 @@ class WorkerRegistry:
         worker_id = request.worker_id
         now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(keys.WORKERS_INDEX, worker_id)
+            pipe.zscore(keys.workers_index(), worker_id)
             pipe.hgetall(keys.worker_info(worker_id))
             score, previous = await pipe.execute()
         live = score is not None and previous.get(b"dead") != b"1" and score > now_ms - self._lease_timeout_ms
@@ -155,7 +159,7 @@ class WorkerRegistry:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.worker_info(worker_id))
             pipe.hset(keys.worker_info(worker_id), mapping=info)
-            pipe.zadd(keys.WORKERS_INDEX, {worker_id: now_ms})
+            pipe.zadd(keys.workers_index(), {worker_id: now_ms})
             await pipe.execute()
         log.info(
             "worker registered",
@@ -177,7 +181,7 @@ class WorkerRegistry:
         per worker, in order: renewed, or False for a worker unknown or declared dead."""
         renewed = await _HEARTBEAT.run(
             self._redis,
-            [keys.WORKERS_INDEX, *(keys.worker_info(worker_id) for worker_id in beats)],
+            [keys.workers_index(), *(keys.worker_info(worker_id) for worker_id in beats)],
             [now_ms, *(value for pair in beats.items() for value in pair)],
         )
         return [bool(int(flag)) for flag in renewed]
@@ -199,7 +203,7 @@ class WorkerRegistry:
 
     async def list_live(self) -> list[coordinator_pb2.WorkerInfo]:
         cutoff = int(time.time() * 1000) - self._lease_timeout_ms
-        ids = await self._redis.zrangebyscore(keys.WORKERS_INDEX, f"({cutoff}", "+inf")
+        ids = await self._redis.zrangebyscore(keys.workers_index(), f"({cutoff}", "+inf")
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -210,14 +214,14 @@ class WorkerRegistry:
 
     async def expired(self, cutoff_ms: int) -> list[tuple[str, int]]:
         """Workers whose last heartbeat is at or before ``cutoff_ms``: (id, last heartbeat ms)."""
-        rows = await self._redis.zrangebyscore(keys.WORKERS_INDEX, "-inf", cutoff_ms, withscores=True)
+        rows = await self._redis.zrangebyscore(keys.workers_index(), "-inf", cutoff_ms, withscores=True)
         return [(_text(worker_id), int(score)) for worker_id, score in rows]
 
     async def mark_dead(self, worker_id: str, cutoff_ms: int) -> list[str] | None:
         """Mark the worker dead if its lease is still expired; returns its queues, None if it is alive."""
         queues = await _MARK_DEAD.run(
             self._redis,
-            [keys.WORKERS_INDEX, keys.worker_info(worker_id)],
+            [keys.workers_index(), keys.worker_info(worker_id)],
             [worker_id, cutoff_ms, int(time.time() * 1000)],
         )
         if queues is None:
@@ -225,26 +229,45 @@ class WorkerRegistry:
         return _queues_of({b"queues": queues})
 
     async def remove(self, worker_id: str, queues: Iterable[str], *, only_if_dead: bool) -> bool:
-        """Delete the worker's consumers (only where nothing is pending) and its registration."""
-        streams = [stream for q in dict.fromkeys(queues) for stream in keys.queue_lanes(q)]
+        """Delete the worker's consumers in every cell (a cell's only where nothing is pending in
+        it) and then its registration, unless ``only_if_dead`` and it came back. False when it is
+        alive, or a consumer still holds entries (the registration stays: a later pass finishes)."""
+        if only_if_dead and await self._redis.hget(keys.worker_info(worker_id), "dead") != b"1":
+            return False
+        if not await self._delete_consumer(list(dict.fromkeys(queues)), worker_id):
+            return False
         result = await _REMOVE.run(
             self._redis,
-            [keys.WORKERS_INDEX, keys.worker_info(worker_id), *streams],
-            [worker_id, keys.WORKER_GROUP, "1" if only_if_dead else "0"],
+            [keys.workers_index(), keys.worker_info(worker_id)],
+            [worker_id, "1" if only_if_dead else "0"],
         )
         return int(result) == 1
 
     async def is_registered(self, worker_id: str) -> bool:
-        return await self._redis.zscore(keys.WORKERS_INDEX, worker_id) is not None
+        return await self._redis.zscore(keys.workers_index(), worker_id) is not None
 
     async def delete_orphan_consumer(self, queue: str, consumer: str) -> bool:
-        """Delete ``consumer`` from the group of both lanes of ``queue`` if it is not a registered
-        worker and holds nothing in either (atomic, so a worker registering meanwhile keeps its
-        consumer)."""
-        result = await _DELETE_ORPHAN.run(
-            self._redis, [keys.WORKERS_INDEX, *keys.queue_lanes(queue)], [consumer, keys.WORKER_GROUP]
-        )
-        return int(result) == 1
+        """Delete ``consumer`` from the groups of both lanes of ``queue`` in every cell if it is not
+        a registered worker and holds nothing in them. The registry and the lanes are in different
+        slots, so the check of the registration comes first, apart: a worker registering right
+        after it can lose its consumer, never an entry (a consumer is deleted only where nothing
+        is pending, atomically with that check), and its next read creates the consumer again."""
+        if await self.is_registered(consumer):
+            return False
+        return await self._delete_consumer([queue], consumer)
+
+    async def _delete_consumer(self, queues: list[str], consumer: str) -> bool:
+        """One delete_consumer.lua call per cell (its lanes of ``queues``), pipelined; True when
+        the consumer is deleted from every cell (False: entries are pending for it somewhere)."""
+        if not queues:
+            return True
+        args = [consumer, keys.WORKER_GROUP]
+        calls = [
+            ([lane for queue in queues for lane in keys.queue_lanes(queue, cell)], args)
+            for cell in keys.cells()
+        ]
+        replies = await _DELETE_CONSUMER.run_many(self._redis, calls)
+        return all(int(reply) == 1 for reply in replies)
 
     async def _reclaim_all(self, worker_id: str, queues: Iterable[str], *, why: str) -> ReclaimStats:
         stats = ReclaimStats()

@@ -10,6 +10,10 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2_grpc
 from graflow_runtime.redis_client import connect
+from graflow_runtime.testing.slots import (  # noqa: F401 - fixtures (cells_test.py)
+    four_cells,
+    one_slot_scripts,
+)
 
 from graflow_result_store.app import ResultStoreApp, create_app
 from graflow_result_store.settings import ResultStoreSettings

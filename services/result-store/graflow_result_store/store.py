@@ -11,6 +11,7 @@ from graflow_api.v1 import result_store_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import FailedPrecondition, ResourceExhausted
 from graflow_runtime.limits import MAX_CHANNEL_KEYS
+from graflow_runtime.scripts import ScriptArg, ScriptCall
 
 from graflow_result_store import scripts
 
@@ -66,16 +67,30 @@ class ResultStore:
 
     # ---- results ----
     async def put_results(self, results: Sequence[result_store_pb2.NodeResult]) -> list[Disposition]:
-        """Store a batch in one script call; highest attempt wins, the first value of an attempt is kept."""
+        """Store a batch; highest attempt wins, the first value of an attempt is kept. One script
+        call per cell of the key layout the batch's runs are in (a run's keys carry its cell's
+        hash tag, so each call stays in one Redis Cluster slot), pipelined: one round trip. Each
+        call is atomic; a batch spanning cells is not (each result is fenced on its own, so a
+        retried batch stores nothing twice)."""
         if not results:
             return []
-        script_keys: list[str] = []
-        args: list[bytes | str | int] = [self._retention_s]
-        for result in results:
-            script_keys += [keys.results(result.run_id), keys.result_attempts(result.run_id)]
-            args += [result.node_id, result.attempt, result.SerializeToString()]
-        reply = await scripts.PUT_RESULTS.run(self._redis, script_keys, args)
-        return [Disposition(int(code)) for code in reply]
+        by_cell: dict[int, list[int]] = {}
+        for index, result in enumerate(results):
+            by_cell.setdefault(keys.cell_of(result.run_id), []).append(index)
+        calls: list[ScriptCall] = []
+        for indexes in by_cell.values():
+            script_keys: list[str] = []
+            args: list[ScriptArg] = [self._retention_s]
+            for result in (results[i] for i in indexes):
+                script_keys += [keys.results(result.run_id), keys.result_attempts(result.run_id)]
+                args += [result.node_id, result.attempt, result.SerializeToString()]
+            calls.append((script_keys, args))
+        replies = await scripts.PUT_RESULTS.run_many(self._redis, calls)
+        dispositions: list[Disposition] = [Disposition.STORED] * len(results)
+        for indexes, reply in zip(by_cell.values(), replies, strict=True):
+            for index, code in zip(indexes, reply, strict=True):
+                dispositions[index] = Disposition(int(code))
+        return dispositions
 
     async def get_results(
         self, run_id: str, node_ids: Sequence[str]

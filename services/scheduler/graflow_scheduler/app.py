@@ -1,10 +1,11 @@
 """Assembly of the scheduler: ``create_app(settings, redis)`` wires it, ``start``/``stop`` run it
 (as a process: ``graflow_runtime.service``, which checks Redis first).
 
-Start-up: run scripts loaded, the outcome group, gRPC server -> health SERVING -> a recovery sweep
-pass (dispatching what a previous process left READY) -> the outcome consumer, the periodic sweep
-and the wait timer. Shutdown runs it backwards: NOT_SERVING, stop the loops (the current batch
-finishes), stop the server within the grace period, close the result-store channel and Redis.
+Start-up: run scripts loaded, the outcome groups (one per cell), gRPC server -> health SERVING ->
+a recovery sweep pass (dispatching what a previous process left READY) -> the outcome consumers,
+the periodic sweep and the wait timer. Shutdown runs it backwards: NOT_SERVING, stop the loops
+(the current batch finishes), stop the server within the grace period, close the result-store
+channel and Redis.
 
 The scheduler enqueues the deliveries of the nodes it makes READY itself (graflow_runtime.dispatch,
 on its own Redis client): it calls no coordinator.
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from graflow_runtime import keys
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 from graflow_runtime.grpc_client import Downstream, open_channel
@@ -47,7 +49,7 @@ from graflow_scheduler.waits.timer import WaitTimer
 
 log = structlog.get_logger(__name__)
 
-# CLIENT LIST name of the connection of the process's reader of gf:ended.
+# CLIENT LIST name of the connections of the process's readers of the ended-runs streams.
 RUN_ENDS_CLIENT = "graflow-scheduler-run-ends"
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
@@ -65,7 +67,8 @@ class SchedulerApp:
     """The scheduler wired on its settings and a Redis client, which it owns (closed by ``stop``).
     ``WatchRun`` reads through a client of its own (``watch_redis``, ``WATCH_MAX_CONNECTIONS``
     connections): each watcher of all events holds a connection while it blocks. The callers
-    waiting for a run's end share one reader of ``gf:ended`` (``run_ends``, on ``ends_redis``)."""
+    waiting for a run's end share one reader of ``gf:ended`` per cell (``run_ends``, on
+    ``ends_redis``). One outcome consumer per cell (``consumers``)."""
 
     def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis) -> None:
         s = self.settings = settings
@@ -92,8 +95,9 @@ class SchedulerApp:
         feedback = FeedbackRequests(self.store, resumed)
         children = ChildRuns(self.store, resumed)
         self.wait_timer = WaitTimer(redis, feedback, children, interval_s=s.wait_timer_interval_s)
-        # One reader of gf:ended for the process's waiters, on a connection of its own.
-        self.ends_redis = connect(s.redis_url, max_connections=1, client_name=RUN_ENDS_CLIENT)
+        # The readers of the cells' ended-runs streams for the process's waiters (one per cell),
+        # each on a connection of its own.
+        self.ends_redis = connect(s.redis_url, max_connections=len(keys.cells()), client_name=RUN_ENDS_CLIENT)
         self.run_ends = RunEnds(self.ends_redis, block_ms=s.watch_block_ms)
         self.servicer = SchedulerServicer(
             self.store,
@@ -108,28 +112,33 @@ class SchedulerApp:
             limits=limits,
             watch_block_ms=s.watch_block_ms,
         )
-        self.consumer = OutcomeConsumer(
-            OutcomeBatches(
-                OutcomeStream(redis, s.consumer_name),
-                self.store,
-                graphs,
-                plans,
-                dispatcher,
-                dynamic=dynamic,
-                limits=limits,
-                parking=Parking(redis),
-                children=children,
-                bus_keys=bus_keys,
-            ),
-            ConsumerConfig(
-                batch=s.outcome_batch,
-                block_ms=s.outcome_block_ms,
-                max_deliveries=s.outcome_max_deliveries,
-                claim_idle_ms=s.claim_idle_ms,
-                trim_interval_s=s.sweep_interval_s,
-                stats_log_interval_s=s.stats_log_interval_s,
-            ),
+        consumer_config = ConsumerConfig(
+            batch=s.outcome_batch,
+            block_ms=s.outcome_block_ms,
+            max_deliveries=s.outcome_max_deliveries,
+            claim_idle_ms=s.claim_idle_ms,
+            trim_interval_s=s.sweep_interval_s,
+            stats_log_interval_s=s.stats_log_interval_s,
         )
+        # One consumer per cell, on its cell's outcome stream (a blocking read stays in one slot).
+        self.consumers = [
+            OutcomeConsumer(
+                OutcomeBatches(
+                    OutcomeStream(redis, s.consumer_name, cell),
+                    self.store,
+                    graphs,
+                    plans,
+                    dispatcher,
+                    dynamic=dynamic,
+                    limits=limits,
+                    parking=Parking(redis),
+                    children=children,
+                    bus_keys=bus_keys,
+                ),
+                consumer_config,
+            )
+            for cell in keys.cells()
+        ]
         keepalive = ResultsKeepAlive(redis, result_store_stub, result_store, interval_s=s.results_keepalive_s)
         self.sweep = RecoverySweep(
             reader,
@@ -152,16 +161,23 @@ class SchedulerApp:
         )
 
     @property
+    def consumer(self) -> OutcomeConsumer:
+        """The outcome consumer of cell 0 (the only one in the default layout)."""
+        return self.consumers[0]
+
+    @property
     def port(self) -> int:
         return self.server.port
 
     async def start(self) -> None:
         await self.store.load_scripts()
-        await self.consumer.stream.ensure_group()
+        for consumer in self.consumers:
+            await consumer.stream.ensure_group()
         await self.run_ends.start_reading()  # before any call can wait for a run's end
         await self.server.start()
         await self.sweep.sweep_safely()  # what a previous process left READY
-        self.consumer.start()
+        for consumer in self.consumers:
+            consumer.start()
         self.sweep.start(delay_s=self.sweep.interval_s)
         self.wait_timer.start()
         log.info(
@@ -175,7 +191,8 @@ class SchedulerApp:
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace_s
         await self.server.set_serving(False)
-        await self.consumer.stop()
+        for consumer in self.consumers:
+            await consumer.stop()
         await self.sweep.stop()
         await self.wait_timer.stop()
         await self.server.stop(grace)

@@ -1,6 +1,7 @@
 """Fixtures of the scheduler's tests: run-state stores on the real Redis of the session
 (``redis_url`` / ``redis`` from graflow_testing.plugin), the result-store's test double on a real
-gRPC server, and a started scheduler on a free port."""
+gRPC server, a started scheduler on a free port, and (graflow_runtime.testing.slots) a layout of
+four cells with the check that every script call stays in one slot."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import scheduler_pb2_grpc
 from graflow_runtime.redis_client import connect
+
+# The tests with four cells (cells_test.py): the layout, and the check that scripts stay in one slot.
+from graflow_runtime.testing.slots import four_cells, one_slot_scripts  # noqa: F401 - fixtures
 
 from graflow_scheduler.app import SchedulerApp, create_app
 from graflow_scheduler.state.reader import RunReader

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from graflow_runtime import keys
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.settings import SettingsError, load_settings
 from graflow_runtime.version import __version__
@@ -62,6 +63,32 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert any(r.get("event") == "scheduler stopped" for r in _records(process.stderr))
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_a_process_with_four_cells_consumes_the_outcome_stream_of_each(four_cells, redis, redis_url):
+    env = _env(
+        redis_url=redis_url,
+        redis_cells="4",
+        listen_address="127.0.0.1:0",
+        log_format="json",
+        result_store_address="127.0.0.1:1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "graflow_scheduler"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert any(r.get("event") == "scheduler listening" for r in _records(process.stderr))
+        assert await redis.get(keys.LAYOUT_KEY) == b"cells=4 tagged=1"
+        for cell in range(4):
+            groups = await redis.xinfo_groups(keys.outcomes_stream(cell))
+            assert [g["name"] for g in groups] == [keys.SCHEDULER_GROUP.encode()]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        totals = [r for r in _records(process.stderr) if r.get("event") == "outcome consumer totals"]
+        assert sorted(r["cell"] for r in totals) == [0, 1, 2, 3]  # one consumer per cell, each stopped
     finally:
         if process.poll() is None:
             process.kill()

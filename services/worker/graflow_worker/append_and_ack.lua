@@ -1,10 +1,10 @@
 -- Append the outcomes of a commit batch and acknowledge their deliveries, atomically
 -- (graflow_worker.committer).
--- KEYS[1] = gf:outcomes, KEYS[2..] = queue streams. ARGV[1] = outcome field, ARGV[2] = consumer
--- group, ARGV[3] = number of outcomes n, ARGV[4..3n+3] = per outcome: TaskOutcome bytes, signing
--- key id and HMAC ('' when unsigned: no fields 'k' and 's'), then per queue stream (in KEYS order):
--- its number of entry ids, the ids. The first write fails on OOM before anything is
--- written, so the script is all or nothing.
+-- KEYS[1] = the outcome stream, KEYS[2..] = queue streams, all of one cell (one slot).
+-- ARGV[1] = outcome field, ARGV[2] = consumer group, ARGV[3] = number of outcomes n,
+-- ARGV[4..3n+3] = per outcome: TaskOutcome bytes, signing key id and HMAC ('' when unsigned: no
+-- fields 'k' and 's'), then per queue stream (in KEYS order): its number of entry ids, the ids.
+-- The first write fails on OOM before anything is written, so the script is all or nothing.
 local field, group, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for i = 4, 3 * n + 3, 3 do
   if ARGV[i + 1] == '' then

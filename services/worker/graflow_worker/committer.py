@@ -11,7 +11,13 @@ queued (up to ``commit_batch_max``) and commits it in two steps:
 2. one Lua script (atomic like ``MULTI``/``EXEC``, without its per-command replies: about a
    quarter of the client CPU): ``XADD gf:outcomes`` (field ``o`` = TaskOutcome bytes, and ``k``/``s``
    = its key id and HMAC when the worker has signing keys) per attempt and the ``XACK`` of every
-   delivery on its queue stream.
+   delivery on its queue stream. With several cells (docs/architecture.md, "Redis Cluster:
+   cells") the batch is split by the cell the deliveries were read from: one script call per
+   cell, with that cell's outcome stream and lanes (one slot), all in one pipeline (one round
+   trip). Each call is atomic, a batch spanning cells is not: when a call fails, the whole batch
+   is retried, and the calls that had gone through append their outcomes again (acknowledging
+   nothing twice); the scheduler ignores an outcome of an attempt it applied already (a duplicate),
+   as it does when a commit's reply is lost.
 
 A delivery is acknowledged only together with its outcome, after its result is stored or inside
 it. Only after the script ran are the slots released. When the result-store (for a batch with a
@@ -40,7 +46,7 @@ from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.limits import MAX_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
-from graflow_runtime.scripts import LuaScript
+from graflow_runtime.scripts import LuaScript, ScriptArg, ScriptCall
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_worker.intake import Intake
@@ -65,6 +71,8 @@ class Finished:
     entry_id: bytes
     execution: Execution
     on_committed: Callable[[], None]
+    # The cell of the delivery's lanes (its run's cell): its outcome goes to that cell's stream.
+    cell: int = 0
 
 
 class Committer:
@@ -182,21 +190,14 @@ class Committer:
                          attempt=outcome.attempt)
 
     async def _append_and_ack(self, batch: list[Finished]) -> None:
-        acks: dict[str, list[bytes]] = {}
+        by_cell: dict[int, list[Finished]] = {}
         for item in batch:
-            acks.setdefault(item.stream, []).append(item.entry_id)
-        script_keys = [keys.OUTCOMES_STREAM, *acks]
-        args: list[bytes | str | int] = [keys.OUTCOME_FIELD, keys.WORKER_GROUP, len(batch)]
-        for item in batch:
-            data = item.execution.outcome.SerializeToString()
-            signature = self._keys.sign(Kind.OUTCOME, data)
-            args += [data, signature.key_id, signature.mac] if signature else [data, "", ""]
-        for ids in acks.values():
-            args += [len(ids), *ids]
+            by_cell.setdefault(item.cell, []).append(item)
+        calls = [self._call(cell, items) for cell, items in by_cell.items()]
         backoff = Backoff()
         while True:
             try:
-                await _APPEND_AND_ACK.run(self._redis, script_keys, args)
+                await _APPEND_AND_ACK.run_many(self._redis, calls)
             except (RedisError, *REDIS_UNAVAILABLE) as exc:  # OOM, connection lost
                 self._intake.pause(PAUSE_REDIS)
                 delay = backoff.next_delay()
@@ -206,6 +207,21 @@ class Committer:
                 continue
             break
         self._intake.resume(PAUSE_REDIS)
+
+    def _call(self, cell: int, items: list[Finished]) -> ScriptCall:
+        """The append_and_ack.lua call of ``items`` (deliveries of ``cell``): that cell's outcome
+        stream and lanes, so one slot."""
+        acks: dict[str, list[bytes]] = {}
+        for item in items:
+            acks.setdefault(item.stream, []).append(item.entry_id)
+        args: list[ScriptArg] = [keys.OUTCOME_FIELD, keys.WORKER_GROUP, len(items)]
+        for item in items:
+            data = item.execution.outcome.SerializeToString()
+            signature = self._keys.sign(Kind.OUTCOME, data)
+            args += [data, signature.key_id, signature.mac] if signature else [data, "", ""]
+        for ids in acks.values():
+            args += [len(ids), *ids]
+        return [keys.outcomes_stream(cell), *acks], args
 
 
 def _fail_unstored(item: Finished, exc: grpc.aio.AioRpcError) -> None:

@@ -7,6 +7,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from graflow_runtime.testing.slots import (  # noqa: F401 - fixtures (cells_test.py)
+    four_cells,
+    one_slot_scripts,
+)
+
 from graflow_worker.testing.services import Stack
 from graflow_worker.testing.tasks import PROBE
 

@@ -1,5 +1,15 @@
 """Reading deliveries from the queue streams and running them (architecture step 3).
 
+A :class:`Consumer` reads the lanes of one cell of the key layout (docs/architecture.md, "Redis
+Cluster: cells"): the worker runs one per cell, each with its own reader connection and its own
+position in the cell's ended-runs stream, all sharing the worker's intake (free slots), runner and
+committer. With one cell (the default layout) there is one consumer and every read is as described
+below; with several, each cell's loop reads while slots are free, so the deliveries held can pass
+the worker's concurrency by what the loops read at the same moment: at most ``cells x free slots``
+(``x lanes`` for blocking reads, see below), run as slots free up. An envelope read from a cell it
+does not belong to (its run's cell, ``keys.cell_of``) is dead-lettered: its outcome could not be
+applied with its run in one slot.
+
 The read loop first resumes this consumer's own pending entries (id ``0``: work it held before a
 restart with the same worker id), then reads new ones, only while slots are free and the intake is
 not paused. Each queue has two lanes (docs/architecture.md, "Priority lanes"); the streams are read
@@ -27,7 +37,7 @@ holds and takes up the ones it does not hold (:meth:`Consumer._resync`).
 For each read batch: every entry's signature is checked before its envelope is decoded (with signing
 keys, an unsigned or badly signed entry is never run: it goes to dead letters with the reason
 ``BadSignature``, acknowledged, and is counted; graflow_runtime.signing); undecodable entries go to
-dead letters (``XADD gf:deadletters`` + ``XACK`` in one ``MULTI``), the upstream results are
+dead letters (``XADD`` to the cell's dead letters + ``XACK`` in one ``MULTI``), the upstream results are
 fetched with one ``GetResults`` per run in the batch, for the deliveries whose parameters can bind
 one (:meth:`Runner.needs_upstream`: a task whose parameters are all bound arguments, or that has
 none, gets no upstream results and needs no call), and each envelope runs in its own asyncio task;
@@ -88,6 +98,7 @@ class Delivery:
     envelope: messages_pb2.TaskEnvelope
     # The ended-runs stream's last id when the coordinator enqueued it (keys.ENDED_CURSOR_FIELD).
     ended_cursor: bytes | None = None
+    cell: int = 0
 
 
 class _GaveUp(Exception):
@@ -138,19 +149,25 @@ def decode_entry(
 
 
 class Consumer:
+    """The reader of one cell's lanes (``endings`` follows that cell's ended-runs stream). Its
+    blocking reads hold ``reader``; ``control`` sends the ``CLIENT UNBLOCK`` that interrupts them
+    (it must reach the Redis node ``reader`` is connected to)."""
+
     def __init__(self, *, redis: aioredis.Redis, reader: aioredis.Redis, worker_id: str, queues: list[str],
                  intake: Intake, runner: Runner, committer: Committer, result_store: Downstream,
                  stub: rs_grpc.ResultStoreStub, read_block_ms: int, endings: RunEndings,
-                 bus_keys: BusKeys = UNSIGNED) -> None:
+                 bus_keys: BusKeys = UNSIGNED, cell: int = 0, control: aioredis.Redis | None = None) -> None:
         self._redis = redis
+        self._control = control or redis
         self._keys = bus_keys
         self._endings = endings
         self._reader = reader
         self.worker_id = worker_id
-        # Every lane of every queue, in reading order: the high lanes first.
+        self.cell = cell
+        # Every lane of every queue in the cell, in reading order: the high lanes first.
         self._queue_of = {
-            **{keys.queue_high_stream(q): q for q in queues},
-            **{keys.queue_stream(q): q for q in queues},
+            **{keys.queue_high_stream(q, cell): q for q in queues},
+            **{keys.queue_stream(q, cell): q for q in queues},
         }
         # The last read filled every free slot: the next one takes without blocking.
         self._backlog = True
@@ -188,7 +205,7 @@ class Consumer:
 
     async def _send_unblock(self, client_id: int) -> None:
         try:
-            await self._redis.client_unblock(client_id)
+            await self._control.client_unblock(client_id)
         except (RedisError, OSError) as exc:
             log.debug("could not unblock the reader", error=str(exc))
 
@@ -301,7 +318,7 @@ class Consumer:
                     pipe.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=count,
                                     block=self._block_ms)
                 if last_id is not None:
-                    pipe.xread({keys.RUNS_ENDED: last_id}, count=READ_COUNT)
+                    pipe.xread({self._endings.stream: last_id}, count=READ_COUNT)
                 replies = await pipe.execute()
         finally:
             self._blocking = False
@@ -359,12 +376,15 @@ class Consumer:
         deliveries: list[Delivery] = []
         for stream, entry_id, fields in entries:
             envelope, raw, reason = decode_entry(fields, self._keys)
+            if envelope is not None and not reason and keys.cell_of(envelope.run_id) != self.cell:
+                reason = (f"envelope in the wrong cell: run {envelope.run_id!r} belongs to cell "
+                          f"{keys.cell_of(envelope.run_id)}, read from cell {self.cell}")
             if reason:
                 await self._dead_letter(stream, entry_id, raw, reason, envelope, fields or {})
             else:
                 assert envelope is not None
                 deliveries.append(Delivery(stream, entry_id, envelope,
-                                           fields.get(keys.ENDED_CURSOR_FIELD) if fresh else None))
+                                           fields.get(keys.ENDED_CURSOR_FIELD) if fresh else None, self.cell))
         if not deliveries:
             return
         fetching = [d for d in deliveries if self._runner.needs_upstream(d.envelope)]
@@ -440,7 +460,7 @@ class Consumer:
                           node_id=envelope.node_id)
             execution = self._failed(envelope, "WorkerError", f"the worker failed to run the task: {exc!r}")
         done = functools.partial(self._finish, delivery.stream, delivery.entry_id)
-        self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, done))
+        self._committer.submit(Finished(delivery.stream, delivery.entry_id, execution, done, delivery.cell))
 
     def _fetch_failed(self, envelope: messages_pb2.TaskEnvelope, exc: BaseException) -> Execution:
         if _too_large(exc):
@@ -536,7 +556,7 @@ class Consumer:
         try:
             pipe = self._redis.pipeline(transaction=True)
             signature = {f: fields[f] for f in (KEY_ID_FIELD, SIGNATURE_FIELD) if f in fields}
-            add_dead_letter(pipe, letter.SerializeToString(), signature)
+            add_dead_letter(pipe, letter.SerializeToString(), signature, cell=self.cell)
             pipe.xack(stream, keys.WORKER_GROUP, entry_id)
             await pipe.execute()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 from graflow import payload
 
@@ -50,21 +52,33 @@ async def spawn(stack, tmp_path, **settings: str) -> asyncio.subprocess.Process:
     return process
 
 
-async def test_worker_process_serves_then_drains_on_sigterm(stack, tmp_path):
-    process = await spawn(stack, tmp_path, worker_id="proc-worker", log_format="json")
+@contextlib.asynccontextmanager
+async def worker_process(stack, tmp_path, **settings: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """:func:`spawn`, killed at the end unless it exited."""
+    process = await spawn(stack, tmp_path, **settings)
     try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def drain(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM, as a container stop sends; the exit code (within 20 s)."""
+    process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), 20)
+
+
+async def test_worker_process_serves_then_drains_on_sigterm(stack, tmp_path):
+    async with worker_process(stack, tmp_path, worker_id="proc-worker", log_format="json") as process:
         await enqueue(stack.redis, envelope("r1", "a", "add", args={"a": 40, "b": 2}))
         [outcome] = await wait_outcomes(stack.redis, 1)
         assert outcome.worker_id == "proc-worker"
         # With the default INLINE_RESULT_MAX_BYTES the small result rides in the outcome.
         assert payload.decode(outcome.result.value) == 42
         assert stack.store.put_calls == 0
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await drain(process) == 0
     assert stack.coordinator.deregistrations == ["proc-worker"]
     assert await pending_count(stack.redis) == 0
     log = (tmp_path / "worker.log").read_text()
@@ -90,17 +104,11 @@ def test_worker_with_a_broken_task_module_exits_naming_it():
 
 
 async def test_worker_process_exits_after_the_grace_period_leaving_stuck_work_pending(stack, tmp_path):
-    process = await spawn(stack, tmp_path, worker_id="proc-stuck", shutdown_grace_s="0.3")
-    try:
+    async with worker_process(stack, tmp_path, worker_id="proc-stuck", shutdown_grace_s="0.3") as process:
         await enqueue(stack.redis, envelope("r1", "stuck", "hold", args={"key": "never"}))
         beats = stack.coordinator.heartbeats
         await eventually(lambda: beats and beats[-1].in_flight == 1, what="the task to be in flight")
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await drain(process) == 0
     assert await pending_count(stack.redis) == 1
     assert stack.coordinator.deregistrations == ["proc-stuck"]
     assert "task threads still running at exit" in (tmp_path / "worker.log").read_text()

@@ -1,7 +1,8 @@
 """Ended runs reach the worker's running tasks within 0.5 s (invariant 11).
 
-The scheduler appends every run's end to the stream ``gf:ended`` (``keys.RUNS_ENDED``, fields
-``r`` run id, ``s`` status) in the same script that ends the run. :class:`RunEndings` follows it
+The scheduler appends every run's end to its cell's stream ``gf:ended`` (``keys.runs_ended(cell)``,
+fields ``r`` run id, ``s`` status) in the same script that ends the run; the worker follows every
+cell's stream, one :class:`RunEndings` per cell. :class:`RunEndings` follows it
 from the stream's last entry at start-up (runs that ended before are caught by the consumer's check
 of each read batch) and hands every run id to the
 :class:`~graflow_worker.cancellation.Cancellations` registry, which sets the cancel event of the
@@ -44,9 +45,11 @@ POLL_S = 0.2
 
 class RunEndings:
     def __init__(
-        self, redis: aioredis.Redis, cancellations: Cancellations, *, poll_s: float = POLL_S
+        self, redis: aioredis.Redis, cancellations: Cancellations, *, poll_s: float = POLL_S, cell: int = 0
     ) -> None:
         self._redis = redis
+        # The ended-runs stream of the cell this follows.
+        self.stream = keys.runs_ended(cell)
         self._cancellations = cancellations
         self._poll_s = poll_s
         self._read_at = 0.0  # monotonic time of the last read of the stream, by either reader
@@ -57,7 +60,7 @@ class RunEndings:
 
     async def start(self) -> None:
         """Remember where the stream ends now (call before the worker reads its queues)."""
-        self.last_id = await tail_id(self._redis, keys.RUNS_ENDED)
+        self.last_id = await tail_id(self._redis, self.stream)
         self.history_start = stream_id(self.last_id)
 
     def covers(self, cursor: bytes | None) -> bool:
@@ -116,7 +119,7 @@ class RunEndings:
                     await sleep_unless(stop, delay)
                     continue
                 if self.history_start is None:
-                    self.history_start = stream_id(await tail_id(self._redis, keys.RUNS_ENDED))
+                    self.history_start = stream_id(await tail_id(self._redis, self.stream))
                 backoff.reset()
         finally:
             self._cancellations.log_skipped(force=True)
@@ -124,4 +127,4 @@ class RunEndings:
     async def read_once(self) -> int:
         """One read of the ends after ``last_id``; returns how many entries it brought."""
         assert self.last_id is not None
-        return self.absorb(await self._redis.xread({keys.RUNS_ENDED: self.last_id}, count=READ_COUNT))
+        return self.absorb(await self._redis.xread({self.stream: self.last_id}, count=READ_COUNT))

@@ -2,9 +2,14 @@
 
 :class:`Worker` is wired on construction (Redis clients, downstream clients, the health server's
 port); as a process, ``graflow_runtime.service`` checks Redis before :meth:`Worker.start`.
-Start-up: health server -> consumer groups -> RegisterWorker -> the ended-runs watcher's start (the
-tail of ``gf:ended``) -> committer, heartbeats, ended-runs watcher -> the first heartbeat answered
-on the stream -> read loop -> health SERVING.
+Start-up: health server -> consumer groups -> RegisterWorker -> the ended-runs watchers' start (the
+tail of each cell's ``gf:ended``) -> committer, heartbeats, ended-runs watchers -> the first
+heartbeat answered on the stream -> read loops -> health SERVING.
+
+Each cell of the key layout (docs/architecture.md, "Redis Cluster: cells") has its own
+:class:`~graflow_worker.consumer.Consumer` (read loop, reader connection from
+:func:`cell_reader`, position in the cell's ended-runs stream, watcher loop); they share the
+intake, the runner and the committer. With one cell there is one of each, as before cells.
 
 Shutdown (SIGTERM, a DRAIN command, or :meth:`Worker.request_stop`): NOT_SERVING, stop reading at
 once (a blocking read is unblocked), let the tasks in flight finish and commit within
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -28,6 +34,7 @@ from redis.exceptions import RedisError
 from graflow_api.v1 import coordinator_pb2_grpc as co_grpc
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_api.v1 import scheduler_pb2_grpc
+from graflow_runtime import keys
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import create_server
 from graflow_runtime.redis_client import connect
@@ -51,6 +58,23 @@ log = structlog.get_logger(__name__)
 GOODBYE_S = 2.0
 
 
+@dataclass(frozen=True)
+class CellReader:
+    """The clients of one cell's read loop: ``reader`` holds its blocking reads (one connection, of
+    its own); ``control`` sends the ``CLIENT UNBLOCK`` that interrupts them, so it must reach the
+    Redis node ``reader`` is connected to."""
+
+    reader: aioredis.Redis
+    control: aioredis.Redis
+
+
+def cell_reader(settings: WorkerSettings, redis: aioredis.Redis, cell: int) -> CellReader:
+    """The clients of ``cell``'s read loop: the one place that knows where a cell's lanes live. On
+    a single Redis every cell is on it, and the worker's shared client unblocks the reads."""
+    del cell  # one Redis serves every cell
+    return CellReader(reader=connect(settings.redis_url, max_connections=1), control=redis)
+
+
 def create_worker(settings: WorkerSettings, registry: Registry | None = None) -> Worker:
     """A worker for ``settings`` on a Redis client of its own (its task modules are imported now
     unless ``registry`` is given)."""
@@ -59,7 +83,7 @@ def create_worker(settings: WorkerSettings, registry: Registry | None = None) ->
 
 class Worker:
     """The worker wired on its settings, task registry and a Redis client, which it owns (closed by
-    ``stop``, with the two connections of its blocking reads)."""
+    ``stop``, with the connections of its blocking reads and of its ended-runs watchers)."""
 
     def __init__(self, settings: WorkerSettings, registry: Registry, redis: aioredis.Redis) -> None:
         s = self.settings = settings
@@ -71,11 +95,13 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._heartbeats_stop = asyncio.Event()
         self._loops: list[asyncio.Task[Any]] = []
-        self._read_task: asyncio.Task[Any] | None = None
+        self._read_tasks: list[asyncio.Task[Any]] = []
         self._heartbeats: asyncio.Task[Any] | None = None
         self._redis = redis
-        self._reader = connect(s.redis_url, max_connections=1)  # the blocking reads
-        self._endings_redis = connect(s.redis_url, max_connections=1)  # reads of gf:ended while tasks run
+        # The blocking reads, one connection per cell.
+        self._readers = [cell_reader(s, redis, cell) for cell in keys.cells()]
+        # Reads of the cells' gf:ended while tasks run (short reads: the cells' watchers share it).
+        self._endings_redis = connect(s.redis_url, max_connections=1)
         self.intake = Intake(s.concurrency, on_pause=self._on_pause)
 
         result_store = Downstream("result-store", timeout_s=s.rpc_timeout_s,
@@ -104,16 +130,20 @@ class Worker:
                 run_id, scheduler=scheduler, scheduler_stub=sc_stub, result_store=result_store,
                 result_store_stub=rs_stub, loop=loop),
         )
-        self.endings = RunEndings(self._endings_redis, self.runner.cancellations)
+        self.endings = [RunEndings(self._endings_redis, self.runner.cancellations, cell=cell)
+                        for cell in keys.cells()]
         self.committer = Committer(redis, result_store=result_store, stub=rs_stub, intake=self.intake,
                                    batch_max=s.commit_batch_max, inline_max_bytes=s.inline_result_max_bytes,
                                    bus_keys=self.bus_keys)
-        self.consumer = Consumer(
-            redis=redis, reader=self._reader, worker_id=self.worker_id, queues=list(s.queues),
-            intake=self.intake, runner=self.runner, committer=self.committer,
-            result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
-            endings=self.endings, bus_keys=self.bus_keys,
-        )
+        self.consumers = [
+            Consumer(
+                redis=redis, reader=clients.reader, control=clients.control, worker_id=self.worker_id,
+                queues=list(s.queues), intake=self.intake, runner=self.runner, committer=self.committer,
+                result_store=result_store, stub=rs_stub, read_block_ms=s.read_block_ms,
+                endings=endings, bus_keys=self.bus_keys, cell=cell,
+            )
+            for cell, clients, endings in zip(keys.cells(), self._readers, self.endings, strict=True)
+        ]
         # Health only (and its reflection): open, like every server's health service.
         self.health = create_server(s.health_listen_address, [], name="worker")
         self.health_address = _advertised(s.health_listen_address, self.health.port)
@@ -121,7 +151,7 @@ class Worker:
             downstream=coordinator, stub=co_stub, intake=self.intake,
             request=Membership.request_for(self.worker_id, list(s.queues), registry.task_types,
                                            s.concurrency, self.health_address),
-            in_flight=lambda: self.consumer.held,
+            in_flight=lambda: self.held,
             on_drain=self.request_stop,
         )
         self.started = False
@@ -156,17 +186,20 @@ class Worker:
         answered (at most a lease) -> read loop -> SERVING."""
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
             await self.health.server.start()
-            await self.consumer.ensure_groups()
+            for consumer in self.consumers:
+                await consumer.ensure_groups()
             if not await self.membership.register(self._stop_requested):
                 return
             # Before the first read: every end from now on reaches the registry.
-            await self.endings.start()
+            for endings in self.endings:
+                await endings.start()
             self._heartbeats = self._background(
                 self.membership.heartbeat_loop(self._heartbeats_stop), "heartbeats")
             self._loops = [
                 self._background(self.committer.run(), "committer"),
                 self._heartbeats,
-                self._background(self.endings.run(self._heartbeats_stop), "ended-runs"),
+                *(self._background(endings.run(self._heartbeats_stop), f"ended-runs-{cell}")
+                  for cell, endings in enumerate(self.endings)),
             ]
             # Read only once the coordinator holds this worker's heartbeat stream, so that a death
             # from the first delivery on is seen at once (without an answer within the lease,
@@ -177,7 +210,8 @@ class Worker:
                                return_when=asyncio.FIRST_COMPLETED)
             heard.cancel()
             stopping.cancel()
-            self._read_task = self._background(self.consumer.run(), "reader")
+            self._read_tasks = [self._background(consumer.run(), f"reader-{consumer.cell}")
+                                for consumer in self.consumers]
             await self.health.set_serving(True)
             self.started = True
             s = self.settings
@@ -198,7 +232,13 @@ class Worker:
         return task
 
     def _on_pause(self) -> None:
-        self.consumer.unblock()
+        for consumer in self.consumers:
+            consumer.unblock()
+
+    @property
+    def held(self) -> int:
+        """Deliveries read and not yet committed, over every cell."""
+        return sum(consumer.held for consumer in self.consumers)
 
     @property
     def paused_reasons(self) -> frozenset[str]:
@@ -213,24 +253,26 @@ class Worker:
         self.request_stop()
         grace = self.settings.shutdown_grace_s
         with structlog.contextvars.bound_contextvars(worker_id=self.worker_id):
-            log.info("worker stopping", held=self.consumer.held, grace_s=grace)
+            log.info("worker stopping", held=self.held, grace_s=grace)
             await self.health.set_serving(False)
-            self.consumer.stop()
+            for consumer in self.consumers:
+                consumer.stop()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            if self._read_task is not None:
-                # Unblock the blocking read (again, in case the first one raced the read's start).
-                while not self._read_task.done() and loop.time() < deadline:
-                    self.consumer.unblock()
-                    await asyncio.wait({self._read_task}, timeout=0.05)
-                await _settle(self._read_task, 0.0)
+            # Unblock the blocking reads (again, in case the first time raced a read's start).
+            while any(not task.done() for task in self._read_tasks) and loop.time() < deadline:
+                self._on_pause()
+                await asyncio.wait(self._read_tasks, timeout=0.05)
+            for task in self._read_tasks:
+                await _settle(task, 0.0)
             if self.started:
                 try:
                     await asyncio.wait_for(self._drain(), max(0.0, deadline - loop.time()))
                 except TimeoutError:
                     log.warning("shutdown grace elapsed; unfinished deliveries stay pending for reclaim",
-                                held=self.consumer.held)
-            await self.consumer.cancel_work()
+                                held=self.held)
+            for consumer in self.consumers:
+                await consumer.cancel_work()
             self._heartbeats_stop.set()
             for task in self._loops:
                 # The heartbeat loop says goodbye on its stream before deregistering: without it,
@@ -241,14 +283,15 @@ class Worker:
             log.info("worker stopped")
 
     async def _drain(self) -> None:
-        await self.consumer.wait_drained()
+        for consumer in self.consumers:
+            await consumer.wait_drained()
         await self.committer.wait_idle()
 
     async def _close(self) -> None:
         self.runner.close()
         for channel in self._channels:
             await channel.close()
-        for client in (self._endings_redis, self._reader, self._redis):
+        for client in (self._endings_redis, *(clients.reader for clients in self._readers), self._redis):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
         await self.health.stop(0.5)

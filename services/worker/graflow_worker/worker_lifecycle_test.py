@@ -128,7 +128,7 @@ async def test_shutdown_finishes_and_commits_work_in_flight_takes_nothing_new_an
             return response.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         await eventually(not_serving, what="NOT_SERVING")
-    await eventually(worker._read_task.done, what="the read loop to stop")
+    await eventually(lambda: all(task.done() for task in worker._read_tasks), what="the read loops to stop")
     await enqueue(stack.redis, envelope("r1", "after", "add", args={"a": 1}))
     assert not running.done()
 

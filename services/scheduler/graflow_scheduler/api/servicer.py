@@ -23,7 +23,7 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_WAIT_MS
 from graflow_runtime.names import NODE_ID_RULE, is_node_id
-from graflow_runtime.runids import new_run_id, run_id_problem
+from graflow_runtime.runids import new_run_id, run_cell, run_id_problem
 from graflow_runtime.telemetry import ensure_trace
 
 from graflow_scheduler.api.run_results import RunResults
@@ -145,9 +145,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def SubmitRun(  # noqa: N802 - gRPC method name
         self, request: scheduler_pb2.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SubmitRunResponse:
+        # The run's cell: its parent's, else its idempotency key's, else any (keys.py, cells).
+        run_id = new_run_id(
+            cell=run_cell(parent_run_id=request.parent.run_id, idempotency_key=request.idempotency_key)
+        )
         if not request.wait_ms:
-            return await self._submit(request, new_run_id())
-        run_id = new_run_id()
+            return await self._submit(request, run_id)
         # Registered before the run exists: its end cannot come before, no status to read.
         with self.results.ends.waiting(run_id) as ended:
             response = await self._submit(request, run_id)

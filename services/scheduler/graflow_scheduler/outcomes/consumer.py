@@ -1,6 +1,8 @@
-"""The outcome consumer (a :class:`BackgroundLoop`): reads task outcomes from ``gf:outcomes`` in
-batches (its own pending entries first, then new ones; entries that dead replicas left idle are
-claimed; the stream is trimmed periodically) and hands each batch to :class:`OutcomeBatches`.
+"""The outcome consumer (a :class:`BackgroundLoop`), one per cell (docs/architecture.md, "Redis
+Cluster: cells"): reads task outcomes from its cell's outcome stream (``gf:outcomes`` in the
+default layout) in batches (its own pending entries first, then new ones; entries that dead
+replicas left idle are claimed; the stream is trimmed periodically) and hands each batch to
+:class:`OutcomeBatches`.
 
 Redis or the result-store unavailable: the batch is kept in memory and applied again after a backoff.
 An outcome redelivered too often (a process crashed on it each time) is dead-lettered; the loop
@@ -76,6 +78,7 @@ class OutcomeConsumer(BackgroundLoop):
             log.warning(
                 "stopping with an unacknowledged batch; it is applied again on restart",
                 entries=len(self._held.entries),
+                cell=self.stream.cell,
             )
             self._held = None
         self.log_stats(force=True)
@@ -86,7 +89,7 @@ class OutcomeConsumer(BackgroundLoop):
         totals = dataclasses.asdict(self.stats)
         if force or totals != self._logged_stats:
             self._logged_stats = totals
-            log.info("outcome consumer totals", **totals)
+            log.info("outcome consumer totals", cell=self.stream.cell, **totals)
 
     def _backoff(self, failures: int) -> float:
         return backoff_delay(failures, cap=self.config.max_backoff_s)

@@ -1,6 +1,7 @@
-"""The scheduler's side of the outcome stream ``gf:outcomes``: its consumer group, reads (own
-pending entries, new entries, entries claimed from dead consumers), acknowledgement together with
-dead letters, and trimming below the oldest entry any group still needs."""
+"""The scheduler's side of a cell's outcome stream (``gf:outcomes`` in the default layout): its
+consumer group, reads (own pending entries, new entries, entries claimed from dead consumers),
+acknowledgement together with dead letters (in the cell's dead-letter stream), and trimming below
+the oldest entry any group still needs."""
 
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ class DeadOutcome:
     raw: bytes
     outcome: messages_pb2.TaskOutcome | None = None
 
-    def to_proto(self, now_ms: int) -> messages_pb2.DeadLetter:
+    def to_proto(self, now_ms: int, stream: str) -> messages_pb2.DeadLetter:
         # `queue` stays empty: an outcome is not a delivery, so the coordinator's replay (which
         # appends `raw` to a queue as an envelope) must refuse it; the reason names the stream.
         letter = messages_pb2.DeadLetter(
             original_id=self.entry_id.decode(),
-            reason=f"{keys.OUTCOMES_STREAM}: {self.reason}",
+            reason=f"{stream}: {self.reason}",
             raw=self.raw,
             dead_at_ms=now_ms,
         )
@@ -45,10 +46,13 @@ class DeadOutcome:
 
 
 class OutcomeStream:
-    def __init__(self, redis: aioredis.Redis, consumer: str) -> None:
+    """The outcome stream of ``cell``: its consumer reads, acknowledges and trims it."""
+
+    def __init__(self, redis: aioredis.Redis, consumer: str, cell: int = 0) -> None:
         self.redis = redis
         self.consumer = consumer
-        self.stream = keys.OUTCOMES_STREAM
+        self.cell = cell
+        self.stream = keys.outcomes_stream(cell)
         self.group = keys.SCHEDULER_GROUP
 
     async def ensure_group(self) -> None:
@@ -114,14 +118,16 @@ class OutcomeStream:
         return {row["message_id"]: row["times_delivered"] for row in rows if row["message_id"] in wanted}
 
     async def ack(self, entry_ids: Sequence[bytes], dead: Sequence[DeadOutcome]) -> None:
-        """Dead letters and acknowledgements in one MULTI: a dead-lettered outcome is acked only
-        together with its dead letter."""
+        """Dead letters and acknowledgements in one MULTI (the cell's dead-letter stream and its
+        outcome stream: one slot): a dead-lettered outcome is acked only together with its dead
+        letter."""
         if not entry_ids:
             return
         now_ms = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
             for letter in dead:
-                add_dead_letter(pipe, letter.to_proto(now_ms).SerializeToString())
+                data = letter.to_proto(now_ms, self.stream).SerializeToString()
+                add_dead_letter(pipe, data, cell=self.cell)
             pipe.xack(self.stream, self.group, *entry_ids)
             await pipe.execute()
 

@@ -2,7 +2,8 @@
 -- KEYS: 1-7 run keys (see common.lua), 8-15 flow and wait keys (see flow.lua, waits.lua), 16 the
 --       ended-runs stream, 17 the run's result hash gf:res:{R} and 18 its attempts hash (the
 --       result-store's layout, graflow_runtime.keys), and for a 'W' outcome waiting for a child
---       run, 19 the child run's meta.
+--       run, 19 the child run's meta (a child run is in its parent's cell: every key is of the
+--       run's cell).
 -- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried

@@ -2,9 +2,12 @@
 -- KEYS[1..7] of every run script: meta, state, attempt, join, errors, events, active-runs set.
 local K_META, K_STATE, K_ATTEMPT, K_JOIN, K_ERRORS, K_EVENTS, K_ACTIVE = 1, 2, 3, 4, 5, 6, 7
 -- apply_outcome, cancel_run and resolve_wait also get KEYS[8] dynamic nodes, KEYS[9] cycles (see
--- flow.lua), KEYS[10] waits, KEYS[11] child runs set, and the global KEYS[12] pending feedback
--- index, KEYS[13] wait deadlines, KEYS[14] ended child runs, KEYS[15] canceled runs whose children
--- are to be canceled (see waits.lua), KEYS[16] the ended-runs stream (gf:ended, read by workers).
+-- flow.lua), KEYS[10] waits, KEYS[11] child runs set, and the run's cell's KEYS[12] pending
+-- feedback index, KEYS[13] wait deadlines, KEYS[14] ended child runs, KEYS[15] canceled runs whose
+-- children are to be canceled (see waits.lua), KEYS[16] the ended-runs stream (gf:ended in the
+-- default layout, read by workers). Every key a run script gets is of the run's cell (one slot on
+-- a cluster; docs/architecture.md, "Redis Cluster: cells"): so is the idempotency key finish_run
+-- expires, named from the cell's prefix.
 local K_DYN, K_CYCLE, K_WAITS, K_CHILDREN, K_FEEDBACK, K_DEADLINES, K_ENDED, K_CANCEL = 8, 9, 10, 11, 12, 13, 14, 15
 local K_RUNS_ENDED = 16
 -- gf:ended keeps about this many entries (XADD MAXLEN ~): workers read it from where they are.
@@ -69,7 +72,7 @@ end
 -- End the run: status and end time, nodes that will not run (SKIPPED, or CANCELED on cancel),
 -- the terminal event, out of the active set, and every run key (and its idempotency key) set to
 -- expire after the retention period. `fields` are extra meta field/value pairs. With the wait
--- keys (KEYS[15]): the run's open waits leave the global indexes, a child run is recorded as
+-- keys (KEYS[15]): the run's open waits leave the cell's indexes, a child run is recorded as
 -- ended so that its parent node, if it waits for it, runs again, and a canceled run with child
 -- runs is recorded so that the scheduler cancels them (both durable with the end itself). Every
 -- end, whatever its status, is appended to gf:ended (KEYS[16]), so workers stop the run's work

@@ -7,6 +7,7 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -141,31 +142,27 @@ class RunReader:
         return runs, encode_page_token(*cursor) if cursor else ""
 
     async def _page(self, cursor: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
-        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order."""
-        if cursor is None:
-            rows = await self.redis.zrange(
-                keys.RUNS_INDEX, "+inf", "-inf", desc=True, byscore=True, offset=0, num=count, withscores=True
-            )
-            return [(m.decode(), int(s)) for m, s in rows]
-        score, last_id = cursor
-        # Runs created in the same millisecond sort by id, descending in this order.
-        ties = await self.redis.zrange(
-            keys.RUNS_INDEX, score, score, desc=True, byscore=True, withscores=True
-        )
-        out = [(m.decode(), int(s)) for m, s in ties if m.decode() < last_id][:count]
-        if len(out) < count:
-            rows = await self.redis.zrange(
-                keys.RUNS_INDEX,
-                f"({score}",
-                "-inf",
-                desc=True,
-                byscore=True,
-                offset=0,
-                num=count - len(out),
-                withscores=True,
-            )
-            out.extend((m.decode(), int(s)) for m, s in rows)
-        return out
+        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order (created ms,
+        then id, descending), over the listings of every cell: each cell's next ``count`` in one
+        pipeline, merged. The cursor is a position in that order, whichever cell its run is in, so
+        a page token pages every cell correctly."""
+        newest_first: dict[str, Any] = {"desc": True, "byscore": True, "withscores": True}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cell in keys.cells():
+                index = keys.runs_index(cell)
+                if cursor is None:
+                    pipe.zrange(index, "+inf", "-inf", **newest_first, offset=0, num=count)
+                else:
+                    # Runs created in the same millisecond sort by id, descending in this order.
+                    pipe.zrange(index, cursor[0], cursor[0], **newest_first)
+                    pipe.zrange(index, f"({cursor[0]}", "-inf", **newest_first, offset=0, num=count)
+            replies = await pipe.execute()
+        rows = [(m.decode(), int(s)) for reply in replies for m, s in reply]
+        if cursor is not None:
+            score, last_id = cursor
+            rows = [(run_id, created) for run_id, created in rows if created < score or run_id < last_id]
+        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
+        return rows[:count]
 
     async def read_events(
         self, run_id: str, after: str, *, count: int, block_ms: int | None = None
@@ -184,7 +181,12 @@ class RunReader:
         return list(await self.redis.xrevrange(keys.run_events(run_id), "+", low, count=count))
 
     async def active_run_ids(self) -> list[str]:
-        return [m.decode() async for m in self.redis.sscan_iter(keys.ACTIVE_RUNS, count=1000)]
+        """The runs not ended, of every cell."""
+        return [
+            member.decode()
+            for cell in keys.cells()
+            async for member in self.redis.sscan_iter(keys.active_runs(cell), count=1000)
+        ]
 
     async def ready_runs(self, run_ids: Sequence[str]) -> tuple[list[ReadyRun], list[str]]:
         """READY nodes of each run, and the ids among ``run_ids`` whose state is gone."""
@@ -236,22 +238,29 @@ class RunReader:
 
     async def forget(self, run_ids: Sequence[str]) -> None:
         """Drop runs whose state expired from the active set."""
-        if run_ids:
-            await self.redis.srem(keys.ACTIVE_RUNS, *run_ids)
+        by_cell: dict[int, list[str]] = {}
+        for run_id in run_ids:
+            by_cell.setdefault(keys.cell_of(run_id), []).append(run_id)
+        for cell, forgotten in by_cell.items():
+            await self.redis.srem(keys.active_runs(cell), *forgotten)
 
     async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
         """Remove listing entries of runs created before ``created_before_ms`` whose state has
-        expired (a run is kept for the retention period after it ended). Every such entry is
-        examined, ``batch`` at a time: runs still kept (live for long, or ended less than a
-        retention ago) are stepped over, so they never hold back the others' pruning, and the
-        pruning keeps up with any rate of runs (it once stopped at the ``batch`` oldest entries
-        per sweep: the listing grew without bound behind ``batch`` long-lived runs, or above
-        ``batch`` runs per sweep period)."""
+        expired (a run is kept for the retention period after it ended), in the listing of every
+        cell. Every such entry is examined, ``batch`` at a time: runs still kept (live for long, or
+        ended less than a retention ago) are stepped over, so they never hold back the others'
+        pruning, and the pruning keeps up with any rate of runs (it once stopped at the ``batch``
+        oldest entries per sweep: the listing grew without bound behind ``batch`` long-lived runs,
+        or above ``batch`` runs per sweep period)."""
+        pruned = 0
+        for cell in keys.cells():
+            pruned += await self._prune_cell(keys.runs_index(cell), created_before_ms, batch)
+        return pruned
+
+    async def _prune_cell(self, index: str, created_before_ms: int, batch: int) -> int:
         pruned = kept = 0
         while True:
-            old = await self.redis.zrange(
-                keys.RUNS_INDEX, 0, created_before_ms, byscore=True, offset=kept, num=batch
-            )
+            old = await self.redis.zrange(index, 0, created_before_ms, byscore=True, offset=kept, num=batch)
             if not old:
                 return pruned
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -260,7 +269,7 @@ class RunReader:
                 exists = await pipe.execute()
             gone = [m for m, present in zip(old, exists, strict=True) if not present]
             if gone:
-                await self.redis.zrem(keys.RUNS_INDEX, *gone)
+                await self.redis.zrem(index, *gone)
             pruned += len(gone)
             kept += len(old) - len(gone)
             if len(old) < batch:

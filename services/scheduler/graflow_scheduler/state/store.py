@@ -15,34 +15,41 @@ import redis.asyncio as aioredis
 
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_runtime import keys
+from graflow_runtime.runids import run_cell
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
 from graflow_scheduler.errors import ParentEnded, ParentNodeUnknown, ParentNotFound, RunNotFound
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state import scripts
 
-IDEMPOTENCY_PREFIX = keys.idempotency("")
-
 
 def run_script_keys(run_id: str) -> list[str]:
-    """KEYS[1..7] of every run script: the run's six keys and the active-runs set."""
-    return [*keys.run_keys(run_id), keys.ACTIVE_RUNS]
+    """KEYS[1..7] of every run script: the run's six keys and its cell's active-runs set."""
+    return [*keys.run_keys(run_id), keys.active_runs(keys.cell_of(run_id))]
 
 
 def flow_script_keys(run_id: str) -> list[str]:
     """KEYS of apply_outcome, cancel_run and resolve_wait: :func:`run_script_keys`, then the
-    run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and the global indexes of
+    run's dynamic nodes, cycles, waits and child runs (KEYS[8..11]) and its cell's indexes of
     pending feedback, wait deadlines, ended child runs and runs whose children are to be canceled
-    (KEYS[12..15]), and the ended-runs stream workers read (KEYS[16])."""
+    (KEYS[12..15]), and its cell's ended-runs stream workers read (KEYS[16]). Every key is of the
+    run's cell (one slot on a cluster)."""
+    cell = keys.cell_of(run_id)
     return [
         *run_script_keys(run_id),
         *keys.run_flow_keys(run_id),
-        keys.FEEDBACK_PENDING,
-        keys.WAIT_DEADLINES,
-        keys.CHILDREN_ENDED,
-        keys.CHILDREN_TO_CANCEL,
-        keys.RUNS_ENDED,
+        keys.feedback_pending(cell),
+        keys.wait_deadlines(cell),
+        keys.children_ended(cell),
+        keys.children_to_cancel(cell),
+        keys.runs_ended(cell),
     ]
+
+
+def idempotency_prefix(run_id: str) -> str:
+    """The prefix of the idempotency keys of the run's cell (finish_run expires the run's key,
+    prefix + its idempotency key, with the run)."""
+    return keys.idempotency("", keys.cell_of(run_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +241,19 @@ class RunStore:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
         run has ended, :class:`ParentNotFound` when it does not exist, :class:`ParentNodeUnknown`
-        when it has no such node (atomically: nothing is created)."""
-        run_keys: list[str] = [*run_script_keys(run_id), keys.RUNS_INDEX, keys.idempotency(idempotency_key)]
+        when it has no such node (atomically: nothing is created). ``run_id`` must be of the cell
+        :func:`~graflow_runtime.runids.run_cell` names (its parent's, its idempotency key's): the
+        script touches the keys of that one cell (else ValueError)."""
+        cell = keys.cell_of(run_id)
+        wanted = run_cell(parent_run_id=parent.run_id if parent else "", idempotency_key=idempotency_key)
+        if wanted is not None and wanted != cell:
+            raise ValueError(
+                f"run id {run_id} is not in the cell of its parent or idempotency key: make it with "
+                "new_run_id(cell=graflow_runtime.runids.run_cell(...))"
+            )
+        run_keys: list[str] = [
+            *run_script_keys(run_id), keys.runs_index(cell), keys.idempotency(idempotency_key, cell)
+        ]
         if parent:
             run_keys += [
                 keys.run_meta(parent.run_id),
@@ -288,7 +306,7 @@ class RunStore:
                     o.retry_delay_ms,
                     o.closure_json,
                     self.retention_s,
-                    IDEMPOTENCY_PREFIX,
+                    idempotency_prefix(o.run_id),
                     "1" if o.worker_lost else "0",
                     o.flow_json,
                     _result_arg(o, now_ms),
@@ -341,7 +359,7 @@ class RunStore:
         status = await scripts.CANCEL_RUN.run(
             self.redis,
             flow_script_keys(run_id),
-            [run_id, reason, now_ms, self.retention_s, IDEMPOTENCY_PREFIX],
+            [run_id, reason, now_ms, self.retention_s, idempotency_prefix(run_id)],
         )
         text = _text(status)
         if not text:
@@ -365,7 +383,7 @@ class RunStore:
         signature = self.bus_keys.sign(Kind.OUTCOME, payload) if mode == "deadline" and payload else None
         raw = await scripts.RESOLVE_WAIT.run(
             self.redis,
-            [*flow_script_keys(run_id), keys.OUTCOMES_STREAM],
+            [*flow_script_keys(run_id), keys.outcomes_stream(keys.cell_of(run_id))],
             [mode, run_id, node_id, wait_id, now_ms, payload, message,
              *((signature.key_id, signature.mac) if signature else ("", ""))],
         )

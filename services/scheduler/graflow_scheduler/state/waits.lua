@@ -5,9 +5,9 @@
 -- KEYS[K_WAITS]     '<wait id>' -> what the node waits for (FeedbackRequest bytes, or for a child
 --                   run 'child:<child run id>'); '<wait id>:r' -> FeedbackResponse bytes once
 --                   answered; '@<node>' -> the wait id the node waits on now (absent: not waiting).
--- KEYS[K_FEEDBACK]  global zset '<run>/<request id>' -> created ms: feedback requests awaiting an
---                   answer (the listing of pending requests).
--- KEYS[K_DEADLINES] global zset '<run>/<wait id>' -> deadline ms (the scheduler's wait timer).
+-- KEYS[K_FEEDBACK]  zset of the run's cell, '<run>/<request id>' -> created ms: feedback requests
+--                   awaiting an answer (the listing of pending requests).
+-- KEYS[K_DEADLINES] zset of the run's cell, '<run>/<wait id>' -> deadline ms (the wait timer).
 -- Meta field 'waiting' counts the run's WAITING nodes; the run is PAUSED while it has some and
 -- nothing is READY (see settle_pause).
 

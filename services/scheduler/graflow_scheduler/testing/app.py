@@ -55,11 +55,13 @@ async def submit(client: scheduler_pb2_grpc.SchedulerStub, workflow: workflow_pb
 async def report(
     redis: aioredis.Redis, *outcomes: messages_pb2.TaskOutcome, bus_keys: BusKeys = UNSIGNED
 ) -> None:
-    """Append ``outcomes`` to the outcome stream, as workers do (signed with ``bus_keys``)."""
+    """Append ``outcomes`` to their runs' cells' outcome streams, as workers do (signed with
+    ``bus_keys``)."""
     for item in outcomes:
         data = item.SerializeToString()
         signature = bus_keys.sign_fields(Kind.OUTCOME, data)
-        await redis.xadd(keys.OUTCOMES_STREAM, {keys.OUTCOME_FIELD: data, **signature})
+        stream = keys.outcomes_stream(keys.cell_of(item.run_id))
+        await redis.xadd(stream, {keys.OUTCOME_FIELD: data, **signature})
 
 
 async def run_end(client: scheduler_pb2_grpc.SchedulerStub, run_id: str) -> str:

@@ -1,5 +1,5 @@
 """What the scheduler's dispatches wrote to Redis, read back by tests: the envelopes appended to the
-queue streams (both lanes), and those waiting in the retry timer (no coordinator moves them in
+queue streams (both lanes, every cell), and those waiting in the retry timers (no coordinator moves them in
 these tests)."""
 
 from __future__ import annotations
@@ -46,17 +46,20 @@ class Enqueued:
 
 async def enqueued(redis: aioredis.Redis) -> Enqueued:
     appended: list[tuple[tuple[int, int], Queued]] = []
-    for high, pattern in ((True, keys.queue_high_stream("*")), (False, keys.queue_stream("*"))):
-        async for stream in redis.scan_iter(match=pattern):
-            for entry_id, fields in await redis.xrange(stream):
-                envelope = messages_pb2.TaskEnvelope.FromString(fields[keys.ENVELOPE_FIELD])
-                appended.append((stream_id(entry_id), Queued(envelope, 0, high)))
-    appended.sort(key=lambda item: item[0])
     delayed = []
-    for member, score in await redis.zrange(keys.RETRY_TIMER, 0, -1, withscores=True):
-        head, envelope = member.split(b"\n", 1)
-        high = keys.HIGH_LANE.encode() in head.split()[1:]  # "<queue>[ high][ sig=...]"
-        delayed.append(Queued(messages_pb2.TaskEnvelope.FromString(envelope), int(score), high))
+    for cell in keys.cells():
+        lanes = ((True, keys.queue_high_stream("*", cell)), (False, keys.queue_stream("*", cell)))
+        for high, pattern in lanes:
+            async for stream in redis.scan_iter(match=pattern):
+                for entry_id, fields in await redis.xrange(stream):
+                    envelope = messages_pb2.TaskEnvelope.FromString(fields[keys.ENVELOPE_FIELD])
+                    appended.append((stream_id(entry_id), Queued(envelope, 0, high)))
+        for member, score in await redis.zrange(keys.retry_timer(cell), 0, -1, withscores=True):
+            head, envelope = member.split(b"\n", 1)
+            high = keys.HIGH_LANE.encode() in head.split()[1:]  # "<queue>[ high][ sig=...]"
+            delayed.append(Queued(messages_pb2.TaskEnvelope.FromString(envelope), int(score), high))
+    appended.sort(key=lambda item: item[0])
+    delayed.sort(key=lambda queued: queued.due_ms)
     return Enqueued([queued for _, queued in appended] + delayed)
 
 

@@ -8,18 +8,22 @@ import redis.asyncio as aioredis
 from graflow_api.v1 import common_pb2, workflow_pb2
 from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
-from graflow_runtime.runids import new_run_id
+from graflow_runtime.runids import new_run_id, run_cell
+from graflow_runtime.streams import stream_id
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.graph.plan import Plan
-from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, RunStore
+from graflow_scheduler.state.store import AppliedOutcome, OutcomeToApply, ParentLink, RunStore
 
 
 async def runs_ended(redis: aioredis.Redis) -> list[tuple[str, str]]:
-    """(run id, status) of every entry of gf:ended (what workers read), in order."""
+    """(run id, status) of every entry of gf:ended (what workers read), in order (the streams of
+    every cell, in entry id order)."""
+    entries = [entry for cell in keys.cells() for entry in await redis.xrange(keys.runs_ended(cell))]
+    entries.sort(key=lambda entry: stream_id(entry[0]))
     return [
         (fields[keys.RUN_ENDED_RUN_FIELD].decode(), fields[keys.RUN_ENDED_STATUS_FIELD].decode())
-        for _, fields in await redis.xrange(keys.RUNS_ENDED)
+        for _, fields in entries
     ]
 
 
@@ -36,9 +40,14 @@ class RunHarness:
         cls, store: RunStore, workflow: workflow_pb2.WorkflowSpec, **kwargs: object
     ) -> RunHarness:
         plan = compile_spec(workflow)
+        parent = kwargs.get("parent")
+        cell = run_cell(
+            parent_run_id=parent.run_id if isinstance(parent, ParentLink) else "",
+            idempotency_key=str(kwargs.get("idempotency_key", "")),
+        )
         created = await store.create_run(
             plan,
-            run_id=new_run_id(),
+            run_id=new_run_id(cell=cell),
             graph_hash=graph_hash(workflow),
             now_ms=1_000,
             **kwargs,  # type: ignore[arg-type]

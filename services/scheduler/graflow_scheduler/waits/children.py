@@ -26,8 +26,8 @@ class ChildRuns:
 
     async def cancel_children(self, run_id: str) -> None:
         """Cancel the child runs of canceled run ``run_id`` that have not ended, and theirs in turn
-        (each one's cancel records its own children). ``cancel_run`` recorded the run in
-        ``gf:children:cancel`` with its end, so the wait timer repeats this until it went through."""
+        (each one's cancel records its own children). ``cancel_run`` recorded the run in its cell's
+        ``children:cancel`` with its end, so the wait timer repeats this until it went through."""
         for raw in await self.redis.smembers(keys.run_children(run_id)):
             child = raw.decode()
             try:
@@ -39,12 +39,13 @@ class ChildRuns:
             if status == "CANCELED":
                 log.info("child run canceled with its parent", run_id=child, parent_run_id=run_id)
                 await self.cancel_children(child)
-        await self.redis.zrem(keys.CHILDREN_TO_CANCEL, run_id)
+        await self.redis.zrem(keys.children_to_cancel(keys.cell_of(run_id)), run_id)
 
     async def resume_parent(self, child: str) -> None:
         """Resume the parent node of ended run ``child`` if it waits for it (``finish_run`` listed
-        the child in ``gf:children:ended`` with its end), then drop that entry. The index is not
-        signed: the child's own meta decides, and an entry naming a live child resumes nothing."""
+        the child in its cell's ``children:ended`` with its end), then drop that entry. The index is
+        not signed: the child's own meta decides, and an entry naming a live child resumes
+        nothing."""
         parent, node, status = await self.redis.hmget(
             keys.run_meta(child), ["parent", "parent_node", "status"]
         )
@@ -68,4 +69,4 @@ class ChildRuns:
                     child_run_id=child,
                 )
                 await self.resumed.dispatch(parent.decode(), node.decode(), resolved.attempt, resolved.cycle)
-        await self.redis.zrem(keys.CHILDREN_ENDED, child)
+        await self.redis.zrem(keys.children_ended(keys.cell_of(child)), child)

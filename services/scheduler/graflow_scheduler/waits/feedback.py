@@ -27,7 +27,7 @@ LIST_DEFAULT, LIST_MAX = 100, 1000
 
 
 def parse_member(member: bytes) -> tuple[str, str]:
-    """Run id and wait id of a member of ``gf:feedback:pending`` or ``gf:waits:deadlines``."""
+    """Run id and wait id of a member of a cell's ``feedback:pending`` or ``waits:deadlines``."""
     run_id, _, wait_id = member.decode().partition("/")
     return run_id, wait_id
 
@@ -117,7 +117,7 @@ class FeedbackRequests:
             waits = await self.redis.hgetall(keys.run_waits(run_id))
             members = [(run_id, v.decode()) for k, v in waits.items() if k.startswith(b"@")]
         else:
-            members = [parse_member(m) for m in await self.redis.zrange(keys.FEEDBACK_PENDING, 0, limit - 1)]
+            members = await self._oldest_pending(limit)
         records = await self._records([member for member in members if REQUEST_ID.fullmatch(member[1])])
         found = [
             record[0]
@@ -126,6 +126,16 @@ class FeedbackRequests:
         ]
         found.sort(key=lambda r: r.created_at_ms)
         return found[:limit]
+
+    async def _oldest_pending(self, limit: int) -> list[tuple[str, str]]:
+        """(run id, request id) of the ``limit`` oldest pending requests of every cell (each
+        cell's oldest ``limit``, in one pipeline, merged by creation time)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cell in keys.cells():
+                pipe.zrange(keys.feedback_pending(cell), 0, limit - 1, withscores=True)
+            replies = await pipe.execute()
+        rows = sorted((score, member) for reply in replies for member, score in reply)
+        return [parse_member(member) for _, member in rows[:limit]]
 
     async def respond(
         self, run_id: str, request_id: str, response: feedback_pb2.FeedbackResponse
@@ -180,7 +190,7 @@ class FeedbackRequests:
         try:
             request, _ = await self._record(run_id, wait_id)
         except (RunNotFound, FeedbackNotFound):
-            await self.redis.zrem(keys.WAIT_DEADLINES, f"{run_id}/{wait_id}")
+            await self.redis.zrem(keys.wait_deadlines(keys.cell_of(run_id)), f"{run_id}/{wait_id}")
             return
         seconds = request.timeout_ms / 1000
         payload = b""

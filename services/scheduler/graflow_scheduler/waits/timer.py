@@ -50,12 +50,19 @@ class WaitTimer(BackgroundLoop):
         return self.interval_s
 
     async def tick(self) -> None:
-        """One pass: due deadlines, ended child runs, children of canceled runs. An entry that
-        fails is logged and left for the next pass; the others go on."""
+        """One pass: due deadlines, ended child runs, children of canceled runs (each cell's, read
+        in one round trip). An entry that fails is logged and left for the next pass; the others go
+        on."""
         now = int(time.time() * 1000)
-        due = await self.redis.zrange(keys.WAIT_DEADLINES, 0, now, byscore=True, offset=0, num=TIMER_BATCH)
-        ended = await self.redis.zrange(keys.CHILDREN_ENDED, 0, TIMER_BATCH - 1)
-        canceled = await self.redis.zrange(keys.CHILDREN_TO_CANCEL, 0, TIMER_BATCH - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cell in keys.cells():
+                pipe.zrange(keys.wait_deadlines(cell), 0, now, byscore=True, offset=0, num=TIMER_BATCH)
+                pipe.zrange(keys.children_ended(cell), 0, TIMER_BATCH - 1)
+                pipe.zrange(keys.children_to_cancel(cell), 0, TIMER_BATCH - 1)
+            replies = await pipe.execute()
+        due = [member for reply in replies[0::3] for member in reply]
+        ended = [member for reply in replies[1::3] for member in reply]
+        canceled = [member for reply in replies[2::3] for member in reply]
         steps: list[tuple[str, str, Coroutine[Any, Any, None]]] = [
             *(("deadline", m.decode(), self.feedback.time_out(*parse_member(m), now)) for m in due),
             *(("ended child run", r.decode(), self.children.resume_parent(r.decode())) for r in ended),

@@ -186,7 +186,8 @@ async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
                   bus_keys: BusKeys = UNSIGNED) -> list[bytes]:
     """Append envelopes as the coordinator does; ``ended_cursor``: the ended-runs stream's last id it
     would record beside them (keys.ENDED_CURSOR_FIELD), none by default (as the retry timer);
-    ``high``: to the queue's high lane instead of its normal lane; signed with ``bus_keys``."""
+    ``high``: to the queue's high lane instead of its normal lane, in the run's cell; signed with
+    ``bus_keys``."""
     lane = keys.queue_high_stream if high else keys.queue_stream
     ids = []
     for env in envelopes:
@@ -194,13 +195,14 @@ async def enqueue(redis: aioredis.Redis, *envelopes: messages_pb2.TaskEnvelope,
         fields = {keys.ENVELOPE_FIELD: data, **bus_keys.sign_fields(Kind.ENVELOPE, data)}
         if ended_cursor is not None:
             fields[keys.ENDED_CURSOR_FIELD] = ended_cursor
-        ids.append(await redis.xadd(lane(env.queue or "default"), fields))
+        ids.append(await redis.xadd(lane(env.queue or "default", keys.cell_of(env.run_id)), fields))
     return ids
 
 
 
 async def outcomes(redis: aioredis.Redis) -> list[messages_pb2.TaskOutcome]:
-    entries = await redis.xrange(keys.OUTCOMES_STREAM)
+    """The outcomes appended so far, cell after cell."""
+    entries = [entry for cell in keys.cells() for entry in await redis.xrange(keys.outcomes_stream(cell))]
     return [messages_pb2.TaskOutcome.FromString(fields[keys.OUTCOME_FIELD]) for _, fields in entries]
 
 
@@ -239,15 +241,16 @@ async def end_run(redis: aioredis.Redis, run_id: str, status: str = "FAILED") ->
     async with redis.pipeline(transaction=True) as pipe:
         ended = int(time.time() * 1000)
         pipe.hset(keys.run_meta(run_id), mapping={"status": status, keys.RUN_ENDED_AT_FIELD: ended})
-        pipe.xadd(keys.RUNS_ENDED, {keys.RUN_ENDED_RUN_FIELD: run_id, keys.RUN_ENDED_STATUS_FIELD: status})
+        pipe.xadd(keys.runs_ended(keys.cell_of(run_id)),
+                  {keys.RUN_ENDED_RUN_FIELD: run_id, keys.RUN_ENDED_STATUS_FIELD: status})
         await pipe.execute()
 
 
 async def pending_count(redis: aioredis.Redis, queue: str = "default") -> int:
-    """Entries delivered and not acknowledged in both lanes of ``queue`` (a lane without its stream
-    or group holds none)."""
+    """Entries delivered and not acknowledged in both lanes of ``queue`` in every cell (a lane
+    without its stream or group holds none)."""
     pending = 0
-    for stream in keys.queue_lanes(queue):
+    for stream in (lane for cell in keys.cells() for lane in keys.queue_lanes(queue, cell)):
         try:
             pending += int((await redis.xpending(stream, keys.WORKER_GROUP))["pending"])
         except ResponseError as exc:
