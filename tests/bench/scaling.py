@@ -2,7 +2,7 @@
 and the model's predictions beside what this machine measures (issue 10, section 3).
 
     ./pants run tests/bench/scaling.py -- [--fanout 5000] [--runs 1000] [--threads 8]
-        [--workers 2] [--cores 2] [--no-hops] [--idle-seconds 25] [--no-deployments]
+        [--workers 2] [--cores 2] [--no-hops] [--idle-seconds 25] [--cells 12] [--no-deployments]
         [--profile DIR [--py-spy PATH]] [--json PATH]
 
 1. **Costs**, on a stack of its own (a private redis-server, the default layout, one process per
@@ -27,12 +27,14 @@ and the model's predictions beside what this machine measures (issue 10, section
    cells at those loads.
 4. **The check**: the model predicts a deployment's throughput as the least of: the machine's cores
    over the CPU a task costs all processes (the benchmark's client included), the shards' capacity
-   and each service's replicas' capacity. It measures the same two measures on (b) a stack with 2
-   replicas of each server (``LocalStack(replicas=...)``) and prints each deployment's prediction
-   (from the one stack's costs), measurement, and CPU per unit; (a), the 3-primary local cluster
-   with N cells, is printed as pending until the stack runs on a cluster. On this 2-core machine
-   the cores bind, so the model predicts about the same throughput whatever the shards and
-   replicas: the measured ratio shows overhead, not scale. ``--no-deployments`` measures one stack.
+   and each service's replicas' capacity. It measures the same two measures on (a0) one Redis with
+   the cluster's layout, ``--cells`` hash-tagged cells (``GRAFLOW_<SVC>_REDIS_CELLS``), and on (b)
+   a stack with 2 replicas of each server (``LocalStack(replicas=...)``), and prints each
+   deployment's prediction (from the one stack's costs), measurement, and CPU per unit; (a), the
+   3-primary local cluster with N cells, is printed as pending until the stack runs on a cluster.
+   On this 2-core machine the cores bind, so the model predicts about the same throughput whatever
+   the shards and replicas: the measured ratio shows overhead, not scale. ``--no-deployments``
+   measures one stack.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from graflow.devstack import SERVERS, LocalStack
+from graflow.devstack import PREFIXES, SERVERS, LocalStack
 from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis
 from tests.bench import profiling
@@ -292,18 +294,22 @@ def model_lines(costs: Mapping[str, dict], bench: Mapping[str, float], hops: Map
     return "\n".join(lines) + "\n"
 
 
-def deployment_stacks(workers: int) -> dict[str, tuple[int, int, Callable[[], LocalStack]]]:
+def deployment_stacks(workers: int, cells: int) -> dict[str, tuple[int, int, Callable[[], LocalStack]]]:
     """The deployments the check measures beside one stack: label -> (Redis shards, replicas of each
-    server, the stack)."""
+    server, the stack). ``(a0)`` is the cluster's layout (``cells`` hash-tagged cells) on one Redis:
+    the cost of the cells themselves (a loop per cell in every reader), without a cluster."""
+    layout = {f"{prefix}REDIS_CELLS": str(cells) for prefix in PREFIXES.values()}
     return {
+        f"(a0) 1 shard, {cells} cells": (1, 1, lambda: LocalStack(
+            workers=workers, task_modules=TASK_MODULES, env=layout)),
         "(b) 1 shard, 2 replicas each": (1, 2, lambda: LocalStack(
             workers=workers, task_modules=TASK_MODULES, replicas=dict.fromkeys(SERVERS, 2))),
     }
 
 
-PENDING = {"(a) 3-primary cluster, 1 replica each": (3, 1)}
-PENDING_WHY = ("(a) needs LocalStack(redis_cluster=True, cells=N) and services that read every cell"
-               " (the cluster and cells helpers' branches): not on main yet.")
+PENDING = {"(a) 3-primary cluster, N cells": (3, 1)}
+PENDING_WHY = ("(a) needs LocalStack(redis_cluster=True, cells=N) (the cluster helper's branch):"
+               " not on main yet.")
 
 
 def check_lines(costs: Mapping[str, dict], deployments: Mapping[str, dict],
@@ -371,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=float, default=float(len(os.sched_getaffinity(0))),
                         help="cores of the machine the check predicts for (default: this process's)")
     parser.add_argument("--no-hops", action="store_true", help="skip the MONITOR pass (hops.py)")
+    parser.add_argument("--cells", type=int, default=CELLS_PER_SHARD * 3,
+                        help="cells of the check's cell layouts (default: 4 for each of 3 primaries)")
     parser.add_argument("--no-deployments", action="store_true",
                         help="measure one stack only, not the deployments of the check (cluster, replicas)")
     parser.add_argument("--idle-seconds", type=float, default=25.0,
@@ -381,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: on the PATH)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
     args = parser.parse_args(argv)
-    for name in ("fanout", "runs", "threads", "workers"):
+    for name in ("fanout", "runs", "threads", "workers", "cells"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     sizes = Sizes(fanout=args.fanout, many_runs=args.runs, many_steps=1, many_threads=args.threads)
@@ -390,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
 
     costs = measure_costs(LocalStack(workers=args.workers, task_modules=TASK_MODULES), sizes, profiler)
-    stacks = {} if args.no_deployments else deployment_stacks(args.workers)
+    stacks = {} if args.no_deployments else deployment_stacks(args.workers, args.cells)
     deployments = {label: measure_costs(make(), sizes, None) for label, (_s, _r, make) in stacks.items()}
     hops = {} if args.no_hops else measure_hops(args.workers, {}, fanout=min(args.fanout, 1_000),
                                                       idle_s=args.idle_seconds)
