@@ -11,7 +11,8 @@
 #   graflow-<svc>.graflow.svc, localhost and 127.0.0.1 (the container health checks dial it).
 # - tokens/<role>: one random token per role (service, worker, client, admin, viewer).
 # - bus.key: the bus signing key, `<key id>:<hex secret>` (docs/security.md, "Integrity on the bus").
-# - redis.crt, redis.key: Redis' TLS certificate (names redis, graflow-redis...), and
+# - redis.crt, redis.key: Redis' TLS certificate (names redis, graflow-redis..., and the Redis
+#   Cluster's of deploy/k8s-cluster: graflow-redis-cluster and its pods' *.graflow-redis-cluster...), and
 #   redis-users/<user>: the password of each Redis ACL user (default: the operators', scheduler,
 #   coordinator, result-store, worker; docs/security.md, "Redis").
 # - <svc>.env: GRAFLOW_<SVC>_AUTH_TOKENS (every role's `<role>:<sha256 hex>`: what the server
@@ -38,6 +39,10 @@ for name in scheduler coordinator result-store worker client redis; do
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
     -keyout "$name.key" -out "$name.csr" 2>/dev/null
   sans="DNS:$name,DNS:graflow-$name,DNS:graflow-$name.graflow.svc,DNS:localhost,IP:127.0.0.1"
+  if [[ $name == redis ]]; then  # the Redis Cluster's service and each node's announced name
+    sans+=",DNS:graflow-redis-cluster,DNS:graflow-redis-cluster.graflow.svc"
+    sans+=",DNS:*.graflow-redis-cluster,DNS:*.graflow-redis-cluster.graflow.svc"
+  fi
   openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days "$days" \
     -out "$name.crt" 2>/dev/null \
     -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$sans")

@@ -4,10 +4,15 @@ the kubernetes-validate wheel: nothing is fetched at test time.
 
 kustomization.yaml is kustomize's own file, read by kubectl on the client, not a Kubernetes resource:
 there is no schema for it, so it is checked here by what it must do instead (list every manifest of
-the directory, and only those)."""
+the directory, and only those).
+
+deploy/k8s-cluster is a kustomize overlay of deploy/k8s (the same deployment on a Redis Cluster): its
+own manifests are checked the same way, and its patches are applied here to the base's resources
+(env entries merged by name, as kustomize's strategic merge does) and the results validated."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +21,59 @@ import pytest
 import yaml
 
 K8S = Path(__file__).parent
+K8S_CLUSTER = K8S.parent / "k8s-cluster"
 # The Kubernetes version the manifests are written for; raise it with the clusters we deploy to.
 KUBERNETES_VERSION = "1.33.0"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 
 
-def resources() -> list[tuple[str, dict[str, Any]]]:
+def resources(directory: Path = K8S) -> list[tuple[str, dict[str, Any]]]:
     return [
-        (f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
-        for path in sorted(K8S.glob("*.yaml"))
-        if path != KUSTOMIZATION
+        (f"{path.parent.name}/{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in sorted(directory.glob("*.yaml"))
+        if path.name != KUSTOMIZATION.name
         for doc in yaml.safe_load_all(path.read_text())
         if doc is not None
     ]
 
 
-@pytest.mark.parametrize("resource", [doc for _, doc in resources()], ids=[name for name, _ in resources()])
+def all_resources() -> list[tuple[str, dict[str, Any]]]:
+    return [*resources(K8S), *resources(K8S_CLUSTER), *patched_by_the_cluster_overlay()]
+
+
+def cluster_overlay() -> dict[str, Any]:
+    return yaml.safe_load((K8S_CLUSTER / KUSTOMIZATION.name).read_text())
+
+
+def _patches() -> list[dict[str, Any]]:
+    return [yaml.safe_load(entry["patch"]) for entry in cluster_overlay()["patches"]]
+
+
+def patched_by_the_cluster_overlay() -> list[tuple[str, dict[str, Any]]]:
+    """The base's Deployments with the overlay's patches applied (containers merged by name, their
+    env entries by name: a new entry appended, an existing one replaced in place)."""
+    base = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in resources(K8S)}
+    patched = []
+    for patch in _patches():
+        if patch.get("$patch") == "delete":
+            continue
+        doc = copy.deepcopy(base[(patch["kind"], patch["metadata"]["name"])])
+        containers = {c["name"]: c for c in doc["spec"]["template"]["spec"]["containers"]}
+        for change in patch["spec"]["template"]["spec"]["containers"]:
+            env = containers[change["name"]].setdefault("env", [])
+            for entry in change.get("env", []):
+                names = [e["name"] for e in env]
+                if entry["name"] in names:
+                    env[names.index(entry["name"])] = entry
+                else:
+                    env.append(entry)
+        patched.append((f"k8s-cluster patched:{doc['kind']}/{doc['metadata']['name']}", doc))
+    return patched
+
+
+@pytest.mark.parametrize(
+    "resource", [doc for _, doc in all_resources()], ids=[name for name, _ in all_resources()]
+)
 def test_manifest_is_valid_for_the_pinned_kubernetes_version(resource: dict[str, Any]) -> None:
     kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
 
@@ -48,3 +90,29 @@ def test_kustomization_lists_every_manifest_and_only_existing_ones() -> None:
     listed = yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
     on_disk = sorted(path.name for path in K8S.glob("*.yaml") if path != KUSTOMIZATION)
     assert sorted(listed) == on_disk
+
+
+def test_the_cluster_overlay_lists_the_base_and_every_manifest_of_its_directory() -> None:
+    listed = cluster_overlay()["resources"]
+    on_disk = sorted(path.name for path in K8S_CLUSTER.glob("*.yaml") if path.name != KUSTOMIZATION.name)
+    assert listed == ["../k8s", *on_disk]
+
+
+def test_the_cluster_overlay_replaces_the_single_redis_and_points_every_service_at_the_cluster() -> None:
+    base = {(doc["kind"], doc["metadata"]["name"]) for _, doc in resources(K8S)}
+    deleted = {(p["kind"], p["metadata"]["name"]) for p in _patches() if p.get("$patch") == "delete"}
+    assert deleted == {("StatefulSet", "graflow-redis"), ("Service", "graflow-redis")}
+    assert deleted <= base
+    deployments = {name: doc for name, doc in patched_by_the_cluster_overlay()}
+    services = [doc["metadata"]["name"] for _, doc in resources(K8S) if doc["kind"] == "Deployment"]
+    assert sorted(name.rsplit("/", 1)[1] for name in deployments) == sorted(services)
+    for doc in deployments.values():
+        env = [e for c in doc["spec"]["template"]["spec"]["containers"] for e in c["env"]]
+        values = {e["name"]: e.get("value") for e in env}
+        prefix = next(n for n in values if n.endswith("_REDIS_URL")).removesuffix("REDIS_URL")
+        assert "@graflow-redis-cluster:6379/0" in values[f"{prefix}REDIS_URL"]
+        assert values[f"{prefix}REDIS_CLUSTER"] == "true"
+        assert values[f"{prefix}REDIS_CELLS"] == "12"
+        # $(GRAFLOW_REDIS_PASSWORD) expands only a variable defined before it.
+        order = [e["name"] for e in env]
+        assert order.index("GRAFLOW_REDIS_PASSWORD") < order.index(f"{prefix}REDIS_URL")

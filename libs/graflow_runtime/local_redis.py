@@ -8,6 +8,9 @@ and can be stopped, killed and restarted on the same port and data directory (ch
 With ``tls`` it serves TLS only (no plain port); with ``users`` (passwords of the users of
 :mod:`graflow_runtime.redis_acl`) it loads their ACL file: ``url`` is then the operators' (Redis'
 default user, with its password) and :meth:`LocalRedis.url_for` gives each service its own (issue 14).
+
+:class:`LocalRedisCluster` is a Redis Cluster of such processes (3 primaries and their replicas by
+default) with a short ``cluster-node-timeout``, so that a failover fits in a test (issue 10).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
+
+import redis as sync_redis
+from redis.crc import key_slot
 
 from graflow_runtime import redis_acl
 from graflow_runtime.processes import dies_with_parent
@@ -66,6 +72,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A Redis Cluster node also listens on its port + 10000 (the cluster bus).
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A port for a Redis Cluster node: it and its bus port (+10000) are free, both below the
+    ephemeral range when possible."""
+    top = _ephemeral_start() - 1 - CLUSTER_BUS_OFFSET
+    for _ in range(200):
+        port = random.randint(_LOW_PORT, top) if top > _LOW_PORT else random.randint(_LOW_PORT, 55_000)
+        if _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise RedisServerError("found no free pair of ports (a node's and its cluster bus')")
+
+
 @dataclass(frozen=True)
 class RedisTls:
     """TLS of a :class:`LocalRedis`: the server's certificate and key, the CA that signed it (which
@@ -83,12 +113,15 @@ class RedisTls:
 class LocalRedis:
     def __init__(self, directory: Path | None = None, port: int | None = None,
                  executable: str | None = None, fsync: str = "everysec", *,
-                 tls: RedisTls | None = None, users: Mapping[str, str] | None = None) -> None:
+                 tls: RedisTls | None = None, users: Mapping[str, str] | None = None,
+                 cluster_node_timeout_ms: int | None = None) -> None:
         if fsync not in ("always", "everysec", "no"):
             raise ValueError(f"fsync must be always, everysec or no, not {fsync!r}")
         self.fsync = fsync
         self.tls = tls
         self.users = dict(users) if users is not None else None
+        # A node of a Redis Cluster (its state in nodes.conf of its directory) when set.
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self.executable = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(self.executable).exists():
             raise RedisServerError(
@@ -133,6 +166,13 @@ class LocalRedis:
             aclfile.write_text(redis_acl.render(self.users))
             aclfile.chmod(0o600)
             listen += ["--aclfile", str(aclfile)]
+        if self.cluster_node_timeout_ms is not None:
+            listen += [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+            ]
+            if self.users is not None:  # a replica logs in to its primary as the operators' user
+                listen += ["--masteruser", redis_acl.ADMIN, "--masterauth", self.users[redis_acl.ADMIN]]
         return [
             self.executable, *listen, "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.fsync,
@@ -239,6 +279,188 @@ class LocalRedis:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of private redis-server processes on free loopback ports, each in its own
+    directory under one: ``primaries`` primaries with ``replicas`` replicas each (3 and 1: six
+    processes), created with ``redis-cli --cluster create``. Every node runs with AOF and
+    ``noeviction`` as :class:`LocalRedis` does, and ``cluster-node-timeout`` ``node_timeout_ms``:
+    a primary that stops answering is replaced by its replica about that long after (plus the
+    election, well under a second here). With ``users`` (passwords of the users of
+    :mod:`graflow_runtime.redis_acl`) every node loads their ACL file, and replicas authenticate to
+    their primaries as the operators' user; no TLS (the deploy manifests have both).
+
+    ``url`` names every node (comma-separated: a cluster client asks the first it reaches for the
+    slot map, so a process started while a node is down still finds the cluster), as the operators'
+    user when there are users; ``url_for(user)`` as another; ``urls`` are the nodes' own URLs."""
+
+    def __init__(self, directory: Path | None = None, *, primaries: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 1500, fsync: str = "everysec",
+                 users: Mapping[str, str] | None = None) -> None:
+        if primaries < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 primaries, not {primaries}")
+        self._own_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="graflow-redis-cluster-"))
+        self.replicas = replicas
+        self.nodes: list[LocalRedis] = []
+        for index in range(primaries * (1 + replicas)):
+            node_dir = self.directory / f"node-{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(LocalRedis(node_dir, port=free_cluster_port(), fsync=fsync, users=users,
+                                         cluster_node_timeout_ms=node_timeout_ms))
+        self.users = dict(users) if users is not None else None
+        self._cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(redis_acl.ADMIN if self.users is not None else None)
+
+    def url_for(self, user: str | None) -> str:
+        """The cluster's URL as ``user`` (None: without credentials), every node named."""
+        first = self.nodes[0].url_for(user)  # redis://<credentials>127.0.0.1:<port>/0
+        head, _, tail = first.partition(f"127.0.0.1:{self.nodes[0].port}")
+        return head + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes) + tail
+
+    def _credentials(self) -> list[str]:
+        if self.users is None:
+            return []
+        return ["--user", redis_acl.ADMIN, "--pass", self.users[redis_acl.ADMIN], "--no-auth-warning"]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout_s: float = 30.0) -> LocalRedisCluster:
+        if not Path(self._cli).exists():
+            raise RedisServerError("redis-cli not found: install it (apt-get install redis-tools)")
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            created = subprocess.run(
+                [self._cli, *self._credentials(), "--cluster", "create", *addresses,
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True, text=True, timeout=timeout_s, check=False,
+            )
+            if created.returncode != 0:
+                raise RedisServerError(
+                    f"redis-cli --cluster create failed ({created.returncode}):\n"
+                    f"{created.stdout[-2000:]}{created.stderr[-2000:]}"
+                )
+            self.wait_until_ok(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _admin(self, node: LocalRedis) -> sync_redis.Redis:
+        return sync_redis.Redis.from_url(node.url, socket_timeout=2, socket_connect_timeout=1)
+
+    def _call(self, node: LocalRedis, *command: str) -> Any:
+        """The reply of ``node`` (as redis-py parses it), or None when it does not answer."""
+        client = self._admin(node)
+        try:
+            return client.execute_command(*command)
+        except (sync_redis.ConnectionError, sync_redis.TimeoutError, sync_redis.ResponseError):
+            return None
+        finally:
+            client.close()
+
+    def running(self) -> list[LocalRedis]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def _replication(self, node: LocalRedis) -> dict[str, Any]:
+        return self._call(node, "INFO", "replication") or {}
+
+    def _healthy(self) -> bool:
+        """Every running node says ``cluster_state:ok`` and sees the same primaries owning all
+        16384 slots, and every replica among them has its replication link up."""
+        views = set()
+        for node in self.running():
+            info = self._call(node, "CLUSTER", "INFO") or b""
+            if b"cluster_state:ok" not in info:
+                return False
+            views.add(tuple(sorted(self._slot_owners(node).items())))
+            replication = self._replication(node)
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return False
+        return len(views) == 1
+
+    def _slot_owners(self, node: LocalRedis) -> dict[tuple[int, int], int]:
+        """(first, last) slot of each range -> port of its primary, as ``node`` sees it."""
+        ranges = self._call(node, "CLUSTER", "SLOTS") or []
+        return {(int(first), int(last)): int(primary[1]) for first, last, primary, *_ in ranges}
+
+    def wait_until_ok(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise RedisServerError(f"the cluster did not become ok within {timeout_s}s")
+            time.sleep(0.1)
+
+    def primary_of_slot(self, slot: int) -> LocalRedis:
+        """The node that owns ``slot``, as the first running node that answers sees it."""
+        for node in self.running():
+            for (first, last), port in self._slot_owners(node).items():
+                if first <= slot <= last:
+                    return self._node_on(port)
+        raise RedisServerError(f"no running node answers for slot {slot}")
+
+    def primary_of(self, key: str | bytes) -> LocalRedis:
+        return self.primary_of_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def replicas_of(self, primary: LocalRedis) -> list[LocalRedis]:
+        found = []
+        for node in self.running():
+            if node is primary:
+                continue
+            replication = self._replication(node)
+            if replication.get("role") == "slave" and int(replication.get("master_port", 0)) == primary.port:
+                found.append(node)
+        return found
+
+    def _node_on(self, port: int) -> LocalRedis:
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise RedisServerError(f"no node of this cluster listens on port {port}")
+
+    def kill(self, node: LocalRedis) -> None:
+        """SIGKILL ``node`` (its replica takes its slots after ``node_timeout_ms``)."""
+        node.stop(kill=True)
+
+    def wait_for_failover(self, slot: int, old: LocalRedis, timeout_s: float = 15.0) -> LocalRedis:
+        """The node that took ``slot`` over from ``old``, once the running nodes agree on it and
+        the cluster is ok again."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._healthy():
+                new = self.primary_of_slot(slot)
+                if new is not old:
+                    return new
+            time.sleep(0.05)
+        raise RedisServerError(f"slot {slot} was not failed over from port {old.port} in {timeout_s}s")
+
+    def restart(self, node: LocalRedis, timeout_s: float = 30.0) -> None:
+        """Start a stopped node again (same port and directory): it rejoins as a replica of the
+        primary that replaced it."""
+        node.start()
+        self.wait_until_ok(timeout_s)
+
+    def close(self) -> None:
+        # SIGKILL: the data goes with the directory, and a primary stopped with SIGTERM waits up
+        # to 10 s (shutdown-timeout) for replicas that lag.
+        for node in self.nodes:
+            node.stop(kill=True)
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalRedisCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

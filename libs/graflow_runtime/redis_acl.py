@@ -78,9 +78,14 @@ RUN_INDEXES = _in_cells(
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
 # LOAD after NOSCRIPT), the durability check at start-up (graflow_runtime.redis_client's
 # check_durability reads INFO when CONFIG is refused, and every service user is refused CONFIG:
-# it can change the server), transactions (MULTI/EXEC pipelines; each command in one is checked).
+# it can change the server), transactions (MULTI/EXEC pipelines; each command in one is checked),
+# and a Redis Cluster client's start-up: which node owns which slots (CLUSTER SLOTS) and the command
+# table it routes by (COMMAND: read-only facts about commands).
 # (graflow_runtime.redis_client.connect turns redis-py's CLIENT SETINFO off.)
-CONNECTION_COMMANDS = ("ping", "client|setname", "info", "evalsha", "script|load", "multi", "exec", "discard")
+CONNECTION_COMMANDS = (
+    "ping", "client|setname", "info", "evalsha", "script|load", "multi", "exec", "discard", "cluster|slots",
+    "command",
+)
 
 
 @dataclass(frozen=True)

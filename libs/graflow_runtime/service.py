@@ -118,7 +118,7 @@ async def _serve(
 ) -> None:
     keys.configure(layout_of(settings))
     try:
-        redis = connect(settings.redis_url)
+        redis = connect(settings.redis_url, cluster=settings.redis_cluster)
     except (ValueError, RedisError) as exc:  # what redis-py raises for a URL it cannot use
         variable = _variable(service, "REDIS_URL")
         raise ConfigurationError(

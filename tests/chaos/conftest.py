@@ -45,7 +45,7 @@ from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
 from graflow_runtime import keys
 from graflow_runtime.grpc_options import client_channel_args
-from graflow_runtime.local_redis import LocalRedis
+from graflow_runtime.local_redis import LocalRedis, LocalRedisCluster
 from tests.e2e.conftest import TASKS, start_stack
 
 TASK_MODULES = (TASKS, "tests.chaos.tasks")
@@ -76,12 +76,17 @@ def task_node_ids(spec: TaskSpec) -> set[str]:
 
 
 class Chaos:
-    def __init__(self, stack: LocalStack, server: LocalRedis, observer: LocalRedis) -> None:
+    """``server`` is the stack's redis-server and ``bus`` a client of it; on a Redis Cluster
+    (``cluster``) both are None."""
+
+    def __init__(self, stack: LocalStack, server: LocalRedis | None, observer: LocalRedis,
+                 cluster: LocalRedisCluster | None = None) -> None:
         self.stack = stack
         self.server = server
+        self.cluster = cluster
         self.observer = observer
         self.fx = redis.Redis.from_url(observer.url)
-        self.bus = redis.Redis.from_url(server.url)
+        self.bus = redis.Redis.from_url(server.url) if server is not None else None
         self.client = stack.client(timeout=20)
         self._channels: dict[str, grpc.Channel] = {}
 
@@ -90,7 +95,8 @@ class Chaos:
         for channel in self._channels.values():
             channel.close()
         self.fx.close()
-        self.bus.close()
+        if self.bus is not None:
+            self.bus.close()
 
     # ---- observing tasks ----
     def effects(self, run_id: str) -> dict[str, int]:
@@ -237,9 +243,12 @@ def wait_until(
 
 @contextlib.contextmanager
 def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str] | None = None,
-                worker_acl: bool = False, replicas: Mapping[str, int] | None = None) -> Iterator[Chaos]:
+                worker_acl: bool = False, replicas: Mapping[str, int] | None = None,
+                cluster_cells: int = 0) -> Iterator[Chaos]:
     """A stack (its own Redis with AOF ``fsync``) plus an observer Redis, stopped at the end.
-    ``replicas``: processes per server (``LocalStack(replicas=...)``).
+    ``replicas``: processes per server (``LocalStack(replicas=...)``). ``cluster_cells``: the stack
+    runs on a local Redis Cluster instead (``chaos.cluster``: 3 primaries, 3 replicas, AOF
+    ``fsync``; a test may kill its nodes) with that many cells.
 
     ``worker_acl``: the workers log in to Redis as a user of their own, so a test can withdraw
     their right to commit (:func:`refuse_worker_commits`) while every other service works on.
@@ -251,8 +260,13 @@ def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str
         (base / sub).mkdir()
     observer = LocalRedis(directory=base / "observer").start()
     server = LocalRedis(directory=base / "redis", fsync=fsync)
+    cluster = LocalRedisCluster(base / "cluster", fsync=fsync) if cluster_cells else None
+    on_cluster = {"redis_cluster": cluster, "cells": cluster_cells} if cluster else {}
     try:
-        server.start()
+        if cluster is not None:
+            cluster.start()
+        else:
+            server.start()
         stack_env = {
             "GRAFLOW_TEST_EFFECTS_URL": observer.url,
             "GRAFLOW_SCHEDULER_CLAIM_IDLE_MS": str(SCHEDULER_CLAIM_IDLE_MS),
@@ -267,13 +281,15 @@ def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str
                 f"redis://{WORKER_USER}:{WORKER_PASSWORD}@127.0.0.1:{server.port}/0"
             )
         stack, _ = start_stack(workers, task_modules=TASK_MODULES, server=server, env=stack_env,
-                               log_dir=base / "logs", replicas=replicas)
+                               log_dir=base / "logs", replicas=replicas, **on_cluster)
     except BaseException:
         server.close()
+        if cluster is not None:
+            cluster.close()
         observer.close()
         shutil.rmtree(base, ignore_errors=True)
         raise
-    chaos = Chaos(stack, server, observer)
+    chaos = Chaos(stack, None if cluster else server, observer, cluster)
     try:
         yield chaos
     except BaseException:
@@ -283,6 +299,8 @@ def chaos_stack(workers: int = 2, *, fsync: str = "everysec", env: dict[str, str
         chaos.close()
         stack.stop()
         server.close()
+        if cluster is not None:
+            cluster.close()
         observer.close()
         if KEEP_LOGS:
             sys.stderr.write(f"\nchaos stack logs and Redis data kept in {base}\n")

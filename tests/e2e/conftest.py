@@ -36,12 +36,15 @@ def start_stack(
     """Start the stack on ``server`` (a new private redis-server with ``fsync`` when None).
 
     Tasks record their effects on the stack's Redis unless ``env`` names another
-    ``GRAFLOW_TEST_EFFECTS_URL``. The caller stops the stack and closes the server.
+    ``GRAFLOW_TEST_EFFECTS_URL``. The caller stops the stack and closes the server. With
+    ``redis_cluster`` (``LocalStack``'s) the stack runs on a Redis Cluster and ``server`` holds only
+    the effects (the tasks' plain client could not write to a cluster).
     """
     server = server or LocalRedis(fsync=fsync).start()
     env = {"GRAFLOW_TEST_EFFECTS_URL": server.url, **kwargs.pop("env", {})}  # type: ignore[dict-item]
     kwargs.setdefault("signing", SIGNING)
-    stack = LocalStack(workers=workers, task_modules=list(task_modules), redis=server, env=env, **kwargs)  # type: ignore[arg-type]
+    on = {} if kwargs.get("redis_cluster") else {"redis": server}
+    stack = LocalStack(workers=workers, task_modules=list(task_modules), env=env, **on, **kwargs)  # type: ignore[arg-type]
     try:
         stack.start()
     except BaseException:
@@ -80,10 +83,16 @@ def client(stack: LocalStack) -> Iterator[Client]:
         yield c
 
 
+def effects_url(stack: LocalStack) -> str:
+    """The Redis where the stack's tasks record their starts and effects (``start_stack``'s
+    ``server``: the stack's own Redis, or beside a Redis Cluster)."""
+    return stack._env("worker")["GRAFLOW_TEST_EFFECTS_URL"]
+
+
 @pytest.fixture
 def fx(stack: LocalStack) -> Iterator[redis.Redis]:
-    """The stack's Redis, where the tasks record their starts and effects."""
-    conn = redis.Redis.from_url(stack.redis_url)
+    """The Redis where the tasks record their starts and effects."""
+    conn = redis.Redis.from_url(effects_url(stack))
     yield conn
     conn.close()
 
@@ -91,7 +100,7 @@ def fx(stack: LocalStack) -> Iterator[redis.Redis]:
 @pytest.fixture
 def effects(stack: LocalStack) -> Iterator[Callable[[str], dict[str, int]]]:
     """effects(run_id) -> {node_id: times its side effect happened}."""
-    conn = redis.Redis.from_url(stack.redis_url)
+    conn = redis.Redis.from_url(effects_url(stack))
 
     def counts(run_id: str) -> dict[str, int]:
         prefix = f"effects:{run_id}:"

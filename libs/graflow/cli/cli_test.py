@@ -55,6 +55,19 @@ def test_unreachable_scheduler_exits_2_with_a_hint(cli):
     assert "graflow dev --keep" in cli.err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--redis-cluster", "--redis-cluster-url", "redis://127.0.0.1:7000/0"], "give one of them"),
+        (["--redis-cluster", "--redis-tls", *[__file__] * 3], "applies to the single redis-server"),
+        (["--redis-cluster-url", "redis://127.0.0.1:7000/0", "--redis-acl"], "not into --redis-cluster-url"),
+    ],
+)
+def test_dev_cluster_flags_that_do_not_go_together_are_usage_errors(cli, flags, message):
+    assert cli("dev", "--any-ports", *flags) == 2
+    assert message in cli.err
+
+
 def test_a_bad_entry_in_a_list_of_replicas_exits_2_naming_it(cli):
     assert cli("--scheduler", "127.0.0.1:50051,scheduler-2", "runs") == 2
     assert "entry 'scheduler-2' is not host:port" in cli.err
@@ -199,15 +212,20 @@ def test_a_task_type_no_worker_of_its_queue_knows_fails_the_run_saying_what_to_s
     assert "graflow worker -A YOUR_TASK_MODULE -Q QUEUE" in stack_cli.err
 
 
-def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
+def run_dev(*flags: str) -> subprocess.CompletedProcess[str]:
+    """``graflow dev --workers 1 --any-ports FLAGS...`` in a process of its own, to its end."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports"],
+    return subprocess.run(
+        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports", *flags],
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
+    done = run_dev()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCEEDED, result:" in done.stdout
     assert '"orders": 3' in done.stdout
@@ -217,16 +235,15 @@ def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
 def test_dev_with_redis_acl_and_tls_runs_the_example_on_a_closed_redis(tmp_path):
     ca = make_ca(tmp_path)
     server = ca.issue("redis")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", "graflow.cli", "dev", "--workers", "1", "--any-ports", "--redis-acl",
-         "--redis-tls", str(ca.cert), str(server.cert), str(server.key)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_dev("--redis-acl", "--redis-tls", str(ca.cert), str(server.cert), str(server.key))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCEEDED, result:" in done.stdout
+
+
+def test_dev_on_a_local_redis_cluster_with_acl_users_runs_the_example():
+    done = run_dev("--redis-cluster", "--redis-acl", "--redis-cells", "4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "starting a Redis Cluster," in done.stdout
     assert "SUCCEEDED, result:" in done.stdout
 
 

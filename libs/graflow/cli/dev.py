@@ -2,6 +2,7 @@
 
     graflow dev [--workers N] [--keep] [--any-ports] [--example etl] [--tasks MODULE]...
                 [--tls-dir DIR [--mtls]] [--redis-acl] [--redis-tls CA CERT KEY]
+                [--redis-cluster | --redis-cluster-url URL] [--redis-cells N]
     graflow worker -A MODULE [-A MODULE]... [-Q QUEUE,...] [-c N] [--redis URL] [--scheduler ADDR]
                    [--coordinator ADDR] [--result-store ADDR] [--worker-id ID]
 
@@ -10,7 +11,12 @@ runs an example workflow, and stops them (``--keep``: until Ctrl-C). ``--tasks``
 in its workers too, on the default queue. ``--tls-dir`` runs the whole stack with TLS on the
 certificates in DIR (``ca.crt``, ``tls.crt``, ``tls.key``; made by you, none is generated), ``--mtls``
 with client certificates required. ``--redis-acl`` and ``--redis-tls`` close its Redis as in
-production (docs/security.md, "Redis"): one ACL user per service, TLS only.
+production (docs/security.md, "Redis"): one ACL user per service, TLS only. ``--redis-cluster``
+starts a local Redis Cluster instead (6 redis-server processes: 3 primaries, 3 replicas; with
+``--redis-acl`` they load the ACL users),
+``--redis-cluster-url`` uses an existing one; ``--redis-cells N`` cuts the keyspace in N cells
+(docs/architecture.md, "Redis Cluster: cells"; on a cluster, enough cells to spread over its
+primaries).
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
@@ -45,6 +51,7 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.keys import MAX_CELLS
 from graflow_runtime.local_redis import RedisTls
 from graflow_runtime.redis_client import redacted
 
@@ -53,6 +60,9 @@ DEFAULT_ADDRESSES = {
     "coordinator": DEFAULT_COORDINATOR_ADDRESS,
     "result-store": DEFAULT_RESULT_STORE_ADDRESS,
 }
+# Cells of `graflow dev --redis-cluster` unless --redis-cells says: four per primary of the local
+# cluster, as in the Kubernetes manifests (deploy/k8s/cluster).
+CLUSTER_CELLS = 12
 # `graflow worker` flags and the worker's settings they set (flags override the environment).
 WORKER_FLAGS = {
     "queues": "GRAFLOW_WORKER_QUEUES",
@@ -109,6 +119,18 @@ WORKER_FLAGS = {
     metavar="CA CERT KEY",
     help="serve Redis over TLS only, with this certificate and key; the services verify it with the CA",
 )
+@click.option(
+    "--redis-cluster",
+    is_flag=True,
+    help="start a local Redis Cluster (3 primaries, 3 replicas) instead of one redis-server",
+)
+@click.option("--redis-cluster-url", metavar="URL", help="use this Redis Cluster (any node's URL)")
+@click.option(
+    "--redis-cells",
+    type=click.IntRange(min=1, max=MAX_CELLS),
+    default=None,
+    help="cells of the keyspace [default: 12 on a cluster, 1 on one redis-server]",
+)
 @pass_app
 def dev(
     app: App,
@@ -121,6 +143,9 @@ def dev(
     mtls: bool,
     redis_acl: bool,
     redis_tls: tuple[Path, Path, Path] | None,
+    redis_cluster: bool,
+    redis_cluster_url: str | None,
+    redis_cells: int | None,
 ) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
@@ -131,7 +156,18 @@ def dev(
     if mtls and tls_dir is None:
         raise UsageError("--mtls needs --tls-dir DIR (the CA and the certificate of the stack)")
     tls = StackTls.from_dir(tls_dir, client_auth=mtls) if tls_dir else None
-    out.line(f"starting redis, result-store, coordinator, scheduler and {workers} worker(s)...")
+    cluster: bool | str = redis_cluster_url or redis_cluster
+    if redis_cluster and redis_cluster_url:
+        raise UsageError("--redis-cluster starts a cluster, --redis-cluster-url uses one: give one of them")
+    if cluster and redis_tls:
+        raise UsageError("--redis-tls applies to the single redis-server, not to a cluster")
+    if redis_cluster_url and redis_acl:
+        raise UsageError(
+            "--redis-acl loads users into a Redis the stack starts, not into --redis-cluster-url"
+        )
+    cells = redis_cells or (CLUSTER_CELLS if cluster else 1)
+    redis = "a Redis Cluster" if cluster else "redis"
+    out.line(f"starting {redis}, result-store, coordinator, scheduler and {workers} worker(s)...")
     stack = LocalStack(
         workers=workers,
         task_modules=list(tasks) or TASK_MODULES,
@@ -139,6 +175,8 @@ def dev(
         tls=tls,
         redis_tls=RedisTls(*redis_tls) if redis_tls else None,
         redis_acl=redis_acl,
+        redis_cluster=cluster,
+        cells=cells,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too

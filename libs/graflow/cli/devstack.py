@@ -29,6 +29,13 @@ from the given command instead, the way a container runs them: no ``PYTHONPATH``
 PEX variables of this process, the log directory as working directory (so nothing of a checkout is
 importable); the end-to-end test of the PEXes ``./pants package ::`` writes uses it.
 
+``redis_cluster=True`` starts a local Redis Cluster instead (:class:`LocalRedisCluster`: 3 primaries,
+3 replicas; ``stack.redis_cluster`` reaches its nodes, to kill one; with ``redis_acl`` its nodes load
+the services' ACL users), a :class:`LocalRedisCluster` uses that one (each process as its own user
+when it has them), a URL an existing cluster. No TLS on a local cluster. Every
+process gets ``REDIS_CLUSTER=true``; ``cells=N`` gives every process ``REDIS_CELLS=N`` (a cluster
+or a single Redis: docs/architecture.md, "Redis Cluster: cells").
+
 ``replicas={"scheduler": 2, "coordinator": 2, "result-store": 2}`` runs that many processes of a
 server (each on a port of its own; the first keeps the service's name, the others are named
 ``scheduler-1``, ...). :meth:`LocalStack.address` of a service is then the comma-separated list of
@@ -65,7 +72,7 @@ from graflow.errors import LocalStackError
 from graflow.operators import Operators
 from graflow_runtime.access import Role
 from graflow_runtime.auth import token_digest
-from graflow_runtime.local_redis import LocalRedis, RedisTls, free_port
+from graflow_runtime.local_redis import LocalRedis, LocalRedisCluster, RedisTls, free_port
 from graflow_runtime.processes import dies_with_parent
 from graflow_runtime.redis_acl import generate_passwords
 from graflow_runtime.tls import TlsFiles
@@ -277,10 +284,16 @@ class LocalStack:
         shutdown_grace_s: float = 5.0,
         start_timeout_s: float = 60.0,
         commands: Mapping[str, Sequence[str]] | None = None,
+        redis_cluster: bool | LocalRedisCluster | str = False,
+        cells: int = 1,
         replicas: Mapping[str, int] | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
+        if redis_cluster is not False and (redis is not None or redis_tls is not None):
+            raise ValueError("redis_cluster runs without redis or redis_tls (a local cluster has no TLS)")
+        if redis_acl and isinstance(redis_cluster, (str, LocalRedisCluster)):
+            raise ValueError("redis_acl applies to a cluster the stack starts (redis_cluster=True)")
         replicas = dict(replicas or {})
         unknown = sorted(set(replicas) - set(SERVERS))
         if unknown:
@@ -312,6 +325,11 @@ class LocalStack:
         self.redis = redis
         self._redis_tls = redis_tls
         self._redis_acl = redis_acl
+        self.cells = cells
+        self._cluster_wanted = redis_cluster is not False
+        self._own_cluster = redis_cluster is True
+        self.redis_cluster = redis_cluster if isinstance(redis_cluster, LocalRedisCluster) else None
+        self._cluster_url = redis_cluster if isinstance(redis_cluster, str) else None
         self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="graflow-dev-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -349,13 +367,27 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
+        if self._cluster_wanted:
+            return self._require_cluster_url()
         if self.redis is None:
             raise LocalStackError("the stack is not started: call start() first")
         return self.redis.url
 
+    def _require_cluster_url(self) -> str:
+        if self._cluster_url is not None:
+            return self._cluster_url
+        if self.redis_cluster is None:
+            raise LocalStackError("the stack is not started: call start() first")
+        return self.redis_cluster.url
+
     def redis_url_for(self, service: str) -> str:
         """The Redis URL of ``service``'s processes: its own ACL user when the server has them
         (``redis_url`` is then the operators' user's)."""
+        if self._cluster_wanted:
+            cluster = self.redis_cluster
+            if cluster is not None and cluster.users is not None:
+                return cluster.url_for(service)
+            return self._require_cluster_url()
         redis = self._require_redis()
         return redis.url_for(service) if redis.users is not None else redis.url
 
@@ -385,6 +417,7 @@ class LocalStack:
             "GRAFLOW_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
             "GRAFLOW_WORKER_COORDINATOR_ADDRESS": self.coordinator_address,
             "GRAFLOW_WORKER_RESULT_STORE_ADDRESS": self.result_store_address,
+            **self._layout_env(PREFIXES["worker"]),
         }
         token = self.token_of(Role.WORKER)
         if token:
@@ -392,6 +425,13 @@ class LocalStack:
         if self.tls:
             env.update(self.tls.env(PREFIXES["worker"]))
         env.update(self._signing_env("worker"))
+        return env
+
+    def _layout_env(self, prefix: str) -> dict[str, str]:
+        """The key layout's settings (every process of a deployment has the same)."""
+        env = {f"{prefix}REDIS_CLUSTER": "true"} if self._cluster_wanted else {}
+        if self.cells != 1:
+            env[f"{prefix}REDIS_CELLS"] = str(self.cells)
         return env
 
     def _client_tls(self) -> dict[str, str]:
@@ -442,6 +482,7 @@ class LocalStack:
             f"{prefix}LOG_FORMAT": "json",
             f"{prefix}SHUTDOWN_GRACE_S": str(self.shutdown_grace_s),
         }
+        env.update(self._layout_env(prefix))
         if service != "worker":
             env[f"{prefix}LISTEN_ADDRESS"] = listen_address
         if service in ("scheduler", "worker"):
@@ -503,7 +544,10 @@ class LocalStack:
             return self
         self._started = True
         try:
-            if self.redis is None:
+            if self._own_cluster and self.redis_cluster is None:
+                passwords = generate_passwords() if self._redis_acl else None
+                self.redis_cluster = LocalRedisCluster(users=passwords).start()
+            elif not self._cluster_wanted and self.redis is None:
                 passwords = generate_passwords() if self._redis_acl else None
                 self.redis = LocalRedis(tls=self._redis_tls, users=passwords).start()
             self.servers = {
@@ -537,6 +581,9 @@ class LocalStack:
         if self._own_redis and self.redis is not None:
             self.redis.close()
             self.redis = None
+        if self._own_cluster and self.redis_cluster is not None:
+            self.redis_cluster.close()
+            self.redis_cluster = None
         if self._own_log_dir and not keep_logs:
             shutil.rmtree(self.log_dir, ignore_errors=True)
         self._started = False
@@ -607,6 +654,10 @@ class LocalStack:
             self.process(service).send(sig)
 
     def _require_redis(self) -> LocalRedis:
+        if self._cluster_wanted:
+            raise LocalStackError(
+                "this stack runs on a Redis Cluster: act on its nodes with stack.redis_cluster"
+            )
         if self.redis is None:
             raise LocalStackError("the stack is not started: call start() first")
         return self.redis

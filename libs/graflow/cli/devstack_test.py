@@ -24,10 +24,12 @@ from graflow import (
     parallel,
     workflow,
 )
+from graflow.cli.devstack import PREFIXES
 from graflow.devstack import LocalStack, LocalStackError
 from graflow.run import RunEvent, event_type_name
 from graflow_api.v1 import common_pb2, workflow_pb2
 from graflow_examples import TASK_MODULES, etl, fanout, resilience
+from graflow_runtime.local_redis import LocalRedis
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +184,26 @@ def test_log_tail_shows_json_lines_and_unknown_names_are_refused(stack):
     assert "event" in json.loads(line)
     with pytest.raises(LocalStackError, match="no process named 'mystery'"):
         stack.log_tail("mystery")
+
+
+def test_a_cluster_stack_gives_every_process_the_cluster_and_its_cells(tmp_path):
+    url = "redis://127.0.0.1:7000/0"
+    given = LocalStack(workers=1, redis_cluster=url, cells=4, log_dir=tmp_path)
+    for service, prefix in PREFIXES.items():
+        env = given._env(service)
+        assert env[f"{prefix}REDIS_URL"] == url
+        assert env[f"{prefix}REDIS_CLUSTER"] == "true"
+        assert env[f"{prefix}REDIS_CELLS"] == "4"
+    assert given.worker_env()["GRAFLOW_WORKER_REDIS_CLUSTER"] == "true"
+    with pytest.raises(LocalStackError, match="runs on a Redis Cluster"):
+        given.kill("redis")
+    single = LocalStack(workers=1, redis_cluster=False, log_dir=tmp_path, redis=LocalRedis(tmp_path))
+    assert "GRAFLOW_SCHEDULER_REDIS_CLUSTER" not in single._env("scheduler")
+    assert "GRAFLOW_SCHEDULER_REDIS_CELLS" not in single._env("scheduler")
+    with pytest.raises(ValueError, match="redis_cluster runs without redis or redis_tls"):
+        LocalStack(redis_cluster=True, redis=LocalRedis(tmp_path), log_dir=tmp_path)
+    with pytest.raises(ValueError, match="redis_acl applies to a cluster the stack starts"):
+        LocalStack(redis_cluster=url, redis_acl=True, log_dir=tmp_path)
 
 
 def test_a_service_that_cannot_start_is_reported_with_its_log_tail(tmp_path):

@@ -70,9 +70,17 @@ class CellReader:
 
 def cell_reader(settings: WorkerSettings, redis: aioredis.Redis, cell: int) -> CellReader:
     """The clients of ``cell``'s read loop: the one place that knows where a cell's lanes live. On
-    a single Redis every cell is on it, and the worker's shared client unblocks the reads."""
-    del cell  # one Redis serves every cell
-    return CellReader(reader=connect(settings.redis_url, max_connections=1), control=redis)
+    a single Redis every cell is on it, and the worker's shared client unblocks the reads. On a
+    Redis Cluster the cell is one slot on one primary: the reader's one connection and a control
+    client of its own go to that primary (``home_key``: any key of the cell), whichever it is after
+    a failover."""
+    if not settings.redis_cluster:
+        return CellReader(reader=connect(settings.redis_url, max_connections=1), control=redis)
+    home = keys.runs_ended(cell)
+    return CellReader(
+        reader=connect(settings.redis_url, max_connections=1, home_key=home),
+        control=connect(settings.redis_url, max_connections=1, home_key=home),
+    )
 
 
 def create_worker(settings: WorkerSettings, registry: Registry | None = None) -> Worker:
@@ -291,7 +299,9 @@ class Worker:
         self.runner.close()
         for channel in self._channels:
             await channel.close()
-        for client in (self._endings_redis, *(clients.reader for clients in self._readers), self._redis):
+        controls = [clients.control for clients in self._readers if clients.control is not self._redis]
+        readers = [clients.reader for clients in self._readers]
+        for client in (self._endings_redis, *readers, *controls, self._redis):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
         await self.health.stop(0.5)
