@@ -28,10 +28,11 @@ and the model's predictions beside what this machine measures (issue 10, section
 4. **The check**: the model predicts a deployment's throughput as the least of: the machine's cores
    over the CPU a task costs all processes (the benchmark's client included), the shards' capacity
    and each service's replicas' capacity. It measures the same two measures on (a0) one Redis with
-   the cluster's layout, ``--cells`` hash-tagged cells (``GRAFLOW_<SVC>_REDIS_CELLS``), and on (b)
-   a stack with 2 replicas of each server (``LocalStack(replicas=...)``), and prints each
-   deployment's prediction (from the one stack's costs), measurement, and CPU per unit; (a), the
-   3-primary local cluster with N cells, is printed as pending until the stack runs on a cluster.
+   the cluster's layout, ``--cells`` hash-tagged cells, on (a) the 3-primary local cluster
+   (``LocalStack(redis_cluster=True, cells=...)``: 3 primaries and 3 replicas, every node's CPU and
+   commands summed) with those cells, and on (b) a stack with 2 replicas of each server
+   (``LocalStack(replicas=...)``), and prints each deployment's prediction (from the one stack's
+   costs), measurement, and CPU per unit.
    On this 2-core machine the cores bind, so the model predicts about the same throughput whatever
    the shards and replicas: the measured ratio shows overhead, not scale. ``--no-deployments``
    measures one stack.
@@ -51,7 +52,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from graflow.devstack import PREFIXES, SERVERS, LocalStack
+from graflow.devstack import SERVERS, LocalStack
 from graflow_runtime import keys
 from graflow_runtime.local_redis import LocalRedis
 from tests.bench import profiling
@@ -82,8 +83,8 @@ CELLS_PER_SHARD = 4
 
 # ---- measuring ----
 def redis_nodes(stack: LocalStack) -> list[str]:
-    """The URLs of the stack's Redis servers (one)."""
-    return [stack.redis_url]
+    """The URLs of the stack's Redis servers: its one, or every node of its local cluster."""
+    return stack.redis_cluster.urls if stack.redis_cluster is not None else [stack.redis_url]
 
 
 def measure_costs(stack: LocalStack, sizes: Sizes, profiler: profiling.Profiler | None) -> dict[str, dict]:
@@ -298,18 +299,14 @@ def deployment_stacks(workers: int, cells: int) -> dict[str, tuple[int, int, Cal
     """The deployments the check measures beside one stack: label -> (Redis shards, replicas of each
     server, the stack). ``(a0)`` is the cluster's layout (``cells`` hash-tagged cells) on one Redis:
     the cost of the cells themselves (a loop per cell in every reader), without a cluster."""
-    layout = {f"{prefix}REDIS_CELLS": str(cells) for prefix in PREFIXES.values()}
     return {
         f"(a0) 1 shard, {cells} cells": (1, 1, lambda: LocalStack(
-            workers=workers, task_modules=TASK_MODULES, env=layout)),
+            workers=workers, task_modules=TASK_MODULES, cells=cells)),
+        f"(a) 3-primary cluster, {cells} cells": (3, 1, lambda: LocalStack(
+            workers=workers, task_modules=TASK_MODULES, redis_cluster=True, cells=cells)),
         "(b) 1 shard, 2 replicas each": (1, 2, lambda: LocalStack(
             workers=workers, task_modules=TASK_MODULES, replicas=dict.fromkeys(SERVERS, 2))),
     }
-
-
-PENDING = {"(a) 3-primary cluster, N cells": (3, 1)}
-PENDING_WHY = ("(a) needs LocalStack(redis_cluster=True, cells=N) (the cluster helper's branch):"
-               " not on main yet.")
 
 
 def check_lines(costs: Mapping[str, dict], deployments: Mapping[str, dict],
@@ -328,23 +325,18 @@ def check_lines(costs: Mapping[str, dict], deployments: Mapping[str, dict],
         lines.append(f"{'1 shard, 1 replica each (default layout)':<40}{measure:>8}{base_predicted:>11,.0f}"
                      f"{base['per_s']:>10,.0f}{base['per_s'] / base_predicted:>10.2f}{'1.00':>24}{'1.00':>7}"
                      f"{sum(service_cpu(base).values()):>13,.0f}  {binding}")
-        for label, (shards, replicas) in {**shapes, **PENDING}.items():
+        for label, (shards, replicas) in shapes.items():
             predicted, binding = predict(base, cores, shards=shards, replicas=replicas, workers=workers)
-            ratio = f"{predicted / base_predicted:>24.2f}"
-            if label in deployments:
-                figures = deployments[label][measure]
-                rate = figures["per_s"]
-                lines.append(f"{label:<40}{measure:>8}{predicted:>11,.0f}{rate:>10,.0f}"
-                             f"{rate / predicted:>10.2f}{ratio}{rate / base['per_s']:>7.2f}"
-                             f"{sum(service_cpu(figures).values()):>13,.0f}  {binding}")
-            else:
-                lines.append(f"{label:<40}{measure:>8}{predicted:>11,.0f}{'pending':>10}{'-':>10}{ratio}"
-                             f"{'-':>7}{'-':>13}  {binding}")
+            figures = deployments[label][measure]
+            rate = figures["per_s"]
+            cpu = sum(service_cpu(figures).values())
+            lines.append(f"{label:<40}{measure:>8}{predicted:>11,.0f}{rate:>10,.0f}"
+                         f"{rate / predicted:>10.2f}{predicted / base_predicted:>24.2f}"
+                         f"{rate / base['per_s']:>7.2f}{cpu:>13,.0f}  {binding}")
     used = "; ".join((label.split(" ")[0] if label.startswith("(") else "one stack") + " "
                      + ", ".join(f"{m} {c:.2f}" for m, c in by.items()) for label, by in got.items())
     lines.append(f"cores the stack's processes (client included) used while measured: {used} of {cores:g}"
                  " (the rest went to the machine's other work: load average above).")
-    lines.append(f"pending: {PENDING_WHY}")
     lines.append(
         f"On {cores:g} cores every deployment is bound by the machine's CPU: the model predicts about the"
         " same throughput whatever the shards and replicas, and a measured ratio under 1 is the overhead"
