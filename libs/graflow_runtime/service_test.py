@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from graflow_runtime import keys
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.testing import probe_service
 
@@ -210,3 +212,22 @@ def test_a_second_signal_exits_at_once_with_130(redis_url: str, loop: str) -> No
     code, stderr = finish(process)
     assert code == 130, stderr
     assert "second signal; exiting now" in stderr
+
+
+def test_a_key_layout_other_than_the_one_redis_records_exits_2_naming_both(redis_url: str) -> None:
+    bus = redis.Redis.from_url(redis_url)
+    bus.delete(keys.LAYOUT_KEY)  # recorded by the other tests' probes (one cell)
+    try:
+        code, stderr = finish(start_probe(redis_url=redis_url, redis_cells="4", stop_after_s="0.2"))
+        assert code == 0  # the first process records its layout
+
+        code, stderr = finish(start_probe(redis_url=redis_url, stop_after_s="0.2"))
+    finally:
+        bus.delete(keys.LAYOUT_KEY)
+        bus.close()
+
+    assert code == 2
+    (line,) = (line for line in stderr.splitlines() if line.startswith("graflow-probe: "))
+    assert line.startswith("graflow-probe: this Redis holds data of the key layout 'cells=4 tagged=1'")
+    assert "this process is set to 'cells=1 tagged=0'" in line and "REDIS_CELLS" in line
+    assert "probe listening" not in [e["event"] for e in events(stderr)]
