@@ -151,12 +151,17 @@ def test_a_runs_spans_form_one_tree_across_every_hop(client, stack: LocalStack, 
     run = client.submit(wf)
     assert run.result(timeout=30) == 6  # attempt 2 of source returned 2: (2 + 1) * 2
 
-    def last_apply() -> bool:
-        return any(s.name == "apply" and s.node == "double" and s.attributes.get("graflow.run_id") == run.id
-                   for s in receiver.spans())
-    wait_for(last_apply, 30, "the scheduler's span of the last outcome")
-    wait_for(lambda: any(s.service == "graflow-result-store" and s.name.endswith("/GetResults")
-                         for s in receiver.spans()), 10, "the result-store's GetResults span")
+    # Each process exports in its own batches: wait for every span the tree below expects.
+    expected = {"dispatch": 4, "task": 4, "commit": 4, "apply": 4}
+
+    def exported() -> bool:
+        spans = receiver.spans()
+        counts = {name: sum(1 for s in spans if s.attributes.get("graflow.run_id") == run.id
+                            and s.name.split()[0] == name) for name in expected}
+        on_result_store = {s.name for s in spans if s.service == "graflow-result-store"}
+        return counts == expected and {"/graflow_api.v1.ResultStore/PutGraph",
+                                       "/graflow_api.v1.ResultStore/GetResults"} <= on_result_store
+    wait_for(exported, 30, f"the spans of the run: {expected}, and the result-store's")
 
     spans = receiver.spans()
     of_run = [s for s in spans if s.attributes.get("graflow.run_id") == run.id]
