@@ -137,6 +137,21 @@ def test_a_configuration_error_of_the_service_exits_2_before_redis_is_needed() -
     assert [e["event"] for e in events(stderr)] == ["bad configuration"]
 
 
+def test_otlp_exporter_settings_that_cannot_work_exit_2_naming_them(tmp_path: Path) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate")
+    cases = (
+        ({"otel_ca_file": str(ca)}, "GRAFLOW_PROBE_OTEL_CA_FILE="),
+        ({"otel_ca_file": str(ca), "otel_insecure": "true"}, "GRAFLOW_PROBE_OTEL_INSECURE (plaintext)"),
+        ({"otel_protocol": "http/protobuf"}, "invalid settings: GRAFLOW_PROBE_OTEL_PROTOCOL"),
+    )
+    for settings, named in cases:
+        code, stderr = finish(start_probe(traces_exporter="otlp", redis_url=unreachable, **settings))
+        assert code == 2, stderr
+        assert named in stderr.splitlines()[0]
+
+
 def test_an_unreachable_redis_exits_1_naming_the_url_without_its_password() -> None:
     port = free_port()
     code, stderr = finish(start_probe(redis_url=f"redis://probe:s3cret-pw@127.0.0.1:{port}/0"))
