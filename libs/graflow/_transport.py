@@ -7,6 +7,12 @@ the SDK's errors.
 breaker: its calls are a person's or a script's, which see the error at once
 (:class:`~graflow.errors.ServiceUnavailableError` names the address); the services' own calls go
 through ``graflow_runtime.grpc_client.Downstream`` and its breaker.
+
+Traces (docs/operations.md, "Traces"): when the application has set an OpenTelemetry tracer
+provider (the SDK's ``TracerProvider``) before a service's first call, that channel gets the
+OpenTelemetry client interceptor: each call is a client span, and its context travels to the
+service, so a run submitted in a span is part of the caller's trace. With the OpenTelemetry API
+alone (no provider set) nothing is intercepted and the calls cost what they did.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import grpc
 import grpc.experimental
+from opentelemetry import trace
 
 from graflow.errors import ServiceCallError, ServiceUnavailableError
 from graflow_api.v1 import coordinator_pb2_grpc, result_store_pb2_grpc, scheduler_pb2_grpc
@@ -74,6 +81,11 @@ def client_credentials(
     return files.channel_credentials()
 
 
+def tracing_configured() -> bool:
+    """Whether the application set a tracer provider (else the API's default, which makes no span)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 class Endpoint:
     """One service: a lazily opened channel, the deadline, the token and error translation.
 
@@ -113,7 +125,14 @@ class Endpoint:
                 self._channel = grpc.secure_channel(self._target, self.credentials, options=self._options)
             else:
                 self._channel = grpc.insecure_channel(self._target, options=self._options)
-            self._stub = self._stub_class(self._channel)
+            channel = self._channel
+            if tracing_configured():
+                # Imported only then: the instrumentation costs the SDK's import ~60 ms.
+                from opentelemetry.instrumentation.grpc import client_interceptor
+                from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
+                channel = intercept_channel(channel, client_interceptor())
+            self._stub = self._stub_class(channel)
         return self._stub
 
     def error(self, method: str, exc: grpc.RpcError, errors: ErrorMap | None = None) -> Exception:

@@ -92,7 +92,13 @@ def service_main(service: Service[SettingsT]) -> None:
         loop = event_loop(settings.event_loop, _variable(service, "EVENT_LOOP"))
     except ConfigurationError as exc:
         _exit_misconfigured(service, exc)
-    flush_tracing = configure_tracing(service.name, settings.traces_exporter, settings.otel_endpoint)
+    try:
+        flush_tracing = configure_tracing(
+            service.name, settings.traces_exporter, settings.otel_endpoint, ca_file=settings.otel_ca_file,
+            insecure=settings.otel_insecure, names=(_variable(service, "OTEL_CA_FILE"),
+                                                    _variable(service, "OTEL_INSECURE")))
+    except ConfigurationError as exc:
+        _exit_misconfigured(service, exc)
     try:
         run_service(lambda shutdown: _serve(service, settings, loop, shutdown), loop)
     except ConfigurationError as exc:

@@ -16,8 +16,10 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from graflow_runtime import keys
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.testing import probe_service
 
@@ -137,6 +139,21 @@ def test_a_configuration_error_of_the_service_exits_2_before_redis_is_needed() -
     assert [e["event"] for e in events(stderr)] == ["bad configuration"]
 
 
+def test_otlp_exporter_settings_that_cannot_work_exit_2_naming_them(tmp_path: Path) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate")
+    cases = (
+        ({"otel_ca_file": str(ca)}, "GRAFLOW_PROBE_OTEL_CA_FILE="),
+        ({"otel_ca_file": str(ca), "otel_insecure": "true"}, "GRAFLOW_PROBE_OTEL_INSECURE (plaintext)"),
+        ({"otel_protocol": "http/protobuf"}, "invalid settings: GRAFLOW_PROBE_OTEL_PROTOCOL"),
+    )
+    for settings, named in cases:
+        code, stderr = finish(start_probe(traces_exporter="otlp", redis_url=unreachable, **settings))
+        assert code == 2, stderr
+        assert named in stderr.splitlines()[0]
+
+
 def test_an_unreachable_redis_exits_1_naming_the_url_without_its_password() -> None:
     port = free_port()
     code, stderr = finish(start_probe(redis_url=f"redis://probe:s3cret-pw@127.0.0.1:{port}/0"))
@@ -231,3 +248,22 @@ def test_a_metrics_port_in_use_exits_1_naming_the_setting(redis_url: str) -> Non
     [failed] = [e for e in events(stderr) if e["event"] == "could not start"]
     assert f"cannot serve metrics on 127.0.0.1:{busy}" in failed["error"]
     assert "GRAFLOW_PROBE_METRICS_PORT" in failed["error"]
+
+
+def test_a_key_layout_other_than_the_one_redis_records_exits_2_naming_both(redis_url: str) -> None:
+    bus = redis.Redis.from_url(redis_url)
+    bus.delete(keys.LAYOUT_KEY)  # recorded by the other tests' probes (one cell)
+    try:
+        code, stderr = finish(start_probe(redis_url=redis_url, redis_cells="4", stop_after_s="0.2"))
+        assert code == 0  # the first process records its layout
+
+        code, stderr = finish(start_probe(redis_url=redis_url, stop_after_s="0.2"))
+    finally:
+        bus.delete(keys.LAYOUT_KEY)
+        bus.close()
+
+    assert code == 2
+    (line,) = (line for line in stderr.splitlines() if line.startswith("graflow-probe: "))
+    assert line.startswith("graflow-probe: this Redis holds data of the key layout 'cells=4 tagged=1'")
+    assert "this process is set to 'cells=1 tagged=0'" in line and "REDIS_CELLS" in line
+    assert "probe listening" not in [e["event"] for e in events(stderr)]

@@ -54,9 +54,16 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # "auto": JSON when stderr is not a terminal, human-readable when it is.
     log_format: Literal["auto", "json", "console"] = "auto"
-    # "none", "console" (spans to stderr), or "otlp" (OTLP/gRPC to otel_endpoint).
+    # ---- Traces (graflow_runtime.telemetry; docs/configuration.md "Traces") ----
+    # "none", "console" (spans to stderr), or "otlp" (to the collector at otel_endpoint).
     traces_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = "127.0.0.1:4317"
+    # OTLP over gRPC only: the OTLP/HTTP exporter (http/protobuf) is not a dependency.
+    otel_protocol: Literal["grpc"] = "grpc"
+    # TLS to the collector, verified against this CA (PEM file); empty: the system's CAs.
+    otel_ca_file: str = ""
+    # Plaintext to the collector instead of TLS (e.g. an agent on the same host); not with a CA.
+    otel_insecure: bool = False
     # The bearer token this process sends on its calls to other services (a worker's, a
     # scheduler's to the result-store). A server with neither AUTH_TOKENS nor AUTH_CERT_ROLES also
     # accepts it, as role admin (the single shared token of before roles; docs/security.md).

@@ -17,6 +17,11 @@ a chain of no-ops, then one fan-out, and this module counts, in each window:
   apart (a pipeline, executed in one go); :attr:`Counts.reads` (``total_reads_processed``) checks
   the sum.
 
+Each command (a script's included) is also counted by the pattern of the first ``gf:`` key it names
+(``memory.pattern_of``: run ids folded into ``{R}``) and its process, which shows the traffic on
+keys outside the run-scoped layout (``gf:queues``, the worker registry, ``gf:audit``), and each
+command a client sent by the bytes of its request (RESP-encoded arguments).
+
 Background traffic (heartbeats, blocking reads that time out, trims) is counted the same way over
 an idle window and reported per second, so it can be told from the per-task figures.
 """
@@ -29,6 +34,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -42,6 +48,7 @@ import redis
 
 from graflow import parallel, workflow
 from graflow.devstack import LocalStack
+from tests.bench.memory import pattern_of
 from tests.bench.tasks import noop, ping, start, total, unit
 
 GAP_S = 100e-6
@@ -57,9 +64,13 @@ LINE = re.compile(rb"^(\d+\.\d+) \[\d+ ([^\]]*)\] (.*)$")
 STOP = b"bench:monitor:stop"
 
 
+REPLICA = re.compile(r"-\d+$")
+
+
 def process_of(name: str) -> str:
-    """``worker-1`` -> ``worker``: the workers are counted together."""
-    return "worker" if name.startswith("worker-") else name
+    """``worker-1`` -> ``worker``, ``scheduler-1`` -> ``scheduler``: the processes of a service
+    (its workers, its replicas) are counted together."""
+    return REPLICA.sub("", name)
 
 
 # ---- who owns a connection ----
@@ -87,6 +98,25 @@ def port_owners(pids: Mapping[str, int]) -> dict[int, str]:
             if inode in owner_of_inode:
                 owners[int(fields[1].rsplit(":", 1)[1], 16)] = owner_of_inode[inode]
     return owners
+
+
+def socket_bytes(server_port: int, owners: Mapping[int, str]) -> Counter[tuple[str, str]]:
+    """Bytes each process sent to (``"in"``) and received from (``"out"``) the server listening on
+    ``server_port``, since its connections opened: the server side's TCP counters (``ss -ti``),
+    each connection's peer port mapped to its process by ``owners`` (:func:`port_owners`)."""
+    listing = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{server_port} )"],
+                             capture_output=True, text=True, check=True).stdout
+    totals: Counter[tuple[str, str]] = Counter()
+    peer = None
+    for line in listing.splitlines():
+        if not line.startswith(("\t", " ")):
+            peer = int(line.split()[-1].rsplit(":", 1)[1])
+            continue
+        process = process_of(owners.get(peer, "other")) if peer is not None else "other"
+        fields = dict(item.split(":", 1) for item in line.split() if item.startswith("bytes_"))
+        totals[(process, "in")] += int(fields.get("bytes_received", 0))
+        totals[(process, "out")] += int(fields.get("bytes_sent", 0))
+    return totals
 
 
 # ---- MONITOR ----
@@ -172,6 +202,8 @@ class Counts:
     in_scripts: Counter[str] = field(default_factory=Counter)  # run by its scripts
     script_commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (script, command)
     by_command: Counter[tuple[str, str]] = field(default_factory=Counter)  # (process, command or script)
+    by_key: Counter[tuple[str, str]] = field(default_factory=Counter)  # (process, first gf: key's pattern)
+    request_bytes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (process, command or script)
     reads: int = 0  # Redis's total_reads_processed over the window (a check of the round trips)
 
     def per(self, units: float) -> dict[str, object]:
@@ -186,8 +218,23 @@ class Counts:
             "redis_commands_in_scripts": scaled(self.in_scripts),
             "redis_script_commands": scaled(self.script_commands),
             "redis_by_command": scaled(self.by_command),
+            "redis_by_key": scaled(self.by_key),
+            "redis_request_bytes": scaled(self.request_bytes),
             "redis_reads_processed": round(self.reads / units, 3),
         }
+
+
+def key_pattern(args: list[bytes]) -> str:
+    """The pattern of the first ``gf:`` key among a command's arguments, ``-`` when none."""
+    for arg in args[1:]:
+        if arg.startswith(b"gf:"):
+            return pattern_of(arg.decode(errors="replace"))
+    return "-"
+
+
+def resp_size(args: list[bytes]) -> int:
+    """Bytes of a command's request in RESP (an array of bulk strings)."""
+    return len(f"*{len(args)}\r\n") + sum(len(f"${len(a)}\r\n") + len(a) + 2 for a in args)
 
 
 def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Mapping[bytes, str],
@@ -200,6 +247,7 @@ def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Map
     for command in commands:
         if command.client == "lua":
             if caller is not None:
+                counts.by_key[(caller, key_pattern(command.args))] += 1
                 counts.in_scripts[caller] += 1
                 counts.script_commands[(script, command.args[0].upper().decode())] += 1
             last = command
@@ -210,7 +258,9 @@ def count_redis(commands: list[Command], owners: Mapping[int, str], scripts: Map
         if name == "EVALSHA" and len(command.args) > 1:
             name = scripts.get(command.args[1], f"script {command.args[1][:8].decode()}")
         counts.commands[caller] += 1
+        counts.by_key[(caller, key_pattern(command.args))] += 1
         counts.by_command[(caller, name)] += 1
+        counts.request_bytes[(caller, name)] += resp_size(command.args)
         script = name
         close = last is not None and command.at - last.at < GAP_S
         # A pipeline's commands run back to back; the ones after a blocking read run as soon as the

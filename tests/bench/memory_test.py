@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -21,16 +19,6 @@ from tests.bench.memory import (
     redis_verdict,
     worker_lifetimes,
 )
-
-
-@pytest.fixture
-def bus(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def test_keys_fold_run_ids_and_named_ids_into_patterns() -> None:

@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
@@ -88,6 +88,12 @@ class Profiler:
                 recorder.send_signal(signal.SIGINT)
             for recorder in recorders.values():
                 recorder.wait(timeout=60)
+
+
+def recording(profiler: Profiler | None, measure: str,
+              pids: Mapping[str, int]) -> AbstractContextManager[None]:
+    """``profiler.record(measure, pids)``, or nothing when there is no profiler."""
+    return nullcontext() if profiler is None else profiler.record(measure, pids)
 
 
 def _wait_sampling(name: str, recorder: subprocess.Popen[str]) -> None:

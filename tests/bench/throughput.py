@@ -143,11 +143,8 @@ def measure_graflow(selected: set[str], sizes: Sizes, workers: int, env: dict[st
             if name not in selected:
                 continue
             cost.start()
-            if profiler is None:
+            with profiling.recording(profiler, name, pids):
                 outcome = measure(stack, sizes)
-            else:
-                with profiler.record(name, pids):
-                    outcome = measure(stack, sizes)
             out[name] = {**outcome.figures, "tasks": outcome.tasks, **cost.stop(outcome.tasks)}
         cost.close()
     finally:

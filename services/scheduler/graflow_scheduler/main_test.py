@@ -44,16 +44,21 @@ def _env(**variables: str) -> dict[str, str]:
     }
 
 
-def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
+def _serving(redis_url: str, **variables: str) -> subprocess.Popen[str]:
+    """A scheduler process on ``redis_url`` listening on any port, logging JSON to its stderr."""
     env = _env(
         redis_url=redis_url,
         listen_address="127.0.0.1:0",
         log_format="json",
         result_store_address="127.0.0.1:1",
+        **variables,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "graflow_scheduler"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-m", "graflow_scheduler"]
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
+    process = _serving(redis_url)
     try:
         listening = next(
             (r for r in _records(process.stderr) if r.get("event") == "scheduler listening"), None
@@ -69,16 +74,7 @@ def test_process_starts_listening_and_exits_cleanly_on_sigterm(redis_url):
 
 
 async def test_a_process_with_four_cells_consumes_the_outcome_stream_of_each(four_cells, redis, redis_url):
-    env = _env(
-        redis_url=redis_url,
-        redis_cells="4",
-        listen_address="127.0.0.1:0",
-        log_format="json",
-        result_store_address="127.0.0.1:1",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "graflow_scheduler"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    process = _serving(redis_url, redis_cells="4")
     try:
         assert any(r.get("event") == "scheduler listening" for r in _records(process.stderr))
         assert await redis.get(keys.LAYOUT_KEY) == b"cells=4 tagged=1"

@@ -19,6 +19,10 @@ queued (up to ``commit_batch_max``) and commits it in two steps:
    nothing twice); the scheduler ignores an outcome of an attempt it applied already (a duplicate),
    as it does when a commit's reply is lost.
 
+Traces (docs/operations.md, "Traces"): with an exporter, each attempt's span "commit", child of its
+"task" span, covers its batch's commit, and its outcome carries the commit's context on to the
+scheduler's "apply". The batch's PutResults is made in the context of its first attempt's commit.
+
 A delivery is acknowledged only together with its outcome, after its result is stored or inside
 it. Only after the script ran are the slots released. When the result-store (for a batch with a
 large result) or Redis is unavailable the batch is kept, nothing is acknowledged, the intake is
@@ -41,7 +45,7 @@ from redis.exceptions import RedisError
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
-from graflow_runtime import keys
+from graflow_runtime import keys, telemetry
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.limits import MAX_RESULT_BYTES
@@ -119,8 +123,20 @@ class Committer:
                 item.on_committed()
 
     async def _commit(self, batch: list[Finished]) -> None:
-        await self._store_results(batch)
-        await self._append_and_ack(batch)
+        spans = telemetry.SpanBatch()
+        try:
+            if telemetry.tracing_enabled():
+                for item in batch:
+                    outcome = item.execution.outcome
+                    context = spans.child("commit", outcome.trace_context, {
+                        "graflow.run_id": outcome.run_id, "graflow.node_id": outcome.node_id,
+                        "graflow.attempt": outcome.attempt})
+                    outcome.trace_context.clear()
+                    outcome.trace_context.update(context)
+            await self._store_results(batch)
+            await self._append_and_ack(batch)
+        finally:
+            spans.end()
 
     async def _store_results(self, batch: list[Finished]) -> None:
         """Small results into their outcomes; the others stored with PutResults."""
@@ -166,7 +182,8 @@ class Committer:
         backoff = Backoff()
         while True:
             try:
-                response = await self._downstream.call(self._stub.PutResults, request)
+                with telemetry.trace_context(items[0].execution.outcome.trace_context):
+                    response = await self._downstream.call(self._stub.PutResults, request)
                 break
             except DownstreamUnavailable as exc:
                 self._intake.pause(PAUSE_RESULT_STORE)

@@ -69,7 +69,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
-from graflow_runtime import keys, metrics
+from graflow_runtime import keys, metrics, telemetry
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
@@ -505,7 +505,7 @@ class Consumer:
     async def _fetch_groups(self, groups: list[list[Delivery]]) -> list[Any]:
         """One GetResults per group (deliveries of one run): its results by node id, or its error."""
         responses = await asyncio.gather(
-            *(self._get_results(group[0].envelope.run_id,
+            *(self._get_results(group[0].envelope,
                                 sorted({n for d in group for n in d.envelope.input_node_ids}))
               for group in groups),
             return_exceptions=True,
@@ -524,12 +524,17 @@ class Consumer:
                 out.append({result.node_id: result for result in response.results})
         return out
 
-    async def _get_results(self, run_id: str, node_ids: list[str]) -> rs_pb2.GetResultsResponse:
+    async def _get_results(
+        self, envelope: messages_pb2.TaskEnvelope, node_ids: list[str]
+    ) -> rs_pb2.GetResultsResponse:
+        """The GetResults of a run's deliveries, in the trace of ``envelope`` (the first of them)."""
+        run_id = envelope.run_id
         request = rs_pb2.GetResultsRequest(run_id=run_id, node_ids=node_ids)
         backoff = Backoff()
         while True:
             try:
-                response = await self._downstream.call(self._stub.GetResults, request)
+                with telemetry.trace_context(envelope.trace_context):
+                    response = await self._downstream.call(self._stub.GetResults, request)
             except DownstreamUnavailable as exc:
                 if self._stop.is_set():
                     raise _GaveUp() from exc

@@ -24,7 +24,7 @@ from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_WAIT_MS
 from graflow_runtime.names import NODE_ID_RULE, is_node_id
 from graflow_runtime.runids import new_run_id, run_cell, run_id_problem
-from graflow_runtime.telemetry import ensure_trace
+from graflow_runtime.telemetry import ensure_trace, span
 
 from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
@@ -177,7 +177,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if problem:
             raise InvalidRequest(problem)
         try:
-            plan = await compile_off_loop(request.spec, self.limits)
+            with span("compile"):
+                plan = await compile_off_loop(request.spec, self.limits)
         except SpecError as exc:
             raise SpecError(f"invalid workflow: {exc}") from exc
         parent = _parent(request)
@@ -219,7 +220,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 "run created", run_id=run_id, workflow=plan.name, nodes=len(plan.nodes), graph_hash=digest
             )
             try:
-                await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
+                # The roots' envelopes carry the context of this span.
+                with span("dispatch", {"graflow.run_id": run_id}):
+                    await self.dispatcher.dispatch([delivery(plan, run_id, root, 1) for root in plan.roots])
             except (InvalidDelivery, QueueStreamsVanishing, RedisError) as exc:
                 # The run exists with its roots READY: the recovery sweep dispatches them.
                 log.warning(

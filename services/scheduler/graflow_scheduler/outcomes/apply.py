@@ -54,6 +54,7 @@ from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 from graflow_runtime.runids import is_run_id
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
+from graflow_runtime.telemetry import SpanBatch, trace_context
 
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.errors import GraphNotFound, SpecError
@@ -234,9 +235,13 @@ class OutcomeBatches:
                 dead.append(plan_or_dead)
             elif plan_or_dead is not None:
                 work.append((entry_id, outcome, plan_or_dead))
-        deliveries = await self._apply(work, dead)
-        if deliveries:
-            await self._dispatch(deliveries)
+        spans = SpanBatch()
+        try:
+            deliveries = await self._apply(work, dead, spans)
+            if deliveries:
+                await self._dispatch(deliveries)
+        finally:
+            spans.end()
         await self.stream.ack([entry_id for entry_id, _ in entries], dead)
         self.stats.dead_lettered += len(dead)
         OUTCOME_BATCH_SIZE.observe(len(entries))
@@ -384,9 +389,14 @@ class OutcomeBatches:
         )
 
     async def _apply(
-        self, batch: Sequence[tuple[bytes, messages_pb2.TaskOutcome, Plan]], dead: list[DeadOutcome]
+        self, batch: Sequence[tuple[bytes, messages_pb2.TaskOutcome, Plan]], dead: list[DeadOutcome],
+        spans: SpanBatch,
     ) -> list[coordinator_pb2.Delivery]:
-        """Apply the outcomes of ``batch``; those that cannot be prepared go to ``dead``."""
+        """Apply the outcomes of ``batch``; those that cannot be prepared go to ``dead``.
+
+        Traces (docs/operations.md, "Traces"): each outcome's span "apply", child of the outcome's
+        context (the worker's "commit"), and when it released nodes a span "dispatch" under it,
+        whose context the released deliveries carry; both end when the batch is dispatched."""
         failed = messages_pb2.TaskOutcome.STATUS_FAILED
         lost = await self.store.lost_attempts(
             [(o.run_id, o.node_id) for _, o, _ in batch if o.status == failed and not o.worker_lost]
@@ -402,37 +412,42 @@ class OutcomeBatches:
             work.append((o, plan))
             to_apply.append(prepared[0])
             flows.append(prepared[1])
+        applied = [spans.child("apply", o.trace_context, _span_attributes(o)) for o, _ in work]
         results = await self.store.apply_outcomes(to_apply, now_ms=int(time.time() * 1000))
         await self._find_dynamic(work, flows, results)
         deliveries: dict[tuple[str, str, int], coordinator_pb2.Delivery | None] = {}
         canceled: list[str] = []
-        for (outcome, plan), result in zip(work, results, strict=True):
-            ids = {"run_id": outcome.run_id, "node_id": outcome.node_id, "attempt": outcome.attempt}
-            fenced = {**ids, "worker_id": outcome.worker_id, "worker_lost": outcome.worker_lost}
-            if result.code == "applied":
-                self.stats.applied += 1
-                if outcome.worker_lost and result.retry is not None:
-                    self.stats.worker_lost += 1
-                    log.warning(
-                        "attempt lost with its worker redelivered", error=outcome.error.message, **ids
-                    )
-            elif result.code == "duplicate":
-                self.stats.duplicates += 1
-                log.info("duplicate outcome rejected: that attempt was applied already", **fenced)
-            elif result.code == "stale":
-                self.stats.stale += 1
-                log.info("stale outcome rejected: not the node's current attempt", **fenced)
-            else:
-                self.stats.ignored += 1
-                log.debug("outcome ignored", reason=result.code, run_status=result.run_status, **ids)
-            if result.run_status not in LIVE_STATUSES:
-                # Ended (by this outcome, or before it: a late outcome): nothing more to plan.
-                self.graphs.forget(outcome.run_id)
-            if result.code == "applied" and result.run_status not in LIVE_STATUSES:
-                log.info("run ended", run_id=outcome.run_id, status=result.run_status)
-                if result.run_status == "CANCELED":
-                    canceled.append(outcome.run_id)
-            trace = dict(outcome.trace_context)
+        for (outcome, plan), result, context in zip(work, results, applied, strict=True):
+            # Logged in the outcome's trace (its "apply" span when tracing), so the lines carry its ids.
+            with trace_context(context):
+                ids = {"run_id": outcome.run_id, "node_id": outcome.node_id, "attempt": outcome.attempt}
+                fenced = {**ids, "worker_id": outcome.worker_id, "worker_lost": outcome.worker_lost}
+                if result.code == "applied":
+                    self.stats.applied += 1
+                    if outcome.worker_lost and result.retry is not None:
+                        self.stats.worker_lost += 1
+                        log.warning(
+                            "attempt lost with its worker redelivered", error=outcome.error.message, **ids
+                        )
+                elif result.code == "duplicate":
+                    self.stats.duplicates += 1
+                    log.info("duplicate outcome rejected: that attempt was applied already", **fenced)
+                elif result.code == "stale":
+                    self.stats.stale += 1
+                    log.info("stale outcome rejected: not the node's current attempt", **fenced)
+                else:
+                    self.stats.ignored += 1
+                    log.debug("outcome ignored", reason=result.code, run_status=result.run_status, **ids)
+                if result.run_status not in LIVE_STATUSES:
+                    # Ended (by this outcome, or before it: a late outcome): nothing more to plan.
+                    self.graphs.forget(outcome.run_id)
+                if result.code == "applied" and result.run_status not in LIVE_STATUSES:
+                    log.info("run ended", run_id=outcome.run_id, status=result.run_status)
+                    if result.run_status == "CANCELED":
+                        canceled.append(outcome.run_id)
+            if result.ready or result.retry is not None:
+                context = spans.child("dispatch", context, {"graflow.run_id": outcome.run_id})
+            trace = dict(context)
             for node_id, attempt in result.ready:
                 deliveries[(outcome.run_id, node_id, attempt)] = self._delivery(
                     plan, outcome.run_id, node_id, attempt, result, trace_context=trace
@@ -533,6 +548,11 @@ def _unprocessable(
     log.exception("outcome could not be processed; it is dead-lettered alone", entry_id=entry_id.decode())
     return DeadOutcome(entry_id, f"outcome could not be processed: {type(exc).__name__}: {str(exc)[:512]}",
                        raw, outcome)
+
+
+def _span_attributes(outcome: messages_pb2.TaskOutcome) -> dict[str, str | int]:
+    return {"graflow.run_id": outcome.run_id, "graflow.node_id": outcome.node_id,
+            "graflow.attempt": outcome.attempt}
 
 
 def _skipped(outcome: messages_pb2.TaskOutcome) -> bool:
