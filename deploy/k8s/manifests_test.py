@@ -13,9 +13,11 @@ own manifests are checked the same way, and its patches are applied here to the 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -25,6 +27,12 @@ K8S_CLUSTER = K8S.parent / "k8s-cluster"
 # The Kubernetes version the manifests are written for; raise it with the clusters we deploy to.
 KUBERNETES_VERSION = "1.33.0"
 KUSTOMIZATION = K8S / "kustomization.yaml"
+SCHEMAS = K8S.parent / "schemas"
+# Custom resources (apiVersion, kind) -> their CRD's openAPIV3Schema, vendored (schemas/README.md).
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
+}
 
 
 def resources(directory: Path = K8S) -> list[tuple[str, dict[str, Any]]]:
@@ -71,11 +79,60 @@ def patched_by_the_cluster_overlay() -> list[tuple[str, dict[str, Any]]]:
     return patched
 
 
+def strict(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema as the API server checks it with strict field validation: an object
+    with ``properties`` accepts no other field (unless it preserves unknown fields or maps names
+    to values with ``additionalProperties``)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    checked = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in checked
+        and "additionalProperties" not in checked
+        and not checked.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        checked["additionalProperties"] = False
+    return checked
+
+
+def validate(resource: dict[str, Any]) -> None:
+    """Built-in kinds against the pinned Kubernetes version; custom resources against their CRD's
+    vendored schema (deploy/schemas/README.md)."""
+    schema = CRD_SCHEMAS.get((resource["apiVersion"], resource["kind"]))
+    if schema is None:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+        return
+    crd = strict(json.loads((SCHEMAS / schema).read_text()))
+    jsonschema.Draft7Validator(crd).validate(resource)
+
+
 @pytest.mark.parametrize(
     "resource", [doc for _, doc in all_resources()], ids=[name for name, _ in all_resources()]
 )
 def test_manifest_is_valid_for_the_pinned_kubernetes_version(resource: dict[str, Any]) -> None:
-    kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    validate(resource)
+
+
+@pytest.mark.parametrize("kind", ["ScaledObject", "ServiceMonitor"])
+def test_a_custom_resource_is_validated_against_its_crd(kind: str) -> None:
+    """The custom resources are there, and the check can fail: a misspelt field is refused."""
+    resource = next(doc for _, doc in resources() if doc["kind"] == kind)
+    validate(resource)
+    resource["spec"]["minReplicaCountt" if kind == "ScaledObject" else "endpointz"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="minReplicaCountt|endpointz"):
+        validate(resource)
+
+
+def test_the_workers_scale_on_queue_work_not_on_cpu() -> None:
+    kinds = {doc["kind"] for _, doc in resources() if doc["metadata"]["name"] == "graflow-worker"}
+    assert "HorizontalPodAutoscaler" not in kinds
+    [scaled] = [doc for _, doc in resources() if doc["kind"] == "ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "graflow-worker"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert "graflow_queue_lag" in trigger["metadata"]["query"]
 
 
 def test_an_unknown_field_fails_validation() -> None:

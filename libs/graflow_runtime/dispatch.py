@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from graflow_api.v1 import coordinator_pb2, messages_pb2
-from graflow_runtime import keys
+from graflow_runtime import keys, metrics
 from graflow_runtime.errors import InvalidRequest
 from graflow_runtime.names import queue_name_problem
 from graflow_runtime.queues import QueueGroups, QueueLimitReached
@@ -115,6 +115,7 @@ class Dispatcher:
             validate_delivery(index, delivery)
         if not deliveries:
             return DispatchResult(0, 0)
+        started = time.perf_counter()
         ordered = sorted(deliveries, key=lambda d: -d.envelope.priority)
         try:
             await self._groups.ensure({d.envelope.queue for d in ordered})
@@ -162,6 +163,8 @@ class Dispatcher:
         if ended:
             log.info("deliveries of ended runs not enqueued", deliveries=ended)
         log.debug("dispatched", deliveries=len(ordered), accepted=accepted, duplicates=duplicates)
+        metrics.DISPATCH_BATCH_SIZE.observe(len(ordered))
+        metrics.DISPATCH_SECONDS.observe(time.perf_counter() - started)
         return DispatchResult(accepted, duplicates)
 
     def _chunk_call(

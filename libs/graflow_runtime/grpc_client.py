@@ -15,6 +15,7 @@ one, so what reaches the breaker is a failure after those retries, i.e. of the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ import pybreaker
 import structlog
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from graflow_runtime import metrics
 from graflow_runtime.grpc_options import client_channel_args
 from graflow_runtime.telemetry import tracing_enabled
 
@@ -88,6 +90,7 @@ def open_channel(
     :class:`graflow_runtime.addresses.AddressError` for an address that names no server."""
     target, options = client_channel_args(address)
     interceptors: list[Any] = list(aio_client_interceptors()) if tracing_enabled() else []
+    interceptors.append(_ClientMetrics())
     if auth_token:
         shapes = (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)
         interceptors.extend(shape(auth_token) for shape in shapes)
@@ -98,14 +101,41 @@ def open_channel(
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
 
 
-class _BreakerLogListener(pybreaker.CircuitBreakerListener):
+class _ClientMetrics(grpc.aio.UnaryUnaryClientInterceptor):
+    """Time and status code of each unary call (graflow_runtime.metrics.GRPC_CLIENT_SECONDS)."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        method = client_call_details.method
+        method = method.decode() if isinstance(method, bytes) else method
+        code: grpc.StatusCode | None = grpc.StatusCode.UNKNOWN
+        try:
+            call = await continuation(client_call_details, request)
+            code = await call.code()
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise
+        finally:
+            metrics.GRPC_CLIENT_SECONDS.labels(method, metrics.status_name(code)).observe(
+                time.perf_counter() - started
+            )
+        return call
+
+
+class _BreakerListener(pybreaker.CircuitBreakerListener):
+    """Logs each state change, and exports the state and the trips (graflow_runtime.metrics)."""
+
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        new = getattr(new_state, "name", str(new_state))
         log.warning(
             "circuit breaker state changed",
             downstream=cb.name,
             old=getattr(old_state, "name", str(old_state)),
-            new=getattr(new_state, "name", str(new_state)),
+            new=new,
         )
+        metrics.BREAKER_STATE.labels(cb.name).set(metrics.BREAKER_STATES.get(new, 0))
+        if new == pybreaker.STATE_OPEN:
+            metrics.BREAKER_TRIPS.labels(cb.name).inc()
 
 
 class Downstream:
@@ -118,9 +148,10 @@ class Downstream:
             fail_max=fail_max,
             reset_timeout=reset_s,
             exclude=[lambda exc: not is_infrastructure_failure(exc)],
-            listeners=[_BreakerLogListener()],
+            listeners=[_BreakerListener()],
             name=name,
         )
+        metrics.BREAKER_STATE.labels(name).set(metrics.BREAKER_STATES["closed"])
 
     @property
     def is_open(self) -> bool:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from graflow_runtime import metrics
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable, open_channel
 from graflow_runtime.grpc_options import IDEMPOTENT_METHODS, MAX_MESSAGE_BYTES
 from graflow_runtime.grpc_server import ServicerBinding, create_server
@@ -40,6 +41,11 @@ def _downstream() -> Downstream:
     return Downstream("probe", timeout_s=2.0, fail_max=2, reset_s=60.0)
 
 
+def sample(name: str, **labels: str) -> float:
+    """A sample of this process' metrics registry (0 when it has none yet)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_business_errors_pass_through_and_never_open_the_breaker() -> None:
     handle = create_server("127.0.0.1:0", [ServicerBinding(_add_probe, None, "graflow.test.Probe")])
     await handle.server.start()
@@ -52,11 +58,23 @@ async def test_business_errors_pass_through_and_never_open_the_breaker() -> None
 
         downstream = _downstream()
         call = channel.unary_unary(METHOD)
+        counted = {"method": METHOD, "code": "INVALID_ARGUMENT"}
+        server_before = sample("graflow_grpc_server_handled_seconds_count", **counted)
+        client_before = sample("graflow_grpc_client_handled_seconds_count", **counted)
         for _ in range(5):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await downstream.call(call, b"")
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert not downstream.is_open
+        # Both ends timed the 5 calls under their method and code (the server's interceptor and
+        # the channel's).
+        assert sample("graflow_grpc_client_handled_seconds_count", **counted) == client_before + 5
+        for _ in range(50):  # the server records a call once its handler returned
+            if sample("graflow_grpc_server_handled_seconds_count", **counted) == server_before + 5:
+                break
+            await asyncio.sleep(0.01)
+        assert sample("graflow_grpc_server_handled_seconds_count", **counted) == server_before + 5
+        assert sample("graflow_breaker_state", downstream="probe") == 0
     finally:
         await channel.close()
         await handle.stop(0)
@@ -89,10 +107,13 @@ async def test_unavailable_opens_the_breaker_then_fails_fast() -> None:
     try:
         downstream = _downstream()
         call = channel.unary_unary(METHOD)
+        trips = sample("graflow_breaker_trips_total", downstream="probe")
         for _ in range(2):
             with pytest.raises(DownstreamUnavailable):
                 await downstream.call(call, b"")
         assert downstream.is_open
+        assert sample("graflow_breaker_trips_total", downstream="probe") == trips + 1
+        assert sample("graflow_breaker_state", downstream="probe") == 2  # open
         with pytest.raises(DownstreamUnavailable, match="circuit breaker open"):
             await downstream.call(call, b"")
     finally:

@@ -10,6 +10,7 @@ order live in :mod:`graflow_runtime.service`.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
+from graflow_runtime import metrics
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.auth import AccessInterceptor, Credentials
 from graflow_runtime.errors import ServiceError
@@ -32,6 +34,8 @@ from graflow_runtime.telemetry import tracing_enabled
 from graflow_runtime.tls import api_server_credentials
 
 log = structlog.get_logger(__name__)
+
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
 class ErrorStatusInterceptor(WrappingInterceptor):
@@ -80,9 +84,55 @@ class ErrorStatusInterceptor(WrappingInterceptor):
         self, context: grpc.aio.ServicerContext, method: str, exc: BaseException
     ) -> None:
         log.warning("redis unavailable during a call", method=method, error=str(exc))
+        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, f"{self._service} cannot reach Redis ({exc}); retry with backoff"
         )
+
+
+class MetricsInterceptor(WrappingInterceptor):
+    """Per method, the time each call took and its status code
+    (graflow_runtime.metrics.GRPC_SERVER_SECONDS). Outside the auth interceptor, so refused calls
+    count too. Health checks are left out (each caller's channel holds a Watch stream per replica)."""
+
+    def passes(self, method: str) -> bool:
+        return method.startswith(HEALTH_METHOD_PREFIX)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        inner = behaviour(handler)
+        if inspect.isasyncgenfunction(inner):
+
+            async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                failed = True
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                    failed = False
+                finally:
+                    _observe(method, context, started, failed)
+
+            return same_shape(handler, streamed)
+        if inspect.iscoroutinefunction(inner):
+
+            async def answered(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                failed = True
+                try:
+                    response = await inner(request, context)
+                    failed = False
+                    return response
+                finally:
+                    _observe(method, context, started, failed)
+
+            return same_shape(handler, answered)
+        return handler
+
+
+def _observe(method: str, context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+    code = context.code()
+    name = "UNKNOWN" if failed and code is None else metrics.status_name(code)
+    metrics.GRPC_SERVER_SECONDS.labels(method, name).observe(time.perf_counter() - started)
 
 
 @dataclass
@@ -149,6 +199,7 @@ def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] = (
         [aio_server_interceptor(filter_=filters.negate(filters.health_check()))] if tracing_enabled() else []
     )
+    interceptors.append(MetricsInterceptor())
     if credentials is not None or audit is not None:
         interceptors.append(AccessInterceptor(credentials, audit))
     interceptors.append(LimitsInterceptor(name, limits))

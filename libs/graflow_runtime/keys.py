@@ -389,5 +389,11 @@ def checkpoints(run_id: str) -> str:
     return f"{_run(run_id)}:ckpt:{{{run_id}}}"
 
 
+def metrics_lease(service: str) -> str:
+    """The lease of the one replica of ``service`` that computes the fleet-wide gauges
+    (graflow_runtime.fleet); a single key, outside the cells."""
+    return f"{PREFIX}:metrics:lease:{service}"
+
+
 def graph(graph_hash: str) -> str:
     return f"{PREFIX}:graph:{graph_hash}"

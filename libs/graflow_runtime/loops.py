@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from graflow_runtime import metrics
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE
 
@@ -84,6 +85,7 @@ class BackgroundLoop:
                 delay = await self.step()
                 backoff.reset()
             except REDIS_UNAVAILABLE as exc:
+                metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
                 delay = backoff.next_delay()
                 log.warning(
                     "redis unavailable; backing off", loop=self.name, error=str(exc), retry_in_s=delay

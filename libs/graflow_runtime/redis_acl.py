@@ -155,6 +155,11 @@ _QUEUE_REGISTRY = Grant(
 )
 # graflow_runtime.audit: the API servers record the mutating calls they answer.
 _AUDIT = Grant("record audited calls (graflow_runtime.audit)", ("xadd",), write_keys=(keys.AUDIT_STREAM,))
+# graflow_runtime.fleet: the scheduler's and the coordinator's fleet-metrics lease (metrics_lease.lua).
+_METRICS_LEASE = Grant(
+    "take and renew the fleet-metrics lease (metrics_lease.lua)", ("get", "set", "pexpire"),
+    keys=(keys.metrics_lease("*"),),
+)
 # graflow_runtime.redis_client.check_layout: every process records or compares the key layout.
 _LAYOUT = Grant("record and check the key layout at start-up (check_layout)", ("get", "set"),
                 keys=(keys.LAYOUT_KEY,))
@@ -192,6 +197,7 @@ SCHEDULER = RedisUser(
     name="scheduler",
     grants=(
         _LAYOUT,
+        _METRICS_LEASE,
         Grant(
             "run state and its indexes (the state/*.lua scripts, reads of runs, waits, children), "
             "the ended-runs stream, results carried inline in outcomes (apply_outcome.lua, "
@@ -201,7 +207,7 @@ SCHEDULER = RedisUser(
                 "hget", "hgetall", "hmget", "hset", "hsetnx", "hdel", "hexists", "hincrby", "hstrlen",
                 "hvals",
                 "sadd", "srem", "scard", "smembers", "sscan",
-                "zadd", "zrem", "zrange",
+                "zadd", "zrem", "zrange", "zcard",
                 "xadd", "xread", "xrevrange",
             ),
             keys=(*RUN_KEYS, *RUN_INDEXES, *RESULTS, *DISPATCH_RECORDS),
@@ -228,7 +234,8 @@ SCHEDULER = RedisUser(
     ),
     can_still="create, change, end and delete any run and its events, store and overwrite any run's "
     "results, enqueue any delivery on any queue (a forged envelope needs the signing key), append "
-    "outcomes and dead letters, append (not read) audit events. It cannot read or acknowledge the "
+    "outcomes and dead letters, append (not read) audit events, hold the fleet-metrics lease. "
+    "It cannot read or acknowledge the "
     "queues' deliveries, move or drop the retry timer's entries, touch the worker registry, channels, "
     "checkpoints or graphs.",
 )
@@ -237,6 +244,7 @@ COORDINATOR = RedisUser(
     name="coordinator",
     grants=(
         _LAYOUT,
+        _METRICS_LEASE,
         Grant(
             "record audited calls and list them (graflow_runtime.audit, ListAuditEvents)",
             ("xadd", "xrevrange"),
@@ -245,7 +253,7 @@ COORDINATOR = RedisUser(
         Grant(
             "the worker registry: leases, heartbeats, deaths (heartbeat.lua, mark_dead.lua, "
             "remove_worker.lua; its keys share one tag when tagged)",
-            ("zadd", "zrem", "zscore", "zrangebyscore", "hget", "hset", "hgetall", "del"),
+            ("zadd", "zrem", "zscore", "zrangebyscore", "zcount", "hget", "hset", "hgetall", "del"),
             keys=WORKER_REGISTRY,
         ),
         Grant(
@@ -253,12 +261,14 @@ COORDINATOR = RedisUser(
             "dead workers' entries (settle_reclaim.lua), trimming, appends by Dispatch, the retry "
             "timer and replays",
             (
-                "exists", "xadd", "xack", "xclaim", "xpending", "xrange", "xrevrange", "xtrim",
+                "exists", "xadd", "xack", "xclaim", "xpending", "xrange", "xrevrange", "xtrim", "xlen",
                 "xgroup|create", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
             ),
             keys=QUEUE_LANES,
         ),
         _QUEUE_REGISTRY,
+        Grant("list the queues for the fleet-wide gauges (graflow_runtime.fleet)", ("smembers",),
+              read_keys=(keys.QUEUES,)),
         Grant(
             "dead letters: list, replay (replay_dead_letters.lua), poison messages",
             ("xadd", "xrange", "xrevrange", "xdel"),
@@ -282,7 +292,8 @@ COORDINATOR = RedisUser(
     can_still="register, renew and declare dead any worker, claim, acknowledge, trim and append any "
     "queue's deliveries (so drop or repeat any task; a forged envelope needs the signing key), append "
     "outcomes of lost attempts (a forged one is refused by its signature), list, delete and replay dead "
-    "letters, read whether a run ended, append and read audit events. It cannot write run state or "
+    "letters, read whether a run ended, append and read audit events, hold the fleet-metrics lease "
+    "(so keep another replica from exporting the fleet-wide gauges). It cannot write run state or "
     "results, read results, channels, checkpoints or graphs.",
 )
 

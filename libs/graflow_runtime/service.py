@@ -39,6 +39,7 @@ from graflow_runtime.lifecycle import (
     run_service,
 )
 from graflow_runtime.logs import configure_logging
+from graflow_runtime.metrics import MetricsServer
 from graflow_runtime.redis_client import REDIS_UNAVAILABLE, check_durability, check_layout, connect, redacted
 from graflow_runtime.settings import SettingsError, SettingsT, layout_of, load_settings
 from graflow_runtime.telemetry import configure_tracing
@@ -136,7 +137,9 @@ async def _serve(
         await redis.aclose()
         raise
     log.info("event loop", loop=loop.name)  # the configuration was accepted
+    metrics: MetricsServer | None = None
     try:
+        metrics = _metrics_server(service, settings)
         if await _started(service, settings, redis, parts, shutdown):
             stops: list[Awaitable[object]] = [shutdown.wait()]
             if isinstance(parts, StopsByItself):
@@ -144,6 +147,25 @@ async def _serve(
             await _first_of(*stops)
     finally:
         await parts.stop()
+        if metrics is not None:
+            metrics.stop()
+
+
+def _metrics_server(service: Service[SettingsT], settings: SettingsT) -> MetricsServer | None:
+    """The started ``/metrics`` server of the settings (None when METRICS_PORT is 0)."""
+    if not settings.metrics_port:
+        return None
+    server = MetricsServer(settings.metrics_address, settings.metrics_port)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error(
+            "could not start",
+            error=f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port} ({exc}); "
+            f"free the port or set {_variable(service, 'METRICS_PORT')}",
+        )
+        raise _CouldNotStart from exc
+    return server
 
 
 async def _started(

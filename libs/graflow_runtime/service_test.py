@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,40 @@ def test_a_second_signal_exits_at_once_with_130(redis_url: str, loop: str) -> No
     code, stderr = finish(process)
     assert code == 130, stderr
     assert "second signal; exiting now" in stderr
+
+
+def test_metrics_are_served_on_their_port_while_the_service_runs(redis_url: str) -> None:
+    port, metrics_port = free_port(), free_port()
+    process = start_probe(
+        redis_url=redis_url, listen_address=f"127.0.0.1:{port}", metrics_port=str(metrics_port)
+    )
+    try:
+        wait_serving(process, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        # This process' own registry (prometheus-client's process collector) and Graflow's metrics.
+        assert "process_cpu_seconds_total" in text
+        assert "# TYPE graflow_tasks_started_total counter" in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code, stderr = finish(process)
+    assert code == 0, stderr
+    [served] = [e for e in events(stderr) if e["event"] == "metrics served"]
+    assert served["address"] == f"127.0.0.1:{metrics_port}"
+    with pytest.raises(OSError):  # stopped with the service
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
+
+
+def test_a_metrics_port_in_use_exits_1_naming_the_setting(redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        code, stderr = finish(start_probe(redis_url=redis_url, metrics_port=str(busy)))
+    assert code == 1
+    [failed] = [e for e in events(stderr) if e["event"] == "could not start"]
+    assert f"cannot serve metrics on 127.0.0.1:{busy}" in failed["error"]
+    assert "GRAFLOW_PROBE_METRICS_PORT" in failed["error"]
 
 
 def test_a_key_layout_other_than_the_one_redis_records_exits_2_naming_both(redis_url: str) -> None:

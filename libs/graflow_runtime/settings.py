@@ -102,6 +102,14 @@ class ServiceSettings(BaseSettings):
     max_streams_per_connection: int = Field(default=1000, ge=1)
     max_streams: int = Field(default=1000, ge=1)
     handler_timeout_s: float = Field(default=60.0, gt=0)
+    # Prometheus /metrics of this process (graflow_runtime.metrics, docs/operations.md): its port,
+    # 0 = off (the default: processes of one machine would collide on a fixed port; the deploy/
+    # manifests set one), and the address it listens on (0.0.0.0 to be scraped from elsewhere).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_address: str = "127.0.0.1"
+    # Seconds between two measurements of the fleet-wide gauges by the replica holding the lease
+    # (graflow_runtime.fleet; the scheduler and the coordinator); the lease lives 3 times as long.
+    fleet_metrics_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("auth_tokens", "auth_cert_roles", mode="before")
     @classmethod

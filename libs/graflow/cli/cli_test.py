@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,9 +236,15 @@ def test_dev_command_runs_the_example_on_its_own_stack_and_stops_it():
 def test_dev_with_redis_acl_and_tls_runs_the_example_on_a_closed_redis(tmp_path):
     ca = make_ca(tmp_path)
     server = ca.issue("redis")
-    done = run_dev("--redis-acl", "--redis-tls", str(ca.cert), str(server.cert), str(server.key))
+    done = run_dev(
+        "--redis-acl", "--redis-tls", str(ca.cert), str(server.cert), str(server.key), "--metrics"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCEEDED, result:" in done.stdout
+    # --metrics: each process (3 servers, 1 worker) serves /metrics on a port of its own.
+    urls = re.findall(r"^metrics of (\S+): (http://127\.0\.0\.1:\d+/metrics)$", done.stdout, re.MULTILINE)
+    assert sorted(name for name, _ in urls) == ["coordinator", "result-store", "scheduler", "worker-0"]
+    assert len({url for _, url in urls}) == 4
 
 
 def test_dev_on_a_local_redis_cluster_with_acl_users_runs_the_example():

@@ -131,6 +131,11 @@ WORKER_FLAGS = {
     default=None,
     help="cells of the keyspace [default: 12 on a cluster, 1 on one redis-server]",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="every process serves Prometheus /metrics on a free port (printed; docs/operations.md)",
+)
 @pass_app
 def dev(
     app: App,
@@ -146,6 +151,7 @@ def dev(
     redis_cluster: bool,
     redis_cluster_url: str | None,
     redis_cells: int | None,
+    metrics: bool,
 ) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
@@ -177,11 +183,14 @@ def dev(
         redis_acl=redis_acl,
         redis_cluster=cluster,
         cells=cells,
+        metrics=metrics,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
     try:
         stack.start()
+        for name in stack.metrics_ports:
+            out.line(f"metrics of {name}: {stack.metrics_url(name)}")
         if tasks:
             out.line(f"stack ready (logs in {stack.log_dir}); workers run the tasks of {', '.join(tasks)}")
             code = OK

@@ -42,6 +42,9 @@ server (each on a port of its own; the first keeps the service's name, the other
 its replicas, which every process and the stack's clients are given (docs/architecture.md,
 "Replicas"); ``replica_address("scheduler-1")`` is one replica's.
 
+``metrics=True`` gives every process a ``/metrics`` port of its own (``METRICS_PORT``, a free
+port fixed for the stack; off otherwise, as the services' default): :meth:`LocalStack.metrics_url`.
+
 ``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
 ``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
 (docs/security.md, "Integrity on the bus").
@@ -287,6 +290,7 @@ class LocalStack:
         redis_cluster: bool | LocalRedisCluster | str = False,
         cells: int = 1,
         replicas: Mapping[str, int] | None = None,
+        metrics: bool = False,
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
@@ -339,6 +343,12 @@ class LocalStack:
             for names in self.replica_names.values()
             for process in names
         }
+        # process name -> the port of its /metrics (METRICS_PORT), when ``metrics``; fixed per stack.
+        self.metrics_ports: dict[str, int] = (
+            {process: free_port() for process in (*self.ports, *(f"worker-{i}" for i in range(workers)))}
+            if metrics
+            else {}
+        )
         self.servers: dict[str, ServiceProcess] = {}
         self.workers: list[ServiceProcess] = []
         self._started = False
@@ -462,6 +472,16 @@ class LocalStack:
             **self._client_tls(),
         )
 
+    def metrics_url(self, name: str) -> str:
+        """The ``/metrics`` URL of one process, by its name (``scheduler``, ``worker-0``...)."""
+        if name not in self.metrics_ports:
+            raise LocalStackError(f"no metrics port for {name!r}: start the stack with metrics=True")
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
+    def _metrics_env(self, service: str, name: str) -> dict[str, str]:
+        port = self.metrics_ports.get(name)
+        return {f"{PREFIXES[service]}METRICS_PORT": str(port)} if port else {}
+
     def token_of(self, role: Role) -> str:
         """The token a caller of ``role`` sends to this stack ("" when auth is off)."""
         return self.role_tokens.get(role, "") if self.role_tokens else self.auth_token
@@ -507,7 +527,7 @@ class LocalStack:
         return ServiceProcess(
             name,
             MODULES[service],
-            self._env(service, self.replica_address(name)),
+            {**self._env(service, self.replica_address(name)), **self._metrics_env(service, name)},
             self.log_dir / f"{name}.log",
             self.replica_address(name),
             self.tls.channel_credentials() if self.tls else None,
@@ -521,6 +541,7 @@ class LocalStack:
             "GRAFLOW_WORKER_TASK_MODULES": ",".join(self.task_modules),
             "GRAFLOW_WORKER_WORKER_ID": f"dev-worker-{index}",
             "GRAFLOW_WORKER_HEALTH_LISTEN_ADDRESS": health,
+            **self._metrics_env("worker", f"worker-{index}"),
         }
         env.update({k: v for k, v in self._extra_env.items() if k.startswith("GRAFLOW_WORKER_")})
         return ServiceProcess(

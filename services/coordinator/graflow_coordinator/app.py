@@ -11,6 +11,7 @@ server within the grace period (in-flight calls finish), close Redis.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import redis.asyncio as aioredis
 import structlog
@@ -19,11 +20,13 @@ from graflow_api.v1 import coordinator_pb2_grpc
 from graflow_runtime import keys
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
+from graflow_runtime.fleet import FleetMetrics
 from graflow_runtime.grpc_server import ServicerBinding, create_api_server
 from graflow_runtime.queues import QueueGroups
 from graflow_runtime.redis_client import connect
 from graflow_runtime.version import __version__
 
+from graflow_coordinator import fleet_metrics
 from graflow_coordinator.deadletters import DeadLetters
 from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.liveness import LivenessLoop
@@ -97,6 +100,18 @@ class CoordinatorApp:
         binding = ServicerBinding(
             coordinator_pb2_grpc.add_CoordinatorServicer_to_server, servicer, SERVICE_NAME
         )
+        # Fleet-wide gauges, measured by the one replica holding the lease (graflow_runtime.fleet).
+        self.fleet_metrics = (
+            FleetMetrics(
+                redis,
+                "coordinator",
+                fleet_metrics.GAUGES,
+                functools.partial(fleet_metrics.measure, redis, s.lease_timeout_ms),
+                interval_s=s.fleet_metrics_interval_s,
+            )
+            if s.metrics_port
+            else None
+        )
         self.server = create_api_server(
             s.listen_address,
             [binding],
@@ -123,6 +138,8 @@ class CoordinatorApp:
         for loop in (*self.retry_wakes, *self.retry_timers):
             loop.start()
         self.liveness.start()
+        if self.fleet_metrics is not None:
+            self.fleet_metrics.start()
 
     async def stop(self) -> None:
         grace_s = self.settings.shutdown_grace_s
@@ -132,6 +149,8 @@ class CoordinatorApp:
         retry_loops = (*self.retry_wakes, *self.retry_timers)
         await asyncio.gather(*(loop.stop(timeout_s=grace_s) for loop in retry_loops))
         await self.liveness.stop(timeout_s=grace_s)
+        if self.fleet_metrics is not None:
+            await self.fleet_metrics.stop(timeout_s=grace_s)
         await self.server.stop(grace_s)
         for client in self.wake_redis:
             await client.aclose()

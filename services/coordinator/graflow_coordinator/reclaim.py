@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 from redis.exceptions import ResponseError
 
 from graflow_api.v1 import common_pb2, messages_pb2
-from graflow_runtime import keys
+from graflow_runtime import keys, metrics
 from graflow_runtime.scripts import LuaScript
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 
@@ -212,6 +212,8 @@ class Reclaimer:
         stats.poisoned += int(poisoned)
         stats.undecodable += int(undecodable)
         stats.already_settled += int(skipped)
+        if int(poisoned) + int(undecodable):
+            metrics.TASKS_DEAD_LETTERED.labels(batch.queue).inc(int(poisoned) + int(undecodable))
         return stats
 
     def _settlement(

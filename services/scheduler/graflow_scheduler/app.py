@@ -20,6 +20,7 @@ from graflow_api.v1 import result_store_pb2_grpc, scheduler_pb2, scheduler_pb2_g
 from graflow_runtime import keys
 from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
+from graflow_runtime.fleet import FleetMetrics
 from graflow_runtime.grpc_client import Downstream, open_channel
 from graflow_runtime.grpc_server import ServicerBinding, create_api_server
 from graflow_runtime.queues import QueueGroups
@@ -27,6 +28,7 @@ from graflow_runtime.redis_client import connect
 from graflow_runtime.tls import channel_credentials
 from graflow_runtime.version import __version__
 
+from graflow_scheduler import fleet_metrics
 from graflow_scheduler.api.ends import RunEnds
 from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.api.servicer import SchedulerServicer
@@ -152,6 +154,18 @@ class SchedulerApp:
         binding = ServicerBinding(
             scheduler_pb2_grpc.add_SchedulerServicer_to_server, self.servicer, SERVICE_NAME
         )
+        # Fleet-wide gauges, measured by the one replica holding the lease (graflow_runtime.fleet).
+        self.fleet_metrics = (
+            FleetMetrics(
+                redis,
+                "scheduler",
+                fleet_metrics.GAUGES,
+                fleet_metrics.FleetMeasure(redis),
+                interval_s=s.fleet_metrics_interval_s,
+            )
+            if s.metrics_port
+            else None
+        )
         self.server = create_api_server(
             s.listen_address,
             [binding],
@@ -180,6 +194,8 @@ class SchedulerApp:
             consumer.start()
         self.sweep.start(delay_s=self.sweep.interval_s)
         self.wait_timer.start()
+        if self.fleet_metrics is not None:
+            self.fleet_metrics.start()
         log.info(
             "scheduler listening",
             version=__version__,
@@ -195,6 +211,8 @@ class SchedulerApp:
             await consumer.stop()
         await self.sweep.stop()
         await self.wait_timer.stop()
+        if self.fleet_metrics is not None:
+            await self.fleet_metrics.stop()
         await self.server.stop(grace)
         await self.run_ends.stop()
         await self.ends_redis.aclose()

@@ -69,7 +69,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
 from graflow_api.v1 import result_store_pb2_grpc as rs_grpc
-from graflow_runtime import keys, telemetry
+from graflow_runtime import keys, metrics, telemetry
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
@@ -564,6 +564,7 @@ class Consumer:
             add_dead_letter(pipe, letter.SerializeToString(), signature, cell=self.cell)
             pipe.xack(stream, keys.WORKER_GROUP, entry_id)
             await pipe.execute()
+            metrics.TASKS_DEAD_LETTERED.labels(letter.queue).inc()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)
         except (RedisError, OSError) as exc:
             # It stays pending: the next resync takes it up again (or the coordinator dead-letters

@@ -47,7 +47,7 @@ from graflow.errors import NonRetryableError, PayloadError, TaskCanceledError
 from graflow.feedback import WaitRequested
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
-from graflow_runtime import telemetry, user_json
+from graflow_runtime import metrics, telemetry, user_json
 from graflow_runtime.limits import DEFAULT_MAX_CYCLES
 
 from graflow_worker.binding import BindingError, bind, binds_upstream, channel_candidates
@@ -64,6 +64,7 @@ SUCCEEDED = messages_pb2.TaskOutcome.STATUS_SUCCEEDED
 FAILED = messages_pb2.TaskOutcome.STATUS_FAILED
 WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
 CANCELED = messages_pb2.TaskOutcome.STATUS_CANCELED
+TASK_TIMEOUT = "TaskTimeout"
 # Error type of a delivery not started because its run had ended.
 RUN_ENDED = "RunEnded"
 MAX_MESSAGE_CHARS = 4096
@@ -175,6 +176,10 @@ class Runner:
         """Run one attempt with the upstream results that exist (node id -> payload) and the task
         types that produced them (node id -> task type)."""
         started = now_ms()
+        # A delivery of an ended run is skipped, not started: it is not counted.
+        counted = not self.cancellations.is_canceled(envelope.run_id)
+        if counted:
+            _count_start(envelope, started)
         token = telemetry.attach_trace_context(envelope.trace_context)
         # (bind + reset: structlog's bound_contextvars also scans every context variable per call)
         log_tokens = structlog.contextvars.bind_contextvars(
@@ -220,6 +225,8 @@ class Runner:
                         value=value, worker_id=self.worker_id, task_type=envelope.task_type,
                     )
                 outcome.finished_at_ms = now_ms()
+                if counted:
+                    _count_end(envelope, outcome)
                 if self.tracing:
                     telemetry.inject_trace_context(outcome.trace_context)
                 else:
@@ -278,7 +285,7 @@ class Runner:
             value = await self._invoke(task, args, call.kwargs, timeout or None, envelope)
         except _AttemptTimedOut:
             raise _Failure(failure(
-                "TaskTimeout",
+                TASK_TIMEOUT,
                 f"task {task.name!r} (node {envelope.node_id!r}, attempt {envelope.attempt}) did not "
                 f"finish within {timeout:g} s",
                 retryable=True,
@@ -415,6 +422,25 @@ class Runner:
 
         future.add_done_callback(on_done)
         return True
+
+
+def _count_start(envelope: messages_pb2.TaskEnvelope, started_ms: int) -> None:
+    labels = (envelope.task_type, envelope.queue)
+    metrics.TASKS_STARTED.labels(*labels).inc()
+    if envelope.enqueued_at_ms:
+        wait_s = max(0, started_ms - envelope.enqueued_at_ms) / 1000
+        metrics.TASK_QUEUE_WAIT.labels(*labels).observe(wait_s)
+
+
+def _count_end(envelope: messages_pb2.TaskEnvelope, outcome: messages_pb2.TaskOutcome) -> None:
+    labels = (envelope.task_type, envelope.queue)
+    metrics.TASK_DURATION.labels(*labels).observe((outcome.finished_at_ms - outcome.started_at_ms) / 1000)
+    if outcome.status == SUCCEEDED:
+        metrics.TASKS_SUCCEEDED.labels(*labels).inc()
+    elif outcome.status == FAILED:
+        metrics.TASKS_FAILED.labels(*labels).inc()
+        if outcome.error.type == TASK_TIMEOUT:
+            metrics.TASKS_TIMED_OUT.labels(*labels).inc()
 
 
 def _with_iteration_data(task: TaskFunc, envelope: messages_pb2.TaskEnvelope,

@@ -43,10 +43,11 @@ from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
+from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
 from graflow_api.v1 import common_pb2, coordinator_pb2, messages_pb2
-from graflow_runtime import keys
+from graflow_runtime import keys, metrics
 from graflow_runtime.dispatch import Dispatcher, InvalidDelivery
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.limits import MAX_INLINE_RESULT_BYTES
@@ -84,6 +85,19 @@ RUN_ENDED = "RunEnded"
 # A live run's node refused (STATUS_CANCELED) after this many lost attempts fails instead of being
 # redelivered again (the coordinator's default MAX_DELIVERIES for poison messages).
 MAX_REFUSALS = 5
+OUTCOME_BATCH_SIZE = Histogram(
+    "graflow_scheduler_outcome_batch_size",
+    "Outcomes in one batch the scheduler applied (read from one cell's outcome stream).",
+    buckets=metrics.BATCH_BUCKETS,
+    registry=metrics.REGISTRY,
+)
+OUTCOME_APPLY_SECONDS = Histogram(
+    "graflow_scheduler_outcome_apply_seconds",
+    "Time to apply one batch of outcomes: decode, apply in Redis, dispatch what became ready, ack.",
+    buckets=metrics.LATENCY_BUCKETS,
+    registry=metrics.REGISTRY,
+)
+
 # Errors that fail a whole batch, which is kept and retried: Redis or a downstream, not an outcome.
 _BATCH_ERRORS = (DownstreamUnavailable, RedisError, *REDIS_UNAVAILABLE)
 _MISSING_ERROR = common_pb2.ErrorInfo(
@@ -187,6 +201,7 @@ class OutcomeBatches:
         """Apply, dispatch and acknowledge one batch; ``poison`` entries are dead-lettered
         unapplied. Raises Redis errors and DownstreamUnavailable (nothing acknowledged)."""
         self.stats.batches += 1
+        started = time.perf_counter()
         dead: list[DeadOutcome] = list(poison)
         for letter in poison:
             log.error("outcome dead-lettered", entry_id=letter.entry_id.decode(), reason=letter.reason)
@@ -229,6 +244,8 @@ class OutcomeBatches:
             spans.end()
         await self.stream.ack([entry_id for entry_id, _ in entries], dead)
         self.stats.dead_lettered += len(dead)
+        OUTCOME_BATCH_SIZE.observe(len(entries))
+        OUTCOME_APPLY_SECONDS.observe(time.perf_counter() - started)
 
     async def _prepare(
         self, entry_id: bytes, outcome: messages_pb2.TaskOutcome, plan: Plan, lost_attempts: int
@@ -437,7 +454,7 @@ class OutcomeBatches:
                 )
             if result.retry is not None:
                 node_id, attempt, delay_ms, lost_attempts = result.retry
-                deliveries[(outcome.run_id, node_id, attempt)] = self._delivery(
+                retry = self._delivery(
                     plan,
                     outcome.run_id,
                     node_id,
@@ -448,6 +465,9 @@ class OutcomeBatches:
                     lost_attempts=lost_attempts,
                     replaces_lost_attempt=outcome.worker_lost,
                 )
+                deliveries[(outcome.run_id, node_id, attempt)] = retry
+                if retry is not None and not outcome.worker_lost:
+                    metrics.TASKS_RETRIED.labels(retry.envelope.task_type, retry.envelope.queue).inc()
         if canceled:
             # In the background: the batch does not wait for the child runs' cancels. (Workers learn
             # of every end from gf:ended, written with the end itself.)
