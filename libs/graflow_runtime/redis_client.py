@@ -21,6 +21,7 @@ from redis.exceptions import (
     NoPermissionError,
     RedisClusterException,
     RedisClusterUnreachableError,
+    RedisError,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -42,6 +43,11 @@ REDIS_UNAVAILABLE = (
     RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
     ClusterDownError, TryAgainError, RedisClusterUnreachableError, SlotNotCoveredError,
 )
+# What a failed Redis command can raise: any error Redis answered (RedisError) and the above. On a
+# cluster the above holds errors that are no RedisError (RedisClusterUnreachableError and
+# SlotNotCoveredError, raised during a failover when a topology refresh reaches no node): code that
+# catches RedisError alone lets them through.
+REDIS_ERRORS = (RedisError, *REDIS_UNAVAILABLE)
 
 # A Redis client of either kind: a single Redis, or a Redis Cluster (``connect(..., cluster=True)``).
 RedisClient = aioredis.Redis | RedisCluster

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from graflow_api.v1 import common_pb2, messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
@@ -49,7 +48,7 @@ from graflow_runtime import keys, telemetry
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.limits import MAX_RESULT_BYTES
-from graflow_runtime.redis_client import REDIS_UNAVAILABLE
+from graflow_runtime.redis_client import REDIS_ERRORS
 from graflow_runtime.scripts import LuaScript, ScriptArg, ScriptCall
 from graflow_runtime.signing import UNSIGNED, BusKeys, Kind
 
@@ -215,7 +214,7 @@ class Committer:
         while True:
             try:
                 await _APPEND_AND_ACK.run_many(self._redis, calls)
-            except (RedisError, *REDIS_UNAVAILABLE) as exc:  # OOM, connection lost
+            except REDIS_ERRORS as exc:  # OOM, connection lost
                 self._intake.pause(PAUSE_REDIS)
                 delay = backoff.next_delay()
                 log.warning("cannot append outcomes; keeping the batch and retrying", error=str(exc),

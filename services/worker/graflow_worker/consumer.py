@@ -64,7 +64,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf.message import DecodeError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from graflow_api.v1 import messages_pb2
 from graflow_api.v1 import result_store_pb2 as rs_pb2
@@ -73,6 +73,7 @@ from graflow_runtime import keys, metrics, telemetry
 from graflow_runtime.backoff import Backoff
 from graflow_runtime.grpc_client import Downstream, DownstreamUnavailable
 from graflow_runtime.grpc_options import MAX_MESSAGE_BYTES
+from graflow_runtime.redis_client import REDIS_ERRORS
 from graflow_runtime.scripts import LuaScript
 from graflow_runtime.signing import KEY_ID_FIELD, SIGNATURE_FIELD, UNSIGNED, BusKeys, Kind
 from graflow_runtime.streams import add_dead_letter
@@ -206,7 +207,7 @@ class Consumer:
     async def _send_unblock(self, client_id: int) -> None:
         try:
             await self._control.client_unblock(client_id)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.debug("could not unblock the reader", error=str(exc))
 
     def stop(self) -> None:
@@ -235,7 +236,7 @@ class Consumer:
             stream = next(iter(cursors))
             try:
                 entries = await self._read_own(stream, cursors[stream])
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 await self._read_failed(exc, backoff)
                 continue
             if not entries:
@@ -254,7 +255,7 @@ class Consumer:
                 continue
             try:
                 entries, fresh = await self._read_with_endings(new)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 await self._read_failed(exc, backoff)
                 next_resync = 0.0  # the failed read may have been served, its reply lost
                 continue
@@ -280,7 +281,7 @@ class Consumer:
                 for entry_id in lost:
                     pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
                 found = await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("could not check this worker's pending deliveries", error=str(exc))
                 return
             if self._stop.is_set():
@@ -335,14 +336,14 @@ class Consumer:
             try:
                 await _READ_LANES.load_into(self._redis)
                 return
-            except (RedisError, OSError) as again:
+            except REDIS_ERRORS as again:
                 exc = again
         if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
             log.warning("consumer group missing; creating it again", error=str(exc))
             try:
                 await self.ensure_groups()
                 return
-            except (RedisError, OSError) as again:
+            except REDIS_ERRORS as again:
                 exc = again
         delay = backoff.next_delay()
         log.warning("reading the queues failed; retrying", error=str(exc), retry_in_s=round(delay, 3))
@@ -398,7 +399,7 @@ class Consumer:
             else:  # nothing to fetch: no tasks to spawn for the check alone
                 await self._check_ended(deliveries)
                 upstream = {}
-        except (_GaveUp, RedisError, OSError) as exc:
+        except (_GaveUp, *REDIS_ERRORS) as exc:
             if not isinstance(exc, _GaveUp):
                 log.warning("could not check whether the runs of a read batch have ended; the "
                             "deliveries stay pending and are taken up again", error=str(exc),
@@ -566,7 +567,7 @@ class Consumer:
             await pipe.execute()
             metrics.TASKS_DEAD_LETTERED.labels(letter.queue).inc()
             log.error("dead-lettered an entry", stream=stream, entry_id=_text(entry_id), reason=reason)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # It stays pending: the next resync takes it up again (or the coordinator dead-letters
             # it by its delivery count if this worker dies).
             log.error("could not dead-letter an entry", stream=stream, entry_id=_text(entry_id),

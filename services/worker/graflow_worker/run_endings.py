@@ -26,10 +26,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from graflow_runtime import keys
 from graflow_runtime.backoff import Backoff
+from graflow_runtime.redis_client import REDIS_ERRORS
 from graflow_runtime.streams import stream_id, tail_id
 
 from graflow_worker.cancellation import Cancellations
@@ -109,7 +109,7 @@ class RunEndings:
                     if self.last_id is None:
                         await self.start()
                     await self.read_once()
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     # Entries trimmed while disconnected would be missed: from now on, trust only
                     # what comes after the stream's end at reconnection (see covers()).
                     self.history_start = None
