@@ -9,8 +9,10 @@ SHUTDOWN_GRACE_S to finish (live event streams are closed then). Exit codes as t
 
 from __future__ import annotations
 
+import signal
 import ssl
 import sys
+from types import FrameType
 from typing import NoReturn
 
 import structlog
@@ -93,6 +95,10 @@ def main() -> None:
         scheme = "https" if settings.https else "http"
         log.info("console serving", url=f"{scheme}://{settings.host}:{settings.port}/")
         server = uvicorn.Server(config)
+        # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again for the
+        # handler it found installed: this one, so that a clean stop exits 0 as every service does.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stopped)
         server.run()
         if not server.started:
             log.error("could not start", error=f"cannot serve on {settings.host}:{settings.port}")
@@ -104,6 +110,10 @@ def main() -> None:
         if metrics is not None:
             metrics.stop()
         flush_tracing()
+
+
+def _stopped(sig: int, frame: FrameType | None) -> None:
+    log.info("console stopped", signal=signal.Signals(sig).name)
 
 
 def _exit_misconfigured(exc: ConfigurationError) -> NoReturn:
