@@ -17,9 +17,10 @@ from graflow_runtime.grpc_client import open_channel
 from graflow_runtime.grpc_server import create_server
 from graflow_runtime.local_redis import LocalRedis, RedisTls
 from graflow_runtime.redis_client import connect
-from graflow_console.settings import ConsoleSettings
 from graflow_runtime.signing import BusKeys
 from graflow_runtime.tls import TlsFiles
+
+from graflow_console.settings import ConsoleSettings
 
 SCRIPT = Path(__file__).with_name("make-secrets.sh")
 ROLES = ("service", "worker", "client", "admin", "viewer")

@@ -18,8 +18,6 @@ from typing import NoReturn
 import structlog
 import uvicorn
 
-from graflow_console.app import create_app
-from graflow_console.settings import ConsoleSettings
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.lifecycle import EXIT_CONFIGURATION, EXIT_FAILED
 from graflow_runtime.logs import configure_logging
@@ -27,6 +25,9 @@ from graflow_runtime.metrics import MetricsServer
 from graflow_runtime.settings import SettingsError, load_settings
 from graflow_runtime.telemetry import configure_tracing
 from graflow_runtime.tls import Exposure, check_exposure, files_of
+
+from graflow_console.app import create_app
+from graflow_console.settings import ConsoleSettings
 
 log = structlog.get_logger(__name__)
 PREFIX = "GRAFLOW_CONSOLE_"
