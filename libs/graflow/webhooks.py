@@ -17,6 +17,12 @@ Deliveries are at least once: dedupe by ``graflow.request_id`` of the payload.
 
 from __future__ import annotations
 
-from graflow_runtime.webhooks import DEFAULT_TOLERANCE_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
+from graflow_runtime.webhooks import (
+    DEFAULT_TOLERANCE_S,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+    verify_signature,
+)
 
 __all__ = ["DEFAULT_TOLERANCE_S", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "sign", "verify_signature"]

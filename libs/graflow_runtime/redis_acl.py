@@ -222,7 +222,8 @@ SCHEDULER = RedisUser(
         Grant("dead-letter an outcome it cannot apply", ("xadd",), write_keys=DEAD_LETTERS),
         Grant(
             "notify a webhook of new feedback requests: append them (apply_outcome.lua), read them "
-            "through its consumer group, claim a dead replica's, keep its own held (graflow_scheduler.notify)",
+            "through its consumer group, claim a dead replica's, keep its own held "
+            "(graflow_scheduler.notify)",
             (*_STREAM_CONSUMER, "xautoclaim", "xclaim", "xadd"),
             keys=FEEDBACK_OPENED,
         ),

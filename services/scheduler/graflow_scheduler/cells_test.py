@@ -2,7 +2,8 @@
 the keys a cluster deployment would name, every script call checked to stay in one hash slot
 (graflow_runtime.testing.slots). Runs of every cell complete, a child run lands in its parent's
 cell, an idempotency key finds its run, the listings (runs, feedback), the recovery sweep, the
-wait timer and the feedback notifier cover every cell, and an outcome's dead letter goes to its cell's dead-letter stream.
+wait timer and the feedback notifier cover every cell, and an outcome's dead letter goes to its
+cell's dead-letter stream.
 ``four_cells`` comes before the fixtures that start a scheduler, which starts one outcome consumer
 and one reader of ended runs per cell of the layout."""
 
@@ -20,8 +21,8 @@ from graflow_runtime.streams import DEAD_LETTER_FIELD
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.testing.app import app_client, report, submit
 from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
-from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.receiver import receiving
+from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import outcome, spec, waiting
 
 CHAIN = spec(["a", "b"], ["a>b"])

@@ -177,7 +177,9 @@ class FeedbackNotifier:
             await self.redis.xack(stream, keys.FEEDBACK_NOTIFIER_GROUP, entry_id)
         except REDIS_UNAVAILABLE as exc:
             metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
-            bound.warning("redis unavailable; the notification stays pending and is retried later", error=str(exc))
+            bound.warning(
+                "redis unavailable; the notification stays pending and is retried later", error=str(exc)
+            )
         finally:
             self._inflight.pop((cell, entry_id), None)
             self._freed.set()
@@ -237,7 +239,9 @@ class FeedbackNotifier:
             # httpx's timeout bounds each phase; this bounds the whole POST (a receiver that
             # answers byte by byte).
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self.http.post(self.config.url, content=body, headers=headers(body, self.config.secret))
+                response = await self.http.post(
+                    self.config.url, content=body, headers=headers(body, self.config.secret)
+                )
         except (httpx.HTTPError, TimeoutError) as exc:
             return "retry", f"{type(exc).__name__}: {exc}".rstrip(": ")
         finally:
@@ -302,7 +306,8 @@ class CellReader(BackgroundLoop):
             return []
         config = self.notifier.config
         _, entries, deleted = await self.notifier.redis.xautoclaim(
-            self.stream, keys.FEEDBACK_NOTIFIER_GROUP, config.consumer, config.claim_idle_ms, "0-0", count=count
+            self.stream, keys.FEEDBACK_NOTIFIER_GROUP, config.consumer, config.claim_idle_ms, "0-0",
+            count=count,
         )
         if deleted:
             DELIVERIES.labels("failed").inc(len(deleted))
@@ -313,5 +318,9 @@ class CellReader(BackgroundLoop):
             )
             await self.notifier.redis.xack(self.stream, keys.FEEDBACK_NOTIFIER_GROUP, *deleted)
         if entries:
-            log.info("feedback notifications taken over from an idle consumer", stream=self.stream, count=len(entries))
+            log.info(
+                "feedback notifications taken over from an idle consumer",
+                stream=self.stream,
+                count=len(entries),
+            )
         return [(entry_id, fields or {}) for entry_id, fields in entries]

@@ -11,10 +11,9 @@ import time
 
 from prometheus_client import REGISTRY
 
+from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from graflow_api.v1 import feedback_pb2, scheduler_pb2
 from graflow_runtime import keys
-from graflow_runtime.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from graflow.webhooks import verify_signature
 
 from graflow_scheduler.testing.app import app_client, report, run_end, submit
 from graflow_scheduler.testing.enqueued import wait_enqueued
@@ -82,7 +81,9 @@ async def test_a_new_request_is_posted_once_signed_with_a_link_to_its_console_pa
         async with app_client(app) as client:
             run_id = await submit(client, spec(["a", "b"], ["a>b"]))
             request = question(
-                kind=feedback_pb2.FEEDBACK_KIND_SELECTION, prompt="Ship <v2> & tell?", options=["yes", "later"]
+                kind=feedback_pb2.FEEDBACK_KIND_SELECTION,
+                prompt="Ship <v2> & tell?",
+                options=["yes", "later"],
             )
             await report(redis, waiting(run_id, request=request))
             (got,) = await receiver.wait_for(1)
@@ -138,7 +139,8 @@ async def test_failed_deliveries_are_retried_with_growing_gaps_while_the_run_goe
 async def test_answering_while_deliveries_fail_finishes_the_run_and_ends_the_retries(make_app, redis):
     skipped = deliveries("skipped")
     async with receiving(statuses=(500,)) as receiver:
-        app = await make_app(feedback_webhook_url=receiver.url, **{**FAST, "feedback_webhook_max_attempts": 50})
+        many = {**FAST, "feedback_webhook_max_attempts": 50}
+        app = await make_app(feedback_webhook_url=receiver.url, **many)
         async with app_client(app) as client:
             run_id = await submit(client, spec(["a", "b"], ["a>b"]))
             await report(redis, waiting(run_id))
@@ -202,5 +204,6 @@ async def test_a_notification_held_by_a_dead_replica_is_delivered_by_another(mak
         await settled(redis)
     assert json.loads(got.body)["graflow"]["run_id"] == run_id
     assert got.at - taken_at >= 2.5  # only once it was idle for claim_idle_ms
-    consumers = {c["name"]: c["pending"] for c in await redis.xinfo_consumers(STREAM, keys.FEEDBACK_NOTIFIER_GROUP)}
+    info = await redis.xinfo_consumers(STREAM, keys.FEEDBACK_NOTIFIER_GROUP)
+    consumers = {c["name"]: c["pending"] for c in info}
     assert consumers[b"dead"] == 0

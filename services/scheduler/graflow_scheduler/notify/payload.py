@@ -51,7 +51,8 @@ def build_payload(request: feedback_pb2.FeedbackRequest, console_url: str) -> di
     if request.options:
         context += " · options: " + _mrkdwn(_cut(", ".join(request.options), OPTIONS_MAX))
     if request.deadline_ms:
-        context += f" · answer by <!date^{request.deadline_ms // 1000}^{{date_short_pretty}} {{time}}|deadline>"
+        seconds = request.deadline_ms // 1000
+        context += f" · answer by <!date^{seconds}^{{date_short_pretty}} {{time}}|deadline>"
     return {
         "text": f"Feedback requested by run {request.run_id} (node {_mrkdwn(request.node_id)}): {prompt} "
         f"<{url}|{LINK_TEXT}>",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from graflow_api.v1 import feedback_pb2
 from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from graflow_api.v1 import feedback_pb2
 
 from graflow_scheduler.notify.payload import PROMPT_MAX, build_payload, encode, feedback_url, headers
 
@@ -14,7 +14,8 @@ RUN = "01JABCDEFGHJKMNPQRSTVWXYZ0"
 
 def test_the_link_quotes_each_segment_and_joins_the_base_url_with_or_without_a_slash() -> None:
     assert feedback_url("https://c.example", RUN, "a.0.1") == f"https://c.example/runs/{RUN}/feedback/a.0.1"
-    assert feedback_url("https://c.example/x/", RUN, "a b/c?") == f"https://c.example/x/runs/{RUN}/feedback/a%20b%2Fc%3F"
+    quoted = feedback_url("https://c.example/x/", RUN, "a b/c?")
+    assert quoted == f"https://c.example/x/runs/{RUN}/feedback/a%20b%2Fc%3F"
 
 
 def test_an_approval_with_a_deadline_and_a_long_prompt() -> None:
@@ -32,7 +33,8 @@ def test_an_approval_with_a_deadline_and_a_long_prompt() -> None:
 
 
 def test_headers_sign_the_exact_body_and_without_a_secret_carry_no_signature() -> None:
-    body = encode(build_payload(feedback_pb2.FeedbackRequest(run_id=RUN, request_id="r1", prompt="é"), "http://c"))
+    request = feedback_pb2.FeedbackRequest(run_id=RUN, request_id="r1", prompt="é")
+    body = encode(build_payload(request, "http://c"))
     assert json.loads(body)["graflow"]["prompt"] == "é"
     signed = headers(body, "s3cret", now=1_700_000_000.5)
     assert signed[TIMESTAMP_HEADER] == "1700000000"
