@@ -17,11 +17,11 @@ from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.runids import new_run_id
 from graflow_runtime.streams import DEAD_LETTER_FIELD
+from graflow_runtime.testing.receiver import receiving
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.testing.app import app_client, report, submit
 from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
-from graflow_scheduler.testing.receiver import receiving
 from graflow_scheduler.testing.runs import runs_ended
 from graflow_scheduler.testing.specs import outcome, spec, waiting
 

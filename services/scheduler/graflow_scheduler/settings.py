@@ -91,7 +91,9 @@ class SchedulerSettings(BusSettings):
         quiet_ms = 1000 * (self.feedback_webhook_backoff_max_s + self.feedback_webhook_timeout_s)
         if self.feedback_webhook_claim_idle_ms <= quiet_ms:
             raise ValueError(
-                f"feedback_webhook_claim_idle_ms ({self.feedback_webhook_claim_idle_ms}) must exceed "
-                f"feedback_webhook_backoff_max_s + feedback_webhook_timeout_s ({quiet_ms:.0f} ms)"
+                f"GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_CLAIM_IDLE_MS ({self.feedback_webhook_claim_idle_ms}) "
+                "must exceed GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_BACKOFF_MAX_S + "
+                f"GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_TIMEOUT_S ({quiet_ms:.0f} ms), or another replica "
+                "takes over notifications that are being retried"
             )
         return self

@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from graflow_api.v1 import feedback_pb2, scheduler_pb2
 from graflow_runtime import keys
+from graflow_runtime.testing.receiver import receiving
 
 from graflow_scheduler.testing.app import app_client, report, run_end, submit
 from graflow_scheduler.testing.enqueued import wait_enqueued
-from graflow_scheduler.testing.receiver import receiving
 from graflow_scheduler.testing.specs import outcome, question, spec, waiting
 
 SECRET = "webhook-test-secret"

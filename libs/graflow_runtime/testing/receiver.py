@@ -1,13 +1,16 @@
-"""A webhook receiver for the notifier's tests: a real HTTP/1.1 server on a free loopback port
-(asyncio streams, in the test's event loop) that records every POST it gets and answers with the
-statuses it is told, in order (the last one repeats), or never answers at all (``hang``)."""
+"""A webhook receiver for the tests of feedback notifications (the scheduler's, end to end): a
+real HTTP/1.1 server on a free loopback port (asyncio streams) that records every POST it gets and
+answers with the statuses it is told, in order (the last one repeats), or never answers at all
+(``hang``). :func:`receiving` runs it in the test's event loop, :func:`receiving_in_thread` in a
+loop of its own for synchronous tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 
@@ -81,3 +84,19 @@ async def receiving(statuses: Sequence[int] = (200,), *, hang: bool = False) -> 
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+@contextlib.contextmanager
+def receiving_in_thread(statuses: Sequence[int] = (200,)) -> Iterator[Receiver]:
+    """:func:`receiving` on an event loop in a thread of its own; ``received`` fills meanwhile."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="webhook-receiver", daemon=True)
+    thread.start()
+    context = receiving(statuses)
+    try:
+        yield asyncio.run_coroutine_threadsafe(context.__aenter__(), loop).result(10)
+    finally:
+        asyncio.run_coroutine_threadsafe(context.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
