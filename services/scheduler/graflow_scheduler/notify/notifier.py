@@ -180,6 +180,9 @@ class FeedbackNotifier:
             bound.warning(
                 "redis unavailable; the notification stays pending and is retried later", error=str(exc)
             )
+        except Exception:  # noqa: BLE001 - a bug must not kill the task silently; logged with its stack
+            # Not acknowledged: claimed again after FEEDBACK_WEBHOOK_CLAIM_IDLE_MS.
+            bound.exception("feedback notification failed unexpectedly; it stays pending")
         finally:
             self._inflight.pop((cell, entry_id), None)
             self._freed.set()
@@ -276,7 +279,8 @@ class CellReader(BackgroundLoop):
     async def step(self) -> float:
         notifier, config = self.notifier, self.notifier.config
         if notifier.free() <= 0:
-            await notifier.wait_freed(config.block_ms / 1000)
+            with self.interruptible():
+                await notifier.wait_freed(config.block_ms / 1000)
             return 0.0
         if not self._own_read:
             notifier.spawn(self.cell, await self._read("0", notifier.free(), None))

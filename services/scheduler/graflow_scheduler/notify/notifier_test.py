@@ -12,7 +12,7 @@ import time
 from prometheus_client import REGISTRY
 
 from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from graflow_api.v1 import feedback_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.testing.receiver import receiving
 
@@ -207,3 +207,28 @@ async def test_a_notification_held_by_a_dead_replica_is_delivered_by_another(mak
     info = await redis.xinfo_consumers(STREAM, keys.FEEDBACK_NOTIFIER_GROUP)
     consumers = {c["name"]: c["pending"] for c in info}
     assert consumers[b"dead"] == 0
+
+
+async def test_a_slow_receiver_holds_at_most_the_concurrency_and_nothing_else(make_app, redis):
+    settings = {**FAST, "feedback_webhook_concurrency": 2, "feedback_webhook_max_attempts": 1}
+    async with receiving(hang=True) as receiver:
+        app = await make_app(feedback_webhook_url=receiver.url, **settings)
+        async with app_client(app) as client:
+            run_ids = [await submit(client, spec(["a", "b"])) for _ in range(3)]
+            await report(redis, *(waiting(run_id) for run_id in run_ids))
+            first, _ = await receiver.wait_for(2)
+            # Both slots hang: the runs' other nodes are applied and dispatched all the same.
+            await report(redis, *(outcome(run_id, "b") for run_id in run_ids))
+
+            async def every_b_succeeded() -> bool:
+                for run_id in run_ids:
+                    info = await client.GetRun(scheduler_pb2.GetRunRequest(run_id=run_id))
+                    if {n.node_id: n.state for n in info.nodes}["b"] != common_pb2.NODE_STATE_SUCCEEDED:
+                        return False
+                return True
+
+            await until(every_b_succeeded, what="every run's b applied")
+            third = (await receiver.wait_for(3))[2]
+            await settled(redis)
+    # The third was read only once a POST had timed out (1 s) and freed its slot.
+    assert third.at - first.at >= 0.9
