@@ -232,6 +232,19 @@ def feedback_pending(cell: int) -> str:
     return f"{_cell(cell)}:feedback:pending"
 
 
+def feedback_opened(cell: int) -> str:
+    """Stream of the cell's new feedback requests, fields FEEDBACK_OPENED_RUN_FIELD and
+    FEEDBACK_OPENED_REQUEST_FIELD: apply_outcome.lua appends one entry with the request it records
+    (when the scheduler notifies a webhook), the scheduler's notifier reads it through the group
+    FEEDBACK_NOTIFIER_GROUP (graflow_scheduler.notify)."""
+    return f"{_cell(cell)}:feedback:opened"
+
+
+FEEDBACK_OPENED_RUN_FIELD = b"r"
+FEEDBACK_OPENED_REQUEST_FIELD = b"q"
+FEEDBACK_NOTIFIER_GROUP = "notifier"
+
+
 def wait_deadlines(cell: int) -> str:
     return f"{_cell(cell)}:waits:deadlines"
 
