@@ -14,7 +14,8 @@ from graflow.cli.testing.capture import Captured
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
 from graflow_api.v1 import messages_pb2
-from graflow_examples import TASK_MODULES, etl
+from graflow_examples import TASK_MODULES
+from graflow_examples.etl import etl
 from graflow_runtime import keys
 from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 from graflow_runtime.local_redis import free_port
