@@ -75,7 +75,7 @@ RUN_INDEXES = _in_cells(
     keys.runs_by_status(0, "*"),
 )
 CHANNELS = _in_cells(keys.channel("*"))
-WORKFLOW_REGISTRY = _shared(keys.workflows(), keys.workflow_summaries(), keys.workflow_versions())
+WORKFLOW_REGISTRY = _shared(*keys.workflow_registry())
 
 # Commands every service's connections make: redis-py's connection set-up (AUTH needs no
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
