@@ -228,6 +228,15 @@ def active_runs(cell: int) -> str:
     return f"{_cell(cell)}:runs:active"
 
 
+RUN_STATUSES = ("RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELED")  # each has an index
+
+
+def runs_by_status(cell: int, status: str) -> str:
+    """zset run_id -> created ms of the cell's runs with ``status`` (ListRuns, CountRuns), moved by
+    the run scripts (common.lua's status_index names it from :func:`active_runs`: keep in step)."""
+    return f"{_cell(cell)}:runs:status:{status}"
+
+
 def feedback_pending(cell: int) -> str:
     return f"{_cell(cell)}:feedback:pending"
 
@@ -400,6 +409,14 @@ def channel(run_id: str) -> str:
 def checkpoints(run_id: str) -> str:
     """hash node_id -> Payload bytes of the node's last ``ctx.checkpoint(state)``."""
     return f"{_run(run_id)}:ckpt:{{{run_id}}}"
+
+
+def workflow_registry() -> tuple[str, str, str]:
+    """The scheduler's workflow registry, three hashes under the global tag (put_workflow.lua
+    writes them together): name -> RegisteredWorkflow bytes, the same without the spec's graph
+    (ListWorkflows), and name -> version."""
+    records = f"{_layout.global_prefix}:workflows"
+    return records, f"{records}:list", f"{records}:version"
 
 
 def metrics_lease(service: str) -> str:

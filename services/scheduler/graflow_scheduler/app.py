@@ -44,6 +44,7 @@ from graflow_scheduler.settings import SchedulerSettings
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.state.store import RunStore
+from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.waits.children import ChildRuns
 from graflow_scheduler.waits.feedback import FeedbackRequests
 from graflow_scheduler.waits.parking import Parking
@@ -117,6 +118,7 @@ class SchedulerApp:
             feedback,
             children,
             RunResults(reader, self.run_ends),
+            WorkflowRegistry(redis),
             limits=limits,
             watch_block_ms=s.watch_block_ms,
         )
