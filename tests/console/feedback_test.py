@@ -78,6 +78,10 @@ def test_a_viewer_sees_the_form_but_is_refused_the_answer(console: TestClient, s
     waiting_page(console, run.id, "deploy.0.1")
     refused = answer(console, csrf, run.id, "deploy.0.1", {"decision": "approve"})
     assert refused.status_code == 403 and '<div id="flash" class="error"' in refused.text
+    # The waiting node's details, read from the history of a run that has not ended.
+    details = console.get(f"/runs/{run.id}/nodes/deploy")
+    assert details.status_code == 200 and "WAITING" in details.text and "deploy.0.1" in details.text
+    assert "NODE_WAITING" in details.text
     run.cancel("test over")
 
 
