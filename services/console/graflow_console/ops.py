@@ -103,9 +103,16 @@ async def queues(request: Request, session: Annotated[Session, Depends(current_s
 async def _dead_letters_page(
     request: Request, session: Session, after: str, *, status_code: int = 200, error: str | None = None
 ) -> Response:
-    answer = await session.person.coordinator(
-        "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
-    )
+    try:
+        answer = await session.person.coordinator(
+            "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
+        )
+    except ConsoleError:
+        if error is None:
+            raise
+        # After a refused action, its refusal is the message to show, even when this role may not
+        # list dead letters either (a client may do neither).
+        answer = coordinator_pb2.ListDeadLettersResponse()
     letters = [
         {
             "id": d.id,
