@@ -84,7 +84,9 @@ def main() -> None:
         config = uvicorn_config(settings)
     except ConfigurationError as exc:
         _exit_misconfigured(exc)
-    metrics = MetricsServer(settings.metrics_address, settings.metrics_port) if settings.metrics_port else None
+    metrics = None
+    if settings.metrics_port:
+        metrics = MetricsServer(settings.metrics_address, settings.metrics_port)
     try:
         if metrics is not None:
             metrics.start()

@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from graflow_console import api, ops, pages, signin
+from graflow_console import api, feedback_pages, ops, pages, run_page, signin
 from graflow_console.auth import Sessions, SignInRequired
 from graflow_console.backend import Backend, ConsoleError
 from graflow_console.settings import ConsoleSettings
@@ -25,7 +25,7 @@ from graflow_runtime.version import __version__
 log = structlog.get_logger(__name__)
 
 # Each module has a ``router``; the JSON API and the operations pages add theirs here.
-ROUTER_MODULES = [signin, pages, ops, api]
+ROUTER_MODULES = [signin, pages, run_page, feedback_pages, ops, api]
 
 
 def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> FastAPI:
