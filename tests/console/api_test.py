@@ -18,9 +18,11 @@ from graflow.devstack import LocalStack
 from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc
 from graflow_examples.approval import release
 from graflow_runtime.access import Role
+from graflow_runtime.runids import new_run_id
 from tests.console.conftest import BASE_URL
 
 API = "/api/v1"
+UNKNOWN_RUN = new_run_id()
 # Every operation of the API (path -> methods), as the common rules of issue 11 list them.
 OPERATIONS = {
     f"{API}/runs": {"get"},
@@ -160,8 +162,8 @@ def test_a_request_without_a_token_or_with_an_unknown_one_is_401(console, openap
 
 
 def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, openapi):
-    path = f"{API}/workflows/release/runs"
-    answer = http.post(path, json={"arguments": {"ticket": 7}, "labels": {"team": "api"}},
+    path = f"{API}/workflows/{{name}}/runs"
+    answer = http.post(f"{API}/workflows/release/runs", json={"arguments": {"ticket": 7}, "labels": {"team": "api"}},
                        headers=as_role(stack, Role.CLIENT))
     assert answer.status_code == 201, answer.text
     submitted = conforms(openapi, path, "post", answer)
@@ -182,7 +184,7 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
     answered = conforms(openapi, one, "post", answer)
     assert answered["state"] == "ANSWERED"
     assert answered["response"]["approved"] is True
-    assert answered["response"]["responded_by"].startswith("token:")
+    assert answered["response"]["responded_by"].startswith("HTTP API (token ")
 
     selection = waiting_request(http, stack, run_id)
     assert (selection["kind"], selection["options"]) == ("SELECTION", ["eu", "us"])
@@ -240,13 +242,15 @@ def test_cancel_needs_a_client_role_and_ends_the_run(http, stack, openapi):
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code"),
     [
-        ("get", f"{API}/runs/no-such-run", None, 404, "NOT_FOUND"),
+        ("get", f"{API}/runs/{UNKNOWN_RUN}", None, 404, "NOT_FOUND"),
+        ("get", f"{API}/runs/not-a-run-id", None, 400, "INVALID_ARGUMENT"),
         ("post", f"{API}/workflows/no-such-workflow/runs", {}, 404, "NOT_FOUND"),
         ("post", f"{API}/workflows/release/runs", {"arguments": [1, 2]}, 400, "INVALID_ARGUMENT"),
         ("get", f"{API}/runs?label=no-equals-sign", None, 400, "INVALID_ARGUMENT"),
         ("get", f"{API}/runs?status=sleeping", None, 400, "INVALID_ARGUMENT"),
         ("get", f"{API}/runs?limit=0", None, 400, "INVALID_ARGUMENT"),
-        ("get", f"{API}/runs/no-such-run/feedback/x.0.1", None, 404, "NOT_FOUND"),
+        ("get", f"{API}/runs/{UNKNOWN_RUN}/feedback/x.0.1", None, 404, "NOT_FOUND"),
+        ("post", f"{API}/runs/{UNKNOWN_RUN}/cancel", {}, 404, "NOT_FOUND"),
     ],
 )
 def test_errors_map_to_http_statuses_with_the_error_body(console, stack, method, path, body, status, code):

@@ -28,7 +28,7 @@ from graflow import payload
 from graflow.feedback import NOT_GIVEN, build_response
 from graflow.run import parse_status
 from graflow_api.v1 import scheduler_pb2
-from graflow_runtime.auth import PRINCIPAL_HASH_CHARS, token_digest
+from graflow_runtime.auth import token_digest
 
 from graflow_console.api_models import (
     AnswerBody,
@@ -46,6 +46,7 @@ from graflow_console.api_models import (
     workflow_model,
 )
 from graflow_console.backend import ConsoleError, Person
+from graflow_console.pages import bad_input, parse_labels
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -116,21 +117,11 @@ def base_url(request: Request) -> str:
     return request.app.state.settings.public_url or str(request.base_url).rstrip("/")
 
 
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConsoleError(400, "INVALID_ARGUMENT", f"label {pair!r} is not key=value")
-        labels[key] = value
-    return labels
-
-
 def _status(name: str | None) -> int:
     try:
         return parse_status(name or None)
     except ValueError as exc:
-        raise ConsoleError(400, "INVALID_ARGUMENT", str(exc)) from None
+        raise bad_input(str(exc)) from None
 
 
 @router.get("/runs", response_model=RunList, summary="List runs, newest first")
@@ -152,7 +143,7 @@ async def list_runs(
             status=_status(status),
             page_token=page_token,
             workflow_name=workflow,
-            labels=_labels(label),
+            labels={k: v for pair in label for k, v in parse_labels(pair).items()},
             created_after_ms=created_after_ms,
             created_before_ms=created_before_ms,
         ),
@@ -248,7 +239,8 @@ async def answer_feedback(
         selected_multiple=body.selected_multiple,
         # A custom answer may be JSON null: "given" is whether the body named it.
         custom_data=body.custom if "custom" in body.model_fields_set else NOT_GIVEN,
-        responded_by=f"token:{token_digest(token)[:PRINCIPAL_HASH_CHARS]} (HTTP API)",
+        # As the pages name the person (Session.fingerprint), without the token.
+        responded_by=f"HTTP API (token {token_digest(token)[:8]}…)",
     )
     answer = await person.scheduler(
         "RespondFeedback",

@@ -12,16 +12,15 @@ seconds, ``hx-select`` of the table), which needs no endpoint of its own and no 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from graflow_api.v1 import coordinator_pb2
 from graflow_console.auth import Session
 from graflow_console.backend import ConsoleError
-from graflow_console.web import current_session, flash, posted_form, render
+from graflow_console.web import SessionDep, duration_text, flash, posted_form, render, time_text
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,25 +30,6 @@ REFRESH_S = 5
 # and leaves the list.
 LATE_AFTER_MS = 30_000
 DEAD_LETTERS_PAGE = 50
-
-
-def when(ms: int) -> str:
-    """An epoch-milliseconds time as UTC text ("" for 0): the same for every viewer and in logs."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else ""
-
-
-def age(ms: int) -> str:
-    """A duration in milliseconds as "850 ms", "12.3 s", "4 min 05 s", "3 h 02 min"."""
-    ms = max(0, ms)
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    minutes, seconds = divmod(ms // 1000, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _worker_rows(workers: list[coordinator_pb2.WorkerInfo]) -> list[dict[str, Any]]:
@@ -66,14 +46,14 @@ def _worker_rows(workers: list[coordinator_pb2.WorkerInfo]) -> list[dict[str, An
             "in_flight": worker.in_flight,
             "concurrency": worker.concurrency,
             "liveness": "late" if silent_ms > LATE_AFTER_MS else "live",
-            "heartbeat_age": age(silent_ms),
-            "registered_at": when(worker.registered_at_ms),
+            "heartbeat_age": duration_text(worker.last_heartbeat_ms, max(now_ms, worker.last_heartbeat_ms)),
+            "registered_at": time_text(worker.registered_at_ms),
         })
     return rows
 
 
 @router.get("/workers")
-async def workers(request: Request, session: Annotated[Session, Depends(current_session)]) -> Response:
+async def workers(request: Request, session: SessionDep) -> Response:
     answer = await session.person.coordinator("ListWorkers", coordinator_pb2.ListWorkersRequest())
     context = {
         "workers": _worker_rows(list(answer.workers)),
@@ -84,15 +64,16 @@ async def workers(request: Request, session: Annotated[Session, Depends(current_
 
 
 @router.get("/queues")
-async def queues(request: Request, session: Annotated[Session, Depends(current_session)]) -> Response:
+async def queues(request: Request, session: SessionDep) -> Response:
     answer = await session.person.coordinator("ListQueues", coordinator_pb2.ListQueuesRequest())
+    now_ms = int(time.time() * 1000)
     rows = [
         {
             "queue": q.queue,
             "length": q.length,
             "lag": q.lag,
             "pending": q.pending,
-            "oldest_pending_age": age(q.oldest_pending_age_ms) if q.pending else "-",
+            "oldest_pending_age": duration_text(now_ms - q.oldest_pending_age_ms, now_ms) if q.pending else "-",
             "workers": q.workers,
         }
         for q in sorted(answer.queues, key=lambda q: q.queue)
@@ -121,7 +102,7 @@ async def _dead_letters_page(
             "attempt": d.attempt,
             "queue": d.queue,
             "reason": d.reason,
-            "dead_at": when(d.dead_at_ms),
+            "dead_at": time_text(d.dead_at_ms),
         }
         for d in answer.dead_letters
     ]
@@ -141,7 +122,7 @@ async def _dead_letters_page(
 @router.get("/dead-letters")
 async def dead_letters(
     request: Request,
-    session: Annotated[Session, Depends(current_session)],
+    session: SessionDep,
     after: Annotated[str, Query(description="id of the last letter of the previous page")] = "",
 ) -> Response:
     return await _dead_letters_page(request, session, after)
