@@ -163,7 +163,8 @@ def test_a_request_without_a_token_or_with_an_unknown_one_is_401(console, openap
 
 def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, openapi):
     path = f"{API}/workflows/{{name}}/runs"
-    answer = http.post(f"{API}/workflows/release/runs", json={"arguments": {"ticket": 7}, "labels": {"team": "api"}},
+    body = {"arguments": {"ticket": 7}, "labels": {"team": "api"}}
+    answer = http.post(f"{API}/workflows/release/runs", json=body,
                        headers=as_role(stack, Role.CLIENT))
     assert answer.status_code == 201, answer.text
     submitted = conforms(openapi, path, "post", answer)
@@ -175,7 +176,9 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
     assert (approval["kind"], approval["node_id"]) == ("APPROVAL", "deploy")
     assert approval["url"].endswith(f"/runs/{run_id}/feedback/{approval['request_id']}")
     one = f"{API}/runs/{{run_id}}/feedback/{{request_id}}"
-    answer = http.get(f"{API}/runs/{run_id}/feedback/{approval['request_id']}", headers=as_role(stack, Role.VIEWER))
+    answer = http.get(
+        f"{API}/runs/{run_id}/feedback/{approval['request_id']}", headers=as_role(stack, Role.VIEWER)
+    )
     assert conforms(openapi, one, "get", answer)["prompt"] == approval["prompt"]
 
     answer = http.post(f"{API}/runs/{run_id}/feedback/{approval['request_id']}",
@@ -229,10 +232,11 @@ def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):
 def test_cancel_needs_a_client_role_and_ends_the_run(http, stack, openapi):
     run_id = submit(http, stack)["run_id"]
     path = f"{API}/runs/{{run_id}}/cancel"
-    refused = http.post(f"{API}/runs/{run_id}/cancel", json={"reason": "no"}, headers=as_role(stack, Role.VIEWER))
+    url = f"{API}/runs/{run_id}/cancel"
+    refused = http.post(url, json={"reason": "no"}, headers=as_role(stack, Role.VIEWER))
     assert refused.status_code == 403
     assert conforms(openapi, path, "post", refused)["error"]["code"] == "PERMISSION_DENIED"
-    answer = http.post(f"{API}/runs/{run_id}/cancel", json={"reason": "not today"}, headers=as_role(stack, Role.CLIENT))
+    answer = http.post(url, json={"reason": "not today"}, headers=as_role(stack, Role.CLIENT))
     assert answer.status_code == 200, answer.text
     canceled = conforms(openapi, path, "post", answer)
     assert canceled["status"] == "CANCELED"

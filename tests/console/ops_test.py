@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -31,7 +32,8 @@ def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> 
 
 def rows(page: str, row_class: str, attribute: str) -> list[str]:
     """The ``attribute`` of each ``<tr class="row_class">`` of the page."""
-    return [html.unescape(v) for v in re.findall(rf'<tr class="{row_class}"[^>]*?\b{attribute}="([^"]*)"', page)]
+    found = re.findall(rf'<tr class="{row_class}"[^>]*?\b{attribute}="([^"]*)"', page)
+    return [html.unescape(value) for value in found]
 
 
 def flash(page: str) -> tuple[str, str]:
@@ -44,7 +46,8 @@ def dead_letter(stack: LocalStack) -> str:
     """A dead letter made the way it happens: an entry no worker can decode, appended to the
     workers' queue, is dead-lettered by the worker that reads it. Returns the letter's id."""
     with redis.Redis.from_url(stack.redis_url) as conn:
-        original = conn.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: b"\xff not an envelope"}).decode()
+        garbage = {keys.ENVELOPE_FIELD: b"\xff not an envelope"}
+        original = conn.xadd(keys.queue_stream("default"), garbage).decode()
 
     def letter() -> str | None:
         with stack.operators() as ops:
@@ -86,30 +89,42 @@ def test_a_client_and_a_viewer_are_refused_replay_and_delete_with_the_service_me
     for role in (Role.CLIENT, Role.VIEWER):
         csrf = sign_in(console, stack, role)
         page = console.get("/dead-letters")
+        assert 'id="dead-letter-by-id"' in page.text
         if role == Role.VIEWER:
             assert page.status_code == 200, page.text
             assert letter in rows(page.text, "dead-letter", "data-id")
-        else:  # a client may not even list them
+        else:  # a client may not even list them: the page says so, and keeps its by-id form
             assert page.status_code == 403
-            assert "role client may not call /graflow_api.v1.Coordinator/ListDeadLetters" in flash(page.text)[1]
+            listing = "role client may not call /graflow_api.v1.Coordinator/ListDeadLetters"
+            assert listing in flash(page.text)[1]
         for action, method in (("replay", "ReplayDeadLetters"), ("delete", "DeleteDeadLetters")):
-            refused = post(console, f"/dead-letters/{letter}/{action}", {"csrf_token": csrf})
-            assert refused.status_code == 403, refused.text
-            kind, message = flash(refused.text)
-            assert kind == "error"
-            assert f"role {role.value} may not call /graflow_api.v1.Coordinator/{method}" in message, message
+            for path, data in (
+                (f"/dead-letters/{letter}/{action}", {"csrf_token": csrf}),
+                ("/dead-letters/by-id", {"csrf_token": csrf, "id": letter, "action": action}),
+            ):
+                refused = post(console, path, data)
+                assert refused.status_code == 403, refused.text
+                kind, message = flash(refused.text)
+                assert kind == "error"
+                assert f"role {role.value} may not call /graflow_api.v1.Coordinator/{method}" in message
     with stack.operators() as ops:
         assert letter in [d.id for d in ops.dead_letters()]  # still there
 
 
-def test_an_admin_replays_a_dead_letter_from_the_page(console: TestClient, stack: LocalStack):
+@pytest.mark.parametrize("form", ["row", "by-id"])
+def test_an_admin_replays_a_dead_letter_from_the_page(console: TestClient, stack: LocalStack, form: str):
     letter = dead_letter(stack)
     csrf = sign_in(console, stack, Role.ADMIN)
-    answer = post(console, f"/dead-letters/{letter}/replay", {"csrf_token": csrf})
+    if form == "row":
+        answer = post(console, f"/dead-letters/{letter}/replay", {"csrf_token": csrf})
+    else:
+        by_id = {"csrf_token": csrf, "id": f" {letter} ", "action": "replay"}
+        answer = post(console, "/dead-letters/by-id", by_id)
     assert answer.status_code == 303, answer.text
     assert answer.headers["location"] == "/dead-letters"
     after = console.get("/dead-letters")
-    assert flash(after.text) == ("ok", f"dead letter {letter} replayed: it is back on its queue as a new delivery")
+    replayed = f"dead letter {letter} replayed: it is back on its queue as a new delivery"
+    assert flash(after.text) == ("ok", replayed)
     assert letter not in rows(after.text, "dead-letter", "data-id")
 
 

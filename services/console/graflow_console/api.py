@@ -38,8 +38,8 @@ from graflow_console.api_models import (
     FeedbackRequest,
     Run,
     RunList,
-    Submitted,
     SubmitBody,
+    Submitted,
     WorkflowList,
     feedback_model,
     run_model,
@@ -101,9 +101,12 @@ router = APIRouter(
     tags=["api"],
     route_class=_ApiRoute,
     responses={
-        "default": {"model": ErrorBody, "description": "Refused or failed: the gRPC code and the service's message."},
+        "default": {
+            "model": ErrorBody,
+            "description": "Refused or failed: the gRPC code and the service's message.",
+        },
         400: {"model": ErrorBody, "description": "INVALID_ARGUMENT: the request or its values are wrong."},
-        401: {"model": ErrorBody, "description": "UNAUTHENTICATED: no token, or one the services do not know."},
+        401: {"model": ErrorBody, "description": "UNAUTHENTICATED: no token, or one the services reject."},
         403: {"model": ErrorBody, "description": "PERMISSION_DENIED: the token's role may not do this."},
         404: {"model": ErrorBody, "description": "NOT_FOUND: no such run, workflow or request."},
         409: {"model": ErrorBody, "description": "FAILED_PRECONDITION or ALREADY_EXISTS: not in this state."},
@@ -206,7 +209,9 @@ async def list_feedback(
     run_id: Annotated[str, Query(description="Only this run's requests (empty: every run)")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FeedbackList:
-    answer = await person.scheduler("ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id, limit=limit))
+    answer = await person.scheduler(
+        "ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id, limit=limit)
+    )
     return FeedbackList(
         requests=[feedback_model(r, _feedback_url(request, r.run_id, r.request_id)) for r in answer.requests]
     )

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from graflow_api.v1 import coordinator_pb2
+
 from graflow_console.auth import Session
 from graflow_console.backend import ConsoleError
 from graflow_console.web import SessionDep, duration_text, flash, posted_form, render, time_text
@@ -73,7 +74,9 @@ async def queues(request: Request, session: SessionDep) -> Response:
             "length": q.length,
             "lag": q.lag,
             "pending": q.pending,
-            "oldest_pending_age": duration_text(now_ms - q.oldest_pending_age_ms, now_ms) if q.pending else "-",
+            "oldest_pending_age": (
+                duration_text(now_ms - q.oldest_pending_age_ms, now_ms) if q.pending else "-"
+            ),
             "workers": q.workers,
         }
         for q in sorted(answer.queues, key=lambda q: q.queue)
@@ -84,16 +87,16 @@ async def queues(request: Request, session: SessionDep) -> Response:
 async def _dead_letters_page(
     request: Request, session: Session, after: str, *, status_code: int = 200, error: str | None = None
 ) -> Response:
+    """The list, or, when this role may not list dead letters (a client), the page without it and
+    with the refusal: its by-id form still lets a person try an action, and learn the rule."""
     try:
         answer = await session.person.coordinator(
             "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
         )
-    except ConsoleError:
-        if error is None:
-            raise
-        # After a refused action, its refusal is the message to show, even when this role may not
-        # list dead letters either (a client may do neither).
+    except ConsoleError as exc:
         answer = coordinator_pb2.ListDeadLettersResponse()
+        if error is None:  # after a refused action, that refusal is the message to show
+            status_code, error = exc.status_code, exc.message
     letters = [
         {
             "id": d.id,
@@ -128,40 +131,49 @@ async def dead_letters(
     return await _dead_letters_page(request, session, after)
 
 
-async def _act(request: Request, method: str, message: Any, done: str, missing: str = "") -> Response:
-    """One admin action on a dead letter. Success: back to the list with ``done``. Refused: the list
-    with the coordinator's message and status. ``missing``: shown (404) when the answer counts the
-    letter as not found (DeleteDeadLetters does; ReplayDeadLetters answers NOT_FOUND itself)."""
-    session, _form = await posted_form(request)
+async def _act(request: Request, session: Session, action: str, letter_id: str) -> Response:
+    """Replay or delete one dead letter. Success: back to the list with what was done. Refused:
+    the list with the coordinator's message and the status it maps to."""
+    if action == "replay":
+        method = "ReplayDeadLetters"
+        message: Any = coordinator_pb2.ReplayDeadLettersRequest(ids=[letter_id])
+        done = f"dead letter {letter_id} replayed: it is back on its queue as a new delivery"
+    elif action == "delete":
+        method = "DeleteDeadLetters"
+        message = coordinator_pb2.DeleteDeadLettersRequest(ids=[letter_id])
+        done = f"dead letter {letter_id} deleted"
+    else:
+        raise ConsoleError(404, "NOT_FOUND", f"no action {action!r} on dead letters: replay or delete")
+    if not letter_id:
+        raise ConsoleError(400, "INVALID_ARGUMENT", "enter the id of a dead letter")
     try:
         answer = await session.person.coordinator(method, message)
     except ConsoleError as exc:
         return await _dead_letters_page(
             request, session, "", status_code=exc.status_code, error=f"{method} refused: {exc.message}"
         )
-    if missing and answer.not_found:
+    # DeleteDeadLetters counts an unknown id (ReplayDeadLetters answers NOT_FOUND itself).
+    if action == "delete" and answer.not_found:
+        missing = f"no dead letter {letter_id} (already replayed or deleted)"
         return await _dead_letters_page(request, session, "", status_code=404, error=missing)
     response = RedirectResponse("/dead-letters", status_code=303)
     flash(response, request, "ok", done)
     return response
 
 
-@router.post("/dead-letters/{letter_id}/replay")
-async def replay(request: Request, letter_id: str) -> Response:
+@router.post("/dead-letters/by-id")
+async def act_by_id(request: Request) -> Response:
+    """The form that names a letter by its id (from an alert, the CLI or a log line)."""
+    session, form = await posted_form(request)
+    letter_id, action = form.get("id"), form.get("action")
     return await _act(
-        request,
-        "ReplayDeadLetters",
-        coordinator_pb2.ReplayDeadLettersRequest(ids=[letter_id]),
-        f"dead letter {letter_id} replayed: it is back on its queue as a new delivery",
+        request, session, action if isinstance(action, str) else "",
+        letter_id.strip() if isinstance(letter_id, str) else "",
     )
 
 
-@router.post("/dead-letters/{letter_id}/delete")
-async def delete(request: Request, letter_id: str) -> Response:
-    return await _act(
-        request,
-        "DeleteDeadLetters",
-        coordinator_pb2.DeleteDeadLettersRequest(ids=[letter_id]),
-        f"dead letter {letter_id} deleted",
-        missing=f"no dead letter {letter_id} (already replayed or deleted)",
-    )
+@router.post("/dead-letters/{letter_id}/{action}")
+async def act(request: Request, letter_id: str, action: str) -> Response:
+    """The forms of each row of the list: replay or delete."""
+    session, _form = await posted_form(request)
+    return await _act(request, session, action, letter_id)
