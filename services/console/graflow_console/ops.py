@@ -89,12 +89,13 @@ async def _dead_letters_page(
 ) -> Response:
     """The list, or, when this role may not list dead letters (a client), the page without it and
     with the refusal: its by-id form still lets a person try an action, and learn the rule."""
+    listed = True
     try:
         answer = await session.person.coordinator(
             "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
         )
     except ConsoleError as exc:
-        answer = coordinator_pb2.ListDeadLettersResponse()
+        answer, listed = coordinator_pb2.ListDeadLettersResponse(), False
         if error is None:  # after a refused action, that refusal is the message to show
             status_code, error = exc.status_code, exc.message
     letters = [
@@ -115,7 +116,7 @@ async def _dead_letters_page(
     return render(
         request,
         "dead_letters.html",
-        {"letters": letters, "next_after": next_after},
+        {"letters": letters, "listed": listed, "next_after": next_after},
         session=session,
         status_code=status_code,
         error=error,
