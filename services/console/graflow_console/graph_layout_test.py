@@ -18,8 +18,8 @@ def assert_sound(placed: Layout, vertices: list[str], edges: list[tuple[str, str
         assert placed.layer_of[source] < placed.layer_of[target], (source, target)
         assert placed.boxes[source].x < placed.boxes[target].x
     for box in placed.boxes.values():
-        assert 0 <= box.x and box.x + box.w <= placed.width
-        assert 0 <= box.y and box.y + box.h <= placed.height
+        assert box.x >= 0 and box.x + box.w <= placed.width
+        assert box.y >= 0 and box.y + box.h <= placed.height
 
 
 def crossings(placed: Layout, edges: list[tuple[str, str]]) -> int:
