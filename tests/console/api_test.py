@@ -19,7 +19,9 @@ from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc
 from graflow_examples.approval import release
 from graflow_runtime.access import Role
 from graflow_runtime.runids import new_run_id
-from tests.console.conftest import BASE_URL
+from tests.console.conftest import BASE_URL, console_settings
+
+from graflow_console.app import create_app
 
 API = "/api/v1"
 UNKNOWN_RUN = new_run_id()
@@ -276,3 +278,14 @@ def test_an_answer_that_does_not_fit_the_request_is_400_and_a_viewer_cannot_answ
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, "INVALID_ARGUMENT")
     workflows = http.get(f"{API}/workflows", headers=as_role(stack, Role.VIEWER)).json()["workflows"]
     assert [(w["name"], w["default_arguments"]) for w in workflows] == [("release", {"channel": "stable"})]
+
+
+def test_links_use_the_public_url_when_the_console_sits_behind_a_proxy(http, stack):
+    settings = console_settings(stack).model_copy(update={"public_url": "https://console.example.com"})
+    with TestClient(create_app(settings), base_url=BASE_URL) as proxied:
+        answer = proxied.post(f"{API}/workflows/release/runs", json={}, headers=as_role(stack, Role.CLIENT))
+        assert answer.status_code == 201, answer.text
+        run_id = answer.json()["run_id"]
+        assert answer.json()["url"] == f"https://console.example.com/runs/{run_id}"
+        run = proxied.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER)).json()
+        assert run["url"] == f"https://console.example.com/runs/{run_id}"

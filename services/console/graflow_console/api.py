@@ -8,10 +8,9 @@ credential of its own to fall back on.
 
 Every answer that is not a 2xx has the body ``{"error": {"code", "message"}}`` (:class:`ErrorBody`,
 written by the app's ConsoleError handler): ``code`` is the gRPC status name and ``message`` the
-service's own words. A body or query the
-models refuse is INVALID_ARGUMENT (400), like a request the scheduler refuses, rather than
-FastAPI's 422, so a client handles one shape. The models (graflow_console.api_models) make
-``/api/openapi.json`` a complete description.
+service's own words. A body or query the models refuse is INVALID_ARGUMENT (400), like a request
+the scheduler refuses, rather than FastAPI's 422, so a client handles one shape. The models
+(graflow_console.api_models) make ``/api/openapi.json`` a complete description.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ class _ApiRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                raise ConsoleError(400, "INVALID_ARGUMENT", _validation_message(exc)) from exc
+                raise bad_input(_validation_message(exc)) from exc
 
         return route
 
