@@ -206,6 +206,7 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
     assert run["labels"] == {"team": "api"}
     assert {n["node_id"]: n["state"] for n in run["nodes"]} == {"build": "SUCCEEDED", "deploy": "SUCCEEDED"}
     assert run["error"] is None and run["parent"] is None
+    assert run["results"] == {"deploy": "1.4.2 deployed to eu"}
 
 
 def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):
