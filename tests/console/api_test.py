@@ -4,8 +4,6 @@ document (the API does what it says)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -20,6 +18,7 @@ from graflow_examples.approval import release
 from graflow_runtime.access import Role
 from graflow_runtime.runids import new_run_id
 from tests.console.conftest import BASE_URL, console_settings
+from tests.e2e.conftest import wait_for
 
 from graflow_console.app import create_app
 
@@ -71,16 +70,6 @@ def as_role(stack: LocalStack, role: Role) -> dict[str, str]:
     return {"authorization": f"Bearer {stack.token_of(role)}"}
 
 
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def conforms(openapi: dict[str, Any], path: str, method: str, answer: Response) -> Any:
     """The answer's JSON, after validating it against the schema the document gives for its status
     (that code's, else "default")."""
@@ -100,14 +89,17 @@ def submit(http: TestClient, stack: LocalStack, **body: Any) -> dict[str, Any]:
 
 
 def waiting_request(http: TestClient, stack: LocalStack, run_id: str) -> dict[str, Any]:
-    def pending() -> dict[str, Any] | None:
+    """The run's pending feedback request, once there is one."""
+    pending: list[dict[str, Any]] = []
+
+    def asked() -> bool:
         answer = http.get(f"{API}/feedback", params={"run_id": run_id}, headers=as_role(stack, Role.VIEWER))
         assert answer.status_code == 200, answer.text
-        requests = [r for r in answer.json()["requests"] if r["state"] == "PENDING"]
-        return requests[0] if requests else None
+        pending[:] = [r for r in answer.json()["requests"] if r["state"] == "PENDING"]
+        return bool(pending)
 
-    found: dict[str, Any] = eventually(pending, f"a pending feedback request of {run_id}")
-    return found
+    wait_for(asked, what=f"a pending feedback request of {run_id}")
+    return pending[0]
 
 
 def test_the_openapi_document_describes_every_operation_with_its_bodies_errors_and_bearer_auth(openapi):
@@ -197,11 +189,12 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
                        json={"selected": "eu"}, headers=as_role(stack, Role.CLIENT))
     assert answer.status_code == 200, answer.text
 
-    def ended() -> dict[str, Any] | None:
-        run = http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER))
-        return run if run.json()["status"] == "SUCCEEDED" else None
+    def status() -> str:
+        return str(http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER)).json()["status"])
 
-    run = conforms(openapi, f"{API}/runs/{{run_id}}", "get", eventually(ended, f"run {run_id} to succeed"))
+    wait_for(lambda: status() == "SUCCEEDED", what=f"run {run_id} to succeed")
+    answer = http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER))
+    run = conforms(openapi, f"{API}/runs/{{run_id}}", "get", answer)
     assert run["workflow_name"] == "release"
     assert run["labels"] == {"team": "api"}
     assert {n["node_id"]: n["state"] for n in run["nodes"]} == {"build": "SUCCEEDED", "deploy": "SUCCEEDED"}
@@ -226,8 +219,8 @@ def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):
     created = http.get(f"{API}/runs/{first}", headers=viewer).json()["created_at_ms"]
     assert first not in listed(created_after_ms=created + 1)
     assert first in listed(created_after_ms=created, created_before_ms=created + 1)
-    paused = eventually(lambda: second in listed(status="paused"), f"run {second} to pause")
-    assert paused and second not in listed(status="SUCCEEDED")
+    wait_for(lambda: second in listed(status="paused"), what=f"run {second} to pause")
+    assert second not in listed(status="SUCCEEDED")
     page = http.get(f"{API}/runs", params={"limit": 1, "workflow": "release"}, headers=viewer).json()
     assert len(page["runs"]) <= 1 and page["next_page_token"]
 
