@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
 from graflow.devstack import LocalStack
-from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc
 from graflow_examples.approval import release
 from graflow_runtime.access import Role
 from graflow_runtime.runids import new_run_id
@@ -40,7 +38,8 @@ OPERATIONS = {
 def http(stack: LocalStack, console: TestClient) -> TestClient:
     """The console, with the examples' release workflow registered (build >> deploy; deploy asks
     for an approval, then for a region) as a client would register it."""
-    register_release(stack)
+    with stack.client() as client:
+        client.register_workflow(release, description="approve, deploy", defaults={"channel": "stable"})
     return console
 
 
@@ -50,20 +49,6 @@ def openapi(console: TestClient) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     document: dict[str, Any] = answer.json()
     return document
-
-
-def register_release(stack: LocalStack) -> None:
-    with grpc.insecure_channel(stack.scheduler_address) as channel:
-        scheduler_pb2_grpc.SchedulerStub(channel).PutWorkflow(
-            scheduler_pb2.PutWorkflowRequest(
-                name="release",
-                spec=release.spec(),
-                description="build, approve, deploy",
-                default_arguments_json=b'{"channel": "stable"}',
-            ),
-            metadata=[("authorization", f"Bearer {stack.token_of(Role.CLIENT)}")],
-            timeout=10,
-        )
 
 
 def as_role(stack: LocalStack, role: Role) -> dict[str, str]:
