@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graflow_runtime.version import __version__
 
-from graflow_console import feedback_pages, pages, run_page, signin
+from graflow_console import api, feedback_pages, ops, pages, run_page, signin
 from graflow_console.auth import Sessions, SignInRequired
 from graflow_console.backend import Backend, ConsoleError
 from graflow_console.settings import ConsoleSettings
@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
 }
 
 # Each module has a ``router``; the JSON API and the operations pages add theirs here.
-ROUTER_MODULES = [signin, pages, run_page, feedback_pages]
+ROUTER_MODULES = [signin, pages, run_page, feedback_pages, ops, api]
 
 
 def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> FastAPI:

@@ -19,7 +19,7 @@ import jinja2
 from cryptography.fernet import Fernet, InvalidToken
 from fastapi import Depends, Request, Response
 from fastapi.responses import HTMLResponse
-from starlette.datastructures import FormData
+from fastapi.datastructures import FormData
 
 from graflow_console.auth import Session, Sessions
 
