@@ -22,6 +22,7 @@ PEXES = {
     "coordinator": "services.coordinator/coordinator.pex",
     "result-store": "services.result-store/result-store.pex",
     "worker": "services.worker/worker.pex",
+    "console": "services.console/console.pex",
     "graflow": "services.cli/graflow.pex",
 }
 NOT_OURS = (".deps/", ".bootstrap/")

@@ -1,5 +1,5 @@
 """The README's "Install with pip" and "Deploying" blocks, run as written by a user: a fresh
-python3.11 virtualenv, the five wheels that ``./pants package`` builds (their third-party
+python3.11 virtualenv, the six wheels that ``./pants package`` builds (their third-party
 requirements from the package index), and a directory that holds only the README's ``mytasks.py``
 and ``submit.py``. Nothing comes from the repository: no PYTHONPATH, no Pants; the processes run the
 venv's commands and a real redis-server.
@@ -35,7 +35,8 @@ from graflow_runtime.version import __version__
 from tests.install.contents import is_test_module
 from tests.readme.blocks import readme_block
 
-WHEELS = ("graflow", "graflow_scheduler", "graflow_coordinator", "graflow_result_store", "graflow_worker")
+WHEELS = ("graflow", "graflow_scheduler", "graflow_coordinator", "graflow_result_store", "graflow_worker",
+          "graflow_console")
 START_TIMEOUT_S = 90
 
 

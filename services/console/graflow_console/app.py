@@ -1,0 +1,88 @@
+"""The console as an ASGI application: ``create_app(settings)``.
+
+FastAPI (on Starlette) serves the server-rendered pages (Jinja2 + htmx) and the JSON API with its
+OpenAPI description at /api/openapi.json. Swagger UI and ReDoc are off: FastAPI loads them from a
+CDN, and the console must work air-gapped. Routers come from the modules in :data:`ROUTER_MODULES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from cryptography.fernet import Fernet
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from graflow_console import pages, signin
+from graflow_console.auth import Sessions, SignInRequired
+from graflow_console.backend import Backend, ConsoleError
+from graflow_console.settings import ConsoleSettings
+from graflow_console.web import load_assets, render, templates
+from graflow_runtime.version import __version__
+
+log = structlog.get_logger(__name__)
+
+# Each module has a ``router``; the JSON API and the operations pages add theirs here.
+ROUTER_MODULES = [signin, pages]
+
+
+def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> FastAPI:
+    """The console on ``settings``; ``backend`` (the services' channels) is opened when the
+    application starts (on its event loop, which gRPC's channels are bound to) unless given, and
+    closed when it stops either way."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.backend = backend or Backend(settings)
+        try:
+            yield
+        finally:
+            await app.state.backend.close()
+
+    app = FastAPI(
+        title="Graflow console API",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = Sessions(settings)
+    # Flash messages ride in a short-lived cookie of their own, under a key of their own.
+    app.state.flash_fernet = Fernet(Fernet.generate_key())
+    app.state.templates = templates()
+    assets = load_assets()
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str, request: Request) -> Response:
+        asset = assets.get(name)
+        if asset is None:
+            return Response("no such asset", status_code=404, media_type="text/plain")
+        headers = {"etag": asset.etag, "cache-control": "public, max-age=3600"}
+        if request.headers.get("if-none-match") == asset.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """Liveness and readiness: the process serves (the services' own health is theirs)."""
+        return {"status": "ok"}
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in(request: Request, exc: SignInRequired) -> Response:
+        return RedirectResponse(exc.login_url, status_code=303)
+
+    @app.exception_handler(ConsoleError)
+    async def console_error(request: Request, exc: ConsoleError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"error": {"code": exc.grpc_code, "message": exc.message}}, status_code=exc.status_code
+            )
+        return render(request, "error.html", status_code=exc.status_code, error=exc.message)
+
+    for module in ROUTER_MODULES:
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,120 @@
+"""What every page shares: the templates, the static assets, the session and form guards, and the
+flash message carried across a redirect.
+
+Templates and assets are package resources (``importlib.resources``), so they are found the same in
+a source tree, a wheel and a PEX, and every asset is served by the console itself (air-gapped: no
+CDN). htmx is vendored as ``static/htmx.min.js`` (docs/console.md names its version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import jinja2
+from cryptography.fernet import Fernet, InvalidToken
+from fastapi import Request, Response
+from fastapi.responses import HTMLResponse
+from starlette.datastructures import FormData
+
+from graflow_console.auth import Session, Sessions
+
+FLASH_COOKIE = "graflow_console_flash"
+
+
+def templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("graflow_console", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    media_type: str
+    etag: str
+
+
+def load_assets() -> dict[str, Asset]:
+    """Every file of ``static/``, read once at start-up (a handful of small files)."""
+    assets: dict[str, Asset] = {}
+    for entry in resources.files("graflow_console").joinpath("static").iterdir():
+        if entry.is_file():
+            body = entry.read_bytes()
+            media_type = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            assets[entry.name] = Asset(body, media_type, etag)
+    return assets
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def current_session(request: Request) -> Session:
+    """FastAPI dependency of the pages: the signed-in session, or a redirect to /login."""
+    return sessions_of(request).require(request)
+
+
+async def posted_form(request: Request) -> tuple[Session, FormData]:
+    """The session and the form of a page's POST, after the origin and CSRF checks."""
+    session = sessions_of(request).require(request)
+    form = await request.form()
+    token = form.get("csrf_token")
+    sessions_of(request).check_csrf(request, session, token if isinstance(token, str) else None)
+    return session, form
+
+
+def flash(response: Response, request: Request, kind: str, message: str) -> None:
+    """Show ``message`` (kind "ok" or "error") on the next page rendered for this browser."""
+    fernet: Fernet = request.app.state.flash_fernet
+    value = fernet.encrypt(f"{kind}\n{message}".encode()).decode()
+    response.set_cookie(FLASH_COOKIE, value, max_age=60, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+
+
+def _take_flash(request: Request) -> tuple[str, str] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        kind, _, message = request.app.state.flash_fernet.decrypt(raw.encode(), ttl=60).decode().partition("\n")
+    except InvalidToken:
+        return None
+    return (kind, message) if kind in ("ok", "error") else None
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    session: Session | None = None,
+    status_code: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:
+    """A page: ``template`` with ``context``, the signed-in session (for the header and the forms'
+    CSRF token) and the flash message (``error`` given here, or one left by a redirect)."""
+    if session is None:
+        session = sessions_of(request).read(request)
+    flash_message = ("error", error) if error is not None else _take_flash(request)
+    env: jinja2.Environment = request.app.state.templates
+    body = env.get_template(template).render(
+        request=request,
+        session=session,
+        csrf_token=session.csrf_token if session else "",
+        flash=flash_message,
+        **(context or {}),
+    )
+    response = HTMLResponse(body, status_code=status_code)
+    if request.cookies.get(FLASH_COOKIE):
+        response.delete_cookie(FLASH_COOKIE, path="/")
+    return response
