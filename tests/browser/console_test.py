@@ -1,0 +1,263 @@
+"""The console in headless Chromium against a live stack (issue 11, section 4).
+
+Each test does what a person does on the pages (the DOM contract of docs/console.md: ids and data
+attributes) and checks the outcome both on the page and at the services: a workflow submitted
+from its page turns SUCCEEDED node by node on the run page, live from the server-sent events (the
+page is never reloaded); an approval answered on its form finishes the run; a run is canceled
+from its page; a dead letter is replayed by an admin and leaves the list; and signed in with a
+client credential, replaying or deleting a dead letter is refused by the coordinator (the console
+calls with the person's own token) and changes nothing. Two more pages are kept for the docs: the
+run page of a 20-node run with one failed node, and a feedback form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import redis
+from selenium.webdriver.remote.webelement import WebElement
+
+from graflow import Client, workflow
+from graflow.devstack import LocalStack
+from graflow.operators import Operators
+from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
+from graflow_runtime import keys
+from graflow_runtime.access import Role
+from graflow_runtime.signing import BusKeys, Kind
+from tests.browser.browser import Browser
+from tests.e2e.conftest import wait_for
+from tests.e2e.tasks import add_one, ask, collect, cooperative_wait, double, fail_after, gated, source
+
+DEMO = "browser-demo"
+WIDE_NODES = 20
+
+
+def put_workflow(
+    stack: LocalStack, name: str, spec: workflow_pb2.WorkflowSpec, defaults: dict[str, object]
+) -> None:
+    """Register ``spec`` under ``name`` (PutWorkflow) as an application does, with the client token."""
+    with grpc.insecure_channel(stack.scheduler_address) as channel:
+        scheduler_pb2_grpc.SchedulerStub(channel).PutWorkflow(
+            scheduler_pb2.PutWorkflowRequest(
+                name=name, spec=spec, description="gate >> source >> add_one >> double",
+                default_arguments_json=json.dumps(defaults).encode(),
+            ),
+            metadata=(("authorization", f"Bearer {stack.token_of(Role.CLIENT)}"),),
+            timeout=30,
+        )
+
+
+@pytest.fixture(scope="module")
+def demo(stack: LocalStack) -> str:
+    """A registered workflow whose first node waits for the test's gate, so the run page is open
+    before anything succeeds; ``source`` takes the run's argument ``value``."""
+    with workflow(DEMO) as wf:
+        gated(task_id="gate") >> source(task_id="source") >> add_one >> double
+    put_workflow(stack, DEMO, wf.spec(), {"value": 1})
+    return DEMO
+
+
+def node_states(browser: Browser) -> dict[str, str]:
+    """node id -> data-state of the run page's graph."""
+    return {n.get_attribute("data-node-id"): n.get_attribute("data-state")
+            for n in browser.all("svg#run-graph g.node")}
+
+
+def run_status(browser: Browser) -> str:
+    return browser.find("#run-status").get_attribute("data-status") or ""
+
+
+def wait_run_status(browser: Browser, status: str) -> None:
+    browser.wait(lambda: run_status(browser) == status, f"#run-status {status}")
+
+
+def test_a_workflow_submitted_from_its_page_turns_succeeded_live_on_the_run_page(
+    browser: Browser, stack: LocalStack, client: Client, fx: redis.Redis, demo: str
+) -> None:
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    browser.open("/workflows")
+    browser.find(f"#workflows a[href$='/workflows/{demo}']").click()
+    arguments = browser.find("#submit-form textarea[name=arguments]")
+    assert json.loads(arguments.get_attribute("value")) == {"value": 1}  # the registered defaults
+    arguments.clear()
+    arguments.send_keys(json.dumps({"value": 5}))
+    browser.find("#submit-run").click()
+    browser.wait(lambda: browser.path.startswith("/runs/"), "the redirect to the new run's page")
+    run_id = browser.path.removeprefix("/runs/").split("?")[0]
+
+    browser.wait(lambda: node_states(browser).get("gate") == "RUNNING", "the gate node RUNNING")
+    assert set(node_states(browser)) == {"gate", "source", "add_one", "double"}
+    assert run_status(browser) == "RUNNING"
+    # A mark on this document: a reload (or a navigation) would lose it.
+    browser.driver.execute_script("window.__sameDocument = true;")
+    fx.set(f"gate:{run_id}:gate:1", 1)
+
+    browser.wait(lambda: set(node_states(browser).values()) == {"SUCCEEDED"}, "every node SUCCEEDED")
+    wait_run_status(browser, "SUCCEEDED")
+    assert browser.driver.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
+    # The arguments typed in the form reached the run: (5 + 1) * 2.
+    assert client.run(run_id).results(["double"]) == {"double": 12}
+
+
+def open_feedback_form(browser: Browser, client: Client, run_id: str) -> str:
+    """From the run page, follow the link of its waiting request; returns the request id."""
+    wait_for(lambda: client.list_feedback(run_id), what="the run's feedback request")
+    (request,) = client.list_feedback(run_id)
+    browser.open(f"/runs/{run_id}")
+    browser.find(f"#feedback a[href$='/feedback/{request.request_id}']").click()
+    browser.find("#feedback-form")
+    return request.request_id
+
+
+def test_an_approval_answered_on_its_form_finishes_the_run(
+    browser: Browser, stack: LocalStack, client: Client
+) -> None:
+    with workflow("browser-approval") as wf:
+        ask(task_id="approve", kind="approval", prompt="Ship release 1.2 to production?") >> source
+    run = client.submit(wf)
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    open_feedback_form(browser, client, run.id)
+    assert "Ship release 1.2 to production?" in browser.find("#feedback-form").text
+    browser.find("#feedback-form [name=reason]").send_keys("checked in staging")
+    browser.screenshot("feedback_form")
+    browser.find("#feedback-approve").click()
+
+    browser.wait(lambda: browser.path.startswith(f"/runs/{run.id}"), "the redirect to the run page")
+    wait_run_status(browser, "SUCCEEDED")
+    answer = run.results(["approve"])["approve"]
+    assert answer["approved"] is True
+
+
+def test_a_run_is_canceled_from_its_page(
+    browser: Browser, stack: LocalStack, client: Client, fx: redis.Redis
+) -> None:
+    with workflow("browser-long") as wf:
+        wf.add(cooperative_wait(task_id="work", seconds=120))
+    run = client.submit(wf)
+    wait_for(lambda: fx.exists(f"running:{run.id}:work"), what="the long task to start")
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    browser.open(f"/runs/{run.id}")
+    wait_run_status(browser, "RUNNING")
+    browser.find("#cancel-run").click()
+
+    wait_run_status(browser, "CANCELED")
+    assert run.status == "CANCELED"
+    wait_for(lambda: fx.exists(f"observed:{run.id}:work"), what="the running task to see the cancel")
+
+
+@pytest.fixture
+def dead_letter(stack: LocalStack, fx: redis.Redis) -> Iterator[str]:
+    """A fresh dead letter, made as a worker makes one: an undecodable entry on the default queue,
+    which the worker that reads it dead-letters (the reason names the problem)."""
+    raw = f"not an envelope {fx.incr('browser:dead-letters')}".encode()
+    bus = BusKeys.from_settings([stack.signing_key], "") if stack.signing_key else BusKeys()
+    fx.xadd(keys.queue_stream("default"), {keys.ENVELOPE_FIELD: raw, **bus.sign_fields(Kind.ENVELOPE, raw)})
+    with stack.operators() as ops:
+        wait_for(lambda: letters_holding(ops, raw), what="the worker to dead-letter the bad entry")
+        (letter_id,) = letters_holding(ops, raw)
+    yield letter_id
+
+
+def letters_holding(ops: Operators, raw: bytes) -> list[str]:
+    return [letter.id for letter in ops.dead_letters(limit=0) if letter.raw == raw]
+
+
+def dead_letter_row(browser: Browser, letter_id: str) -> WebElement:
+    return browser.find(f"#dead-letters tr.dead-letter[data-id='{letter_id}']")
+
+
+def test_an_admin_replays_a_dead_letter_and_it_leaves_the_list(
+    browser: Browser, stack: LocalStack, dead_letter: str
+) -> None:
+    browser.sign_in(stack.token_of(Role.ADMIN))
+    browser.open("/dead-letters")
+    dead_letter_row(browser, dead_letter).find_element("css selector", "button.replay").click()
+
+    browser.find("#flash.ok")
+    browser.wait(lambda: not browser.exists(f"tr.dead-letter[data-id='{dead_letter}']"),
+                 "the replayed dead letter to leave the list")
+    with stack.operators() as ops:
+        assert dead_letter not in {letter.id for letter in ops.dead_letters(limit=0)}
+
+
+def replay_and_delete_forms(browser: Browser, letter_id: str) -> list[dict[str, object]]:
+    """The action and fields (but the CSRF token) of the row's replay and delete forms."""
+    row = dead_letter_row(browser, letter_id)
+    return browser.driver.execute_script(
+        """
+        return [...arguments[0].querySelectorAll('form')]
+          .filter(f => f.querySelector('button.replay, button.delete'))
+          .map(f => ({action: f.action, button: f.querySelector('button').className,
+                      fields: [...new FormData(f)].filter(([k]) => k !== 'csrf_token')}));
+        """,
+        row,
+    )
+
+
+def submit_as_this_session(browser: Browser, form: dict[str, object]) -> None:
+    """Post ``form`` from the current page with this session's CSRF token (what a person whose
+    page shows no such button can still send): the refusal must come from the services."""
+    browser.driver.execute_script(
+        """
+        const [spec, csrf] = arguments;
+        const form = document.createElement('form');
+        form.method = 'post';
+        form.action = spec.action;
+        for (const [name, value] of [...spec.fields, ['csrf_token', csrf]]) {
+          const input = document.createElement('input');
+          input.type = 'hidden'; input.name = name; input.value = value;
+          form.appendChild(input);
+        }
+        document.body.appendChild(form);
+        form.submit();
+        """,
+        form,
+        browser.find("#logout-form input[name=csrf_token]").get_attribute("value"),
+    )
+
+
+def test_a_client_credential_is_refused_replaying_or_deleting_a_dead_letter(
+    browser: Browser, stack: LocalStack, dead_letter: str
+) -> None:
+    browser.sign_in(stack.token_of(Role.ADMIN))
+    browser.open("/dead-letters")
+    forms = replay_and_delete_forms(browser, dead_letter)
+    assert sorted(str(f["button"]) for f in forms) == ["delete", "replay"], forms
+
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    for form in forms:
+        browser.open("/runs")
+        submit_as_this_session(browser, form)
+        refusal = browser.error_flash()
+        assert "role client may not call" in refusal, refusal
+        assert "it is for: admin" in refusal, refusal
+    with stack.operators() as ops:  # still there, untouched
+        assert dead_letter in {letter.id for letter in ops.dead_letters(limit=0)}
+
+
+def test_the_run_page_of_a_20_node_run_with_one_failed_node(
+    browser: Browser, stack: LocalStack, client: Client
+) -> None:
+    """source, then nine branches add_one >> collect, and one node that fails once the nine
+    branches succeeded: 19 SUCCEEDED, 1 FAILED."""
+    branches = [f"c{i}" for i in range(1, 10)]
+    with workflow("browser-twenty") as wf:
+        root = source(task_id="source")
+        for i in range(1, 10):
+            root >> add_one(task_id=f"a{i}") >> collect(task_id=f"c{i}")
+        root >> fail_after(task_id="breaks", others=branches, message="the disk is full")
+    run = client.submit(wf)
+    browser.sign_in(stack.token_of(Role.VIEWER))
+    browser.open(f"/runs/{run.id}")
+    wait_run_status(browser, "FAILED")
+    states = node_states(browser)
+    assert len(states) == WIDE_NODES
+    assert states.pop("breaks") == "FAILED"
+    assert set(states.values()) == {"SUCCEEDED"}
+    browser.find("svg#run-graph g.node[data-node-id=breaks]").click()
+    browser.wait(lambda: "the disk is full" in browser.find("#node-details").text,
+                 "the failed node's error in #node-details")
+    browser.screenshot("run_page_20_nodes_one_failed")
