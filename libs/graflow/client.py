@@ -27,9 +27,16 @@ import grpc
 from graflow import payload
 from graflow._transport import Endpoint, ErrorMap, client_credentials
 from graflow.dsl import Workflow
-from graflow.errors import FeedbackError, RunNotFoundError, ServiceUnavailableError, WorkflowDefinitionError
+from graflow.errors import (
+    FeedbackError,
+    RunNotFoundError,
+    ServiceUnavailableError,
+    WorkflowDefinitionError,
+    WorkflowNotFoundError,
+)
 from graflow.errors import ServiceCallError as ServiceCallError  # re-exported: its import path before 0.10
 from graflow.feedback import NOT_GIVEN, build_response
+from graflow.registry import WorkflowRegistryCalls, spec_of
 from graflow.run import (
     ENDED_STATUSES,
     TERMINAL_EVENTS,
@@ -41,7 +48,7 @@ from graflow.run import (
     parse_status,
     wait_window,
 )
-from graflow_api.v1 import feedback_pb2, result_store_pb2, scheduler_pb2, workflow_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, result_store_pb2, scheduler_pb2, workflow_pb2
 from graflow_runtime.backoff import backoff_delay
 
 # A watch stream is reopened from its cursor at least this often, so it always has a deadline.
@@ -50,8 +57,9 @@ WATCH_STREAM_S = 60.0
 WATCH_RETRIES = 8
 
 
-class Client:
-    """Talks to the scheduler (runs) and the result-store (results, channels, graphs)."""
+class Client(WorkflowRegistryCalls):
+    """Talks to the scheduler (runs, registered workflows) and the result-store (results, channels,
+    graphs)."""
 
     def __init__(
         self,
@@ -88,12 +96,28 @@ class Client:
         *,
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Run:
         """Start a run. An invalid workflow raises :class:`WorkflowDefinitionError` with the server's
         reason; with ``idempotency_key`` a repeated submit returns the first run (``created`` False).
         Without one the submit gets a key of its own, so that the call retried on another
-        scheduler replica (:mod:`graflow_runtime.grpc_options`) never starts two runs."""
-        run, _ = self._submit(workflow_or_spec, idempotency_key, labels, wait_s=0.0)
+        scheduler replica (:mod:`graflow_runtime.grpc_options`) never starts two runs.
+        ``arguments`` (JSON values by name) are the run's first channel values: a task parameter
+        of the same name without a bound argument receives one."""
+        run, _ = self._submit(workflow_or_spec, idempotency_key, labels, wait_s=0.0, arguments=arguments)
+        return run
+
+    def submit_registered(
+        self,
+        name: str,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Start a run of the workflow registered as ``name`` (:meth:`register_workflow`), its
+        registered defaults overridden by ``arguments``. Raises :class:`WorkflowNotFoundError`."""
+        run, _ = self._submit(name, idempotency_key, labels, wait_s=0.0, arguments=arguments)
         return run
 
     def submit_and_wait(
@@ -115,33 +139,33 @@ class Client:
 
     def _submit(
         self,
-        workflow_or_spec: Workflow | workflow_pb2.WorkflowSpec,
+        workflow_or_spec: Workflow | workflow_pb2.WorkflowSpec | str,
         idempotency_key: str | None,
         labels: Mapping[str, str] | None,
         *,
         wait_s: float,
+        arguments: Mapping[str, Any] | None = None,
     ) -> tuple[Run, scheduler_pb2.RunResult | None]:
-        if isinstance(workflow_or_spec, Workflow):
-            spec = workflow_or_spec.spec()
-        elif isinstance(workflow_or_spec, workflow_pb2.WorkflowSpec):
-            spec = workflow_or_spec
-        else:
-            raise TypeError(
-                f"submit() takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}"
-            )
         # A key made here names this call only: a run found under it was created by an earlier
         # attempt of this call (one that a dying replica answered UNAVAILABLE), so it is "created".
         generated = not idempotency_key
         request = scheduler_pb2.SubmitRunRequest(
-            spec=spec,
             idempotency_key=idempotency_key or f"sdk-{uuid.uuid4().hex}",
             labels=dict(labels or {}),
             wait_ms=_ms(wait_s),
+            arguments_json=payload.dumps(dict(arguments)) if arguments else b"",
         )
+        if isinstance(workflow_or_spec, str):
+            request.workflow = workflow_or_spec
+        else:
+            request.spec.CopyFrom(spec_of(workflow_or_spec, "submit()"))
         response = self._scheduler.call(
             "SubmitRun",
             request,
-            {grpc.StatusCode.INVALID_ARGUMENT: WorkflowDefinitionError},
+            {
+                grpc.StatusCode.INVALID_ARGUMENT: WorkflowDefinitionError,
+                grpc.StatusCode.NOT_FOUND: WorkflowNotFoundError,
+            },
             wait_s=wait_s,
         )
         run = Run(
@@ -161,10 +185,44 @@ class Client:
         """The run's state and its nodes' states. Raises :class:`RunNotFoundError`."""
         return self._scheduler.call("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id), _not_found(run_id))
 
-    def list_runs(self, limit: int = 50, status: str | int | None = None) -> list[RunInfo]:
-        """Runs newest first (without their node lists), optionally only those with ``status``."""
-        request = scheduler_pb2.ListRunsRequest(limit=limit, status=parse_status(status))
-        return list(self._scheduler.call("ListRuns", request).runs)
+    def list_runs(
+        self,
+        limit: int = 50,
+        status: str | int | None = None,
+        *,
+        workflow: str = "",
+        labels: Mapping[str, str] | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[RunInfo]:
+        """Runs newest first (without their node lists), up to ``limit``, optionally only those
+        with ``status``, of ``workflow``, with every one of ``labels``, created at or after
+        ``created_after`` and before ``created_before`` (Unix seconds). A filtered listing
+        examines a bounded number of runs per call, so this follows the pages until ``limit``."""
+        request = scheduler_pb2.ListRunsRequest(
+            limit=limit,
+            status=parse_status(status),
+            workflow_name=workflow,
+            labels=dict(labels or {}),
+            created_after_ms=_ms(created_after or 0),
+            created_before_ms=_ms(created_before or 0),
+        )
+        runs: list[RunInfo] = []
+        while len(runs) < limit:
+            request.limit = limit - len(runs)
+            page = self._scheduler.call("ListRuns", request)
+            runs += page.runs
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        return runs
+
+    def count_runs(self) -> dict[str, int]:
+        """Retained runs by status name ("RUNNING", "SUCCEEDED", ...; only those that have
+        runs), and ``"TOTAL"``."""
+        response = self._scheduler.call("CountRuns", scheduler_pb2.CountRunsRequest())
+        counts = {common_pb2.RunStatus.Name(c.status).removeprefix("RUN_STATUS_"): c.count for c in response.counts}
+        return {**counts, "TOTAL": response.total}
 
     def wait(self, run_id: str, wait_s: float) -> RunResult:
         """One ``WaitRun`` call: the run's end with its sinks' results inline when small (a

@@ -130,6 +130,10 @@ class DeadLetterNotFoundError(GraflowError, LookupError):
     """No dead letter has that id (already replayed, or never existed)."""
 
 
+class WorkflowNotFoundError(GraflowError, LookupError):
+    """No workflow is registered under that name (``Client.register_workflow`` registers one)."""
+
+
 class UsageError(GraflowError):
     """Bad command-line input; the message says what to type instead."""
 

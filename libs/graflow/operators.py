@@ -1,9 +1,11 @@
-"""The operators' client of the coordinator: live workers, dead letters and the audit log.
+"""The operators' client of the coordinator: live workers, queues, dead letters and the audit log.
 
     with Operators() as ops:                       # GRAFLOW_CLIENT_COORDINATOR_ADDRESS or 127.0.0.1:50052
         for worker in ops.workers(): ...
         for letter in ops.dead_letters(limit=20): ...
         ops.replay_dead_letters(["1700000000000-0"])
+        ops.delete_dead_letters(["1700000000001-0"])
+        for queue in ops.queues(): ...
         for event in ops.audit_events(limit=50): ...
 
 Like :class:`graflow.Client`: every call has a deadline, sends the bearer token when one is set
@@ -27,6 +29,7 @@ from graflow_runtime.limits import DEAD_LETTERS_PAGE_MAX
 WorkerInfo = coordinator_pb2.WorkerInfo
 AuditEvent = coordinator_pb2.AuditEvent
 DeadLetter = messages_pb2.DeadLetter
+QueueStats = coordinator_pb2.QueueStats
 
 
 class Operators:
@@ -102,6 +105,17 @@ class Operators:
             if not response.next_after_id:
                 return replayed
             request.after_id = response.next_after_id
+
+    def delete_dead_letters(self, ids: Iterable[str]) -> tuple[int, int]:
+        """Remove dead letters for good (at most 1,000 ids a call): (deleted, not found). Ids that
+        are not there (replayed or deleted meanwhile) are counted, not an error."""
+        request = coordinator_pb2.DeleteDeadLettersRequest(ids=list(ids))
+        response = self._coordinator.call("DeleteDeadLetters", request)
+        return response.deleted, response.not_found
+
+    def queues(self) -> list[QueueStats]:
+        """Every queue with its depth, lag, pending entries and live workers, by name."""
+        return list(self._coordinator.call("ListQueues", coordinator_pb2.ListQueuesRequest()).queues)
 
     def audit_events(self, *, limit: int = 100, before_id: str = "") -> list[AuditEvent]:
         """Mutating actions of every service, newest first, at most ``limit`` (at most 1,000 a

@@ -16,6 +16,11 @@ The rules follow who really calls what (grep the callers before changing one):
   results alive at the result-store; ``Dispatch`` and ``NotifyCanceled`` are for services (the
   scheduler dispatches in its own process today);
 - ``viewer``: every read (Get*, List*, Watch*, ``WaitRun``, channel reads), nothing that changes;
+- the console (issue 11) holds no credential of its own: it calls with the signed-in person's,
+  so its pages need exactly these rules. Registering and deleting workflows (``PutWorkflow``,
+  ``DeleteWorkflow``) is an application's act like submitting (``client``), audited because it
+  changes what every later submit by name runs; deleting dead letters loses work for good, so it
+  is ``admin`` only (replay is too); queue statistics are an operator's read (``viewer``);
 - ``admin``: everything, the operators' calls (dead letters, audit) included.
 """
 
@@ -53,6 +58,11 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     _SCHEDULER + "ListFeedback": _rule(C, V),
     _SCHEDULER + "GetFeedback": _rule(C, V),
     _SCHEDULER + "RespondFeedback": _rule(C),
+    _SCHEDULER + "CountRuns": _rule(C, V),
+    _SCHEDULER + "PutWorkflow": _rule(C),
+    _SCHEDULER + "GetWorkflow": _rule(C, V),
+    _SCHEDULER + "ListWorkflows": _rule(C, V),
+    _SCHEDULER + "DeleteWorkflow": _rule(C),
     _COORDINATOR + "Dispatch": _rule(S),
     _COORDINATOR + "RegisterWorker": _rule(W),
     _COORDINATOR + "Heartbeat": _rule(W),
@@ -61,6 +71,8 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     _COORDINATOR + "ListWorkers": _rule(V),
     _COORDINATOR + "ListDeadLetters": _rule(V),
     _COORDINATOR + "ReplayDeadLetters": _rule(),
+    _COORDINATOR + "DeleteDeadLetters": _rule(),
+    _COORDINATOR + "ListQueues": _rule(V),
     _COORDINATOR + "NotifyCanceled": _rule(S),
     _COORDINATOR + "ListAuditEvents": _rule(V),
     _RESULT_STORE + "PutResults": _rule(W),
@@ -85,9 +97,12 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
 AUDITED: Mapping[str, tuple[str, ...]] = {
     _SCHEDULER + "CancelRun": ("run_id", "reason"),
     _SCHEDULER + "RespondFeedback": ("run_id", "request_id"),
+    _SCHEDULER + "PutWorkflow": ("name",),
+    _SCHEDULER + "DeleteWorkflow": ("name",),
     _COORDINATOR + "RegisterWorker": ("worker_id", "queues", "hostname", "pid"),
     _COORDINATOR + "DeregisterWorker": ("worker_id",),
     _COORDINATOR + "ReplayDeadLetters": ("ids", "all"),
+    _COORDINATOR + "DeleteDeadLetters": ("ids",),
 }
 
 

@@ -21,7 +21,7 @@ SERVICES = [
     )
 ]
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
-READS = ("Get", "List", "Watch", "WaitRun", "ChannelGet", "ChannelKeys")
+READS = ("Get", "List", "Watch", "Count", "WaitRun", "ChannelGet", "ChannelKeys")
 
 
 @pytest.mark.parametrize(

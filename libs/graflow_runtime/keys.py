@@ -228,6 +228,18 @@ def active_runs(cell: int) -> str:
     return f"{_cell(cell)}:runs:active"
 
 
+# The statuses a run has (RunStatus without its prefix), each with an index per cell.
+RUN_STATUSES = ("RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELED")
+
+
+def runs_by_status(cell: int, status: str) -> str:
+    """zset run_id -> created ms of the cell's retained runs that have ``status``: the run scripts
+    move a run between them with its status (common.lua ``status_index`` names them from
+    :func:`active_runs`, so keep the two in step); ListRuns by status pages one, CountRuns counts
+    them (ZCARD), the recovery sweep prunes them with :func:`runs_index`."""
+    return f"{_cell(cell)}:runs:status:{status}"
+
+
 def feedback_pending(cell: int) -> str:
     return f"{_cell(cell)}:feedback:pending"
 
@@ -387,6 +399,24 @@ def channel(run_id: str) -> str:
 def checkpoints(run_id: str) -> str:
     """hash node_id -> Payload bytes of the node's last ``ctx.checkpoint(state)``."""
     return f"{_run(run_id)}:ckpt:{{{run_id}}}"
+
+
+def workflows() -> str:
+    """hash name -> RegisteredWorkflow bytes (the scheduler's workflow registry). It and
+    :func:`workflow_summaries` and :func:`workflow_versions` share the global tag: one script
+    writes the three (put_workflow.lua)."""
+    return f"{_layout.global_prefix}:workflows"
+
+
+def workflow_summaries() -> str:
+    """hash name -> RegisteredWorkflow bytes without the spec's nodes, edges and groups (what
+    ListWorkflows answers: one HGETALL, whatever the size of the specs)."""
+    return f"{workflows()}:list"
+
+
+def workflow_versions() -> str:
+    """hash name -> version of the registered workflow."""
+    return f"{workflows()}:version"
 
 
 def metrics_lease(service: str) -> str:

@@ -72,7 +72,10 @@ RETRY = _in_cells(keys.retry_timer(0), keys.retry_wake(0))
 RUN_INDEXES = _in_cells(
     keys.idempotency("*"), keys.runs_index(0), keys.active_runs(0), keys.feedback_pending(0),
     keys.wait_deadlines(0), keys.children_ended(0), keys.children_to_cancel(0), keys.runs_ended(0),
+    keys.runs_by_status(0, "*"),
 )
+CHANNELS = _in_cells(keys.channel("*"))
+WORKFLOW_REGISTRY = _shared(keys.workflows(), keys.workflow_summaries(), keys.workflow_versions())
 
 # Commands every service's connections make: redis-py's connection set-up (AUTH needs no
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
@@ -213,6 +216,16 @@ SCHEDULER = RedisUser(
             keys=(*RUN_KEYS, *RUN_INDEXES, *RESULTS, *DISPATCH_RECORDS),
         ),
         Grant(
+            "a submitted run's arguments: its first channel values, written with the run (create_run.lua)",
+            ("hset", "expire"),
+            write_keys=CHANNELS,
+        ),
+        Grant(
+            "the workflow registry (put_workflow.lua, GetWorkflow, ListWorkflows, DeleteWorkflow)",
+            ("hget", "hgetall", "hset", "hdel", "hexists", "hlen", "hincrby"),
+            keys=WORKFLOW_REGISTRY,
+        ),
+        Grant(
             "consume outcomes: its consumer group, claims of a dead replica's entries, trimming; "
             "synthesized outcomes (resolve_wait.lua, run_ended_outcome.lua)",
             (*_STREAM_CONSUMER, "xautoclaim", "xinfo|groups", "xtrim", "xadd"),
@@ -234,10 +247,11 @@ SCHEDULER = RedisUser(
     ),
     can_still="create, change, end and delete any run and its events, store and overwrite any run's "
     "results, enqueue any delivery on any queue (a forged envelope needs the signing key), append "
-    "outcomes and dead letters, append (not read) audit events, hold the fleet-metrics lease. "
+    "outcomes and dead letters, append (not read) audit events, hold the fleet-metrics lease, "
+    "register, replace and delete workflows, write (not read) a run's channel values (its arguments). "
     "It cannot read or acknowledge the "
-    "queues' deliveries, move or drop the retry timer's entries, touch the worker registry, channels, "
-    "checkpoints or graphs.",
+    "queues' deliveries, move or drop the retry timer's entries, touch the worker registry, read "
+    "channels, touch checkpoints or graphs.",
 )
 
 COORDINATOR = RedisUser(

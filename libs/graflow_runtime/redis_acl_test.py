@@ -83,7 +83,8 @@ REFUSED: list[tuple[str, Callable[[aioredis.Redis], object]]] = [
     ("scheduler", lambda r: r.xreadgroup(keys.WORKER_GROUP, "thief", {keys.queue_stream("default"): ">"})),
     ("scheduler", lambda r: r.xack(keys.queue_stream("default"), keys.WORKER_GROUP, "1-0")),
     ("scheduler", lambda r: r.zadd(keys.WORKERS_INDEX, {b"w": 1})),
-    ("scheduler", lambda r: r.hset(keys.channel(RUN), "k", b"v")),
+    # It writes a run's arguments into its channel with the run (create_run.lua), never reads it.
+    ("scheduler", lambda r: r.hget(keys.channel(RUN), "k")),
     ("scheduler", lambda r: r.set(keys.graph("h"), b"forged")),
     ("scheduler", lambda r: r.zrem(keys.RETRY_TIMER, b"x")),
 ]

@@ -12,7 +12,16 @@ import redis
 from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
 from tests.e2e.conftest import module_stack
-from tests.e2e.tasks import ChannelNote, chan_checkpointed, chan_count, chan_params, chan_reader, chan_writer
+from graflow.errors import WorkflowNotFoundError
+from tests.e2e.tasks import (
+    ChannelNote,
+    chan_checkpointed,
+    chan_count,
+    chan_params,
+    chan_reader,
+    chan_writer,
+    greet,
+)
 
 # One slot per worker: two tasks that wait for each other must run on different workers.
 ONE_SLOT = {"GRAFLOW_WORKER_CONCURRENCY": "1"}
@@ -48,6 +57,27 @@ def test_values_written_on_one_worker_are_read_on_another_and_by_the_client(clie
     assert channel.get("absent", "dflt") == "dflt"
     assert channel.get_typed("note", ChannelNote) == ChannelNote(author=writer, words=["a", "b"])
     assert set(channel.keys()) == {"greeting", "note", "read_by"}
+
+
+def test_a_registered_workflow_gets_its_arguments_over_its_defaults_as_parameters(client: Client):
+    with workflow("greeting") as wf:
+        greet  # noqa: B018 - the workflow's one node
+    client.register_workflow(wf, name="greeting", defaults={"greeting": "hi", "punctuation": "!"})
+
+    run = client.submit_registered("greeting", arguments={"greeting": "hello"}, idempotency_key="greet-1")
+    again = client.submit_registered("greeting", arguments={"greeting": "other"}, idempotency_key="greet-1")
+
+    assert run.result(timeout=60) == "hello!"
+    assert (again.id, again.created) == (run.id, False)
+    assert run.channel().get("greeting") == "hello"
+    with pytest.raises(WorkflowNotFoundError, match="no-such-workflow"):
+        client.submit_registered("no-such-workflow")
+
+
+def test_a_spec_submitted_with_arguments_gets_them_as_parameters(client: Client):
+    with workflow("greeting-spec") as wf:
+        greet  # noqa: B018
+    assert client.submit(wf, arguments={"greeting": "hey"}).result(timeout=60) == "hey."
 
 
 def test_adds_and_appends_from_a_parallel_group_lose_nothing(client: Client):

@@ -392,6 +392,12 @@ def chan_params(ctx: TaskContext, chan_writer: str, greeting: str,
     return {"writer": chan_writer, "greeting": greeting, "fallback": fallback}
 
 
+@task
+def greet(greeting: str, punctuation: str = ".") -> str:
+    """Both parameters from the run's arguments (its first channel values) when it is given them."""
+    return f"{greeting}{punctuation}"
+
+
 @task(inject_context=True)
 def chan_count(ctx: TaskContext, i: int, times: int = 20) -> int:
     for step in range(times):

@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 from click.shell_completion import get_completion_class
 
-from graflow.cli import dev, feedback, ops, runs
+from graflow.cli import dev, feedback, ops, registry, runs
 from graflow.cli.base import INTERRUPTED, OK, USAGE, App
 from graflow.cli.output import Output
 from graflow.errors import (
@@ -25,6 +25,7 @@ from graflow.errors import (
     ServiceUnavailableError,
     UsageError,
     WorkflowDefinitionError,
+    WorkflowNotFoundError,
 )
 from graflow_runtime.addresses import AddressError
 from graflow_runtime.tls import TlsFileError
@@ -41,6 +42,7 @@ USER_ERRORS = (
     WorkflowDefinitionError,
     FeedbackError,
     DeadLetterNotFoundError,
+    WorkflowNotFoundError,
     UsageError,
     LocalStackError,
     TlsFileError,
@@ -123,7 +125,7 @@ def completion(app: App, shell: str) -> int:
     return OK
 
 
-for command in (*dev.COMMANDS, *runs.COMMANDS, feedback.feedback, *ops.COMMANDS):
+for command in (*dev.COMMANDS, *runs.COMMANDS, *registry.COMMANDS, feedback.feedback, *ops.COMMANDS):
     graflow.add_command(command)
 
 

@@ -191,6 +191,8 @@ def dev(
         stack.start()
         for name in stack.metrics_ports:
             out.line(f"metrics of {name}: {stack.metrics_url(name)}")
+        if not tasks:  # the workers run the examples' tasks
+            register_examples(stack, out)
         if tasks:
             out.line(f"stack ready (logs in {stack.log_dir}); workers run the tasks of {', '.join(tasks)}")
             code = OK
@@ -211,6 +213,15 @@ def dev(
         if keep_logs:
             out.line(f"logs kept in {stack.log_dir}")
         signal.signal(signal.SIGTERM, previous)
+
+
+def register_examples(stack: LocalStack, out: Output) -> None:
+    """Register every example workflow under its name (graflow_examples.EXAMPLES), so that the
+    console and ``graflow workflows submit NAME`` can start them."""
+    with stack.client() as client:
+        for name, target in sorted(EXAMPLES.items()):
+            client.register_workflow(load_workflow(target), name=name, description=f"example {target}")
+    out.line(f"registered example workflows: {', '.join(sorted(EXAMPLES))}")
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> NoReturn:

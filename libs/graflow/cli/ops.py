@@ -1,9 +1,11 @@
 """The operators' commands of ``graflow``, answered by the coordinator:
 
     graflow workers [-o json]
+    graflow queues [-o json]
     graflow dead-letters list [--limit N] [--after ID] [-o json]
     graflow dead-letters show ID [-o json]
     graflow dead-letters replay ID... | --all
+    graflow dead-letters delete ID...
     graflow audit [--limit N] [--before ID] [-o json]
 
 The coordinator's address comes from ``--coordinator``, else ``GRAFLOW_CLIENT_COORDINATOR_ADDRESS``,
@@ -58,9 +60,36 @@ def workers(app: App, output: str) -> int:
     return OK
 
 
+@click.command()
+@output_option
+@pass_app
+def queues(app: App, output: str) -> int:
+    """List the queues with their depth, lag, pending entries and live workers."""
+    with app.operators() as ops:
+        found = ops.queues()
+    if output == "json":
+        app.out.json([message_data(q) for q in found])
+        return OK
+    app.out.table(
+        ("QUEUE", "LENGTH", "LAG", "PENDING", "OLDEST PENDING", "WORKERS"),
+        (
+            (
+                q.queue,
+                str(q.length),
+                str(q.lag),
+                str(q.pending),
+                f"{q.oldest_pending_age_ms / 1000:.1f}s" if q.pending else "-",
+                str(q.workers),
+            )
+            for q in found
+        ),
+    )
+    return OK
+
+
 @click.group("dead-letters")
 def dead_letters() -> None:
-    """List, show and replay dead letters."""
+    """List, show, replay and delete dead letters."""
 
 
 @dead_letters.command("list")
@@ -172,6 +201,17 @@ def replay(app: App, ids: tuple[str, ...], replay_all: bool) -> int:
     return OK
 
 
+@dead_letters.command("delete")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_app
+def delete(app: App, ids: tuple[str, ...]) -> int:
+    """Remove dead letters for good (they are not run again)."""
+    with app.operators() as ops:
+        deleted, not_found = ops.delete_dead_letters(list(ids))
+    app.out.line(f"deleted {deleted} dead letter(s)" + (f", {not_found} not found" if not_found else ""))
+    return OK
+
+
 @click.command()
 @click.option(
     "--limit", type=click.IntRange(min=1, max=AUDIT_PAGE_MAX), default=20, show_default=True, help="how many"
@@ -212,4 +252,4 @@ def _event_data(event: AuditEvent) -> dict[str, Any]:
     return data
 
 
-COMMANDS = (workers, dead_letters, audit)
+COMMANDS = (workers, queues, dead_letters, audit)

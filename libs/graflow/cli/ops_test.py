@@ -1,4 +1,5 @@
-"""The operators' commands (`graflow workers`, `graflow dead-letters ...`) against a real stack."""
+"""The operators' commands (`graflow workers`, `queues`, `dead-letters ...`) and the workflow
+registry's (`graflow workflows ...`) against a real stack."""
 
 from __future__ import annotations
 
@@ -159,3 +160,37 @@ def test_unreachable_coordinator_exits_2_with_its_address():
     cli = Captured()
     assert cli("--coordinator", address, "--timeout", "3", "workers") == 2
     assert f"cannot reach the coordinator at {address}" in cli.err
+
+
+def test_delete_removes_the_named_dead_letters_and_counts_those_not_found(cli, letters, stack):
+    assert cli("dead-letters", "delete", letters[0], letters[2], "1-1") == 0
+    assert cli.out.strip() == "deleted 2 dead letter(s), 1 not found"
+    with Operators(stack.addresses["coordinator"]) as ops:
+        assert [letter.id for letter in ops.dead_letters()] == [letters[1]]
+
+
+def test_queues_lists_each_queue_with_its_depth_and_workers(cli, letters, stack):
+    with Operators(stack.addresses["coordinator"]) as ops:
+        ops.replay_dead_letters(letters)  # three deliveries to 'parked', which no worker reads
+
+    assert cli("queues", "-o", "json") == 0
+
+    queues = {q["queue"]: q for q in json.loads(cli.out)}
+    assert (int(queues["parked"]["length"]), int(queues["parked"]["lag"])) == (3, 3)
+    assert queues["parked"].get("workers", 0) == 0
+    assert queues["default"]["workers"] == 1
+
+
+def test_a_workflow_is_registered_listed_submitted_by_name_and_deleted(cli):
+    assert cli("workflows", "register", "graflow_examples.etl:etl", "--name", "etl-cli",
+               "--description", "from the CLI", "--defaults", '{"day": "mon"}') == 0
+    assert cli.out.strip() == "registered etl-cli (version 1)"
+    assert cli("workflows", "list") == 0
+    assert any(row.split()[:2] == ["etl-cli", "1"] for row in cli.out.splitlines()[1:])
+
+    assert cli("workflows", "submit", "etl-cli", "--args", '{"day": "tue"}', "--wait") == 0
+
+    assert cli("workflows", "delete", "etl-cli") == 0
+    assert cli("workflows", "submit", "etl-cli") == 2
+    assert "etl-cli" in cli.err
+    assert cli("workflows", "register", "graflow_examples.etl:etl", "--defaults", "[1]") == 2

@@ -106,7 +106,7 @@ def follow(run: Run, out: Output, cursor: str | None = None) -> int:
     return report_outcome(run, out)
 
 
-def _labels(pairs: Sequence[str]) -> dict[str, str]:
+def labels_of(pairs: Sequence[str]) -> dict[str, str]:
     labels = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -144,7 +144,7 @@ def submit(
     """Submit MODULE:WORKFLOW (a Workflow, or a function returning one); print the run id."""
     spec = with_node_args(load_workflow(target), parse_node_args(node_args, args_json))
     with app.client() as client:
-        run = client.submit(spec, idempotency_key=idempotency_key, labels=_labels(labels))
+        run = client.submit(spec, idempotency_key=idempotency_key, labels=labels_of(labels))
         if run.created is False:
             app.out.warning(f"idempotency key {idempotency_key!r} matched existing run {run.id}")
         if output == "json":

@@ -89,6 +89,7 @@ class CoordinatorApp:
         self.heartbeat_streams = HeartbeatStreams(registry, self.liveness, renew_window_ms=renew_window_ms)
         audit = AuditLog(redis, service="coordinator", maxlen=s.audit_maxlen)
         servicer = CoordinatorServicer(
+            redis,
             dispatcher,
             registry,
             DeadLetters(redis, self.groups, bus_keys=bus_keys),

@@ -163,6 +163,24 @@ class DeadLetters:
         page, _ = await self._page(min(limit or DEFAULT_PAGE, DEAD_LETTERS_PAGE_MAX), after_id)
         return [letter for letter, _ in page]
 
+    async def delete(self, ids: Sequence[str]) -> tuple[int, int]:
+        """Remove dead letters for good: (deleted, not found). One XDEL per cell, pipelined; an id
+        that is not there (deleted or replayed meanwhile) is counted, not an error, so a repeat of
+        the call is harmless."""
+        by_cell: dict[int, list[str]] = {}
+        for cell, entry_id in _parse_ids(ids):
+            by_cell.setdefault(cell, []).append(entry_id)
+        if not by_cell:
+            return 0, 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cell, entry_ids in by_cell.items():
+                pipe.xdel(keys.dead_letters_stream(cell), *entry_ids)
+            counts = await pipe.execute()
+        deleted = sum(counts)
+        wanted = sum(len(entry_ids) for entry_ids in by_cell.values())
+        log.info("dead letters deleted", deleted=deleted, not_found=wanted - deleted, ids=list(ids)[:10])
+        return deleted, wanted - deleted
+
     async def replay(
         self, *, ids: Sequence[str] = (), replay_all: bool = False, after_id: str = ""
     ) -> Replayed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import redis.asyncio as aioredis
 from structlog.contextvars import bound_contextvars
 
 from graflow_api.v1 import coordinator_pb2 as pb
@@ -14,6 +15,7 @@ from graflow_runtime.audit import AuditLog
 from graflow_runtime.dispatch import Dispatcher
 
 from graflow_coordinator.deadletters import DeadLetters
+from graflow_coordinator.fleet_metrics import QueueStat, queue_stats
 from graflow_coordinator.heartbeats import HeartbeatStreams
 from graflow_coordinator.workers import WorkerRegistry
 
@@ -25,6 +27,7 @@ Ctx = grpc.aio.ServicerContext
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
         self,
+        redis: aioredis.Redis,
         dispatcher: Dispatcher,
         registry: WorkerRegistry,
         dead_letters: DeadLetters,
@@ -34,6 +37,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         heartbeat_interval_ms: int,
         lease_timeout_ms: int,
     ) -> None:
+        self._redis = redis
         self._dispatcher = dispatcher
         self._registry = registry
         self._dead_letters = dead_letters
@@ -94,6 +98,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return pb.ReplayDeadLettersResponse(
             replayed=done.replayed, next_after_id=done.next_after_id, left_in_place=done.left_in_place
         )
+
+    async def DeleteDeadLetters(
+        self, request: pb.DeleteDeadLettersRequest, context: Ctx
+    ) -> pb.DeleteDeadLettersResponse:
+        deleted, not_found = await self._dead_letters.delete(list(request.ids))
+        return pb.DeleteDeadLettersResponse(deleted=deleted, not_found=not_found)
+
+    async def ListQueues(self, request: pb.ListQueuesRequest, context: Ctx) -> pb.ListQueuesResponse:
+        stats = await queue_stats(self._redis)
+        workers: dict[str, int] = {}
+        for worker in await self._registry.list_live():
+            for queue in worker.queues:
+                workers[queue] = workers.get(queue, 0) + 1
+        queues = [
+            pb.QueueStats(
+                queue=name,
+                length=stat.length,
+                lag=stat.lag,
+                pending=stat.pending,
+                oldest_pending_age_ms=stat.oldest_pending_age_ms,
+                workers=workers.get(name, 0),
+            )
+            for name, stat in ((name, stats.get(name, QueueStat())) for name in sorted({*stats, *workers}))
+        ]
+        return pb.ListQueuesResponse(queues=queues)
 
     async def NotifyCanceled(
         self, request: pb.NotifyCanceledRequest, context: Ctx

@@ -42,6 +42,7 @@ from graflow_scheduler.recovery.sweep import RecoverySweep
 from graflow_scheduler.settings import SchedulerSettings
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.reader import RunReader
+from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.state.store import RunStore
 from graflow_scheduler.waits.children import ChildRuns
 from graflow_scheduler.waits.feedback import FeedbackRequests
@@ -111,6 +112,7 @@ class SchedulerApp:
             feedback,
             children,
             RunResults(reader, self.run_ends),
+            WorkflowRegistry(redis),
             limits=limits,
             watch_block_ms=s.watch_block_ms,
         )

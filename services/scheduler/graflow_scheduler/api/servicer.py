@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import structlog
@@ -27,12 +27,14 @@ from graflow_runtime.runids import new_run_id, run_cell, run_id_problem
 from graflow_runtime.telemetry import ensure_trace, span
 
 from graflow_scheduler.api.run_results import RunResults
+from graflow_scheduler.api.workflow_calls import WorkflowCalls
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs, compile_off_loop
 from graflow_scheduler.errors import GraphNotFound, RunNotFound, SpecError
 from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state.deliveries import delivery
-from graflow_scheduler.state.reader import RunReader
+from graflow_scheduler.state.reader import RunFilters, RunReader
+from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
     ENDED_STATUSES,
@@ -70,8 +72,6 @@ def _wait_problem(wait_ms: int) -> str | None:
 
 
 def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
-    if not request.HasField("spec"):
-        return "spec is missing"
     wait_problem = _wait_problem(request.wait_ms)
     if wait_problem:
         return wait_problem
@@ -80,9 +80,13 @@ def _request_problem(request: scheduler_pb2.SubmitRunRequest) -> str | None:
             f"idempotency_key is {len(request.idempotency_key)} characters long; "
             f"the limit is {IDEMPOTENCY_KEY_MAX}"
         )
-    if len(request.labels) > LABELS_MAX:
-        return f"{len(request.labels)} labels; the limit is {LABELS_MAX}"
-    for key, value in request.labels.items():
+    return _labels_problem(request.labels)
+
+
+def _labels_problem(labels: Mapping[str, str]) -> str | None:
+    if len(labels) > LABELS_MAX:
+        return f"{len(labels)} labels; the limit is {LABELS_MAX}"
+    for key, value in labels.items():
         if not key or len(key) > LABEL_KEY_MAX or len(value) > LABEL_VALUE_MAX:
             return (
                 f"label {key[:64]!r}: keys need 1-{LABEL_KEY_MAX} characters, values at most "
@@ -107,7 +111,7 @@ def _parent(request: scheduler_pb2.SubmitRunRequest) -> ParentLink | None:
     return ParentLink(parent.run_id, parent.node_id)
 
 
-class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+class SchedulerServicer(WorkflowCalls, scheduler_pb2_grpc.SchedulerServicer):
     def __init__(
         self,
         store: RunStore,
@@ -119,6 +123,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         feedback: FeedbackRequests,
         children: ChildRuns,
         results: RunResults,
+        registry: WorkflowRegistry,
         *,
         limits: Limits,
         watch_block_ms: int = 5000,
@@ -132,6 +137,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.feedback = feedback
         self.children = children
         self.results = results
+        self.registry = registry
         self.limits = limits
         self.watch_block_ms = watch_block_ms
 
@@ -176,9 +182,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         problem = _request_problem(request)
         if problem:
             raise InvalidRequest(problem)
+        spec, channel = await self.submission(request)
         try:
             with span("compile"):
-                plan = await compile_off_loop(request.spec, self.limits)
+                plan = await compile_off_loop(spec, self.limits)
         except SpecError as exc:
             raise SpecError(f"invalid workflow: {exc}") from exc
         parent = _parent(request)
@@ -187,9 +194,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await self.dispatcher.ensure_queues(plan.queues)
         except RedisError as exc:
             log.warning("queues not made yet; the dispatch will try again", error=str(exc))
-        digest = graph_hash(request.spec)
+        digest = graph_hash(spec)
         try:
-            await self.plans.store(digest, request.spec, plan)
+            await self.plans.store(digest, spec, plan)
         except DownstreamUnavailable as exc:
             raise Unavailable(f"cannot store the graph: {exc}; retry later") from exc
         except grpc.aio.AioRpcError as exc:
@@ -203,6 +210,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             idempotency_key=request.idempotency_key,
             labels=dict(request.labels),
             parent=parent,
+            channel=channel,
         )
         if not created.created:
             existing = (await self.reader.graph_hashes([created.run_id]))[created.run_id] or ""
@@ -248,7 +256,26 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise InvalidRequest(f"status {request.status} is not a RunStatus: use one of {known}, or none")
         if request.status != common_pb2.RUN_STATUS_UNSPECIFIED:
             status = common_pb2.RunStatus.Name(request.status).removeprefix("RUN_STATUS_")
-        runs, token = await self.reader.list_runs(limit=limit, status=status, page_token=request.page_token)
+        after, before = request.created_after_ms, request.created_before_ms
+        if after < 0 or before < 0 or (after and before and after > before):
+            raise InvalidRequest(
+                f"created_after_ms {after} and created_before_ms {before}: each is Unix ms (0 = no "
+                "bound) and created_after_ms may not be later than created_before_ms"
+            )
+        problem = _labels_problem(request.labels)
+        if problem:
+            raise InvalidRequest(problem)
+        runs, token = await self.reader.list_runs(
+            limit=limit,
+            status=status,
+            page_token=request.page_token,
+            filters=RunFilters(
+                workflow_name=request.workflow_name,
+                labels=dict(request.labels),
+                created_after_ms=after,
+                created_before_ms=before,
+            ),
+        )
         return scheduler_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def WatchRun(  # noqa: N802

@@ -111,7 +111,7 @@ if status == 'W' then
         note_cycle(cyc, node)
       end
     end
-    return {'applied', ready, {}, settle_pause(now), {cyc, {}}}
+    return {'applied', ready, {}, settle_pause(run_id, now), {cyc, {}}}
   end
 end
 
@@ -141,7 +141,7 @@ if status == 'F' and delay >= 0 then
   add_event(now, 'NODE_RETRYING', node, next_attempt, message, worker, err)
   local cyc = {}
   note_cycle(cyc, node)
-  return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, settle_pause(now), {cyc, {}}}
+  return {'applied', {}, {node, tostring(next_attempt), tostring(delay), tostring(lost)}, settle_pause(run_id, now), {cyc, {}}}
 end
 
 -- A success's inline result, stored as the result-store's put_results.lua does (highest attempt
@@ -343,4 +343,4 @@ if #ready == 0 and after[2] == '1' and run_is_idle() then
     'still waiting depended on nodes a jump skipped', '')
   return {'applied', {}, {}, 'SUCCEEDED', {{}, added_ids}}
 end
-return {'applied', ready, {}, settle_pause(now, {after[3], after[4], after[5]}), {cyc, added_ids}}
+return {'applied', ready, {}, settle_pause(run_id, now, {after[3], after[4], after[5]}), {cyc, added_ids}}

@@ -69,6 +69,20 @@ local function add_event(now, etype, node, attempt, message, worker, err)
   redis.call('XADD', KEYS[K_EVENTS], '*', unpack(f))
 end
 
+-- The cell's index of retained runs with `status` (zset run id -> created ms;
+-- graflow_runtime.keys.runs_by_status), named from the active-runs set's key: the same cell, so the
+-- same slot (like the idempotency key finish_run expires).
+local ACTIVE_SUFFIX = ':runs:active'
+local function status_index(status)
+  return string.sub(KEYS[K_ACTIVE], 1, #KEYS[K_ACTIVE] - #ACTIVE_SUFFIX) .. ':runs:status:' .. status
+end
+
+-- Move the run from the index of status `old` (false/'' = none) to that of `new`.
+local function move_status(run_id, old, new, created)
+  if old and old ~= '' then redis.call('ZREM', status_index(old), run_id) end
+  redis.call('ZADD', status_index(new), created, run_id)
+end
+
 -- End the run: status and end time, nodes that will not run (SKIPPED, or CANCELED on cancel),
 -- the terminal event, out of the active set, and every run key (and its idempotency key) set to
 -- expire after the retention period. `fields` are extra meta field/value pairs. With the wait
@@ -78,6 +92,8 @@ end
 -- end, whatever its status, is appended to gf:ended (KEYS[16]), so workers stop the run's work
 -- (invariant 11).
 local function finish_run(run_id, status, now, retention, idem_prefix, fields, ev_node, ev_message, ev_err)
+  local before = redis.call('HMGET', KEYS[K_META], 'status', 'created')
+  move_status(run_id, before[1], status, before[2] or now)
   local meta = {'status', status, 'ended', now, 'updated', now}
   for i = 1, #fields do meta[#meta + 1] = fields[i] end
   redis.call('HSET', KEYS[K_META], unpack(meta))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,38 @@ class RunResultRead:
     # The sinks' results are in ``results`` (False: the run did not succeed, or they are larger).
     inline: bool
     results: list[result_store_pb2.NodeResult]
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilters:
+    """ListRuns' filters beside the status (0 / empty = no bound)."""
+
+    workflow_name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after_ms: int = 0
+    created_before_ms: int = 0
+
+    @property
+    def on_meta(self) -> bool:
+        """Whether runs are filtered on their meta (not only by an index)."""
+        return bool(self.workflow_name or self.labels)
+
+    def matches(self, run: scheduler_pb2.Run) -> bool:
+        if self.workflow_name and run.workflow_name != self.workflow_name:
+            return False
+        return all(run.labels.get(key) == value for key, value in self.labels.items())
+
+    def in_window(self, created_ms: int) -> bool:
+        return created_ms >= self.created_after_ms and (
+            not self.created_before_ms or created_ms < self.created_before_ms
+        )
+
+
+NO_FILTERS = RunFilters()
+
+
+def _status_index(cell: int, *, status: str) -> str:
+    return keys.runs_by_status(cell, status)
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -114,14 +147,20 @@ class RunReader:
         return run
 
     async def list_runs(
-        self, *, limit: int, status: str | None, page_token: str
+        self, *, limit: int, status: str | None, page_token: str, filters: RunFilters = NO_FILTERS
     ) -> tuple[list[scheduler_pb2.Run], str]:
-        """Runs newest first (without nodes), optionally with one status, and the next token."""
+        """Runs newest first (without nodes), optionally with one status and ``filters``, and the
+        next token. A status pages that status's index (keys.runs_by_status) and a time window is
+        a range of the index's scores (created ms), so neither scans; a workflow name or labels
+        are checked on each run's meta, examining at most ``max(limit * 20, 1000)`` runs per call:
+        a page may then be short, even empty, with a next token (the contract says so)."""
         cursor = decode_page_token(page_token) if page_token else None
+        index = keys.runs_index if status is None else functools.partial(_status_index, status=status)
         runs: list[scheduler_pb2.Run] = []
         scanned, max_scan = 0, max(limit * 20, 1000)
         while len(runs) < limit and scanned < max_scan:
-            candidates = await self._page(cursor, limit - len(runs) if status is None else max(limit, 100))
+            count = max(limit, 100) if filters.on_meta else limit - len(runs)
+            candidates = await self._page(index, cursor, count, filters)
             if not candidates:
                 return runs, ""
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -135,29 +174,56 @@ class RunReader:
                     continue  # expired; the sweep prunes the index
                 run = run_from_meta(run_id, meta)
                 if status is not None and meta.get(b"status", b"").decode() != status:
+                    continue  # its status changed since the index was read
+                if not filters.matches(run):
                     continue
                 runs.append(run)
                 if len(runs) == limit:
                     break
         return runs, encode_page_token(*cursor) if cursor else ""
 
-    async def _page(self, cursor: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
-        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order (created ms,
-        then id, descending), over the listings of every cell: each cell's next ``count`` in one
-        pipeline, merged. The cursor is a position in that order, whichever cell its run is in, so
-        a page token pages every cell correctly."""
-        newest_first: dict[str, Any] = {"desc": True, "byscore": True, "withscores": True}
+    async def count_runs(self) -> tuple[dict[str, int], int]:
+        """Retained runs by status, and all of them: a ZCARD of each status's index and of the
+        listing, per cell, in one pipeline (O(1) each, whatever the number of runs). The indexes
+        are kept by the run scripts with each status change, so no counter can drift from them;
+        runs whose state expired are counted until the recovery sweep prunes them (as ListRuns
+        lists them until then)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for cell in keys.cells():
-                index = keys.runs_index(cell)
+                pipe.zcard(keys.runs_index(cell))
+                for status in keys.RUN_STATUSES:
+                    pipe.zcard(keys.runs_by_status(cell, status))
+            replies = await pipe.execute()
+        width = len(keys.RUN_STATUSES) + 1
+        total = sum(replies[::width])
+        counts = {
+            status: sum(replies[offset + 1 :: width]) for offset, status in enumerate(keys.RUN_STATUSES)
+        }
+        return counts, total
+
+    async def _page(
+        self, index: Callable[[int], str], cursor: tuple[int, str] | None, count: int, filters: RunFilters
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` (run id, created ms) after ``cursor`` in newest-first order (created ms,
+        then id, descending), over the cells' ``index`` (keys.runs_index, or a status's), within
+        the filters' time window: each cell's next ``count`` in one pipeline, merged. The cursor
+        is a position in that order, whichever cell its run is in, so a page token pages every
+        cell correctly."""
+        newest_first: dict[str, Any] = {"desc": True, "byscore": True, "withscores": True}
+        low = filters.created_after_ms or "-inf"
+        high = filters.created_before_ms - 1 if filters.created_before_ms else "+inf"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cell in keys.cells():
                 if cursor is None:
-                    pipe.zrange(index, "+inf", "-inf", **newest_first, offset=0, num=count)
+                    pipe.zrange(index(cell), high, low, **newest_first, offset=0, num=count)
                 else:
                     # Runs created in the same millisecond sort by id, descending in this order.
-                    pipe.zrange(index, cursor[0], cursor[0], **newest_first)
-                    pipe.zrange(index, f"({cursor[0]}", "-inf", **newest_first, offset=0, num=count)
+                    pipe.zrange(index(cell), cursor[0], cursor[0], **newest_first)
+                    pipe.zrange(index(cell), f"({cursor[0]}", low, **newest_first, offset=0, num=count)
             replies = await pipe.execute()
         rows = [(m.decode(), int(s)) for reply in replies for m, s in reply]
+        # (A token made with another window may point outside this one.)
+        rows = [row for row in rows if filters.in_window(row[1])]
         if cursor is not None:
             score, last_id = cursor
             rows = [(run_id, created) for run_id, created in rows if created < score or run_id < last_id]
@@ -247,17 +313,20 @@ class RunReader:
     async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
         """Remove listing entries of runs created before ``created_before_ms`` whose state has
         expired (a run is kept for the retention period after it ended), in the listing of every
-        cell. Every such entry is examined, ``batch`` at a time: runs still kept (live for long, or
+        cell (and from the cell's status indexes). Every such entry is examined, ``batch`` at a time: runs still kept (live for long, or
         ended less than a retention ago) are stepped over, so they never hold back the others'
         pruning, and the pruning keeps up with any rate of runs (it once stopped at the ``batch``
         oldest entries per sweep: the listing grew without bound behind ``batch`` long-lived runs,
         or above ``batch`` runs per sweep period)."""
         pruned = 0
         for cell in keys.cells():
-            pruned += await self._prune_cell(keys.runs_index(cell), created_before_ms, batch)
+            status_indexes = [keys.runs_by_status(cell, status) for status in keys.RUN_STATUSES]
+            pruned += await self._prune_cell(keys.runs_index(cell), status_indexes, created_before_ms, batch)
         return pruned
 
-    async def _prune_cell(self, index: str, created_before_ms: int, batch: int) -> int:
+    async def _prune_cell(
+        self, index: str, status_indexes: Sequence[str], created_before_ms: int, batch: int
+    ) -> int:
         pruned = kept = 0
         while True:
             old = await self.redis.zrange(index, 0, created_before_ms, byscore=True, offset=kept, num=batch)
@@ -269,7 +338,11 @@ class RunReader:
                 exists = await pipe.execute()
             gone = [m for m, present in zip(old, exists, strict=True) if not present]
             if gone:
-                await self.redis.zrem(index, *gone)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrem(index, *gone)
+                    for status_index in status_indexes:
+                        pipe.zrem(status_index, *gone)
+                    await pipe.execute()
             pruned += len(gone)
             kept += len(old) - len(gone)
             if len(old) < batch:

@@ -40,4 +40,4 @@ redis.call('HSET', KEYS[K_META], 'updated', now)
 local attempt = resume(run_id, node, wait_id, (mode == 'answer') and payload or '', now, message)
 local cyc = {}
 note_cycle(cyc, node)
-return {'resumed', tostring(attempt), cyc, settle_pause(now)}
+return {'resumed', tostring(attempt), cyc, settle_pause(run_id, now)}

@@ -237,11 +237,13 @@ class RunStore:
         idempotency_key: str = "",
         labels: Mapping[str, str] | None = None,
         parent: ParentLink | None = None,
+        channel: Mapping[str, bytes] | None = None,
     ) -> CreatedRun:
         """Create the run with its roots READY; with a taken idempotency key, return that run. A
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
         run has ended, :class:`ParentNotFound` when it does not exist, :class:`ParentNodeUnknown`
-        when it has no such node (atomically: nothing is created). ``run_id`` must be of the cell
+        when it has no such node (atomically: nothing is created). ``channel``: the run's first
+        channel values (key -> Payload bytes, SubmitRunRequest.arguments_json), written with it. ``run_id`` must be of the cell
         :func:`~graflow_runtime.runids.run_cell` names (its parent's, its idempotency key's): the
         script touches the keys of that one cell (else ValueError)."""
         cell = keys.cell_of(run_id)
@@ -252,7 +254,10 @@ class RunStore:
                 "new_run_id(cell=graflow_runtime.runids.run_cell(...))"
             )
         run_keys: list[str] = [
-            *run_script_keys(run_id), keys.runs_index(cell), keys.idempotency(idempotency_key, cell)
+            *run_script_keys(run_id),
+            keys.runs_index(cell),
+            keys.idempotency(idempotency_key, cell),
+            keys.channel(run_id),
         ]
         if parent:
             run_keys += [
@@ -262,7 +267,7 @@ class RunStore:
             ]
         roots = set(plan.roots)
         others = [node_id for node_id in plan.nodes if node_id not in roots]
-        args: list[str | int] = [
+        args: list[str | int | bytes] = [
             run_id,
             plan.name,
             graph_hash,
@@ -273,8 +278,11 @@ class RunStore:
             parent.run_id if parent else "",
             parent.node_id if parent else "",
             len(plan.roots),
+            len(plan.roots) + len(others),
+            self.retention_s,
             *plan.roots,
             *others,
+            *(item for pair in (channel or {}).items() for item in pair),
         ]
         created, existing_id = await scripts.CREATE_RUN.run(self.redis, run_keys, args)
         if int(created) == -2 and parent:

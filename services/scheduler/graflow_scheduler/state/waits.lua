@@ -58,7 +58,7 @@ end
 
 -- PAUSED while the run has WAITING nodes and none READY; RUNNING otherwise. Returns the status.
 -- `m`: the meta fields {status, waiting, ready} when the caller has just read them.
-local function settle_pause(now, m)
+local function settle_pause(run_id, now, m)
   m = m or redis.call('HMGET', KEYS[K_META], 'status', 'waiting', 'ready')
   local status = m[1]
   if not is_live(status) then return status end
@@ -72,6 +72,7 @@ local function settle_pause(now, m)
   else
     return status
   end
+  move_status(run_id, m[1], status, redis.call('HGET', KEYS[K_META], 'created') or now)
   redis.call('HSET', KEYS[K_META], 'status', status, 'updated', now)
   return status
 end
