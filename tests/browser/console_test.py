@@ -190,7 +190,7 @@ def replay_and_delete_forms(browser: Browser, letter_id: str) -> list[dict[str, 
         """
         return [...arguments[0].querySelectorAll('form')]
           .filter(f => f.querySelector('button.replay, button.delete'))
-          .map(f => ({action: f.action, button: f.querySelector('button').className,
+          .map(f => ({action: f.action, button: f.querySelector('button.replay') ? 'replay' : 'delete',
                       fields: [...new FormData(f)].filter(([k]) => k !== 'csrf_token')}));
         """,
         row,
