@@ -6,8 +6,8 @@
 #   deploy/make-secrets.sh [DIR]        # default deploy/secrets; needs openssl and sha256sum
 #
 # - ca.crt, ca.key: the CA (keep ca.key offline; only ca.crt goes to the processes).
-# - <svc>.crt, <svc>.key for scheduler, coordinator, result-store, worker, and client (the SDK and
-#   CLI): EC P-256, valid for TLS servers and clients, names <svc>, graflow-<svc>,
+# - <svc>.crt, <svc>.key for scheduler, coordinator, result-store, worker, console, and client (the
+#   SDK and CLI): EC P-256, valid for TLS servers and clients, names <svc>, graflow-<svc>,
 #   graflow-<svc>.graflow.svc, localhost and 127.0.0.1 (the container health checks dial it).
 # - tokens/<role>: one random token per role (service, worker, client, admin, viewer).
 # - bus.key: the bus signing key, `<key id>:<hex secret>` (docs/security.md, "Integrity on the bus").
@@ -34,7 +34,7 @@ if [[ ! -f ca.crt ]]; then
     -subj /CN=graflow-ca -keyout ca.key -out ca.crt 2>/dev/null
 fi
 
-for name in scheduler coordinator result-store worker client redis; do
+for name in scheduler coordinator result-store worker console client redis; do
   [[ -f $name.crt ]] && continue
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
     -keyout "$name.key" -out "$name.csr" 2>/dev/null
@@ -69,6 +69,9 @@ done
 printf 'GRAFLOW_WORKER_AUTH_TOKEN=%s\nGRAFLOW_WORKER_SIGNING_KEYS=%s\nGRAFLOW_WORKER_REDIS_URL=%s\n' \
   "$(cat tokens/worker)" "$(cat bus.key)" "$(redis_url worker)" > worker.env
 printf 'GRAFLOW_CLIENT_AUTH_TOKEN=%s\n' "$(cat tokens/admin)" > client.env
+# The console has no token of its own (people sign in with theirs): only the Fernet key of its
+# session cookies (url-safe base64 of 32 bytes), shared by its replicas.
+[[ -f console.env ]] || printf 'GRAFLOW_CONSOLE_SESSION_KEY=%s\n' "$(openssl rand 32 | base64 | tr '+/' '-_')" > console.env
 # The containers run as uid 10001: compose bind-mounts these files as they are.
 chmod 644 ./*.crt ./*.key ./*.env redis-users/*
 chmod 755 redis-users  # read by redis-server (uid 999) in its container

@@ -20,6 +20,8 @@ from graflow_runtime.redis_client import connect
 from graflow_runtime.signing import BusKeys
 from graflow_runtime.tls import TlsFiles
 
+from graflow_console.settings import ConsoleSettings
+
 SCRIPT = Path(__file__).with_name("make-secrets.sh")
 ROLES = ("service", "worker", "client", "admin", "viewer")
 
@@ -62,6 +64,9 @@ def test_env_files_hold_every_roles_hash_and_the_token_each_process_sends(tmp_pa
         "GRAFLOW_WORKER_REDIS_URL": redis_url("worker"),
     }
     assert env_file(tmp_path / "client.env") == {"GRAFLOW_CLIENT_AUTH_TOKEN": tokens["admin"]}
+    console = env_file(tmp_path / "console.env")
+    assert list(console) == ["GRAFLOW_CONSOLE_SESSION_KEY"]  # and no token: people sign in with theirs
+    assert ConsoleSettings(session_key=console["GRAFLOW_CONSOLE_SESSION_KEY"]).session_key  # a Fernet key
 
 
 def test_a_second_run_keeps_what_exists(tmp_path: Path) -> None:

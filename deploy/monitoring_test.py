@@ -14,7 +14,7 @@ import yaml
 DEPLOY = Path(__file__).parent
 OPERATIONS = DEPLOY.parent / "docs" / "operations.md"
 DASHBOARD = DEPLOY / "grafana" / "graflow-dashboard.json"
-GRAFLOW_SERVICES = ("scheduler", "coordinator", "result-store", "worker")
+GRAFLOW_SERVICES = ("scheduler", "coordinator", "result-store", "worker", "console")
 # Samples of a histogram carry a suffix; the metric is documented without it.
 _SUFFIX = re.compile(r"_(bucket|sum|count)$")
 

@@ -31,7 +31,7 @@ def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
 
 def test_every_image_has_a_dockerfile() -> None:
     assert [path.name for path in DOCKERFILES] == [
-        f"{svc}.Dockerfile" for svc in ("coordinator", "result-store", "scheduler", "worker")
+        f"{svc}.Dockerfile" for svc in ("console", "coordinator", "result-store", "scheduler", "worker")
     ]
 
 

@@ -11,9 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from graflow.devstack import LocalStack
+from graflow_runtime.access import Role
+
 from graflow_console.app import create_app
 from graflow_console.settings import ConsoleSettings
-from graflow_runtime.access import Role
 
 BASE_URL = "http://testserver"
 # What a browser sends with a form of the console's own pages.

@@ -79,3 +79,5 @@ def test_static_assets_and_health_are_served_by_the_console(console: TestClient)
     openapi = console.get("/api/openapi.json").json()
     assert openapi["info"]["title"] == "Graflow console API"
     assert console.get("/docs").status_code == 404  # no Swagger UI: it would load from a CDN
+    policy = console.get("/login").headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
-from graflow import task
+from graflow import TaskContext, task, workflow
+
+
+@task(inject_context=True)
+def ask(ctx: TaskContext) -> dict[str, Any]:
+    """Asks one question of each kind the approval example does not: text, several options, custom."""
+    text = ctx.request_text_input("release notes?")
+    regions = ctx.request_feedback("multi_selection", "regions?", options=["eu", "us", "ap"]).selected_multiple
+    custom = ctx.request_feedback("custom", "limits?", metadata={"unit": "rps"}).custom_data
+    return {"text": text, "regions": regions, "custom": custom}
 
 
 @task
-def slow(seconds: float = 30.0) -> str:
-    """Long enough to be canceled from a page."""
-    time.sleep(seconds)
-    return "done"
+def fail_loudly() -> None:
+    raise ValueError("this node fails on purpose")
+
+
+with workflow("questions") as questions:
+    questions.add(ask)
+
+with workflow("failing") as failing:
+    failing.add(fail_loudly)

@@ -16,7 +16,8 @@ starts a local Redis Cluster instead (6 redis-server processes: 3 primaries, 3 r
 ``--redis-acl`` they load the ACL users),
 ``--redis-cluster-url`` uses an existing one; ``--redis-cells N`` cuts the keyspace in N cells
 (docs/architecture.md, "Redis Cluster: cells"; on a cluster, enough cells to spread over its
-primaries).
+primaries). The web console starts too (``--no-console``: not) and its URL is printed
+(``console: http://127.0.0.1:8480/``; docs/console.md).
 
 ``worker`` is ``celery -A proj worker`` for Graflow: it replaces itself (exec, so signals reach the
 worker directly) with ``python -m graflow_worker``, its ``GRAFLOW_WORKER_*`` settings taken from the
@@ -59,6 +60,8 @@ DEFAULT_ADDRESSES = {
     "scheduler": DEFAULT_SCHEDULER_ADDRESS,
     "coordinator": DEFAULT_COORDINATOR_ADDRESS,
     "result-store": DEFAULT_RESULT_STORE_ADDRESS,
+    # The web console's default port (graflow_console.settings.DEFAULT_CONSOLE_PORT).
+    "console": "127.0.0.1:8480",
 }
 # Cells of `graflow dev --redis-cluster` unless --redis-cells says: four per primary of the local
 # cluster, as in the Kubernetes manifests (deploy/k8s/cluster).
@@ -136,6 +139,12 @@ WORKER_FLAGS = {
     is_flag=True,
     help="every process serves Prometheus /metrics on a free port (printed; docs/operations.md)",
 )
+@click.option(
+    "--console/--no-console",
+    default=True,
+    show_default=True,
+    help="also start the web console (docs/console.md) and print its URL",
+)
 @pass_app
 def dev(
     app: App,
@@ -152,6 +161,7 @@ def dev(
     redis_cluster_url: str | None,
     redis_cells: int | None,
     metrics: bool,
+    console: bool,
 ) -> int:
     """Start a local stack (redis-server + the four services), run an example workflow, stop.
 
@@ -184,6 +194,7 @@ def dev(
         redis_cluster=cluster,
         cells=cells,
         metrics=metrics,
+        console=console,
     )
     code = RUN_FAILED
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
@@ -193,6 +204,8 @@ def dev(
             out.line(f"metrics of {name}: {stack.metrics_url(name)}")
         if not tasks:  # the workers run the examples' tasks
             register_examples(stack, out)
+        if console:
+            out.line(f"console: {stack.console_url} (auth is off: sign in with any token)")
         if tasks:
             out.line(f"stack ready (logs in {stack.log_dir}); workers run the tasks of {', '.join(tasks)}")
             code = OK

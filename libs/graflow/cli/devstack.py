@@ -45,6 +45,9 @@ its replicas, which every process and the stack's clients are given (docs/archit
 ``metrics=True`` gives every process a ``/metrics`` port of its own (``METRICS_PORT``, a free
 port fixed for the stack; off otherwise, as the services' default): :meth:`LocalStack.metrics_url`.
 
+``console=True`` also starts the web console (:mod:`graflow.cli.devconsole`) once the services
+serve: :attr:`LocalStack.console_url`, HTTPS with the stack's TLS.
+
 ``signing=True`` generates an HMAC key for the stack's bus messages (``SIGNING_KEYS``,
 ``SIGNING_KEY_ID``) and gives it to the scheduler, the coordinator and every worker
 (docs/security.md, "Integrity on the bus").
@@ -291,6 +294,7 @@ class LocalStack:
         cells: int = 1,
         replicas: Mapping[str, int] | None = None,
         metrics: bool = False,
+        console: bool = False,
     ) -> None:
         if workers < 0:
             raise ValueError("workers must be >= 0")
@@ -351,6 +355,11 @@ class LocalStack:
         )
         self.servers: dict[str, ServiceProcess] = {}
         self.workers: list[ServiceProcess] = []
+        # The web console (graflow.cli.devconsole), when ``console``: its port (``ports["console"]``
+        # or a free one) and session key are fixed per stack.
+        self.console_port = ((ports or {}).get("console") or free_port()) if console else 0
+        self._console_session_key = ""
+        self.console: ServiceProcess | None = None
         self._started = False
         atexit.register(_stop_at_exit, weakref.ref(self))
 
@@ -553,6 +562,22 @@ class LocalStack:
             command=self.commands.get("worker", ()),
         )
 
+    @property
+    def console_url(self) -> str:
+        """The console's URL (``console=True``), e.g. ``http://127.0.0.1:8480/``."""
+        if not self.console_port:
+            raise LocalStackError("this stack has no console: start it with console=True")
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.console_port}/"
+
+    def _console(self) -> ServiceProcess:
+        # Imported here: graflow.cli.devconsole builds on this module's ServiceProcess.
+        from graflow.cli.devconsole import ConsoleProcess, console_env, new_session_key
+
+        self._console_session_key = self._console_session_key or new_session_key()
+        env = console_env(self.addresses, self.console_port, self.tls, self.shutdown_grace_s,
+                          self._console_session_key, {**os.environ, **self._extra_env})
+        return ConsoleProcess(env, self.log_dir / "console.log", self.console_port, self.tls)
+
     def _launch(self, processes: Sequence[ServiceProcess]) -> None:
         """Start processes together, then wait until each one is SERVING."""
         for process in processes:
@@ -581,6 +606,9 @@ class LocalStack:
             self._launch(list(self.servers.values()))
             self.workers = [self._worker(i) for i in range(self.worker_count)]
             self._launch(self.workers)
+            if self.console_port:
+                self.console = self._console()
+                self._launch([self.console])
         except BaseException:
             self.stop(keep_logs=True)
             raise
@@ -589,6 +617,8 @@ class LocalStack:
     def stop(self, keep_logs: bool = False) -> None:
         """Stop workers, scheduler, coordinator, result-store, then Redis (if the stack started it)."""
         grace = self.shutdown_grace_s + 5
+        if self.console is not None:
+            self.console.stop(grace_s=grace)
         for worker in self.workers:  # workers drain together
             worker.begin_stop()
         for worker in self.workers:
@@ -612,6 +642,8 @@ class LocalStack:
     def process(self, service: str) -> ServiceProcess:
         if service in self.servers:
             return self.servers[service]
+        if service == "console" and self.console is not None:
+            return self.console
         if service.startswith("worker-") and service[7:].isdigit():
             index = int(service[7:])
             if index < len(self.workers):

@@ -9,15 +9,15 @@ SHUTDOWN_GRACE_S to finish (live event streams are closed then). Exit codes as t
 
 from __future__ import annotations
 
+import signal
 import ssl
 import sys
+from types import FrameType
 from typing import NoReturn
 
 import structlog
 import uvicorn
 
-from graflow_console.app import create_app
-from graflow_console.settings import ConsoleSettings
 from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.lifecycle import EXIT_CONFIGURATION, EXIT_FAILED
 from graflow_runtime.logs import configure_logging
@@ -25,6 +25,9 @@ from graflow_runtime.metrics import MetricsServer
 from graflow_runtime.settings import SettingsError, load_settings
 from graflow_runtime.telemetry import configure_tracing
 from graflow_runtime.tls import Exposure, check_exposure, files_of
+
+from graflow_console.app import create_app
+from graflow_console.settings import ConsoleSettings
 
 log = structlog.get_logger(__name__)
 PREFIX = "GRAFLOW_CONSOLE_"
@@ -84,13 +87,19 @@ def main() -> None:
         config = uvicorn_config(settings)
     except ConfigurationError as exc:
         _exit_misconfigured(exc)
-    metrics = MetricsServer(settings.metrics_address, settings.metrics_port) if settings.metrics_port else None
+    metrics = None
+    if settings.metrics_port:
+        metrics = MetricsServer(settings.metrics_address, settings.metrics_port)
     try:
         if metrics is not None:
             metrics.start()
         scheme = "https" if settings.https else "http"
         log.info("console serving", url=f"{scheme}://{settings.host}:{settings.port}/")
         server = uvicorn.Server(config)
+        # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again for the
+        # handler it found installed: this one, so that a clean stop exits 0 as every service does.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stopped)
         server.run()
         if not server.started:
             log.error("could not start", error=f"cannot serve on {settings.host}:{settings.port}")
@@ -102,6 +111,10 @@ def main() -> None:
         if metrics is not None:
             metrics.stop()
         flush_tracing()
+
+
+def _stopped(sig: int, frame: FrameType | None) -> None:
+    log.info("console stopped", signal=signal.Signals(sig).name)
 
 
 def _exit_misconfigured(exc: ConfigurationError) -> NoReturn:

@@ -28,7 +28,7 @@ from graflow import payload
 from graflow.feedback import NOT_GIVEN, build_response
 from graflow.run import parse_status
 from graflow_api.v1 import scheduler_pb2
-from graflow_runtime.auth import PRINCIPAL_HASH_CHARS, token_digest
+from graflow_runtime.auth import token_digest
 
 from graflow_console.api_models import (
     AnswerBody,
@@ -38,14 +38,15 @@ from graflow_console.api_models import (
     FeedbackRequest,
     Run,
     RunList,
-    Submitted,
     SubmitBody,
+    Submitted,
     WorkflowList,
     feedback_model,
     run_model,
     workflow_model,
 )
 from graflow_console.backend import ConsoleError, Person
+from graflow_console.pages import bad_input, parse_labels
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -100,9 +101,12 @@ router = APIRouter(
     tags=["api"],
     route_class=_ApiRoute,
     responses={
-        "default": {"model": ErrorBody, "description": "Refused or failed: the gRPC code and the service's message."},
+        "default": {
+            "model": ErrorBody,
+            "description": "Refused or failed: the gRPC code and the service's message.",
+        },
         400: {"model": ErrorBody, "description": "INVALID_ARGUMENT: the request or its values are wrong."},
-        401: {"model": ErrorBody, "description": "UNAUTHENTICATED: no token, or one the services do not know."},
+        401: {"model": ErrorBody, "description": "UNAUTHENTICATED: no token, or one the services reject."},
         403: {"model": ErrorBody, "description": "PERMISSION_DENIED: the token's role may not do this."},
         404: {"model": ErrorBody, "description": "NOT_FOUND: no such run, workflow or request."},
         409: {"model": ErrorBody, "description": "FAILED_PRECONDITION or ALREADY_EXISTS: not in this state."},
@@ -116,21 +120,11 @@ def base_url(request: Request) -> str:
     return request.app.state.settings.public_url or str(request.base_url).rstrip("/")
 
 
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConsoleError(400, "INVALID_ARGUMENT", f"label {pair!r} is not key=value")
-        labels[key] = value
-    return labels
-
-
 def _status(name: str | None) -> int:
     try:
         return parse_status(name or None)
     except ValueError as exc:
-        raise ConsoleError(400, "INVALID_ARGUMENT", str(exc)) from None
+        raise bad_input(str(exc)) from None
 
 
 @router.get("/runs", response_model=RunList, summary="List runs, newest first")
@@ -152,7 +146,7 @@ async def list_runs(
             status=_status(status),
             page_token=page_token,
             workflow_name=workflow,
-            labels=_labels(label),
+            labels={k: v for pair in label for k, v in parse_labels(pair).items()},
             created_after_ms=created_after_ms,
             created_before_ms=created_before_ms,
         ),
@@ -215,7 +209,9 @@ async def list_feedback(
     run_id: Annotated[str, Query(description="Only this run's requests (empty: every run)")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FeedbackList:
-    answer = await person.scheduler("ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id, limit=limit))
+    answer = await person.scheduler(
+        "ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id, limit=limit)
+    )
     return FeedbackList(
         requests=[feedback_model(r, _feedback_url(request, r.run_id, r.request_id)) for r in answer.requests]
     )
@@ -248,7 +244,8 @@ async def answer_feedback(
         selected_multiple=body.selected_multiple,
         # A custom answer may be JSON null: "given" is whether the body named it.
         custom_data=body.custom if "custom" in body.model_fields_set else NOT_GIVEN,
-        responded_by=f"token:{token_digest(token)[:PRINCIPAL_HASH_CHARS]} (HTTP API)",
+        # As the pages name the person (Session.fingerprint), without the token.
+        responded_by=f"HTTP API (token {token_digest(token)[:8]}…)",
     )
     answer = await person.scheduler(
         "RespondFeedback",

@@ -91,7 +91,9 @@ class CancelBody(BaseModel):
 class Workflow(BaseModel):
     name: str
     description: str
-    default_arguments: dict[str, Any] = Field(description="Arguments a submission gets when it does not set them.")
+    default_arguments: dict[str, Any] = Field(
+        description="Arguments a submission gets when it does not set them."
+    )
     version: int
     updated_at_ms: int
     graph_hash: str
@@ -157,7 +159,9 @@ class AnswerBody(BaseModel):
     reason: str = Field("", description="Optional, any kind.")
     text: str | None = Field(None, description="TEXT.")
     selected: str | None = Field(None, description="SELECTION: one of the options.")
-    selected_multiple: list[str] | None = Field(None, description="MULTI_SELECTION: options, each at most once.")
+    selected_multiple: list[str] | None = Field(
+        None, description="MULTI_SELECTION: options, each at most once."
+    )
     custom: Any = Field(None, description="CUSTOM: any JSON value (null included, when given).")
 
 

@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from fastapi import Request
 
 from graflow_api.v1 import scheduler_pb2
+
 from graflow_console.backend import Backend, ConsoleError, Person
 from graflow_console.settings import ConsoleSettings
 

@@ -12,16 +12,16 @@ seconds, ``hx-select`` of the table), which needs no endpoint of its own and no 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from graflow_api.v1 import coordinator_pb2
+
 from graflow_console.auth import Session
 from graflow_console.backend import ConsoleError
-from graflow_console.web import current_session, flash, posted_form, render
+from graflow_console.web import SessionDep, duration_text, flash, posted_form, render, time_text
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,25 +31,6 @@ REFRESH_S = 5
 # and leaves the list.
 LATE_AFTER_MS = 30_000
 DEAD_LETTERS_PAGE = 50
-
-
-def when(ms: int) -> str:
-    """An epoch-milliseconds time as UTC text ("" for 0): the same for every viewer and in logs."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else ""
-
-
-def age(ms: int) -> str:
-    """A duration in milliseconds as "850 ms", "12.3 s", "4 min 05 s", "3 h 02 min"."""
-    ms = max(0, ms)
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    minutes, seconds = divmod(ms // 1000, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _worker_rows(workers: list[coordinator_pb2.WorkerInfo]) -> list[dict[str, Any]]:
@@ -66,14 +47,14 @@ def _worker_rows(workers: list[coordinator_pb2.WorkerInfo]) -> list[dict[str, An
             "in_flight": worker.in_flight,
             "concurrency": worker.concurrency,
             "liveness": "late" if silent_ms > LATE_AFTER_MS else "live",
-            "heartbeat_age": age(silent_ms),
-            "registered_at": when(worker.registered_at_ms),
+            "heartbeat_age": duration_text(worker.last_heartbeat_ms, max(now_ms, worker.last_heartbeat_ms)),
+            "registered_at": time_text(worker.registered_at_ms),
         })
     return rows
 
 
 @router.get("/workers")
-async def workers(request: Request, session: Annotated[Session, Depends(current_session)]) -> Response:
+async def workers(request: Request, session: SessionDep) -> Response:
     answer = await session.person.coordinator("ListWorkers", coordinator_pb2.ListWorkersRequest())
     context = {
         "workers": _worker_rows(list(answer.workers)),
@@ -84,15 +65,18 @@ async def workers(request: Request, session: Annotated[Session, Depends(current_
 
 
 @router.get("/queues")
-async def queues(request: Request, session: Annotated[Session, Depends(current_session)]) -> Response:
+async def queues(request: Request, session: SessionDep) -> Response:
     answer = await session.person.coordinator("ListQueues", coordinator_pb2.ListQueuesRequest())
+    now_ms = int(time.time() * 1000)
     rows = [
         {
             "queue": q.queue,
             "length": q.length,
             "lag": q.lag,
             "pending": q.pending,
-            "oldest_pending_age": age(q.oldest_pending_age_ms) if q.pending else "-",
+            "oldest_pending_age": (
+                duration_text(now_ms - q.oldest_pending_age_ms, now_ms) if q.pending else "-"
+            ),
             "workers": q.workers,
         }
         for q in sorted(answer.queues, key=lambda q: q.queue)
@@ -103,9 +87,17 @@ async def queues(request: Request, session: Annotated[Session, Depends(current_s
 async def _dead_letters_page(
     request: Request, session: Session, after: str, *, status_code: int = 200, error: str | None = None
 ) -> Response:
-    answer = await session.person.coordinator(
-        "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
-    )
+    """The list, or, when this role may not list dead letters (a client), the page without it and
+    with the refusal: its by-id form still lets a person try an action, and learn the rule."""
+    listed = True
+    try:
+        answer = await session.person.coordinator(
+            "ListDeadLetters", coordinator_pb2.ListDeadLettersRequest(limit=DEAD_LETTERS_PAGE, after_id=after)
+        )
+    except ConsoleError as exc:
+        answer, listed = coordinator_pb2.ListDeadLettersResponse(), False
+        if error is None:  # after a refused action, that refusal is the message to show
+            status_code, error = exc.status_code, exc.message
     letters = [
         {
             "id": d.id,
@@ -114,7 +106,7 @@ async def _dead_letters_page(
             "attempt": d.attempt,
             "queue": d.queue,
             "reason": d.reason,
-            "dead_at": when(d.dead_at_ms),
+            "dead_at": time_text(d.dead_at_ms),
         }
         for d in answer.dead_letters
     ]
@@ -124,7 +116,7 @@ async def _dead_letters_page(
     return render(
         request,
         "dead_letters.html",
-        {"letters": letters, "next_after": next_after},
+        {"letters": letters, "listed": listed, "next_after": next_after},
         session=session,
         status_code=status_code,
         error=error,
@@ -134,46 +126,55 @@ async def _dead_letters_page(
 @router.get("/dead-letters")
 async def dead_letters(
     request: Request,
-    session: Annotated[Session, Depends(current_session)],
+    session: SessionDep,
     after: Annotated[str, Query(description="id of the last letter of the previous page")] = "",
 ) -> Response:
     return await _dead_letters_page(request, session, after)
 
 
-async def _act(request: Request, method: str, message: Any, done: str, missing: str = "") -> Response:
-    """One admin action on a dead letter. Success: back to the list with ``done``. Refused: the list
-    with the coordinator's message and status. ``missing``: shown (404) when the answer counts the
-    letter as not found (DeleteDeadLetters does; ReplayDeadLetters answers NOT_FOUND itself)."""
-    session, _form = await posted_form(request)
+async def _act(request: Request, session: Session, action: str, letter_id: str) -> Response:
+    """Replay or delete one dead letter. Success: back to the list with what was done. Refused:
+    the list with the coordinator's message and the status it maps to."""
+    if action == "replay":
+        method = "ReplayDeadLetters"
+        message: Any = coordinator_pb2.ReplayDeadLettersRequest(ids=[letter_id])
+        done = f"dead letter {letter_id} replayed: it is back on its queue as a new delivery"
+    elif action == "delete":
+        method = "DeleteDeadLetters"
+        message = coordinator_pb2.DeleteDeadLettersRequest(ids=[letter_id])
+        done = f"dead letter {letter_id} deleted"
+    else:
+        raise ConsoleError(404, "NOT_FOUND", f"no action {action!r} on dead letters: replay or delete")
+    if not letter_id:
+        raise ConsoleError(400, "INVALID_ARGUMENT", "enter the id of a dead letter")
     try:
         answer = await session.person.coordinator(method, message)
     except ConsoleError as exc:
         return await _dead_letters_page(
             request, session, "", status_code=exc.status_code, error=f"{method} refused: {exc.message}"
         )
-    if missing and answer.not_found:
+    # DeleteDeadLetters counts an unknown id (ReplayDeadLetters answers NOT_FOUND itself).
+    if action == "delete" and answer.not_found:
+        missing = f"no dead letter {letter_id} (already replayed or deleted)"
         return await _dead_letters_page(request, session, "", status_code=404, error=missing)
     response = RedirectResponse("/dead-letters", status_code=303)
     flash(response, request, "ok", done)
     return response
 
 
-@router.post("/dead-letters/{letter_id}/replay")
-async def replay(request: Request, letter_id: str) -> Response:
+@router.post("/dead-letters/by-id")
+async def act_by_id(request: Request) -> Response:
+    """The form that names a letter by its id (from an alert, the CLI or a log line)."""
+    session, form = await posted_form(request)
+    letter_id, action = form.get("id"), form.get("action")
     return await _act(
-        request,
-        "ReplayDeadLetters",
-        coordinator_pb2.ReplayDeadLettersRequest(ids=[letter_id]),
-        f"dead letter {letter_id} replayed: it is back on its queue as a new delivery",
+        request, session, action if isinstance(action, str) else "",
+        letter_id.strip() if isinstance(letter_id, str) else "",
     )
 
 
-@router.post("/dead-letters/{letter_id}/delete")
-async def delete(request: Request, letter_id: str) -> Response:
-    return await _act(
-        request,
-        "DeleteDeadLetters",
-        coordinator_pb2.DeleteDeadLettersRequest(ids=[letter_id]),
-        f"dead letter {letter_id} deleted",
-        missing=f"no dead letter {letter_id} (already replayed or deleted)",
-    )
+@router.post("/dead-letters/{letter_id}/{action}")
+async def act(request: Request, letter_id: str, action: str) -> Response:
+    """The forms of each row of the list: replay or delete."""
+    session, _form = await posted_form(request)
+    return await _act(request, session, action, letter_id)

@@ -11,28 +11,50 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 from cryptography.fernet import Fernet, InvalidToken
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import HTMLResponse
-from starlette.datastructures import FormData
+from fastapi.datastructures import FormData
 
 from graflow_console.auth import Session, Sessions
 
 FLASH_COOKIE = "graflow_console_flash"
 
 
+def time_text(ms: int) -> str:
+    """An epoch-milliseconds time as the pages show it: UTC, to the second ("" for 0)."""
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration_text(start_ms: int, end_ms: int) -> str:
+    if not start_ms or not end_ms or end_ms < start_ms:
+        return ""
+    seconds = (end_ms - start_ms) / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+
+
 def templates() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("graflow_console", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["time"] = time_text
+    env.globals["duration"] = duration_text
+    return env
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,9 @@ def current_session(request: Request) -> Session:
     return sessions_of(request).require(request)
 
 
+SessionDep = Annotated[Session, Depends(current_session)]
+
+
 async def posted_form(request: Request) -> tuple[Session, FormData]:
     """The session and the form of a page's POST, after the origin and CSRF checks."""
     session = sessions_of(request).require(request)
@@ -85,8 +110,9 @@ def _take_flash(request: Request) -> tuple[str, str] | None:
     raw = request.cookies.get(FLASH_COOKIE)
     if not raw:
         return None
+    fernet: Fernet = request.app.state.flash_fernet
     try:
-        kind, _, message = request.app.state.flash_fernet.decrypt(raw.encode(), ttl=60).decode().partition("\n")
+        kind, _, message = fernet.decrypt(raw.encode(), ttl=60).decode().partition("\n")
     except InvalidToken:
         return None
     return (kind, message) if kind in ("ok", "error") else None

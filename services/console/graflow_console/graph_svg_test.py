@@ -1,0 +1,71 @@
+"""The run graph's SVG: groups as joins, dynamic nodes linked to who added them, loops, states,
+escaping."""
+
+from __future__ import annotations
+
+import re
+
+from graflow_api.v1 import common_pb2, scheduler_pb2, workflow_pb2
+
+from graflow_console.graph_svg import render_svg, run_graph
+
+
+def spec() -> workflow_pb2.WorkflowSpec:
+    return workflow_pb2.WorkflowSpec(
+        name="demo",
+        nodes=[workflow_pb2.NodeSpec(id=i, task_type=f"t_{i}") for i in ("a", "b", "c", "d")],
+        groups=[workflow_pb2.GroupSpec(id="g", member_ids=["b", "c"], policy=workflow_pb2.GroupPolicy(
+            kind=workflow_pb2.GroupPolicy.KIND_AT_LEAST_N, min_success=1))],
+        edges=[workflow_pb2.EdgeSpec(from_id="a", to_id="g"), workflow_pb2.EdgeSpec(from_id="g", to_id="d"),
+               workflow_pb2.EdgeSpec(from_id="d", to_id="a", loop=True)],
+    )
+
+
+def run() -> scheduler_pb2.Run:
+    return scheduler_pb2.Run(run_id="r", nodes=[
+        scheduler_pb2.NodeStatus(node_id="a", state=common_pb2.NODE_STATE_SUCCEEDED, kind="task"),
+        scheduler_pb2.NodeStatus(node_id="b", state=common_pb2.NODE_STATE_FAILED, kind="task"),
+        scheduler_pb2.NodeStatus(node_id="c", state=common_pb2.NODE_STATE_SUCCEEDED, kind="task"),
+        scheduler_pb2.NodeStatus(node_id="g", state=common_pb2.NODE_STATE_SUCCEEDED, kind="group"),
+        scheduler_pb2.NodeStatus(node_id="d", state=common_pb2.NODE_STATE_WAITING, kind="task"),
+        scheduler_pb2.NodeStatus(node_id="extra", state=common_pb2.NODE_STATE_READY, kind="task",
+                                 task_type="t_extra", added_by="c"),
+    ])
+
+
+def test_groups_are_joins_and_dynamic_nodes_hang_off_who_added_them():
+    graph = run_graph(spec(), run())
+    edges = {(s, t): css for s, t, css in graph.edges}
+    assert edges[("a", "b")] == edges[("a", "c")] == "edge"  # into the group: to each member
+    assert edges[("b", "g")] == edges[("c", "g")] == "edge"  # members join
+    assert edges[("g", "d")] == "edge"  # out of the group: from the join
+    assert edges[("d", "a")] == "edge loop"
+    assert edges[("c", "extra")] == "edge dynamic"
+    group = next(n for n in graph.nodes if n.node_id == "g")
+    assert group.kind == "group" and group.detail == "AT_LEAST 1"
+
+
+def test_the_svg_has_one_node_per_run_node_with_its_state():
+    svg = render_svg(run_graph(spec(), run()))
+    assert svg.startswith('<svg id="run-graph"')
+    states = dict(re.findall(r'<g class="node[^"]*" id="node-([^"]+)" data-node-id="[^"]+" data-state="([A-Z]+)"', svg))
+    assert states == {"a": "SUCCEEDED", "b": "FAILED", "c": "SUCCEEDED", "g": "SUCCEEDED", "d": "WAITING",
+                      "extra": "READY"}
+    assert svg.count('class="edge loop"') == 1 and svg.count('class="edge dynamic"') == 1
+    assert 'class="node group"' in svg
+
+
+def test_a_node_not_yet_in_the_run_is_pending_and_user_text_is_escaped():
+    hostile = workflow_pb2.WorkflowSpec(nodes=[workflow_pb2.NodeSpec(id="x", task_type="<script>alert(1)</script>")])
+    svg = render_svg(run_graph(hostile, scheduler_pb2.Run()))
+    assert 'data-state="PENDING"' in svg
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+
+
+def test_a_twenty_node_graph_stays_within_its_drawing():
+    nodes = [workflow_pb2.NodeSpec(id=f"n{i}", task_type="work") for i in range(20)]
+    edges = [workflow_pb2.EdgeSpec(from_id=f"n{i}", to_id=f"n{i + 1}") for i in range(0, 19, 2)]
+    svg = render_svg(run_graph(workflow_pb2.WorkflowSpec(nodes=nodes, edges=edges), scheduler_pb2.Run()))
+    width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
+    for x, y in re.findall(r'<rect x="([\d.]+)" y="([\d.]+)"', svg):
+        assert 0 <= float(x) < width and 0 <= float(y) < height

@@ -1,0 +1,100 @@
+// The run page's live updates: node states, the run's status and the event list, from the
+// server-sent events of /runs/<id>/events (WatchRun). Clicking a node loads its details.
+(function () {
+  "use strict";
+  const page = document.getElementById("run");
+  if (!page) return;
+  const runId = page.dataset.runId;
+  const base = "/runs/" + encodeURIComponent(runId);
+  const events = document.getElementById("events");
+  const status = document.getElementById("run-status");
+  let selected = null;
+
+  function setRunStatus(value) {
+    if (!value || !status) return;
+    status.dataset.status = value;
+    status.className = "status " + value;
+    status.textContent = value;
+    if (["SUCCEEDED", "FAILED", "CANCELED"].includes(value)) {
+      const cancel = document.getElementById("cancel-form");
+      if (cancel) cancel.remove();
+    }
+  }
+
+  function nodeElement(nodeId) {
+    return document.getElementById("node-" + nodeId);
+  }
+
+  function showDetails(nodeId) {
+    if (selected) selected.classList.remove("selected");
+    selected = nodeElement(nodeId);
+    if (selected) selected.classList.add("selected");
+    htmx.ajax("GET", base + "/nodes/" + encodeURIComponent(nodeId), "#node-details");
+  }
+
+  function bindGraph() {
+    document.querySelectorAll("#run-graph g.node").forEach(function (node) {
+      node.addEventListener("click", function () { showDetails(node.dataset.nodeId); });
+      node.addEventListener("keydown", function (e) {
+        if (e.key === "Enter") showDetails(node.dataset.nodeId);
+      });
+    });
+  }
+
+  function reloadGraph() {
+    fetch(base + "/graph", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (svg) {
+        const panel = document.getElementById("graph-panel");
+        panel.innerHTML = svg;
+        bindGraph();
+      })
+      .catch(function () { /* the next event retries */ });
+  }
+
+  function appendEvent(data) {
+    const item = document.createElement("li");
+    item.className = "event " + data.type;
+    item.dataset.type = data.type;
+    const at = data.at_ms ? new Date(Number(data.at_ms)).toISOString().replace("T", " ").slice(0, 23) : "";
+    const parts = [at, data.node_id || "(run)", data.type];
+    if (data.attempt) parts.push("attempt " + data.attempt);
+    if (data.worker_id) parts.push(data.worker_id);
+    if (data.error && (data.error.type || data.error.message)) {
+      parts.push(data.error.type + ": " + data.error.message);
+    }
+    if (data.message) parts.push(data.message);
+    item.textContent = parts.join(" · ");
+    events.appendChild(item);
+    events.scrollTop = events.scrollHeight;
+  }
+
+  function apply(data) {
+    appendEvent(data);
+    if (data.type === "NODE_ADDED" && !nodeElement(data.node_id)) {
+      reloadGraph();
+    } else if (data.node_state && data.node_id) {
+      const node = nodeElement(data.node_id);
+      if (node) node.dataset.state = data.node_state;
+    }
+    setRunStatus(data.run_status);
+    if (data.type === "NODE_WAITING" || data.type === "RUN_PAUSED") {
+      htmx.ajax("GET", window.location.pathname, { target: "#feedback", select: "#feedback", swap: "outerHTML" });
+    }
+  }
+
+  bindGraph();
+  const source = new EventSource(base + "/events");
+  source.addEventListener("run-event", function (e) { apply(JSON.parse(e.data)); });
+  source.addEventListener("failure", function (e) {
+    const data = JSON.parse(e.data);
+    const item = document.createElement("li");
+    item.className = "event failure";
+    item.textContent = "live updates stopped: " + data.message;
+    events.appendChild(item);
+  });
+  source.addEventListener("end", function () {
+    source.close();
+    page.dataset.live = "ended";
+  });
+})();

@@ -1,0 +1,128 @@
+"""The run page against a live stack: the graph as SVG with node states, the live event stream,
+node details, and cancel refused to a viewer with the service's message."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from graflow.devstack import LocalStack
+from graflow.errors import RunFailedError
+from graflow_examples.approval import release
+from graflow_examples.etl import etl
+from graflow_runtime.access import Role
+from graflow_runtime.runids import new_run_id
+from tests.console.conftest import SAME_ORIGIN, sign_in
+from tests.console.tasks import failing
+
+
+@pytest.fixture(scope="module")
+def etl_run(stack: LocalStack) -> str:
+    run = stack.client().submit(etl)
+    run.result(timeout=60)
+    return run.id
+
+
+def nodes_of(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<g class="node[^"]*" id="node-[^"]+" data-node-id="([^"]+)" data-state="([A-Z]+)"', html))
+
+
+def sse_events(text: str) -> list[tuple[str, str, str]]:
+    """(id, event, data) of each server-sent event."""
+    found = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        found.append((fields.get("id", ""), fields.get("event", ""), fields.get("data", "")))
+    return found
+
+
+def test_the_run_page_draws_every_node_with_its_state_and_the_edges(console: TestClient, stack: LocalStack,
+                                                                    etl_run: str):
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{etl_run}")
+    assert page.status_code == 200
+    assert 'id="run-status" class="status SUCCEEDED" data-status="SUCCEEDED"' in page.text
+    assert '<svg id="run-graph"' in page.text
+    nodes = nodes_of(page.text)
+    assert set(nodes) >= {"fetch", "clean", "enrich", "report"}
+    assert all(state == "SUCCEEDED" for state in nodes.values()), nodes
+    edges = set(re.findall(r'data-from="([^"]+)" data-to="([^"]+)"', page.text))
+    assert ("fetch", "clean") in edges or any(src == "fetch" for src, _ in edges), edges
+    assert any(dst == "report" for _, dst in edges), edges
+    assert 'id="cancel-form"' not in page.text  # an ended run cannot be canceled
+    assert 'src="/static/run.js"' in page.text
+
+
+def test_the_event_stream_replays_the_history_ends_and_resumes_after_a_cursor(
+        console: TestClient, stack: LocalStack, etl_run: str):
+    sign_in(console, stack, Role.VIEWER)
+    with console.stream("GET", f"/runs/{etl_run}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+    assert events[-1][1] == "end"
+    run_events = [(i, json.loads(data)) for i, kind, data in events if kind == "run-event"]
+    types = [data["type"] for _, data in run_events]
+    assert types[0] == "RUN_CREATED" and types[-1] == "RUN_SUCCEEDED", types
+    succeeded = [data for _, data in run_events if data["type"] == "NODE_SUCCEEDED"]
+    assert {d["node_id"] for d in succeeded} >= {"fetch", "report"}
+    assert all(d["node_state"] == "SUCCEEDED" for d in succeeded)
+    assert run_events[-1][1]["run_status"] == "SUCCEEDED"
+    # A reconnect with Last-Event-ID gets only what came after it.
+    middle = run_events[len(run_events) // 2][0]
+    with console.stream("GET", f"/runs/{etl_run}/events", headers={"last-event-id": middle}) as response:
+        resumed = [e for e in sse_events(response.read().decode()) if e[1] == "run-event"]
+    assert [i for i, _, _ in resumed] == [i for i, _ in run_events[len(run_events) // 2 + 1:]]
+
+
+def test_node_details_show_the_result_worker_and_timings(console: TestClient, stack: LocalStack, etl_run: str):
+    sign_in(console, stack, Role.VIEWER)
+    details = console.get(f"/runs/{etl_run}/nodes/fetch")
+    assert details.status_code == 200
+    assert "SUCCEEDED" in details.text
+    assert 'class="result"' in details.text
+    assert "dev-worker-0" in details.text
+    assert "NODE_SUCCEEDED" in details.text
+    assert console.get(f"/runs/{etl_run}/nodes/nope").status_code == 404
+
+
+def test_a_failed_node_shows_its_error_and_traceback(console: TestClient, stack: LocalStack):
+    run = stack.client().submit(failing)
+    with pytest.raises(RunFailedError):
+        run.result(timeout=60)
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{run.id}")
+    assert nodes_of(page.text)["fail_loudly"] == "FAILED"
+    assert "this node fails on purpose" in page.text
+    details = console.get(f"/runs/{run.id}/nodes/fail_loudly")
+    assert "ValueError" in details.text and 'class="traceback"' in details.text
+
+
+def test_a_viewer_is_refused_cancel_with_the_services_message_and_a_client_cancels(
+        console: TestClient, stack: LocalStack):
+    run = stack.client().submit(release)  # waits for an approval: still going
+    csrf = sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{run.id}")
+    assert 'id="cancel-form"' in page.text
+    refused = console.post(f"/runs/{run.id}/cancel", data={"csrf_token": csrf}, headers=SAME_ORIGIN)
+    assert refused.status_code == 403
+    assert '<div id="flash" class="error"' in refused.text
+    assert "viewer" in refused.text and "CancelRun" in refused.text, refused.text
+    no_csrf = console.post(f"/runs/{run.id}/cancel", data={}, headers=SAME_ORIGIN)
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+
+    csrf = sign_in(console, stack, Role.CLIENT)
+    done = console.post(f"/runs/{run.id}/cancel", data={"csrf_token": csrf, "reason": "not today"},
+                        headers=SAME_ORIGIN, follow_redirects=True)
+    assert done.status_code == 200
+    assert 'data-status="CANCELED"' in done.text
+    assert '<div id="flash" class="ok"' in done.text
+
+
+def test_an_unknown_run_is_a_404_page_and_a_malformed_id_a_400(console: TestClient, stack: LocalStack):
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{new_run_id()}")
+    assert page.status_code == 404 and '<div id="flash" class="error"' in page.text
+    assert console.get("/runs/no-such-run").status_code == 400
