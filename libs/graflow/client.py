@@ -221,7 +221,9 @@ class Client(WorkflowRegistryCalls):
         """Retained runs by status name ("RUNNING", "SUCCEEDED", ...; only those that have
         runs), and ``"TOTAL"``."""
         response = self._scheduler.call("CountRuns", scheduler_pb2.CountRunsRequest())
-        counts = {common_pb2.RunStatus.Name(c.status).removeprefix("RUN_STATUS_"): c.count for c in response.counts}
+        counts = {
+            common_pb2.RunStatus.Name(c.status).removeprefix("RUN_STATUS_"): c.count for c in response.counts
+        }
         return {**counts, "TOTAL": response.total}
 
     def wait(self, run_id: str, wait_s: float) -> RunResult:

@@ -27,7 +27,9 @@ def spec_of(workflow_or_spec: object, call: str) -> workflow_pb2.WorkflowSpec:
         return workflow_or_spec.spec()
     if isinstance(workflow_or_spec, workflow_pb2.WorkflowSpec):
         return workflow_or_spec
-    raise TypeError(f"{call} takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}")
+    raise TypeError(
+        f"{call} takes a graflow Workflow or a WorkflowSpec, not {type(workflow_or_spec).__name__}"
+    )
 
 
 

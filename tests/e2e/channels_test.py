@@ -11,8 +11,8 @@ import redis
 
 from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
-from tests.e2e.conftest import module_stack
 from graflow.errors import WorkflowNotFoundError
+from tests.e2e.conftest import module_stack
 from tests.e2e.tasks import (
     ChannelNote,
     chan_checkpointed,
@@ -61,7 +61,7 @@ def test_values_written_on_one_worker_are_read_on_another_and_by_the_client(clie
 
 def test_a_registered_workflow_gets_its_arguments_over_its_defaults_as_parameters(client: Client):
     with workflow("greeting") as wf:
-        greet  # noqa: B018 - the workflow's one node
+        wf.add(greet)
     client.register_workflow(wf, name="greeting", defaults={"greeting": "hi", "punctuation": "!"})
 
     run = client.submit_registered("greeting", arguments={"greeting": "hello"}, idempotency_key="greet-1")
@@ -76,7 +76,7 @@ def test_a_registered_workflow_gets_its_arguments_over_its_defaults_as_parameter
 
 def test_a_spec_submitted_with_arguments_gets_them_as_parameters(client: Client):
     with workflow("greeting-spec") as wf:
-        greet  # noqa: B018
+        wf.add(greet)
     assert client.submit(wf, arguments={"greeting": "hey"}).result(timeout=60) == "hey."
 
 

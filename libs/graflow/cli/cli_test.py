@@ -19,7 +19,7 @@ from graflow.cli.testing.capture import Captured, read_dev_exports
 from graflow.cli.workflows import load_workflow
 from graflow.devstack import LocalStack
 from graflow.run import RunEvent
-from graflow_examples import TASK_MODULES, etl
+from graflow_examples import EXAMPLES, TASK_MODULES, etl
 from graflow_runtime.local_redis import free_port
 from graflow_runtime.testing.certs import make_ca
 
@@ -281,6 +281,8 @@ def test_dev_keep_serves_clients_until_interrupted_then_stops_every_process():
         )
         with Client(scheduler, result_store) as client:
             assert [r.workflow_name for r in client.list_runs()] == ["etl"]
+            # Registered for the console (and `graflow workflows submit NAME`).
+            assert [w.name for w in client.list_workflows()] == sorted(EXAMPLES)
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0
         with Client(exports["GRAFLOW_CLIENT_SCHEDULER_ADDRESS"], timeout=2) as client:

@@ -79,7 +79,12 @@ def list_workflows(app: App, output: str) -> int:
 @click.option("--wait", is_flag=True, help="watch the run and print its result")
 @pass_app
 def submit(
-    app: App, name: str, arguments: str | None, labels: tuple[str, ...], idempotency_key: str | None, wait: bool
+    app: App,
+    name: str,
+    arguments: str | None,
+    labels: tuple[str, ...],
+    idempotency_key: str | None,
+    wait: bool,
 ) -> int:
     """Submit the workflow registered as NAME; print the run id."""
     with app.client() as client:

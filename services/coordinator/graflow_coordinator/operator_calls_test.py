@@ -20,7 +20,8 @@ async def test_deleting_dead_letters_removes_them_and_counts_the_ids_not_found(
 ) -> None:
     ids = [await dead_letter(redis, f"n{i}") for i in range(3)]
 
-    reply = await stub.DeleteDeadLetters(coordinator_pb2.DeleteDeadLettersRequest(ids=[ids[0], ids[2], "1-1"]))
+    request = coordinator_pb2.DeleteDeadLettersRequest(ids=[ids[0], ids[2], "1-1"])
+    reply = await stub.DeleteDeadLetters(request)
 
     assert (reply.deleted, reply.not_found) == (2, 1)
     listed = (await stub.ListDeadLetters(coordinator_pb2.ListDeadLettersRequest())).dead_letters

@@ -42,8 +42,8 @@ from graflow_scheduler.recovery.sweep import RecoverySweep
 from graflow_scheduler.settings import SchedulerSettings
 from graflow_scheduler.state.dynamic_nodes import DynamicNodes
 from graflow_scheduler.state.reader import RunReader
-from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.state.store import RunStore
+from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.waits.children import ChildRuns
 from graflow_scheduler.waits.feedback import FeedbackRequests
 from graflow_scheduler.waits.parking import Parking

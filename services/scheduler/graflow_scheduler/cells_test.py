@@ -135,6 +135,31 @@ async def test_list_runs_pages_over_every_cell_once_newest_first(four_cells, one
         assert listed == expected, limit
 
 
+async def test_runs_are_listed_by_status_and_counted_over_every_cell(
+    four_cells, one_slot_scripts, store, reader
+):
+    plan = compile_spec(CHAIN)
+    created = []
+    for i in range(13):
+        run_id = new_run_id(1_000 + i, cell=i % 4)
+        await store.create_run(plan, run_id=run_id, graph_hash="h", now_ms=1_000 + i)
+        if i % 3 == 0:
+            await store.cancel_run(run_id, "test", now_ms=2_000)
+        created.append(run_id)
+    canceled = created[::3][::-1]
+
+    listed, token = [], ""
+    while True:
+        runs, token = await reader.list_runs(limit=2, status="CANCELED", page_token=token)
+        listed += [run.run_id for run in runs]
+        if not token:
+            break
+
+    assert listed == canceled
+    assert await reader.count_runs() == ({"RUNNING": 8, "PAUSED": 0, "SUCCEEDED": 0, "FAILED": 0,
+                                          "CANCELED": 5}, 13)
+
+
 async def test_feedback_listing_and_deadlines_cover_every_cell(four_cells, one_slot_scripts, make_app, redis):
     app = await make_app(wait_timer_interval_s=0.02)
     async with app_client(app) as client:

@@ -34,7 +34,6 @@ from graflow_scheduler.graph.compiler import Limits
 from graflow_scheduler.graph.plan import Plan
 from graflow_scheduler.state.deliveries import delivery
 from graflow_scheduler.state.reader import RunFilters, RunReader
-from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.state.store import ParentLink, RunStore
 from graflow_scheduler.state.views import (
     ENDED_STATUSES,
@@ -44,6 +43,7 @@ from graflow_scheduler.state.views import (
     is_terminal,
     is_terminal_entry,
 )
+from graflow_scheduler.state.workflows import WorkflowRegistry
 from graflow_scheduler.waits.children import ChildRuns
 from graflow_scheduler.waits.feedback import FeedbackRequests
 

@@ -49,7 +49,9 @@ def _json_object(raw: bytes, field: str, max_bytes: int) -> dict[str, object]:
 def channel_values(arguments: dict[str, object]) -> dict[str, bytes]:
     """Each argument as the channel value the result-store would store for it (Payload bytes)."""
     if len(arguments) > MAX_CHANNEL_KEYS:
-        raise InvalidRequest(f"{len(arguments):,} arguments; the limit is {MAX_CHANNEL_KEYS:,} (channel keys)")
+        raise InvalidRequest(
+            f"{len(arguments):,} arguments; the limit is {MAX_CHANNEL_KEYS:,} (channel keys)"
+        )
     values: dict[str, bytes] = {}
     for key, value in arguments.items():
         problem = channel_key_problem(key)
@@ -91,7 +93,8 @@ class WorkflowCalls:
             raise InvalidRequest("spec is missing: the workflow to register")
         if len(request.description) > DESCRIPTION_MAX:
             raise InvalidRequest(
-                f"description is {len(request.description):,} characters long; the limit is {DESCRIPTION_MAX:,}"
+                f"description is {len(request.description):,} characters long; "
+                f"the limit is {DESCRIPTION_MAX:,}"
             )
         _json_object(request.default_arguments_json, "default_arguments_json", self.limits.max_args_bytes)
         spec = workflow_pb2.WorkflowSpec()

@@ -185,3 +185,14 @@ async def test_pruning_the_listing_removes_every_expired_run_in_one_pass(reader,
 
     assert await reader.prune_index(created_before_ms=100, batch=10) == 25
     assert [m.decode() for m in await redis.zrange(keys.RUNS_INDEX, 0, -1)] == ["young"]
+
+
+async def test_pruning_the_listing_prunes_the_status_indexes_too(reader, redis):
+    await redis.zadd(keys.RUNS_INDEX, {"gone": 1, "kept": 2})
+    await redis.zadd(keys.runs_by_status(0, "SUCCEEDED"), {"gone": 1, "kept": 2})
+    await redis.hset(keys.run_meta("kept"), "status", "SUCCEEDED")
+
+    assert await reader.prune_index(created_before_ms=100) == 1
+    assert await redis.zrange(keys.runs_by_status(0, "SUCCEEDED"), 0, -1) == [b"kept"]
+    assert await reader.count_runs() == ({"RUNNING": 0, "PAUSED": 0, "SUCCEEDED": 1, "FAILED": 0,
+                                          "CANCELED": 0}, 1)

@@ -243,9 +243,10 @@ class RunStore:
         child run is linked to its ``parent`` node; raises :class:`ParentEnded` when the parent
         run has ended, :class:`ParentNotFound` when it does not exist, :class:`ParentNodeUnknown`
         when it has no such node (atomically: nothing is created). ``channel``: the run's first
-        channel values (key -> Payload bytes, SubmitRunRequest.arguments_json), written with it. ``run_id`` must be of the cell
-        :func:`~graflow_runtime.runids.run_cell` names (its parent's, its idempotency key's): the
-        script touches the keys of that one cell (else ValueError)."""
+        channel values (key -> Payload bytes, SubmitRunRequest.arguments_json), written with it.
+        ``run_id`` must be of the cell :func:`~graflow_runtime.runids.run_cell` names (its
+        parent's, its idempotency key's): the script touches the keys of that one cell (else
+        ValueError)."""
         cell = keys.cell_of(run_id)
         wanted = run_cell(parent_run_id=parent.run_id if parent else "", idempotency_key=idempotency_key)
         if wanted is not None and wanted != cell:

@@ -93,4 +93,6 @@ def _parse(raw: bytes, name: str) -> scheduler_pb2.RegisteredWorkflow:
         return scheduler_pb2.RegisteredWorkflow.FromString(raw)
     except DecodeError as exc:
         # Only the scheduler writes these; a record that does not decode was written by hand.
-        raise ServiceError(f"the registered workflow {name!r} is unreadable ({exc}): register it again") from exc
+        raise ServiceError(
+            f"the registered workflow {name!r} is unreadable ({exc}): register it again"
+        ) from exc
