@@ -17,10 +17,14 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, TimeoutException, WebDriverException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -98,13 +102,40 @@ class Browser:
         self.driver.delete_all_cookies()
         self.open("/login")
         self.find("#token").send_keys(token)
-        self.find("#login-submit").click()
+        self.click("#login-submit")
         self.wait(lambda: not self.path.startswith("/login"), "the sign-in to leave /login")
 
     # ---- reading the page ----
     def find(self, css: str) -> WebElement:
         """The element matching ``css``, waiting for it to appear."""
         return self.wait(lambda: self._first(css), f"an element {css!r}")
+
+    def click(self, css: str) -> None:
+        """Click the element matching ``css``. The console's pages replace parts of themselves
+        live (server-sent events, htmx), so an element found may be gone by the click: found
+        again until the click lands."""
+
+        def attempt() -> bool:
+            element = self._first(css)
+            if element is None:
+                return False
+            try:
+                element.click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        self.wait(attempt, f"a click on {css!r}")
+
+    def script(self, source: str, *args: object) -> Any:
+        """``source`` run in the page (reads of live parts in one step, never a stale element)."""
+        return self.driver.execute_script(source, *args)
+
+    def text(self, css: str) -> str:
+        """The visible text of the first element matching ``css`` ("" when there is none)."""
+        return self.script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css
+        )
 
     def all(self, css: str) -> list[WebElement]:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
@@ -130,15 +161,7 @@ class Browser:
 
     def flash(self) -> str:
         """The text of the page's message (#flash), "" when it has none."""
-        element = self._first("#flash")
-        try:
-            return element.text if element is not None else ""
-        except WebDriverException:  # the page changed under us
-            return ""
-
-    def error_flash(self) -> str:
-        """The refusal the page shows (``#flash.error``), waiting for it."""
-        return self.find("#flash.error").text
+        return self.text("#flash")
 
     # ---- screenshots ----
     def screenshot(self, name: str) -> Path:
