@@ -144,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             window = {"created_after": minute(created[0]), "created_before": minute(created[1] + 60_000)}
             middle = ids[len(ids) // 2]
             measured: list[tuple[str, Callable[[], httpx.Response]]] = [
-                ("GET / (runs, first page)", lambda: pages.get("/")),
+                ("GET /runs (first page; / redirects)", lambda: pages.get("/runs")),
                 ("GET /runs?status=CANCELED", lambda: pages.get("/runs", params={"status": "CANCELED"})),
                 ("GET /runs?workflow=bench-c", lambda: pages.get("/runs", params={"workflow": "bench-c"})),
                 ("GET /runs?label=team=t3", lambda: pages.get("/runs", params={"label": "team=t3"})),
                 ("GET /runs?created_after&before", lambda: pages.get("/runs", params=window)),
                 ("GET /runs page 2 (#next-page)", lambda: pages.get(page_two)),
+                ("GET /runs/counts (live counts)", lambda: pages.get("/runs/counts")),
                 ("GET /runs/{id} (run page)", lambda: pages.get(f"/runs/{middle}")),
                 ("GET /api/v1/runs", lambda: api.get("/api/v1/runs")),
                 ("GET /api/v1/runs?label=team=t3",
