@@ -33,7 +33,8 @@ def https_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     env = {"GRAFLOW_CONSOLE_TLS_CERT_FILE": str(files.cert), "GRAFLOW_CONSOLE_TLS_KEY_FILE": str(files.key),
            "GRAFLOW_CONSOLE_TLS_CA_FILE": str(ca.cert), "GRAFLOW_CONSOLE_PORT": str(port)}
     process = subprocess.Popen([sys.executable, "-m", "graflow_console"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": child_pythonpath(), **env})
+                               stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": child_pythonpath(), **env})
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

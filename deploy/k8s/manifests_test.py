@@ -162,9 +162,11 @@ def test_the_cluster_overlay_replaces_the_single_redis_and_points_every_service_
     assert deleted <= base
     deployments = {name: doc for name, doc in patched_by_the_cluster_overlay()}
     # Every Deployment that uses Redis (the console has none: it reaches only the services).
-    services = [doc["metadata"]["name"] for _, doc in resources(K8S) if doc["kind"] == "Deployment"
-                and any(e["name"].endswith("_REDIS_URL") for c in doc["spec"]["template"]["spec"]["containers"]
-                        for e in c.get("env", []))]
+    services = [
+        doc["metadata"]["name"] for _, doc in resources(K8S) if doc["kind"] == "Deployment"
+        and any(e["name"].endswith("_REDIS_URL")
+                for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", []))
+    ]
     assert sorted(name.rsplit("/", 1)[1] for name in deployments) == sorted(services)
     for doc in deployments.values():
         env = [e for c in doc["spec"]["template"]["spec"]["containers"] for e in c["env"]]

@@ -4,22 +4,21 @@ document (the API does what it says)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
-import grpc
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
 from graflow.devstack import LocalStack
-from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc
 from graflow_examples.approval import release
 from graflow_runtime.access import Role
 from graflow_runtime.runids import new_run_id
-from tests.console.conftest import BASE_URL
+from tests.console.conftest import BASE_URL, console_settings
+from tests.e2e.conftest import wait_for
+
+from graflow_console.app import create_app
 
 API = "/api/v1"
 UNKNOWN_RUN = new_run_id()
@@ -39,7 +38,8 @@ OPERATIONS = {
 def http(stack: LocalStack, console: TestClient) -> TestClient:
     """The console, with the examples' release workflow registered (build >> deploy; deploy asks
     for an approval, then for a region) as a client would register it."""
-    register_release(stack)
+    with stack.client() as client:
+        client.register_workflow(release, description="approve, deploy", defaults={"channel": "stable"})
     return console
 
 
@@ -51,32 +51,8 @@ def openapi(console: TestClient) -> dict[str, Any]:
     return document
 
 
-def register_release(stack: LocalStack) -> None:
-    with grpc.insecure_channel(stack.scheduler_address) as channel:
-        scheduler_pb2_grpc.SchedulerStub(channel).PutWorkflow(
-            scheduler_pb2.PutWorkflowRequest(
-                name="release",
-                spec=release.spec(),
-                description="build, approve, deploy",
-                default_arguments_json=b'{"channel": "stable"}',
-            ),
-            metadata=[("authorization", f"Bearer {stack.token_of(Role.CLIENT)}")],
-            timeout=10,
-        )
-
-
 def as_role(stack: LocalStack, role: Role) -> dict[str, str]:
     return {"authorization": f"Bearer {stack.token_of(role)}"}
-
-
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def conforms(openapi: dict[str, Any], path: str, method: str, answer: Response) -> Any:
@@ -98,14 +74,17 @@ def submit(http: TestClient, stack: LocalStack, **body: Any) -> dict[str, Any]:
 
 
 def waiting_request(http: TestClient, stack: LocalStack, run_id: str) -> dict[str, Any]:
-    def pending() -> dict[str, Any] | None:
+    """The run's pending feedback request, once there is one."""
+    pending: list[dict[str, Any]] = []
+
+    def asked() -> bool:
         answer = http.get(f"{API}/feedback", params={"run_id": run_id}, headers=as_role(stack, Role.VIEWER))
         assert answer.status_code == 200, answer.text
-        requests = [r for r in answer.json()["requests"] if r["state"] == "PENDING"]
-        return requests[0] if requests else None
+        pending[:] = [r for r in answer.json()["requests"] if r["state"] == "PENDING"]
+        return bool(pending)
 
-    found: dict[str, Any] = eventually(pending, f"a pending feedback request of {run_id}")
-    return found
+    wait_for(asked, what=f"a pending feedback request of {run_id}")
+    return pending[0]
 
 
 def test_the_openapi_document_describes_every_operation_with_its_bodies_errors_and_bearer_auth(openapi):
@@ -195,15 +174,17 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
                        json={"selected": "eu"}, headers=as_role(stack, Role.CLIENT))
     assert answer.status_code == 200, answer.text
 
-    def ended() -> dict[str, Any] | None:
-        run = http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER))
-        return run if run.json()["status"] == "SUCCEEDED" else None
+    def status() -> str:
+        return str(http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER)).json()["status"])
 
-    run = conforms(openapi, f"{API}/runs/{{run_id}}", "get", eventually(ended, f"run {run_id} to succeed"))
+    wait_for(lambda: status() == "SUCCEEDED", what=f"run {run_id} to succeed")
+    answer = http.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER))
+    run = conforms(openapi, f"{API}/runs/{{run_id}}", "get", answer)
     assert run["workflow_name"] == "release"
     assert run["labels"] == {"team": "api"}
     assert {n["node_id"]: n["state"] for n in run["nodes"]} == {"build": "SUCCEEDED", "deploy": "SUCCEEDED"}
     assert run["error"] is None and run["parent"] is None
+    assert run["results"] == {"deploy": "1.4.2 deployed to eu"}
 
 
 def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):
@@ -223,8 +204,8 @@ def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):
     created = http.get(f"{API}/runs/{first}", headers=viewer).json()["created_at_ms"]
     assert first not in listed(created_after_ms=created + 1)
     assert first in listed(created_after_ms=created, created_before_ms=created + 1)
-    paused = eventually(lambda: second in listed(status="paused"), f"run {second} to pause")
-    assert paused and second not in listed(status="SUCCEEDED")
+    wait_for(lambda: second in listed(status="paused"), what=f"run {second} to pause")
+    assert second not in listed(status="SUCCEEDED")
     page = http.get(f"{API}/runs", params={"limit": 1, "workflow": "release"}, headers=viewer).json()
     assert len(page["runs"]) <= 1 and page["next_page_token"]
 
@@ -276,3 +257,14 @@ def test_an_answer_that_does_not_fit_the_request_is_400_and_a_viewer_cannot_answ
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, "INVALID_ARGUMENT")
     workflows = http.get(f"{API}/workflows", headers=as_role(stack, Role.VIEWER)).json()["workflows"]
     assert [(w["name"], w["default_arguments"]) for w in workflows] == [("release", {"channel": "stable"})]
+
+
+def test_links_use_the_public_url_when_the_console_sits_behind_a_proxy(http, stack):
+    settings = console_settings(stack).model_copy(update={"public_url": "https://console.example.com"})
+    with TestClient(create_app(settings), base_url=BASE_URL) as proxied:
+        answer = proxied.post(f"{API}/workflows/release/runs", json={}, headers=as_role(stack, Role.CLIENT))
+        assert answer.status_code == 201, answer.text
+        run_id = answer.json()["run_id"]
+        assert answer.json()["url"] == f"https://console.example.com/runs/{run_id}"
+        run = proxied.get(f"{API}/runs/{run_id}", headers=as_role(stack, Role.VIEWER)).json()
+        assert run["url"] == f"https://console.example.com/runs/{run_id}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,16 +16,7 @@ from graflow.devstack import LocalStack
 from graflow_runtime import keys
 from graflow_runtime.access import Role
 from tests.console.conftest import SAME_ORIGIN, sign_in
-
-
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+from tests.e2e.conftest import wait_for
 
 
 def rows(page: str, row_class: str, attribute: str) -> list[str]:
@@ -49,12 +38,15 @@ def dead_letter(stack: LocalStack) -> str:
         garbage = {keys.ENVELOPE_FIELD: b"\xff not an envelope"}
         original = conn.xadd(keys.queue_stream("default"), garbage).decode()
 
-    def letter() -> str | None:
-        with stack.operators() as ops:
-            return next((d.id for d in ops.dead_letters() if d.original_id == original), None)
+    found: list[str] = []
 
-    found: str = eventually(letter, f"entry {original} to be dead-lettered")
-    return found
+    def dead_lettered() -> bool:
+        with stack.operators() as ops:
+            found[:] = [d.id for d in ops.dead_letters() if d.original_id == original]
+        return bool(found)
+
+    wait_for(dead_lettered, what=f"entry {original} to be dead-lettered")
+    return found[0]
 
 
 def post(console: TestClient, path: str, data: dict[str, str], **headers: str) -> Any:

@@ -27,7 +27,8 @@ def etl_run(stack: LocalStack) -> str:
 
 
 def nodes_of(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<g class="node[^"]*" id="node-[^"]+" data-node-id="([^"]+)" data-state="([A-Z]+)"', html))
+    node = r'<g class="node[^"]*" id="node-[^"]+" data-node-id="([^"]+)" data-state="([A-Z]+)"'
+    return dict(re.findall(node, html))
 
 
 def sse_events(text: str) -> list[tuple[str, str, str]]:
@@ -77,7 +78,8 @@ def test_the_event_stream_replays_the_history_ends_and_resumes_after_a_cursor(
     assert [i for i, _, _ in resumed] == [i for i, _ in run_events[len(run_events) // 2 + 1:]]
 
 
-def test_node_details_show_the_result_worker_and_timings(console: TestClient, stack: LocalStack, etl_run: str):
+def test_node_details_show_the_result_worker_and_timings(
+        console: TestClient, stack: LocalStack, etl_run: str):
     sign_in(console, stack, Role.VIEWER)
     details = console.get(f"/runs/{etl_run}/nodes/fetch")
     assert details.status_code == 200

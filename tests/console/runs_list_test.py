@@ -21,7 +21,8 @@ from tests.console.conftest import SAME_ORIGIN, sign_in
 @pytest.fixture(scope="module")
 def labelled_runs(stack: LocalStack) -> list[str]:
     client = stack.client()
-    runs = [client.submit(etl, labels={"team": "blue" if i % 2 else "red", "batch": "list"}) for i in range(6)]
+    teams = ["red", "blue"] * 3
+    runs = [client.submit(etl, labels={"team": team, "batch": "list"}) for team in teams]
     for run in runs:
         run.result(timeout=60)
     return [run.id for run in runs]
@@ -43,7 +44,8 @@ def test_the_list_filters_by_status_workflow_and_label(console: TestClient, stac
     page = console.get("/runs")
     assert page.status_code == 200 and 'id="run-filters"' in page.text and 'id="run-counts"' in page.text
     assert set(labelled_runs) <= set(row_ids(page.text))
-    blue = console.get("/runs", params={"label": "team=blue, batch=list", "workflow": "etl", "status": "SUCCEEDED"})
+    blue = console.get("/runs", params={"label": "team=blue, batch=list", "workflow": "etl",
+                                        "status": "SUCCEEDED"})
     assert sorted(row_ids(blue.text)) == sorted(labelled_runs[1::2])
     assert row_ids(console.get("/runs", params={"workflow": "no-such-workflow"}).text) == []
     assert row_ids(console.get("/runs", params={"status": "FAILED", "label": "batch=list"}).text) == []
@@ -61,7 +63,8 @@ def test_the_list_filters_by_creation_time(console: TestClient, stack: LocalStac
     assert bad.status_code == 400 and "created after" in bad.text
 
 
-def test_the_list_pages_with_the_next_page_link(console: TestClient, stack: LocalStack, labelled_runs: list[str]):
+def test_the_list_pages_with_the_next_page_link(
+        console: TestClient, stack: LocalStack, labelled_runs: list[str]):
     sign_in(console, stack, Role.VIEWER)
     seen: list[str] = []
     url = "/runs?label=batch%3Dlist"
@@ -105,7 +108,8 @@ def test_a_registered_workflow_is_submitted_by_name_with_arguments(
                        headers=SAME_ORIGIN)
     assert bad.status_code == 400 and "JSON object" in bad.text
     submitted = console.post("/workflows/etl-console/runs", follow_redirects=False, headers=SAME_ORIGIN,
-                             data={"csrf_token": csrf, "arguments": '{"source": "console"}', "labels": "via=console"})
+                             data={"csrf_token": csrf, "arguments": '{"source": "console"}',
+                                   "labels": "via=console"})
     assert submitted.status_code == 303
     run_id = submitted.headers["location"].removeprefix("/runs/")
     assert stack.client().get_run(run_id).labels == {"via": "console"}
@@ -114,7 +118,8 @@ def test_a_registered_workflow_is_submitted_by_name_with_arguments(
 def test_a_viewer_may_not_submit(console: TestClient, stack: LocalStack,
                                  scheduler: scheduler_pb2_grpc.SchedulerStub):
     token = [("authorization", f"Bearer {stack.token_of(Role.CLIENT)}")]
-    scheduler.PutWorkflow(scheduler_pb2.PutWorkflowRequest(name="etl-viewer", spec=etl.spec()), metadata=token)
+    scheduler.PutWorkflow(scheduler_pb2.PutWorkflowRequest(name="etl-viewer", spec=etl.spec()),
+                          metadata=token)
     csrf = sign_in(console, stack, Role.VIEWER)
     refused = console.post("/workflows/etl-viewer/runs", data={"csrf_token": csrf, "arguments": "{}"},
                            headers=SAME_ORIGIN)

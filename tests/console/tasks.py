@@ -11,7 +11,8 @@ from graflow import TaskContext, task, workflow
 def ask(ctx: TaskContext) -> dict[str, Any]:
     """Asks one question of each kind the approval example does not: text, several options, custom."""
     text = ctx.request_text_input("release notes?")
-    regions = ctx.request_feedback("multi_selection", "regions?", options=["eu", "us", "ap"]).selected_multiple
+    chosen = ctx.request_feedback("multi_selection", "regions?", options=["eu", "us", "ap"])
+    regions = chosen.selected_multiple
     custom = ctx.request_feedback("custom", "limits?", metadata={"unit": "rps"}).custom_data
     return {"text": text, "regions": regions, "custom": custom}
 

@@ -39,7 +39,8 @@ class ConsoleProcess(ServiceProcess):
                 code = self.popen.returncode if self.popen else None
                 raise self._error(f"exited with code {code} during start-up")
             try:
-                with urllib.request.urlopen(self.url + "healthz", timeout=1.0, context=self._context) as reply:
+                health = self.url + "healthz"
+                with urllib.request.urlopen(health, timeout=1.0, context=self._context) as reply:
                     if reply.status == 200:
                         return
                     last_error = f"HTTP {reply.status}"

@@ -8,10 +8,9 @@ credential of its own to fall back on.
 
 Every answer that is not a 2xx has the body ``{"error": {"code", "message"}}`` (:class:`ErrorBody`,
 written by the app's ConsoleError handler): ``code`` is the gRPC status name and ``message`` the
-service's own words. A body or query the
-models refuse is INVALID_ARGUMENT (400), like a request the scheduler refuses, rather than
-FastAPI's 422, so a client handles one shape. The models (graflow_console.api_models) make
-``/api/openapi.json`` a complete description.
+service's own words. A body or query the models refuse is INVALID_ARGUMENT (400), like a request
+the scheduler refuses, rather than FastAPI's 422, so a client handles one shape. The models
+(graflow_console.api_models) make ``/api/openapi.json`` a complete description.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from graflow import payload
 from graflow.feedback import NOT_GIVEN, build_response
 from graflow.run import parse_status
-from graflow_api.v1 import scheduler_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2, scheduler_pb2
 from graflow_runtime.auth import token_digest
 
 from graflow_console.api_models import (
@@ -68,7 +67,7 @@ class _ApiRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                raise ConsoleError(400, "INVALID_ARGUMENT", _validation_message(exc)) from exc
+                raise bad_input(_validation_message(exc)) from exc
 
         return route
 
@@ -158,10 +157,16 @@ async def list_runs(
     )
 
 
-@router.get("/runs/{run_id}", response_model=Run, summary="One run with its nodes")
+@router.get("/runs/{run_id}", response_model=Run, summary="One run, its nodes, its results once succeeded")
 async def get_run(request: Request, person: Caller, run_id: str) -> Run:
     run = await person.scheduler("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id))
-    return run_model(run, f"{base_url(request)}/runs/{run.run_id}")
+    results = None
+    if run.status == common_pb2.RUN_STATUS_SUCCEEDED and run.sink_node_ids:
+        answer = await person.result_store(
+            "GetResults", result_store_pb2.GetResultsRequest(run_id=run_id, node_ids=run.sink_node_ids)
+        )
+        results = list(answer.results)
+    return run_model(run, f"{base_url(request)}/runs/{run.run_id}", results)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=Run, summary="Cancel a run (client role)")

@@ -11,13 +11,16 @@ unset sub-messages as ``null`` instead of an empty object. Conversion goes throu
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.message import Message
 from pydantic import BaseModel, Field
 
+from graflow import payload
 from graflow.cli.output import message_data
-from graflow_api.v1 import feedback_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, result_store_pb2, scheduler_pb2
 
 
 class ErrorDetail(BaseModel):
@@ -74,6 +77,11 @@ class Run(BaseModel):
     skipped_deliveries: int
     canceled_attempts: int
     url: str = Field(description="The run's page in the console.")
+    results: dict[str, Any] | None = Field(
+        None,
+        description="GET of one SUCCEEDED run: its sinks' results by node id (JSON values; a value "
+        'of another content type as {"content_type", "base64"}). null otherwise.',
+    )
 
 
 class RunList(BaseModel):
@@ -175,11 +183,21 @@ def _data(message: Message, optional: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
-def run_model(run: scheduler_pb2.Run, url: str) -> Run:
-    """A ``Run`` message (with or without its nodes)."""
+def run_model(
+    run: scheduler_pb2.Run, url: str, results: Iterable[result_store_pb2.NodeResult] | None = None
+) -> Run:
+    """A ``Run`` message (with or without its nodes), and the results of its sinks when given."""
     data = _data(run, ("error", "parent"))
     data["nodes"] = [_data(node, ("error",)) for node in run.nodes]
-    return Run.model_validate({**data, "url": url})
+    values = None if results is None else {result.node_id: _value(result.value) for result in results}
+    return Run.model_validate({**data, "url": url, "results": values})
+
+
+def _value(value: common_pb2.Payload) -> Any:
+    decoded = payload.decode(value)
+    if isinstance(decoded, bytes):
+        return {"content_type": value.content_type, "base64": base64.b64encode(decoded).decode()}
+    return decoded
 
 
 def workflow_model(workflow: scheduler_pb2.RegisteredWorkflow) -> Workflow:

@@ -28,7 +28,9 @@ def state_name(state: int) -> str:
     return feedback_pb2.FeedbackState.Name(state).removeprefix("FEEDBACK_STATE_")
 
 
-def answer_of(request: feedback_pb2.FeedbackRequest, form: FormData, who: str) -> feedback_pb2.FeedbackResponse:
+def answer_of(
+    request: feedback_pb2.FeedbackRequest, form: FormData, who: str
+) -> feedback_pb2.FeedbackResponse:
     """The form's answer in the field of the request's kind (the scheduler checks it fits)."""
     answer = feedback_pb2.FeedbackResponse(
         request_id=request.request_id, reason=str(form.get("reason") or ""), responded_by=who)

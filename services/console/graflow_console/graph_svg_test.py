@@ -48,7 +48,8 @@ def test_groups_are_joins_and_dynamic_nodes_hang_off_who_added_them():
 def test_the_svg_has_one_node_per_run_node_with_its_state():
     svg = render_svg(run_graph(spec(), run()))
     assert svg.startswith('<svg id="run-graph"')
-    states = dict(re.findall(r'<g class="node[^"]*" id="node-([^"]+)" data-node-id="[^"]+" data-state="([A-Z]+)"', svg))
+    node = r'<g class="node[^"]*" id="node-([^"]+)" data-node-id="[^"]+" data-state="([A-Z]+)"'
+    states = dict(re.findall(node, svg))
     assert states == {"a": "SUCCEEDED", "b": "FAILED", "c": "SUCCEEDED", "g": "SUCCEEDED", "d": "WAITING",
                       "extra": "READY"}
     assert svg.count('class="edge loop"') == 1 and svg.count('class="edge dynamic"') == 1
@@ -56,7 +57,8 @@ def test_the_svg_has_one_node_per_run_node_with_its_state():
 
 
 def test_a_node_not_yet_in_the_run_is_pending_and_user_text_is_escaped():
-    hostile = workflow_pb2.WorkflowSpec(nodes=[workflow_pb2.NodeSpec(id="x", task_type="<script>alert(1)</script>")])
+    script = "<script>alert(1)</script>"
+    hostile = workflow_pb2.WorkflowSpec(nodes=[workflow_pb2.NodeSpec(id="x", task_type=script)])
     svg = render_svg(run_graph(hostile, scheduler_pb2.Run()))
     assert 'data-state="PENDING"' in svg
     assert "<script>" not in svg and "&lt;script&gt;" in svg

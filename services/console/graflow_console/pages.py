@@ -146,7 +146,8 @@ async def submit(request: Request, name: str) -> Response:
         ))
     except (ConsoleError, UserJsonError) as exc:
         error = exc if isinstance(exc, ConsoleError) else bad_input(f"arguments: {exc}")
-        registered = await session.person.scheduler("GetWorkflow", scheduler_pb2.GetWorkflowRequest(name=name))
+        registered = await session.person.scheduler(
+            "GetWorkflow", scheduler_pb2.GetWorkflowRequest(name=name))
         return render(request, "workflow.html", {"workflow": registered, "arguments": arguments,
                                                  "labels": labels},
                       session=session, status_code=error.status_code, error=error.message)

@@ -64,7 +64,8 @@ async def run_page(request: Request, session: SessionDep, run_id: str) -> Respon
     except ConsoleError as exc:
         svg, graph_error = "", exc.message
     try:
-        waiting = (await person.scheduler("ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id))).requests
+        listed = await person.scheduler("ListFeedback", scheduler_pb2.ListFeedbackRequest(run_id=run_id))
+        waiting = listed.requests
         feedback_error = ""
     except ConsoleError as exc:
         waiting, feedback_error = [], exc.message
@@ -153,7 +154,8 @@ async def _result(person: Person, run_id: str, node_id: str) -> tuple[str, str]:
 
 async def _channels(person: Person, run_id: str) -> tuple[list[tuple[str, str]], str]:
     try:
-        keys = (await person.result_store("ChannelKeys", result_store_pb2.ChannelKeysRequest(run_id=run_id))).keys
+        listed = await person.result_store("ChannelKeys", result_store_pb2.ChannelKeysRequest(run_id=run_id))
+        keys = listed.keys
         if not keys:
             return [], ""
         reply = await person.result_store("ChannelGet", result_store_pb2.ChannelGetRequest(
@@ -192,7 +194,8 @@ async def node_details(request: Request, session: SessionDep, run_id: str, node_
 async def cancel(request: Request, run_id: str) -> Response:
     session, form = await posted_form(request)
     reason = str(form.get("reason") or "canceled from the console")
-    run = await session.person.scheduler("CancelRun", scheduler_pb2.CancelRunRequest(run_id=run_id, reason=reason))
+    run = await session.person.scheduler(
+        "CancelRun", scheduler_pb2.CancelRunRequest(run_id=run_id, reason=reason))
     response = RedirectResponse(f"/runs/{run_id}", status_code=303)
     flash(response, request, "ok", f"run {run_id} is {status_name(run.status)}")
     return response
