@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import grpc
 import pytest
 import redis
 
 from graflow import Client, workflow
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
-from graflow_api.v1 import scheduler_pb2, scheduler_pb2_grpc, workflow_pb2
 from graflow_runtime import keys
 from graflow_runtime.access import Role
 from graflow_runtime.signing import BusKeys, Kind
@@ -34,28 +32,13 @@ DEMO = "browser-demo"
 WIDE_NODES = 20
 
 
-def put_workflow(
-    stack: LocalStack, name: str, spec: workflow_pb2.WorkflowSpec, defaults: dict[str, object]
-) -> None:
-    """Register ``spec`` under ``name`` (PutWorkflow) as an application does, with the client token."""
-    with grpc.insecure_channel(stack.scheduler_address) as channel:
-        scheduler_pb2_grpc.SchedulerStub(channel).PutWorkflow(
-            scheduler_pb2.PutWorkflowRequest(
-                name=name, spec=spec, description="gate >> source >> add_one >> double",
-                default_arguments_json=json.dumps(defaults).encode(),
-            ),
-            metadata=(("authorization", f"Bearer {stack.token_of(Role.CLIENT)}"),),
-            timeout=30,
-        )
-
-
 @pytest.fixture(scope="module")
-def demo(stack: LocalStack) -> str:
+def demo(client: Client) -> str:
     """A registered workflow whose first node waits for the test's gate, so the run page is open
     before anything succeeds; ``source`` takes the run's argument ``value``."""
     with workflow(DEMO) as wf:
         gated(task_id="gate") >> source(task_id="source") >> add_one >> double
-    put_workflow(stack, DEMO, wf.spec(), {"value": 1})
+    client.register_workflow(wf, description="gate >> source >> add_one >> double", defaults={"value": 1})
     return DEMO
 
 
