@@ -131,6 +131,7 @@ def test_a_run_is_canceled_from_its_page(
     browser.click("#cancel-run")
 
     wait_run_status(browser, "CANCELED")
+    browser.wait(lambda: node_states(browser) == {"work": "CANCELED"}, "the node CANCELED in the graph")
     assert run.status == "CANCELED"
     wait_for(lambda: fx.exists(f"observed:{run.id}:work"), what="the running task to see the cancel")
 
