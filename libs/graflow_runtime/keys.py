@@ -228,20 +228,30 @@ def active_runs(cell: int) -> str:
     return f"{_cell(cell)}:runs:active"
 
 
-# The statuses a run has (RunStatus without its prefix), each with an index per cell.
-RUN_STATUSES = ("RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELED")
+RUN_STATUSES = ("RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELED")  # each has an index
 
 
 def runs_by_status(cell: int, status: str) -> str:
-    """zset run_id -> created ms of the cell's retained runs that have ``status``: the run scripts
-    move a run between them with its status (common.lua ``status_index`` names them from
-    :func:`active_runs`, so keep the two in step); ListRuns by status pages one, CountRuns counts
-    them (ZCARD), the recovery sweep prunes them with :func:`runs_index`."""
+    """zset run_id -> created ms of the cell's runs with ``status`` (ListRuns, CountRuns), moved by
+    the run scripts (common.lua's status_index names it from :func:`active_runs`: keep in step)."""
     return f"{_cell(cell)}:runs:status:{status}"
 
 
 def feedback_pending(cell: int) -> str:
     return f"{_cell(cell)}:feedback:pending"
+
+
+def feedback_opened(cell: int) -> str:
+    """Stream of the cell's new feedback requests, fields FEEDBACK_OPENED_RUN_FIELD and
+    FEEDBACK_OPENED_REQUEST_FIELD: apply_outcome.lua appends one entry with the request it records
+    (when the scheduler notifies a webhook), the scheduler's notifier reads it through the group
+    FEEDBACK_NOTIFIER_GROUP (graflow_scheduler.notify)."""
+    return f"{_cell(cell)}:feedback:opened"
+
+
+FEEDBACK_OPENED_RUN_FIELD = b"r"
+FEEDBACK_OPENED_REQUEST_FIELD = b"q"
+FEEDBACK_NOTIFIER_GROUP = "notifier"
 
 
 def wait_deadlines(cell: int) -> str:
@@ -401,22 +411,12 @@ def checkpoints(run_id: str) -> str:
     return f"{_run(run_id)}:ckpt:{{{run_id}}}"
 
 
-def workflows() -> str:
-    """hash name -> RegisteredWorkflow bytes (the scheduler's workflow registry). It and
-    :func:`workflow_summaries` and :func:`workflow_versions` share the global tag: one script
-    writes the three (put_workflow.lua)."""
-    return f"{_layout.global_prefix}:workflows"
-
-
-def workflow_summaries() -> str:
-    """hash name -> RegisteredWorkflow bytes without the spec's nodes, edges and groups (what
-    ListWorkflows answers: one HGETALL, whatever the size of the specs)."""
-    return f"{workflows()}:list"
-
-
-def workflow_versions() -> str:
-    """hash name -> version of the registered workflow."""
-    return f"{workflows()}:version"
+def workflow_registry() -> tuple[str, str, str]:
+    """The scheduler's workflow registry, three hashes under the global tag (put_workflow.lua
+    writes them together): name -> RegisteredWorkflow bytes, the same without the spec's graph
+    (ListWorkflows), and name -> version."""
+    records = f"{_layout.global_prefix}:workflows"
+    return records, f"{records}:list", f"{records}:version"
 
 
 def metrics_lease(service: str) -> str:

@@ -57,7 +57,7 @@ def cell_keys(cell: int) -> list[str]:
             keys.active_runs(cell), keys.feedback_pending(cell), keys.wait_deadlines(cell),
             keys.children_ended(cell), keys.children_to_cancel(cell), keys.runs_ended(cell),
             keys.retry_timer(cell), keys.retry_wake(cell), keys.idempotency("k", cell),
-            *keys.queue_lanes("default", cell)]
+            *keys.queue_lanes("default", cell), keys.feedback_opened(cell)]
 
 
 def test_the_default_layout_names_the_single_redis_keys() -> None:
@@ -65,7 +65,8 @@ def test_the_default_layout_names_the_single_redis_keys() -> None:
     assert cell_keys(0) == [keys.OUTCOMES_STREAM, keys.DEAD_LETTERS_STREAM, keys.RUNS_INDEX,
                             keys.ACTIVE_RUNS, keys.FEEDBACK_PENDING, keys.WAIT_DEADLINES,
                             keys.CHILDREN_ENDED, keys.CHILDREN_TO_CANCEL, keys.RUNS_ENDED,
-                            keys.RETRY_TIMER, keys.RETRY_WAKE, "gf:idem:k", "gf:qh:default", "gf:q:default"]
+                            keys.RETRY_TIMER, keys.RETRY_WAKE, "gf:idem:k", "gf:qh:default", "gf:q:default",
+                            "gf:feedback:opened"]
     assert keys.run_meta("R") == "gf:run:{R}"
     assert keys.workers_index() == keys.WORKERS_INDEX
     assert keys.cells() == range(1)

@@ -69,13 +69,14 @@ OUTCOMES = _in_cells(keys.outcomes_stream(0))
 DEAD_LETTERS = _in_cells(keys.dead_letters_stream(0))
 RUNS_ENDED = _in_cells(keys.runs_ended(0))
 RETRY = _in_cells(keys.retry_timer(0), keys.retry_wake(0))
+FEEDBACK_OPENED = _in_cells(keys.feedback_opened(0))
 RUN_INDEXES = _in_cells(
     keys.idempotency("*"), keys.runs_index(0), keys.active_runs(0), keys.feedback_pending(0),
     keys.wait_deadlines(0), keys.children_ended(0), keys.children_to_cancel(0), keys.runs_ended(0),
     keys.runs_by_status(0, "*"),
 )
 CHANNELS = _in_cells(keys.channel("*"))
-WORKFLOW_REGISTRY = _shared(keys.workflows(), keys.workflow_summaries(), keys.workflow_versions())
+WORKFLOW_REGISTRY = _shared(*keys.workflow_registry())
 
 # Commands every service's connections make: redis-py's connection set-up (AUTH needs no
 # permission) and health check, the Lua script runner (graflow_runtime.scripts: EVALSHA, SCRIPT
@@ -232,6 +233,13 @@ SCHEDULER = RedisUser(
             keys=OUTCOMES,
         ),
         Grant("dead-letter an outcome it cannot apply", ("xadd",), write_keys=DEAD_LETTERS),
+        Grant(
+            "notify a webhook of new feedback requests: append them (apply_outcome.lua), read them "
+            "through its consumer group, claim a dead replica's, keep its own held "
+            "(graflow_scheduler.notify)",
+            (*_STREAM_CONSUMER, "xautoclaim", "xclaim", "xadd"),
+            keys=FEEDBACK_OPENED,
+        ),
         _AUDIT,
         _QUEUE_REGISTRY,
         Grant(
@@ -247,8 +255,9 @@ SCHEDULER = RedisUser(
     ),
     can_still="create, change, end and delete any run and its events, store and overwrite any run's "
     "results, enqueue any delivery on any queue (a forged envelope needs the signing key), append "
-    "outcomes and dead letters, append (not read) audit events, hold the fleet-metrics lease, "
-    "register, replace and delete workflows, write (not read) a run's channel values (its arguments). "
+    "outcomes and dead letters, append (not read) audit events, hold the fleet-metrics lease, append, "
+    "read and acknowledge the feedback-opened streams (its webhook notifications), register, replace "
+    "and delete workflows, write (not read) a run's channel values (its arguments). "
     "It cannot read or acknowledge the "
     "queues' deliveries, move or drop the retry timer's entries, touch the worker registry, read "
     "channels, touch checkpoints or graphs.",

@@ -141,6 +141,16 @@ async def test_with_cells_each_service_may_use_the_tagged_keys_its_grants_name(
     async with _as(acl_redis, "scheduler") as scheduler:
         await scheduler.hset(keys.run_state(run), "a", "READY")
         await scheduler.zadd(keys.runs_index(3), {run: 1})
+        # The feedback notifier (graflow_scheduler.notify) on its cell's stream, and on the untagged one.
+        for opened in (keys.feedback_opened(3), "gf:feedback:opened"):
+            group = keys.FEEDBACK_NOTIFIER_GROUP
+            await scheduler.xgroup_create(opened, group, id="0", mkstream=True)
+            entry = await scheduler.xadd(opened, {keys.FEEDBACK_OPENED_RUN_FIELD: run})
+            assert len((await scheduler.xreadgroup(group, "s1", {opened: ">"}, count=1))[0][1]) == 1
+            assert await scheduler.xclaim(opened, group, "s1", 0, [entry], justid=True) == [entry]
+            assert (await scheduler.xautoclaim(opened, group, "s2", 0, "0-0"))[1]
+            assert (await scheduler.xpending(opened, group))["pending"] == 1
+            assert await scheduler.xack(opened, group, entry) == 1
         with pytest.raises(NoPermissionError):
             await scheduler.xack(keys.queue_stream("acl-cells", 3), keys.WORKER_GROUP, "1-0")
     async with _as(acl_redis, "result-store") as result_store:

@@ -181,8 +181,12 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
         return cls()
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
+        # A check of several fields together (a model validator) has no location: its message
+        # names the variables itself.
         problems = "; ".join(
             f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]
             for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from exc

@@ -3,11 +3,13 @@ users loaded; every process connects as its own service's user. A workflow with 
 updates, a child run and a question answered by a person completes; a canceled run reaches its
 running task and its child run; a task that kills its workers is reclaimed and dead-lettered; an
 undecodable delivery is dead-lettered and replayed; Redis restarts; and Redis refused nothing on
-the way (its ACL LOG stays empty, background loops included: trimming, liveness, sweeps): the
+the way (its ACL LOG stays empty, background loops included: trimming, liveness, sweeps, the
+feedback notifier's reads, claims and acknowledgements): the
 ACLs are sufficient (graflow_runtime/redis_acl_test.py proves them tight)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,11 @@ from graflow import Client, parallel, workflow
 from graflow.devstack import LocalStack
 from graflow.errors import GraflowError, RunCanceledError, RunFailedError
 from graflow.operators import Operators
+from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from graflow_runtime import keys, redis_acl
 from graflow_runtime.local_redis import LocalRedis, RedisTls
 from graflow_runtime.signing import BusKeys, Kind
+from graflow_runtime.testing.receiver import Receiver, receiving_in_thread
 from tests.e2e.conftest import module_stack, wait_for
 from tests.e2e.delivery_test import FAST_LEASE
 from tests.e2e.tasks import (
@@ -56,9 +60,19 @@ def effects_redis() -> Iterator[LocalRedis]:
         yield server
 
 
+WEBHOOK_SECRET = "closed-redis-webhook"
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Receiver]:
+    """The scheduler's feedback webhook (docs/operations.md, "Feedback notifications")."""
+    with receiving_in_thread() as receiver:
+        yield receiver
+
+
 @pytest.fixture(scope="module")
 def stack(
-    request: pytest.FixtureRequest, redis_tls: RedisTls, effects_redis: LocalRedis
+    request: pytest.FixtureRequest, redis_tls: RedisTls, effects_redis: LocalRedis, webhook: Receiver
 ) -> Iterator[LocalStack]:
     server = LocalRedis(tls=redis_tls, users=redis_acl.generate_passwords()).start()
     # Short leases and intervals: reclaims, trimming, the scheduler's recovery sweep, its keep-alive
@@ -70,6 +84,8 @@ def stack(
         "GRAFLOW_SCHEDULER_RESULTS_KEEPALIVE_S": "0.5",
         "GRAFLOW_SCHEDULER_CLAIM_IDLE_MS": "1000",
         "GRAFLOW_TEST_EFFECTS_URL": effects_redis.url,
+        "GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_URL": webhook.url,
+        "GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     with module_stack(request, workers=4, server=server, env=env) as stack:
         yield stack
@@ -96,7 +112,7 @@ def test_every_process_connects_over_tls_as_its_own_service_user(
 
 
 def test_a_workflow_with_a_retry_channels_a_child_run_and_a_wait_completes_and_redis_refused_nothing(
-    client: Client, admin: redis.Redis
+    client: Client, admin: redis.Redis, webhook: Receiver
 ) -> None:
     admin.acl_log_reset()
     with workflow("closed-redis") as wf:
@@ -110,6 +126,14 @@ def test_a_workflow_with_a_retry_channels_a_child_run_and_a_wait_completes_and_r
     try:
         wait_for(lambda: len(client.list_feedback(run.id)) == 1, timeout_s=60, what="the question")
         (request,) = client.list_feedback(run.id)
+        # The question was notified (signed) before it is answered (an answered one is not sent).
+        wait_for(lambda: len(webhook.received) == 1, timeout_s=30, what="the webhook's notification")
+        (notified,) = webhook.received
+        assert verify_signature(
+            WEBHOOK_SECRET, notified.headers[TIMESTAMP_HEADER.lower()], notified.body,
+            notified.headers[SIGNATURE_HEADER.lower()],
+        )
+        assert json.loads(notified.body)["graflow"]["request_id"] == request.request_id
         client.respond_feedback(run.id, request.request_id, approved=True, responded_by="alice")
         run.result(timeout=120)
     except (TimeoutError, GraflowError, AssertionError) as exc:  # a refusal fails a task or stalls the run

@@ -3,9 +3,9 @@
 
 Start-up: run scripts loaded, the outcome groups (one per cell), gRPC server -> health SERVING ->
 a recovery sweep pass (dispatching what a previous process left READY) -> the outcome consumers,
-the periodic sweep and the wait timer. Shutdown runs it backwards: NOT_SERVING, stop the loops
-(the current batch finishes), stop the server within the grace period, close the result-store
-channel and Redis.
+the periodic sweep, the wait timer and, with a webhook, the feedback notifier. Shutdown runs it
+backwards: NOT_SERVING, stop the loops (the current batch finishes), stop the server within the
+grace period, close the result-store channel and Redis.
 
 The scheduler enqueues the deliveries of the nodes it makes READY itself (graflow_runtime.dispatch,
 on its own Redis client): it calls no coordinator.
@@ -34,6 +34,7 @@ from graflow_scheduler.api.run_results import RunResults
 from graflow_scheduler.api.servicer import SchedulerServicer
 from graflow_scheduler.downstream.plan_cache import PlanCache, RunGraphs
 from graflow_scheduler.graph.compiler import Limits
+from graflow_scheduler.notify.notifier import FeedbackNotifier, WebhookConfig
 from graflow_scheduler.outcomes.apply import OutcomeBatches
 from graflow_scheduler.outcomes.consumer import ConsumerConfig, OutcomeConsumer
 from graflow_scheduler.outcomes.stream import OutcomeStream
@@ -89,7 +90,11 @@ class SchedulerApp:
         plans = PlanCache(
             result_store_stub, result_store, capacity=s.plan_cache_size, refresh_s=s.results_keepalive_s
         )
-        self.store = RunStore(redis, retention_s=s.retention_s, bus_keys=bus_keys)
+        # With a webhook, each feedback request recorded is also appended for the notifier.
+        webhook = WebhookConfig.from_settings(s)
+        self.store = RunStore(
+            redis, retention_s=s.retention_s, bus_keys=bus_keys, notify_feedback=webhook is not None
+        )
         reader = RunReader(redis)
         graphs = RunGraphs(reader)
         limits = Limits(max_nodes=s.max_nodes, max_args_bytes=s.max_args_bytes)
@@ -98,6 +103,7 @@ class SchedulerApp:
         feedback = FeedbackRequests(self.store, resumed)
         children = ChildRuns(self.store, resumed)
         self.wait_timer = WaitTimer(redis, feedback, children, interval_s=s.wait_timer_interval_s)
+        self.notifier = FeedbackNotifier(redis, feedback, webhook) if webhook is not None else None
         # The readers of the cells' ended-runs streams for the process's waiters (one per cell),
         # each on a connection of its own.
         self.ends_redis = connect(s.redis_url, max_connections=len(keys.cells()), client_name=RUN_ENDS_CLIENT)
@@ -196,6 +202,8 @@ class SchedulerApp:
             consumer.start()
         self.sweep.start(delay_s=self.sweep.interval_s)
         self.wait_timer.start()
+        if self.notifier is not None:
+            await self.notifier.start()
         if self.fleet_metrics is not None:
             self.fleet_metrics.start()
         log.info(
@@ -213,6 +221,8 @@ class SchedulerApp:
             await consumer.stop()
         await self.sweep.stop()
         await self.wait_timer.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.fleet_metrics is not None:
             await self.fleet_metrics.stop()
         await self.server.stop(grace)

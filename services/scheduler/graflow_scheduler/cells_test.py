@@ -1,12 +1,14 @@
 """The scheduler with four cells on one real Redis (docs/architecture.md, "Redis Cluster: cells"):
 the keys a cluster deployment would name, every script call checked to stay in one hash slot
 (graflow_runtime.testing.slots). Runs of every cell complete, a child run lands in its parent's
-cell, an idempotency key finds its run, the listings (runs, feedback), the recovery sweep and the
-wait timer cover every cell, and an outcome's dead letter goes to its cell's dead-letter stream.
+cell, an idempotency key finds its run, the listings (runs, feedback), the recovery sweep, the
+wait timer and the feedback notifier cover every cell, and an outcome's dead letter goes to its
+cell's dead-letter stream.
 ``four_cells`` comes before the fixtures that start a scheduler, which starts one outcome consumer
 and one reader of ended runs per cell of the layout."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -15,12 +17,13 @@ from graflow_runtime import keys
 from graflow_runtime.graphs import graph_hash
 from graflow_runtime.runids import new_run_id
 from graflow_runtime.streams import DEAD_LETTER_FIELD
+from graflow_runtime.testing.receiver import receiving
 
 from graflow_scheduler.graph.compiler import compile_spec
 from graflow_scheduler.testing.app import app_client, report, submit
 from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.runs import runs_ended
-from graflow_scheduler.testing.specs import outcome, spec
+from graflow_scheduler.testing.specs import outcome, spec, waiting
 
 CHAIN = spec(["a", "b"], ["a>b"])
 
@@ -202,6 +205,22 @@ async def test_feedback_listing_and_deadlines_cover_every_cell(four_cells, one_s
         two = (await client.ListFeedback(scheduler_pb2.ListFeedbackRequest(limit=2))).requests
         assert [r.run_id for r in two] == run_ids[:2]
     assert "resolve_wait.lua" in one_slot_scripts
+
+
+async def test_feedback_requests_of_every_cell_are_notified_from_their_cell_s_stream(
+    four_cells, one_slot_scripts, make_app, redis
+):
+    async with receiving() as receiver:
+        app = await make_app(feedback_webhook_url=receiver.url)
+        async with app_client(app) as client:
+            run_ids = [(await submit_keyed(client, key_in_cell(cell))).run_id for cell in range(4)]
+            await report(redis, *(waiting(run_id) for run_id in run_ids))
+            got = await receiver.wait_for(4)
+    assert sorted(json.loads(r.body)["graflow"]["run_id"] for r in got) == sorted(run_ids)
+    for cell, run_id in enumerate(run_ids):
+        (entry,) = await redis.xrange(keys.feedback_opened(cell))
+        assert entry[1][keys.FEEDBACK_OPENED_RUN_FIELD].decode() == run_id
+    assert "apply_outcome.lua" in one_slot_scripts
 
 
 async def test_the_recovery_sweep_dispatches_ready_nodes_of_every_cell(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,24 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch):
 def test_bad_setting_is_reported_with_its_variable_name(monkeypatch):
     monkeypatch.setenv("GRAFLOW_SCHEDULER_OUTCOME_BATCH", "0")
     with pytest.raises(SettingsError, match="GRAFLOW_SCHEDULER_OUTCOME_BATCH"):
+        load_settings(SchedulerSettings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        ({"FEEDBACK_WEBHOOK_URL": "hooks.slack.com/x"}, "GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_URL"),
+        ({"CONSOLE_URL": "ftp://console"}, "GRAFLOW_SCHEDULER_CONSOLE_URL"),
+        (
+            {"FEEDBACK_WEBHOOK_BACKOFF_MAX_S": "600", "FEEDBACK_WEBHOOK_CLAIM_IDLE_MS": "60000"},
+            "CLAIM_IDLE_MS (60000) must exceed",
+        ),
+    ],
+)
+def test_bad_webhook_settings_are_refused_naming_the_variable(monkeypatch, variables, problem):
+    for name, value in variables.items():
+        monkeypatch.setenv(f"GRAFLOW_SCHEDULER_{name}", value)
+    with pytest.raises(SettingsError, match=re.escape(problem)):
         load_settings(SchedulerSettings)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from graflow_runtime.addresses import DEFAULT_RESULT_STORE_ADDRESS, DEFAULT_SCHEDULER_ADDRESS
 from graflow_runtime.settings import BusSettings, ServiceAddress, settings_config
@@ -56,3 +56,44 @@ class SchedulerSettings(BusSettings):
     # reserved for watchers (each watcher holds one while it blocks).
     watch_block_ms: int = Field(default=5000, ge=1)
     watch_max_connections: int = Field(default=1024, ge=1)
+    # ---- Feedback notifications (graflow_scheduler.notify; docs/operations.md) ----
+    # Each new feedback request is POSTed here (Slack-compatible JSON); empty: no notifications.
+    feedback_webhook_url: str = ""
+    # HMAC-SHA256 key of the X-Graflow-Signature header; empty: unsigned (warned at start-up).
+    feedback_webhook_secret: str = Field(default="", repr=False)
+    # Seconds one POST may take (connect, send, answer) before it counts as a failed attempt.
+    feedback_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    # Attempts of one notification (the first included) before it is given up (logged, counted).
+    feedback_webhook_max_attempts: int = Field(default=8, ge=1)
+    # Delay after the first failed attempt, doubling (with jitter) up to the max.
+    feedback_webhook_backoff_initial_s: float = Field(default=1.0, gt=0)
+    feedback_webhook_backoff_max_s: float = Field(default=60.0, gt=0)
+    # Notifications in flight at once in this process: a slow receiver holds no more than this.
+    feedback_webhook_concurrency: int = Field(default=16, ge=1)
+    # A notification held this long by another replica without news (it died) is taken over.
+    feedback_webhook_claim_idle_ms: int = Field(default=180_000, ge=1)
+    # Public base URL of the console: the payload links to <console_url>/runs/<run>/feedback/<id>.
+    console_url: str = "http://127.0.0.1:8480"
+
+    @field_validator("feedback_webhook_url", "console_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhook_claim(self) -> SchedulerSettings:
+        # A notification being retried is touched before each attempt: the longest quiet spell is
+        # one backoff delay plus one POST, which must stay below the claim threshold or another
+        # replica takes over a live notification (and it is sent twice at once).
+        quiet_ms = 1000 * (self.feedback_webhook_backoff_max_s + self.feedback_webhook_timeout_s)
+        if self.feedback_webhook_claim_idle_ms <= quiet_ms:
+            raise ValueError(
+                f"GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_CLAIM_IDLE_MS ({self.feedback_webhook_claim_idle_ms}) "
+                "must exceed GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_BACKOFF_MAX_S + "
+                f"GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_TIMEOUT_S ({quiet_ms:.0f} ms), or another replica "
+                "takes over notifications that are being retried"
+            )
+        return self

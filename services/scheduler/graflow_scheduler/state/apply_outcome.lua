@@ -3,7 +3,8 @@
 --       ended-runs stream, 17 the run's result hash gf:res:{R} and 18 its attempts hash (the
 --       result-store's layout, graflow_runtime.keys), and for a 'W' outcome waiting for a child
 --       run, 19 the child run's meta (a child run is in its parent's cell: every key is of the
---       run's cell).
+--       run's cell); for a 'W' outcome with a feedback request, 19 the cell's feedback-opened
+--       stream when the scheduler notifies a webhook (absent: no notification).
 -- ARGV: run_id, node, attempt, status ('S' succeeded | 'F' failed | 'W' waiting), ErrorInfo bytes, worker,
 --       now_ms, retry_delay_ms (-1 = no retry), closure json, retention_s, idempotency prefix,
 --       worker lost ('1': the coordinator reported the attempt lost with its worker; it is retried
@@ -103,6 +104,10 @@ if status == 'W' then
     redis.call('HSET', KEYS[K_META], 'updated', now)
     local what = feedback and ("feedback '" .. wait_id .. "'") or ('child run ' .. string.sub(record, 7))
     park(run_id, node, attempt, wait_id, record, feedback, deadline, now, 'waiting for ' .. what, worker)
+    -- Notified iff recorded: the entry is appended with the request, in this script.
+    if feedback and KEYS[19] then
+      redis.call('XADD', KEYS[19], 'MAXLEN', '~', FEEDBACK_OPENED_MAXLEN, '*', 'r', run_id, 'q', wait_id)
+    end
     local ready, cyc = {}, {}
     if not feedback then
       local child_status = redis.call('HGET', KEYS[19], 'status')

@@ -172,10 +172,16 @@ def _apply_keys(run_id: str) -> tuple[str, ...]:
     return (*flow_script_keys(run_id), keys.results(run_id), keys.result_attempts(run_id))
 
 
-def _outcome_keys(outcome: OutcomeToApply) -> tuple[str, ...]:
+def _outcome_keys(outcome: OutcomeToApply, notify_feedback: bool) -> tuple[str, ...]:
+    """KEYS of one apply_outcome call: with KEYS[19] the waited child run's meta, or for a feedback
+    request when ``notify_feedback``, the cell's feedback-opened stream (the script appends the
+    request there, for graflow_scheduler.notify)."""
     run_keys = _apply_keys(outcome.run_id)
-    if outcome.wait is not None and outcome.wait.child_meta_key:
-        return (*run_keys, outcome.wait.child_meta_key)
+    wait = outcome.wait
+    if wait is not None and wait.child_meta_key:
+        return (*run_keys, wait.child_meta_key)
+    if wait is not None and wait.feedback and notify_feedback:
+        return (*run_keys, keys.feedback_opened(keys.cell_of(outcome.run_id)))
     return run_keys
 
 
@@ -215,12 +221,21 @@ class ParentLink:
 
 class RunStore:
     """Writes of run state. ``retention_s``: how long ended runs are kept; ``bus_keys`` sign the
-    outcomes it appends itself (a wait's timeout)."""
+    outcomes it appends itself (a wait's timeout); ``notify_feedback``: each feedback request
+    recorded is also appended to its cell's feedback-opened stream (a webhook is configured)."""
 
-    def __init__(self, redis: aioredis.Redis, *, retention_s: int, bus_keys: BusKeys = UNSIGNED) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        retention_s: int,
+        bus_keys: BusKeys = UNSIGNED,
+        notify_feedback: bool = False,
+    ) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.bus_keys = bus_keys
+        self.notify_feedback = notify_feedback
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD the run scripts, so that the first calls find them."""
@@ -303,7 +318,7 @@ class RunStore:
             return []
         calls = [
             (
-                _outcome_keys(o),
+                _outcome_keys(o, self.notify_feedback),
                 [
                     o.run_id,
                     o.node_id,

@@ -8,8 +8,14 @@
 -- KEYS[K_FEEDBACK]  zset of the run's cell, '<run>/<request id>' -> created ms: feedback requests
 --                   awaiting an answer (the listing of pending requests).
 -- KEYS[K_DEADLINES] zset of the run's cell, '<run>/<wait id>' -> deadline ms (the wait timer).
+-- KEYS[19] (apply_outcome, a feedback request, when a webhook is notified): stream of the cell's
+--                   new requests, {r run id, q request id}, read by graflow_scheduler.notify.
 -- Meta field 'waiting' counts the run's WAITING nodes; the run is PAUSED while it has some and
 -- nothing is READY (see settle_pause).
+
+-- The feedback-opened stream keeps about this many entries (XADD MAXLEN ~): far more than a
+-- notifier leaves undelivered unless its webhook is down for a long time (docs/operations.md).
+local FEEDBACK_OPENED_MAXLEN = 10000
 
 -- Parks `node` (READY at `attempt`) on a wait. `record` is stored under the wait id; `feedback`
 -- true lists it among the pending requests; `deadline` > 0 arms the wait timer.

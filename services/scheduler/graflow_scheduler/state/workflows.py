@@ -1,7 +1,7 @@
 """The workflow registry: workflow specs registered under a name (PutWorkflow), submitted by name
 (SubmitRunRequest.workflow) from the console, the HTTP API and the SDK.
 
-Three hashes under the global tag (graflow_runtime.keys.workflows): the records (name ->
+Three hashes under the global tag (graflow_runtime.keys.workflow_registry): the records (name ->
 RegisteredWorkflow bytes), their summaries without the spec's nodes, edges and groups (what
 ListWorkflows answers in one HGETALL, however large the specs), and the versions. One script
 (put_workflow.lua) writes the three, so the version goes up by exactly one per registration, even
@@ -55,7 +55,7 @@ class WorkflowRegistry:
         record.ClearField("version")
         version = await _PUT.run(
             self.redis,
-            [keys.workflows(), keys.workflow_summaries(), keys.workflow_versions()],
+            list(keys.workflow_registry()),
             [record.name, record.SerializeToString(), summary_of(record).SerializeToString(),
              self.max_workflows],
         )
@@ -68,21 +68,20 @@ class WorkflowRegistry:
         return record
 
     async def get(self, name: str) -> scheduler_pb2.RegisteredWorkflow:
-        raw = await self.redis.hget(keys.workflows(), name)
+        raw = await self.redis.hget(keys.workflow_registry()[0], name)
         if raw is None:
             raise WorkflowNotFound(name)
         return _parse(raw, name)
 
     async def list(self) -> list[scheduler_pb2.RegisteredWorkflow]:
         """Every registered workflow's summary, by name."""
-        raw = await self.redis.hgetall(keys.workflow_summaries())
+        raw = await self.redis.hgetall(keys.workflow_registry()[1])
         return [_parse(value, name.decode()) for name, value in sorted(raw.items())]
 
     async def delete(self, name: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.workflows(), name)
-            pipe.hdel(keys.workflow_summaries(), name)
-            pipe.hdel(keys.workflow_versions(), name)
+            for key in keys.workflow_registry():
+                pipe.hdel(key, name)
             deleted, _, _ = await pipe.execute()
         if not deleted:
             raise WorkflowNotFound(name)

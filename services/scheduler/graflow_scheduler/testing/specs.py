@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from graflow_api.v1 import common_pb2, messages_pb2, result_store_pb2, workflow_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, result_store_pb2, workflow_pb2
 
 from graflow_scheduler.graph.compiler import Limits, SpecError, compile_spec
 
@@ -88,3 +88,36 @@ def outcome(
             common_pb2.ErrorInfo(type=error_type, message=f"{node_id} broke", retryable=retryable)
         )
     return result
+
+
+def question(
+    request_id: str = "a.0.1",
+    kind: int = feedback_pb2.FEEDBACK_KIND_APPROVAL,
+    prompt: str = "ship it?",
+    **fields: object,
+) -> feedback_pb2.FeedbackRequest:
+    """A feedback request as a task sends it."""
+    return feedback_pb2.FeedbackRequest(request_id=request_id, kind=kind, prompt=prompt, **fields)  # type: ignore[arg-type]
+
+
+def waiting(
+    run_id: str,
+    node_id: str = "a",
+    attempt: int = 1,
+    request: feedback_pb2.FeedbackRequest | None = None,
+    child_run_id: str = "",
+) -> messages_pb2.TaskOutcome:
+    """A worker's WAITING outcome: on ``request`` (default :func:`question`), or on a child run."""
+    wait = (
+        messages_pb2.Wait(child_run_id=child_run_id)
+        if child_run_id
+        else messages_pb2.Wait(feedback=request or question())
+    )
+    return messages_pb2.TaskOutcome(
+        run_id=run_id,
+        node_id=node_id,
+        attempt=attempt,
+        status=messages_pb2.TaskOutcome.STATUS_WAITING,
+        worker_id="w1",
+        wait=wait,
+    )

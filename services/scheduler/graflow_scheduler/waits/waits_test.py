@@ -6,33 +6,17 @@ import asyncio
 import grpc
 import pytest
 
-from graflow_api.v1 import common_pb2, feedback_pb2, messages_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.testing.app import app_client, report, run_end, submit
 from graflow_scheduler.testing.enqueued import enqueued, wait_enqueued
 from graflow_scheduler.testing.runs import runs_ended
-from graflow_scheduler.testing.specs import outcome, spec
+from graflow_scheduler.testing.specs import outcome, question, spec, waiting
 from graflow_scheduler.waits.validation import request_problem, response_problem
 
 Kind = feedback_pb2.FeedbackKind
-WAITING = messages_pb2.TaskOutcome.STATUS_WAITING
-
-
-def question(request_id="a.0.1", kind=Kind.FEEDBACK_KIND_APPROVAL, prompt="ship it?", **fields):
-    return feedback_pb2.FeedbackRequest(request_id=request_id, kind=kind, prompt=prompt, **fields)
-
-
-def waiting(run_id, node_id="a", attempt=1, request=None, child_run_id=""):
-    wait = (
-        messages_pb2.Wait(child_run_id=child_run_id)
-        if child_run_id
-        else messages_pb2.Wait(feedback=request or question())
-    )
-    return messages_pb2.TaskOutcome(
-        run_id=run_id, node_id=node_id, attempt=attempt, status=WAITING, worker_id="w1", wait=wait
-    )
 
 
 def child_of(parent, node_id="a"):
