@@ -82,6 +82,10 @@ apt_install() {
   # The README's TLS block (run by tests/readme) makes its certificates with the openssl CLI.
   command -v openssl >/dev/null || missing+=(openssl)
   [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+  # tests/browser drives the console in headless Chromium through Selenium, with Debian's browser and
+  # its matching driver (/usr/bin/chromium, /usr/bin/chromedriver): no browser is downloaded.
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if ! command -v python3.11 >/dev/null && ! ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11*/bin/python3.11 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
   fi

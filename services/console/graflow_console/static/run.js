@@ -96,5 +96,9 @@
   source.addEventListener("end", function () {
     source.close();
     page.dataset.live = "ended";
+    // The history has no event per node for a run's end (a cancel leaves READY nodes CANCELED
+    // without one), and its replay on load walks nodes back through older states: once the run
+    // ended, the graph is drawn again from the run's final node states.
+    reloadGraph();
   });
 })();
