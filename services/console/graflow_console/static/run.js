@@ -8,6 +8,10 @@
   const base = "/runs/" + encodeURIComponent(runId);
   const events = document.getElementById("events");
   const status = document.getElementById("run-status");
+  // The graph and status were drawn from the run's state as of its last update (the scheduler's
+  // clock, as the events' times): the stream replays the history from the start, and only events
+  // from then on change them, so a loading page never walks nodes back through older states.
+  const asOfMs = Number(page.dataset.asOfMs || 0);
   let selected = null;
 
   function setRunStatus(value) {
@@ -71,6 +75,7 @@
 
   function apply(data) {
     appendEvent(data);
+    if (Number(data.at_ms) < asOfMs) return;
     if (data.type === "NODE_ADDED" && !nodeElement(data.node_id)) {
       reloadGraph();
     } else if (data.node_state && data.node_id) {
@@ -97,8 +102,7 @@
     source.close();
     page.dataset.live = "ended";
     // The history has no event per node for a run's end (a cancel leaves READY nodes CANCELED
-    // without one), and its replay on load walks nodes back through older states: once the run
-    // ended, the graph is drawn again from the run's final node states.
+    // without one): once the run ended, the graph is drawn again from the run's final node states.
     reloadGraph();
   });
 })();
