@@ -4,21 +4,13 @@
 -- the last value of a repeated scalar field, so the appended one is the version.
 -- KEYS: 1 records hash, 2 summaries hash, 3 versions hash (one tag: the same slot).
 -- ARGV: name, record bytes, summary bytes, most workflows.
+-- Runs after common.lua (its varint).
 -- Returns the new version, or -1 when the name is new and there are `most` workflows already.
 local name = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], name) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
   return -1
 end
 local version = redis.call('HINCRBY', KEYS[3], name, 1)
-local function varint(n)
-  local out = {}
-  while n >= 128 do
-    out[#out + 1] = string.char(n % 128 + 128)
-    n = math.floor(n / 128)
-  end
-  out[#out + 1] = string.char(n)
-  return table.concat(out)
-end
 local field = string.char(5 * 8) .. varint(version)
 redis.call('HSET', KEYS[1], name, ARGV[2] .. field)
 redis.call('HSET', KEYS[2], name, ARGV[3] .. field)

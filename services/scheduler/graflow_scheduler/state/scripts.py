@@ -18,6 +18,7 @@ APPLY_OUTCOME = _load("apply_outcome.lua", "flow.lua", "waits.lua")
 CANCEL_RUN = _load("cancel_run.lua")
 RESOLVE_WAIT = _load("resolve_wait.lua", "flow.lua", "waits.lua")
 RUN_ENDED_OUTCOME = _load("run_ended_outcome.lua")
+PUT_WORKFLOW = _load("put_workflow.lua")
 # Standalone (no common.lua): a read of the run's meta and its sinks' results.
 RUN_RESULT = LuaScript.load(__package__, "run_result.lua")
 ALL = (CREATE_RUN, APPLY_OUTCOME, CANCEL_RUN, RESOLVE_WAIT, RUN_ENDED_OUTCOME, RUN_RESULT)

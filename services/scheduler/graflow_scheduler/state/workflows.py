@@ -19,12 +19,11 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import NotFound, ResourceExhausted, ServiceError
-from graflow_runtime.scripts import LuaScript
+from graflow_scheduler.state.scripts import PUT_WORKFLOW
 
 # At most this many registered workflows (each PutWorkflow of a new name beyond is refused).
 MAX_WORKFLOWS = 10_000
 
-_PUT = LuaScript.load(__package__, "put_workflow.lua")
 
 
 class WorkflowNotFound(NotFound):
@@ -53,7 +52,7 @@ class WorkflowRegistry:
         """Store ``record`` (validated by the caller) with the next version and the time now."""
         record.updated_at_ms = int(time.time() * 1000)
         record.ClearField("version")
-        version = await _PUT.run(
+        version = await PUT_WORKFLOW.run(
             self.redis,
             list(keys.workflow_registry()),
             [record.name, record.SerializeToString(), summary_of(record).SerializeToString(),
