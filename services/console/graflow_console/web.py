@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import jinja2
 from cryptography.fernet import Fernet, InvalidToken
 from fastapi import Depends, Request, Response
-from fastapi.responses import HTMLResponse
 from fastapi.datastructures import FormData
+from fastapi.responses import HTMLResponse
 
 from graflow_console.auth import Session, Sessions
 
