@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from graflow_api.v1 import scheduler_pb2
 from graflow_runtime import keys
 from graflow_runtime.errors import NotFound, ResourceExhausted, ServiceError
+
 from graflow_scheduler.state.scripts import PUT_WORKFLOW
 
 # At most this many registered workflows (each PutWorkflow of a new name beyond is refused).
