@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from graflow.devstack import LocalStack
 from graflow.errors import RunFailedError
+from graflow_api.v1 import workflow_pb2
 from graflow_examples.approval import release
 from graflow_examples.etl import etl
 from graflow_runtime.access import Role
@@ -113,6 +114,26 @@ def test_a_live_run_page_has_its_history_up_to_the_wait_and_details_of_the_waiti
     assert re.search(r'data-cursor="[^"]+"', page.text)
     details = console.get(f"/runs/{run.id}/nodes/deploy")
     assert "NODE_WAITING" in details.text and "dev-worker-0" in details.text
+    run.cancel("done")
+
+
+def test_a_run_too_large_to_draw_shows_a_node_table_saying_why(console: TestClient, stack: LocalStack):
+    # 301 nodes on a queue no worker serves: the run stays live, nothing runs.
+    spec = workflow_pb2.WorkflowSpec(
+        name="too-large",
+        nodes=[workflow_pb2.NodeSpec(id=f"n{i}", task_type="idle", queue="nobody") for i in range(301)],
+        edges=[workflow_pb2.EdgeSpec(from_id=f"n{i}", to_id=f"n{i + 1}") for i in range(300)],
+    )
+    run = stack.client().submit(spec)
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{run.id}")
+    assert page.status_code == 200
+    assert 'id="graph-note"' in page.text and "301 nodes" in page.text
+    assert '<table id="run-graph"' in page.text and '<svg id="run-graph"' not in page.text
+    assert 'id="node-n300" data-node-id="n300" data-state="PENDING"' in page.text
+    fragment = console.get(f"/runs/{run.id}/graph")
+    assert fragment.headers["content-type"].startswith("text/html")
+    assert fragment.text.count('<tr class="node"') == 301
     run.cancel("done")
 
 
