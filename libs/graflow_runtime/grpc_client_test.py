@@ -232,3 +232,12 @@ async def test_tls_replicas_of_a_list_are_checked_against_its_first_name(tmp_pat
         await channel.close()
         for handle in handles:
             await handle.stop(0)
+
+
+def test_the_consoles_reads_are_retried_and_its_writes_are_not() -> None:
+    scheduler = IDEMPOTENT_METHODS["graflow_api.v1.Scheduler"]
+    coordinator = IDEMPOTENT_METHODS["graflow_api.v1.Coordinator"]
+    assert {"CountRuns", "GetWorkflow", "ListWorkflows"} <= set(scheduler)
+    assert "ListQueues" in coordinator
+    assert not {"PutWorkflow", "DeleteWorkflow"} & set(scheduler)
+    assert "DeleteDeadLetters" not in coordinator

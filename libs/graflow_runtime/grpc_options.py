@@ -50,6 +50,11 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
         "ListFeedback",
         "GetFeedback",
         "RespondFeedback",  # the same answer again is OK
+        # The console's reads (issue 11). Not PutWorkflow (a repeat bumps the version),
+        # DeleteWorkflow (a repeat answers NOT_FOUND) nor DeleteDeadLetters.
+        "CountRuns",
+        "GetWorkflow",
+        "ListWorkflows",
     ),
     "graflow_api.v1.Coordinator": (
         "Dispatch",  # idempotent per (run, node, attempt)
@@ -60,6 +65,7 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
         "ListDeadLetters",
         "NotifyCanceled",
         "ListAuditEvents",
+        "ListQueues",
     ),
     "graflow_api.v1.ResultStore": (
         "PutResults",  # idempotent per (run, node, attempt)

@@ -21,6 +21,7 @@ import redis
 from graflow import Client, workflow
 from graflow.devstack import LocalStack
 from graflow.operators import Operators
+from graflow_api.v1 import workflow_pb2
 from graflow_runtime import keys
 from graflow_runtime.access import Role
 from graflow_runtime.signing import BusKeys, Kind
@@ -134,6 +135,34 @@ def test_a_run_is_canceled_from_its_page(
     browser.wait(lambda: node_states(browser) == {"work": "CANCELED"}, "the node CANCELED in the graph")
     assert run.status == "CANCELED"
     wait_for(lambda: fx.exists(f"observed:{run.id}:work"), what="the running task to see the cancel")
+
+
+def test_a_run_too_large_to_draw_is_a_live_node_table_with_its_history_once(
+    browser: Browser, stack: LocalStack, client: Client
+) -> None:
+    # 301 nodes on a queue no worker serves: past graph_layout.MAX_VERTICES, and nothing runs.
+    spec = workflow_pb2.WorkflowSpec(
+        name="browser-too-large",
+        nodes=[workflow_pb2.NodeSpec(id=f"n{i}", task_type="idle", queue="nobody") for i in range(301)],
+        edges=[workflow_pb2.EdgeSpec(from_id=f"n{i}", to_id=f"n{i + 1}") for i in range(300)],
+    )
+    run = client.submit(spec)
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    browser.open(f"/runs/{run.id}")
+    assert "301 nodes" in browser.text("#graph-note")
+    browser.click("#run-graph tr.node[data-node-id=n0]")
+    browser.wait(lambda: "n0" in browser.text("#node-details"), "the details of n0")
+    browser.click("#cancel-run")
+    wait_run_status(browser, "CANCELED")
+    browser.wait(lambda: browser.script("return document.getElementById('run').dataset.live;") == "ended",
+                 "the end of the live stream")
+    # The page came with the history; the stream added only what came after it: no event twice.
+    types = browser.script("return [...document.querySelectorAll('#events li.event')]"
+                           ".map(e => e.dataset.type);")
+    assert types.count("RUN_CREATED") == 1 and types.count("RUN_CANCELED") == 1, types
+    browser.wait(lambda: browser.script(
+        "const n = document.querySelector('#run-graph tr.node[data-node-id=n0]');"
+        "return n ? n.dataset.state : '';") == "CANCELED", "n0 CANCELED in the node table")
 
 
 @dataclass(frozen=True)

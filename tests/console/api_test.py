@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from httpx import Response
 
@@ -185,6 +186,21 @@ def test_a_submitted_run_is_answered_through_the_api_and_succeeds(http, stack, o
     assert {n["node_id"]: n["state"] for n in run["nodes"]} == {"build": "SUCCEEDED", "deploy": "SUCCEEDED"}
     assert run["error"] is None and run["parent"] is None
     assert run["results"] == {"deploy": "1.4.2 deployed to eu"}
+
+
+def test_a_submit_without_an_idempotency_key_is_sent_with_one(http, stack):
+    """gRPC retries SubmitRun on UNAVAILABLE: without a key, a retry could create a second run."""
+    run_id = submit(http, stack)["run_id"]
+    store = redis.Redis.from_url(stack.redis_url)
+    try:
+        keyed = [key for key in store.scan_iter(match="*:idem:api-*") if store.get(key) == run_id.encode()]
+    finally:
+        store.close()
+    assert len(keyed) == 1, keyed
+    again = http.post(f"{API}/workflows/release/runs", json={"idempotency_key": "mine"},
+                      headers=as_role(stack, Role.CLIENT)).json()
+    assert http.post(f"{API}/workflows/release/runs", json={"idempotency_key": "mine"},
+                     headers=as_role(stack, Role.CLIENT)).json()["run_id"] == again["run_id"]
 
 
 def test_runs_are_listed_with_the_filters_of_the_run_list(http, stack, openapi):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from graflow.devstack import LocalStack
 from graflow.errors import RunFailedError
+from graflow_api.v1 import workflow_pb2
 from graflow_examples.approval import release
 from graflow_examples.etl import etl
 from graflow_runtime.access import Role
@@ -76,6 +78,63 @@ def test_the_event_stream_replays_the_history_ends_and_resumes_after_a_cursor(
     with console.stream("GET", f"/runs/{etl_run}/events", headers={"last-event-id": middle}) as response:
         resumed = [e for e in sse_events(response.read().decode()) if e[1] == "run-event"]
     assert [i for i, _, _ in resumed] == [i for i, _ in run_events[len(run_events) // 2 + 1:]]
+
+
+def page_events(html: str) -> list[str]:
+    """The types of the ``#events`` items the page came with."""
+    return re.findall(r'<li class="event [A-Z_]+" data-type="([A-Z_]+)">', html)
+
+
+def test_the_page_comes_with_the_history_and_the_cursor_its_stream_resumes_after(
+        console: TestClient, stack: LocalStack, etl_run: str):
+    sign_in(console, stack, Role.VIEWER)
+    with console.stream("GET", f"/runs/{etl_run}/events") as response:
+        streamed = [e for e in sse_events(response.read().decode()) if e[1] == "run-event"]
+    page = console.get(f"/runs/{etl_run}")
+    # The whole history, in order, rendered with the page (an ended run is read to its end).
+    assert page_events(page.text) == [json.loads(data)["type"] for _, _, data in streamed]
+    cursor = re.search(r'data-cursor="([^"]*)"', page.text)
+    assert cursor and cursor.group(1) == streamed[-1][0]
+    assert "data-as-of-ms" not in page.text  # no comparing the clocks of scheduler replicas
+    # The page's script starts its stream after that cursor: nothing is repeated.
+    with console.stream("GET", f"/runs/{etl_run}/events?cursor={cursor.group(1)}") as response:
+        after = sse_events(response.read().decode())
+    assert [kind for _, kind, _ in after] == ["end"]
+
+
+def test_a_live_run_page_has_its_history_up_to_the_wait_and_details_of_the_waiting_node(
+        console: TestClient, stack: LocalStack):
+    run = stack.client().submit(release)  # waits for an approval: WatchRun does not end
+    sign_in(console, stack, Role.VIEWER)
+    deadline = time.monotonic() + 60
+    while "NODE_WAITING" not in page_events((page := console.get(f"/runs/{run.id}")).text):
+        assert time.monotonic() < deadline, page.text[-2000:]
+        time.sleep(0.2)
+    assert page_events(page.text)[0] == "RUN_CREATED"
+    assert re.search(r'data-cursor="[^"]+"', page.text)
+    details = console.get(f"/runs/{run.id}/nodes/deploy")
+    assert "NODE_WAITING" in details.text and "dev-worker-0" in details.text
+    run.cancel("done")
+
+
+def test_a_run_too_large_to_draw_shows_a_node_table_saying_why(console: TestClient, stack: LocalStack):
+    # 301 nodes on a queue no worker serves: the run stays live, nothing runs.
+    spec = workflow_pb2.WorkflowSpec(
+        name="too-large",
+        nodes=[workflow_pb2.NodeSpec(id=f"n{i}", task_type="idle", queue="nobody") for i in range(301)],
+        edges=[workflow_pb2.EdgeSpec(from_id=f"n{i}", to_id=f"n{i + 1}") for i in range(300)],
+    )
+    run = stack.client().submit(spec)
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get(f"/runs/{run.id}")
+    assert page.status_code == 200
+    assert 'id="graph-note"' in page.text and "301 nodes" in page.text
+    assert '<table id="run-graph"' in page.text and '<svg id="run-graph"' not in page.text
+    assert 'id="node-n300" data-node-id="n300" data-state="PENDING"' in page.text
+    fragment = console.get(f"/runs/{run.id}/graph")
+    assert fragment.headers["content-type"].startswith("text/html")
+    assert fragment.text.count('<tr class="node"') == 301
+    run.cancel("done")
 
 
 def test_node_details_show_the_result_worker_and_timings(

@@ -107,12 +107,22 @@ def test_a_registered_workflow_is_submitted_by_name_with_arguments(
     bad = console.post("/workflows/etl-console/runs", data={"csrf_token": csrf, "arguments": "[1]"},
                        headers=SAME_ORIGIN)
     assert bad.status_code == 400 and "JSON object" in bad.text
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', form.text)
+    assert key, "the form carries no idempotency key"
+    fields = {"csrf_token": csrf, "arguments": '{"source": "console"}', "labels": "via=console",
+              "idempotency_key": key.group(1)}
     submitted = console.post("/workflows/etl-console/runs", follow_redirects=False, headers=SAME_ORIGIN,
-                             data={"csrf_token": csrf, "arguments": '{"source": "console"}',
-                                   "labels": "via=console"})
+                             data=fields)
     assert submitted.status_code == 303
     run_id = submitted.headers["location"].removeprefix("/runs/")
     assert stack.client().get_run(run_id).labels == {"via": "console"}
+    # A double click (the same form posted twice) is one run.
+    again = console.post("/workflows/etl-console/runs", follow_redirects=False, headers=SAME_ORIGIN,
+                         data=fields)
+    assert again.headers["location"] == submitted.headers["location"]
+    # Each render of the form has its own key.
+    other = re.search(r'name="idempotency_key" value="([^"]+)"', console.get("/workflows/etl-console").text)
+    assert other and other.group(1) != key.group(1)
 
 
 def test_a_viewer_may_not_submit(console: TestClient, stack: LocalStack,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from uuid import uuid4
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -195,7 +196,9 @@ async def submit_run(request: Request, person: Caller, name: str, body: SubmitBo
             workflow=name,
             arguments_json=payload.dumps(body.arguments),
             labels=body.labels,
-            idempotency_key=body.idempotency_key,
+            # Always a key: the channel retries SubmitRun on UNAVAILABLE (grpc_options), and
+            # without one a retry after a replica died could create a second run.
+            idempotency_key=body.idempotency_key or f"api-{uuid4().hex}",
         ),
     )
     return Submitted(

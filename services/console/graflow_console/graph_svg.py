@@ -9,21 +9,29 @@ What is drawn:
 - nodes added at run time (``NodeStatus.added_by``) connected to the node that added them (dashed);
 - loop edges as dashed back edges below the boxes.
 The page's script (static/run.js) changes ``data-state`` as events arrive; CSS colours by it.
+
+A graph past the layout's limits (:func:`graflow_console.graph_layout.too_large`), or whose layout
+does not finish within LAYOUT_DEADLINE_S, is shown as a node table instead (:func:`render_table`:
+the same ``id``/``data-node-id``/``data-state`` per node, so live states and details still work)
+with a note saying why. The layout runs in a thread (:func:`render_graph`): the console serves
+everybody from one event loop, and a slow drawing must not stop it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from html import escape
 
 from graflow.run import node_state_name
 from graflow_api.v1 import scheduler_pb2, workflow_pb2
 
-from graflow_console.graph_layout import NODE_H, Layout, layout
+from graflow_console.graph_layout import NODE_H, Layout, layout, too_large
 
 GROUP_W = 120.0
 GROUP_H = 30.0
 LABEL_CHARS = 24
+LAYOUT_DEADLINE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,45 @@ def _loop_path(placed: Layout, source: str, target: str) -> str:
     return f"M{x0:.1f},{y0:.1f} C{x0:.1f},{drop:.1f} {x1:.1f},{drop:.1f} {x1:.1f},{y1:.1f}"
 
 
+def _layout_input(graph: RunGraph) -> tuple[list[str], list[tuple[str, str]]]:
+    """The vertices and the forward (non-loop) edges the layout places."""
+    return [node.node_id for node in graph.nodes], [(s, t) for s, t, css in graph.edges if "loop" not in css]
+
+
+def render_table(graph: RunGraph, why: str) -> str:
+    """``table#run-graph``: one row per node (id, type, state) and a note saying why there is no
+    drawing (``why``)."""
+    out = [f'<p id="graph-note" class="muted">The graph is shown as a table: {escape(why)}.</p>',
+           '<table id="run-graph" class="node-table"><thead><tr><th>Node</th><th>Type</th>'
+           "<th>State</th></tr></thead><tbody>"]
+    for node in graph.nodes:
+        node_id = escape(node.node_id)
+        kind = escape(node.task_type or node.kind)
+        if node.kind == "group":
+            kind = f"join · {escape(node.detail)}"
+        out.append(f'<tr class="node" id="node-{node_id}" data-node-id="{node_id}" data-state="{node.state}" '
+                   f'tabindex="0"><td class="mono">{node_id}</td><td>{kind}</td>'
+                   f'<td class="state">{node.state}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+async def render_graph(graph: RunGraph, deadline_s: float = LAYOUT_DEADLINE_S) -> str:
+    """The run page's graph markup: the SVG drawing, laid out in a thread within ``deadline_s``, or
+    the node table when the graph is too large to draw or the layout missed the deadline."""
+    why = too_large(*_layout_input(graph))
+    if why:
+        return render_table(graph, why)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(render_svg, graph), deadline_s)
+    except TimeoutError:
+        # The thread finishes on its own (threads cannot be stopped); too_large bounds its work.
+        return render_table(graph, f"its layout took longer than {deadline_s:g} s")
+
+
 def render_svg(graph: RunGraph) -> str:
     """``svg#run-graph`` of ``graph`` (escaped: ids and types are user-chosen text)."""
-    vertices = [node.node_id for node in graph.nodes]
-    forward = [(s, t) for s, t, css in graph.edges if "loop" not in css]
+    vertices, forward = _layout_input(graph)
     sizes = {node.node_id: (GROUP_W, GROUP_H) for node in graph.nodes if node.kind == "group"}
     placed = layout(vertices, forward, sizes)
     has_loops = any("loop" in css for _, _, css in graph.edges)

@@ -3,11 +3,13 @@ escaping."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 from graflow_api.v1 import common_pb2, scheduler_pb2, workflow_pb2
 
-from graflow_console.graph_svg import render_svg, run_graph
+from graflow_console.graph_svg import RunGraph, render_graph, render_svg, run_graph
 
 
 def spec() -> workflow_pb2.WorkflowSpec:
@@ -71,3 +73,36 @@ def test_a_twenty_node_graph_stays_within_its_drawing():
     width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
     for x, y in re.findall(r'<rect x="([\d.]+)" y="([\d.]+)"', svg):
         assert 0 <= float(x) < width and 0 <= float(y) < height
+
+
+def chain_with_root_edges(n: int) -> RunGraph:
+    """A chain of ``n`` nodes and an edge from the root to every node: ~n²/2 dummy vertices."""
+    graph = run_graph(workflow_pb2.WorkflowSpec(
+        name="wide",
+        nodes=[workflow_pb2.NodeSpec(id=f"n{i}", task_type="t") for i in range(n)],
+        edges=[workflow_pb2.EdgeSpec(from_id=f"n{i}", to_id=f"n{i + 1}") for i in range(n - 1)]
+        + [workflow_pb2.EdgeSpec(from_id="n0", to_id=f"n{i}") for i in range(2, n)],
+    ), scheduler_pb2.Run(run_id="r"))
+    return graph
+
+
+def test_a_graph_too_large_to_draw_is_a_node_table_at_once():
+    for n, why in ((1000, "1,000 nodes"), (150, "layers")):  # too many nodes; too long a span
+        started = time.monotonic()
+        markup = asyncio.run(render_graph(chain_with_root_edges(n)))
+        assert time.monotonic() - started < 0.5
+        assert markup.startswith('<p id="graph-note"') and why in markup
+        assert '<table id="run-graph"' in markup and "<svg" not in markup
+        assert markup.count('<tr class="node"') == n
+        assert 'id="node-n0" data-node-id="n0" data-state="PENDING"' in markup
+
+
+def test_a_graph_within_the_limits_is_drawn():
+    markup = asyncio.run(render_graph(chain_with_root_edges(40)))
+    assert markup.startswith('<svg id="run-graph"')
+
+
+def test_a_layout_past_its_deadline_falls_back_to_the_table():
+    markup = asyncio.run(render_graph(run_graph(spec(), run()), deadline_s=0.0))
+    assert "its layout took longer than 0 s" in markup and '<table id="run-graph"' in markup
+    assert 'data-node-id="g"' in markup and "join · AT_LEAST 1" in markup

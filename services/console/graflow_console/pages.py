@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -128,6 +130,9 @@ async def workflow(request: Request, session: SessionDep, name: str) -> Response
         "workflow": registered,
         "arguments": json.dumps(defaults, indent=2, sort_keys=True),
         "labels": "",
+        # One key per render of the form: a double click, a resent POST or a SubmitRun that gRPC
+        # retries after a replica died (grpc_options.IDEMPOTENT_METHODS) all return the same run.
+        "idempotency_key": secrets.token_urlsafe(18),
     }, session=session)
 
 
@@ -137,19 +142,25 @@ async def submit(request: Request, name: str) -> Response:
     session, form = await posted_form(request)
     arguments = str(form.get("arguments") or "{}")
     labels = str(form.get("labels") or "")
+    # The form's key (see workflow()); a form without one (an older page, a script) still gets one,
+    # so that gRPC's retry of SubmitRun cannot create a second run.
+    idempotency_key = str(form.get("idempotency_key") or f"console-{uuid.uuid4()}")
     try:
         value = loads(arguments)
         if not isinstance(value, dict):
             raise bad_input("arguments must be a JSON object ({\"name\": value, ...})")
         reply = await session.person.scheduler("SubmitRun", scheduler_pb2.SubmitRunRequest(
             workflow=name, arguments_json=arguments.encode(), labels=parse_labels(labels),
+            idempotency_key=idempotency_key,
         ))
     except (ConsoleError, UserJsonError) as exc:
         error = exc if isinstance(exc, ConsoleError) else bad_input(f"arguments: {exc}")
         registered = await session.person.scheduler(
             "GetWorkflow", scheduler_pb2.GetWorkflowRequest(name=name))
+        # The same key again: nothing was created under it, unless the submit failed after the
+        # scheduler stored the run, and then submitting again must return that run.
         return render(request, "workflow.html", {"workflow": registered, "arguments": arguments,
-                                                 "labels": labels},
+                                                 "labels": labels, "idempotency_key": idempotency_key},
                       session=session, status_code=error.status_code, error=error.message)
     response = RedirectResponse(f"/runs/{reply.run_id}", status_code=303)
     flash(response, request, "ok", f"run {reply.run_id} of {name} submitted")

@@ -15,6 +15,8 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -25,7 +27,7 @@ from graflow.run import event_type_name, node_state_name, status_name
 from graflow_api.v1 import result_store_pb2, scheduler_pb2
 
 from graflow_console.backend import ConsoleError, Person
-from graflow_console.graph_svg import render_svg, run_graph
+from graflow_console.graph_svg import render_graph, run_graph
 from graflow_console.web import SessionDep, flash, posted_form, render
 
 router = APIRouter(include_in_schema=False)
@@ -43,16 +45,69 @@ EVENT_STATES = {
 }
 RUN_STATES = {"RUN_SUCCEEDED": "SUCCEEDED", "RUN_FAILED": "FAILED", "RUN_CANCELED": "CANCELED",
               "RUN_PAUSED": "PAUSED", "RUN_RESUMED": "RUNNING", "RUN_CREATED": "RUNNING"}
-# Node details read the node's events from the run's history: a live run's WatchRun does not end,
-# so the read stops once the history has gone quiet this long (or after the cap).
+# The page's events list and node details read the run's history through WatchRun (see
+# read_history): an ended run's to its end, a live run's until it has caught up with the run's last
+# update and then gone quiet this long; HISTORY_CAP_S bounds the read either way.
 HISTORY_QUIET_S = 0.25
-HISTORY_CAP_S = 2.0
+HISTORY_CAP_S = 10.0
 PREVIEW_CHARS = 4000
 
 
-async def graph_svg(person: Person, run: scheduler_pb2.Run) -> str:
+async def graph_markup(person: Person, run: scheduler_pb2.Run) -> str:
+    """The run's graph: an SVG drawing, or a node table when it is too large to draw in time
+    (graph_svg.render_graph, which keeps the layout off the event loop)."""
     reply = await person.result_store("GetGraph", result_store_pb2.GetGraphRequest(graph_hash=run.graph_hash))
-    return render_svg(run_graph(reply.spec, run))
+    return await render_graph(run_graph(reply.spec, run))
+
+
+@dataclass
+class History:
+    events: list[scheduler_pb2.RunEvent]
+    cursor: str  # the last event's ("" without any): the live stream resumes after it
+
+
+async def read_history(person: Person, run: scheduler_pb2.Run) -> History:
+    """The events of ``run`` so far. An ended run's WatchRun ends after its last event: read to
+    there. A live run's does not end: read until an event at or after the run's last update
+    (``updated_at_ms``: the scheduler writes each update with an event of the same time, in one
+    script, so this compares one clock reading with itself), and only then stop once the stream
+    has gone quiet for HISTORY_QUIET_S. A quiet timer from the start stopped before the first
+    event on a loaded machine (no worker, no timings in node details). HISTORY_CAP_S bounds it."""
+    ended = status_name(run.status) in ENDED
+    found: list[scheduler_pb2.RunEvent] = []
+    caught_up = False
+    events = person.watch_run(run.run_id).__aiter__()
+    deadline = time.monotonic() + HISTORY_CAP_S
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            wait = min(HISTORY_QUIET_S, left) if caught_up and not ended else left
+            try:
+                event = await asyncio.wait_for(events.__anext__(), wait)
+            except (StopAsyncIteration, TimeoutError):
+                break
+            found.append(event)
+            caught_up = caught_up or event.at_ms >= run.updated_at_ms
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return History(found, found[-1].cursor if found else "")
+
+
+def event_line(event: scheduler_pb2.RunEvent) -> dict[str, str]:
+    """One item of ``#events``: the text static/run.js's appendEvent writes for a live event."""
+    kind = event_type_name(event.type)
+    at = ""
+    if event.at_ms:
+        at = datetime.fromtimestamp(event.at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+    parts = [at, event.node_id or "(run)", kind]
+    if event.attempt:
+        parts.append(f"attempt {event.attempt}")
+    if event.worker_id:
+        parts.append(event.worker_id)
+    if event.error.type or event.error.message:
+        parts.append(f"{event.error.type}: {event.error.message}")
+    if event.message:
+        parts.append(event.message)
+    return {"type": kind, "text": " · ".join(parts)}
 
 
 @router.get("/runs/{run_id}")
@@ -60,7 +115,15 @@ async def run_page(request: Request, session: SessionDep, run_id: str) -> Respon
     person = session.person
     run = await person.scheduler("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id))
     try:
-        svg, graph_error = await graph_svg(person, run), ""
+        history, events_error = await read_history(person, run), ""
+    except ConsoleError as exc:
+        history, events_error = History([], ""), exc.message
+    if status_name(run.status) not in ENDED:
+        # The graph and status as of after the history's last event: the page's live stream
+        # starts after it, so nothing between the two is missed.
+        run = await person.scheduler("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id))
+    try:
+        svg, graph_error = await graph_markup(person, run), ""
     except ConsoleError as exc:
         svg, graph_error = "", exc.message
     try:
@@ -77,14 +140,19 @@ async def run_page(request: Request, session: SessionDep, run_id: str) -> Respon
         "graph_error": graph_error,
         "waiting": list(waiting),
         "feedback_error": feedback_error,
+        "events": [event_line(event) for event in history.events],
+        "events_error": events_error,
+        "cursor": history.cursor,
     }, session=session)
 
 
 @router.get("/runs/{run_id}/graph")
 async def run_graph_fragment(session: SessionDep, run_id: str) -> Response:
-    """The graph alone: the page's script reloads it when a node is added at run time."""
+    """The graph alone (SVG, or the node table as HTML): the page's script reloads it when a node
+    is added at run time and when the run ends."""
     run = await session.person.scheduler("GetRun", scheduler_pb2.GetRunRequest(run_id=run_id))
-    return Response(await graph_svg(session.person, run), media_type="image/svg+xml")
+    markup = await graph_markup(session.person, run)
+    return Response(markup, media_type="image/svg+xml" if markup.startswith("<svg") else "text/html")
 
 
 def sse_data(event: scheduler_pb2.RunEvent) -> dict[str, object]:
@@ -110,24 +178,6 @@ async def run_events(request: Request, session: SessionDep, run_id: str, cursor:
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"cache-control": "no-store", "x-accel-buffering": "no"})
-
-
-async def node_events(person: Person, run_id: str, node_id: str) -> list[scheduler_pb2.RunEvent]:
-    """The node's events in the run's history (see HISTORY_QUIET_S)."""
-    found: list[scheduler_pb2.RunEvent] = []
-    events = person.watch_run(run_id).__aiter__()
-    deadline = time.monotonic() + HISTORY_CAP_S
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = await asyncio.wait_for(events.__anext__(), min(HISTORY_QUIET_S, left))
-            except (StopAsyncIteration, TimeoutError):
-                break
-            if event.node_id == node_id:
-                found.append(event)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    return found
 
 
 def preview(payload: object) -> str:
@@ -178,7 +228,7 @@ async def node_details(request: Request, session: SessionDep, run_id: str, node_
     node = next((n for n in run.nodes if n.node_id == node_id), None)
     if node is None:
         raise ConsoleError(404, "NOT_FOUND", f"run {run_id} has no node {node_id!r}")
-    events = await node_events(person, run_id, node_id)
+    events = [e for e in (await read_history(person, run)).events if e.node_id == node_id]
     result, result_note = await _result(person, run_id, node_id)
     channels, channels_note = await _channels(person, run_id)
     workers = sorted({e.worker_id for e in events if e.worker_id})

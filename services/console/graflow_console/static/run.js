@@ -8,10 +8,16 @@
   const base = "/runs/" + encodeURIComponent(runId);
   const events = document.getElementById("events");
   const status = document.getElementById("run-status");
-  // The graph and status were drawn from the run's state as of its last update (the scheduler's
-  // clock, as the events' times): the stream replays the history from the start, and only events
-  // from then on change them, so a loading page never walks nodes back through older states.
-  const asOfMs = Number(page.dataset.asOfMs || 0);
+  // The page came with the run's history (the events list) up to the event whose cursor is
+  // data-cursor, and with the graph and status read after it: the stream starts after that event,
+  // so every event it brings is newer than what the page shows (no clock comparison: the events'
+  // times come from the clocks of several scheduler replicas).
+  const cursor = page.dataset.cursor || "";
+  // The graph is reloaded at most once per RELOAD_MS (a run adding many nodes sends a NODE_ADDED
+  // each, and each reload lays the whole graph out again on the server).
+  const RELOAD_MS = 2000;
+  let lastReload = -Infinity;
+  let reloadTimer = null;
   let selected = null;
 
   function setRunStatus(value) {
@@ -37,7 +43,8 @@
   }
 
   function bindGraph() {
-    document.querySelectorAll("#run-graph g.node").forEach(function (node) {
+    // SVG boxes (g.node) or, for a graph too large to draw, table rows (tr.node).
+    document.querySelectorAll("#run-graph .node").forEach(function (node) {
       node.addEventListener("click", function () { showDetails(node.dataset.nodeId); });
       node.addEventListener("keydown", function (e) {
         if (e.key === "Enter") showDetails(node.dataset.nodeId);
@@ -46,12 +53,23 @@
   }
 
   function reloadGraph() {
+    if (reloadTimer !== null) return; // one is already due
+    const wait = lastReload + RELOAD_MS - Date.now();
+    if (wait > 0) {
+      reloadTimer = setTimeout(function () { reloadTimer = null; reloadGraph(); }, wait);
+      return;
+    }
+    lastReload = Date.now();
     fetch(base + "/graph", { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (svg) {
         const panel = document.getElementById("graph-panel");
         panel.innerHTML = svg;
         bindGraph();
+        if (selected) {
+          selected = nodeElement(selected.dataset.nodeId);
+          if (selected) selected.classList.add("selected");
+        }
       })
       .catch(function () { /* the next event retries */ });
   }
@@ -75,12 +93,15 @@
 
   function apply(data) {
     appendEvent(data);
-    if (Number(data.at_ms) < asOfMs) return;
     if (data.type === "NODE_ADDED" && !nodeElement(data.node_id)) {
       reloadGraph();
     } else if (data.node_state && data.node_id) {
       const node = nodeElement(data.node_id);
-      if (node) node.dataset.state = data.node_state;
+      if (node) {
+        node.dataset.state = data.node_state;
+        const cell = node.querySelector("td.state"); // the node table's state column
+        if (cell) cell.textContent = data.node_state;
+      }
     }
     setRunStatus(data.run_status);
     if (data.type === "NODE_WAITING" || data.type === "RUN_PAUSED") {
@@ -89,7 +110,8 @@
   }
 
   bindGraph();
-  const source = new EventSource(base + "/events");
+  events.scrollTop = events.scrollHeight;
+  const source = new EventSource(base + "/events" + (cursor ? "?cursor=" + encodeURIComponent(cursor) : ""));
   source.addEventListener("run-event", function (e) { apply(JSON.parse(e.data)); });
   source.addEventListener("failure", function (e) {
     const data = JSON.parse(e.data);

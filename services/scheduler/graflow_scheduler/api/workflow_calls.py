@@ -148,5 +148,10 @@ class WorkflowCalls:
 
 
 def _check_name(name: str) -> None:
+    """A workflow name is a path segment of the console's and the API's URLs
+    (``/workflows/<name>``): "." and ".." (any name made only of dots) would be resolved away by
+    browsers and proxies, so they are refused with the other malformed names."""
     if not is_node_id(name):
         raise InvalidRequest(f"workflow name {name[:64]!r} is invalid: {NODE_ID_RULE}")
+    if not name.strip("."):
+        raise InvalidRequest(f"workflow name {name!r} is invalid: it must not be made only of dots")

@@ -66,6 +66,8 @@ async def test_the_registered_spec_takes_the_registered_name(client):
     [
         ({"workflow": spec(["a", "b"], ["a>b", "b>a"])}, "cycle"),
         ({"name": "no spaces"}, "workflow name"),
+        ({"name": "."}, "only of dots"),
+        ({"name": ".."}, "only of dots"),
         ({"defaults": b"[1, 2]"}, "default_arguments_json"),
         ({"defaults": b"{nope"}, "default_arguments_json"),
     ],
