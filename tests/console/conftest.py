@@ -33,6 +33,8 @@ def console_settings(stack: LocalStack) -> ConsoleSettings:
         scheduler_address=stack.scheduler_address,
         coordinator_address=stack.coordinator_address,
         result_store_address=stack.result_store_address,
+        # TestClient's requests name the host "testserver" (BASE_URL), not a loopback name.
+        allowed_hosts="testserver",
     )
 
 

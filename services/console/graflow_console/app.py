@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import structlog
-from cryptography.fernet import Fernet
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graflow_runtime.version import __version__
@@ -35,6 +36,9 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
 }
+
+# Sent when browsers reach the console over HTTPS (Sessions.secure): a year, this host only.
+HSTS = "max-age=31536000"
 
 # Each module has a ``router``; the JSON API and the operations pages add theirs here.
 ROUTER_MODULES = [signin, pages, run_page, feedback_pages, ops, api]
@@ -63,8 +67,6 @@ def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.sessions = Sessions(settings)
-    # Flash messages ride in a short-lived cookie of their own, under a key of their own.
-    app.state.flash_fernet = Fernet(Fernet.generate_key())
     app.state.templates = templates()
     assets = load_assets()
 
@@ -97,16 +99,53 @@ def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> Fas
 
     for module in ROUTER_MODULES:
         app.include_router(module.router)
-    app.add_middleware(SecurityHeaders)
+    # The last added runs first: a Host the console does not answer to is refused (400) before
+    # anything else, so a DNS-rebinding page never reaches a form or the API's links.
+    app.add_middleware(SecurityHeaders, hsts=app.state.sessions.secure)
+    app.add_middleware(TrustedHosts, allowed_hosts=settings.trusted_hosts())
     return app
 
 
-class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` to every response. Plain ASGI (not BaseHTTPMiddleware), so a
-    streamed response (the run page's events) still sees the browser leave and stops its WatchRun."""
+class TrustedHosts:
+    """Refuses (400) a request whose Host is not one of ``allowed_hosts`` (a DNS-rebinding page
+    names its own host), as Starlette's TrustedHostMiddleware does but with IPv6 literals
+    ("[::1]:8480") parsed, and ``/healthz`` exempt: container probes reach it by address, not by the
+    console's public name, and it answers nothing but "ok"."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
         self.app = app
+        self.allowed_hosts = frozenset(allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "")
+        try:
+            hostname = (urlsplit("//" + host).hostname or "").lower()
+        except ValueError:
+            hostname = ""
+        if hostname not in self.allowed_hosts:
+            log.warning("refused a request for another host", host=host[:200])
+            response = PlainTextResponse(
+                "refused: this console does not answer to this host name (see "
+                "GRAFLOW_CONSOLE_PUBLIC_URL / GRAFLOW_CONSOLE_ALLOWED_HOSTS)", status_code=400)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` (and :data:`HSTS` under HTTPS) to every response. Plain ASGI
+    (not BaseHTTPMiddleware), so a streamed response (the run page's events) still sees the browser
+    leave and stops its WatchRun."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.headers = dict(SECURITY_HEADERS)
+        if hsts:
+            # Browsers reach the console over HTTPS only: keep them from ever trying plain HTTP.
+            self.headers["strict-transport-security"] = HSTS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,7 +155,7 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 

@@ -4,19 +4,25 @@ Sign-in takes a bearer token of a role (docs/security.md) and checks it with a c
 (ListRuns, limit 1): UNAUTHENTICATED means the token is wrong; PERMISSION_DENIED still signs in,
 since a role may lack that one read. The token is then kept only in the session cookie, encrypted
 and authenticated with Fernet (so the browser holds it but cannot read or forge it; no server-side
-session store, which keeps replicas stateless), HttpOnly (no script reads it), SameSite=Strict (no
-other site's page sends it) and Secure under HTTPS. Every call the console makes for the person
-carries that token (:meth:`graflow_console.backend.Backend.as_person`).
+session store, which keeps replicas stateless), HttpOnly (no script reads it), SameSite=Lax (no
+other site's POST carries it, while a link from elsewhere, such as a feedback webhook's message,
+still arrives signed in) and Secure when browsers reach the console over HTTPS (its own TLS or an
+https:// PUBLIC_URL in front of it). Every call the console makes for the person carries that token
+(:meth:`graflow_console.backend.Backend.as_person`).
 
 CSRF: every form of the pages carries ``csrf_token``, an HMAC of the session's random id, checked
-on every non-GET request of the pages together with an Origin (or Referer) same-origin check.
-Sign-in itself has no session yet: the origin check guards it. The JSON API (``/api/``) takes
+on every non-GET request of the pages together with an Origin (or Referer) same-origin check. The
+expected origin is PUBLIC_URL's, else the request's own only when its Host is a trusted one
+(:meth:`ConsoleSettings.trusted_hosts`, also enforced for every request by the app's
+TrustedHosts middleware), so a DNS-rebinding page cannot pass as the console. Sign-in itself has no
+session yet: the origin check guards it. The JSON API (``/api/``) takes
 ``Authorization: Bearer`` on each request and no cookie, so forged cross-site requests cannot
 carry a credential there.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -78,10 +84,15 @@ class Sessions:
                 "restarts and replicas do not share them; set one for a deployment"
             )
         self._fernet = Fernet(key)
-        self._csrf_key = hashlib.sha256(b"graflow-console-csrf:" + key).digest()
+        self._csrf_key = _derived_key(b"graflow-console-csrf:", key)
+        # Flash messages ride in a short-lived cookie of their own, under a key of their own derived
+        # from the session key: every replica sharing SESSION_KEY reads the one another set before
+        # its redirect.
+        self.flash_fernet = Fernet(base64.urlsafe_b64encode(_derived_key(b"graflow-console-flash:", key)))
         self._max_age_s = settings.session_max_age_s
-        self._secure = settings.https
+        self.secure = settings.secure_cookies
         self._public_origin = _origin(settings.public_url) if settings.public_url else ""
+        self._trusted_hosts = frozenset(settings.trusted_hosts())
 
     # ---- the cookie ----
     def cookie_value(self, token: str) -> str:
@@ -93,8 +104,8 @@ class Sessions:
             "key": COOKIE,
             "max_age": self._max_age_s,
             "httponly": True,
-            "samesite": "strict",
-            "secure": self._secure,
+            "samesite": "lax",
+            "secure": self.secure,
             "path": "/",
         }
 
@@ -105,22 +116,49 @@ class Sessions:
         try:
             payload = json.loads(self._fernet.decrypt(raw.encode(), ttl=self._max_age_s))
             token, session_id = str(payload["token"]), str(payload["sid"])
-        except (InvalidToken, ValueError, KeyError, TypeError):
+            backend: Backend = request.app.state.backend
+            person = backend.as_person(token)
+        except (InvalidToken, ValueError, KeyError, TypeError, ConsoleError):
             return None
-        backend: Backend = request.app.state.backend
-        return Session(token, session_id, self._csrf_of(session_id), backend.as_person(token))
+        return Session(token, session_id, self._csrf_of(session_id), person)
 
     def _csrf_of(self, session_id: str) -> str:
         return hmac.new(self._csrf_key, session_id.encode(), hashlib.sha256).hexdigest()
 
     # ---- guards ----
     def require(self, request: Request) -> Session:
-        """The request's session, or :class:`SignInRequired` (a redirect to /login)."""
+        """The request's session, or :class:`SignInRequired` (a redirect to /login). After sign-in
+        the browser GETs the recorded page: for a GET, the page asked for; for a form's POST (its
+        session expired meanwhile), the page the form was on (a same-origin Referer), else /runs,
+        since GETting a POST-only path would answer 405."""
         session = self.read(request)
         if session is None:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if request.method in SAFE_METHODS:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            else:
+                target = self._same_origin_referer_path(request) or "/runs"
             raise SignInRequired(target)
         return session
+
+    def _expected_origin(self, request: Request) -> str | None:
+        """The console's own origin: PUBLIC_URL's, else the request's when its Host is trusted
+        (never the Host alone: a rebound attacker's name would match its own Origin)."""
+        if self._public_origin:
+            return self._public_origin
+        if (request.url.hostname or "").lower() in self._trusted_hosts:
+            return _origin(str(request.base_url))
+        return None
+
+    def _same_origin_referer_path(self, request: Request) -> str | None:
+        referer = request.headers.get("referer")
+        expected = self._expected_origin(request)
+        if not referer or expected is None or _origin(referer) != expected:
+            return None
+        parts = urlsplit(referer)
+        path = parts.path or "/"
+        if not path.startswith("/") or path.startswith("//"):
+            return None
+        return path + (f"?{parts.query}" if parts.query else "")
 
     def check_origin(self, request: Request) -> None:
         """Refuse (403) a non-GET request whose Origin, or failing that Referer, is not the
@@ -128,26 +166,33 @@ class Sessions:
         posts)."""
         if request.method in SAFE_METHODS:
             return
-        expected = self._public_origin or _origin(str(request.base_url))
+        expected = self._expected_origin(request)
         origin = request.headers.get("origin")
         if origin is None or origin == "null":
             referer = request.headers.get("referer")
             origin = _origin(referer) if referer else None
-        if origin != expected:
+        if expected is None or origin != expected:
             raise ConsoleError(
                 403, "PERMISSION_DENIED",
-                f"refused: this form was not sent from the console's own pages ({expected}); reload "
-                "the page and try again",
+                "refused: this form was not sent from the console's own pages "
+                f"({expected or 'unknown host'}); reload the page and try again",
             )
 
     def check_csrf(self, request: Request, session: Session, submitted: str | None) -> None:
-        """Origin check, then the form's ``csrf_token`` against the session's."""
+        """Origin check, then the form's ``csrf_token`` against the session's (as bytes: comparing
+        str raises TypeError on non-ASCII input, which would answer 500)."""
         self.check_origin(request)
-        if not submitted or not hmac.compare_digest(submitted, session.csrf_token):
+        if not submitted or not hmac.compare_digest(submitted.encode(), session.csrf_token.encode()):
             raise ConsoleError(
                 403, "PERMISSION_DENIED",
                 "refused: the form's CSRF token is missing or stale; reload the page and try again",
             )
+
+
+def _derived_key(label: bytes, key: bytes) -> bytes:
+    """A 32-byte key for one purpose (``label``) derived from the session key, so one secret serves
+    every replica and a key leaked for one purpose does not reveal another."""
+    return hashlib.sha256(label + key).digest()
 
 
 def _origin(url: str) -> str:

@@ -30,6 +30,9 @@ from graflow_runtime.tls import channel_credentials
 
 from graflow_console.settings import ConsoleSettings
 
+# The longest token the console passes on (the services' tokens are far shorter).
+MAX_TOKEN_LENGTH = 4096
+
 # The HTTP status of each gRPC code a person can meet (anything else is a 502: the service failed).
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -63,6 +66,18 @@ class ConsoleError(Exception):
         if code == grpc.StatusCode.UNIMPLEMENTED:
             details = f"the {service} does not offer this yet (UNIMPLEMENTED: {details}); upgrade it"
         return cls(HTTP_STATUS.get(code, 502), code.name, details)
+
+
+def check_token_text(token: str) -> None:
+    """Refuse (401 UNAUTHENTICATED) a token that is not 1..4096 printable ASCII characters without
+    spaces: gRPC cannot send a newline, NUL or non-ASCII in metadata, and fails on it with an error
+    that is no AioRpcError (ExecuteBatchError), which would otherwise answer 500."""
+    if not 0 < len(token) <= MAX_TOKEN_LENGTH or not all("!" <= char <= "~" for char in token):
+        raise ConsoleError(
+            401, "UNAUTHENTICATED",
+            f"this is not a Graflow token: a token is 1 to {MAX_TOKEN_LENGTH} printable ASCII "
+            "characters without spaces (docs/security.md)",
+        )
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ class Backend:
         )
 
     def as_person(self, token: str) -> Person:
+        """Calls carrying ``token``; a token gRPC metadata cannot carry is refused first (401)."""
+        check_token_text(token)
         return Person(self, token)
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -20,9 +21,14 @@ from graflow_runtime.addresses import (
     DEFAULT_RESULT_STORE_ADDRESS,
     DEFAULT_SCHEDULER_ADDRESS,
 )
+from graflow_runtime.errors import ConfigurationError
 from graflow_runtime.settings import ServiceAddress, ServiceSettings, settings_config
+from graflow_runtime.tls import is_loopback
 
 DEFAULT_CONSOLE_PORT = 8480
+# The names a browser uses for a console bound to a loopback address (IPv6 without its brackets, as
+# the host of a URL is compared).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConsoleSettings(ServiceSettings):
@@ -43,8 +49,14 @@ class ConsoleSettings(ServiceSettings):
     # How long a sign-in lasts, in seconds.
     session_max_age_s: int = Field(default=8 * 3600, ge=60)
     # The console's public base URL (https://console.example.com): the origin that forms must come
-    # from behind a proxy that rewrites Host. Empty: the origin of each request itself.
+    # from, the base of the JSON API's links, and a Host the console answers. An https:// URL also
+    # marks the cookies Secure behind a TLS-terminating proxy. Empty: the origin of each request
+    # whose Host is allowed (ALLOWED_HOSTS, or the loopback names on a loopback bind).
     public_url: str = ""
+    # Host names (comma-separated, without port) the console answers besides PUBLIC_URL's. Any other
+    # Host header is refused (400), so a DNS-rebinding page cannot act as the console's origin. A
+    # non-loopback bind needs PUBLIC_URL or ALLOWED_HOSTS.
+    allowed_hosts: str = ""
 
     @field_validator("session_key")
     @classmethod
@@ -78,3 +90,26 @@ class ConsoleSettings(ServiceSettings):
     @property
     def https(self) -> bool:
         return bool(self.tls_cert_file)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether browsers reach the console over HTTPS: its own TLS, or a TLS-terminating proxy
+        named by an https:// PUBLIC_URL (the console then sees plain HTTP but browsers do not)."""
+        return self.https or self.public_url.startswith("https://")
+
+    def trusted_hosts(self) -> list[str]:
+        """The Host names the console answers: PUBLIC_URL's, ALLOWED_HOSTS, and the loopback names
+        on a loopback bind. Raises :class:`ConfigurationError` for a non-loopback bind with neither
+        setting: the console could not tell its own name from a rebound attacker's."""
+        hosts = [name.strip().strip("[]").lower() for name in self.allowed_hosts.split(",") if name.strip()]
+        if self.public_url:
+            hosts.append((urlsplit(self.public_url).hostname or "").lower())
+        if is_loopback(f"{self.host}:{self.port}"):
+            hosts.extend(LOOPBACK_HOSTS)
+        elif not hosts:
+            raise ConfigurationError(
+                f"GRAFLOW_CONSOLE_HOST={self.host} is not a loopback address: set "
+                "GRAFLOW_CONSOLE_PUBLIC_URL (the URL people open) or GRAFLOW_CONSOLE_ALLOWED_HOSTS (the "
+                "host names they use), so that requests naming another host are refused"
+            )
+        return list(dict.fromkeys(hosts))

@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import jinja2
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 from fastapi import Depends, Request, Response
 from fastapi.datastructures import FormData
 from fastapi.responses import HTMLResponse
@@ -100,19 +100,20 @@ async def posted_form(request: Request) -> tuple[Session, FormData]:
 
 def flash(response: Response, request: Request, kind: str, message: str) -> None:
     """Show ``message`` (kind "ok" or "error") on the next page rendered for this browser."""
-    fernet: Fernet = request.app.state.flash_fernet
-    value = fernet.encrypt(f"{kind}\n{message}".encode()).decode()
-    response.set_cookie(FLASH_COOKIE, value, max_age=60, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+    sessions = sessions_of(request)
+    value = sessions.flash_fernet.encrypt(f"{kind}\n{message}".encode()).decode()
+    # Secure as the session cookie (behind a TLS-terminating proxy the request itself is plain HTTP).
+    response.set_cookie(FLASH_COOKIE, value, max_age=60, httponly=True, samesite="lax",
+                        secure=sessions.secure, path="/")
 
 
 def _take_flash(request: Request) -> tuple[str, str] | None:
     raw = request.cookies.get(FLASH_COOKIE)
     if not raw:
         return None
-    fernet: Fernet = request.app.state.flash_fernet
     try:
-        kind, _, message = fernet.decrypt(raw.encode(), ttl=60).decode().partition("\n")
+        text = sessions_of(request).flash_fernet.decrypt(raw.encode(), ttl=60).decode()
+        kind, _, message = text.partition("\n")
     except InvalidToken:
         return None
     return (kind, message) if kind in ("ok", "error") else None
