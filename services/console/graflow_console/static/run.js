@@ -61,7 +61,11 @@
     item.className = "event " + data.type;
     item.dataset.type = data.type;
     const at = data.at_ms ? new Date(Number(data.at_ms)).toISOString().replace("T", " ").slice(0, 23) : "";
-    const parts = [at, data.node_id || "(run)", data.type];
+    // A run-level event (RUN_FAILED...) may name a node (the one that failed): it is listed under
+    // "(run)", the node in its text.
+    const runLevel = data.type.startsWith("RUN_");
+    const parts = [at, runLevel ? "(run)" : data.node_id || "(run)", data.type];
+    if (runLevel && data.node_id) parts.push("node " + data.node_id);
     if (data.attempt) parts.push("attempt " + data.attempt);
     if (data.worker_id) parts.push(data.worker_id);
     if (data.error && (data.error.type || data.error.message)) {
@@ -75,6 +79,7 @@
 
   function apply(data) {
     appendEvent(data);
+    if (data.type === "NODE_WAITING") waitedNodes.add(data.node_id);
     if (Number(data.at_ms) < asOfMs) return;
     if (data.type === "NODE_ADDED" && !nodeElement(data.node_id)) {
       reloadGraph();
@@ -83,8 +88,23 @@
       if (node) node.dataset.state = data.node_state;
     }
     setRunStatus(data.run_status);
-    if (data.type === "NODE_WAITING" || data.type === "RUN_PAUSED") {
+    refreshPanels(data);
+  }
+
+  // The "Waiting for people" panel follows requests that open (a node waits, the run pauses) and
+  // close (the run resumes, a node that waited goes on); once the run ends (data null: the
+  // stream's end), the header too (ended at, duration), reloaded from the page itself.
+  const waitedNodes = new Set();
+  function refreshPanels(data) {
+    const type = data ? data.type : "end";
+    const goesOn = (type === "NODE_READY" || type === "NODE_SUCCEEDED") && waitedNodes.has(data.node_id);
+    const ended = type === "end" || ["RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELED"].includes(type);
+    if (type === "NODE_WAITING" || type === "RUN_PAUSED" || type === "RUN_RESUMED" || goesOn || ended) {
       htmx.ajax("GET", window.location.pathname, { target: "#feedback", select: "#feedback", swap: "outerHTML" });
+    }
+    if (ended && page.dataset.ended !== "true") {
+      page.dataset.ended = "true";
+      htmx.ajax("GET", window.location.pathname, { target: "#run-header", select: "#run-header", swap: "outerHTML" });
     }
   }
 
@@ -101,6 +121,7 @@
   source.addEventListener("end", function () {
     source.close();
     page.dataset.live = "ended";
+    refreshPanels(null);
     // The history has no event per node for a run's end (a cancel leaves READY nodes CANCELED
     // without one): once the run ended, the graph is drawn again from the run's final node states.
     reloadGraph();
