@@ -100,12 +100,20 @@
     const goesOn = (type === "NODE_READY" || type === "NODE_SUCCEEDED") && waitedNodes.has(data.node_id);
     const ended = type === "end" || ["RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELED"].includes(type);
     if (type === "NODE_WAITING" || type === "RUN_PAUSED" || type === "RUN_RESUMED" || goesOn || ended) {
-      htmx.ajax("GET", window.location.pathname, { target: "#feedback", select: "#feedback", swap: "outerHTML" });
+      reloadPart("#feedback");
     }
     if (ended && page.dataset.ended !== "true") {
       page.dataset.ended = "true";
-      htmx.ajax("GET", window.location.pathname, { target: "#run-header", select: "#run-header", swap: "outerHTML" });
+      reloadPart("#run-header");
     }
+  }
+
+  // Each part is its own request's source: htmx runs one request at a time per source element (the
+  // body, when none is given) and keeps only the last one queued, so a shared source would let the
+  // feedback panel's next reload replace the header's.
+  function reloadPart(selector) {
+    htmx.ajax("GET", window.location.pathname,
+      { source: selector, target: selector, select: selector, swap: "outerHTML" });
   }
 
   bindGraph();
