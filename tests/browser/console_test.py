@@ -119,6 +119,26 @@ def test_an_approval_answered_on_its_form_finishes_the_run(
     assert answer["approved"] is True
 
 
+def test_the_waiting_panel_and_the_header_follow_an_answer_given_elsewhere(
+    browser: Browser, stack: LocalStack, client: Client
+) -> None:
+    with workflow("browser-approval-elsewhere") as wf:
+        ask(task_id="approve", kind="approval", prompt="Answered from the CLI?") >> source
+    run = client.submit(wf)
+    wait_for(lambda: client.list_feedback(run.id), what="the run's feedback request")
+    (request,) = client.list_feedback(run.id)
+    browser.sign_in(stack.token_of(Role.CLIENT))
+    browser.open(f"/runs/{run.id}")
+    browser.find(f"#feedback a[href$='/feedback/{request.request_id}']")
+    assert "ended" not in browser.text("#run-header")
+    client.respond_feedback(run.id, request.request_id, approved=True)
+
+    # The answer came from elsewhere: the page (not reloaded) drops the request and shows the end.
+    wait_run_status(browser, "SUCCEEDED")
+    browser.wait(lambda: "No feedback request waits" in browser.text("#feedback"), "the panel emptied")
+    browser.wait(lambda: "ended" in browser.text("#run-header"), "the header's end time")
+
+
 def test_a_run_is_canceled_from_its_page(
     browser: Browser, stack: LocalStack, client: Client, fx: redis.Redis
 ) -> None:

@@ -238,6 +238,23 @@ def test_cancel_needs_a_client_role_and_ends_the_run(http, stack, openapi):
     canceled = conforms(openapi, path, "post", answer)
     assert canceled["status"] == "CANCELED"
     assert canceled["message"] == "not today"
+    # Canceling an ended run changes nothing and returns it (CancelRun's contract).
+    again = http.post(url, json={"reason": "twice"}, headers=as_role(stack, Role.CLIENT))
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["message"]) == ("CANCELED", "not today")
+
+
+def test_a_run_is_submitted_without_a_body(http, stack, openapi):
+    answer = http.post(f"{API}/workflows/release/runs", headers=as_role(stack, Role.CLIENT))
+    assert answer.status_code == 201, answer.text
+    submitted = conforms(openapi, f"{API}/workflows/{{name}}/runs", "post", answer)
+    http.post(f"{API}/runs/{submitted['run_id']}/cancel", headers=as_role(stack, Role.CLIENT))
+    assert not openapi["paths"][f"{API}/workflows/{{name}}/runs"]["post"]["requestBody"].get("required")
+
+
+def test_api_answers_are_not_cached(http, stack):
+    answer = http.get(f"{API}/runs", headers=as_role(stack, Role.VIEWER))
+    assert answer.headers["cache-control"] == "no-store"
 
 
 @pytest.mark.parametrize(
@@ -252,6 +269,10 @@ def test_cancel_needs_a_client_role_and_ends_the_run(http, stack, openapi):
         ("get", f"{API}/runs?limit=0", None, 400, "INVALID_ARGUMENT"),
         ("get", f"{API}/runs/{UNKNOWN_RUN}/feedback/x.0.1", None, 404, "NOT_FOUND"),
         ("post", f"{API}/runs/{UNKNOWN_RUN}/cancel", {}, 404, "NOT_FOUND"),
+        # The routing's own answers have the same body.
+        ("get", f"{API}/no-such-path", None, 404, "NOT_FOUND"),
+        ("get", "/api/v2/runs", None, 404, "NOT_FOUND"),
+        ("delete", f"{API}/runs", None, 405, "UNIMPLEMENTED"),
     ],
 )
 def test_errors_map_to_http_statuses_with_the_error_body(console, stack, method, path, body, status, code):

@@ -92,3 +92,17 @@ def test_an_approval_needs_a_decision(console: TestClient, stack: LocalStack, de
     waiting_page(console, run.id, "deploy.0.1")
     assert answer(console, csrf, run.id, "deploy.0.1", {"decision": decision}).status_code == 400
     run.cancel("test over")
+
+
+def test_a_closed_request_says_why(console: TestClient, stack: LocalStack):
+    client = stack.client()
+    run = client.submit(release)
+    sign_in(console, stack, Role.VIEWER)
+    waiting_page(console, run.id, "deploy.0.1")
+    client.cancel(run.id, reason="not this week")
+    deadline = time.monotonic() + 30
+    while 'data-state="CLOSED"' not in (page := console.get(f"/runs/{run.id}/feedback/deploy.0.1")).text:
+        assert time.monotonic() < deadline, page.text[-500:]
+        time.sleep(0.2)
+    assert 'id="feedback-closed"' in page.text
+    assert "Its run was canceled while it waited (not this week)." in page.text

@@ -99,6 +99,8 @@ def test_a_client_and_a_viewer_are_refused_replay_and_delete_with_the_service_me
                 kind, message = flash(refused.text)
                 assert kind == "error"
                 assert f"role {role.value} may not call /graflow_api.v1.Coordinator/{method}" in message
+                # The console's own words name the page's action, the service's its method.
+                assert message.startswith(f"{action} refused: "), message
     with stack.operators() as ops:
         assert letter in [d.id for d in ops.dead_letters()]  # still there
 

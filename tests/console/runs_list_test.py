@@ -83,14 +83,32 @@ def test_a_bad_filter_is_a_400_naming_it(console: TestClient, stack: LocalStack)
     assert console.get("/runs", params={"status": "SLEEPING"}).status_code == 400
     bad_label = console.get("/runs", params={"label": "no-equals-sign"})
     assert bad_label.status_code == 400 and "key=value" in bad_label.text
+    # The error is said above the filter form, which keeps what was typed; the list stays.
+    page = bad_label.text
+    assert page.index('id="flash"') < page.index('id="run-filters"') < page.index('id="runs"')
+    assert 'name="label" value="no-equals-sign"' in page
+
+
+def test_the_status_filter_takes_any_case(
+    console: TestClient, stack: LocalStack, labelled_runs: list[str]
+):
+    sign_in(console, stack, Role.VIEWER)
+    page = console.get("/runs", params={"status": "succeeded"})
+    assert page.status_code == 200, page.text
+    assert '<option value="SUCCEEDED" selected>' in page.text
+    statuses = set(re.findall(r'class="run-row" data-run-id="[^"]+" data-status="(\w+)"', page.text))
+    assert statuses == {"SUCCEEDED"}, statuses
 
 
 def test_live_counts_by_status(console: TestClient, stack: LocalStack, labelled_runs: list[str]):
     sign_in(console, stack, Role.VIEWER)
     counts = console.get("/runs/counts")
     assert counts.status_code == 200
-    succeeded = re.search(r'data-status="SUCCEEDED">succeeded <strong>(\d+)</strong>', counts.text)
+    link = r'data-status="SUCCEEDED" href="/runs\?status=SUCCEEDED">succeeded <strong>(\d+)</strong>'
+    succeeded = re.search(link, counts.text)
     assert succeeded and int(succeeded.group(1)) >= len(labelled_runs), counts.text
+    # Counts of all runs (filters do not apply to them); each status links to its filtered list.
+    assert "all runs <strong>" in counts.text
 
 
 def test_a_registered_workflow_is_submitted_by_name_with_arguments(

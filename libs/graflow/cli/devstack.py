@@ -516,6 +516,10 @@ class LocalStack:
             env[f"{prefix}LISTEN_ADDRESS"] = listen_address
         if service in ("scheduler", "worker"):
             env[f"{prefix}RESULT_STORE_ADDRESS"] = self.result_store_address
+        if service == "scheduler" and self.console_port:
+            # Feedback webhooks link to this stack's console (its port may not be 8480), unless
+            # the environment names another (a proxy in front of it).
+            env.setdefault(f"{prefix}CONSOLE_URL", self.console_url)
         if service == "worker":
             env[f"{prefix}COORDINATOR_ADDRESS"] = self.coordinator_address
             env[f"{prefix}SCHEDULER_ADDRESS"] = self.scheduler_address

@@ -189,7 +189,10 @@ async def list_workflows(person: Caller) -> WorkflowList:
     status_code=201,
     summary="Submit a run of a registered workflow (client role)",
 )
-async def submit_run(request: Request, person: Caller, name: str, body: SubmitBody) -> Submitted:
+async def submit_run(
+    request: Request, person: Caller, name: str, body: SubmitBody | None = None
+) -> Submitted:
+    body = body or SubmitBody()  # no body: every field's default
     answer = await person.scheduler(
         "SubmitRun",
         scheduler_pb2.SubmitRunRequest(

@@ -15,6 +15,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,8 @@ SECURITY_HEADERS = {
 
 # Sent when browsers reach the console over HTTPS (Sessions.secure): a year, this host only.
 HSTS = "max-age=31536000"
+# The gRPC code names of the HTTP errors the routing itself answers (the API's error body).
+HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}
 
 # Each module has a ``router``; the JSON API and the operations pages add theirs here.
 ROUTER_MODULES = [signin, pages, run_page, feedback_pages, ops, api]
@@ -97,8 +100,24 @@ def create_app(settings: ConsoleSettings, backend: Backend | None = None) -> Fas
             )
         return render(request, "error.html", status_code=exc.status_code, error=exc.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """An unknown path (404) or a wrong method (405): the API's error body under /api/, the
+        error page elsewhere (not FastAPI's ``{"detail": ...}``)."""
+        code = HTTP_ERROR_CODES.get(exc.status_code, "UNKNOWN")
+        message = {404: f"no such page: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+            exc.status_code, str(exc.detail))
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"code": code, "message": message}},
+                                status_code=exc.status_code, headers=exc.headers)
+        page = render(request, "error.html", status_code=exc.status_code, error=message)
+        page.headers.update(exc.headers or {})
+        return page
+
     for module in ROUTER_MODULES:
         app.include_router(module.router)
+    app.add_middleware(NoStore)
     # The last added runs first: a Host the console does not answer to is refused (400) before
     # anything else, so a DNS-rebinding page never reaches a form or the API's links.
     app.add_middleware(SecurityHeaders, hsts=app.state.sessions.secure)
@@ -160,3 +179,24 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class NoStore:
+    """``Cache-Control: no-store`` on every answer that sets no cache policy of its own (the static
+    assets do): pages and API answers carry a person's data, which Back after signing out must not
+    show from the browser's cache."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("cache-control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, with_no_store)

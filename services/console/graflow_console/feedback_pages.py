@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData
 
+from graflow.run import status_name
 from graflow_api.v1 import feedback_pb2, scheduler_pb2
 from graflow_runtime.user_json import UserJsonError, loads
 
@@ -64,7 +65,7 @@ def _context(request: feedback_pb2.FeedbackRequest) -> dict[str, object]:
         except ValueError:
             metadata = {"metadata": request.metadata_json.decode(errors="replace")}
     return {"fb": request, "kind": kind_name(request.kind), "state": state_name(request.state),
-            "metadata": metadata}
+            "metadata": metadata, "closed_why": ""}
 
 
 async def _get(session: Session, run_id: str, request_id: str) -> feedback_pb2.FeedbackRequest:
@@ -75,7 +76,26 @@ async def _get(session: Session, run_id: str, request_id: str) -> feedback_pb2.F
 @router.get("/runs/{run_id}/feedback/{request_id}")
 async def feedback_page(request: Request, session: SessionDep, run_id: str, request_id: str) -> Response:
     fb = await _get(session, run_id, request_id)
-    return render(request, "feedback.html", _context(fb), session=session)
+    return render(request, "feedback.html", {**_context(fb), "closed_why": await _closed_why(session, fb)},
+                  session=session)
+
+
+async def _closed_why(session: Session, fb: feedback_pb2.FeedbackRequest) -> str:
+    """Why a CLOSED request can no longer be answered, as far as its run tells ("" otherwise)."""
+    if fb.state != feedback_pb2.FEEDBACK_STATE_CLOSED:
+        return ""
+    try:
+        run = await session.person.scheduler("GetRun", scheduler_pb2.GetRunRequest(run_id=fb.run_id))
+    except ConsoleError:
+        return "It can no longer be answered."
+    status = status_name(run.status)
+    if fb.deadline_ms and (not run.ended_at_ms or run.ended_at_ms >= fb.deadline_ms):
+        return "It timed out: no answer came before its deadline."
+    if status == "CANCELED":
+        return "Its run was canceled while it waited" + (f" ({run.message})." if run.message else ".")
+    if status in ("SUCCEEDED", "FAILED"):
+        return f"Its run ended ({status}) while it waited."
+    return "It can no longer be answered."
 
 
 @router.post("/runs/{run_id}/feedback/{request_id}")

@@ -151,7 +151,7 @@ async def _act(request: Request, session: Session, action: str, letter_id: str) 
         answer = await session.person.coordinator(method, message)
     except ConsoleError as exc:
         return await _dead_letters_page(
-            request, session, "", status_code=exc.status_code, error=f"{method} refused: {exc.message}"
+            request, session, "", status_code=exc.status_code, error=f"{action} refused: {exc.message}"
         )
     # DeleteDeadLetters counts an unknown id (ReplayDeadLetters answers NOT_FOUND itself).
     if action == "delete" and answer.not_found:

@@ -72,28 +72,37 @@ async def runs(
     created_before: str = "",
     page_token: str = "",
 ) -> Response:
+    # Status in any case, as the API and the CLI take it; the form shows it upper case.
+    status = status.strip().upper()
     filters = {"status": status, "workflow": workflow, "label": label,
                "created_after": created_after, "created_before": created_before}
-    if status and status not in RUN_STATUSES:
-        raise bad_input(f"status {status!r} is not one of {', '.join(RUN_STATUSES)}")
-    listing = await session.person.scheduler("ListRuns", scheduler_pb2.ListRunsRequest(
-        limit=PAGE_SIZE,
-        status=parse_status(status or None),
-        page_token=page_token,
-        workflow_name=workflow.strip(),
-        labels=parse_labels(label),
-        created_after_ms=parse_time_ms("created after", created_after),
-        created_before_ms=parse_time_ms("created before", created_before),
-    ))
     query = {name: value for name, value in filters.items() if value}
+    context: dict[str, object] = {"filters": filters, "statuses": RUN_STATUSES, "status_name": status_name}
+    try:
+        if status and status not in RUN_STATUSES:
+            raise bad_input(f"status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        listing = await session.person.scheduler("ListRuns", scheduler_pb2.ListRunsRequest(
+            limit=PAGE_SIZE,
+            status=parse_status(status or None),
+            page_token=page_token,
+            workflow_name=workflow.strip(),
+            labels=parse_labels(label),
+            created_after_ms=parse_time_ms("created after", created_after),
+            created_before_ms=parse_time_ms("created before", created_before),
+        ))
+    except ConsoleError as exc:
+        if exc.status_code != 400:
+            raise
+        # A filter the page or the scheduler refuses: said above the form, which keeps its values.
+        return render(request, "runs.html", {
+            **context, "runs": [], "next_url": "", "first_url": "", "counts": await _counts(session),
+        }, session=session, status_code=400, error=exc.message)
     next_url = ""
     if listing.next_page_token:
         next_url = "/runs?" + urlencode({**query, "page_token": listing.next_page_token})
     return render(request, "runs.html", {
+        **context,
         "runs": list(listing.runs),
-        "filters": filters,
-        "statuses": RUN_STATUSES,
-        "status_name": status_name,
         "next_url": next_url,
         "first_url": "/runs?" + urlencode(query) if page_token else "",
         "counts": await _counts(session),

@@ -24,7 +24,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from graflow.cli.output import message_data
 from graflow.payload import decode
 from graflow.run import event_type_name, node_state_name, status_name
-from graflow_api.v1 import result_store_pb2, scheduler_pb2
+from graflow_api.v1 import common_pb2, result_store_pb2, scheduler_pb2
 
 from graflow_console.backend import ConsoleError, Person
 from graflow_console.graph_svg import render_graph, run_graph
@@ -143,7 +143,28 @@ async def run_page(request: Request, session: SessionDep, run_id: str) -> Respon
         "events": [event_line(event) for event in history.events],
         "events_error": events_error,
         "cursor": history.cursor,
+        **await _run_results(person, run),
     }, session=session)
+
+
+async def _run_results(person: Person, run: scheduler_pb2.Run) -> dict[str, object]:
+    """A SUCCEEDED run's result, as the API's GET run gives it: its sinks' results (previews)."""
+    if run.status != common_pb2.RUN_STATUS_SUCCEEDED or not run.sink_node_ids:
+        return {"results": [], "results_note": ""}
+    try:
+        reply = await person.result_store("GetResults", result_store_pb2.GetResultsRequest(
+            run_id=run.run_id, node_ids=run.sink_node_ids))
+    except ConsoleError as exc:
+        return {"results": [], "results_note": exc.message}
+    results = []
+    for stored in reply.results:
+        decoded = decode(stored.value)
+        if isinstance(decoded, bytes):
+            shown = f"{len(decoded)} bytes of {stored.value.content_type}"
+        else:
+            shown = preview(decoded)
+        results.append((stored.node_id, shown))
+    return {"results": results, "results_note": ""}
 
 
 @router.get("/runs/{run_id}/graph")

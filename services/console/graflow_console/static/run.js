@@ -79,7 +79,11 @@
     item.className = "event " + data.type;
     item.dataset.type = data.type;
     const at = data.at_ms ? new Date(Number(data.at_ms)).toISOString().replace("T", " ").slice(0, 23) : "";
-    const parts = [at, data.node_id || "(run)", data.type];
+    // A run-level event (RUN_FAILED...) may name a node (the one that failed): it is listed under
+    // "(run)", the node in its text.
+    const runLevel = data.type.startsWith("RUN_");
+    const parts = [at, runLevel ? "(run)" : data.node_id || "(run)", data.type];
+    if (runLevel && data.node_id) parts.push("node " + data.node_id);
     if (data.attempt) parts.push("attempt " + data.attempt);
     if (data.worker_id) parts.push(data.worker_id);
     if (data.error && (data.error.type || data.error.message)) {
@@ -93,6 +97,7 @@
 
   function apply(data) {
     appendEvent(data);
+    if (data.type === "NODE_WAITING") waitedNodes.add(data.node_id);
     if (data.type === "NODE_ADDED" && !nodeElement(data.node_id)) {
       reloadGraph();
     } else if (data.node_state && data.node_id) {
@@ -104,9 +109,32 @@
       }
     }
     setRunStatus(data.run_status);
-    if (data.type === "NODE_WAITING" || data.type === "RUN_PAUSED") {
-      htmx.ajax("GET", window.location.pathname, { target: "#feedback", select: "#feedback", swap: "outerHTML" });
+    refreshPanels(data);
+  }
+
+  // The "Waiting for people" panel follows requests that open (a node waits, the run pauses) and
+  // close (the run resumes, a node that waited goes on); once the run ends (data null: the
+  // stream's end), the header too (ended at, duration), reloaded from the page itself.
+  const waitedNodes = new Set();
+  function refreshPanels(data) {
+    const type = data ? data.type : "end";
+    const goesOn = (type === "NODE_READY" || type === "NODE_SUCCEEDED") && waitedNodes.has(data.node_id);
+    const ended = type === "end" || ["RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELED"].includes(type);
+    if (type === "NODE_WAITING" || type === "RUN_PAUSED" || type === "RUN_RESUMED" || goesOn || ended) {
+      reloadPart("#feedback");
     }
+    if (ended && page.dataset.ended !== "true") {
+      page.dataset.ended = "true";
+      reloadPart("#run-header");
+    }
+  }
+
+  // Each part is its own request's source: htmx runs one request at a time per source element (the
+  // body, when none is given) and keeps only the last one queued, so a shared source would let the
+  // feedback panel's next reload replace the header's.
+  function reloadPart(selector) {
+    htmx.ajax("GET", window.location.pathname,
+      { source: selector, target: selector, select: selector, swap: "outerHTML" });
   }
 
   bindGraph();
@@ -123,6 +151,7 @@
   source.addEventListener("end", function () {
     source.close();
     page.dataset.live = "ended";
+    refreshPanels(null);
     // The history has no event per node for a run's end (a cancel leaves READY nodes CANCELED
     // without one): once the run ended, the graph is drawn again from the run's final node states.
     reloadGraph();

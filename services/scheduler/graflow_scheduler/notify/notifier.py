@@ -23,6 +23,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import redis.asyncio as aioredis
@@ -99,6 +100,11 @@ class WebhookConfig:
         )
 
 
+def webhook_host(url: str) -> str:
+    """The receiver's host (and port) of a webhook URL, for logs: never its path or query."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def verdict(status_code: int) -> Verdict:
     if 200 <= status_code < 300:
         return "delivered"
@@ -126,12 +132,14 @@ class FeedbackNotifier:
             log.warning(
                 "feedback webhook requests are not signed: set GRAFLOW_SCHEDULER_FEEDBACK_WEBHOOK_SECRET "
                 "so that the receiver can check they come from Graflow",
-                url=self.config.url,
+                host=webhook_host(self.config.url),
             )
         for reader in self.readers:
             await reader.ensure_group()
             reader.start()
-        log.info("feedback notifier started", url=self.config.url, consumer=self.config.consumer)
+        # The host only: a webhook URL's path is often its secret (Slack's incoming webhooks).
+        log.info("feedback webhook on", host=webhook_host(self.config.url),
+                 signed="yes" if self.config.secret else "no", consumer=self.config.consumer)
 
     async def stop(self) -> None:
         """Stop reading and drop the notifications in flight: they stay pending, so this replica
@@ -194,9 +202,10 @@ class FeedbackNotifier:
         config = self.config
         backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         detail = ""
+        delay_s = 0.0
         for attempt in range(1, config.max_attempts + 1):
             if attempt > 1:
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(delay_s)
                 await self.redis.xclaim(
                     stream, keys.FEEDBACK_NOTIFIER_GROUP, config.consumer, 0, [entry_id], justid=True
                 )
@@ -228,7 +237,9 @@ class FeedbackNotifier:
                 return
             if attempt < config.max_attempts:
                 DELIVERIES.labels("retried").inc()
-                bound.warning("feedback notification failed; will retry", attempt=attempt, answer=detail)
+                delay_s = backoff.next_delay()
+                bound.warning("feedback notification failed; will retry", attempt=attempt, answer=detail,
+                              retry_in_s=round(delay_s, 2))
         DELIVERIES.labels("failed").inc()
         bound.error(
             "feedback notification given up after every attempt failed",

@@ -10,6 +10,7 @@ import json
 import time
 
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from graflow.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from graflow_api.v1 import common_pb2, feedback_pb2, scheduler_pb2
@@ -119,17 +120,25 @@ async def test_a_new_request_is_posted_once_signed_with_a_link_to_its_console_pa
 async def test_failed_deliveries_are_retried_with_growing_gaps_while_the_run_goes_on(make_app, redis):
     retried, delivered = deliveries("retried"), deliveries("delivered")
     async with receiving(statuses=(500, 503, 200)) as receiver:
-        app = await make_app(feedback_webhook_url=receiver.url, **FAST)
-        async with app_client(app) as client:
-            run_id = await submit(client, spec(["a", "b", "c"], ["b>c"]))
-            await report(redis, waiting(run_id))
-            await receiver.wait_for(1)
-            # While the notification fails, the run's other branch is applied and dispatched.
-            await report(redis, outcome(run_id, "b"))
-            await wait_enqueued(redis, lambda found: ("c", 1) in found.delivered(run_id))
-            first, second, third = await receiver.wait_for(3)
-            await settled(redis)
+        with capture_logs() as logs:
+            app = await make_app(feedback_webhook_url=receiver.url + "/secret-path", **FAST)
+            async with app_client(app) as client:
+                run_id = await submit(client, spec(["a", "b", "c"], ["b>c"]))
+                await report(redis, waiting(run_id))
+                await receiver.wait_for(1)
+                # While the notification fails, the run's other branch is applied and dispatched.
+                await report(redis, outcome(run_id, "b"))
+                await wait_enqueued(redis, lambda found: ("c", 1) in found.delivered(run_id))
+                first, second, third = await receiver.wait_for(3)
+                await settled(redis)
     assert len(receiver.received) == 3
+    # Once at start: the receiver's host (never the URL's path: often a secret), signed or not.
+    (started,) = (e for e in logs if e["event"] == "feedback webhook on")
+    assert started["host"] == receiver.url.split("//")[1].split("/")[0] and started["signed"] == "yes"
+    assert not any("secret-path" in repr(e) for e in logs if e["event"] == "feedback webhook on")
+    # Each retry says when the next attempt comes.
+    delays = [e["retry_in_s"] for e in logs if e["event"] == "feedback notification failed; will retry"]
+    assert len(delays) == 2 and 0.15 < delays[0] < delays[1] <= 0.4
     assert {json.loads(r.body)["graflow"]["request_id"] for r in (first, second, third)} == {"a.0.1"}
     # 0.16-0.2 s, then 0.32-0.4 s (plus the POSTs).
     assert 0.15 < second.at - first.at < third.at - second.at
