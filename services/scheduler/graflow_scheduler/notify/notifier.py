@@ -65,6 +65,7 @@ DELIVERY_SECONDS = Histogram(
     registry=metrics.REGISTRY,
 )
 
+
 @dataclass(slots=True)
 class Reservation:
     """Slots a reader holds for the entries it reads: handed one by one to delivery tasks."""
@@ -289,7 +290,8 @@ class CellReader(BackgroundLoop):
         self.cell = cell
         self.name = f"feedback-notifier-{cell}"
         self.stream = keys.feedback_opened(cell)
-        self._own_read = False
+        # Where the read of this consumer's own pending entries goes on (None once all were read).
+        self._own_from: str | None = "0"
         self._next_claim = 0.0
         self._claim_every_s = min(CLAIM_CHECK_MAX_S, notifier.config.claim_idle_ms / 2000)
 
@@ -311,14 +313,20 @@ class CellReader(BackgroundLoop):
         claimed once idle)."""
         notifier, config = self.notifier, self.notifier.config
         with self.interruptible():
-            if not self._own_read:
+            # A full batch (own or claimed) may have more behind it: read on at the next round.
+            if self._own_from is not None:
                 async with notifier.reserved() as reservation:
-                    notifier.spawn(self.cell, await self._read("0", reservation.count, None), reservation)
-                self._own_read = True
+                    wanted = reservation.count
+                    entries = await self._read(self._own_from, wanted, None)
+                    notifier.spawn(self.cell, entries, reservation)
+                self._own_from = entries[-1][0].decode() if len(entries) == wanted else None
             if time.monotonic() >= self._next_claim:
                 async with notifier.reserved() as reservation:
-                    notifier.spawn(self.cell, await self._claim_idle(reservation.count), reservation)
-                self._next_claim = time.monotonic() + self._claim_every_s
+                    wanted = reservation.count
+                    claimed = await self._claim_idle(wanted)
+                    notifier.spawn(self.cell, claimed, reservation)
+                if len(claimed) < wanted:
+                    self._next_claim = time.monotonic() + self._claim_every_s
             async with notifier.reserved() as reservation:
                 entries = await self._read(">", reservation.count, config.block_ms)
                 notifier.spawn(self.cell, entries, reservation)

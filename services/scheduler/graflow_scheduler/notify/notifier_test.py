@@ -267,3 +267,27 @@ async def all_settled(redis, cells) -> None:
         return True
 
     await until(none_pending, what="every cell's notification acknowledged")
+
+
+async def test_a_restarted_replica_reads_all_its_own_pending_entries_past_its_slots(make_app, redis):
+    # More own pending entries than slots: the first read took as many as there were slots, the
+    # rest waited for XAUTOCLAIM (claim_idle_ms, here a minute) instead of being read on.
+    settings = {**FAST, "feedback_webhook_concurrency": 1, "feedback_webhook_claim_idle_ms": 60_000}
+    async with receiving() as receiver:
+        before = await make_app(feedback_webhook_url=receiver.url, consumer_name="restarted", **settings)
+        assert before.notifier is not None
+        await before.notifier.stop()  # it records requests and reads none: we read as it did
+        async with app_client(before) as client:
+            run_ids = [await submit(client, spec(["a"])) for _ in range(3)]
+            await report(redis, *(waiting(run_id) for run_id in run_ids))
+            await until(lambda: _appended(redis, 3), what="the requests appended")
+        taken = await redis.xreadgroup(keys.FEEDBACK_NOTIFIER_GROUP, "restarted", {STREAM: ">"}, count=10)
+        assert len(taken[0][1]) == 3
+        await make_app(feedback_webhook_url=receiver.url, consumer_name="restarted", **settings)
+        await receiver.wait_for(3)
+        await settled(redis)
+    assert {json.loads(r.body)["graflow"]["run_id"] for r in receiver.received} == set(run_ids)
+
+
+async def _appended(redis, count: int) -> bool:
+    return await redis.xlen(STREAM) >= count
