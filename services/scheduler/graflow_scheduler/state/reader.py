@@ -347,7 +347,6 @@ class RunReader:
             return 0, 0
         run_ids = [m.decode() for m in members]
         names = [
-            keys.runs_index(cell),
             *(keys.runs_by_status(cell, status) for status in keys.RUN_STATUSES),
             *(keys.run_meta(run_id) for run_id in run_ids),
         ]
