@@ -12,6 +12,10 @@ The scheduler POSTs a JSON body with the headers ``X-Graflow-Timestamp`` (unix s
                             request.headers[SIGNATURE_HEADER]):
         return 401
 
+``verify_signature`` answers False for any header it cannot match (a timestamp that is not the
+ASCII digits that were signed, non-ASCII characters) and raises ValueError for an empty secret: an
+unset variable must not make every request pass.
+
 Deliveries are at least once: dedupe by ``graflow.request_id`` of the payload.
 """
 

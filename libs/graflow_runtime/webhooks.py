@@ -24,12 +24,31 @@ DEFAULT_TOLERANCE_S = 300
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else secret
+    """The HMAC key. An empty secret is refused: any one could compute its signatures, so a
+    receiver configured with an unset variable would accept anything."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    if not key:
+        raise ValueError("the webhook secret is empty: set the shared secret to sign or verify requests")
+    return key
+
+
+def _digits(timestamp: int | str) -> str | None:
+    """``timestamp`` as the ASCII digits that are signed, or None when it is not such digits.
+
+    The digits are signed as given (not re-serialized from an int): ``" 0<ts>"`` or ``"1_700..."``
+    would otherwise parse to the same number and verify."""
+    text = str(timestamp)
+    return text if text.isascii() and text.isdigit() else None
 
 
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
-    """The ``X-Graflow-Signature`` value of ``body`` sent at ``timestamp`` (unix seconds)."""
-    message = str(timestamp).encode() + b"." + body
+    """The ``X-Graflow-Signature`` value of ``body`` sent at ``timestamp`` (unix seconds).
+
+    Raises ValueError for an empty secret or a timestamp that is not ASCII digits."""
+    digits = _digits(timestamp)
+    if digits is None:
+        raise ValueError(f"the webhook timestamp must be unix seconds in ASCII digits, not {timestamp!r}")
+    message = digits.encode() + b"." + body
     return f"{SCHEME}={hmac.new(_secret_bytes(secret), message, hashlib.sha256).hexdigest()}"
 
 
@@ -46,13 +65,21 @@ def verify_signature(
     ``body`` (the raw request body, before any JSON parsing) at ``timestamp`` (the
     ``X-Graflow-Timestamp`` header), and that timestamp is within ``tolerance_s`` seconds of ``now``
     (default: this machine's clock). The comparison takes constant time. The header may list
-    several signatures separated by commas (secrets in rotation): one match is enough."""
-    try:
-        sent_at = int(str(timestamp).strip())
-    except ValueError:
+    several signatures separated by commas (secrets in rotation): one match is enough.
+
+    A timestamp that is not plain ASCII digits, or a header with other characters (sent by anyone),
+    gives False, never an exception; an empty ``secret`` raises ValueError (a configuration error:
+    checking against it would accept whatever an attacker signs with the empty key)."""
+    key = _secret_bytes(secret)
+    digits = _digits(timestamp)
+    if digits is None:
         return False
     current = time.time() if now is None else now
-    if abs(current - sent_at) > tolerance_s:
+    if abs(current - int(digits)) > tolerance_s:
         return False
-    expected = sign(secret, sent_at, body)
-    return any(hmac.compare_digest(expected, candidate.strip()) for candidate in signature.split(","))
+    # Bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+    expected = sign(key, digits, body).encode()
+    return any(
+        hmac.compare_digest(expected, candidate.strip().encode("utf-8", "surrogatepass"))
+        for candidate in signature.split(",")
+    )

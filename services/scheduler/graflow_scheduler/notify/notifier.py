@@ -6,6 +6,13 @@ feedback-opened stream through the consumer group ``notifier``; the consumer nam
 task of its own, at most ``concurrency`` at once in the process: a slow or dead receiver holds
 those slots and nothing else (outcomes, dispatch, the API never wait for a webhook).
 
+A reader reserves its slots before it reads (and reads at most that many entries), then hands one
+to each task it starts and gives back the rest: readers of several cells block in their reads at
+the same time, and counting the free slots before reading let each of them take all of them (a
+factor of the cell count, the extra POSTs timing out in the HTTP pool unsent). The slots are a
+FIFO semaphore and a reader reserves at most its share (``concurrency`` over the cells, at least
+one), so a reader blocked on a quiet cell does not keep the others from reading.
+
 An entry stays pending in the group until its notification is settled: delivered (2xx), refused
 (another 4xx than 408/429: retrying cannot help), given up after ``max_attempts``, or not needed
 (the request was answered or closed before an attempt). Between attempts the task waits with
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -57,6 +65,14 @@ DELIVERY_SECONDS = Histogram(
     buckets=metrics.LATENCY_BUCKETS,
     registry=metrics.REGISTRY,
 )
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Slots a reader holds for the entries it reads: handed one by one to delivery tasks."""
+
+    count: int
+
 
 Verdict = Literal["delivered", "retry", "refused"]
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -125,7 +141,9 @@ class FeedbackNotifier:
         )
         self.readers = [CellReader(self, cell) for cell in keys.cells()]
         self._inflight: dict[tuple[int, bytes], asyncio.Task[None]] = {}
-        self._freed = asyncio.Event()
+        # One permit per delivery task, or reserved by a reader for the entries it is reading.
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.share = max(1, config.concurrency // len(self.readers))
 
     async def start(self) -> None:
         if not self.config.secret:
@@ -155,18 +173,28 @@ class FeedbackNotifier:
         await self.http.aclose()
 
     # ---- slots ----
-    def free(self) -> int:
-        return self.config.concurrency - len(self._inflight)
+    @contextlib.asynccontextmanager
+    async def reserved(self) -> AsyncIterator[Reservation]:
+        """Wait for a free slot (in turn with the other readers), take up to :attr:`share`, and
+        give back on exit those not handed to a delivery task."""
+        await self._slots.acquire()
+        reservation = Reservation(1)
+        try:
+            while reservation.count < self.share and not self._slots.locked():
+                await self._slots.acquire()  # at once: not locked
+                reservation.count += 1
+            yield reservation
+        finally:
+            for _ in range(reservation.count):
+                self._slots.release()
 
-    async def wait_freed(self, timeout_s: float) -> None:
-        self._freed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._freed.wait(), timeout_s)
-
-    def spawn(self, cell: int, entries: list[Entry]) -> None:
+    def spawn(self, cell: int, entries: list[Entry], reservation: Reservation) -> None:
+        """Start a delivery task per entry, each with one of the reserved slots (released when it
+        ends); ``entries`` are at most the reserved count (a read's ``count``)."""
         for entry_id, fields in entries:
             if (cell, entry_id) in self._inflight:
-                continue  # claimed again while its task still works on it
+                continue  # claimed again while its task still works on it: its slot goes back
+            reservation.count -= 1
             self._inflight[(cell, entry_id)] = asyncio.create_task(
                 self._deliver(cell, entry_id, fields), name=f"feedback-notify-{entry_id.decode()}"
             )
@@ -193,7 +221,7 @@ class FeedbackNotifier:
             bound.exception("feedback notification failed unexpectedly; it stays pending")
         finally:
             self._inflight.pop((cell, entry_id), None)
-            self._freed.set()
+            self._slots.release()
 
     async def _attempts(
         self, stream: str, entry_id: bytes, run_id: str, request_id: str, bound: Any
@@ -273,7 +301,8 @@ class CellReader(BackgroundLoop):
         self.cell = cell
         self.name = f"feedback-notifier-{cell}"
         self.stream = keys.feedback_opened(cell)
-        self._own_read = False
+        # Where the read of this consumer's own pending entries goes on (None once all were read).
+        self._own_from: str | None = "0"
         self._next_claim = 0.0
         self._claim_every_s = min(CLAIM_CHECK_MAX_S, notifier.config.claim_idle_ms / 2000)
 
@@ -288,22 +317,30 @@ class CellReader(BackgroundLoop):
                 raise
 
     async def step(self) -> float:
+        """One round: own pending entries (once), entries idle at dead replicas (now and then),
+        new entries. Each read takes at most the slots reserved for it (waiting for a free one
+        while every slot delivers); those it did not fill go back. Stopping cancels it at once:
+        an entry read but not yet handed to a task stays pending (read again on restart, or
+        claimed once idle)."""
         notifier, config = self.notifier, self.notifier.config
-        if notifier.free() <= 0:
-            with self.interruptible():
-                await notifier.wait_freed(config.block_ms / 1000)
-            return 0.0
-        if not self._own_read:
-            notifier.spawn(self.cell, await self._read("0", notifier.free(), None))
-            self._own_read = True
-        if time.monotonic() >= self._next_claim:
-            notifier.spawn(self.cell, await self._claim_idle(notifier.free()))
-            self._next_claim = time.monotonic() + self._claim_every_s
-        free = notifier.free()
-        if free > 0:
-            with self.interruptible():
-                entries = await self._read(">", free, config.block_ms)
-            notifier.spawn(self.cell, entries)
+        with self.interruptible():
+            # A full batch (own or claimed) may have more behind it: read on at the next round.
+            if self._own_from is not None:
+                async with notifier.reserved() as reservation:
+                    wanted = reservation.count
+                    entries = await self._read(self._own_from, wanted, None)
+                    notifier.spawn(self.cell, entries, reservation)
+                self._own_from = entries[-1][0].decode() if len(entries) == wanted else None
+            if time.monotonic() >= self._next_claim:
+                async with notifier.reserved() as reservation:
+                    wanted = reservation.count
+                    claimed = await self._claim_idle(wanted)
+                    notifier.spawn(self.cell, claimed, reservation)
+                if len(claimed) < wanted:
+                    self._next_claim = time.monotonic() + self._claim_every_s
+            async with notifier.reserved() as reservation:
+                entries = await self._read(">", reservation.count, config.block_ms)
+                notifier.spawn(self.cell, entries, reservation)
         return 0.0
 
     async def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:

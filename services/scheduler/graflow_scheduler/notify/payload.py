@@ -15,7 +15,8 @@ from urllib.parse import quote
 from graflow_api.v1 import feedback_pb2
 from graflow_runtime.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-# Slack refuses a section text over 3,000 characters; long prompts are cut well below.
+# Slack refuses a section text over 3,000 characters: a prompt is cut at 2,000 characters once
+# escaped, the options at 500 (escaping grows the text up to 5 times, so the cut is on the result).
 PROMPT_MAX = 2000
 OPTIONS_MAX = 500
 LINK_TEXT = "Answer in the console"
@@ -33,23 +34,35 @@ def kind_name(kind: int) -> str:
     return feedback_pb2.FeedbackKind.Name(kind).removeprefix("FEEDBACK_KIND_").lower()
 
 
-def _mrkdwn(text: str) -> str:
-    """User text made inert in Slack's mrkdwn (``<...>`` would be a link or a mention)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+# Slack's mrkdwn control characters: ``<...>`` would be a link or a mention.
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _mrkdwn(text: str, limit: int | None = None) -> str:
+    """User text made inert in Slack's mrkdwn, at most ``limit`` characters once escaped (then it
+    ends with "…"). The cut is on the escaped text, never in an entity: cutting first and escaping
+    after could grow a 2,000-character prompt of ``<`` past Slack's 3,000 (an HTTP 400, refused and
+    lost)."""
+    escaped = [_ESCAPES.get(char, char) for char in text]
+    if limit is None or sum(map(len, escaped)) <= limit:
+        return "".join(escaped)
+    kept, length = [], 0
+    for piece in escaped:
+        if length + len(piece) > limit - 1:
+            break
+        kept.append(piece)
+        length += len(piece)
+    return "".join(kept) + "…"
 
 
 def build_payload(request: feedback_pb2.FeedbackRequest, console_url: str) -> dict[str, Any]:
     """The JSON object POSTed for ``request``."""
     url = feedback_url(console_url, request.run_id, request.request_id)
     kind = kind_name(request.kind)
-    prompt = _mrkdwn(_cut(request.prompt, PROMPT_MAX))
+    prompt = _mrkdwn(request.prompt, PROMPT_MAX)
     context = f"run `{request.run_id}` · node `{_mrkdwn(request.node_id)}` · {kind}"
     if request.options:
-        context += " · options: " + _mrkdwn(_cut(", ".join(request.options), OPTIONS_MAX))
+        context += " · options: " + _mrkdwn(", ".join(request.options), OPTIONS_MAX)
     if request.deadline_ms:
         seconds = request.deadline_ms // 1000
         context += f" · answer by <!date^{seconds}^{{date_short_pretty}} {{time}}|deadline>"

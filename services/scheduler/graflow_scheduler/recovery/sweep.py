@@ -5,7 +5,10 @@ A node becomes READY in the same script that records the outcome releasing it, b
 enqueued in a later round trip; a scheduler that dies in between leaves it READY and undelivered.
 Dispatch deduplicates by (run, node, attempt) (the dispatch record), so dispatching what was
 already delivered is harmless. The sweep also forgets runs whose state expired, prunes the run
-listing, and keeps the results of live runs from expiring (graflow_scheduler.recovery.keepalive).
+listing, keeps the results of live runs from expiring (graflow_scheduler.recovery.keepalive), and
+repairs the status indexes (a batch of each cell's listing per pass, RunReader.repair_status_indexes):
+schedulers from before those indexes, still running during a rolling upgrade, end and pause runs
+without moving them between the indexes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from graflow_api.v1 import coordinator_pb2
+from graflow_runtime import keys
 from graflow_runtime.dispatch import Dispatcher, InvalidDelivery
 from graflow_runtime.grpc_client import DownstreamUnavailable
 from graflow_runtime.loops import BackgroundLoop
@@ -33,12 +37,16 @@ from graflow_scheduler.state.store import NodeCycle
 log = structlog.get_logger(__name__)
 
 RUNS_PER_ROUND = 200
+# Runs of each cell's listing checked against their status index per pass: the whole listing is
+# walked over several passes, at a bounded cost each.
+STATUS_REPAIRS_PER_PASS = 500
 
 
 @dataclass
 class SweepStats:
     sweeps: int = 0
     redispatched: int = 0
+    status_entries_fixed: int = 0
 
 
 class RecoverySweep(BackgroundLoop):
@@ -63,6 +71,8 @@ class RecoverySweep(BackgroundLoop):
         self.interval_s = interval_s
         self.retention_s = retention_s
         self.stats = SweepStats()
+        # Per cell, the rank in its listing where the next status repair starts.
+        self._repair_from: dict[int, int] = {}
         super().__init__()
 
     async def step(self) -> float:
@@ -133,4 +143,20 @@ class RecoverySweep(BackgroundLoop):
                     log.info("recovery sweep dispatched undelivered READY nodes", accepted=counts.accepted)
         self.stats.redispatched += sent
         await self.reader.prune_index(int(time.time() * 1000) - self.retention_s * 1000)
+        await self._repair_status_indexes()
         return sent
+
+    async def _repair_status_indexes(self) -> None:
+        for cell in keys.cells():
+            offset, fixed = await self.reader.repair_status_indexes(
+                cell, self._repair_from.get(cell, 0), STATUS_REPAIRS_PER_PASS
+            )
+            self._repair_from[cell] = offset
+            if fixed:
+                self.stats.status_entries_fixed += fixed
+                log.warning(
+                    "run status indexes repaired (a scheduler from before them ended or paused runs: "
+                    "upgrade every replica)",
+                    cell=cell,
+                    entries=fixed,
+                )

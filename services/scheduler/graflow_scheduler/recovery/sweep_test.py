@@ -7,6 +7,8 @@ from graflow_runtime.graphs import graph_hash
 from graflow_runtime.runids import new_run_id
 
 from graflow_scheduler.graph.compiler import compile_spec
+from graflow_scheduler.recovery import sweep
+from graflow_scheduler.state.reader import RunReader
 from graflow_scheduler.testing.enqueued import enqueued
 from graflow_scheduler.testing.runs import RunHarness
 from graflow_scheduler.testing.specs import spec
@@ -87,3 +89,56 @@ async def test_sweep_keeps_the_results_of_live_runs_from_expiring(app, store, do
 
     await app.sweep.sweep_once()  # kept a moment ago: not due again
     assert downstreams.result_store.kept_alive == [[old.run_id]]
+
+
+async def status_indexes(redis, cell: int = 0) -> dict[str, set[str]]:
+    """run id -> the statuses whose index of ``cell`` lists it."""
+    found: dict[str, set[str]] = {}
+    for status in keys.RUN_STATUSES:
+        for member in await redis.zrange(keys.runs_by_status(cell, status), 0, -1):
+            found.setdefault(member.decode(), set()).add(status)
+    return found
+
+
+async def test_sweep_repairs_status_indexes_left_behind_by_older_schedulers(
+    app, store, redis, monkeypatch
+):
+    await app.sweep.stop()
+    plan = compile_spec(spec(["a"]))
+    ended, paused, running = (new_run_id(i) for i in (1, 2, 3))
+    for run_id in (ended, paused, running):
+        await store.create_run(plan, run_id=run_id, graph_hash="h", now_ms=1)
+    await store.cancel_run(ended, "stop", now_ms=2)
+    # What a scheduler from before the indexes does: the meta changes, the indexes do not.
+    await redis.zrem(keys.runs_by_status(0, "CANCELED"), ended)
+    await redis.zadd(keys.runs_by_status(0, "RUNNING"), {ended: 1})
+    await redis.hset(keys.run_meta(paused), "status", "PAUSED")
+    assert (await status_indexes(redis))[ended] == {"RUNNING"}
+
+    monkeypatch.setattr(sweep, "STATUS_REPAIRS_PER_PASS", 2)  # the listing walked over two passes
+    await app.sweep.sweep_once()
+    await app.sweep.sweep_once()
+
+    assert await status_indexes(redis) == {ended: {"CANCELED"}, paused: {"PAUSED"}, running: {"RUNNING"}}
+    assert app.sweep.stats.status_entries_fixed == 4
+    created = await redis.zscore(keys.runs_by_status(0, "PAUSED"), paused)
+    assert created == await redis.zscore(keys.RUNS_INDEX, paused)  # scored by creation, as the scripts do
+    await app.sweep.sweep_once()
+    assert app.sweep.stats.status_entries_fixed == 4  # nothing more to fix
+
+
+async def test_the_status_repair_stays_in_each_cells_slot(four_cells, one_slot_scripts, store, redis):
+    plan = compile_spec(spec(["a"]))
+    run_ids = [new_run_id(i) for i in range(1, 13)]
+    for run_id in run_ids:
+        await store.create_run(plan, run_id=run_id, graph_hash="h", now_ms=1)
+        await redis.hset(keys.run_meta(run_id), "status", "PAUSED")
+    reader = RunReader(redis)
+    for cell in keys.cells():
+        assert await reader.repair_status_indexes(cell, 0, 100) == (0, 2 * sum(
+            1 for r in run_ids if keys.cell_of(r) == cell
+        ))
+    assert "repair_status.lua" in " ".join(one_slot_scripts)
+    for cell in keys.cells():
+        paused = await redis.zrange(keys.runs_by_status(cell, "PAUSED"), 0, -1)
+        assert sorted(m.decode() for m in paused) == sorted(r for r in run_ids if keys.cell_of(r) == cell)

@@ -335,6 +335,25 @@ class RunReader:
         for cell, forgotten in by_cell.items():
             await self.redis.srem(keys.active_runs(cell), *forgotten)
 
+    async def repair_status_indexes(self, cell: int, offset: int, count: int) -> tuple[int, int]:
+        """Put the ``count`` runs from rank ``offset`` of the cell's listing in the status index
+        their meta names, and out of the others (repair_status.lua, atomic per batch). Schedulers
+        from before the status indexes end and pause runs without moving them, so the indexes
+        (ListRuns' status filter, CountRuns) drift while such replicas run; the recovery sweep
+        walks the listing a batch per pass. Returns (the offset of the next batch, 0 after the
+        listing's end; the number of index entries fixed)."""
+        members = await self.redis.zrange(keys.runs_index(cell), offset, offset + count - 1)
+        if not members:
+            return 0, 0
+        run_ids = [m.decode() for m in members]
+        names = [
+            *(keys.runs_by_status(cell, status) for status in keys.RUN_STATUSES),
+            *(keys.run_meta(run_id) for run_id in run_ids),
+        ]
+        args = [len(keys.RUN_STATUSES), *keys.RUN_STATUSES, *run_ids]
+        fixed = int(await scripts.REPAIR_STATUS.run(self.redis, names, args))
+        return (offset + len(run_ids) if len(run_ids) == count else 0), fixed
+
     async def prune_index(self, created_before_ms: int, *, batch: int = 1000) -> int:
         """Remove listing entries of runs created before ``created_before_ms`` whose state has
         expired (a run is kept for the retention period after it ended), in the listing of every

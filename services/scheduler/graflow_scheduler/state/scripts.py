@@ -21,4 +21,6 @@ RUN_ENDED_OUTCOME = _load("run_ended_outcome.lua")
 PUT_WORKFLOW = _load("put_workflow.lua")
 # Standalone (no common.lua): a read of the run's meta and its sinks' results.
 RUN_RESULT = LuaScript.load(__package__, "run_result.lua")
-ALL = (CREATE_RUN, APPLY_OUTCOME, CANCEL_RUN, RESOLVE_WAIT, RUN_ENDED_OUTCOME, RUN_RESULT)
+# Standalone: the recovery sweep's repair of the status indexes (after a rolling upgrade).
+REPAIR_STATUS = LuaScript.load(__package__, "repair_status.lua")
+ALL = (CREATE_RUN, APPLY_OUTCOME, CANCEL_RUN, RESOLVE_WAIT, RUN_ENDED_OUTCOME, RUN_RESULT, REPAIR_STATUS)
