@@ -18,7 +18,7 @@ from graflow_examples.etl import etl
 from graflow_runtime.access import Role
 from graflow_runtime.runids import new_run_id
 from tests.console.conftest import SAME_ORIGIN, sign_in
-from tests.console.tasks import failing
+from tests.console.tasks import failing, family
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,19 @@ def test_a_failed_node_shows_its_error_and_traceback(console: TestClient, stack:
     assert "this node fails on purpose" in page.text
     details = console.get(f"/runs/{run.id}/nodes/fail_loudly")
     assert "ValueError" in details.text and 'class="traceback"' in details.text
+
+
+def test_a_parent_run_links_its_child_and_the_child_its_parent(console: TestClient, stack: LocalStack):
+    run = stack.client().submit(family)
+    assert run.result(timeout=60) == 14
+    sign_in(console, stack, Role.VIEWER)
+    parent = console.get(f"/runs/{run.id}")
+    children = re.findall(r'<a class="mono child-run" href="/runs/([^"]+)">', parent.text)
+    assert len(children) == 1, parent.text
+    child = console.get(f"/runs/{children[0]}")
+    parent_link = f'<p>Parent: <a class="mono" href="/runs/{run.id}">{run.id}</a> (node start_child)</p>'
+    assert parent_link in child.text
+    assert nodes_of(child.text) == {"child_value": "SUCCEEDED"}
 
 
 def test_a_viewer_is_refused_cancel_with_the_services_message_and_a_client_cancels(

@@ -27,3 +27,20 @@ with workflow("questions") as questions:
 
 with workflow("failing") as failing:
     failing.add(fail_loudly)
+
+
+@task
+def child_value() -> int:
+    return 7
+
+
+@task(inject_context=True)
+def start_child(ctx: TaskContext) -> int:
+    """Runs a one-node child run and returns its result (the run page's family panel)."""
+    with workflow("child") as child:
+        child.add(child_value)
+    return ctx.run_child(child) * 2
+
+
+with workflow("family") as family:
+    family.add(start_child)
