@@ -52,6 +52,7 @@ import pytest
 
 from graflow import parallel, workflow
 from graflow.devstack import SERVERS, ServiceProcess
+from graflow.errors import ServiceUnavailableError
 from graflow.run import ENDED_STATUSES, event_type_name, node_state_name, status_name
 from graflow_api.v1 import feedback_pb2
 from graflow_runtime import keys
@@ -267,6 +268,9 @@ def test_every_run_in_progress_continues_after_all_services_and_workers_restart(
         # ---- start everything again: services, then workers ----
         for name in SERVERS:
             stack.restart(name)
+        # The client's channel to the scheduler failed while it was down and may still be in gRPC's
+        # reconnect backoff: this test is about the runs' state, so it waits for the channel first.
+        wait_until(lambda: reachable(chaos), 15, "the client to reach the restarted scheduler")
         for name, run in runs.items():  # no worker yet: nothing can have moved
             info = chaos.client.get_run(run.id)
             assert info.status not in ENDED_STATUSES, (name, status_name(info.status), info.error)
@@ -316,3 +320,11 @@ def test_every_run_in_progress_continues_after_all_services_and_workers_restart(
         for name, node in WAITING.items():
             kinds = [event_type_name(e.type) for e in chaos.history(runs[name].id) if e.node_id == node]
             assert kinds.count("NODE_WAITING") == 1 and kinds.count("NODE_SUCCEEDED") == 1, (name, kinds)
+
+
+def reachable(chaos: Chaos) -> bool:
+    try:
+        chaos.client.list_runs(1)
+    except ServiceUnavailableError:
+        return False
+    return True
